@@ -1,0 +1,60 @@
+"""Data contracts, data-set loaders, the workspace and segment detection, shared by every stage."""
+
+from catalog._columns import Columns, Segments
+from catalog._contracts import (
+    INTERACTIONS_SCHEMA,
+    ITEMS_SCHEMA,
+    TIMESTAMP,
+    USERS_SCHEMA,
+    ConformReport,
+    check_references,
+    conform_interactions,
+    conform_items,
+    conform_users,
+)
+from catalog._loaders import (
+    CITEULIKE_SPLITS,
+    Dataset,
+    check_utf8,
+    fetch_movielens_100k,
+    load_citeulike,
+    load_files,
+    load_movielens_100k,
+    read_table,
+)
+from catalog._segments import detect_segments, entity_segments, popularity_segments, summarize_segments
+from catalog._workspace import Workspace, new_run_id
+from catalog.errors import ConfigError, DataError, NotFittedError, WarmstartError, WorkspaceError
+
+__all__ = [
+    "CITEULIKE_SPLITS",
+    "INTERACTIONS_SCHEMA",
+    "ITEMS_SCHEMA",
+    "TIMESTAMP",
+    "USERS_SCHEMA",
+    "Columns",
+    "ConfigError",
+    "ConformReport",
+    "DataError",
+    "Dataset",
+    "NotFittedError",
+    "Segments",
+    "WarmstartError",
+    "Workspace",
+    "WorkspaceError",
+    "check_references",
+    "check_utf8",
+    "conform_interactions",
+    "conform_items",
+    "conform_users",
+    "detect_segments",
+    "entity_segments",
+    "fetch_movielens_100k",
+    "load_citeulike",
+    "load_files",
+    "load_movielens_100k",
+    "new_run_id",
+    "popularity_segments",
+    "read_table",
+    "summarize_segments",
+]

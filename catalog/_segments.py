@@ -1,0 +1,138 @@
+"""Segment detection: which items and users are new, cold, sparse, tail or head.
+
+Rules (applied to items and users alike, counting interactions per entity):
+
+- `cold`: no interaction;
+- `sparse`: 1..`sparse_max` interactions;
+- `head`: among the rest, the most-interacted entities that together hold `head_share` of all interactions
+  (sorted by count, ties by id; the entity that crosses the threshold is head);
+- `tail`: every other entity with interactions.
+
+`is_new` is independent of the segment: the entity was first seen after `watermark` (the latest interaction
+time of the previous detection run). Everything is vectorised polars: no loop over rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+
+from catalog._columns import Columns as C
+from catalog._columns import Segments as S
+from catalog._contracts import TIMESTAMP
+
+SEGMENT_ORDER = (S.cold, S.sparse, S.tail, S.head)
+ENTITY = "entity_id"
+
+
+def _head_mask(count: pl.Expr, head_share: float) -> pl.Expr:
+    """True for the smallest set of most-interacted entities holding `head_share` of all interactions.
+
+    Expects rows sorted by count descending.
+    """
+    before = count.cum_sum() - count
+    return (count > 0) & (before < head_share * count.sum())
+
+
+def entity_segments(
+    interactions: pl.LazyFrame | pl.DataFrame,
+    entities: pl.LazyFrame | pl.DataFrame,
+    *,
+    key: str,
+    kind: str,
+    sparse_max: int = 5,
+    head_share: float = 0.8,
+    watermark: datetime | None = None,
+) -> pl.DataFrame:
+    """Segment every entity of `entities` (keyed by `key`) from its count in `interactions`.
+
+    Returns (kind, entity_id, n_interactions, segment, first_seen, is_new), ordered by count descending.
+    """
+    if sparse_max < 0:
+        raise ValueError(f"sparse_max must be >= 0, got {sparse_max}.")
+    if not 0 < head_share <= 1:
+        raise ValueError(f"head_share must be in (0, 1], got {head_share}.")
+    counts = interactions.lazy().group_by(key).agg(pl.len().cast(pl.Int64).alias(C.n_interactions))
+    first_seen = pl.col(C.first_seen)
+    is_new = first_seen > watermark if watermark is not None else pl.lit(False)
+    known = entities.lazy()
+    if C.first_seen not in known.collect_schema().names():
+        known = known.with_columns(pl.lit(None, TIMESTAMP).alias(C.first_seen))
+    return (
+        known.select(key, C.first_seen)
+        .join(counts, on=key, how="left")
+        .with_columns(pl.col(C.n_interactions).fill_null(0))
+        .sort([C.n_interactions, key], descending=[True, False])
+        .with_columns(
+            pl.when(pl.col(C.n_interactions) == 0)
+            .then(pl.lit(S.cold))
+            .when(pl.col(C.n_interactions) <= sparse_max)
+            .then(pl.lit(S.sparse))
+            .when(_head_mask(pl.col(C.n_interactions), head_share))
+            .then(pl.lit(S.head))
+            .otherwise(pl.lit(S.tail))
+            .alias(C.segment),
+            is_new.fill_null(False).alias("is_new"),
+        )
+        .select(
+            pl.lit(kind).alias(C.kind),
+            pl.col(key).alias(ENTITY),
+            C.n_interactions,
+            C.segment,
+            C.first_seen,
+            "is_new",
+        )
+        .collect()
+    )
+
+
+def detect_segments(
+    interactions: pl.LazyFrame | pl.DataFrame,
+    items: pl.LazyFrame | pl.DataFrame,
+    users: pl.LazyFrame | pl.DataFrame,
+    *,
+    sparse_max: int = 5,
+    head_share: float = 0.8,
+    watermark: datetime | None = None,
+) -> pl.DataFrame:
+    """Segments of every item and user: one table, `kind` telling which is which."""
+    options = {"sparse_max": sparse_max, "head_share": head_share, "watermark": watermark}
+    return pl.concat(
+        [
+            entity_segments(interactions, items, key=C.item, kind="item", **options),
+            entity_segments(interactions, users, key=C.user, kind="user", **options),
+        ]
+    )
+
+
+def summarize_segments(segments: pl.DataFrame) -> pl.DataFrame:
+    """Counts per segment (rows: new, cold, sparse, tail, head, total; columns: items, users)."""
+    labels = [S.new, *SEGMENT_ORDER, "total"]
+    long = pl.concat(
+        [
+            segments.group_by(C.kind, C.segment).agg(pl.len().alias("count")),
+            segments.filter("is_new").group_by(C.kind).agg(pl.lit(S.new).alias(C.segment), pl.len().alias("count")),
+            segments.group_by(C.kind).agg(pl.lit("total").alias(C.segment), pl.len().alias("count")),
+        ],
+        how="diagonal",
+    )
+    grid = pl.DataFrame({C.segment: labels}).join(pl.DataFrame({C.kind: ["item", "user"]}), how="cross")
+    return (
+        grid.join(long, on=[C.segment, C.kind], how="left")
+        .with_columns(pl.col("count").fill_null(0).cast(pl.Int64))
+        .pivot(on=C.kind, index=C.segment, values="count")
+        .rename({"item": "items", "user": "users"})
+        .select(C.segment, "items", "users")
+    )
+
+
+def popularity_segments(
+    train: pl.LazyFrame | pl.DataFrame, items: pl.LazyFrame | pl.DataFrame, *, head_share: float = 0.8
+) -> pl.DataFrame:
+    """The metric segments of brief section 4 for items: head, tail (other warm) or cold (no training row).
+
+    Returns (item_id, segment). Unlike `entity_segments` there is no sparse segment: sparse items are tail.
+    """
+    segments = entity_segments(train, items, key=C.item, kind="item", sparse_max=0, head_share=head_share)
+    return segments.select(pl.col(ENTITY).alias(C.item), C.segment)

@@ -1,0 +1,1 @@
+"""The entry layer: the `warmstart` CLI, settings and (later) the Prefect flows that call the stages."""

@@ -1,0 +1,174 @@
+"""The `warmstart` command line. Every command takes --workspace (default ./workspace or $WARMSTART_WORKSPACE)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import polars as pl
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from catalog import Columns, ConfigError, WarmstartError, Workspace, load_files, new_run_id
+from flows import steps
+from flows.settings import WarmstartSettings
+
+app = typer.Typer(
+    name="warmstart",
+    help="Turn cold-start and long-tail items and users of a recommender system into warm ones.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace directory [default: ./workspace or $WARMSTART_WORKSPACE]."),
+]
+
+
+def _settings() -> WarmstartSettings:
+    try:
+        return WarmstartSettings()
+    except ValidationError as error:
+        raise ConfigError(f"invalid WARMSTART_* environment setting: {error}") from None
+
+
+def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn warmstart's own errors into one line on stderr and exit code 1, with no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except WarmstartError as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _workspace(option: Path | None, settings: WarmstartSettings) -> Workspace:
+    return Workspace(option or settings.workspace)
+
+
+def _print_frame(frame: pl.DataFrame, title: str) -> None:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(column, justify="right" if frame.schema[column].is_numeric() else "left")
+    for row in frame.iter_rows():
+        table.add_row(*(f"{value:,}" if isinstance(value, int) else str(value) for value in row))
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+def ingest(
+    dataset: Annotated[str | None, typer.Option(help="Built-in data set: ml-100k or citeulike.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder holding the data set's files.")] = None,
+    interactions: Annotated[Path | None, typer.Option(help="Interactions file (CSV, TSV or Parquet).")] = None,
+    items: Annotated[Path | None, typer.Option(help="Items file (CSV, TSV or Parquet).")] = None,
+    users: Annotated[Path | None, typer.Option(help="Users file (CSV, TSV or Parquet), optional.")] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Column mapping CONTRACT=FILE_COLUMN, repeatable (e.g. --map user_id=uid)."),
+    ] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Load a data set, check it against the contracts and store it in the workspace."""
+    settings = _settings()
+    if (dataset is None) == (interactions is None):
+        raise ConfigError("give either --dataset NAME or --interactions FILE --items FILE.")
+    if dataset is not None:
+        with console.status(f"loading {dataset}..."):
+            loaded = steps.load_named_dataset(dataset, data, settings.cache_dir)
+    else:
+        if items is None:
+            raise ConfigError("--interactions needs --items FILE too.")
+        assert interactions is not None
+        loaded = load_files(interactions, items, users, mapping=steps.parse_mapping(map_ or []))
+    run_id = new_run_id()
+    written = steps.store_dataset(_workspace(workspace, settings), loaded, run_id)
+    report = pl.DataFrame(
+        {
+            "source": [r.source for r in loaded.reports],
+            "rows read": [r.rows_read for r in loaded.reports],
+            "duplicates collapsed": [r.duplicates_collapsed for r in loaded.reports],
+            "rows kept": [r.rows_kept for r in loaded.reports],
+        }
+    )
+    _print_frame(report, f"ingest {loaded.name} (run {run_id})")
+    console.print("tables written: " + ", ".join(f"{name} ({rows:,})" for name, rows in written.items()))
+
+
+def _show_detection(detection: steps.Detection, title: str) -> None:
+    _print_frame(detection.summary, title)
+    since = detection.watermark.isoformat() if detection.watermark else "never (first run: nothing is new)"
+    console.print(f"new = first seen after {since}")
+
+
+@app.command()
+@friendly_errors
+def detect(
+    sparse_max: Annotated[int | None, typer.Option(help="Entities with 1..N interactions are sparse.")] = None,
+    head_share: Annotated[float | None, typer.Option(help="Share of interactions the head holds.")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Count as new what was first seen after this time [default: last run].")
+    ] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Classify items and users into new / cold / sparse / tail / head segments."""
+    settings = _settings()
+    detection = steps.detect(
+        _workspace(workspace, settings),
+        new_run_id(),
+        sparse_max=settings.sparse_max if sparse_max is None else sparse_max,
+        head_share=settings.head_share if head_share is None else head_share,
+        since=since,
+    )
+    _show_detection(detection, "segments")
+
+
+@app.command()
+@friendly_errors
+def demo(
+    data: Annotated[Path | None, typer.Option(help="Folder with ml-100k.{inter,item,user} [default: fetch].")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Load MovieLens-100K into a workspace and print its segment summary.
+
+    `new` is counted as if the previous run had been one week before the last rating.
+    """
+    settings = _settings()
+    space = _workspace(workspace, settings)
+    with console.status("fetching and loading MovieLens-100K..."):
+        dataset = steps.load_named_dataset("ml-100k", data, settings.cache_dir)
+    run_id = new_run_id()
+    steps.store_dataset(space, dataset, run_id)
+    last_event = dataset.interactions[Columns.ts].max()
+    assert isinstance(last_event, datetime)
+    detection = steps.detect(
+        space,
+        run_id,
+        sparse_max=settings.sparse_max,
+        head_share=settings.head_share,
+        since=last_event - timedelta(days=7),
+    )
+    console.print(
+        f"MovieLens-100K: {dataset.interactions.height:,} ratings, {dataset.items.height:,} movies, "
+        f"{dataset.users.height:,} users -> workspace {space.root}"
+    )
+    _show_detection(detection, "MovieLens-100K segments")
+
+
+def main() -> None:
+    app()

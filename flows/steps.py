@@ -1,0 +1,96 @@
+"""The steps of a refresh cycle as plain functions over a workspace; the CLI and (later) Prefect tasks call them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from catalog import (
+    Columns,
+    ConfigError,
+    Dataset,
+    Workspace,
+    detect_segments,
+    fetch_movielens_100k,
+    load_citeulike,
+    load_movielens_100k,
+    summarize_segments,
+)
+
+DATASETS = ("ml-100k", "citeulike")
+BASE_TABLES = ("interactions", "items", "users")
+
+
+def load_named_dataset(name: str, data_dir: Path | None, cache_dir: Path) -> Dataset:
+    """Load a built-in data set: MovieLens-100K (fetched into `cache_dir` unless `data_dir`) or CiteULike-a."""
+    if name == "ml-100k":
+        return load_movielens_100k(data_dir or fetch_movielens_100k(cache_dir))
+    if name == "citeulike":
+        if data_dir is None:
+            raise ConfigError("--dataset citeulike needs --data DIR (the folder with titles.txt and users.dat).")
+        return load_citeulike(data_dir)
+    raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}.")
+
+
+def parse_mapping(pairs: list[str]) -> dict[str, str]:
+    """['user_id=customer', ...] -> {'user_id': 'customer'}."""
+    mapping = {}
+    for pair in pairs:
+        target, sep, source = pair.partition("=")
+        if not sep or not target.strip() or not source.strip():
+            raise ConfigError(f"column mapping {pair!r} must look like CONTRACT_COLUMN=FILE_COLUMN, e.g. user_id=uid.")
+        mapping[target.strip()] = source.strip()
+    return mapping
+
+
+def store_dataset(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int]:
+    """Write the data set's tables (and splits) into the workspace; returns rows written per table."""
+    written = {}
+    tables = {"interactions": dataset.interactions, "items": dataset.items, "users": dataset.users}
+    tables |= {f"split_{name}": frame for name, frame in dataset.splits.items()}
+    for name, frame in tables.items():
+        workspace.write(name, frame, run_id=run_id, source=dataset.name)
+        written[name] = frame.height
+    workspace.update_state(dataset=dataset.name, ingest_run_id=run_id)
+    return written
+
+
+@dataclass(frozen=True)
+class Detection:
+    segments: pl.DataFrame
+    summary: pl.DataFrame
+    watermark: datetime | None
+    next_watermark: datetime | None
+
+
+def detect(
+    workspace: Workspace,
+    run_id: str,
+    *,
+    sparse_max: int,
+    head_share: float,
+    since: datetime | None = None,
+) -> Detection:
+    """Segment the workspace's items and users; `new` means first seen after `since`, by default the
+    watermark of the previous detection. Writes the `segments` table and advances the watermark."""
+    interactions = workspace.scan("interactions")
+    watermark = since
+    if watermark is None and "watermark" in workspace.state():
+        watermark = datetime.fromisoformat(workspace.state()["watermark"])
+    segments = detect_segments(
+        interactions,
+        workspace.scan("items"),
+        workspace.scan("users"),
+        sparse_max=sparse_max,
+        head_share=head_share,
+        watermark=watermark,
+    )
+    parameters = {"sparse_max": sparse_max, "head_share": head_share, "watermark": str(watermark)}
+    workspace.write("segments", segments, run_id=run_id, source="detect", parameters=parameters)
+    latest = interactions.select(pl.col(Columns.ts).max()).collect().item()
+    if latest is not None:
+        workspace.update_state(watermark=latest.isoformat(), detect_run_id=run_id)
+    return Detection(segments, summarize_segments(segments), watermark, latest)
