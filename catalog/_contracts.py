@@ -194,7 +194,7 @@ def conform_items(raw: pl.DataFrame, source: str) -> tuple[pl.DataFrame, Conform
         _as_id(raw, C.item, source).alias(C.item),
         _as_text(raw, C.title, source).fill_null("").alias(C.title),
         (_as_text(raw, C.text, source) if C.text in raw.columns else pl.lit(None, pl.String)).alias(C.text),
-        _as_categories(raw, source).alias(C.categories),
+        _as_categories(raw, source).fill_null(pl.lit([], pl.List(pl.String))).alias(C.categories),
         (_as_timestamp(raw, C.first_seen, source) if C.first_seen in raw.columns else pl.lit(None, TIMESTAMP)).alias(
             C.first_seen
         ),

@@ -41,7 +41,7 @@ class Dataset:
     interactions: pl.DataFrame
     items: pl.DataFrame
     users: pl.DataFrame
-    reports: list[ConformReport] = field(default_factory=list)
+    reports: dict[str, ConformReport] = field(default_factory=dict)
     splits: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
@@ -87,7 +87,7 @@ def assemble(
     """
     inter, inter_report = conform_interactions(*interactions)
     item_frame, item_report = conform_items(*items)
-    reports = [inter_report, item_report]
+    reports = {"interactions": inter_report, "items": item_report}
     if users is None:
         user_frame = (
             inter.select(C.user)
@@ -98,7 +98,7 @@ def assemble(
         )
     else:
         user_frame, user_report = conform_users(*users)
-        reports.append(user_report)
+        reports["users"] = user_report
     check_references(inter, item_frame, user_frame if users is not None else None, interactions[1])
     return Dataset(
         name=name,

@@ -98,12 +98,13 @@ def ingest(
         loaded = load_files(interactions, items, users, mapping=steps.parse_mapping(map_ or []))
     run_id = new_run_id()
     written = steps.store_dataset(_workspace(workspace, settings), loaded, run_id)
+    reports = loaded.reports.items()
     report = pl.DataFrame(
         {
-            "source": [r.source for r in loaded.reports],
-            "rows read": [r.rows_read for r in loaded.reports],
-            "duplicates collapsed": [r.duplicates_collapsed for r in loaded.reports],
-            "rows kept": [r.rows_kept for r in loaded.reports],
+            "table": [name for name, _ in reports],
+            "rows read": [r.rows_read for _, r in reports],
+            "duplicates collapsed": [r.duplicates_collapsed for _, r in reports],
+            "rows kept": [r.rows_kept for _, r in reports],
         }
     )
     _print_frame(report, f"ingest {loaded.name} (run {run_id})")

@@ -52,7 +52,11 @@ def store_dataset(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[s
     tables = {"interactions": dataset.interactions, "items": dataset.items, "users": dataset.users}
     tables |= {f"split_{name}": frame for name, frame in dataset.splits.items()}
     for name, frame in tables.items():
-        workspace.write(name, frame, run_id=run_id, source=dataset.name)
+        report = dataset.reports.get(name)
+        parameters = {"source": report.source, "rows_read": report.rows_read} if report else {}
+        if report:
+            parameters["duplicates_collapsed"] = report.duplicates_collapsed
+        workspace.write(name, frame, run_id=run_id, source=dataset.name, parameters=parameters)
         written[name] = frame.height
     workspace.update_state(dataset=dataset.name, ingest_run_id=run_id)
     return written

@@ -66,9 +66,9 @@ def _check_k(k: int) -> None:
 
 def _examples(values: Iterable[object]) -> str:
     """A short, sorted, comma-separated sample of offending values."""
-    shown = sorted({str(v) for v in values})
+    shown = sorted({repr(v) for v in values})
     more = f" (and {len(shown) - _EXAMPLES} more)" if len(shown) > _EXAMPLES else ""
-    return ", ".join(repr(v) for v in shown[:_EXAMPLES]) + more
+    return ", ".join(shown[:_EXAMPLES]) + more
 
 
 def _require(frame: pl.DataFrame, name: str, columns: Sequence[str]) -> None:
@@ -178,7 +178,7 @@ def top_k(scores: pl.DataFrame, k: int) -> pl.DataFrame:
     # polars sorts NaN above every number, so a NaN score would silently take rank 1.
     if scores.schema[Columns.score].is_float() and scores[Columns.score].is_nan().any():
         raise MetricInputError(f"scores.{Columns.score} holds NaN")
-    _require_unique(scores, "scores", (Columns.user, Columns.item), "; score each candidate once")
+    _require_unique(scores, "scores", (Columns.user, Columns.item), "(one score per candidate)")
     return (
         scores.sort(
             [Columns.user, Columns.score, Columns.item],
