@@ -11,6 +11,7 @@ from catalog._contracts import (
     conform_interactions,
     conform_items,
     conform_users,
+    with_first_seen,
 )
 from catalog._loaders import (
     CITEULIKE_SPLITS,
@@ -57,4 +58,5 @@ __all__ = [
     "popularity_segments",
     "read_table",
     "summarize_segments",
+    "with_first_seen",
 ]
