@@ -1,0 +1,1 @@
+"""Language-model augmentation: item descriptions, user profiles and synthetic interactions (not built yet)."""

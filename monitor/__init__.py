@@ -1,0 +1,1 @@
+"""The metrics history store and the monitoring dashboard (not built yet)."""
