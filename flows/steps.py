@@ -13,6 +13,7 @@ from catalog import (
     ConfigError,
     Dataset,
     Workspace,
+    WorkspaceError,
     detect_segments,
     fetch_movielens_100k,
     load_citeulike,
@@ -62,6 +63,16 @@ def store_dataset(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[s
     return written
 
 
+def _check_same_ingest(workspace: Workspace) -> None:
+    """The base tables must come from one ingest run; a mix means an ingest was interrupted."""
+    runs = {name: workspace.provenance(name)["run_id"] for name in BASE_TABLES if workspace.exists(name)}
+    if len(set(runs.values())) > 1:
+        raise WorkspaceError(
+            f"workspace {workspace.root} holds tables from different ingest runs ({runs}): an ingest was "
+            "interrupted. Run `warmstart ingest` again."
+        )
+
+
 @dataclass(frozen=True)
 class Detection:
     segments: pl.DataFrame
@@ -80,6 +91,7 @@ def detect(
 ) -> Detection:
     """Segment the workspace's items and users; `new` means first seen after `since`, by default the
     watermark of the previous detection. Writes the `segments` table and advances the watermark."""
+    _check_same_ingest(workspace)
     interactions = workspace.scan("interactions")
     watermark = since
     if watermark is None and "watermark" in workspace.state():

@@ -101,3 +101,17 @@ def test_demo_prints_movielens_segments(ml100k_dir: Path, tmp_path: Path) -> Non
     new_items = segments.filter((pl.col("kind") == "item") & pl.col("is_new")).height
     assert new_items > 0
     assert f"│ new     │ {new_items:>5,} │" in result.output
+
+
+def test_detect_refuses_tables_of_an_interrupted_ingest(files: dict[str, Path]) -> None:
+    args = ["--interactions", str(files["inter"]), "--items", str(files["items"]), "--map", "user_id=customer"]
+    assert runner.invoke(app, ["ingest", *args, "--map", "item_id=sku", "-w", str(files["ws"])]).exit_code == 0
+    space = Workspace(files["ws"])
+    # As if a second ingest had died after writing only its first table.
+    space.write("interactions", space.read("interactions").head(1), run_id="later-run", source="custom")
+    result = runner.invoke(app, ["detect", "-w", str(files["ws"])])
+    assert result.exit_code == 1
+    assert "an ingest was interrupted" in result.output
+    # Rerunning the ingest repairs the workspace.
+    assert runner.invoke(app, ["ingest", *args, "--map", "item_id=sku", "-w", str(files["ws"])]).exit_code == 0
+    assert runner.invoke(app, ["detect", "-w", str(files["ws"])]).exit_code == 0
