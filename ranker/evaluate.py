@@ -1,0 +1,483 @@
+"""Evaluation protocols: who is evaluated, which items they are ranked against, which known positives are masked.
+
+A protocol is a `ProtocolSplit`: the training interactions a model is fitted on, the held-out positives (`truth`),
+the candidate items, and the known positives excluded from ranking, all keyed by one `EvalIndex` (string ids <->
+contiguous ints). `evaluate(split, scorer, k)` scores the evaluated users in batches (numpy), masks the excluded
+pairs, takes each user's top k and computes the metrics of `ranker.metrics` (spec: docs/metrics.md).
+
+Builders (CiteULike's ALDI split for the first three, any timestamped log for the last):
+
+- `cold_item_split`: users with positives in the evaluated cold split, ranked against all cold items (both cold
+  splits); their positives in the other cold split are excluded. ALDI's protocol.
+- `warm_split`: users with positives in warm_test (or warm_val), ranked against the warm items; their training and
+  other warm-split positives are excluded.
+- `hybrid_split`: every item is a candidate; truth is warm_test + cold_item_test (or both val splits).
+- `temporal_split`: train before a cut, test after it; items first seen after the cut are cold, and so are users.
+
+Typical use: build a split, fit a model on `split.train` (ids mapped through `split.index`), evaluate it::
+
+    split = cold_item_split(dataset, "cold_item_val")
+    model = PopularityScorer().fit(split.train, split.index)
+    result = evaluate(split, model, k=20)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from catalog import Columns, DataError, Dataset, Segments, popularity_segments
+from ranker.metrics import MetricInputError, accuracy_metrics, evaluate_ranking
+
+__all__ = [
+    "COLD_ITEM",
+    "COLD_USER",
+    "HYBRID",
+    "TEMPORAL",
+    "WARM",
+    "WARM_USER",
+    "EvalIndex",
+    "EvalResult",
+    "ProtocolSplit",
+    "Scorer",
+    "cold_item_split",
+    "evaluate",
+    "hybrid_split",
+    "temporal_split",
+    "warm_split",
+]
+
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""(user indices, item indices) into an `EvalIndex` -> float32 scores of shape (n_users, n_items); higher is better.
+
+A score of -inf means "never recommend"; NaN and +inf are errors.
+"""
+
+COLD_ITEM = "cold_item"
+WARM = "warm"
+HYBRID = "hybrid"
+TEMPORAL = "temporal"
+
+# User segments of the temporal protocol (item segments are head/tail/cold from catalog.Segments).
+COLD_USER = "cold_user"
+WARM_USER = "warm_user"
+
+_ID = "_id"
+_IDX = "_idx"
+_PAIR = [Columns.user, Columns.item]
+_EXAMPLES = 5
+
+
+# ------------------------------------------------------------------------------------------------- index
+
+
+def _id_series(values: Sequence[str] | pl.Series, name: str) -> pl.Series:
+    series = values if isinstance(values, pl.Series) else pl.Series(list(values), dtype=pl.String)
+    if series.dtype != pl.String:
+        raise DataError(f"EvalIndex {name} ids must be strings, got {series.dtype}; cast them with .cast(pl.String).")
+    if series.null_count():
+        raise DataError(f"EvalIndex {name} ids hold {series.null_count()} null(s).")
+    repeated = series.filter(series.is_duplicated()).unique().sort()
+    if repeated.len():
+        raise DataError(f"EvalIndex {name} ids repeat: {repeated.head(_EXAMPLES).to_list()}; each id once.")
+    return series.rename(name)
+
+
+@dataclass(frozen=True, eq=False)
+class EvalIndex:
+    """String ids <-> contiguous ints: user index u is `user_ids[u]`, item index i is `item_ids[i]`."""
+
+    user_ids: pl.Series
+    item_ids: pl.Series
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "user_ids", _id_series(self.user_ids, Columns.user))
+        object.__setattr__(self, "item_ids", _id_series(self.item_ids, Columns.item))
+
+    @property
+    def n_users(self) -> int:
+        return self.user_ids.len()
+
+    @property
+    def n_items(self) -> int:
+        return self.item_ids.len()
+
+    def users(self, ids: Sequence[str] | pl.Series) -> np.ndarray:
+        """Indices (int64) of user ids; an unknown id is a DataError."""
+        return _lookup(self.user_ids, ids, "user")
+
+    def items(self, ids: Sequence[str] | pl.Series) -> np.ndarray:
+        """Indices (int64) of item ids; an unknown id is a DataError."""
+        return _lookup(self.item_ids, ids, "item")
+
+    def pairs(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(user indices, item indices) of the rows of a (user_id, item_id) frame."""
+        return self.users(frame[Columns.user]), self.items(frame[Columns.item])
+
+
+def _lookup(known: pl.Series, ids: Sequence[str] | pl.Series, kind: str) -> np.ndarray:
+    query = pl.DataFrame({_ID: ids if isinstance(ids, pl.Series) else pl.Series(list(ids), dtype=pl.String)})
+    table = pl.DataFrame({_ID: known}).with_row_index(_IDX)
+    found = query.cast({_ID: pl.String}).join(table, on=_ID, how="left", maintain_order="left")
+    missing = found.filter(pl.col(_IDX).is_null())[_ID]
+    if missing.len():
+        raise DataError(
+            f"{missing.n_unique()} {kind} id(s) are not in the evaluation index, e.g. "
+            f"{missing.unique().sort().head(_EXAMPLES).to_list()}. Fit and score with the split's own index."
+        )
+    return found[_IDX].cast(pl.Int64).to_numpy()
+
+
+# ------------------------------------------------------------------------------------------------ splits
+
+
+@dataclass(frozen=True, eq=False)
+class ProtocolSplit:
+    """Everything a protocol fixes; fit a model on `train` (through `index`), then call `evaluate`.
+
+    `items` has one row per index item, in index order (row i is item i), with its title/text for content models.
+    `exclude` holds only pairs of evaluated users and candidate items. `item_segments` labels every index item
+    head/tail/cold by its `train` count; `user_segments`, when set, labels evaluated users (cold_user/warm_user).
+    """
+
+    protocol: str
+    name: str
+    index: EvalIndex
+    items: pl.DataFrame
+    train: pl.DataFrame
+    truth: pl.DataFrame
+    exclude: pl.DataFrame
+    candidates: np.ndarray
+    item_segments: pl.DataFrame
+    user_segments: pl.DataFrame | None = None
+
+    @property
+    def users(self) -> np.ndarray:
+        """Sorted indices of the evaluated users: those with a held-out positive."""
+        return np.unique(self.index.users(self.truth[Columns.user]))
+
+    @property
+    def n_users(self) -> int:
+        return self.truth[Columns.user].n_unique()
+
+    def item_popularity(self) -> pl.DataFrame:
+        """(item_id, n_interactions): training interactions per item, 0 for items without any."""
+        counts = self.train.group_by(Columns.item).agg(pl.len().cast(pl.Int64).alias(Columns.n_interactions))
+        return (
+            self.items.select(Columns.item)
+            .join(counts, on=Columns.item, how="left", maintain_order="left")
+            .with_columns(pl.col(Columns.n_interactions).fill_null(0))
+        )
+
+
+def _pairs(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(_PAIR).unique(maintain_order=True)
+
+
+def _make_split(
+    *,
+    protocol: str,
+    name: str,
+    index: EvalIndex,
+    items: pl.DataFrame,
+    train: pl.DataFrame,
+    truth: pl.DataFrame,
+    known: pl.DataFrame,
+    candidates: pl.Series,
+    user_segments: pl.DataFrame | None = None,
+) -> ProtocolSplit:
+    """Shared tail of the builders: exclusions = known positives that are not held out, for evaluated users only."""
+    truth = _pairs(truth)
+    if truth.height == 0:
+        raise DataError(f"{name}: no held-out positives, so there is no user to evaluate.")
+    candidate_frame = pl.DataFrame({Columns.item: candidates}).unique()
+    outside = truth.join(candidate_frame, on=Columns.item, how="anti")[Columns.item]
+    if outside.len():
+        raise DataError(
+            f"{name}: {outside.n_unique()} held-out item(s) are not candidates, e.g. "
+            f"{outside.unique().sort().head(_EXAMPLES).to_list()}; they could never be hit."
+        )
+    exclude = (
+        _pairs(known)
+        .join(truth, on=_PAIR, how="anti")
+        .join(truth.select(Columns.user).unique(), on=Columns.user, how="semi")
+        .join(candidate_frame, on=Columns.item, how="semi")
+        .sort(_PAIR)
+    )
+    return ProtocolSplit(
+        protocol=protocol,
+        name=name,
+        index=index,
+        items=items,
+        train=train,
+        truth=truth.sort(_PAIR),
+        exclude=exclude,
+        candidates=np.sort(index.items(candidate_frame[Columns.item])),
+        item_segments=popularity_segments(train, items.select(Columns.item)),
+        user_segments=user_segments,
+    )
+
+
+_CITEULIKE_SPLITS = ("warm_emb", "warm_val", "warm_test", "cold_item_val", "cold_item_test")
+
+
+def _aldi_parts(dataset: Dataset) -> tuple[EvalIndex, dict[str, pl.DataFrame]]:
+    missing = [s for s in _CITEULIKE_SPLITS if s not in dataset.splits]
+    if missing:
+        raise DataError(
+            f"dataset '{dataset.name}' lacks split(s) {missing}; the ALDI protocols need {list(_CITEULIKE_SPLITS)} "
+            "(load it with catalog.load_citeulike)."
+        )
+    index = EvalIndex(dataset.users[Columns.user], dataset.items[Columns.item])
+    return index, {s: _pairs(dataset.splits[s]) for s in _CITEULIKE_SPLITS}
+
+
+def _items_of(*frames: pl.DataFrame) -> pl.Series:
+    return pl.concat([f.select(Columns.item) for f in frames]).unique()[Columns.item]
+
+
+def cold_item_split(
+    dataset: Dataset, eval_split: Literal["cold_item_test", "cold_item_val"] = "cold_item_test"
+) -> ProtocolSplit:
+    """ALDI's item cold-start protocol on a data set with the ALDI splits (catalog.load_citeulike).
+
+    Users: those with positives in `eval_split`. Candidates: every cold item (cold_item_val + cold_item_test).
+    Excluded: each user's positives outside `eval_split` (among candidates: their other cold split). Train: warm_emb.
+    """
+    if eval_split not in ("cold_item_test", "cold_item_val"):
+        raise DataError(f"cold_item_split: eval_split must be 'cold_item_test' or 'cold_item_val', got {eval_split!r}.")
+    index, parts = _aldi_parts(dataset)
+    return _make_split(
+        protocol=COLD_ITEM,
+        name=eval_split,
+        index=index,
+        items=dataset.items,
+        train=parts["warm_emb"],
+        truth=parts[eval_split],
+        known=pl.concat(list(parts.values())),
+        candidates=_items_of(parts["cold_item_val"], parts["cold_item_test"]),
+    )
+
+
+def warm_split(dataset: Dataset, eval_split: Literal["warm_test", "warm_val"] = "warm_test") -> ProtocolSplit:
+    """Warm protocol: users with positives in `eval_split`, ranked against the warm items (warm_emb/val/test).
+
+    Excluded: their training (warm_emb) positives and their positives in the other warm split. Train: warm_emb.
+    """
+    if eval_split not in ("warm_test", "warm_val"):
+        raise DataError(f"warm_split: eval_split must be 'warm_test' or 'warm_val', got {eval_split!r}.")
+    index, parts = _aldi_parts(dataset)
+    return _make_split(
+        protocol=WARM,
+        name=eval_split,
+        index=index,
+        items=dataset.items,
+        train=parts["warm_emb"],
+        truth=parts[eval_split],
+        known=pl.concat(list(parts.values())),
+        candidates=_items_of(parts["warm_emb"], parts["warm_val"], parts["warm_test"]),
+    )
+
+
+def hybrid_split(dataset: Dataset, eval_split: Literal["test", "val"] = "test") -> ProtocolSplit:
+    """Hybrid protocol: every item is a candidate; truth = warm_<eval_split> + cold_item_<eval_split>.
+
+    Users: everyone with a positive in either (ALDI's code keeps only users in both; we keep all). Excluded: all
+    other known positives (warm_emb and the other stage's splits). Segments head/tail/cold from warm_emb.
+    """
+    if eval_split not in ("test", "val"):
+        raise DataError(f"hybrid_split: eval_split must be 'test' or 'val', got {eval_split!r}.")
+    index, parts = _aldi_parts(dataset)
+    return _make_split(
+        protocol=HYBRID,
+        name=f"hybrid_{eval_split}",
+        index=index,
+        items=dataset.items,
+        train=parts["warm_emb"],
+        truth=pl.concat([parts[f"warm_{eval_split}"], parts[f"cold_item_{eval_split}"]]),
+        known=pl.concat(list(parts.values())),
+        candidates=dataset.items[Columns.item],
+    )
+
+
+def _default_cut(ts: pl.Series, quantile: float) -> datetime:
+    if not 0 < quantile < 1:
+        raise DataError(f"temporal_split: quantile must be in (0, 1), got {quantile}.")
+    ordered = ts.sort()
+    return ordered[min(int(quantile * ordered.len()), ordered.len() - 1)]
+
+
+def temporal_split(
+    interactions: pl.DataFrame,
+    items: pl.DataFrame,
+    *,
+    cut: datetime | None = None,
+    end: datetime | None = None,
+    quantile: float = 0.8,
+) -> ProtocolSplit:
+    """Temporal protocol for a timestamped log: train on ts < cut, test on cut <= ts (< end, when given).
+
+    `cut` defaults to the time of the event at `quantile` of the log (80%: about 80% of events train). Candidates:
+    every item of `items`; items without a training interaction are cold. Truth: test pairs not already in
+    training (a repeat cannot be recommended, since training positives are excluded). Users without a training
+    interaction are `cold_user`, others `warm_user` (see `ProtocolSplit.user_segments`).
+    """
+    if Columns.ts not in interactions.columns or interactions[Columns.ts].null_count():
+        raise DataError(
+            f"temporal_split needs a '{Columns.ts}' on every interaction; "
+            f"{interactions[Columns.ts].null_count() if Columns.ts in interactions.columns else 'all'} lack one. "
+            "Use a protocol with a fixed split for logs without times."
+        )
+    if interactions.height == 0:
+        raise DataError("temporal_split got no interactions.")
+    cut = cut if cut is not None else _default_cut(interactions[Columns.ts], quantile)
+    if end is not None and end <= cut:
+        raise DataError(f"temporal_split: end ({end}) must be after cut ({cut}).")
+    log = interactions.select(Columns.user, Columns.item, Columns.ts)
+    train = log.filter(pl.col(Columns.ts) < cut)
+    test = log.filter(pl.col(Columns.ts) >= cut)
+    if end is not None:
+        test = test.filter(pl.col(Columns.ts) < end)
+    if train.height == 0:
+        raise DataError(f"temporal_split: no interaction before the cut {cut}; move the cut later.")
+    index = EvalIndex(log[Columns.user].unique().sort(), items[Columns.item])
+    index.items(log[Columns.item])  # every logged item must be a known item
+    truth = _pairs(test).join(_pairs(train), on=_PAIR, how="anti")
+    trained_users = train.select(Columns.user).unique()
+    user_segments = (
+        truth.select(Columns.user)
+        .unique()
+        .join(trained_users.with_columns(pl.lit(WARM_USER).alias(Columns.segment)), on=Columns.user, how="left")
+        .with_columns(pl.col(Columns.segment).fill_null(COLD_USER))
+        .sort(Columns.user)
+    )
+    return _make_split(
+        protocol=TEMPORAL,
+        name=f"temporal@{cut.isoformat()}",
+        index=index,
+        items=items,
+        train=train,
+        truth=truth,
+        known=train,
+        candidates=items[Columns.item],
+        user_segments=user_segments,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+@dataclass(frozen=True, eq=False)
+class EvalResult:
+    """Metrics (segment, metric, k, value) of one scorer on one split, the users evaluated and the top-k lists."""
+
+    metrics: pl.DataFrame
+    n_users: int
+    seconds: float
+    recs: pl.DataFrame
+
+    def value(self, metric: str, segment: str = Segments.overall) -> float:
+        """One metric's value, e.g. result.value("recall")."""
+        row = self.metrics.filter((pl.col(Columns.metric) == metric) & (pl.col(Columns.segment) == segment))
+        if row.height != 1:
+            have = self.metrics.select(Columns.segment, Columns.metric).rows()
+            raise KeyError(f"no metric {metric!r} for segment {segment!r}; have {have}")
+        return float(row["value"].item())
+
+
+def _checked_scores(raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    # A copy: the masking below writes into it, and a scorer may return a view of its own state.
+    scores = np.array(raw, dtype=np.float32)
+    if scores.shape != shape:
+        raise MetricInputError(f"the scorer returned scores of shape {scores.shape}; expected {shape} (users, items).")
+    if np.isnan(scores).any() or np.isposinf(scores).any():
+        raise MetricInputError("the scorer returned NaN or +inf scores; use -inf for items it must never recommend.")
+    return scores
+
+
+def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, rank) of each row's k best finite scores; ties go to the lower column (item index)."""
+    n_cols = scores.shape[1]
+    if k < n_cols:
+        kth = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k]
+        keep = scores >= kth[:, None]  # ties at the boundary are all kept, then cut after the exact sort
+    else:
+        keep = np.ones(scores.shape, dtype=bool)
+    keep &= scores > -np.inf
+    rows, cols = np.nonzero(keep)
+    order = np.lexsort((cols, -scores[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    rank = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") + 1
+    top = rank <= k
+    return rows[top], cols[top], rank[top]
+
+
+def evaluate(split: ProtocolSplit, scorer: Scorer, k: int = 20, *, batch_size: int = 1024) -> EvalResult:
+    """Rank the split's candidates for each evaluated user with `scorer` and compute every metric at k.
+
+    Excluded pairs get -inf before ranking; equal scores go to the lower item index. Metrics: ranker.metrics'
+    evaluate_ranking (accuracy overall and per item segment; coverage and Gini over the candidates; APLT, ARP and
+    novelty from training popularity, novelty's user count = distinct training users), plus accuracy per user
+    segment when the split has user segments.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise MetricInputError(f"k must be a positive int, got {k!r}")
+    if batch_size < 1:
+        raise MetricInputError(f"batch_size must be >= 1, got {batch_size}")
+    started = time.perf_counter()
+    users, candidates = split.users, split.candidates
+    ex_users, ex_items = split.index.pairs(split.exclude)
+    ex_rows = np.searchsorted(users, ex_users)  # position among evaluated users (exclude holds only those)
+    ex_cols = np.searchsorted(candidates, ex_items)
+    order = np.argsort(ex_rows, kind="stable")
+    ex_rows, ex_cols = ex_rows[order], ex_cols[order]
+
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for start in range(0, users.size, batch_size):
+        batch = users[start : start + batch_size]
+        scores = _checked_scores(scorer(batch, candidates), (batch.size, candidates.size))
+        lo, hi = np.searchsorted(ex_rows, [start, start + batch.size])
+        scores[ex_rows[lo:hi] - start, ex_cols[lo:hi]] = -np.inf
+        rows, cols, rank = _top_k(scores, k)
+        parts.append((batch[rows], candidates[cols], rank))
+    user_idx, item_idx, rank = (np.concatenate(p) for p in zip(*parts, strict=True))
+    recs = pl.DataFrame(
+        {
+            Columns.user: split.index.user_ids.gather(user_idx),
+            Columns.item: split.index.item_ids.gather(item_idx),
+            Columns.rank: rank.astype(np.int64),
+        }
+    )
+
+    metrics = evaluate_ranking(
+        recs,
+        split.truth,
+        k,
+        item_segments=split.item_segments,
+        catalog_items=split.index.item_ids.gather(candidates),
+        item_popularity=split.item_popularity(),
+        n_users=max(split.train[Columns.user].n_unique(), 1),
+    )
+    if split.user_segments is not None:
+        metrics = pl.concat([metrics, _user_segment_metrics(recs, split.truth, split.user_segments, k)])
+    return EvalResult(metrics=metrics, n_users=users.size, seconds=time.perf_counter() - started, recs=recs)
+
+
+def _user_segment_metrics(recs: pl.DataFrame, truth: pl.DataFrame, user_segments: pl.DataFrame, k: int) -> pl.DataFrame:
+    """Overall accuracy restricted to the users of each user segment, labelled with the segment's name."""
+    frames = []
+    for segment in (COLD_USER, WARM_USER):
+        members = user_segments.filter(pl.col(Columns.segment) == segment).select(Columns.user)
+        if members.height == 0:
+            continue
+        rows = accuracy_metrics(
+            recs.join(members, on=Columns.user, how="semi"), truth.join(members, on=Columns.user, how="semi"), k
+        )
+        frames.append(rows.with_columns(pl.lit(segment).alias(Columns.segment)))
+    return pl.concat(frames)

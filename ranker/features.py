@@ -1,0 +1,199 @@
+"""Candidate generation and pair features for the learned rankers, over integer user and item indices.
+
+The rankers never see an item's collaborative embedding directly: they see a user-item score computed through
+one of two *views* of the item. The warm view uses the item's collaborative (ID) embedding and its popularity;
+the cold view uses its content-mapped stand-in and no popularity, which is all a cold item has. Training presents
+warm items through the cold view too (DropoutNet's idea), so the ranker learns what a cold item looks like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+FEATURE_NAMES = (
+    "cf_score",
+    "text_profile",
+    "text_max",
+    "text_top3",
+    "tfidf_profile",
+    "tfidf_max",
+    "log_popularity",
+    "as_cold",
+    "user_activity",
+    "title_words",
+    "text_rank",
+)
+
+
+def _normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _normalise_sparse_rows(matrix: sp.csr_array) -> sp.csr_array:
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+    return sp.csr_array(sp.diags_array(1.0 / np.maximum(norms, 1e-12)) @ matrix)
+
+
+@dataclass(frozen=True, eq=False)
+class RankerInputs:
+    """What the rankers know about users and items, row i of each item array being item index i.
+
+    `history` is the binary (users x items) matrix of training interactions. `item_cf` rows of cold items are
+    never read: a cold item is always seen through `item_standin`. For warm items `item_standin` should be
+    out-of-fold (the mapper did not train on that item), or the ranker would learn to trust stand-ins too much.
+    """
+
+    history: sp.csr_array
+    text: np.ndarray
+    user_cf: np.ndarray
+    item_cf: np.ndarray
+    item_standin: np.ndarray
+    popularity: np.ndarray
+    title_words: np.ndarray
+    tfidf: sp.csr_array | None = None
+    # Derived: the normalised sum of each user's item vectors (zero for users without history).
+    text_profiles: np.ndarray = field(init=False)
+    tfidf_profiles: sp.csr_array | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        n_users, n_items = self.history.shape
+        for name, rows, expected in (
+            ("text", self.text.shape[0], n_items),
+            ("item_cf", self.item_cf.shape[0], n_items),
+            ("item_standin", self.item_standin.shape[0], n_items),
+            ("popularity", self.popularity.shape[0], n_items),
+            ("title_words", self.title_words.shape[0], n_items),
+            ("user_cf", self.user_cf.shape[0], n_users),
+        ):
+            if rows != expected:
+                raise ValueError(f"RankerInputs.{name} has {rows} rows; history implies {expected}.")
+        if self.tfidf is not None and self.tfidf.shape[0] != n_items:
+            raise ValueError(f"RankerInputs.tfidf has {self.tfidf.shape[0]} rows; history implies {n_items}.")
+        history = sp.csr_array((self.history > 0).astype(np.float32))
+        object.__setattr__(self, "history", history)
+        object.__setattr__(self, "text", _normalise_rows(np.asarray(self.text, dtype=np.float32)))
+        object.__setattr__(self, "text_profiles", _normalise_rows(history @ self.text))
+        tfidf_profiles = None
+        if self.tfidf is not None:
+            tfidf = _normalise_sparse_rows(sp.csr_array(self.tfidf, dtype=np.float32))
+            object.__setattr__(self, "tfidf", tfidf)
+            tfidf_profiles = _normalise_sparse_rows(sp.csr_array(history @ tfidf))
+        object.__setattr__(self, "tfidf_profiles", tfidf_profiles)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.history.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.history.shape[1])
+
+    @property
+    def is_cold(self) -> np.ndarray:
+        return self.popularity == 0
+
+    def item_view(self, items: np.ndarray, as_cold: np.ndarray) -> np.ndarray:
+        """Collaborative vectors of items as seen by the ranker: stand-ins where cold (or presented as cold)."""
+        as_cold = as_cold | self.is_cold[items]
+        return np.where(as_cold[:, None], self.item_standin[items], self.item_cf[items])
+
+    def source_scores(self, users: np.ndarray, pool: np.ndarray, as_cold: bool) -> dict[str, np.ndarray]:
+        """Dense (users x pool) scores of each candidate source."""
+        view = self.item_view(pool, np.full(pool.size, as_cold))
+        scores = {
+            "cf": self.user_cf[users] @ view.T,
+            "text": self.text_profiles[users] @ self.text[pool].T,
+        }
+        if self.tfidf is not None and self.tfidf_profiles is not None:
+            scores["tfidf"] = (self.tfidf_profiles[users] @ self.tfidf[pool].T).toarray()
+        if not as_cold:
+            scores["popularity"] = np.broadcast_to(np.log1p(self.popularity[pool]), (users.size, pool.size))
+        return scores
+
+
+def _top_columns(scores: np.ndarray, n: int) -> np.ndarray:
+    """Column indices of each row's n highest finite scores (unordered), as a boolean mask."""
+    mask = np.zeros(scores.shape, dtype=bool)
+    if n >= scores.shape[1]:
+        mask[:] = True
+    else:
+        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        np.put_along_axis(mask, top, True, axis=1)
+    return mask & np.isfinite(scores)
+
+
+def generate_candidates(
+    inputs: RankerInputs,
+    users: np.ndarray,
+    pool: np.ndarray,
+    *,
+    per_source: int,
+    exclude: sp.csr_array | None = None,
+    views: tuple[bool, ...] = (False, True),
+    batch_size: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Union of each source's top `per_source` items of `pool` per user, in both item views by default.
+
+    Training interactions (and `exclude`) are never candidates. Returns (user indices, item indices) of the
+    candidate pairs, grouped by user in the order of `users`.
+    """
+    pair_users, pair_items = [], []
+    for start in range(0, users.size, batch_size):
+        batch = users[start : start + batch_size]
+        known = inputs.history[batch][:, pool].toarray() > 0
+        if exclude is not None:
+            known |= exclude[batch][:, pool].toarray() > 0
+        chosen = np.zeros((batch.size, pool.size), dtype=bool)
+        for as_cold in views:
+            for scores in inputs.source_scores(batch, pool, as_cold).values():
+                chosen |= _top_columns(np.where(known, -np.inf, scores), per_source)
+        rows, cols = np.nonzero(chosen)
+        pair_users.append(batch[rows])
+        pair_items.append(pool[cols])
+    return np.concatenate(pair_users), np.concatenate(pair_items)
+
+
+def pair_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, as_cold: np.ndarray) -> np.ndarray:
+    """Feature matrix (pairs x FEATURE_NAMES) for (user, item) pairs grouped by user.
+
+    `as_cold[p]` presents pair p's item through the cold view (cold items always are).
+    """
+    as_cold = as_cold | inputs.is_cold[items]
+    n = users.size
+    out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
+    column = {name: j for j, name in enumerate(FEATURE_NAMES)}
+    out[:, column["cf_score"]] = np.einsum("ij,ij->i", inputs.user_cf[users], inputs.item_view(items, as_cold))
+    out[:, column["text_profile"]] = np.einsum("ij,ij->i", inputs.text_profiles[users], inputs.text[items])
+    out[:, column["log_popularity"]] = np.where(as_cold, 0.0, np.log1p(inputs.popularity[items]))
+    out[:, column["as_cold"]] = as_cold
+    activity = np.diff(inputs.history.indptr)
+    out[:, column["user_activity"]] = np.log1p(activity[users])
+    out[:, column["title_words"]] = inputs.title_words[items]
+
+    # Similarity to each history item: max and mean of the best three, computed user by user.
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], n]
+    for start, end in zip(starts, ends, strict=True):
+        user = users[start]
+        history = inputs.history.indices[inputs.history.indptr[user] : inputs.history.indptr[user + 1]]
+        if history.size == 0:
+            continue
+        targets = items[start:end]
+        sims = inputs.text[history] @ inputs.text[targets].T
+        out[start:end, column["text_max"]] = sims.max(axis=0)
+        best = -np.sort(-sims, axis=0)[:3]
+        out[start:end, column["text_top3"]] = best.mean(axis=0)
+        # Rank of the item among this user's candidates by text profile similarity (0 = best).
+        profile = out[start:end, column["text_profile"]]
+        out[start:end, column["text_rank"]] = np.argsort(np.argsort(-profile)) / max(end - start, 1)
+        if inputs.tfidf is not None:
+            tf = (inputs.tfidf[history] @ inputs.tfidf[targets].T).toarray()
+            out[start:end, column["tfidf_max"]] = tf.max(axis=0)
+    if inputs.tfidf is not None and inputs.tfidf_profiles is not None:
+        pairs = inputs.tfidf_profiles[users].multiply(inputs.tfidf[items])
+        out[:, column["tfidf_profile"]] = np.asarray(pairs.sum(axis=1)).ravel()
+    return out

@@ -1,0 +1,227 @@
+"""LightGBM LambdaRank over generated candidates, trained so that training matches serving for cold items.
+
+Training groups are the candidates of users with held-out warm positives; each candidate is presented through
+the cold view (stand-in embedding, no popularity) with probability `cold_share`, so the model learns to rank
+items that only have content. Early stopping uses a validation task (e.g. the cold validation split).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+from catalog import NotFittedError
+from ranker.features import FEATURE_NAMES, RankerInputs, generate_candidates, pair_features
+
+
+class LightGBMRankerConfig(BaseModel):
+    """Hyperparameters of the LightGBM ranker (tuned on validation splits only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_source: int = Field(100, ge=1, description="Candidates each source contributes per user and view.")
+    cold_share: float = Field(0.5, ge=0, le=1, description="Share of training pairs presented as cold items.")
+    num_leaves: int = Field(31, ge=2, description="Leaves per tree.")
+    learning_rate: float = Field(0.05, gt=0, description="Shrinkage.")
+    n_estimators: int = Field(600, ge=1, description="Most boosting rounds.")
+    early_stopping_rounds: int = Field(50, ge=1, description="Stop when validation NDCG@k stalls this long.")
+    min_child_samples: int = Field(50, ge=1, description="Smallest leaf.")
+    eval_k: int = Field(20, ge=1, description="K of the validation NDCG used for early stopping.")
+    seed: int = Field(0, description="Seed of sampling and of LightGBM.")
+    num_threads: int = Field(2, ge=1, description="LightGBM threads.")
+
+
+@dataclass(frozen=True, eq=False)
+class RankingTask:
+    """Users to rank `pool` items for; `positives` (users x items) labels them, `exclude` masks known pairs."""
+
+    users: np.ndarray
+    pool: np.ndarray
+    positives: sp.csr_array | None = None
+    exclude: sp.csr_array | None = None
+
+
+@dataclass(frozen=True)
+class _Groups:
+    users: np.ndarray
+    items: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    sizes: np.ndarray
+
+
+def _groups(
+    inputs: RankerInputs, task: RankingTask, per_source: int, as_cold: np.ndarray | float, rng: np.random.Generator
+) -> _Groups:
+    users, items = generate_candidates(inputs, task.users, task.pool, per_source=per_source, exclude=task.exclude)
+    labels = np.zeros(users.size, dtype=np.float32)
+    if task.positives is not None:
+        labels = np.asarray(task.positives[users, items]).ravel().astype(np.float32)
+    cold = rng.random(users.size) < as_cold if isinstance(as_cold, float) else as_cold[items]
+    features = pair_features(inputs, users, items, cold)
+    # Candidates come grouped by user, in task order.
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    sizes = np.diff(np.r_[starts, users.size])
+    return _Groups(users, items, features, labels, sizes)
+
+
+def _with_positive_groups(groups: _Groups) -> _Groups:
+    """Groups without a positive teach LambdaRank nothing; drop them."""
+    starts = np.r_[0, np.cumsum(groups.sizes)[:-1]]
+    has_positive = np.add.reduceat(groups.labels, starts) > 0 if groups.sizes.size else np.array([], bool)
+    keep_rows = np.repeat(has_positive, groups.sizes)
+    return _Groups(
+        groups.users[keep_rows],
+        groups.items[keep_rows],
+        groups.features[keep_rows],
+        groups.labels[keep_rows],
+        groups.sizes[has_positive],
+    )
+
+
+class LightGBMRanker:
+    """LambdaRank over candidate pairs; `fit`, `score_task`/`recommend`, `save`/`load` with metadata."""
+
+    def __init__(self, config: LightGBMRankerConfig | None = None) -> None:
+        self.config = config or LightGBMRankerConfig()
+        self._booster: lgb.Booster | None = None
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._booster is not None
+
+    @property
+    def booster(self) -> lgb.Booster:
+        if self._booster is None:
+            raise NotFittedError("LightGBMRanker is not fitted; call fit() or load() first.")
+        return self._booster
+
+    def fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
+        """Learn from `train` (warm positives, presented cold with probability cold_share); stop on `valid`."""
+        if train.positives is None or valid.positives is None:
+            raise ValueError("fit needs positives for both the training and the validation task.")
+        config = self.config
+        rng = np.random.default_rng(config.seed)
+        fit_groups = _with_positive_groups(_groups(inputs, train, config.per_source, config.cold_share, rng))
+        valid_groups = _with_positive_groups(_groups(inputs, valid, config.per_source, inputs.is_cold, rng))
+        params = {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [config.eval_k],
+            "num_leaves": config.num_leaves,
+            "learning_rate": config.learning_rate,
+            "min_child_samples": config.min_child_samples,
+            "seed": config.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": config.num_threads,
+            "verbosity": -1,
+        }
+        train_set = lgb.Dataset(
+            fit_groups.features, fit_groups.labels, group=fit_groups.sizes, feature_name=list(FEATURE_NAMES)
+        )
+        valid_set = lgb.Dataset(
+            valid_groups.features, valid_groups.labels, group=valid_groups.sizes, reference=train_set
+        )
+        evaluations: dict[str, Any] = {}
+        self._booster = lgb.train(
+            params,
+            train_set,
+            num_boost_round=config.n_estimators,
+            valid_sets=[valid_set],
+            valid_names=["valid"],
+            callbacks=[
+                lgb.early_stopping(config.early_stopping_rounds, verbose=False),
+                lgb.record_evaluation(evaluations),
+            ],
+        )
+        self.metadata = {
+            "config": config.model_dump(),
+            "features": list(FEATURE_NAMES),
+            "best_iteration": int(self._booster.best_iteration),
+            f"valid_ndcg@{config.eval_k}": float(self._booster.best_score["valid"][f"ndcg@{config.eval_k}"]),
+            "train_pairs": int(fit_groups.labels.size),
+            "train_groups": int(fit_groups.sizes.size),
+            "valid_groups": int(valid_groups.sizes.size),
+            "feature_importance_gain": dict(
+                zip(FEATURE_NAMES, self._booster.feature_importance("gain").round(1).tolist(), strict=True)
+            ),
+        }
+        return self
+
+    def score_task(self, inputs: RankerInputs, task: RankingTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user indices, item indices, scores) of every candidate pair of `task`; items seen as the data has them."""
+        booster = self.booster
+        groups = _groups(inputs, task, self.config.per_source, inputs.is_cold, np.random.default_rng(0))
+        scores = booster.predict(groups.features, num_iteration=booster.best_iteration or None)
+        return groups.users, groups.items, np.asarray(scores, dtype=np.float32)
+
+    def scorer(
+        self, inputs: RankerInputs, exclude: sp.csr_array | None = None
+    ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """A Scorer for `ranker.evaluate`: candidates get the model's score, every other item -inf."""
+
+        def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+            pair_users, pair_items, scores = self.score_task(inputs, RankingTask(users, items, exclude=exclude))
+            matrix = np.full((users.size, items.size), -np.inf, dtype=np.float32)
+            matrix[_positions(users, pair_users), _positions(items, pair_items)] = scores
+            return matrix
+
+        return score
+
+    def recommend(
+        self,
+        inputs: RankerInputs,
+        users: np.ndarray,
+        k: int,
+        pool: np.ndarray | None = None,
+        exclude: sp.csr_array | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k (user, item, rank) for `users` among `pool` (default all items); training items and `exclude`
+        pairs are never recommended."""
+        pool = np.arange(inputs.n_items) if pool is None else pool
+        task = RankingTask(np.asarray(users), pool, exclude=exclude)
+        pair_users, pair_items, scores = self.score_task(inputs, task)
+        order = np.lexsort((pair_items, -scores, pair_users))
+        pair_users, pair_items = pair_users[order], pair_items[order]
+        starts = np.searchsorted(pair_users, pair_users, side="left")
+        rank = np.arange(pair_users.size) - starts + 1
+        keep = rank <= k
+        return pair_users[keep], pair_items[keep], rank[keep]
+
+    def save(self, directory: Path) -> Path:
+        """Write model.txt (LightGBM text format) and metadata.json into `directory`, atomically each."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, text in (
+            ("model.txt", self.booster.model_to_string()),
+            ("metadata.json", json.dumps(self.metadata | {"config": self.config.model_dump()}, indent=2)),
+        ):
+            temporary = directory / f".{name}.{uuid.uuid4().hex}.tmp"
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, directory / name)
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> LightGBMRanker:
+        metadata = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
+        ranker = cls(LightGBMRankerConfig(**metadata["config"]))
+        ranker._booster = lgb.Booster(model_str=(directory / "model.txt").read_text(encoding="utf-8"))
+        ranker.metadata = metadata
+        return ranker
+
+
+def _positions(unique_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Position of each of `values` in `unique_values` (which need not be sorted)."""
+    order = np.argsort(unique_values, kind="stable")
+    return order[np.searchsorted(unique_values, values, sorter=order)]
