@@ -1,5 +1,8 @@
-"""Encoders: sentence-transformers text embeddings with an embedding cache keyed by (model, text hash)."""
+"""Encoders: text embeddings with a cache keyed by (model, text hash), collaborative (BPR-MF) embeddings, and the
+content-to-ID mapper that gives cold items and sparse users stand-in embeddings."""
 
+from encoders._cf import BPRMF, BPRConfig, CFEmbeddings
+from encoders._mapper import ContentMapper, MapperConfig, Transform, stand_in_users
 from encoders._text import (
     EMBEDDING_DIM,
     MODEL_NAME,
@@ -11,11 +14,18 @@ from encoders._text import (
 )
 
 __all__ = [
+    "BPRMF",
     "EMBEDDING_DIM",
     "MODEL_NAME",
+    "BPRConfig",
+    "CFEmbeddings",
+    "ContentMapper",
     "EmbeddingCache",
+    "MapperConfig",
+    "Transform",
     "encode_texts",
     "item_text",
     "load_text_model",
+    "stand_in_users",
     "text_hash",
 ]

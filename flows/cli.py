@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
@@ -32,7 +34,7 @@ R = TypeVar("R")
 
 WorkspaceOption = Annotated[
     Path | None,
-    typer.Option("--workspace", "-w", help="Workspace directory [default: ./workspace or $WARMSTART_WORKSPACE]."),
+    typer.Option("--workspace", "-w", help="Workspace directory \\[default: ./workspace or $WARMSTART_WORKSPACE]."),
 ]
 
 
@@ -61,12 +63,20 @@ def _workspace(option: Path | None, settings: WarmstartSettings) -> Workspace:
     return Workspace(option or settings.workspace)
 
 
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _print_frame(frame: pl.DataFrame, title: str) -> None:
     table = Table(title=title)
     for column in frame.columns:
         table.add_column(column, justify="right" if frame.schema[column].is_numeric() else "left")
     for row in frame.iter_rows():
-        table.add_row(*(f"{value:,}" if isinstance(value, int) else str(value) for value in row))
+        table.add_row(*(_cell(value) for value in row))
     console.print(table)
 
 
@@ -169,6 +179,81 @@ def demo(
         f"{dataset.users.height:,} users -> workspace {space.root}"
     )
     _show_detection(detection, "MovieLens-100K segments")
+
+
+class Protocol(StrEnum):
+    cold_item = "cold-item"
+    warm = "warm"
+    hybrid = "hybrid"
+    temporal = "temporal"
+
+
+class RankerName(StrEnum):
+    lightgbm = "lightgbm"
+    deepfm = "deepfm"
+
+
+FileOption = Annotated[Path | None, typer.Option(help="CSV or Parquet file.", dir_okay=False)]
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    protocol: Annotated[Protocol, typer.Option(help="Evaluation protocol.")] = Protocol.cold_item,
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = 20,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Built-in data set: citeulike or ml-100k.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder holding the data set's files.")] = None,
+    train: FileOption = None,
+    test: FileOption = None,
+    items: FileOption = None,
+    valid: FileOption = None,
+    users: FileOption = None,
+    ranker: Annotated[RankerName, typer.Option(help="Ranker to train and evaluate.")] = RankerName.lightgbm,
+    seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Train the encoders and the ranker on a split's training part and evaluate on its held-out part.
+
+    Give --dataset citeulike --data DIR (ALDI split), --dataset ml-100k (temporal), or a split as files:
+    --train F --test F --items F [--valid F] [--users F]. Test users or items without training rows are cold.
+    """
+    from flows import pipeline  # torch and the models load only for the commands that need them
+
+    settings = _settings()
+    if ranker != RankerName.lightgbm:
+        raise ConfigError(f"ranker {ranker.value!r} is not available yet; use --ranker lightgbm.")
+    if (dataset is None) == (train is None):
+        raise ConfigError("give either --dataset NAME or --train FILE --test FILE --items FILE.")
+    if dataset is not None:
+        with console.status(f"loading {dataset}..."):
+            loaded = steps.load_named_dataset(dataset, data, settings.cache_dir)
+        plan = pipeline.dataset_plan(loaded, pipeline.PROTOCOLS[protocol.value])
+    else:
+        if test is None or items is None:
+            raise ConfigError("--train needs --test FILE and --items FILE too.")
+        assert train is not None
+        plan = pipeline.files_plan(
+            pipeline.PROTOCOLS[protocol.value], train=train, test=test, items=items, valid=valid, users=users
+        )
+    run_id = new_run_id()
+    model_dir = _workspace(workspace, settings).root / "models" / "lightgbm" / run_id
+    models = pipeline.ModelSettings(
+        cf=pipeline.BPRConfig(seed=seed),
+        ranker=pipeline.LightGBMRankerConfig(seed=seed),
+        seed=seed,
+    )
+    report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
+    report["protocol"] = protocol.value
+    report["models"]["saved_to"] = str(model_dir)
+    table = pl.DataFrame(report["metrics"]).pivot(on="metric", index="segment", values="value")
+    _print_frame(
+        table.with_columns(pl.exclude("segment").round(4)), f"{protocol.value} @ {k} ({report['n_users']:,} users)"
+    )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        console.print(f"report written to {json_out}")
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ __all__ = [
     "Scorer",
     "cold_item_split",
     "evaluate",
+    "frames_split",
     "hybrid_split",
     "temporal_split",
     "warm_split",
@@ -306,6 +307,62 @@ def hybrid_split(dataset: Dataset, eval_split: Literal["test", "val"] = "test") 
     )
 
 
+def _user_segments(truth: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
+    """Evaluated users labelled warm_user (they have training rows) or cold_user."""
+    trained = train.select(Columns.user).unique().with_columns(pl.lit(WARM_USER).alias(Columns.segment))
+    return (
+        truth.select(Columns.user)
+        .unique()
+        .join(trained, on=Columns.user, how="left")
+        .with_columns(pl.col(Columns.segment).fill_null(COLD_USER))
+        .sort(Columns.user)
+    )
+
+
+def frames_split(
+    train: pl.DataFrame,
+    test: pl.DataFrame,
+    items: pl.DataFrame,
+    *,
+    protocol: Literal["cold_item", "warm", "hybrid"] = HYBRID,
+    valid: pl.DataFrame | None = None,
+    users: pl.Series | None = None,
+) -> ProtocolSplit:
+    """A split given as frames (e.g. files): train, test, items (and validation positives, known but not evaluated).
+
+    Items without a training interaction are cold. Candidates: the cold items (`cold_item`), the warm items
+    (`warm`) or every item (`hybrid`); test positives outside the candidates are dropped, as ALDI's protocols do.
+    Excluded: the evaluated users' train and validation positives. Users without training rows are cold users.
+    """
+    known = [train, *([valid] if valid is not None else [])]
+    log = pl.concat([f.select(_PAIR) for f in [*known, test]])
+    user_ids = users if users is not None else log[Columns.user].unique().sort()
+    index = EvalIndex(user_ids, items[Columns.item])
+    index.users(log[Columns.user])  # every user of every frame must be known
+    index.items(log[Columns.item])
+    warm = train.select(Columns.item).unique()
+    candidates = {
+        COLD_ITEM: items.join(warm, on=Columns.item, how="anti"),
+        WARM: items.join(warm, on=Columns.item, how="semi"),
+        HYBRID: items,
+    }
+    if protocol not in candidates:
+        raise DataError(f"frames_split: protocol must be one of {sorted(candidates)}, got {protocol!r}.")
+    pool = candidates[protocol][Columns.item]
+    truth = _pairs(test).join(pl.DataFrame({Columns.item: pool}), on=Columns.item, how="semi")
+    return _make_split(
+        protocol=protocol,
+        name=f"{protocol}_files",
+        index=index,
+        items=items,
+        train=_pairs(train),
+        truth=truth,
+        known=pl.concat([f.select(_PAIR) for f in known]),
+        candidates=pool,
+        user_segments=_user_segments(truth, train),
+    )
+
+
 def _default_cut(ts: pl.Series, quantile: float) -> datetime:
     if not 0 < quantile < 1:
         raise DataError(f"temporal_split: quantile must be in (0, 1), got {quantile}.")
@@ -349,14 +406,6 @@ def temporal_split(
     index = EvalIndex(log[Columns.user].unique().sort(), items[Columns.item])
     index.items(log[Columns.item])  # every logged item must be a known item
     truth = _pairs(test).join(_pairs(train), on=_PAIR, how="anti")
-    trained_users = train.select(Columns.user).unique()
-    user_segments = (
-        truth.select(Columns.user)
-        .unique()
-        .join(trained_users.with_columns(pl.lit(WARM_USER).alias(Columns.segment)), on=Columns.user, how="left")
-        .with_columns(pl.col(Columns.segment).fill_null(COLD_USER))
-        .sort(Columns.user)
-    )
     return _make_split(
         protocol=TEMPORAL,
         name=f"temporal@{cut.isoformat()}",
@@ -366,7 +415,7 @@ def temporal_split(
         truth=truth,
         known=train,
         candidates=items[Columns.item],
-        user_segments=user_segments,
+        user_segments=_user_segments(truth, train),
     )
 
 

@@ -19,9 +19,7 @@ CONFIG = LightGBMRankerConfig(per_source=20, n_estimators=60, early_stopping_rou
 @pytest.fixture(scope="module")
 def slice_inputs(citeulike: Dataset, cache_dir: Path) -> tuple[RankerInputs, dict[str, object]]:
     """300 users with cold positives in both cold splits; their items; real MiniLM text and BPR-MF."""
-    from encoders import EmbeddingCache, encode_texts, item_text
-    from encoders._cf import BPRMF, BPRConfig
-    from encoders._mapper import MapperConfig
+    from encoders import BPRMF, BPRConfig, EmbeddingCache, MapperConfig, encode_texts, item_text
     from flows.pipeline import interaction_matrix, out_of_fold_standins
 
     splits = citeulike.splits

@@ -1,0 +1,344 @@
+"""Glue of encode -> retrain -> evaluate: builds the ranker's inputs from a protocol split and fits the models.
+
+Only the entry layer composes stages; every stage call here takes explicit arrays and parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from catalog import (
+    Columns,
+    ConfigError,
+    DataError,
+    Dataset,
+    check_references,
+    conform_interactions,
+    conform_items,
+    conform_users,
+    read_table,
+)
+from encoders import BPRMF, BPRConfig, ContentMapper, EmbeddingCache, MapperConfig, encode_texts, item_text
+from ranker.baselines import tfidf_item_vectors
+from ranker.evaluate import (
+    COLD_ITEM,
+    HYBRID,
+    TEMPORAL,
+    WARM,
+    EvalIndex,
+    EvalResult,
+    ProtocolSplit,
+    cold_item_split,
+    evaluate,
+    frames_split,
+    hybrid_split,
+    temporal_split,
+    warm_split,
+)
+from ranker.features import RankerInputs
+from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig, RankingTask
+
+
+@dataclass
+class EncodedSplit:
+    """The ranker's inputs for one split, and what producing them measured."""
+
+    inputs: RankerInputs
+    text: np.ndarray
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def interaction_matrix(pairs: pl.DataFrame, index: EvalIndex) -> sp.csr_array:
+    """Binary (users x items) matrix of (user_id, item_id) pairs in `index` order."""
+    users, items = index.pairs(pairs.select(Columns.user, Columns.item).unique())
+    data = np.ones(users.size, dtype=np.float32)
+    return sp.csr_array((data, (users, items)), shape=(index.n_users, index.n_items))
+
+
+def _aligned(ids: np.ndarray, vectors: np.ndarray, wanted: pl.Series, width: int) -> np.ndarray:
+    """Rows of `vectors` (keyed by sorted `ids`) in the order of `wanted`; zero rows for ids it lacks."""
+    out = np.zeros((wanted.len(), width), dtype=np.float32)
+    positions = np.searchsorted(ids, wanted.to_numpy().astype(str))
+    positions = np.minimum(positions, max(ids.size - 1, 0))
+    found = ids.size > 0 and (ids[positions] == wanted.to_numpy().astype(str))
+    out[found] = vectors[positions[found]]
+    return out
+
+
+def out_of_fold_standins(
+    text: np.ndarray, targets: np.ndarray, warm: np.ndarray, config: MapperConfig, folds: int, seed: int
+) -> np.ndarray:
+    """Stand-ins for every item: cold items from a mapper fit on all warm items, warm items out-of-fold."""
+    standins = np.zeros_like(targets)
+    full = ContentMapper(config).fit(text[warm], targets[warm, :-1], targets[warm, -1])
+    cold = np.flatnonzero(~np.isin(np.arange(text.shape[0]), warm))
+    if cold.size:
+        vectors, bias = full.transform(text[cold])
+        standins[cold] = np.c_[vectors, bias]
+    assignment = np.random.default_rng(seed).integers(folds, size=warm.size)
+    for fold in range(folds):
+        held, fit = warm[assignment == fold], warm[assignment != fold]
+        mapper = ContentMapper(config).fit(text[fit], targets[fit, :-1], targets[fit, -1])
+        vectors, bias = mapper.transform(text[held])
+        standins[held] = np.c_[vectors, bias]
+    return standins
+
+
+def encode_inputs(
+    index: EvalIndex,
+    items: pl.DataFrame,
+    history: pl.DataFrame,
+    *,
+    cache_dir: Path,
+    cf_config: BPRConfig,
+    mapper_config: MapperConfig,
+    folds: int = 5,
+    cf_validation: pl.DataFrame | None = None,
+    seed: int = 0,
+) -> EncodedSplit:
+    """Text embeddings, BPR-MF on `history`, out-of-fold stand-ins and TF-IDF: the ranker's inputs.
+
+    `items` holds one row per index item, in index order. Users and items absent from `history` get zero
+    collaborative vectors; items then serve through their stand-ins.
+    """
+    cache = EmbeddingCache(cache_dir / "embeddings")
+    text = encode_texts(item_text(items).to_list(), cache=cache, show_progress=True)
+    matrix = interaction_matrix(history, index)
+
+    cf = BPRMF(cf_config).fit(history.select(Columns.user, Columns.item), cf_validation, show_progress=True)
+    emb = cf.embeddings
+    width = emb.dim + 1  # the item bias rides along as one more dimension, the user side holding a 1
+    item_cf = _aligned(emb.item_ids, np.c_[emb.item_vectors, emb.item_bias], index.item_ids, width)
+    user_cf = _aligned(emb.user_ids, np.c_[emb.user_vectors, np.ones(emb.user_ids.size)], index.user_ids, width)
+
+    popularity = np.asarray(matrix.sum(axis=0)).ravel()
+    warm = np.flatnonzero(popularity > 0)
+    standins = out_of_fold_standins(text, item_cf, warm, mapper_config, folds, seed)
+    titles = items[Columns.title].fill_null("")
+    inputs = RankerInputs(
+        history=matrix,
+        text=text,
+        user_cf=user_cf,
+        item_cf=item_cf,
+        item_standin=standins,
+        popularity=popularity,
+        title_words=titles.str.split(" ").list.len().to_numpy().astype(np.float32),
+        tfidf=tfidf_item_vectors(titles.to_list(), min_df=1 if titles.len() < 50 else 2),
+    )
+    report = {"bprmf": cf.summary, "text_cache_hits": cache.hits, "text_cache_misses": cache.misses}
+    return EncodedSplit(inputs=inputs, text=text, report=report)
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationPlan:
+    """How the ranker is trained and early-stopped for one evaluated split.
+
+    The ranker learns from `fit_labels` (held-out positives of warm items) with encoders fitted on
+    `fit_history`, stops early on `valid_labels` ranked against `valid_pool`, and is evaluated on `split`,
+    with the encoders refitted on `split.train` when `refit_for_serving` (the labels were cut out of it).
+    """
+
+    split: ProtocolSplit
+    fit_history: pl.DataFrame
+    fit_labels: pl.DataFrame
+    valid_labels: pl.DataFrame
+    valid_pool: np.ndarray
+    valid_exclude: pl.DataFrame | None = None
+    cf_validation: pl.DataFrame | None = None
+    refit_for_serving: bool = False
+
+
+def citeulike_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
+    """ALDI split: history warm_emb, ranker labels warm_val, early stopping on cold_item_val (cold items only)."""
+    builders = {
+        COLD_ITEM: lambda: cold_item_split(dataset, "cold_item_test"),
+        WARM: lambda: warm_split(dataset, "warm_test"),
+        HYBRID: lambda: hybrid_split(dataset, "test"),
+    }
+    if protocol not in builders:
+        raise ConfigError(f"protocol {protocol!r} does not apply to CiteULike; use cold-item, warm or hybrid.")
+    split = builders[protocol]()
+    splits = dataset.splits
+    cold_pool = cold_item_split(dataset, "cold_item_val").candidates
+    return EvaluationPlan(
+        split=split,
+        fit_history=splits["warm_emb"],
+        fit_labels=splits["warm_val"],
+        valid_labels=splits["cold_item_val"],
+        valid_pool=cold_pool,
+        valid_exclude=splits["cold_item_test"],
+        cf_validation=splits["warm_val"],
+    )
+
+
+def holdout_plan(
+    split: ProtocolSplit, valid: pl.DataFrame | None = None, *, share: float = 0.2, seed: int = 0
+) -> EvaluationPlan:
+    """Labels for the ranker when no validation split is given: each user's latest `share` of training
+    interactions (random order without times) are held out of the encoders' history; a fifth of the users'
+    held-out rows stop training early. With `valid`, its pairs are the labels and history is the whole train."""
+    train = split.train
+    rng = np.random.default_rng(seed)
+    if valid is None:
+        order = pl.col(Columns.ts) if Columns.ts in train.columns else pl.lit(rng.random(train.height))
+        ranked = train.with_columns(_order=order).with_columns(
+            _pos=pl.col("_order").rank("ordinal").over(Columns.user),
+            _n=pl.len().over(Columns.user),
+        )
+        held = (pl.col("_n") >= 2) & (pl.col("_pos") > (pl.col("_n") * (1 - share)).ceil())
+        labels = ranked.filter(held).select(Columns.user, Columns.item)
+        history = ranked.filter(~held).drop("_order", "_pos", "_n")
+    else:
+        labels, history = valid.select(Columns.user, Columns.item), train
+    users = labels.select(Columns.user).unique().sort(Columns.user)
+    stop_users = users.sample(fraction=0.2, seed=seed)
+    return EvaluationPlan(
+        split=split,
+        fit_history=history,
+        fit_labels=labels.join(stop_users, on=Columns.user, how="anti"),
+        valid_labels=labels.join(stop_users, on=Columns.user, how="semi"),
+        valid_pool=np.arange(split.index.n_items),
+        refit_for_serving=valid is None,
+    )
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Hyperparameters of every model one evaluation trains (chosen on validation splits)."""
+
+    cf: BPRConfig = field(default_factory=BPRConfig)
+    mapper: MapperConfig = field(default_factory=lambda: MapperConfig(kind="ridge", alpha=10.0))
+    ranker: LightGBMRankerConfig = field(default_factory=LightGBMRankerConfig)
+    folds: int = 5
+    seed: int = 0
+
+
+def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:
+    return RankingTask(
+        users=np.unique(index.users(users_from[Columns.user])),
+        pool=pool,
+        positives=interaction_matrix(users_from, index),
+        exclude=interaction_matrix(exclude, index) if exclude is not None else None,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class FittedRanker:
+    """A ranker trained for a plan, with the inputs it serves from and what fitting it measured."""
+
+    ranker: LightGBMRanker
+    served: EncodedSplit
+    report: dict[str, Any]
+
+    def evaluate(self, split: ProtocolSplit, k: int) -> EvalResult:
+        """Evaluate on any split that shares the plan's index and training interactions."""
+        exclude = interaction_matrix(split.exclude, split.index)
+        return evaluate(split, self.ranker.scorer(self.served.inputs, exclude=exclude), k=k)
+
+
+def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings) -> FittedRanker:
+    """Fit encoders and the LightGBM ranker as the plan says."""
+    started = time.perf_counter()
+    split, index = plan.split, plan.split.index
+    encode = functools.partial(
+        encode_inputs,
+        index,
+        split.items,
+        cache_dir=cache_dir,
+        cf_config=settings.cf,
+        mapper_config=settings.mapper,
+        folds=settings.folds,
+        cf_validation=plan.cf_validation,
+        seed=settings.seed,
+    )
+    fitted = encode(plan.fit_history)
+    warm_pool = np.flatnonzero(fitted.inputs.popularity > 0)
+    ranker = LightGBMRanker(settings.ranker).fit(
+        fitted.inputs,
+        _task(plan.fit_labels, index, warm_pool, None),
+        _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude),
+    )
+    # Serving sees the whole training history: refit the encoders on it when the ranker's labels came out of it.
+    served = encode(split.train) if plan.refit_for_serving else fitted
+    report = {
+        "ranker": "lightgbm",
+        "lightgbm": ranker.metadata,
+        "encoders": {"fit": fitted.report, "served": served.report},
+        "mapper": settings.mapper.model_dump(),
+        "bprmf": settings.cf.model_dump(),
+        "fit_seconds": round(time.perf_counter() - started, 1),
+    }
+    return FittedRanker(ranker, served, report)
+
+
+def train_and_evaluate(
+    plan: EvaluationPlan, *, k: int, cache_dir: Path, settings: ModelSettings, model_dir: Path | None = None
+) -> dict[str, Any]:
+    """Fit as the plan says, evaluate on its split; the JSON-ready report."""
+    started = time.perf_counter()
+    fitted = fit_ranker(plan, cache_dir=cache_dir, settings=settings)
+    if model_dir is not None:
+        fitted.ranker.save(model_dir)
+    result = fitted.evaluate(plan.split, k)
+    return {
+        "protocol": plan.split.protocol,
+        "split": plan.split.name,
+        "k": k,
+        "n_users": result.n_users,
+        "metrics": result.metrics.to_dicts(),
+        "models": fitted.report,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+PROTOCOLS = {"cold-item": COLD_ITEM, "warm": WARM, "hybrid": HYBRID, "temporal": TEMPORAL}
+
+
+def _read_pairs(path: Path) -> pl.DataFrame:
+    frame, _ = conform_interactions(read_table(path), str(path))
+    return frame
+
+
+def files_plan(
+    protocol: str, *, train: Path, test: Path, items: Path, valid: Path | None = None, users: Path | None = None
+) -> EvaluationPlan:
+    """A split given as files (CSV or Parquet; interactions: user_id, item_id[, ts, value]; items: item_id,
+    title[, text, categories]). `temporal` needs times: the test file's first event is the cut."""
+    item_frame, _ = conform_items(read_table(items), str(items))
+    train_frame, test_frame = _read_pairs(train), _read_pairs(test)
+    valid_frame = _read_pairs(valid) if valid is not None else None
+    for frame, path in ((train_frame, train), (test_frame, test), (valid_frame, valid)):
+        if frame is not None:
+            check_references(frame, item_frame, None, str(path))
+    user_ids = None
+    if users is not None:
+        user_frame, _ = conform_users(read_table(users), str(users))
+        for frame, path in ((train_frame, train), (test_frame, test), (valid_frame, valid)):
+            if frame is not None:
+                check_references(frame, item_frame, user_frame, str(path))
+        user_ids = user_frame[Columns.user].sort()
+    if protocol == TEMPORAL:
+        if test_frame[Columns.ts].null_count() or train_frame[Columns.ts].null_count():
+            raise DataError(f"--protocol temporal needs a 'ts' on every row of {train} and {test}.")
+        log = pl.concat([train_frame, test_frame])
+        split = temporal_split(log, item_frame, cut=test_frame[Columns.ts].min())
+    else:
+        split = frames_split(train_frame, test_frame, item_frame, protocol=protocol, valid=valid_frame, users=user_ids)
+    return holdout_plan(split, valid_frame)
+
+
+def dataset_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
+    """The plan for a built-in data set: CiteULike's ALDI split, or MovieLens-100K's temporal split."""
+    if dataset.splits:
+        return citeulike_plan(dataset, protocol)
+    if protocol != TEMPORAL:
+        raise ConfigError(f"{dataset.name} has no predefined split: use --protocol temporal.")
+    return holdout_plan(temporal_split(dataset.interactions, dataset.items))
