@@ -206,6 +206,7 @@ def holdout_plan(
         fit_labels=labels.join(stop_users, on=Columns.user, how="anti"),
         valid_labels=labels.join(stop_users, on=Columns.user, how="semi"),
         valid_pool=np.arange(split.index.n_items),
+        cf_validation=labels,
         refit_for_serving=valid is None,
     )
 
@@ -214,7 +215,9 @@ def holdout_plan(
 class ModelSettings:
     """Hyperparameters of every model one evaluation trains (chosen on validation splits)."""
 
-    cf: BPRConfig = field(default_factory=BPRConfig)
+    # dim 256 scored best of dim 64/128/256 on CiteULike's warm_val (benchmarks/cf_mapper.py); early stopping
+    # on the plan's validation pairs ends training well before 150 epochs.
+    cf: BPRConfig = field(default_factory=lambda: BPRConfig(dim=256, epochs=150))
     mapper: MapperConfig = field(default_factory=lambda: MapperConfig(kind="ridge", alpha=10.0))
     ranker: LightGBMRankerConfig = field(default_factory=LightGBMRankerConfig)
     folds: int = 5
@@ -266,8 +269,12 @@ def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings
         _task(plan.fit_labels, index, warm_pool, None),
         _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude),
     )
-    # Serving sees the whole training history: refit the encoders on it when the ranker's labels came out of it.
-    served = encode(split.train) if plan.refit_for_serving else fitted
+    # Serving sees the whole training history: refit the encoders on it when the ranker's labels came out of it,
+    # for as many BPR epochs as early stopping chose (the labels are training pairs now, so no validation).
+    served = fitted
+    if plan.refit_for_serving:
+        epochs = max(int(fitted.report["bprmf"]["best_epoch"]), 1)
+        served = encode(split.train, cf_config=settings.cf.model_copy(update={"epochs": epochs}), cf_validation=None)
     report = {
         "ranker": "lightgbm",
         "lightgbm": ranker.metadata,
