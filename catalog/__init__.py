@@ -24,7 +24,7 @@ from catalog._loaders import (
     read_table,
 )
 from catalog._segments import detect_segments, entity_segments, popularity_segments, summarize_segments
-from catalog._workspace import Workspace, new_run_id
+from catalog._workspace import Workspace, atomic_write_bytes, new_run_id
 from catalog.errors import ConfigError, DataError, NotFittedError, WarmstartError, WorkspaceError
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "WarmstartError",
     "Workspace",
     "WorkspaceError",
+    "atomic_write_bytes",
     "check_references",
     "check_utf8",
     "conform_interactions",

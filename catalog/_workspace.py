@@ -32,7 +32,9 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a hidden temporary file next to `path`, flush it to disk, then rename it over `path`:
+    a reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -76,7 +78,7 @@ class Workspace:
         path = self._table_path(name)
         buffer = io.BytesIO()
         frame.write_parquet(buffer)
-        _atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue())
         record = {
             "table": name,
             "run_id": run_id,
@@ -86,7 +88,7 @@ class Workspace:
             "schema": {column: str(dtype) for column, dtype in frame.schema.items()},
             "parameters": parameters or {},
         }
-        _atomic_write_bytes(path.with_suffix(".json"), json.dumps(record, indent=2).encode())
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(record, indent=2).encode())
         with (self.root / "provenance.jsonl").open("a", encoding="utf-8") as log:
             log.write(json.dumps(record) + "\n")
         return record
@@ -124,5 +126,5 @@ class Workspace:
     def update_state(self, **values: Any) -> dict[str, Any]:
         """Merge `values` into state.json, atomically."""
         state = self.state() | values
-        _atomic_write_bytes(self.root / "state.json", json.dumps(state, indent=2, default=str).encode())
+        atomic_write_bytes(self.root / "state.json", json.dumps(state, indent=2, default=str).encode())
         return state

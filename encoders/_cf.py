@@ -17,8 +17,6 @@ import hashlib
 import io
 import json
 import logging
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress
 
-from catalog import Columns, DataError, NotFittedError
+from catalog import Columns, DataError, NotFittedError, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +39,6 @@ _EVAL_CHUNK = 1024  # users scored at once in validation: 1024 x 16,980 float32 
 
 
 # --- persistence shared by the encoders' models -------------------------------------------------------------------
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary file next to `path`, flush it to disk, then rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def save_arrays(directory: Path, stem: str, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> Path:
@@ -67,14 +52,14 @@ def save_arrays(directory: Path, stem: str, arrays: Mapping[str, np.ndarray], me
     buffer = io.BytesIO()
     np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
     payload = buffer.getvalue()
-    _atomic_write(directory / f"{stem}.npz", payload)
+    atomic_write_bytes(directory / f"{stem}.npz", payload)
     record = {
         **metadata,
         "format_version": FORMAT_VERSION,
         "saved_at": datetime.now(UTC).isoformat(),
         "arrays_sha256": hashlib.sha256(payload).hexdigest(),
     }
-    _atomic_write(directory / f"{stem}.json", json.dumps(record, indent=2).encode("utf-8"))
+    atomic_write_bytes(directory / f"{stem}.json", json.dumps(record, indent=2).encode("utf-8"))
     return directory
 
 

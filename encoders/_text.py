@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from catalog import Columns, ConfigError, DataError, Workspace
+from catalog import Columns, ConfigError, DataError, Workspace, atomic_write_bytes
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -67,19 +67,6 @@ def load_text_model(device: str = "cpu") -> SentenceTransformer:
 def text_hash(text: str) -> str:
     """SHA-256 hex digest of the UTF-8 encoding of `text`."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden temporary file next to `path`, flush it to disk, then rename it over `path`."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with temporary.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _model_dirname(model_name: str) -> str:
@@ -229,7 +216,7 @@ class EmbeddingCache:
         name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}.parquet"
         buffer = io.BytesIO()
         shard.write_parquet(buffer)
-        _atomic_write(self.directory / name, buffer.getvalue())
+        atomic_write_bytes(self.directory / name, buffer.getvalue())
         return name
 
     def compact(self) -> None:

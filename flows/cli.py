@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from catalog import Columns, ConfigError, WarmstartError, Workspace, load_files, new_run_id
+from catalog import Columns, ConfigError, WarmstartError, Workspace, atomic_write_bytes, load_files, new_run_id
 from flows import steps
 from flows.settings import WarmstartSettings
 
@@ -254,6 +254,72 @@ def evaluate(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
         console.print(f"report written to {json_out}")
+
+
+@app.command()
+@friendly_errors
+def encode(workspace: WorkspaceOption = None) -> None:
+    """Embed every item's text with all-MiniLM-L6-v2 into the `item_embeddings` table.
+
+    Texts already in the workspace's embedding cache (keyed by model and text hash) are not encoded again.
+    """
+    from encoders import MODEL_NAME, EmbeddingCache, encode_texts, item_text
+
+    space = _workspace(workspace, _settings())
+    items = space.read("items")
+    cache = EmbeddingCache.in_workspace(space)
+    vectors = encode_texts(item_text(items).to_list(), cache=cache)
+    table = pl.DataFrame(
+        {Columns.item: items[Columns.item], "embedding": vectors},
+        schema={Columns.item: pl.String, "embedding": pl.Array(pl.Float32, vectors.shape[1])},
+    )
+    stats = {"model": MODEL_NAME, "items": table.height, "cache_hits": cache.hits, "cache_misses": cache.misses}
+    space.write("item_embeddings", table, run_id=new_run_id(), source="encode", parameters=stats)
+    console.print(
+        f"item_embeddings: {table.height:,} items x {vectors.shape[1]} ({MODEL_NAME}); "
+        f"{cache.hits:,} texts from the cache, {cache.misses:,} encoded"
+    )
+
+
+@app.command()
+@friendly_errors
+def retrain(
+    protocol: Annotated[
+        Protocol | None,
+        typer.Option(help="Protocol of the evaluation [default: cold-item for CiteULike's split, else temporal]."),
+    ] = None,
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Retrain the encoders and the LightGBM ranker on the workspace's data and save a new model version.
+
+    The version (WORKSPACE/models/lightgbm/RUN_ID/) holds the model, its metadata and report.json: the data
+    window, the metrics on real held-out interactions, and the parent version.
+    """
+    from flows import pipeline
+
+    settings = _settings()
+    space = _workspace(workspace, settings)
+    dataset = steps.workspace_dataset(space)
+    chosen = protocol.value if protocol else ("cold-item" if dataset.splits else "temporal")
+    plan = pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[chosen])
+    run_id = new_run_id()
+    parent = steps.latest_model(space, "lightgbm")
+    model_dir = space.root / "models" / "lightgbm" / run_id
+    models = pipeline.ModelSettings(ranker=pipeline.LightGBMRankerConfig(seed=seed), seed=seed)
+    report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
+    times = plan.split.train[Columns.ts] if Columns.ts in plan.split.train.columns else None
+    report |= {
+        "version": run_id,
+        "parent": parent.name if parent else None,
+        "dataset": dataset.name,
+        "data_window": {"start": str(times.min()), "end": str(times.max())} if times is not None else None,
+    }
+    atomic_write_bytes(model_dir / "report.json", json.dumps(report, indent=2, default=str).encode())
+    table = pl.DataFrame(report["metrics"]).pivot(on="segment", index="metric", values="value")
+    _print_frame(table, f"retrained {run_id} on {dataset.name}: {chosen} @ {k}")
+    console.print(f"model saved to {model_dir} (parent: {report['parent']})")
 
 
 def main() -> None:

@@ -110,3 +110,25 @@ def detect(
     if latest is not None:
         workspace.update_state(watermark=latest.isoformat(), detect_run_id=run_id)
     return Detection(segments, summarize_segments(segments), watermark, latest)
+
+
+def workspace_dataset(workspace: Workspace) -> Dataset:
+    """The ingested data set, with its predefined splits (split_* tables) if it has any."""
+    _check_same_ingest(workspace)
+    splits = {
+        path.stem.removeprefix("split_"): pl.read_parquet(path)
+        for path in sorted(workspace.tables.glob("split_*.parquet"))
+    }
+    return Dataset(
+        name=str(workspace.state().get("dataset", "workspace")),
+        interactions=workspace.read("interactions"),
+        items=workspace.read("items"),
+        users=workspace.read("users"),
+        splits=splits,
+    )
+
+
+def latest_model(workspace: Workspace, ranker: str) -> Path | None:
+    """The newest saved model version of `ranker` (versions are run ids, which sort by time)."""
+    versions = sorted(p for p in (workspace.root / "models" / ranker).glob("*") if (p / "metadata.json").is_file())
+    return versions[-1] if versions else None

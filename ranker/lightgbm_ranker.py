@@ -8,8 +8,6 @@ items that only have content. Early stopping uses a validation task (e.g. the co
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog import NotFittedError
+from catalog import NotFittedError, atomic_write_bytes
 from ranker.features import FEATURE_NAMES, RankerInputs, generate_candidates, pair_features
 
 
@@ -207,9 +205,7 @@ class LightGBMRanker:
             ("model.txt", self.booster.model_to_string()),
             ("metadata.json", json.dumps(self.metadata | {"config": self.config.model_dump()}, indent=2)),
         ):
-            temporary = directory / f".{name}.{uuid.uuid4().hex}.tmp"
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, directory / name)
+            atomic_write_bytes(directory / name, text.encode("utf-8"))
         return directory
 
     @classmethod
