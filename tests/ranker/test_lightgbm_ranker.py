@@ -19,8 +19,8 @@ CONFIG = LightGBMRankerConfig(per_source=20, n_estimators=60, early_stopping_rou
 @pytest.fixture(scope="module")
 def slice_inputs(citeulike: Dataset, cache_dir: Path) -> tuple[RankerInputs, dict[str, object]]:
     """300 users with cold positives in both cold splits; their items; real MiniLM text and BPR-MF."""
-    from encoders import BPRMF, BPRConfig, EmbeddingCache, MapperConfig, encode_texts, item_text
-    from flows.pipeline import interaction_matrix, out_of_fold_standins
+    from encoders import BPRConfig, MapperConfig
+    from flows.pipeline import encode_inputs, interaction_matrix
 
     splits = citeulike.splits
     both = (
@@ -35,28 +35,17 @@ def slice_inputs(citeulike: Dataset, cache_dir: Path) -> tuple[RankerInputs, dic
     items = citeulike.items.join(item_ids, on=Columns.item, how="semi").sort(Columns.item)
     index = EvalIndex(users[Columns.user], items[Columns.item])
 
-    text = encode_texts(item_text(items).to_list(), cache=EmbeddingCache(cache_dir / "embeddings"), show_progress=False)
-    cf = BPRMF(BPRConfig(dim=16, epochs=5)).fit(parts["warm_emb"]).embeddings
-    order = index.items(pl.Series(cf.item_ids))
-    item_cf = np.zeros((index.n_items, cf.dim + 1), dtype=np.float32)
-    item_cf[order] = np.c_[cf.item_vectors, cf.item_bias]
-    user_cf = np.zeros((index.n_users, cf.dim + 1), dtype=np.float32)
-    user_cf[index.users(pl.Series(cf.user_ids))] = np.c_[cf.user_vectors, np.ones(cf.user_ids.size)]
-    history = interaction_matrix(parts["warm_emb"], index)
-    popularity = np.asarray(history.sum(axis=0)).ravel()
-    warm = np.flatnonzero(popularity > 0)
-    standins = out_of_fold_standins(text, item_cf, warm, MapperConfig(kind="ridge", alpha=10.0), folds=3, seed=0)
-    inputs = RankerInputs(
-        history=history,
-        text=text,
-        user_cf=user_cf,
-        item_cf=item_cf,
-        item_standin=standins,
-        popularity=popularity,
-        title_words=items[Columns.title].str.split(" ").list.len().to_numpy().astype(np.float32),
+    encoded = encode_inputs(
+        index,
+        items,
+        parts["warm_emb"],
+        cache_dir=cache_dir,
+        cf_config=BPRConfig(dim=16, epochs=5),
+        mapper_config=MapperConfig(kind="ridge", alpha=10.0),
+        folds=3,
     )
     matrices = {name: interaction_matrix(frame, index) for name, frame in parts.items()}
-    return inputs, matrices
+    return encoded.inputs, matrices
 
 
 def tasks(inputs: RankerInputs, m: dict) -> tuple[RankingTask, RankingTask, RankingTask]:
