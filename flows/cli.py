@@ -80,6 +80,12 @@ def _print_frame(frame: pl.DataFrame, title: str) -> None:
     console.print(table)
 
 
+def _print_metrics(report: dict, title: str) -> None:
+    """One row per metric, one column per segment: fits a terminal where the long form would not."""
+    table = pl.DataFrame(report["metrics"]).pivot(on="segment", index="metric", values="value")
+    _print_frame(table, title)
+
+
 @app.command()
 @friendly_errors
 def ingest(
@@ -246,13 +252,10 @@ def evaluate(
     report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
     report["protocol"] = protocol.value
     report["models"]["saved_to"] = str(model_dir)
-    table = pl.DataFrame(report["metrics"]).pivot(on="metric", index="segment", values="value")
-    _print_frame(
-        table.with_columns(pl.exclude("segment").round(4)), f"{protocol.value} @ {k} ({report['n_users']:,} users)"
-    )
+    _print_metrics(report, f"{protocol.value} @ {k} ({report['n_users']:,} users, {report['seconds']:.0f} s)")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        atomic_write_bytes(json_out, json.dumps(report, indent=2, default=str).encode())
         console.print(f"report written to {json_out}")
 
 
@@ -317,8 +320,7 @@ def retrain(
         "data_window": {"start": str(times.min()), "end": str(times.max())} if times is not None else None,
     }
     atomic_write_bytes(model_dir / "report.json", json.dumps(report, indent=2, default=str).encode())
-    table = pl.DataFrame(report["metrics"]).pivot(on="segment", index="metric", values="value")
-    _print_frame(table, f"retrained {run_id} on {dataset.name}: {chosen} @ {k}")
+    _print_metrics(report, f"retrained {run_id} on {dataset.name}: {chosen} @ {k}")
     console.print(f"model saved to {model_dir} (parent: {report['parent']})")
 
 
