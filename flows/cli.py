@@ -244,11 +244,7 @@ def evaluate(
         )
     run_id = new_run_id()
     model_dir = _workspace(workspace, settings).root / "models" / "lightgbm" / run_id
-    models = pipeline.ModelSettings(
-        cf=pipeline.BPRConfig(seed=seed),
-        ranker=pipeline.LightGBMRankerConfig(seed=seed),
-        seed=seed,
-    )
+    models = pipeline.ModelSettings.seeded(seed)
     report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
     report["protocol"] = protocol.value
     report["models"]["saved_to"] = str(model_dir)
@@ -310,7 +306,7 @@ def retrain(
     run_id = new_run_id()
     parent = steps.latest_model(space, "lightgbm")
     model_dir = space.root / "models" / "lightgbm" / run_id
-    models = pipeline.ModelSettings(ranker=pipeline.LightGBMRankerConfig(seed=seed), seed=seed)
+    models = pipeline.ModelSettings.seeded(seed)
     report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
     times = plan.split.train[Columns.ts] if Columns.ts in plan.split.train.columns else None
     report |= {

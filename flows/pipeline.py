@@ -223,6 +223,17 @@ class ModelSettings:
     folds: int = 5
     seed: int = 0
 
+    @classmethod
+    def seeded(cls, seed: int) -> ModelSettings:
+        """The default settings with every model seeded by `seed`."""
+        defaults = cls()
+        return cls(
+            cf=defaults.cf.model_copy(update={"seed": seed}),
+            mapper=defaults.mapper.model_copy(update={"seed": seed}),
+            ranker=defaults.ranker.model_copy(update={"seed": seed}),
+            seed=seed,
+        )
+
 
 def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:
     return RankingTask(

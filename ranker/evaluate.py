@@ -355,7 +355,8 @@ def frames_split(
         name=f"{protocol}_files",
         index=index,
         items=items,
-        train=_pairs(train),
+        # Times, when the train frame has them, stay: a holdout of each user's latest events needs them.
+        train=train.select([c for c in (*_PAIR, Columns.ts) if c in train.columns]).unique(_PAIR, maintain_order=True),
         truth=truth,
         known=pl.concat([f.select(_PAIR) for f in known]),
         candidates=pool,
