@@ -21,6 +21,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from catalog import NotFittedError, atomic_write_bytes
 from ranker.features import FEATURE_NAMES, RankerInputs, generate_candidates, pair_features
 
+# Columns of pair_features that a user without training interactions has at zero.
+USER_HISTORY_FEATURES = [
+    FEATURE_NAMES.index(name)
+    for name in (
+        "cf_score",
+        "text_profile",
+        "text_max",
+        "text_top3",
+        "tfidf_profile",
+        "tfidf_max",
+        "user_activity",
+        "text_rank",
+    )
+]
+
 
 class LightGBMRankerConfig(BaseModel):
     """Hyperparameters of the LightGBM ranker (tuned on validation splits only)."""
@@ -29,6 +44,9 @@ class LightGBMRankerConfig(BaseModel):
 
     per_source: int = Field(100, ge=1, description="Candidates each source contributes per user and view.")
     cold_share: float = Field(0.5, ge=0, le=1, description="Share of training pairs presented as cold items.")
+    cold_user_share: float = Field(
+        0.0, ge=0, le=1, description="Share of training users presented as users without history."
+    )
     num_leaves: int = Field(31, ge=2, description="Leaves per tree.")
     learning_rate: float = Field(0.05, gt=0, description="Shrinkage.")
     n_estimators: int = Field(600, ge=1, description="Most boosting rounds.")
@@ -59,7 +77,12 @@ class _Groups:
 
 
 def _groups(
-    inputs: RankerInputs, task: RankingTask, per_source: int, as_cold: np.ndarray | float, rng: np.random.Generator
+    inputs: RankerInputs,
+    task: RankingTask,
+    per_source: int,
+    as_cold: np.ndarray | float,
+    rng: np.random.Generator,
+    cold_user_share: float = 0.0,
 ) -> _Groups:
     users, items = generate_candidates(inputs, task.users, task.pool, per_source=per_source, exclude=task.exclude)
     labels = np.zeros(users.size, dtype=np.float32)
@@ -67,6 +90,10 @@ def _groups(
         labels = np.asarray(task.positives[users, items]).ravel().astype(np.float32)
     cold = rng.random(users.size) < as_cold if isinstance(as_cold, float) else as_cold[items]
     features = pair_features(inputs, users, items, cold)
+    if cold_user_share > 0:
+        # A user without history has every history-derived feature at zero; show the model such users too.
+        hidden = np.isin(users, task.users[rng.random(task.users.size) < cold_user_share])
+        features[np.ix_(hidden, USER_HISTORY_FEATURES)] = 0.0
     # Candidates come grouped by user, in task order.
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     sizes = np.diff(np.r_[starts, users.size])
@@ -111,7 +138,9 @@ class LightGBMRanker:
             raise ValueError("fit needs positives for both the training and the validation task.")
         config = self.config
         rng = np.random.default_rng(config.seed)
-        fit_groups = _with_positive_groups(_groups(inputs, train, config.per_source, config.cold_share, rng))
+        fit_groups = _with_positive_groups(
+            _groups(inputs, train, config.per_source, config.cold_share, rng, config.cold_user_share)
+        )
         valid_groups = _with_positive_groups(_groups(inputs, valid, config.per_source, inputs.is_cold, rng))
         params = {
             "objective": "lambdarank",
