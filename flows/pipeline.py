@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 
 from catalog import (
     Columns,
@@ -40,6 +39,7 @@ from ranker.evaluate import (
     evaluate,
     frames_split,
     hybrid_split,
+    interaction_matrix,
     temporal_split,
     warm_split,
 )
@@ -52,23 +52,17 @@ class EncodedSplit:
     """The ranker's inputs for one split, and what producing them measured."""
 
     inputs: RankerInputs
-    text: np.ndarray
     report: dict[str, Any] = field(default_factory=dict)
-
-
-def interaction_matrix(pairs: pl.DataFrame, index: EvalIndex) -> sp.csr_array:
-    """Binary (users x items) matrix of (user_id, item_id) pairs in `index` order."""
-    users, items = index.pairs(pairs.select(Columns.user, Columns.item).unique())
-    data = np.ones(users.size, dtype=np.float32)
-    return sp.csr_array((data, (users, items)), shape=(index.n_users, index.n_items))
 
 
 def _aligned(ids: np.ndarray, vectors: np.ndarray, wanted: pl.Series, width: int) -> np.ndarray:
     """Rows of `vectors` (keyed by sorted `ids`) in the order of `wanted`; zero rows for ids it lacks."""
     out = np.zeros((wanted.len(), width), dtype=np.float32)
-    positions = np.searchsorted(ids, wanted.to_numpy().astype(str))
-    positions = np.minimum(positions, max(ids.size - 1, 0))
-    found = ids.size > 0 and (ids[positions] == wanted.to_numpy().astype(str))
+    if ids.size == 0:
+        return out
+    names = wanted.to_numpy().astype(str)
+    positions = np.minimum(np.searchsorted(ids, names), ids.size - 1)
+    found = ids[positions] == names
     out[found] = vectors[positions[found]]
     return out
 
@@ -134,7 +128,7 @@ def encode_inputs(
         tfidf=tfidf_item_vectors(titles.to_list(), min_df=1 if titles.len() < 50 else 2),
     )
     report = {"bprmf": cf.summary, "text_cache_hits": cache.hits, "text_cache_misses": cache.misses}
-    return EncodedSplit(inputs=inputs, text=text, report=report)
+    return EncodedSplit(inputs=inputs, report=report)
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,8 +15,8 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from catalog import Columns, ConfigError, NotFittedError
-from ranker.evaluate import EvalIndex
+from catalog import ConfigError, NotFittedError
+from ranker.evaluate import EvalIndex, interaction_matrix
 
 __all__ = ["ContentKNNScorer", "PopularityScorer", "RandomScorer", "tfidf_item_vectors"]
 
@@ -30,13 +30,6 @@ def _indices(values: np.ndarray, name: str) -> np.ndarray:
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise ConfigError(f"{name} must be a 1-d integer array of indices, got {array.dtype} of shape {array.shape}.")
     return array.astype(np.int64, copy=False)
-
-
-def _history(train: pl.DataFrame, index: EvalIndex) -> sp.csr_array:
-    """Binary (n_users, n_items) matrix of training positives; repeats count once."""
-    users, items = index.pairs(train.select(Columns.user, Columns.item).unique())
-    data = np.ones(users.size, dtype=np.float32)
-    return sp.csr_array((data, (users, items)), shape=(index.n_users, index.n_items))
 
 
 class RandomScorer:
@@ -76,7 +69,7 @@ class PopularityScorer:
         self._counts: np.ndarray | None = None
 
     def fit(self, train: pl.DataFrame, index: EvalIndex) -> Self:
-        self._counts = _history(train, index).sum(axis=0).astype(np.float32)
+        self._counts = interaction_matrix(train, index).sum(axis=0).astype(np.float32)
         return self
 
     def is_fitted(self) -> bool:
@@ -116,7 +109,7 @@ class ContentKNNScorer:
                 f"item_vectors has {self._vectors.shape[0]} rows but the index has {index.n_items} items; "
                 "build them from split.items (one row per index item, in order)."
             )
-        self._history = _history(train, index)
+        self._history = interaction_matrix(train, index)
         return self
 
     def is_fitted(self) -> bool:

@@ -31,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from catalog import Columns, DataError, Dataset, Segments, popularity_segments
 from ranker.metrics import MetricInputError, accuracy_metrics, evaluate_ranking
@@ -50,6 +51,7 @@ __all__ = [
     "evaluate",
     "frames_split",
     "hybrid_split",
+    "interaction_matrix",
     "temporal_split",
     "warm_split",
 ]
@@ -120,6 +122,13 @@ class EvalIndex:
     def pairs(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(user indices, item indices) of the rows of a (user_id, item_id) frame."""
         return self.users(frame[Columns.user]), self.items(frame[Columns.item])
+
+
+def interaction_matrix(pairs: pl.DataFrame, index: EvalIndex) -> sp.csr_array:
+    """Binary (users x items) matrix of (user_id, item_id) pairs in `index` order; repeats count once."""
+    users, items = index.pairs(pairs.select(Columns.user, Columns.item).unique())
+    data = np.ones(users.size, dtype=np.float32)
+    return sp.csr_array((data, (users, items)), shape=(index.n_users, index.n_items))
 
 
 def _lookup(known: pl.Series, ids: Sequence[str] | pl.Series, kind: str) -> np.ndarray:

@@ -20,7 +20,8 @@ CONFIG = LightGBMRankerConfig(per_source=20, n_estimators=60, early_stopping_rou
 def slice_inputs(citeulike: Dataset, cache_dir: Path) -> tuple[RankerInputs, dict[str, object]]:
     """300 users with cold positives in both cold splits; their items; real MiniLM text and BPR-MF."""
     from encoders import BPRConfig, MapperConfig
-    from flows.pipeline import encode_inputs, interaction_matrix
+    from flows.pipeline import encode_inputs
+    from ranker.evaluate import interaction_matrix
 
     splits = citeulike.splits
     both = (
