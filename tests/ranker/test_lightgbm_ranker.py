@@ -102,3 +102,25 @@ def test_scorer_gives_minus_inf_outside_candidates(slice_inputs: tuple) -> None:
     finite = np.isfinite(matrix)
     assert finite.any(axis=1).all()
     assert (finite.sum(axis=1) <= 5 * 4).all()  # at most per_source x (sources x views) candidates
+
+
+def test_users_shown_as_cold_teach_item_only_ranking(slice_inputs: tuple) -> None:
+    # Every training user shown without history: the model cannot learn from user features, so two users
+    # get the same score for the same item (items presented warm, to keep the item features fixed).
+    inputs, m = slice_inputs
+    train, valid, _ = tasks(inputs, m)
+    config = CONFIG.model_copy(update={"cold_user_share": 1.0, "cold_share": 0.0})
+    ranker = LightGBMRanker(config).fit(inputs, train, valid)
+    users, items, scores = ranker.score_task(inputs, RankingTask(np.array([0, 1]), train.pool))
+    first = dict(zip(items[users == 0].tolist(), scores[users == 0].tolist(), strict=True))
+    second = dict(zip(items[users == 1].tolist(), scores[users == 1].tolist(), strict=True))
+    shared = sorted(set(first) & set(second))
+    assert shared
+    np.testing.assert_allclose([first[i] for i in shared], [second[i] for i in shared])
+    # Without it, the same two users' scores differ.
+    plain = LightGBMRanker(CONFIG.model_copy(update={"cold_share": 0.0})).fit(inputs, train, valid)
+    users, items, scores = plain.score_task(inputs, RankingTask(np.array([0, 1]), train.pool))
+    first = dict(zip(items[users == 0].tolist(), scores[users == 0].tolist(), strict=True))
+    second = dict(zip(items[users == 1].tolist(), scores[users == 1].tolist(), strict=True))
+    shared = sorted(set(first) & set(second))
+    assert not np.allclose([first[i] for i in shared], [second[i] for i in shared])
