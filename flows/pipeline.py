@@ -327,16 +327,11 @@ def files_plan(
     item_frame, _ = conform_items(read_table(items), str(items))
     train_frame, test_frame = _read_pairs(train), _read_pairs(test)
     valid_frame = _read_pairs(valid) if valid is not None else None
+    user_frame = conform_users(read_table(users), str(users))[0] if users is not None else None
     for frame, path in ((train_frame, train), (test_frame, test), (valid_frame, valid)):
         if frame is not None:
-            check_references(frame, item_frame, None, str(path))
-    user_ids = None
-    if users is not None:
-        user_frame, _ = conform_users(read_table(users), str(users))
-        for frame, path in ((train_frame, train), (test_frame, test), (valid_frame, valid)):
-            if frame is not None:
-                check_references(frame, item_frame, user_frame, str(path))
-        user_ids = user_frame[Columns.user].sort()
+            check_references(frame, item_frame, user_frame, str(path))
+    user_ids = user_frame[Columns.user].sort() if user_frame is not None else None
     if protocol == TEMPORAL:
         if test_frame[Columns.ts].null_count() or train_frame[Columns.ts].null_count():
             raise DataError(f"--protocol temporal needs a 'ts' on every row of {train} and {test}.")

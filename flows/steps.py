@@ -93,9 +93,8 @@ def detect(
     watermark of the previous detection. Writes the `segments` table and advances the watermark."""
     _check_same_ingest(workspace)
     interactions = workspace.scan("interactions")
-    watermark = since
-    if watermark is None and "watermark" in workspace.state():
-        watermark = datetime.fromisoformat(workspace.state()["watermark"])
+    stored = workspace.state().get("watermark")
+    watermark = since if since is not None or stored is None else datetime.fromisoformat(stored)
     segments = detect_segments(
         interactions,
         workspace.scan("items"),

@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from catalog import Columns, DataError, Dataset, Segments, popularity_segments
+from catalog import CITEULIKE_SPLITS, Columns, DataError, Dataset, Segments, popularity_segments
 from ranker.metrics import MetricInputError, accuracy_metrics, evaluate_ranking
 
 __all__ = [
@@ -234,22 +234,33 @@ def _make_split(
     )
 
 
-_CITEULIKE_SPLITS = ("warm_emb", "warm_val", "warm_test", "cold_item_val", "cold_item_test")
-
-
-def _aldi_parts(dataset: Dataset) -> tuple[EvalIndex, dict[str, pl.DataFrame]]:
-    missing = [s for s in _CITEULIKE_SPLITS if s not in dataset.splits]
+def _aldi_split(
+    dataset: Dataset, *, protocol: str, name: str, truth: Sequence[str], candidates: Sequence[str] | None
+) -> ProtocolSplit:
+    """Shared body of the ALDI builders: train on warm_emb, hold out the `truth` splits, rank the items of the
+    `candidates` splits (every item when None); every other known positive is excluded."""
+    missing = [s for s in CITEULIKE_SPLITS if s not in dataset.splits]
     if missing:
         raise DataError(
-            f"dataset '{dataset.name}' lacks split(s) {missing}; the ALDI protocols need {list(_CITEULIKE_SPLITS)} "
+            f"dataset '{dataset.name}' lacks split(s) {missing}; the ALDI protocols need {list(CITEULIKE_SPLITS)} "
             "(load it with catalog.load_citeulike)."
         )
-    index = EvalIndex(dataset.users[Columns.user], dataset.items[Columns.item])
-    return index, {s: _pairs(dataset.splits[s]) for s in _CITEULIKE_SPLITS}
-
-
-def _items_of(*frames: pl.DataFrame) -> pl.Series:
-    return pl.concat([f.select(Columns.item) for f in frames]).unique()[Columns.item]
+    parts = {s: _pairs(dataset.splits[s]) for s in CITEULIKE_SPLITS}
+    pool = (
+        dataset.items[Columns.item]
+        if candidates is None
+        else pl.concat([parts[s].select(Columns.item) for s in candidates]).unique()[Columns.item]
+    )
+    return _make_split(
+        protocol=protocol,
+        name=name,
+        index=EvalIndex(dataset.users[Columns.user], dataset.items[Columns.item]),
+        items=dataset.items,
+        train=parts["warm_emb"],
+        truth=pl.concat([parts[s] for s in truth]),
+        known=pl.concat(list(parts.values())),
+        candidates=pool,
+    )
 
 
 def cold_item_split(
@@ -262,16 +273,8 @@ def cold_item_split(
     """
     if eval_split not in ("cold_item_test", "cold_item_val"):
         raise DataError(f"cold_item_split: eval_split must be 'cold_item_test' or 'cold_item_val', got {eval_split!r}.")
-    index, parts = _aldi_parts(dataset)
-    return _make_split(
-        protocol=COLD_ITEM,
-        name=eval_split,
-        index=index,
-        items=dataset.items,
-        train=parts["warm_emb"],
-        truth=parts[eval_split],
-        known=pl.concat(list(parts.values())),
-        candidates=_items_of(parts["cold_item_val"], parts["cold_item_test"]),
+    return _aldi_split(
+        dataset, protocol=COLD_ITEM, name=eval_split, truth=[eval_split], candidates=["cold_item_val", "cold_item_test"]
     )
 
 
@@ -282,16 +285,8 @@ def warm_split(dataset: Dataset, eval_split: Literal["warm_test", "warm_val"] = 
     """
     if eval_split not in ("warm_test", "warm_val"):
         raise DataError(f"warm_split: eval_split must be 'warm_test' or 'warm_val', got {eval_split!r}.")
-    index, parts = _aldi_parts(dataset)
-    return _make_split(
-        protocol=WARM,
-        name=eval_split,
-        index=index,
-        items=dataset.items,
-        train=parts["warm_emb"],
-        truth=parts[eval_split],
-        known=pl.concat(list(parts.values())),
-        candidates=_items_of(parts["warm_emb"], parts["warm_val"], parts["warm_test"]),
+    return _aldi_split(
+        dataset, protocol=WARM, name=eval_split, truth=[eval_split], candidates=["warm_emb", "warm_val", "warm_test"]
     )
 
 
@@ -303,17 +298,8 @@ def hybrid_split(dataset: Dataset, eval_split: Literal["test", "val"] = "test") 
     """
     if eval_split not in ("test", "val"):
         raise DataError(f"hybrid_split: eval_split must be 'test' or 'val', got {eval_split!r}.")
-    index, parts = _aldi_parts(dataset)
-    return _make_split(
-        protocol=HYBRID,
-        name=f"hybrid_{eval_split}",
-        index=index,
-        items=dataset.items,
-        train=parts["warm_emb"],
-        truth=pl.concat([parts[f"warm_{eval_split}"], parts[f"cold_item_{eval_split}"]]),
-        known=pl.concat(list(parts.values())),
-        candidates=dataset.items[Columns.item],
-    )
+    truth = [f"warm_{eval_split}", f"cold_item_{eval_split}"]
+    return _aldi_split(dataset, protocol=HYBRID, name=f"hybrid_{eval_split}", truth=truth, candidates=None)
 
 
 def _user_segments(truth: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
