@@ -20,7 +20,6 @@ titles, about 70 s on 2 idle cores). `--quick` skips the grids and runs the chos
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -34,6 +33,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installing the package
+
+from _report import write_report  # noqa: E402
 
 from catalog import Columns, Dataset, load_citeulike  # noqa: E402
 from encoders import (  # noqa: E402  # noqa: E402  # noqa: E402
@@ -307,16 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows, args.k))
     print(f"\ntotal {total:.0f} s, {datetime.now(UTC):%Y-%m-%d}, torch threads {args.threads}")
     if args.json is not None:
-        payload = {
-            "benchmark": "cf_mapper",
-            "data": str(args.data),
-            "k": args.k,
-            "date": datetime.now(UTC).date().isoformat(),
-            "total_seconds": round(total, 1),
-            "results": [row.as_json(args.k) for row in rows],
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
+        rows_json = [row.as_json(args.k) for row in rows]
+        write_report(args.json, "cf_mapper", data=args.data, k=args.k, seconds=total, results=rows_json)
     return 0
 
 

@@ -13,13 +13,11 @@ MiniLM title embeddings come from `encoders.encode_texts`, cached under the repo
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installing the package
+
+from _report import write_report  # noqa: E402
 
 from catalog import Columns, Dataset, load_citeulike  # noqa: E402
 from encoders import MODEL_NAME, EmbeddingCache, encode_texts  # noqa: E402
@@ -221,16 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown(rows, args.k))
     print(f"\ntotal {total:.0f} s")
     if args.json is not None:
-        payload = {
-            "benchmark": "cold_start",
-            "data": str(args.data),
-            "k": args.k,
-            "date": datetime.now(UTC).date().isoformat(),
-            "total_seconds": round(total, 1),
-            "results": [row.as_json(args.k) for row in rows],
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
+        rows_json = [row.as_json(args.k) for row in rows]
+        write_report(args.json, "cold_start", data=args.data, k=args.k, seconds=total, results=rows_json)
     return 0
 
 
