@@ -26,6 +26,8 @@ FEATURE_NAMES = (
     "title_words",
     "text_rank",
 )
+# The features a user without training interactions has at zero (everything read from their history).
+USER_HISTORY_FEATURES = tuple(n for n in FEATURE_NAMES if n not in ("log_popularity", "as_cold", "title_words"))
 
 
 def _normalise_rows(matrix: np.ndarray) -> np.ndarray:

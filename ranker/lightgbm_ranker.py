@@ -19,22 +19,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from catalog import NotFittedError, atomic_write_bytes
-from ranker.features import FEATURE_NAMES, RankerInputs, generate_candidates, pair_features
-
-# Columns of pair_features that a user without training interactions has at zero.
-USER_HISTORY_FEATURES = [
-    FEATURE_NAMES.index(name)
-    for name in (
-        "cf_score",
-        "text_profile",
-        "text_max",
-        "text_top3",
-        "tfidf_profile",
-        "tfidf_max",
-        "user_activity",
-        "text_rank",
-    )
-]
+from ranker.features import FEATURE_NAMES, USER_HISTORY_FEATURES, RankerInputs, generate_candidates, pair_features
 
 
 class LightGBMRankerConfig(BaseModel):
@@ -93,7 +78,7 @@ def _groups(
     if cold_user_share > 0:
         # A user without history has every history-derived feature at zero; show the model such users too.
         hidden = np.isin(users, task.users[rng.random(task.users.size) < cold_user_share])
-        features[np.ix_(hidden, USER_HISTORY_FEATURES)] = 0.0
+        features[np.ix_(hidden, [FEATURE_NAMES.index(f) for f in USER_HISTORY_FEATURES])] = 0.0
     # Candidates come grouped by user, in task order.
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     sizes = np.diff(np.r_[starts, users.size])
