@@ -23,7 +23,14 @@ from catalog._loaders import (
     load_movielens_100k,
     read_table,
 )
-from catalog._segments import detect_segments, entity_segments, popularity_segments, summarize_segments
+from catalog._segments import (
+    detect_segments,
+    entity_segments,
+    popularity_segments,
+    segment_counts,
+    segment_transitions,
+    summarize_segments,
+)
 from catalog._workspace import Workspace, atomic_write_bytes, new_run_id
 from catalog.errors import ConfigError, DataError, NotFittedError, WarmstartError, WorkspaceError
 
@@ -58,6 +65,8 @@ __all__ = [
     "new_run_id",
     "popularity_segments",
     "read_table",
+    "segment_counts",
+    "segment_transitions",
     "summarize_segments",
     "with_first_seen",
 ]

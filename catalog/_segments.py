@@ -136,3 +136,29 @@ def popularity_segments(
     """
     segments = entity_segments(train, items, key=C.item, kind="item", sparse_max=0, head_share=head_share)
     return segments.select(pl.col(ENTITY).alias(C.item), C.segment)
+
+
+def segment_counts(segments: pl.DataFrame) -> pl.DataFrame:
+    """(kind, segment, count) in long form, with `new` counted beside the segments, for the metrics history."""
+    return pl.concat(
+        [
+            segments.group_by(C.kind, C.segment).agg(pl.len().cast(pl.Int64).alias("count")),
+            segments.filter("is_new")
+            .group_by(C.kind)
+            .agg(pl.lit(S.new).alias(C.segment), pl.len().cast(pl.Int64).alias("count")),
+        ]
+    ).sort(C.kind, C.segment)
+
+
+def segment_transitions(before: pl.DataFrame, after: pl.DataFrame) -> pl.DataFrame:
+    """How many entities moved from one segment to another between two detections (e.g. cold -> sparse);
+    entities that kept their segment are not counted. Returns (kind, from_segment, to_segment, count)."""
+    keys = [C.kind, ENTITY]
+    return (
+        before.select(*keys, pl.col(C.segment).alias("from_segment"))
+        .join(after.select(*keys, pl.col(C.segment).alias("to_segment")), on=keys, how="inner")
+        .filter(pl.col("from_segment") != pl.col("to_segment"))
+        .group_by(C.kind, "from_segment", "to_segment")
+        .agg(pl.len().cast(pl.Int64).alias("count"))
+        .sort(C.kind, "from_segment", "to_segment")
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -19,6 +19,7 @@ from rich.table import Table
 from catalog import Columns, ConfigError, WarmstartError, Workspace, atomic_write_bytes, load_files, new_run_id
 from flows import steps
 from flows.settings import WarmstartSettings
+from monitor import MetricsStore, beyond_accuracy_trend, metric_trend
 
 app = typer.Typer(
     name="warmstart",
@@ -155,15 +156,129 @@ def detect(
     _show_detection(detection, "segments")
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def _show_trends(store: MetricsStore, k: int, title: str) -> None:
+    rows = store.metrics()
+    if rows.is_empty():
+        console.print("the metrics store holds no metric rows yet.")
+        return
+    for metric in ("recall", "ndcg"):
+        trend = metric_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
+        _print_frame(trend, f"{title}: {metric}@{k} per segment")
+    beyond = beyond_accuracy_trend(rows, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
+    _print_frame(beyond, f"{title}: beyond accuracy @{k} (overall)")
+
+
+DateOption = Annotated[datetime | None, typer.Option(help="UTC date or time, e.g. 1998-01-01.")]
+
+
+def _run_backfill(
+    *,
+    dataset: str,
+    data: Path | None,
+    space: Workspace,
+    settings: WarmstartSettings,
+    start: datetime | None,
+    end: datetime | None,
+    every: str,
+    k: int,
+    seed: int,
+    max_epochs: int,
+) -> MetricsStore:
+    from flows.backfill import backfill as backfill_flow
+    from flows.backfill import parse_every
+
+    parse_every(every)  # a bad --every fails here, before Prefect starts
+    backfill_flow(
+        dataset=dataset,
+        data_dir=data,
+        workspace=space.root,
+        cache_dir=settings.cache_dir,
+        start=_utc(start),
+        end=_utc(end),
+        every=every,
+        k=k,
+        seed=seed,
+        max_epochs=max_epochs,
+        store_url=settings.metrics_url,
+        sparse_max=settings.sparse_max,
+        head_share=settings.head_share,
+    )
+    return MetricsStore.for_workspace(space.root, settings.metrics_url, read_only=True)
+
+
+@app.command()
+@friendly_errors
+def backfill(
+    dataset: Annotated[str, typer.Option(help="Built-in data set with timestamps: ml-100k.")] = "ml-100k",
+    data: Annotated[Path | None, typer.Option(help="Folder holding the data set's files [default: fetch].")] = None,
+    start: DateOption = None,
+    end: DateOption = None,
+    every: Annotated[str, typer.Option(help="Window length: a number with d, h or w.")] = "7d",
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = 150,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Replay history window by window: train on events up to each window's end, evaluate on the next window
+    (its new items are the cold ones) and write one point per window and segment into the metrics history.
+
+    --start and --end default to the data set's first and last event. Resumable: a rerun skips finished windows.
+    """
+    settings = _settings()
+    space = _workspace(workspace, settings)
+    store = _run_backfill(
+        dataset=dataset,
+        data=data,
+        space=space,
+        settings=settings,
+        start=start,
+        end=end,
+        every=every,
+        k=k,
+        seed=seed,
+        max_epochs=max_epochs,
+    )
+    _show_trends(store, k, f"{dataset} backfill")
+
+
+@app.command()
+@friendly_errors
+def history(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write runs and metric rows as JSON here.")] = None,
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of the trend tables.")] = 20,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Print the runs and the long-tail metric trends of the metrics history (or write them as JSON)."""
+    settings = _settings()
+    store = MetricsStore.for_workspace(_workspace(workspace, settings).root, settings.metrics_url, read_only=True)
+    runs = store.runs()
+    if json_out is not None:
+        payload = {"runs": runs.to_dicts(), "metrics": store.metrics(completed_only=False).to_dicts()}
+        atomic_write_bytes(json_out, json.dumps(payload, indent=2, default=str).encode())
+        console.print(f"{runs.height:,} runs and {len(payload['metrics']):,} metric rows written to {json_out}")
+        return
+    shown = runs.select(
+        "run_id", "flow", "dataset", pl.col("window_end").dt.strftime("%Y-%m-%d"), "status", "model_version"
+    )
+    _print_frame(shown, f"{runs.height:,} runs")
+    _show_trends(store, k, "history")
+
+
 @app.command()
 @friendly_errors
 def demo(
     data: Annotated[Path | None, typer.Option(help="Folder with ml-100k.{inter,item,user} [default: fetch].")] = None,
+    every: Annotated[str, typer.Option(help="Window length of the backfill.")] = "30d",
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = 150,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Load MovieLens-100K into a workspace and print its segment summary.
+    """Backfill MovieLens-100K window by window, then print the long-tail metric trends per segment.
 
-    `new` is counted as if the previous run had been one week before the last rating.
+    Ingests MovieLens-100K into the workspace and prints its segments first; a rerun resumes the backfill.
     """
     settings = _settings()
     space = _workspace(workspace, settings)
@@ -184,7 +299,20 @@ def demo(
         f"MovieLens-100K: {dataset.interactions.height:,} ratings, {dataset.items.height:,} movies, "
         f"{dataset.users.height:,} users -> workspace {space.root}"
     )
-    _show_detection(detection, "MovieLens-100K segments")
+    _show_detection(detection, "MovieLens-100K segments (new: first seen in the last week)")
+    store = _run_backfill(
+        dataset="ml-100k",
+        data=data,
+        space=space,
+        settings=settings,
+        start=None,
+        end=None,
+        every=every,
+        k=20,
+        seed=0,
+        max_epochs=max_epochs,
+    )
+    _show_trends(store, 20, "MovieLens-100K backfill, read back from the metrics store")
 
 
 class Protocol(StrEnum):
@@ -262,21 +390,11 @@ def encode(workspace: WorkspaceOption = None) -> None:
 
     Texts already in the workspace's embedding cache (keyed by model and text hash) are not encoded again.
     """
-    from encoders import MODEL_NAME, EmbeddingCache, encode_texts, item_text
-
     space = _workspace(workspace, _settings())
-    items = space.read("items")
-    cache = EmbeddingCache.in_workspace(space)
-    vectors = encode_texts(item_text(items).to_list(), cache=cache)
-    table = pl.DataFrame(
-        {Columns.item: items[Columns.item], "embedding": vectors},
-        schema={Columns.item: pl.String, "embedding": pl.Array(pl.Float32, vectors.shape[1])},
-    )
-    stats = {"model": MODEL_NAME, "items": table.height, "cache_hits": cache.hits, "cache_misses": cache.misses}
-    space.write("item_embeddings", table, run_id=new_run_id(), source="encode", parameters=stats)
+    stats = steps.encode_items(space, new_run_id())
     console.print(
-        f"item_embeddings: {table.height:,} items x {vectors.shape[1]} ({MODEL_NAME}); "
-        f"{cache.hits:,} texts from the cache, {cache.misses:,} encoded"
+        f"item_embeddings: {stats['items']:,} items x {stats['dim']} ({stats['model']}); "
+        f"{stats['cache_hits']:,} texts from the cache, {stats['cache_misses']:,} encoded"
     )
 
 

@@ -22,3 +22,8 @@ class WarmstartSettings(BaseSettings):
     head_share: float = Field(
         0.8, gt=0, le=1, description="Share of interactions held by the head (the most popular entities)."
     )
+    metrics_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the metrics history (e.g. postgresql+psycopg://user@host/db); "
+        "default: SQLite at WORKSPACE/metrics.sqlite.",
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -109,6 +110,24 @@ def detect(
     if latest is not None:
         workspace.update_state(watermark=latest.isoformat(), detect_run_id=run_id)
     return Detection(segments, summarize_segments(segments), watermark, latest)
+
+
+def encode_items(workspace: Workspace, run_id: str) -> dict[str, Any]:
+    """Embed every item's text into the `item_embeddings` table; texts already in the workspace's embedding
+    cache (keyed by model and text hash) are not encoded again. Returns what it did."""
+    from encoders import MODEL_NAME, EmbeddingCache, encode_texts, item_text
+
+    items = workspace.read("items")
+    cache = EmbeddingCache.in_workspace(workspace)
+    vectors = encode_texts(item_text(items).to_list(), cache=cache)
+    table = pl.DataFrame(
+        {Columns.item: items[Columns.item], "embedding": vectors},
+        schema={Columns.item: pl.String, "embedding": pl.Array(pl.Float32, vectors.shape[1])},
+    )
+    stats = {"model": MODEL_NAME, "items": table.height, "dim": int(vectors.shape[1])}
+    stats |= {"cache_hits": cache.hits, "cache_misses": cache.misses}
+    workspace.write("item_embeddings", table, run_id=run_id, source="encode", parameters=stats)
+    return stats
 
 
 def workspace_dataset(workspace: Workspace) -> Dataset:

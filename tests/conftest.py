@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +39,67 @@ def citeulike() -> Dataset:
     if not (CITEULIKE_DIR / "titles.txt").is_file():
         pytest.skip(f"CiteULike-a not found at {CITEULIKE_DIR} (set WARMSTART_CITEULIKE)")
     return load_citeulike(CITEULIKE_DIR)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real temporary Prefect server for the session; yields its API URL (for subprocesses to share)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        url = PREFECT_API_URL.value()
+        assert url, "the Prefect test harness started no API"
+        yield str(url)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server on loopback for the session (Debian's `postgresql`); skipped with the reason
+    where it cannot start. As root, the server runs as the `postgres` user, which PostgreSQL requires."""
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    initdb = Path(shutil.which("initdb") or (binaries[-1] if binaries else "initdb"))
+    if not initdb.exists():
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); the SQLite store was tested")
+    pg_ctl = initdb.with_name("pg_ctl")
+    # Not under pytest's tmp dir: its parents are private to root, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="warmstart-postgres-"))
+    data, sockets = root / "data", root / "run"
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+    port = _free_port()
+    try:
+        subprocess.run(
+            [*as_user, str(initdb), "-D", str(data), "-U", "warmstart", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(
+            [*as_user, str(pg_ctl), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+        detail = getattr(error, "stderr", b"") or b""
+        pytest.skip(f"PostgreSQL could not start: {error} {detail.decode(errors='replace')[-300:]}")
+    try:
+        yield f"postgresql+psycopg://warmstart@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,497 @@
+"""The metrics history: runs, their metrics, augmentation volume, segment sizes and model promotions.
+
+SQLAlchemy over SQLite by default (`WORKSPACE/metrics.sqlite`) or PostgreSQL by URL. A run is recorded twice:
+`start_run` when it begins (status `running`) and `finish_run` when it ends, which writes the run's status and
+every row it measured in one transaction, so a run killed half-way leaves no metric rows behind, and a rerun of
+the same window finds no completed run and records it afresh. The composite primary keys make a duplicate row
+an error rather than a silent double count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    delete,
+    event,
+    select,
+)
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from catalog import ConfigError, WorkspaceError
+
+SCHEMA_VERSION = 1
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite (which keeps no zone) as on PostgreSQL."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value} given to the metrics store; pass UTC-aware times")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    applied_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    flow: Mapped[str] = mapped_column(String(64), index=True)
+    dataset: Mapped[str] = mapped_column(String(128))
+    # Runs with the same flow, data set, window and parameters are the same unit of work (see run_key).
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    window_end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    protocol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    segment: Mapped[str] = mapped_column(String(32), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    k: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+
+class Augmentation(Base):
+    __tablename__ = "augmentation"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    items_augmented: Mapped[int] = mapped_column(Integer, default=0)
+    users_augmented: Mapped[int] = mapped_column(Integer, default=0)
+    synthetic_rows: Mapped[int] = mapped_column(Integer, default=0)
+    cache_hits: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # Precision of synthetic pairs against the real interactions that arrived later, when measured.
+    synthetic_precision: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class SegmentCount(Base):
+    __tablename__ = "segment_counts"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    as_of: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)  # item | user
+    segment: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class Transition(Base):
+    """How many entities moved between segments since the previous run (e.g. cold -> tail)."""
+
+    __tablename__ = "transitions"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    from_segment: Mapped[str] = mapped_column(String(32), primary_key=True)
+    to_segment: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+
+
+class Promotion(Base):
+    __tablename__ = "promotions"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    candidate_version: Mapped[str] = mapped_column(String(64))
+    incumbent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    promoted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    gate: Mapped[dict[str, Any]] = mapped_column(JSON)
+    candidate_metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    incumbent_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+def run_key(flow: str, dataset: str, window_end: datetime | None, parameters: Mapping[str, Any]) -> str:
+    """The identity of a unit of work: a rerun with the same key is the same run, to be skipped once done."""
+    payload = json.dumps(
+        {"flow": flow, "dataset": dataset, "window_end": str(window_end), "parameters": parameters},
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def sqlite_url(path: Path, *, read_only: bool = False) -> str:
+    """The SQLAlchemy URL of a SQLite file; read-only opens it so that no write can happen by mistake."""
+    if read_only:
+        return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    return f"sqlite:///{path.resolve()}"
+
+
+@dataclass
+class RunRecord:
+    """What a finished run measured; `finish_run` writes it in one transaction."""
+
+    status: str = COMPLETED
+    model_version: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    metrics: pl.DataFrame | None = None  # protocol, segment, metric, k, value
+    as_of: datetime | None = None
+    augmentation: dict[str, Any] | None = None
+    segment_counts: pl.DataFrame | None = None  # kind, segment, count
+    transitions: pl.DataFrame | None = None  # kind, from_segment, to_segment, count
+    promotion: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _rows(frame: pl.DataFrame | None, columns: Iterable[str]) -> list[dict[str, Any]]:
+    if frame is None:
+        return []
+    missing = set(columns) - set(frame.columns)
+    if missing:
+        raise ValueError(f"frame lacks columns {sorted(missing)}")
+    return frame.select(list(columns)).to_dicts()
+
+
+class MetricsStore:
+    """The metrics history behind one SQLAlchemy URL."""
+
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        self.url = url
+        self.read_only = read_only
+        try:
+            self.engine: Engine = create_engine(url, future=True)
+        except (SQLAlchemyError, ImportError) as error:
+            raise ConfigError(f"cannot use metrics store URL {url!r}: {error}") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._check_schema()
+
+    @classmethod
+    def for_workspace(cls, root: Path, url: str | None = None, *, read_only: bool = False) -> MetricsStore:
+        """`url` if given, else the SQLite file WORKSPACE/metrics.sqlite."""
+        if url:
+            return cls(url, read_only=read_only)
+        path = Path(root) / "metrics.sqlite"
+        if read_only and not path.is_file():
+            raise WorkspaceError(f"no metrics store at {path}: run `warmstart backfill` or a refresh first.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return cls(sqlite_url(path, read_only=read_only), read_only=read_only)
+
+    def _check_schema(self) -> None:
+        try:
+            if not self.read_only:
+                Base.metadata.create_all(self.engine)
+            with Session(self.engine) as session:
+                versions = session.scalars(select(SchemaVersion.version)).all()
+                if not versions and not self.read_only:
+                    session.add(SchemaVersion(version=SCHEMA_VERSION, applied_at=datetime.now(UTC)))
+                    try:
+                        session.commit()
+                    except IntegrityError:  # another process created the store at the same moment
+                        session.rollback()
+                    versions = session.scalars(select(SchemaVersion.version)).all()
+        except SQLAlchemyError as error:
+            raise WorkspaceError(f"cannot open the metrics store {self._shown_url}: {error}") from None
+        if versions and max(versions) != SCHEMA_VERSION:
+            raise WorkspaceError(
+                f"metrics store {self._shown_url} has schema version {max(versions)}; this warmstart writes "
+                f"version {SCHEMA_VERSION}. Use a matching warmstart or a new store."
+            )
+
+    @property
+    def _shown_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    def start_run(
+        self,
+        run_id: str,
+        *,
+        flow: str,
+        dataset: str,
+        parameters: Mapping[str, Any],
+        window_start: datetime | None = None,
+        window_end: datetime | None = None,
+    ) -> None:
+        """Record a run as `running`; a previous unfinished run of the same unit of work is marked failed."""
+        key = run_key(flow, dataset, window_end, parameters)
+        with Session(self.engine) as session, session.begin():
+            for stale in session.scalars(select(Run).where(Run.key == key, Run.status == RUNNING)):
+                stale.status = FAILED
+                stale.error = f"interrupted: superseded by run {run_id}"
+            session.add(
+                Run(
+                    id=run_id,
+                    flow=flow,
+                    dataset=dataset,
+                    key=key,
+                    window_start=window_start,
+                    window_end=window_end,
+                    status=RUNNING,
+                    parameters=dict(parameters),
+                    started_at=datetime.now(UTC),
+                    timings={},
+                )
+            )
+
+    def finish_run(self, run_id: str, record: RunRecord) -> None:
+        """Write the run's outcome and every row it measured, all or nothing."""
+        as_of = record.as_of
+        if record.metrics is not None and as_of is None:
+            raise ValueError("metrics need an as_of time")
+        with Session(self.engine) as session, session.begin():
+            run = session.get(Run, run_id)
+            if run is None:
+                raise WorkspaceError(f"run {run_id} was never started in {self._shown_url}")
+            for table in (Metric, Augmentation, SegmentCount, Transition, Promotion):
+                session.execute(delete(table).where(table.run_id == run_id))
+            run.status = record.status
+            run.model_version = record.model_version
+            run.timings = {name: round(seconds, 3) for name, seconds in record.timings.items()}
+            run.finished_at = datetime.now(UTC)
+            run.error = record.error
+            metric_rows = _rows(record.metrics, ("protocol", "segment", "metric", "k", "value"))
+            session.add_all(Metric(run_id=run_id, as_of=as_of, **row) for row in metric_rows)
+            if record.augmentation is not None:
+                session.add(Augmentation(run_id=run_id, **record.augmentation))
+            count_rows = _rows(record.segment_counts, ("kind", "segment", "count"))
+            session.add_all(SegmentCount(run_id=run_id, as_of=as_of or run.finished_at, **row) for row in count_rows)
+            moves = _rows(record.transitions, ("kind", "from_segment", "to_segment", "count"))
+            session.add_all(Transition(run_id=run_id, **row) for row in moves)
+            if record.promotion is not None:
+                session.add(Promotion(run_id=run_id, decided_at=datetime.now(UTC), **record.promotion))
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    def completed_run(
+        self, *, flow: str, dataset: str, window_end: datetime | None, parameters: Mapping[str, Any]
+    ) -> str | None:
+        """The id of a completed run of this unit of work, if there is one."""
+        key = run_key(flow, dataset, window_end, parameters)
+        with Session(self.engine) as session:
+            return session.scalars(
+                select(Run.id).where(Run.key == key, Run.status == COMPLETED).order_by(Run.started_at)
+            ).first()
+
+    def promoted_version(self, *, flow: str, dataset: str) -> str | None:
+        """The model version the latest completed run of `flow` on `dataset` promoted (the current model)."""
+        with Session(self.engine) as session:
+            return session.scalars(
+                select(Promotion.candidate_version)
+                .join(Run, Run.id == Promotion.run_id)
+                .where(Run.flow == flow, Run.dataset == dataset, Run.status == COMPLETED, Promotion.promoted)
+                .order_by(Run.window_end.desc(), Run.started_at.desc())
+            ).first()
+
+    def _frame(self, statement: Any, schema: Mapping[str, Any], json_columns: Iterable[str] = ()) -> pl.DataFrame:
+        """Rows of `statement` as a frame; JSON columns become JSON text, readable in tables and comparable."""
+        with self.engine.connect() as connection:
+            rows = [dict(row._mapping) for row in connection.execute(statement)]
+        for row in rows:
+            for name in json_columns:
+                row[name] = json.dumps(row[name], sort_keys=True) if row[name] is not None else None
+        return pl.DataFrame(rows, schema=dict(schema), orient="row") if rows else pl.DataFrame(schema=dict(schema))
+
+    def runs(self, flow: str | None = None) -> pl.DataFrame:
+        """Every run, oldest first."""
+        statement = select(
+            Run.id.label("run_id"),
+            Run.flow,
+            Run.dataset,
+            Run.window_start,
+            Run.window_end,
+            Run.status,
+            Run.model_version,
+            Run.started_at,
+            Run.finished_at,
+            Run.timings,
+            Run.parameters,
+            Run.error,
+        ).order_by(Run.started_at, Run.id)
+        if flow is not None:
+            statement = statement.where(Run.flow == flow)
+        when = pl.Datetime("us", "UTC")
+        schema = {
+            "run_id": pl.String,
+            "flow": pl.String,
+            "dataset": pl.String,
+            "window_start": when,
+            "window_end": when,
+            "status": pl.String,
+            "model_version": pl.String,
+            "started_at": when,
+            "finished_at": when,
+            "timings": pl.String,
+            "parameters": pl.String,
+            "error": pl.String,
+        }
+        return self._frame(statement, schema, json_columns=("timings", "parameters"))
+
+    def metrics(self, *, protocol: str | None = None, completed_only: bool = True) -> pl.DataFrame:
+        """Metric rows (with each run's flow and status), oldest first."""
+        statement = (
+            select(
+                Metric.run_id,
+                Metric.as_of,
+                Metric.protocol,
+                Metric.segment,
+                Metric.metric,
+                Metric.k,
+                Metric.value,
+                Run.flow,
+            )
+            .join(Run, Run.id == Metric.run_id)
+            .order_by(Metric.as_of, Metric.run_id, Metric.protocol, Metric.segment, Metric.metric, Metric.k)
+        )
+        if completed_only:
+            statement = statement.where(Run.status == COMPLETED)
+        if protocol is not None:
+            statement = statement.where(Metric.protocol == protocol)
+        schema = {
+            "run_id": pl.String,
+            "as_of": pl.Datetime("us", "UTC"),
+            "protocol": pl.String,
+            "segment": pl.String,
+            "metric": pl.String,
+            "k": pl.Int64,
+            "value": pl.Float64,
+            "flow": pl.String,
+        }
+        return self._frame(statement, schema)
+
+    def augmentation(self) -> pl.DataFrame:
+        statement = select(
+            Augmentation.run_id,
+            Run.started_at,
+            Augmentation.items_augmented,
+            Augmentation.users_augmented,
+            Augmentation.synthetic_rows,
+            Augmentation.cache_hits,
+            Augmentation.rejected,
+            Augmentation.tokens,
+            Augmentation.seconds,
+            Augmentation.synthetic_precision,
+        ).join(Run, Run.id == Augmentation.run_id)
+        schema = {
+            "run_id": pl.String,
+            "started_at": pl.Datetime("us", "UTC"),
+            "items_augmented": pl.Int64,
+            "users_augmented": pl.Int64,
+            "synthetic_rows": pl.Int64,
+            "cache_hits": pl.Int64,
+            "rejected": pl.Int64,
+            "tokens": pl.Int64,
+            "seconds": pl.Float64,
+            "synthetic_precision": pl.Float64,
+        }
+        return self._frame(statement.order_by(Run.started_at), schema)
+
+    def segment_counts(self) -> pl.DataFrame:
+        statement = select(
+            SegmentCount.run_id, SegmentCount.as_of, SegmentCount.kind, SegmentCount.segment, SegmentCount.count
+        ).order_by(SegmentCount.as_of, SegmentCount.kind, SegmentCount.segment)
+        schema = {
+            "run_id": pl.String,
+            "as_of": pl.Datetime("us", "UTC"),
+            "kind": pl.String,
+            "segment": pl.String,
+            "count": pl.Int64,
+        }
+        return self._frame(statement, schema)
+
+    def transitions(self) -> pl.DataFrame:
+        statement = (
+            select(
+                Transition.run_id,
+                Run.window_end.label("as_of"),
+                Transition.kind,
+                Transition.from_segment,
+                Transition.to_segment,
+                Transition.count,
+            )
+            .join(Run, Run.id == Transition.run_id)
+            .order_by(Run.window_end, Transition.kind, Transition.from_segment, Transition.to_segment)
+        )
+        schema = {
+            "run_id": pl.String,
+            "as_of": pl.Datetime("us", "UTC"),
+            "kind": pl.String,
+            "from_segment": pl.String,
+            "to_segment": pl.String,
+            "count": pl.Int64,
+        }
+        return self._frame(statement, schema)
+
+    def promotions(self) -> pl.DataFrame:
+        statement = select(
+            Promotion.run_id,
+            Promotion.decided_at,
+            Promotion.candidate_version,
+            Promotion.incumbent_version,
+            Promotion.promoted,
+            Promotion.reason,
+            Promotion.candidate_metrics,
+            Promotion.incumbent_metrics,
+        ).order_by(Promotion.decided_at)
+        schema = {
+            "run_id": pl.String,
+            "decided_at": pl.Datetime("us", "UTC"),
+            "candidate_version": pl.String,
+            "incumbent_version": pl.String,
+            "promoted": pl.Boolean,
+            "reason": pl.String,
+            "candidate_metrics": pl.String,
+            "incumbent_metrics": pl.String,
+        }
+        return self._frame(statement, schema, json_columns=("candidate_metrics", "incumbent_metrics"))
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    # WAL lets the dashboard read while a flow writes; foreign keys are off by default in SQLite.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    with contextlib.suppress(Exception):  # a read-only connection cannot change the journal mode; it reads anyway
+        cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

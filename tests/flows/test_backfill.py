@@ -1,0 +1,100 @@
+"""The backfill flow on real MovieLens-100K windows, through the real CLI, a real Prefect server and SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+from typer.testing import CliRunner
+
+from flows.cli import app
+from monitor import COMPLETED, FAILED, MetricsStore
+
+# Two 10-day windows at the end of MovieLens-100K (last rating 1998-04-22); few epochs keep each window short.
+WINDOWS = ["--start", "1998-03-31", "--every", "10d", "--max-epochs", "5"]
+
+
+def _cli(workspace: Path, data: Path) -> list[str]:
+    command = Path(sys.executable).with_name("warmstart")
+    return [str(command), "backfill", "--data", str(data), *WINDOWS, "--workspace", str(workspace)]
+
+
+def _completed(workspace: Path) -> pl.DataFrame:
+    path = workspace / "metrics.sqlite"
+    if not path.is_file():
+        return pl.DataFrame()
+    store = MetricsStore.for_workspace(workspace)
+    try:
+        return store.runs().filter(pl.col("status") == COMPLETED)
+    finally:
+        store.close()
+
+
+def test_backfill_killed_midway_resumes_without_duplicates(
+    prefect_api: str, cache_dir: Path, ml100k_dir: Path, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    env = os.environ | {
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "WARMSTART_CACHE_DIR": str(cache_dir),
+    }
+    first = subprocess.Popen(
+        _cli(workspace, ml100k_dir), env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 600
+    while _completed(workspace).height < 1 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert first.poll() is None, f"backfill ended before it could be killed: {first.stderr.read().decode()[-2000:]}"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    survivors = _completed(workspace)
+    assert survivors.height == 1
+    finished_before = dict(zip(survivors["window_end"], survivors["run_id"], strict=True))
+
+    rerun = subprocess.run(_cli(workspace, ml100k_dir), env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "skipped" in rerun.stdout + rerun.stderr
+
+    store = MetricsStore.for_workspace(workspace)
+    runs = store.runs()
+    completed = runs.filter(pl.col("status") == COMPLETED)
+    assert completed["window_end"].n_unique() == completed.height == 2
+    # Finished windows were not redone: their runs are the ones that completed before the kill.
+    for window_end, run_id in finished_before.items():
+        assert completed.filter(pl.col("window_end") == window_end)["run_id"].item() == run_id
+    # The window the kill interrupted was marked failed and left no metric rows.
+    interrupted = runs.filter(pl.col("status") != COMPLETED)
+    assert interrupted["status"].to_list() == [FAILED] * interrupted.height
+    metrics = store.metrics(completed_only=False)
+    assert set(metrics["run_id"]) == set(completed["run_id"])
+    assert metrics.select("as_of", "segment", "metric", "k").is_duplicated().sum() == 0
+    assert metrics.filter(pl.col("segment") == "overall")["as_of"].n_unique() == 2
+    assert store.promotions().height == 2
+    rows_after = metrics.height
+
+    again = subprocess.run(_cli(workspace, ml100k_dir), env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert store.runs().height == runs.height
+    assert store.metrics(completed_only=False).height == rows_after
+    store.close()
+
+
+def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml100k_dir: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    result = CliRunner().invoke(
+        app, ["demo", "--data", str(ml100k_dir), "--every", "90d", "--max-epochs", "5", "--workspace", str(workspace)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "100,000 ratings, 1,682 movies, 943 users" in result.output
+    store = MetricsStore.for_workspace(workspace, read_only=True)
+    overall = store.metrics().filter((pl.col("segment") == "overall") & (pl.col("metric") == "recall"))
+    assert overall.height == 2  # 1997-09-20 + 90 d and + 180 d, each evaluated on the following window
+    assert "recall@20 per segment" in result.output
+    for value in overall["value"]:
+        assert f"{value:.4f}" in result.output

@@ -1,0 +1,141 @@
+"""The metrics history on a real SQLite file and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import IntegrityError
+
+from catalog import WorkspaceError
+from monitor import COMPLETED, FAILED, RUNNING, MetricsStore, RunRecord, sqlite_url
+
+WHEN = datetime(1998, 3, 1, tzinfo=UTC)
+PARAMETERS = {"every": "7d", "k": 20}
+
+
+def _metrics(value: float = 0.25) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "protocol": ["temporal"] * 3,
+            "segment": ["overall", "cold", "overall"],
+            "metric": ["recall", "recall", "coverage"],
+            "k": [20, 20, 20],
+            "value": [value, value / 2, 0.3],
+        }
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> MetricsStore:
+    if request.param == "sqlite":
+        return MetricsStore.for_workspace(tmp_path)
+    server = request.getfixturevalue("postgres_url")
+    database = f"t{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {database}"))
+    admin.dispose()
+    return MetricsStore(server.rsplit("/", 1)[0] + f"/{database}")
+
+
+def test_a_finished_run_reads_back_with_its_rows(store: MetricsStore) -> None:
+    store.start_run("r1", flow="backfill", dataset="ml-100k", parameters=PARAMETERS, window_end=WHEN)
+    assert store.runs()["status"].to_list() == [RUNNING]
+    counts = pl.DataFrame({"kind": ["item", "item"], "segment": ["cold", "head"], "count": [12, 300]})
+    moves = pl.DataFrame({"kind": ["item"], "from_segment": ["cold"], "to_segment": ["sparse"], "count": [7]})
+    store.finish_run(
+        "r1",
+        RunRecord(
+            model_version="r1",
+            timings={"retrain": 1.23456},
+            metrics=_metrics(),
+            as_of=WHEN,
+            augmentation={"items_augmented": 4, "tokens": 321, "seconds": 2.5, "cache_hits": 1},
+            segment_counts=counts,
+            transitions=moves,
+            promotion={
+                "candidate_version": "r1",
+                "incumbent_version": None,
+                "promoted": True,
+                "reason": "no current model",
+                "gate": {"tolerance": 0.005},
+                "candidate_metrics": {"overall/ndcg@20": 0.1},
+                "incumbent_metrics": None,
+            },
+        ),
+    )
+    run = store.runs().row(0, named=True)
+    assert (run["status"], run["model_version"], run["window_end"]) == (COMPLETED, "r1", WHEN)
+    assert run["timings"] == '{"retrain": 1.235}'
+    metrics = store.metrics()
+    assert metrics.height == 3
+    assert metrics.filter(pl.col("segment") == "cold")["value"].item() == pytest.approx(0.125)
+    assert metrics["as_of"].unique().to_list() == [WHEN]
+    assert store.augmentation()["tokens"].to_list() == [321]
+    assert store.segment_counts()["count"].to_list() == [12, 300]
+    assert store.transitions()["count"].to_list() == [7]
+    assert store.promoted_version(flow="backfill", dataset="ml-100k") == "r1"
+    assert store.completed_run(flow="backfill", dataset="ml-100k", window_end=WHEN, parameters=PARAMETERS) == "r1"
+    other = {"every": "30d", "k": 20}
+    assert store.completed_run(flow="backfill", dataset="ml-100k", window_end=WHEN, parameters=other) is None
+
+
+def test_an_unfinished_run_has_no_rows_and_a_rerun_supersedes_it(store: MetricsStore) -> None:
+    store.start_run("killed", flow="backfill", dataset="ml-100k", parameters=PARAMETERS, window_end=WHEN)
+    assert store.metrics(completed_only=False).is_empty()
+    assert store.completed_run(flow="backfill", dataset="ml-100k", window_end=WHEN, parameters=PARAMETERS) is None
+    store.start_run("rerun", flow="backfill", dataset="ml-100k", parameters=PARAMETERS, window_end=WHEN)
+    statuses = dict(zip(*store.runs().select("run_id", "status").to_dict(as_series=False).values(), strict=True))
+    assert statuses == {"killed": FAILED, "rerun": RUNNING}
+    store.finish_run("rerun", RunRecord(metrics=_metrics(), as_of=WHEN))
+    assert store.metrics()["run_id"].unique().to_list() == ["rerun"]
+
+
+def test_a_failed_finish_writes_nothing(store: MetricsStore) -> None:
+    store.start_run("r1", flow="backfill", dataset="ml-100k", parameters=PARAMETERS, window_end=WHEN)
+    duplicated = pl.concat([_metrics(), _metrics()])
+    with pytest.raises(IntegrityError):
+        store.finish_run("r1", RunRecord(metrics=duplicated, as_of=WHEN, augmentation={"tokens": 5}))
+    assert store.runs()["status"].to_list() == [RUNNING]
+    assert store.metrics(completed_only=False).is_empty()
+    assert store.augmentation().is_empty()
+
+
+def test_finishing_twice_replaces_rows_instead_of_doubling_them(store: MetricsStore) -> None:
+    store.start_run("r1", flow="refresh", dataset="ml-100k", parameters={})
+    store.finish_run("r1", RunRecord(metrics=_metrics(0.2), as_of=WHEN))
+    store.finish_run("r1", RunRecord(metrics=_metrics(0.4), as_of=WHEN))
+    overall = store.metrics().filter((pl.col("segment") == "overall") & (pl.col("metric") == "recall"))
+    assert overall["value"].to_list() == [0.4]
+
+
+def test_unknown_runs_and_naive_times_are_refused(store: MetricsStore) -> None:
+    with pytest.raises(WorkspaceError, match="never started"):
+        store.finish_run("nope", RunRecord())
+    with pytest.raises(Exception, match="naive datetime"):
+        store.start_run("r2", flow="backfill", dataset="x", parameters={}, window_end=datetime(1998, 1, 1))
+
+
+def test_the_schema_version_is_checked(tmp_path: Path) -> None:
+    MetricsStore.for_workspace(tmp_path).close()
+    engine = create_engine(sqlite_url(tmp_path / "metrics.sqlite"))
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE schema_version SET version = 99"))
+    engine.dispose()
+    with pytest.raises(WorkspaceError, match="schema version 99"):
+        MetricsStore.for_workspace(tmp_path)
+
+
+def test_read_only_store_needs_an_existing_file_and_cannot_write(tmp_path: Path) -> None:
+    with pytest.raises(WorkspaceError, match="no metrics store"):
+        MetricsStore.for_workspace(tmp_path, read_only=True)
+    MetricsStore.for_workspace(tmp_path).close()
+    reader = MetricsStore.for_workspace(tmp_path, read_only=True)
+    assert reader.runs().is_empty()
+    with pytest.raises(Exception, match="readonly"):
+        reader.start_run("r1", flow="backfill", dataset="x", parameters={})
