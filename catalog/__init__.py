@@ -32,7 +32,7 @@ from catalog._segments import (
     summarize_segments,
 )
 from catalog._workspace import Workspace, atomic_write_bytes, new_run_id
-from catalog.errors import ConfigError, DataError, NotFittedError, WarmstartError, WorkspaceError
+from catalog.errors import BackendError, ConfigError, DataError, NotFittedError, WarmstartError, WorkspaceError
 
 __all__ = [
     "CITEULIKE_SPLITS",
@@ -40,6 +40,7 @@ __all__ = [
     "ITEMS_SCHEMA",
     "TIMESTAMP",
     "USERS_SCHEMA",
+    "BackendError",
     "Columns",
     "ConfigError",
     "ConformReport",

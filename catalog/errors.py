@@ -21,3 +21,7 @@ class NotFittedError(WarmstartError):
 
 class WorkspaceError(WarmstartError):
     """The workspace lacks a table that a step needs, or holds one that is inconsistent."""
+
+
+class BackendError(WarmstartError):
+    """A language-model backend failed (server unreachable, bad answer) after its retries."""

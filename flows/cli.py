@@ -438,5 +438,56 @@ def retrain(
     console.print(f"model saved to {model_dir} (parent: {report['parent']})")
 
 
+@app.command()
+@friendly_errors
+def augment(
+    items: Annotated[
+        bool, typer.Option("--items", help="Only items: describe them and simulate their interactions.")
+    ] = False,
+    users: Annotated[bool, typer.Option("--users", help="Only users: write their profiles.")] = False,
+    segment: Annotated[
+        list[str] | None,
+        typer.Option(help="Segment to augment, repeatable [default: items cold+sparse, users sparse; simulate cold]."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many entities per step.")] = None,
+    simulate: Annotated[bool, typer.Option(help="Simulate interactions for the items.")] = True,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the run's counts as JSON here.")] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Write LLM item descriptions, user profiles and synthetic interactions for cold and sparse segments.
+
+    Needs `warmstart ingest` and `warmstart detect` first. The model comes from WARMSTART_LLM_* settings
+    (local SmolLM2 by default). Outputs already in the generation cache are not generated again.
+    """
+    from flows import augmentation
+
+    settings = _settings()
+    space = _workspace(workspace, settings)
+    do_items, do_users = (items or not users), (users or not items)
+    augmentation.segment_ids(space, "item", segment or ())  # checks segments and detection before loading a model
+    with console.status(f"loading the {settings.llm_backend} language model..."):
+        backend = augmentation.make_backend(settings)
+    run_id = new_run_id()
+    common = {"cache_dir": settings.cache_dir, "run_id": run_id, "limit": limit}
+    chosen = {"segments": segment} if segment else {}
+    steps_run: dict[str, dict] = {}
+    if do_items:
+        steps_run["describe"] = augmentation.describe_step(
+            space, backend, max_new_tokens=settings.llm_max_new_tokens, **common, **chosen
+        )
+        if simulate:
+            steps_run["simulate"] = augmentation.simulate_step(space, backend, **common, **chosen)
+    if do_users:
+        steps_run["profile"] = augmentation.profile_step(space, backend, **common, **chosen)
+    totals = {key: sum(step[key] for step in steps_run.values()) for key in augmentation.REPORT_KEYS}
+    totals["seconds"] = round(totals["seconds"], 1)
+    rows = [{"step": name} | {key: step[key] for key in augmentation.REPORT_KEYS} for name, step in steps_run.items()]
+    _print_frame(pl.DataFrame(rows), f"augment (run {run_id}, model {backend.model_name})")
+    if json_out is not None:
+        report = totals | {"run_id": run_id, "model": backend.model_name, "steps": steps_run}
+        atomic_write_bytes(json_out, json.dumps(report, indent=2, default=str).encode())
+        console.print(f"report written to {json_out}")
+
+
 def main() -> None:
     app()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,3 +28,17 @@ class WarmstartSettings(BaseSettings):
         description="SQLAlchemy URL of the metrics history (e.g. postgresql+psycopg://user@host/db); "
         "default: SQLite at WORKSPACE/metrics.sqlite.",
     )
+    llm_backend: Literal["local", "http"] = Field(
+        "local",
+        description="Language model for augmentation: 'local' (SmolLM2-135M-Instruct in-process) or 'http' "
+        "(an OpenAI-compatible server: vLLM, Ollama, TGI, llama.cpp).",
+    )
+    llm_base_url: str = Field("http://localhost:8000/v1", description="Base URL of the OpenAI-compatible server.")
+    llm_model: str = Field("", description="Model name the HTTP server serves (required with llm_backend=http).")
+    llm_api_key: SecretStr | None = Field(None, description="API key of the HTTP server (WARMSTART_LLM_API_KEY).")
+    llm_timeout: float = Field(60.0, gt=0, description="Seconds before an HTTP request to the LLM times out.")
+    llm_retries: int = Field(3, ge=0, description="Retries of a failed HTTP request, with exponential backoff.")
+    llm_concurrency: int = Field(4, ge=1, description="HTTP requests to the LLM server in flight at once.")
+    llm_batch_size: int = Field(16, ge=1, description="Prompts per batch of the local model.")
+    llm_threads: int = Field(1, ge=1, description="Torch threads of the local model (the machine is shared).")
+    llm_max_new_tokens: int = Field(96, ge=8, description="Token limit of one description or profile.")

@@ -1,0 +1,438 @@
+"""Augmentation stages: item descriptions, user profiles and synthetic interactions, over polars frames.
+
+Every output row carries its provenance (model, prompt version, input hash); every generated value goes
+through the generation cache first, so a rerun generates nothing twice, and through validation before it
+is stored, with a bounded number of regenerations (sampled, seeded by the attempt number).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from augment._backends import Backend, LocalBackend
+from augment._cache import GenerationCache, input_hash
+from augment._prompts import (
+    INTERACTION_JUDGE,
+    ITEM_DESCRIPTION,
+    USER_PROFILE,
+    Messages,
+    PromptTemplate,
+    item_data,
+    judge_messages,
+    user_profile_messages,
+)
+from augment._validate import OutputRules, rejection_reason, tidy
+from catalog import Columns, DataError
+
+DESCRIPTION = "description"
+PROFILE = "profile"
+TITLES = "titles"
+SIMILARITY = "similarity"
+WEIGHT = "weight"
+MODEL = "model"
+PROMPT_VERSION = "prompt_version"
+INPUT_HASH = "input_hash"
+RUN_ID = "run_id"
+SYNTHETIC_SOURCE = "llm_judge"
+_CANDIDATE_SCHEMA = {Columns.item: pl.String, Columns.user: pl.String, SIMILARITY: pl.Float32, Columns.rank: pl.Int32}
+
+
+@dataclass
+class AugmentStats:
+    """What one augmentation call did: counts, tokens and wall time."""
+
+    generated: int = 0  # values produced by the model in this call (texts accepted, or pairs judged)
+    cached: int = 0  # values read from the generation cache
+    rejected: int = 0  # inputs whose every attempt failed validation (nothing stored)
+    synthetic_rows: int = 0
+    tokens: int = 0  # new tokens generated (descriptions, profiles) or prompt tokens run (judge, local backend)
+    attempts: int = 0  # generations tried, regenerations included
+    seconds: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def _generate_validated(
+    prompts: Sequence[Messages],
+    backend: Backend,
+    cache: GenerationCache,
+    template: PromptTemplate,
+    *,
+    max_new_tokens: int,
+    max_attempts: int,
+    rules: OutputRules,
+    chunk: int,
+    label: str,
+    show_progress: bool,
+) -> tuple[list[dict[str, Any] | None], AugmentStats]:
+    """Validated text for every prompt (None where every attempt was rejected), from the cache when it can."""
+    if max_attempts < 1:
+        raise DataError(f"max_attempts must be at least 1, got {max_attempts}.")
+    started = time.perf_counter()
+    stats = AugmentStats()
+    reasons: Counter[str] = Counter()
+    digests = [input_hash(prompt) for prompt in prompts]
+    results: list[dict[str, Any] | None] = [None] * len(prompts)
+    pending = []
+    for index, digest in enumerate(digests):
+        entry = cache.get(backend.model_name, template.id, digest)
+        if entry is not None:
+            results[index] = {"text": entry["value"], "tokens": 0, "attempts": 0, "cached": True, "hash": digest}
+            stats.cached += 1
+        else:
+            pending.append(index)
+    with _progress(show_progress) as progress:
+        task = progress.add_task(f"{label} ({backend.model_name})", total=len(pending))
+        for start in range(0, len(pending), chunk):
+            todo = pending[start : start + chunk]
+            for attempt in range(max_attempts):
+                if not todo:
+                    break
+                # the first attempt is greedy (deterministic); a regeneration samples, seeded by the attempt
+                outputs = backend.generate(
+                    [prompts[i] for i in todo],
+                    max_new_tokens=max_new_tokens,
+                    seed=attempt,
+                    temperature=0.0 if attempt == 0 else 0.7,
+                )
+                stats.attempts += len(todo)
+                retry = []
+                for index, output in zip(todo, outputs, strict=True):
+                    stats.tokens += output.tokens
+                    text = tidy(output.text)
+                    reason = rejection_reason(text, template, rules)
+                    if reason is None:
+                        cache.put(backend.model_name, template.id, digests[index], text, tokens=output.tokens)
+                        results[index] = {
+                            "text": text,
+                            "tokens": output.tokens,
+                            "attempts": attempt + 1,
+                            "cached": False,
+                            "hash": digests[index],
+                        }
+                        stats.generated += 1
+                    else:
+                        reasons[reason] += 1
+                        retry.append(index)
+                todo = retry
+            stats.rejected += len(todo)
+            progress.advance(task, len(pending[start : start + chunk]))
+    stats.reasons = dict(reasons)
+    stats.seconds = round(time.perf_counter() - started, 3)
+    return results, stats
+
+
+def _texts_frame(
+    key: str,
+    ids: Sequence[str],
+    column: str,
+    results: Sequence[dict[str, Any] | None],
+    backend: Backend,
+    template: PromptTemplate,
+) -> pl.DataFrame:
+    kept = [(entity, result) for entity, result in zip(ids, results, strict=True) if result is not None]
+    return pl.DataFrame(
+        {
+            key: [entity for entity, _ in kept],
+            column: [result["text"] for _, result in kept],
+            MODEL: [backend.model_name] * len(kept),
+            PROMPT_VERSION: [template.id] * len(kept),
+            INPUT_HASH: [result["hash"] for _, result in kept],
+            "tokens": [result["tokens"] for _, result in kept],
+            "attempts": [result["attempts"] for _, result in kept],
+            "cached": [result["cached"] for _, result in kept],
+        },
+        schema={
+            key: pl.String,
+            column: pl.String,
+            MODEL: pl.String,
+            PROMPT_VERSION: pl.String,
+            INPUT_HASH: pl.String,
+            "tokens": pl.Int64,
+            "attempts": pl.Int64,
+            "cached": pl.Boolean,
+        },
+    )
+
+
+def _require(frame: pl.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise DataError(f"{what} lacks column(s) {missing}; it has {frame.columns}.")
+
+
+def describe_items(
+    items: pl.DataFrame,
+    backend: Backend,
+    cache: GenerationCache,
+    *,
+    template: PromptTemplate = ITEM_DESCRIPTION,
+    max_new_tokens: int = 96,
+    max_attempts: int = 3,
+    rules: OutputRules | None = None,
+    chunk: int = 32,
+    show_progress: bool = True,
+) -> tuple[pl.DataFrame, AugmentStats]:
+    """An LLM-written description for each item (title, and categories and text when present).
+
+    Returns (item_id, description, model, prompt_version, input_hash, tokens, attempts, cached); items whose
+    every attempt was rejected are left out (counted in `stats.rejected`).
+    """
+    _require(items, [Columns.item, Columns.title], "items")
+    rows = items.select(
+        Columns.item,
+        Columns.title,
+        *(c for c in (Columns.categories, Columns.text) if c in items.columns),
+    ).to_dicts()
+    prompts = [
+        template.messages(item_data(row[Columns.title], row.get(Columns.categories), row.get(Columns.text)))
+        for row in rows
+    ]
+    results, stats = _generate_validated(
+        prompts,
+        backend,
+        cache,
+        template,
+        max_new_tokens=max_new_tokens,
+        max_attempts=max_attempts,
+        rules=rules or OutputRules(),
+        chunk=chunk,
+        label="describing items",
+        show_progress=show_progress,
+    )
+    ids = [row[Columns.item] for row in rows]
+    return _texts_frame(Columns.item, ids, DESCRIPTION, results, backend, template), stats
+
+
+def profile_users(
+    histories: pl.DataFrame,
+    backend: Backend,
+    cache: GenerationCache,
+    *,
+    template: PromptTemplate = USER_PROFILE,
+    max_items: int = 10,
+    max_new_tokens: int = 80,
+    max_attempts: int = 3,
+    rules: OutputRules | None = None,
+    chunk: int = 32,
+    show_progress: bool = True,
+) -> tuple[pl.DataFrame, AugmentStats]:
+    """An LLM-written interest profile for each user from the titles of their items (`titles`: list of str,
+    most relevant first; the first `max_items` are used). Returns (user_id, profile, provenance...)."""
+    _require(histories, [Columns.user, TITLES], "histories")
+    rows = histories.select(Columns.user, TITLES).to_dicts()
+    prompts = [
+        user_profile_messages(row[TITLES] or [], max_items=max_items)
+        if template is USER_PROFILE
+        else template.messages("\n".join(row[TITLES] or []))
+        for row in rows
+    ]
+    results, stats = _generate_validated(
+        prompts,
+        backend,
+        cache,
+        template,
+        max_new_tokens=max_new_tokens,
+        max_attempts=max_attempts,
+        rules=rules or OutputRules(),
+        chunk=chunk,
+        label="profiling users",
+        show_progress=show_progress,
+    )
+    ids = [row[Columns.user] for row in rows]
+    return _texts_frame(Columns.user, ids, PROFILE, results, backend, template), stats
+
+
+def candidate_users(
+    item_ids: Sequence[str],
+    item_vectors: np.ndarray,
+    user_ids: Sequence[str],
+    user_vectors: np.ndarray,
+    *,
+    top_m: int,
+    block: int = 1024,
+) -> pl.DataFrame:
+    """The embedding filter: for each item, the `top_m` users whose vectors are most cosine-similar to it.
+
+    Returns (item_id, user_id, similarity, rank) with rank 1 the most similar. The vectors come from the
+    caller (e.g. text embeddings of items, and of users' histories or profiles).
+    """
+    items = np.asarray(item_vectors, dtype=np.float32)
+    users = np.asarray(user_vectors, dtype=np.float32)
+    if items.ndim != 2 or users.ndim != 2 or items.shape[1] != users.shape[1]:
+        raise DataError(f"item vectors {items.shape} and user vectors {users.shape} must be 2-D with equal widths.")
+    if items.shape[0] != len(item_ids) or users.shape[0] != len(user_ids):
+        raise DataError("candidate_users needs one id per vector row, for items and for users.")
+    m = min(top_m, users.shape[0])
+    if m <= 0 or items.shape[0] == 0:
+        return pl.DataFrame(schema=_CANDIDATE_SCHEMA)
+
+    def unit(matrix: np.ndarray) -> np.ndarray:
+        return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+    items, users = unit(items), unit(users)
+    chosen, similarity = [], []
+    for start in range(0, items.shape[0], block):
+        scores = items[start : start + block] @ users.T
+        top = np.argpartition(-scores, m - 1, axis=1)[:, :m]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        chosen.append(np.take_along_axis(top, order, axis=1))
+        similarity.append(np.take_along_axis(top_scores, order, axis=1))
+    picked, sims = np.concatenate(chosen), np.concatenate(similarity)
+    user_array = np.asarray(user_ids, dtype=object)
+    return pl.DataFrame(
+        {
+            Columns.item: np.repeat(np.asarray(item_ids, dtype=object), m).tolist(),
+            Columns.user: user_array[picked.ravel()].tolist(),
+            SIMILARITY: sims.ravel().astype(np.float32),
+            Columns.rank: np.tile(np.arange(1, m + 1, dtype=np.int32), len(item_ids)),
+        },
+        schema=_CANDIDATE_SCHEMA,
+    )
+
+
+def judge_pairs(
+    pairs: pl.DataFrame,
+    items: pl.DataFrame,
+    histories: pl.DataFrame,
+    backend: Backend,
+    cache: GenerationCache,
+    *,
+    template: PromptTemplate = INTERACTION_JUDGE,
+    max_history: int = 10,
+    chunk: int = 64,
+    show_progress: bool = True,
+) -> tuple[pl.DataFrame, AugmentStats]:
+    """The judge's P(yes) for each (user_id, item_id) of `pairs`, read from next-token logits (no free text).
+
+    `items` holds title and optionally description; `histories` holds each user's `titles`. Pairs are judged
+    grouped by user, so a backend that reuses a shared prompt prefix computes each user's history once.
+    Returns `pairs` with a `score` column.
+    """
+    _require(pairs, [Columns.user, Columns.item], "pairs")
+    _require(items, [Columns.item, Columns.title], "items")
+    _require(histories, [Columns.user, TITLES], "histories")
+    started = time.perf_counter()
+    stats = AugmentStats()
+    detail = [Columns.item, Columns.title] + ([DESCRIPTION] if DESCRIPTION in items.columns else [])
+    frame = (
+        pairs.with_row_index("_pair")
+        .join(items.select(detail), on=Columns.item, how="left")
+        .join(histories.select(Columns.user, TITLES), on=Columns.user, how="left")
+        .sort(Columns.user, Columns.item)
+    )
+    missing = frame.filter(pl.col(Columns.title).is_null())
+    if missing.height:
+        example = missing[Columns.item].head(3).to_list()
+        raise DataError(f"judge_pairs: {missing.height} pair(s) name items not in `items`, e.g. {example}.")
+    rows = frame.to_dicts()
+    prompts = [
+        judge_messages(row[TITLES] or [], row[Columns.title], row.get(DESCRIPTION), max_items=max_history)
+        for row in rows
+    ]
+    digests = [input_hash(prompt) for prompt in prompts]
+    scores = np.full(len(prompts), np.nan)
+    pending = []
+    for index, digest in enumerate(digests):
+        entry = cache.get(backend.model_name, template.id, digest)
+        if entry is not None:
+            scores[index] = float(entry["value"])
+            stats.cached += 1
+        else:
+            pending.append(index)
+    tokens_before = backend.prompt_tokens if isinstance(backend, LocalBackend) else 0
+    with _progress(show_progress) as progress:
+        task = progress.add_task(f"judging pairs ({backend.model_name})", total=len(pending))
+        for start in range(0, len(pending), chunk):
+            todo = pending[start : start + chunk]
+            probabilities = backend.yes_probability([prompts[i] for i in todo])
+            for index, probability in zip(todo, probabilities, strict=True):
+                scores[index] = float(probability)
+                cache.put(backend.model_name, template.id, digests[index], float(probability))
+            stats.generated += len(todo)
+            progress.advance(task, len(todo))
+    if isinstance(backend, LocalBackend):
+        stats.tokens = backend.prompt_tokens - tokens_before
+    stats.seconds = round(time.perf_counter() - started, 3)
+    scored = frame.select("_pair").with_columns(pl.Series(Columns.score, scores, dtype=pl.Float64))
+    result = pairs.with_row_index("_pair").join(scored, on="_pair", how="left").sort("_pair").drop("_pair")
+    return result, stats
+
+
+def simulate_interactions(
+    candidates: pl.DataFrame,
+    items: pl.DataFrame,
+    histories: pl.DataFrame,
+    backend: Backend,
+    cache: GenerationCache,
+    *,
+    run_id: str,
+    keep_top: int = 5,
+    min_score: float = 0.0,
+    weight: Callable[[pl.Expr], pl.Expr] | float = 1.0,
+    template: PromptTemplate = INTERACTION_JUDGE,
+    max_history: int = 10,
+    chunk: int = 64,
+    show_progress: bool = True,
+) -> tuple[pl.DataFrame, AugmentStats]:
+    """Synthetic interactions (ColdLLM / LLM-InS style): the LLM judges each (candidate user, item) pair from
+    the embedding filter (`candidates`: item_id, user_id, similarity) and keeps the `keep_top` pairs per item
+    with the highest P(yes) (and at least `min_score`).
+
+    Returns (user_id, item_id, score, similarity, rank, weight, model, prompt_version, run_id, source), rank 1
+    the judge's favourite per item. `weight` is a constant or a function of the score expression.
+    """
+    _require(candidates, [Columns.item, Columns.user, SIMILARITY], "candidates")
+    scored, stats = judge_pairs(
+        candidates.select(Columns.user, Columns.item, SIMILARITY),
+        items,
+        histories,
+        backend,
+        cache,
+        template=template,
+        max_history=max_history,
+        chunk=chunk,
+        show_progress=show_progress,
+    )
+    weight_expr = weight(pl.col(Columns.score)) if callable(weight) else pl.lit(float(weight))
+    kept = (
+        scored.sort([Columns.item, Columns.score, SIMILARITY, Columns.user], descending=[False, True, True, False])
+        .with_columns(pl.col(Columns.score).cum_count().over(Columns.item).cast(pl.Int32).alias(Columns.rank))
+        .filter((pl.col(Columns.rank) <= keep_top) & (pl.col(Columns.score) >= min_score))
+        .select(
+            Columns.user,
+            Columns.item,
+            Columns.score,
+            pl.col(SIMILARITY).cast(pl.Float32),
+            Columns.rank,
+            weight_expr.cast(pl.Float64).alias(WEIGHT),
+            pl.lit(backend.model_name).alias(MODEL),
+            pl.lit(template.id).alias(PROMPT_VERSION),
+            pl.lit(run_id).alias(RUN_ID),
+            pl.lit(SYNTHETIC_SOURCE).alias("source"),
+        )
+    )
+    stats.synthetic_rows = kept.height
+    return kept, stats

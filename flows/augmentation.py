@@ -1,0 +1,245 @@
+"""Augmentation steps over a workspace: describe items, profile users, simulate interactions.
+
+The CLI (`warmstart augment`) and the Prefect tasks call these; each takes explicit arguments, writes one
+table with provenance, and returns a plain dict with at least: generated, cached, rejected, synthetic_rows,
+tokens, seconds. Reruns resume: the generation cache answers every input already seen, and rows of entities
+not touched by this run are kept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from augment import (
+    DESCRIPTION,
+    INTERACTION_JUDGE,
+    ITEM_DESCRIPTION,
+    TITLES,
+    USER_PROFILE,
+    AugmentStats,
+    Backend,
+    GenerationCache,
+    HttpBackend,
+    LocalBackend,
+    candidate_users,
+    describe_items,
+    profile_users,
+    simulate_interactions,
+)
+from catalog import Columns, ConfigError, Segments, Workspace, WorkspaceError
+from flows.settings import WarmstartSettings
+
+ITEM_DESCRIPTIONS = "item_descriptions"
+USER_PROFILES = "user_profiles"
+SYNTHETIC_INTERACTIONS = "synthetic_interactions"
+SEGMENT_CHOICES = (Segments.cold, Segments.sparse, Segments.tail, Segments.head, Segments.new)
+REPORT_KEYS = ("generated", "cached", "rejected", "synthetic_rows", "tokens", "seconds")
+
+
+def make_backend(settings: WarmstartSettings) -> Backend:
+    """The backend the settings name: the local SmolLM2 (converted into the cache once) or an HTTP server."""
+    if settings.llm_backend == "http":
+        if not settings.llm_model:
+            raise ConfigError("WARMSTART_LLM_BACKEND=http needs WARMSTART_LLM_MODEL (the model the server serves).")
+        return HttpBackend(
+            settings.llm_base_url,
+            settings.llm_model,
+            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+            timeout=settings.llm_timeout,
+            retries=settings.llm_retries,
+            concurrency=settings.llm_concurrency,
+        )
+    return LocalBackend.smollm2(settings.cache_dir, batch_size=settings.llm_batch_size, threads=settings.llm_threads)
+
+
+def generation_cache(cache_dir: Path) -> GenerationCache:
+    return GenerationCache(Path(cache_dir) / "generations")
+
+
+def segment_ids(workspace: Workspace, kind: str, segments: Sequence[str], limit: int | None = None) -> list[str]:
+    """Ids of the workspace's items or users (`kind`) in any of `segments` (from `warmstart detect`), fewest
+    interactions first, then by id; at most `limit`."""
+    unknown = sorted(set(segments) - set(SEGMENT_CHOICES))
+    if unknown:
+        raise ConfigError(f"unknown segment(s) {unknown}; choose from {', '.join(SEGMENT_CHOICES)}.")
+    if not workspace.exists("segments"):
+        raise WorkspaceError(f"workspace {workspace.root} has no segments: run `warmstart detect` first.")
+    wanted = [s for s in segments if s != Segments.new]
+    chosen = pl.col(Columns.segment).is_in(wanted)
+    if Segments.new in segments:
+        chosen = chosen | pl.col("is_new")
+    frame = (
+        workspace.scan("segments")
+        .filter((pl.col(Columns.kind) == kind) & chosen)
+        .sort(Columns.n_interactions, "entity_id")
+        .select("entity_id")
+        .collect()
+    )
+    ids = frame["entity_id"].to_list()
+    return ids[:limit] if limit is not None else ids
+
+
+def _report(stats: AugmentStats, started: float, **extra: Any) -> dict[str, Any]:
+    report = stats.as_dict() | extra
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    return report
+
+
+def _merge(workspace: Workspace, table: str, new: pl.DataFrame, key: str) -> pl.DataFrame:
+    """`new`, plus the rows of the existing table whose `key` is not in `new` (reruns replace, never duplicate)."""
+    if not workspace.exists(table):
+        return new
+    old = workspace.read(table)
+    if old.schema != new.schema:  # written by an older version: this run's rows win, the rest is dropped
+        return new
+    return pl.concat([old.join(new.select(key).unique(), on=key, how="anti"), new])
+
+
+def describe_step(
+    workspace: Workspace,
+    backend: Backend,
+    *,
+    cache_dir: Path,
+    run_id: str,
+    segments: Sequence[str] = (Segments.cold, Segments.sparse),
+    limit: int | None = None,
+    max_new_tokens: int = 96,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Describe the items of `segments` (at most `limit`) into the `item_descriptions` table."""
+    started = time.perf_counter()
+    ids = segment_ids(workspace, "item", segments, limit)
+    items = workspace.read("items").filter(pl.col(Columns.item).is_in(ids))
+    cache = generation_cache(cache_dir)
+    frame, stats = describe_items(items, backend, cache, max_new_tokens=max_new_tokens, show_progress=show_progress)
+    frame = frame.with_columns(pl.lit(run_id).alias("run_id"))
+    table = _merge(workspace, ITEM_DESCRIPTIONS, frame, Columns.item)
+    report = _report(stats, started, requested=len(ids), rows=table.height)
+    parameters = {"model": backend.model_name, "prompt": ITEM_DESCRIPTION.id, "segments": list(segments)} | report
+    workspace.write(ITEM_DESCRIPTIONS, table, run_id=run_id, source="augment.describe", parameters=parameters)
+    return report
+
+
+def user_histories(workspace: Workspace, users: Sequence[str] | None = None) -> pl.DataFrame:
+    """(user_id, titles): each user's item titles, most recent first (real interactions only)."""
+    interactions = workspace.scan("interactions")
+    if users is not None:
+        interactions = interactions.filter(pl.col(Columns.user).is_in(list(users)))
+    return (
+        interactions.join(workspace.scan("items").select(Columns.item, Columns.title), on=Columns.item, how="left")
+        .sort([Columns.user, Columns.ts, Columns.item], descending=[False, True, False], nulls_last=True)
+        .group_by(Columns.user, maintain_order=True)
+        .agg(pl.col(Columns.title).fill_null("").alias(TITLES))
+        .collect()
+    )
+
+
+def profile_step(
+    workspace: Workspace,
+    backend: Backend,
+    *,
+    cache_dir: Path,
+    run_id: str,
+    segments: Sequence[str] = (Segments.sparse,),
+    limit: int | None = None,
+    max_items: int = 10,
+    max_new_tokens: int = 80,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Profile the users of `segments` from their items' titles into the `user_profiles` table. Users with no
+    interaction (cold) have nothing to profile and are skipped (counted as `skipped`)."""
+    started = time.perf_counter()
+    ids = segment_ids(workspace, "user", segments, limit)
+    histories = user_histories(workspace, ids)
+    cache = generation_cache(cache_dir)
+    frame, stats = profile_users(
+        histories, backend, cache, max_items=max_items, max_new_tokens=max_new_tokens, show_progress=show_progress
+    )
+    frame = frame.with_columns(pl.lit(run_id).alias("run_id"))
+    table = _merge(workspace, USER_PROFILES, frame, Columns.user)
+    report = _report(stats, started, requested=len(ids), skipped=len(ids) - histories.height, rows=table.height)
+    parameters = {"model": backend.model_name, "prompt": USER_PROFILE.id, "segments": list(segments)} | report
+    workspace.write(USER_PROFILES, table, run_id=run_id, source="augment.profile", parameters=parameters)
+    return report
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+
+def simulate_step(
+    workspace: Workspace,
+    backend: Backend,
+    *,
+    cache_dir: Path,
+    run_id: str,
+    segments: Sequence[str] = (Segments.cold,),
+    limit: int | None = None,
+    top_m: int = 20,
+    keep_top: int = 5,
+    min_score: float = 0.0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Synthetic interactions for the items of `segments` into the `synthetic_interactions` table.
+
+    Candidate users: the `top_m` users whose mean MiniLM title embedding (over their real interactions) is
+    most similar to the item's; the LLM judge keeps `keep_top` per item. Items use their LLM description
+    in the judge prompt when `item_descriptions` has one.
+    """
+    from encoders import EmbeddingCache, encode_texts, item_text  # torch loads only for this step
+
+    started = time.perf_counter()
+    ids = segment_ids(workspace, "item", segments, limit)
+    items = workspace.read("items")
+    interactions = workspace.read("interactions").select(Columns.user, Columns.item).unique()
+    embeddings = EmbeddingCache(Path(cache_dir) / "embeddings")
+    vectors = _unit_rows(encode_texts(item_text(items).to_list(), cache=embeddings, show_progress=show_progress))
+    position = {item: row for row, item in enumerate(items[Columns.item].to_list())}
+    users = interactions.group_by(Columns.user).agg(pl.col(Columns.item)).sort(Columns.user)
+    user_vectors = (
+        np.stack([vectors[[position[item] for item in row]].mean(axis=0) for row in users[Columns.item].to_list()])
+        if users.height
+        else np.zeros((0, vectors.shape[1]), dtype=np.float32)
+    )
+    targets = [item for item in ids if item in position]
+    candidates = candidate_users(
+        targets,
+        vectors[[position[item] for item in targets]] if targets else np.zeros((0, vectors.shape[1])),
+        users[Columns.user].to_list(),
+        user_vectors,
+        top_m=top_m,
+    ).join(interactions, on=[Columns.user, Columns.item], how="anti")  # never "predict" a real pair
+    judged_items = items.filter(pl.col(Columns.item).is_in(targets)).select(Columns.item, Columns.title)
+    if workspace.exists(ITEM_DESCRIPTIONS):
+        described = workspace.read(ITEM_DESCRIPTIONS).select(Columns.item, DESCRIPTION)
+        judged_items = judged_items.join(described, on=Columns.item, how="left")
+    frame, stats = simulate_interactions(
+        candidates,
+        judged_items,
+        user_histories(workspace, candidates[Columns.user].unique().to_list()),
+        backend,
+        generation_cache(cache_dir),
+        run_id=run_id,
+        keep_top=keep_top,
+        min_score=min_score,
+        weight=lambda score: score,
+        show_progress=show_progress,
+    )
+    table = _merge(workspace, SYNTHETIC_INTERACTIONS, frame, Columns.item)
+    report = _report(stats, started, requested=len(ids), candidates=candidates.height, rows=table.height)
+    parameters = {
+        "model": backend.model_name,
+        "prompt": INTERACTION_JUDGE.id,
+        "segments": list(segments),
+        "top_m": top_m,
+        "keep_top": keep_top,
+        "min_score": min_score,
+    } | report
+    workspace.write(SYNTHETIC_INTERACTIONS, table, run_id=run_id, source="augment.simulate", parameters=parameters)
+    return report

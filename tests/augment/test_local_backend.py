@@ -1,0 +1,53 @@
+"""The real local model (SmolLM2-135M-Instruct, fp32, CPU): generation, the yes-probability judge, prefix reuse."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from augment import Backend, LocalBackend, item_description_messages, judge_messages
+
+HISTORY = ["Matrix factorization techniques for recommender systems", "Latent Dirichlet allocation"]
+CANDIDATES = ["Probabilistic topic models", "Gene expression in yeast", "Collaborative filtering for implicit feedback"]
+
+
+def test_it_satisfies_the_backend_protocol(local_llm: LocalBackend) -> None:
+    assert isinstance(local_llm, Backend)
+    assert local_llm.model_name == "smollm2-135m-instruct-fp32"
+
+
+def test_greedy_generation_is_deterministic_and_batched(local_llm: LocalBackend) -> None:
+    prompts = [item_description_messages(t) for t in ("Deep learning", "A survey of graph neural networks")]
+    first = local_llm.generate(prompts, max_new_tokens=24)
+    again = local_llm.generate(list(reversed(prompts)), max_new_tokens=24)
+    assert [g.text for g in first] == [g.text for g in reversed(again)]  # order and batch make no difference
+    for generation in first:
+        assert generation.text.strip() and 0 < generation.tokens <= 24
+
+
+def test_sampling_is_seeded(local_llm: LocalBackend) -> None:
+    prompt = [item_description_messages("Deep learning")]
+    one = local_llm.generate(prompt, max_new_tokens=16, seed=3, temperature=0.9)
+    two = local_llm.generate(prompt, max_new_tokens=16, seed=3, temperature=0.9)
+    assert one == two
+
+
+def test_yes_probability_with_and_without_prefix_reuse(local_llm: LocalBackend) -> None:
+    prompts = [judge_messages(HISTORY, title) for title in CANDIDATES] + [judge_messages(["Bird song"], "Owls")]
+    local_llm.reuse_prefix = True
+    before = local_llm.prompt_tokens
+    shared = local_llm.yes_probability(prompts)
+    shared_tokens = local_llm.prompt_tokens - before
+    local_llm.reuse_prefix = False
+    before = local_llm.prompt_tokens
+    plain = local_llm.yes_probability(prompts)
+    plain_tokens = local_llm.prompt_tokens - before
+    local_llm.reuse_prefix = True
+    assert shared.shape == (4,) and np.all((shared > 0) & (shared < 1))
+    np.testing.assert_allclose(shared, plain, atol=1e-4)  # the same probabilities, computed once per prefix
+    assert shared_tokens < plain_tokens
+
+
+def test_next_token_logprobs_are_sorted_log_probabilities(local_llm: LocalBackend) -> None:
+    (top,) = local_llm.next_token_logprobs([judge_messages(HISTORY, CANDIDATES[0])], 5)
+    values = [value for _, value in top]
+    assert len(top) == 5 and values == sorted(values, reverse=True) and all(v <= 0 for v in values)
