@@ -30,7 +30,7 @@ from catalog import (
 )
 from flows import steps, tasks
 from flows.settings import WarmstartSettings
-from monitor import COMPLETED, GateConfig, GateMetric, MetricsStore, RunRecord
+from monitor import GateConfig, GateMetric, MetricsStore, RunRecord
 
 FLOW_NAME = "backfill"
 PROTOCOL = "temporal"
@@ -72,29 +72,12 @@ def parse_every(text: str) -> timedelta:
     return timedelta(**{units[unit]: int(number)})
 
 
-def _model_dir(workspace: Workspace, version: str) -> Path:
-    return workspace.root / "models" / "lightgbm" / version
-
-
-def _incumbent_metrics(fitted: Any, version: str | None, workspace: Workspace, split: Any, k: int) -> Any:
-    """The promoted model's metrics on the same held-out data as the candidate: its ranker over this window's
-    features (the features are the same functions of the data for every version)."""
-    if version is None or not (_model_dir(workspace, version) / "metadata.json").is_file():
-        return None
-    from flows import pipeline
-    from ranker.lightgbm_ranker import LightGBMRanker
-
-    incumbent = pipeline.FittedRanker(LightGBMRanker.load(_model_dir(workspace, version)), fitted.served, {})
-    return incumbent.evaluate(split, k).metrics
-
-
 def run_window(
     dataset: Dataset,
     window: Window,
     *,
     run_id: str,
     workspace: Workspace,
-    store: MetricsStore,
     k: int,
     models: Any,
     cache_dir: Path,
@@ -127,27 +110,24 @@ def run_window(
     split = temporal_split(dataset.interactions, dataset.items, cut=window.end, end=window.next_end)
     if split.truth.height == 0:
         raise DataError(f"no new interaction between {window.end} and {window.next_end} to evaluate on.")
-    plan = pipeline.holdout_plan(split)
-    clock = time.perf_counter()
-    fitted = tasks.retrain(plan, cache_dir, models)
-    timings["retrain"] = time.perf_counter() - clock
-    clock = time.perf_counter()
     title = f"{dataset.name} window ending {window.end:%Y-%m-%d}"
-    metrics = tasks.evaluate(fitted, split, k, PROTOCOL, title)
-    incumbent_metrics = _incumbent_metrics(fitted, incumbent, workspace, split, k)
-    timings["evaluate"] = time.perf_counter() - clock
-    decision = tasks.gate(metrics, incumbent_metrics, gate_config)
-    fitted.ranker.save(_model_dir(workspace, run_id))
-    return RunRecord(
-        status=COMPLETED,
-        model_version=run_id,
-        timings=timings,
-        metrics=metrics,
-        as_of=window.end,
-        segment_counts=counts,
-        transitions=moves,
-        promotion=decision.record(run_id, incumbent, gate_config),
+    outcome = tasks.retrain_and_gate(
+        pipeline.holdout_plan(split),
+        run_id=run_id,
+        workspace=workspace,
+        models=models,
+        cache_dir=cache_dir,
+        k=k,
+        protocol=PROTOCOL,
+        title=title,
+        gate_config=gate_config,
+        incumbent=incumbent,
     )
+    outcome.timings = timings | outcome.timings
+    outcome.as_of = window.end
+    outcome.segment_counts = counts
+    outcome.transitions = moves
+    return outcome
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -185,14 +165,7 @@ def backfill(
     windows = time_windows(first, last, parse_every(every))
     space = Workspace(workspace)
     store = MetricsStore.for_workspace(space.root, store_url)
-    models = pipeline.ModelSettings.seeded(seed)
-    models = pipeline.ModelSettings(
-        cf=models.cf.model_copy(update={"epochs": min(models.cf.epochs, max_epochs)}),
-        mapper=models.mapper,
-        ranker=models.ranker,
-        folds=models.folds,
-        seed=seed,
-    )
+    models = pipeline.ModelSettings.capped(seed, max_epochs)
     gate_config = GateConfig(metrics=[GateMetric.parse(text) for text in gate_metrics], tolerance=gate_tolerance)
     # What makes two backfill runs the same unit of work (the window end is keyed separately).
     identity = {
@@ -227,7 +200,6 @@ def backfill(
                 window,
                 run_id=run_id,
                 workspace=space,
-                store=store,
                 k=k,
                 models=models,
                 cache_dir=cache_dir,

@@ -315,6 +315,26 @@ def demo(
     _show_trends(store, 20, "MovieLens-100K backfill, read back from the metrics store")
 
 
+@app.command()
+@friendly_errors
+def serve(
+    config: Annotated[Path | None, typer.Option(help="Deployments file [default: deployments/prefect.yaml].")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Serve only this deployment (repeatable).")] = None,
+) -> None:
+    """Run the deployments of prefect.yaml (augment-new, nightly-refresh, weekly-backfill) in this process.
+
+    Needs a Prefect API (PREFECT_API_URL, e.g. `prefect server start`); their schedules then fire here, and
+    `prefect deployment run NAME` triggers one by hand. Stop with Ctrl-C.
+    """
+    from prefect import serve as prefect_serve
+
+    from flows.serve import DEPLOYMENTS_FILE, runner_deployments
+
+    deployments = runner_deployments(config or DEPLOYMENTS_FILE, only)
+    console.print(f"serving {', '.join(d.name for d in deployments)}")
+    prefect_serve(*deployments)
+
+
 class Protocol(StrEnum):
     cold_item = "cold-item"
     warm = "warm"

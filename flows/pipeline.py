@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +227,13 @@ class ModelSettings:
             ranker=defaults.ranker.model_copy(update={"seed": seed}),
             seed=seed,
         )
+
+    @classmethod
+    def capped(cls, seed: int, max_epochs: int) -> ModelSettings:
+        """The seeded defaults with BPR-MF's epochs capped (scheduled retrains on a budget)."""
+        seeded = cls.seeded(seed)
+        cf = seeded.cf.model_copy(update={"epochs": min(seeded.cf.epochs, max_epochs)})
+        return replace(seeded, cf=cf)
 
 
 def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:

@@ -7,7 +7,9 @@ metrics, the gate's decision) are published as keyed artifacts, so the Prefect U
 
 from __future__ import annotations
 
-from datetime import datetime
+import functools
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,12 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
 
 from catalog import Columns, Workspace, detect_segments
 from flows import steps
-from monitor import GateConfig, GateDecision, MetricsStore, RunRecord, decide
+from flows.settings import WarmstartSettings
+from monitor import COMPLETED, GateConfig, GateDecision, MetricsStore, RunRecord, decide
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -98,6 +102,62 @@ def encode(workspace_root: Path, run_id: str) -> dict[str, Any]:
     return steps.encode_items(Workspace(workspace_root), run_id)
 
 
+@functools.cache
+def _backend(settings_json: str) -> Any:
+    """One language-model backend per process and settings: the local model loads once, not once per task."""
+    from flows.augmentation import make_backend
+
+    return make_backend(WarmstartSettings.model_validate_json(settings_json))
+
+
+def _augment_step(
+    step: str, workspace_root: Path, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int
+) -> dict[str, Any]:
+    from flows import augmentation
+
+    function = getattr(augmentation, f"{step}_step")
+    backend = _backend(settings.model_dump_json())
+    report = function(
+        Workspace(workspace_root),
+        backend,
+        cache_dir=settings.cache_dir,
+        run_id=run_id,
+        segments=segments,
+        limit=limit,
+        show_progress=False,
+    )
+    create_table_artifact(key=artifact_key("augment", step), table=[report], description=f"{step}, run {run_id}")
+    return report
+
+
+# Language-model calls fail transiently (a server restarting, a timeout): retry with exponential backoff.
+LLM_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=5), "cache_policy": NO_CACHE}
+
+
+@task(name="describe", **LLM_RETRIES)
+def describe(
+    workspace_root: Path, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int
+) -> dict[str, Any]:
+    """LLM descriptions of the items of `segments` (at most `limit`); the generation cache skips known inputs."""
+    return _augment_step("describe", workspace_root, settings, run_id, segments, limit)
+
+
+@task(name="profile", **LLM_RETRIES)
+def profile(
+    workspace_root: Path, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int
+) -> dict[str, Any]:
+    """LLM profiles of the users of `segments` from their items (at most `limit` users)."""
+    return _augment_step("profile", workspace_root, settings, run_id, segments, limit)
+
+
+@task(name="simulate", **LLM_RETRIES)
+def simulate(
+    workspace_root: Path, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int
+) -> dict[str, Any]:
+    """Synthetic interactions for the items of `segments`, judged by the LLM, into their own table."""
+    return _augment_step("simulate", workspace_root, settings, run_id, segments, limit)
+
+
 @task(name="retrain", cache_policy=NO_CACHE)
 def retrain(plan: Any, cache_dir: Path, models: Any) -> Any:
     """Fit the encoders and the ranker as the plan says (a FittedRanker)."""
@@ -126,6 +186,64 @@ def gate(candidate: pl.DataFrame, incumbent: pl.DataFrame | None, config: GateCo
         f"candidate {decision.candidate}\n\nincumbent {decision.incumbent}",
     )
     return decision
+
+
+def _model_dir(workspace: Workspace, version: str) -> Path:
+    return workspace.root / "models" / "lightgbm" / version
+
+
+def _incumbent_metrics(fitted: Any, version: str | None, workspace: Workspace, split: Any, k: int) -> Any:
+    """The current model's metrics on the candidate's held-out data: its ranker over the same features, which are
+    the same functions of the data for every version. None when there is no current model."""
+    if version is None or not (_model_dir(workspace, version) / "metadata.json").is_file():
+        return None
+    from flows import pipeline
+    from ranker.lightgbm_ranker import LightGBMRanker
+
+    incumbent = pipeline.FittedRanker(LightGBMRanker.load(_model_dir(workspace, version)), fitted.served, {})
+    return incumbent.evaluate(split, k).metrics
+
+
+def retrain_and_gate(
+    plan: Any,
+    *,
+    run_id: str,
+    workspace: Workspace,
+    models: Any,
+    cache_dir: Path,
+    k: int,
+    protocol: str,
+    title: str,
+    gate_config: GateConfig,
+    incumbent: str | None,
+) -> RunRecord:
+    """Retrain on the plan, evaluate on its real held-out data, gate against the current model on the same data
+    and save the candidate as version `run_id`; returns the run's record (metrics, decision, timings)."""
+    clock = time.perf_counter()
+    fitted = retrain(plan, cache_dir, models)
+    timings = {"retrain": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    metrics = evaluate(fitted, plan.split, k, protocol, title)
+    incumbent_metrics = _incumbent_metrics(fitted, incumbent, workspace, plan.split, k)
+    timings["evaluate"] = time.perf_counter() - clock
+    decision = gate(metrics, incumbent_metrics, gate_config)
+    fitted.ranker.save(_model_dir(workspace, run_id))
+    return RunRecord(
+        status=COMPLETED,
+        model_version=run_id,
+        timings=timings,
+        metrics=metrics,
+        as_of=_as_of(plan.split),
+        promotion=decision.record(run_id, incumbent, gate_config),
+    )
+
+
+def _as_of(split: Any) -> datetime:
+    """A point's time: the end of its training data (the cut), or now for splits without times."""
+    train = split.train
+    if Columns.ts in train.columns and train[Columns.ts].null_count() < train.height:
+        return train[Columns.ts].max() + timedelta(microseconds=1)
+    return datetime.now(UTC)
 
 
 @task(name="record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])

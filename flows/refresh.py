@@ -1,0 +1,144 @@
+"""The scheduled flows over a workspace: `augment-new` (frequent) and `refresh` (nightly).
+
+    augment-new: detect -> describe new/cold items, profile new/sparse users -> record volume
+    refresh:     detect -> describe, profile, simulate -> encode -> retrain -> evaluate on real held-out data
+                 -> gate against the current model on the same data -> record -> promote
+
+Each run is a row of the metrics history with its status, timings and what it measured; the gate's decision
+and both models' figures are kept beside it. The stage code runs in plain functions (flows/steps.py,
+flows/augmentation.py, flows/pipeline.py); this module only orders them as Prefect tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from prefect import flow, get_run_logger
+
+from catalog import Workspace, new_run_id, segment_counts, segment_transitions
+from flows import steps, tasks
+from flows.settings import WarmstartSettings
+from monitor import COMPLETED, FAILED, GateConfig, GateMetric, MetricsStore, RunRecord
+
+AUGMENT_KEYS = ("items_augmented", "users_augmented", "synthetic_rows", "cache_hits", "rejected", "tokens", "seconds")
+
+
+def _augmentation_row(described: dict[str, Any], profiled: dict[str, Any], simulated: dict[str, Any]) -> dict:
+    """The metrics-store row of one run's augmentation reports."""
+    reports = (described, profiled, simulated)
+    return {
+        "items_augmented": int(described.get("generated", 0)) + int(described.get("cached", 0)),
+        "users_augmented": int(profiled.get("generated", 0)) + int(profiled.get("cached", 0)),
+        "synthetic_rows": int(simulated.get("synthetic_rows", 0)),
+        "cache_hits": sum(int(report.get("cached", 0)) for report in reports),
+        "rejected": sum(int(report.get("rejected", 0)) for report in reports),
+        "tokens": sum(int(report.get("tokens", 0)) for report in reports),
+        "seconds": round(sum(float(report.get("seconds", 0.0)) for report in reports), 3),
+    }
+
+
+def _detect_and_count(space: Workspace, run_id: str, settings: WarmstartSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
+    before = space.read("segments") if space.exists("segments") else None
+    segments = tasks.detect(space.root, run_id, settings.sparse_max, settings.head_share)
+    moves = segment_transitions(before, segments) if before is not None else None
+    return segment_counts(segments), moves if moves is not None else pl.DataFrame()
+
+
+def _augment(space: Workspace, run_id: str, settings: WarmstartSettings, limit: int, simulate: bool) -> dict:
+    described = tasks.describe(space.root, settings, run_id, ("new", "cold", "sparse"), limit)
+    profiled = tasks.profile(space.root, settings, run_id, ("new", "sparse"), limit)
+    simulated = tasks.simulate(space.root, settings, run_id, ("cold",), limit) if simulate else {}
+    return _augmentation_row(described, profiled, simulated)
+
+
+@flow(name="augment-new", log_prints=True)
+def augment_new(workspace: Path | None = None, limit: int = 16) -> dict[str, Any]:
+    """Detect newly arrived items and users and augment them (at most `limit` of each) with the language model."""
+    settings = WarmstartSettings()
+    space = Workspace(workspace or settings.workspace)
+    store = MetricsStore.for_workspace(space.root, settings.metrics_url)
+    run_id = new_run_id()
+    dataset = str(space.state().get("dataset", "workspace"))
+    store.start_run(run_id, flow="augment-new", dataset=dataset, parameters={"limit": limit})
+    started = time.perf_counter()
+    try:
+        counts, moves = _detect_and_count(space, run_id, settings)
+        augmentation = _augment(space, run_id, settings, limit, simulate=False)
+    except Exception as error:
+        store.finish_run(run_id, RunRecord(status=FAILED, error=f"{type(error).__name__}: {error}"))
+        raise
+    outcome = RunRecord(
+        status=COMPLETED,
+        timings={"total": time.perf_counter() - started},
+        augmentation=augmentation,
+        segment_counts=counts,
+        transitions=moves if moves.height else None,
+    )
+    tasks.record(store.url, run_id, outcome)
+    get_run_logger().info(f"augment-new {run_id}: {augmentation}")
+    return augmentation | {"run_id": run_id}
+
+
+@flow(name="refresh", log_prints=True)
+def refresh(
+    workspace: Path | None = None,
+    k: int = 20,
+    seed: int = 0,
+    max_epochs: int = 150,
+    augment_limit: int = 16,
+    simulate: bool = True,
+    gate_metrics: tuple[str, ...] = ("overall/ndcg@20", "cold/recall@20"),
+    gate_tolerance: float = 0.005,
+) -> dict[str, Any]:
+    """One nightly cycle over the workspace (see the module doc); returns the run id, metrics and gate decision."""
+    from flows import pipeline
+
+    settings = WarmstartSettings()
+    space = Workspace(workspace or settings.workspace)
+    store = MetricsStore.for_workspace(space.root, settings.metrics_url)
+    run_id = new_run_id()
+    dataset = steps.workspace_dataset(space)
+    protocol = "cold-item" if dataset.splits else "temporal"
+    gate_config = GateConfig(metrics=[GateMetric.parse(text) for text in gate_metrics], tolerance=gate_tolerance)
+    parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
+    store.start_run(run_id, flow="refresh", dataset=dataset.name, parameters=parameters | {"protocol": protocol})
+    timings: dict[str, float] = {}
+    try:
+        clock = time.perf_counter()
+        counts, moves = _detect_and_count(space, run_id, settings)
+        timings["detect"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        augmentation = _augment(space, run_id, settings, augment_limit, simulate) if augment_limit else None
+        timings["augment"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        tasks.encode(space.root, run_id)
+        timings["encode"] = time.perf_counter() - clock
+        plan = pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[protocol])
+        outcome = tasks.retrain_and_gate(
+            plan,
+            run_id=run_id,
+            workspace=space,
+            models=pipeline.ModelSettings.capped(seed, max_epochs),
+            cache_dir=settings.cache_dir,
+            k=k,
+            protocol=protocol,
+            title=f"refresh {run_id} on {dataset.name}",
+            gate_config=gate_config,
+            incumbent=store.promoted_version(flow="refresh", dataset=dataset.name),
+        )
+    except Exception as error:
+        store.finish_run(run_id, RunRecord(status=FAILED, error=f"{type(error).__name__}: {error}"))
+        raise
+    outcome.timings = timings | outcome.timings
+    outcome.augmentation = augmentation
+    outcome.segment_counts = counts
+    outcome.transitions = moves if moves.height else None
+    tasks.record(store.url, run_id, outcome)
+    assert outcome.promotion is not None
+    if outcome.promotion["promoted"]:
+        space.update_state(promoted_model=run_id)
+    get_run_logger().info(f"refresh {run_id}: {outcome.promotion['reason']}")
+    return {"run_id": run_id, "promotion": outcome.promotion, "metrics": outcome.metrics}
