@@ -190,9 +190,10 @@ def _run_backfill(
 ) -> MetricsStore:
     from flows.backfill import backfill as backfill_flow
     from flows.backfill import parse_every
+    from flows.runners import with_runner
 
     parse_every(every)  # a bad --every fails here, before Prefect starts
-    backfill_flow(
+    with_runner(backfill_flow, settings)(
         dataset=dataset,
         data_dir=data,
         workspace=space.root,

@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 
 from catalog import Workspace, new_run_id, segment_counts, segment_transitions
 from flows import steps, tasks
+from flows.runners import with_runner
 from flows.settings import WarmstartSettings
 from monitor import COMPLETED, FAILED, GateConfig, GateMetric, MetricsStore, RunRecord
 
@@ -52,6 +54,27 @@ def _augment(space: Workspace, run_id: str, settings: WarmstartSettings, limit: 
     profiled = tasks.profile(space.root, settings, run_id, ("new", "sparse"), limit)
     simulated = tasks.simulate(space.root, settings, run_id, ("cold",), limit) if simulate else {}
     return _augmentation_row(described, profiled, simulated)
+
+
+def _batches(values: list[str], size: int) -> list[list[str]]:
+    return [values[start : start + size] for start in range(0, len(values), size)]
+
+
+@flow(name="encode-items", log_prints=True)
+def encode_items(workspace: Path | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Embed every item's text into `item_embeddings`, one task per batch: they run in parallel on the flow's task
+    runner (a Dask cluster with task_runner=dask) and Prefect caches each on its texts."""
+    settings = WarmstartSettings()
+    space = Workspace(workspace or settings.workspace)
+    run_id = new_run_id()
+    ids, texts = steps.item_texts(space)
+    cache_root = space.root / "cache" / "embeddings"
+    futures = tasks.encode_batch.map(_batches(texts, batch_size or settings.encode_batch_size), unmapped(cache_root))
+    parts = [future.result() for future in futures]
+    vectors = np.vstack(parts) if parts else np.zeros((0, 384), dtype=np.float32)
+    stats = steps.store_item_embeddings(space, ids, vectors, run_id, {"batches": len(parts)})
+    get_run_logger().info(f"item_embeddings: {stats['items']:,} items in {len(parts)} batches")
+    return stats
 
 
 @flow(name="augment-new", log_prints=True)
@@ -114,7 +137,7 @@ def refresh(
         augmentation = _augment(space, run_id, settings, augment_limit, simulate) if augment_limit else None
         timings["augment"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        tasks.encode(space.root, run_id)
+        with_runner(encode_items, settings)(space.root)
         timings["encode"] = time.perf_counter() - clock
         plan = pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[protocol])
         outcome = tasks.retrain_and_gate(

@@ -15,6 +15,8 @@ from prefect import Flow
 from prefect.schedules import Cron
 
 from catalog import ConfigError
+from flows.runners import with_runner
+from flows.settings import WarmstartSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENTS_FILE = REPO / "deployments" / "prefect.yaml"
@@ -59,8 +61,10 @@ def load_flow(entrypoint: str, root: Path = REPO) -> Flow:
 
 
 def runner_deployments(config: Path = DEPLOYMENTS_FILE, only: list[str] | None = None) -> list[Any]:
-    """RunnerDeployments for `prefect.serve`, with each entry's schedules, parameters, tags and description."""
+    """RunnerDeployments for `prefect.serve`, with each entry's schedules, parameters, tags and description,
+    running their tasks where the settings say (threads, or a Dask cluster)."""
     entries = read_deployments(config)
+    settings = WarmstartSettings()
     if only:
         unknown = sorted(set(only) - {entry["name"] for entry in entries})
         if unknown:
@@ -74,7 +78,7 @@ def runner_deployments(config: Path = DEPLOYMENTS_FILE, only: list[str] | None =
             if "cron" in schedule
         ]
         deployments.append(
-            load_flow(entry["entrypoint"]).to_deployment(
+            with_runner(load_flow(entry["entrypoint"]), settings).to_deployment(
                 name=entry["name"],
                 schedules=schedules,
                 parameters=entry.get("parameters") or {},

@@ -42,3 +42,11 @@ class WarmstartSettings(BaseSettings):
     llm_batch_size: int = Field(16, ge=1, description="Prompts per batch of the local model.")
     llm_threads: int = Field(1, ge=1, description="Torch threads of the local model (the machine is shared).")
     llm_max_new_tokens: int = Field(96, ge=8, description="Token limit of one description or profile.")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads",
+        description="Where flows run their per-batch tasks: 'threads' in the flow's process, or 'dask' "
+        "(prefect-dask's DaskTaskRunner: a LocalCluster, or the cluster at dask_address).",
+    )
+    dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster, e.g. tcp://host:8786.")
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster when no address is given.")
+    encode_batch_size: int = Field(512, ge=1, description="Texts per encoding task.")

@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from catalog import (
@@ -112,22 +113,39 @@ def detect(
     return Detection(segments, summarize_segments(segments), watermark, latest)
 
 
+def item_texts(workspace: Workspace) -> tuple[pl.Series, list[str]]:
+    """(item ids, the text each item is embedded from), in the items table's order."""
+    from encoders import item_text
+
+    items = workspace.read("items")
+    return items[Columns.item], item_text(items).to_list()
+
+
+def store_item_embeddings(
+    workspace: Workspace, ids: pl.Series, vectors: np.ndarray, run_id: str, stats: dict[str, Any]
+) -> dict[str, Any]:
+    """Write the `item_embeddings` table (item_id, embedding); returns `stats` with the table's shape."""
+    from encoders import MODEL_NAME
+
+    table = pl.DataFrame(
+        {Columns.item: ids, "embedding": vectors},
+        schema={Columns.item: pl.String, "embedding": pl.Array(pl.Float32, vectors.shape[1])},
+    )
+    stats = {"model": MODEL_NAME, "items": table.height, "dim": int(vectors.shape[1])} | stats
+    workspace.write("item_embeddings", table, run_id=run_id, source="encode", parameters=stats)
+    return stats
+
+
 def encode_items(workspace: Workspace, run_id: str) -> dict[str, Any]:
     """Embed every item's text into the `item_embeddings` table; texts already in the workspace's embedding
     cache (keyed by model and text hash) are not encoded again. Returns what it did."""
-    from encoders import MODEL_NAME, EmbeddingCache, encode_texts, item_text
+    from encoders import EmbeddingCache, encode_texts
 
-    items = workspace.read("items")
+    ids, texts = item_texts(workspace)
     cache = EmbeddingCache.in_workspace(workspace)
-    vectors = encode_texts(item_text(items).to_list(), cache=cache)
-    table = pl.DataFrame(
-        {Columns.item: items[Columns.item], "embedding": vectors},
-        schema={Columns.item: pl.String, "embedding": pl.Array(pl.Float32, vectors.shape[1])},
-    )
-    stats = {"model": MODEL_NAME, "items": table.height, "dim": int(vectors.shape[1])}
-    stats |= {"cache_hits": cache.hits, "cache_misses": cache.misses}
-    workspace.write("item_embeddings", table, run_id=run_id, source="encode", parameters=stats)
-    return stats
+    vectors = encode_texts(texts, cache=cache)
+    stats = {"cache_hits": cache.hits, "cache_misses": cache.misses}
+    return store_item_embeddings(workspace, ids, vectors, run_id, stats)
 
 
 def workspace_dataset(workspace: Workspace) -> Dataset:

@@ -13,11 +13,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
-from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from catalog import Columns, Workspace, detect_segments
@@ -26,18 +26,6 @@ from flows.settings import WarmstartSettings
 from monitor import COMPLETED, GateConfig, GateDecision, MetricsStore, RunRecord, decide
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def _table_version_key(*tables: str) -> Any:
-    """A cache key function: the task's parameters (minus the workspace) plus the write ids of `tables`."""
-
-    def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-        space = Workspace(Path(parameters["workspace_root"]))
-        versions = [space.provenance(name)["run_id"] if space.exists(name) else "-" for name in tables]
-        shown = {name: value for name, value in sorted(parameters.items()) if name != "run_id"}
-        return f"{context.task.name}|{space.root.resolve()}|{versions}|{shown}"
-
-    return key
 
 
 def _markdown_table(frame: pl.DataFrame) -> str:
@@ -96,10 +84,12 @@ def detect_window(
     return detect_segments(seen, items, users, sparse_max=sparse_max, head_share=head_share, watermark=since)
 
 
-@task(name="encode", cache_key_fn=_table_version_key("items"), persist_result=True)
-def encode(workspace_root: Path, run_id: str) -> dict[str, Any]:
-    """Embed every item's text into the `item_embeddings` table (cached on the items table's version)."""
-    return steps.encode_items(Workspace(workspace_root), run_id)
+@task(name="encode-batch", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def encode_batch(texts: list[str], cache_root: Path) -> np.ndarray:
+    """Embeddings of one batch of texts; cached by Prefect on the texts, and by the embedding cache per text."""
+    from encoders import EmbeddingCache, encode_texts
+
+    return encode_texts(texts, cache=EmbeddingCache(cache_root), show_progress=False)
 
 
 @functools.cache
