@@ -29,6 +29,7 @@ from catalog import (
     segment_transitions,
 )
 from flows import steps, tasks
+from flows.refresh import augmentation_row
 from flows.settings import WarmstartSettings
 from monitor import GateConfig, GateMetric, MetricsStore, RunRecord
 
@@ -72,6 +73,38 @@ def parse_every(text: str) -> timedelta:
     return timedelta(**{units[unit]: int(number)})
 
 
+def augment_window(
+    dataset: Dataset,
+    window: Window,
+    segments: pl.DataFrame,
+    *,
+    workspace: Workspace,
+    settings: WarmstartSettings,
+    run_id: str,
+    limit: int,
+) -> dict[str, Any]:
+    """Describe the window's new items and simulate who would take to them, as a scheduled run at the window's
+    end would have: from the events before it only. The window's tables (descriptions, synthetic pairs) are kept
+    in WORKSPACE/backfill/WINDOW_END for audit. The synthetic pairs' precision is measured against the real
+    interactions of the next window (synthetic rows never enter the ranker's evaluation)."""
+    scratch = Workspace(workspace.root / "backfill" / f"{window.end:%Y%m%dT%H%M%S}")
+    history = dataset.interactions.filter(pl.col(Columns.ts) < window.end)
+    for name, frame in (("interactions", history), ("items", dataset.items), ("users", dataset.users)):
+        scratch.write(name, frame, run_id=run_id, source=f"backfill window ending {window.end}")
+    scratch.write("segments", segments, run_id=run_id, source="backfill")
+    described = tasks.describe(scratch.root, settings, run_id, ("new",), limit)
+    simulated = tasks.simulate(scratch.root, settings, run_id, ("new",), limit)
+    row = augmentation_row(described, {}, simulated)
+    if scratch.exists("synthetic_interactions"):
+        synthetic = scratch.read("synthetic_interactions").select(Columns.user, Columns.item).unique()
+        later = dataset.interactions.filter(
+            (pl.col(Columns.ts) >= window.end) & (pl.col(Columns.ts) < window.next_end)
+        ).select(Columns.user, Columns.item)
+        hits = synthetic.join(later.unique(), on=[Columns.user, Columns.item], how="semi").height
+        row["synthetic_precision"] = hits / synthetic.height if synthetic.height else None
+    return row
+
+
 def run_window(
     dataset: Dataset,
     window: Window,
@@ -85,6 +118,8 @@ def run_window(
     sparse_max: int,
     head_share: float,
     incumbent: str | None,
+    settings: WarmstartSettings,
+    augment_limit: int,
 ) -> RunRecord:
     """One window through the cycle: detect, retrain, evaluate, gate; returns what to record."""
     from flows import pipeline
@@ -107,6 +142,19 @@ def run_window(
     timings["detect"] = time.perf_counter() - clock
     counts = segment_counts(segments[window.end])
     moves = segment_transitions(segments[window.start], segments[window.end])
+    augmentation = None
+    if augment_limit > 0:
+        clock = time.perf_counter()
+        augmentation = augment_window(
+            dataset,
+            window,
+            segments[window.end],
+            workspace=workspace,
+            settings=settings,
+            run_id=run_id,
+            limit=augment_limit,
+        )
+        timings["augment"] = time.perf_counter() - clock
     split = temporal_split(dataset.interactions, dataset.items, cut=window.end, end=window.next_end)
     if split.truth.height == 0:
         raise DataError(f"no new interaction between {window.end} and {window.next_end} to evaluate on.")
@@ -127,6 +175,7 @@ def run_window(
     outcome.as_of = window.end
     outcome.segment_counts = counts
     outcome.transitions = moves
+    outcome.augmentation = augmentation
     return outcome
 
 
@@ -147,8 +196,10 @@ def backfill(
     gate_tolerance: float = 0.005,
     sparse_max: int = 5,
     head_share: float = 0.8,
+    augment_limit: int = 0,
 ) -> pl.DataFrame:
     """Replay `dataset` window by window (see the module doc); returns the store's metric rows of this backfill.
+    `augment_limit` bounds the language model's work per window (new items described and simulated); 0 skips it.
     Unset paths and the store URL come from the WARMSTART_* settings."""
     from flows import pipeline
 
@@ -175,6 +226,7 @@ def backfill(
         "max_epochs": max_epochs,
         "sparse_max": sparse_max,
         "head_share": head_share,
+        "augment_limit": augment_limit,
         "gate": gate_config.model_dump(),
     }
     incumbent = store.promoted_version(flow=FLOW_NAME, dataset=loaded.name)
@@ -207,6 +259,8 @@ def backfill(
                 sparse_max=sparse_max,
                 head_share=head_share,
                 incumbent=incumbent,
+                settings=settings,
+                augment_limit=augment_limit,
             )
         except Exception as error:
             store.finish_run(run_id, RunRecord(status="failed", error=f"{type(error).__name__}: {error}"))

@@ -170,6 +170,13 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
         _print_frame(trend, f"{title}: {metric}@{k} per segment")
     beyond = beyond_accuracy_trend(rows, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
     _print_frame(beyond, f"{title}: beyond accuracy @{k} (overall)")
+    augmentation = store.augmentation()
+    if not augmentation.is_empty():
+        runs = store.runs().select("run_id", pl.col("window_end").dt.strftime("%Y-%m-%d").alias("as_of"))
+        shown = augmentation.join(runs, on="run_id", how="left").select(
+            "as_of", "items_augmented", "synthetic_rows", "synthetic_precision", "cache_hits", "tokens", "seconds"
+        )
+        _print_frame(shown, f"{title}: language-model augmentation per run")
 
 
 DateOption = Annotated[datetime | None, typer.Option(help="UTC date or time, e.g. 1998-01-01.")]
@@ -187,6 +194,7 @@ def _run_backfill(
     k: int,
     seed: int,
     max_epochs: int,
+    augment_limit: int,
 ) -> MetricsStore:
     from flows.backfill import backfill as backfill_flow
     from flows.backfill import parse_every
@@ -207,6 +215,7 @@ def _run_backfill(
         store_url=settings.metrics_url,
         sparse_max=settings.sparse_max,
         head_share=settings.head_share,
+        augment_limit=augment_limit,
     )
     return MetricsStore.for_workspace(space.root, settings.metrics_url, read_only=True)
 
@@ -222,6 +231,9 @@ def backfill(
     k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
     max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = 150,
+    augment_limit: Annotated[
+        int, typer.Option(min=0, help="New items per window the language model describes and simulates (0: none).")
+    ] = 0,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Replay history window by window: train on events up to each window's end, evaluate on the next window
@@ -242,6 +254,7 @@ def backfill(
         k=k,
         seed=seed,
         max_epochs=max_epochs,
+        augment_limit=augment_limit,
     )
     _show_trends(store, k, f"{dataset} backfill")
 
@@ -275,6 +288,9 @@ def demo(
     data: Annotated[Path | None, typer.Option(help="Folder with ml-100k.{inter,item,user} [default: fetch].")] = None,
     every: Annotated[str, typer.Option(help="Window length of the backfill.")] = "30d",
     max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = 150,
+    augment_limit: Annotated[
+        int, typer.Option(min=0, help="New items per window the language model describes and simulates.")
+    ] = 4,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Backfill MovieLens-100K window by window, then print the long-tail metric trends per segment.
@@ -312,6 +328,7 @@ def demo(
         k=20,
         seed=0,
         max_epochs=max_epochs,
+        augment_limit=augment_limit,
     )
     _show_trends(store, 20, "MovieLens-100K backfill, read back from the metrics store")
 

@@ -28,7 +28,7 @@ from monitor import COMPLETED, FAILED, GateConfig, GateMetric, MetricsStore, Run
 AUGMENT_KEYS = ("items_augmented", "users_augmented", "synthetic_rows", "cache_hits", "rejected", "tokens", "seconds")
 
 
-def _augmentation_row(described: dict[str, Any], profiled: dict[str, Any], simulated: dict[str, Any]) -> dict:
+def augmentation_row(described: dict[str, Any], profiled: dict[str, Any], simulated: dict[str, Any]) -> dict:
     """The metrics-store row of one run's augmentation reports."""
     reports = (described, profiled, simulated)
     return {
@@ -53,7 +53,7 @@ def _augment(space: Workspace, run_id: str, settings: WarmstartSettings, limit: 
     described = tasks.describe(space.root, settings, run_id, ("new", "cold", "sparse"), limit)
     profiled = tasks.profile(space.root, settings, run_id, ("new", "sparse"), limit)
     simulated = tasks.simulate(space.root, settings, run_id, ("cold",), limit) if simulate else {}
-    return _augmentation_row(described, profiled, simulated)
+    return augmentation_row(described, profiled, simulated)
 
 
 def _batches(values: list[str], size: int) -> list[list[str]]:
