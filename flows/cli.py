@@ -353,6 +353,33 @@ def serve(
     prefect_serve(*deployments)
 
 
+@app.command()
+@friendly_errors
+def dashboard(
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the page to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the page.")] = 8501,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Open the monitoring dashboard (Streamlit) over the metrics history, read-only.
+
+    Shows per-segment accuracy and beyond-accuracy metrics over time, segment sizes and cold-to-warm
+    transitions, augmentation volume, and runs with the gate's decisions. Stop with Ctrl-C.
+    """
+    import subprocess
+    import sys
+
+    from monitor import dashboard_script
+
+    settings = _settings()
+    space = _workspace(workspace, settings)
+    store = MetricsStore.for_workspace(space.root, settings.metrics_url, read_only=True)
+    command = [sys.executable, "-m", "streamlit", "run", str(dashboard_script()), "--server.address", host]
+    command += ["--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    command += ["--", "--store", store.url]
+    console.print(f"dashboard on http://{host}:{port} (store {store.engine.url.render_as_string(hide_password=True)})")
+    raise typer.Exit(subprocess.call(command))
+
+
 class Protocol(StrEnum):
     cold_item = "cold-item"
     warm = "warm"

@@ -1,5 +1,7 @@
 """The metrics history store and the quality gate (the dashboard reads the store)."""
 
+from pathlib import Path
+
 from monitor.gate import GateConfig, GateDecision, GateMetric, decide, gate_values
 from monitor.store import COMPLETED, FAILED, RUNNING, SCHEMA_VERSION, MetricsStore, RunRecord, run_key, sqlite_url
 from monitor.trends import ACCURACY_SEGMENTS, BEYOND_ACCURACY, beyond_accuracy_trend, metric_trend
@@ -17,9 +19,15 @@ __all__ = [
     "MetricsStore",
     "RunRecord",
     "beyond_accuracy_trend",
+    "dashboard_script",
     "decide",
     "gate_values",
     "metric_trend",
     "run_key",
     "sqlite_url",
 ]
+
+
+def dashboard_script() -> Path:
+    """The Streamlit page's file (run by `streamlit run`, never imported)."""
+    return Path(__file__).with_name("dashboard.py")

@@ -195,8 +195,12 @@ class MetricsStore:
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
         self.read_only = read_only
+        options: dict[str, Any] = {}
+        if read_only and url.startswith("postgresql"):
+            # The server refuses every write in these sessions: a dashboard cannot change the history.
+            options["connect_args"] = {"options": "-c default_transaction_read_only=on"}
         try:
-            self.engine: Engine = create_engine(url, future=True)
+            self.engine: Engine = create_engine(url, future=True, **options)
         except (SQLAlchemyError, ImportError) as error:
             raise ConfigError(f"cannot use metrics store URL {url!r}: {error}") from None
         if self.engine.dialect.name == "sqlite":

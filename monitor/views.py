@@ -1,0 +1,152 @@
+"""What the dashboard shows, as plain frames computed from the metrics store (the page only draws them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import polars as pl
+
+from monitor.store import MetricsStore
+from monitor.trends import BEYOND_ACCURACY
+
+ACCURACY = ("recall", "ndcg")
+WARM_SEGMENTS = ("sparse", "tail", "head")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The page's filters: protocol, cut-off, segments and a time range (inclusive) over `as_of`."""
+
+    protocol: str | None
+    k: int
+    segments: tuple[str, ...]
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoreFrames:
+    """Everything the page reads from the store, once per refresh."""
+
+    runs: pl.DataFrame
+    metrics: pl.DataFrame
+    augmentation: pl.DataFrame
+    segment_counts: pl.DataFrame
+    transitions: pl.DataFrame
+    promotions: pl.DataFrame
+
+    @classmethod
+    def read(cls, store: MetricsStore) -> StoreFrames:
+        return cls(
+            runs=store.runs(),
+            metrics=store.metrics(),
+            augmentation=store.augmentation(),
+            segment_counts=store.segment_counts(),
+            transitions=store.transitions(),
+            promotions=store.promotions(),
+        )
+
+    @property
+    def empty(self) -> bool:
+        return self.runs.is_empty()
+
+
+def _in_range(frame: pl.DataFrame, column: str, filters: Filters) -> pl.DataFrame:
+    if filters.start is not None:
+        frame = frame.filter(pl.col(column) >= filters.start)
+    if filters.end is not None:
+        frame = frame.filter(pl.col(column) <= filters.end)
+    return frame
+
+
+def filter_choices(metrics: pl.DataFrame) -> dict[str, list]:
+    """The values each filter can take, from what the store holds."""
+    return {
+        "protocol": sorted(metrics["protocol"].unique().to_list()),
+        "k": sorted(metrics["k"].unique().to_list()),
+        "segment": sorted(metrics.filter(pl.col("metric").is_in(ACCURACY))["segment"].unique().to_list()),
+    }
+
+
+def accuracy_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:
+    """(as_of, segment, metric, value) for Recall@K and NDCG@K, one line per segment."""
+    rows = metrics.filter(
+        pl.col("metric").is_in(ACCURACY) & (pl.col("k") == filters.k) & pl.col("segment").is_in(filters.segments)
+    )
+    if filters.protocol is not None:
+        rows = rows.filter(pl.col("protocol") == filters.protocol)
+    return _in_range(rows, "as_of", filters).select("as_of", "segment", "metric", "value").sort("as_of", "segment")
+
+
+def beyond_accuracy_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:
+    """(as_of, metric, value) for coverage, Gini, APLT and novelty of the overall segment."""
+    rows = metrics.filter(
+        (pl.col("segment") == "overall") & pl.col("metric").is_in(BEYOND_ACCURACY) & (pl.col("k") == filters.k)
+    )
+    if filters.protocol is not None:
+        rows = rows.filter(pl.col("protocol") == filters.protocol)
+    return _in_range(rows, "as_of", filters).select("as_of", "metric", "value").sort("as_of", "metric")
+
+
+def current_segments(segment_counts: pl.DataFrame) -> pl.DataFrame:
+    """(kind, segment, count) of the latest run that counted segments."""
+    if segment_counts.is_empty():
+        return segment_counts.select("kind", "segment", "count")
+    latest = segment_counts.sort("as_of").tail(1)["run_id"].item()
+    return segment_counts.filter(pl.col("run_id") == latest).select("kind", "segment", "count")
+
+
+def cold_to_warm(transitions: pl.DataFrame, filters: Filters) -> pl.DataFrame:
+    """(as_of, kind, count): entities that left the cold segment for a warm one (sparse, tail or head) per run."""
+    moved = transitions.filter((pl.col("from_segment") == "cold") & pl.col("to_segment").is_in(WARM_SEGMENTS))
+    moved = _in_range(moved, "as_of", filters)
+    return moved.group_by("as_of", "kind").agg(pl.col("count").sum()).sort("as_of", "kind")
+
+
+def augmentation_over_time(augmentation: pl.DataFrame, runs: pl.DataFrame, filters: Filters) -> pl.DataFrame:
+    """Per run: when (the window end, or the start of a run without a window), volume, cache hit rate,
+    language-model seconds and synthetic-pair precision."""
+    when = runs.select("run_id", pl.coalesce("window_end", "started_at").alias("as_of"))
+    rows = augmentation.join(when, on="run_id", how="left").with_columns(
+        (
+            pl.col("cache_hits")
+            / pl.max_horizontal(pl.col("items_augmented") + pl.col("users_augmented") + pl.col("synthetic_rows"), 1)
+        )
+        .clip(0, 1)
+        .alias("cache_hit_rate")
+    )
+    columns = ["as_of", "run_id", "items_augmented", "users_augmented", "synthetic_rows", "cache_hit_rate"]
+    columns += ["tokens", "seconds", "synthetic_precision"]
+    return _in_range(rows, "as_of", filters).select(columns).sort("as_of")
+
+
+def runs_and_promotions(runs: pl.DataFrame, promotions: pl.DataFrame) -> pl.DataFrame:
+    """Every run, newest first, with the gate's decision and figures when it made one."""
+    decided = promotions.select(
+        "run_id",
+        pl.when(pl.col("promoted")).then(pl.lit("promoted")).otherwise(pl.lit("refused")).alias("gate"),
+        "reason",
+        "candidate_metrics",
+        "incumbent_metrics",
+        "incumbent_version",
+    )
+    return (
+        runs.join(decided, on="run_id", how="left")
+        .select(
+            "run_id",
+            "flow",
+            "dataset",
+            "window_end",
+            "status",
+            "model_version",
+            "gate",
+            "reason",
+            "candidate_metrics",
+            "incumbent_metrics",
+            "incumbent_version",
+            "started_at",
+            "finished_at",
+        )
+        .sort("started_at", descending=True)
+    )

@@ -1,0 +1,90 @@
+"""A metrics store with known values, written through the store's own API (what the flows write)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from monitor import MetricsStore, RunRecord
+
+POINTS = [datetime(1998, month, 1, tzinfo=UTC) for month in (1, 2, 3)]
+RECALL = {
+    "overall": [0.11, 0.12, 0.13],
+    "head": [0.21, 0.22, 0.23],
+    "tail": [0.031, 0.032, 0.033],
+    "cold": [0.041, 0.042, 0.043],
+}
+
+
+def _metrics(point: int) -> pl.DataFrame:
+    rows = []
+    for segment, values in RECALL.items():
+        rows.append(("temporal", segment, "recall", 20, values[point]))
+        rows.append(("temporal", segment, "ndcg", 20, values[point] / 2))
+        rows.append(("temporal", segment, "recall", 10, values[point] / 3))
+    for metric, value in {"coverage": 0.25, "gini": 0.9, "aplt": 0.05, "novelty": 5.0}.items():
+        rows.append(("temporal", "overall", metric, 20, value + point / 100))
+    return pl.DataFrame(rows, schema=["protocol", "segment", "metric", "k", "value"], orient="row")
+
+
+def build_fixture_store(root: Path) -> Path:
+    store = MetricsStore.for_workspace(root)
+    for point, as_of in enumerate(POINTS):
+        run_id = f"run-{point + 1}"
+        store.start_run(run_id, flow="backfill", dataset="ml-100k", parameters={"every": "30d"}, window_end=as_of)
+        promoted = point != 2
+        store.finish_run(
+            run_id,
+            RunRecord(
+                model_version=run_id,
+                metrics=_metrics(point),
+                as_of=as_of,
+                timings={"retrain": 10.0 + point},
+                augmentation={
+                    "items_augmented": 4,
+                    "synthetic_rows": 20,
+                    "cache_hits": point * 2,
+                    "tokens": 500,
+                    "seconds": 12.5,
+                    "synthetic_precision": 0.05 * (point + 1),
+                },
+                segment_counts=pl.DataFrame(
+                    {
+                        "kind": ["item", "item", "item"],
+                        "segment": ["cold", "tail", "head"],
+                        "count": [100 - point, 50, 30],
+                    }
+                ),
+                transitions=pl.DataFrame(
+                    {
+                        "kind": ["item", "item"],
+                        "from_segment": ["cold", "head"],
+                        "to_segment": ["sparse", "tail"],
+                        "count": [7 + point, 3],
+                    }
+                ),
+                promotion={
+                    "candidate_version": run_id,
+                    "incumbent_version": f"run-{point}" if point else None,
+                    "promoted": promoted,
+                    "reason": "no current model"
+                    if point == 0
+                    else ("no regression" if promoted else "regressed: cold"),
+                    "gate": {"tolerance": 0.005},
+                    "candidate_metrics": {"cold/recall@20": RECALL["cold"][point]},
+                    "incumbent_metrics": None,
+                },
+            ),
+        )
+    store.close()
+    return root / "metrics.sqlite"
+
+
+@pytest.fixture
+def fixture_store(tmp_path: Path) -> Path:
+    """The workspace directory holding the fixture's metrics.sqlite."""
+    build_fixture_store(tmp_path)
+    return tmp_path
