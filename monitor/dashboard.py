@@ -40,14 +40,14 @@ def store_url(argv: list[str]) -> str | None:
     return known.store or os.environ.get(STORE_ENV)
 
 
-def line_chart(frame: pl.DataFrame, *, color: str, title: str, y_title: str) -> alt.Chart:
+def line_chart(frame: pl.DataFrame, *, color: str, title: str, y_title: str, legend: bool = True) -> alt.Chart:
     return (
         alt.Chart(frame.to_pandas(), title=title)
         .mark_line(point=True)
         .encode(
             x=alt.X("as_of:T", title="as of"),
             y=alt.Y("value:Q", title=y_title),
-            color=alt.Color(f"{color}:N"),
+            color=alt.Color(f"{color}:N", legend=alt.Legend() if legend else None),
             tooltip=["as_of:T", f"{color}:N", alt.Tooltip("value:Q", format=".4f")],
         )
     )
@@ -102,7 +102,7 @@ def beyond_accuracy_section(frames: StoreFrames, filters: Filters) -> None:
         if chosen.is_empty():
             column.caption(f"{metric}: not measured")
             continue
-        chart = line_chart(chosen, color="metric", title=f"{metric}@{filters.k}", y_title=metric)
+        chart = line_chart(chosen, color="metric", title=f"{metric}@{filters.k}", y_title=metric, legend=False)
         column.altair_chart(chart, width="stretch")
 
 

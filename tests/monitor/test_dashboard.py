@@ -40,7 +40,9 @@ def test_views_filter_by_segment_k_and_time(fixture_store: Path) -> None:
     assert recall == [0.041, 0.042, 0.043]
     later = Filters("temporal", 20, ("overall",), start=datetime(1998, 1, 15, tzinfo=UTC))
     assert accuracy_over_time(frames.metrics, later)["as_of"].n_unique() == 2
-    assert accuracy_over_time(frames.metrics, Filters("temporal", 10, ("head",)))["value"].to_list()[0] == pytest.approx(0.07)
+    assert accuracy_over_time(frames.metrics, Filters("temporal", 10, ("head",)))["value"].to_list()[
+        0
+    ] == pytest.approx(0.07)
 
 
 def test_views_of_segments_augmentation_and_runs(fixture_store: Path) -> None:
