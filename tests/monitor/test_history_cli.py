@@ -1,0 +1,37 @@
+"""`warmstart history` over the fixture store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+def test_history_prints_runs_and_trends(fixture_store: Path) -> None:
+    result = runner.invoke(app, ["history", "--workspace", str(fixture_store)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "3 runs" in result.output and "run-3" in result.output
+    assert "recall@20 per segment" in result.output
+    assert "0.0430" in result.output  # cold recall@20 of the last point
+    assert "0.2300" in result.output  # head recall@20 of the last point
+
+
+def test_history_writes_json(fixture_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "history.json"
+    result = runner.invoke(app, ["history", "--workspace", str(fixture_store), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text())
+    assert [run["run_id"] for run in payload["runs"]] == ["run-1", "run-2", "run-3"]
+    assert len(payload["metrics"]) == 3 * 16
+    assert {"run_id", "as_of", "protocol", "segment", "metric", "k", "value"} <= set(payload["metrics"][0])
+
+
+def test_history_without_a_store_is_one_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["history", "--workspace", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "no metrics store" in result.output and result.output.count("error:") == 1
