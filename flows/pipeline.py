@@ -312,6 +312,18 @@ class FittedRanker:
         return evaluate(split, self.ranker.scorer(self.served.inputs, exclude=exclude), k=k)
 
 
+def train_ranker(plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings) -> Ranker:
+    """The chosen ranker fitted on inputs encoded from `plan.fit_history`: labels `plan.fit_labels` among the warm
+    items, early stopping on `plan.valid_labels` among `plan.valid_pool`."""
+    index = plan.split.index
+    warm_pool = np.flatnonzero(fitted.inputs.popularity > 0)
+    return settings.new_ranker().fit(
+        fitted.inputs,
+        _task(plan.fit_labels, index, warm_pool, None),
+        _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude),
+    )
+
+
 def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings) -> FittedRanker:
     """Fit encoders and the ranker `settings.ranker_name` names as the plan says."""
     started = time.perf_counter()
@@ -328,12 +340,7 @@ def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings
         seed=settings.seed,
     )
     fitted = encode(plan.fit_history)
-    warm_pool = np.flatnonzero(fitted.inputs.popularity > 0)
-    ranker = settings.new_ranker().fit(
-        fitted.inputs,
-        _task(plan.fit_labels, index, warm_pool, None),
-        _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude),
-    )
+    ranker = train_ranker(plan, fitted, settings)
     # Serving sees the whole training history: refit the encoders on it when the ranker's labels came out of it,
     # for as many BPR epochs as early stopping chose (the labels are training pairs now, so no validation).
     served = fitted

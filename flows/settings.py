@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,4 +22,7 @@ class WarmstartSettings(BaseSettings):
     sparse_max: int = Field(5, ge=0, description="Entities with 1..sparse_max interactions are sparse.")
     head_share: float = Field(
         0.8, gt=0, le=1, description="Share of interactions held by the head (the most popular entities)."
+    )
+    ranker: Literal["lightgbm", "deepfm"] = Field(
+        "lightgbm", description="Ranker that evaluate and retrain train unless --ranker says otherwise."
     )

@@ -85,10 +85,10 @@ class DeepFMConfig(BaseModel):
     )
     head_share: float = Field(0.8, gt=0, le=1, description="Share of interactions the head items hold.")
     negatives: int = Field(8, ge=1, description="Items sampled from the pool against each positive.")
-    epochs: int = Field(15, ge=1, description="Most passes over the training positives.")
+    epochs: int = Field(8, ge=1, description="Most passes over the training positives.")
     patience: int = Field(2, ge=1, description="Epochs without a better validation NDCG before stopping.")
-    batch_size: int = Field(1024, ge=1, description="Positives per optimiser step.")
-    lr: float = Field(2e-3, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(4096, ge=1, description="Positives per optimiser step.")
+    lr: float = Field(5e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
     eval_k: int = Field(20, ge=1, description="K of the validation NDCG used for early stopping.")
     valid_users: int = Field(2000, ge=1, description="Most validation users scored per epoch (a seeded sample).")
@@ -124,8 +124,6 @@ class _DeepFMNet(nn.Module):
         k = config.embedding_dim
         self.user_id = nn.Embedding(shapes["n_users"], k)
         self.item_id = nn.Embedding(shapes["n_items"], k)
-        for table in (self.user_id, self.item_id):
-            nn.init.normal_(table.weight, std=0.01)
         self.user_standin = nn.Linear(shapes["cf_dim"], k)
         self.item_standin = nn.Linear(shapes["cf_dim"], k)
         self.unknown_item = nn.Parameter(torch.zeros(k))
@@ -133,6 +131,9 @@ class _DeepFMNet(nn.Module):
         self.categories = nn.Parameter(torch.randn(shapes["n_categories"] + 1, k) * 0.01)  # row 0: no category
         self.user_segment = nn.Embedding(3, k)
         self.item_segment = nn.Embedding(3, k)
+        # Small starting embeddings: N(0, 1) rows would make the FM's products start in the hundreds.
+        for table in (self.user_id, self.item_id, self.user_segment, self.item_segment):
+            nn.init.normal_(table.weight, std=0.01)
         self.user_linear = nn.Linear(len(USER_FIELDS) * k, 1)
         self.item_linear = nn.Linear(len(ITEM_FIELDS) * k, 1, bias=False)
         self.user_deep = nn.Linear(len(USER_FIELDS) * k, config.hidden[0])
@@ -283,14 +284,17 @@ class DeepFMRanker:
         """(..., item fields, k) of `items` (any shape); `standin`: serve through the stand-in path."""
         net = self.network
         standin = standin | ~net.trained_items[items]
+        # Project each distinct item once (a training batch repeats many), then spread to the rows.
+        distinct, rows = torch.unique(items, return_inverse=True)
         if self.config.use_standins:
-            replacement = net.item_standin(data.item_standin[items])
+            replacement = net.item_standin(data.item_standin[distinct])[rows]
         else:
             replacement = net.unknown_item.expand(*items.shape, -1)
         identity = torch.where(standin[..., None], replacement, net.item_id(items))
         segment = torch.where(standin, ITEM_STANDIN, torch.where(data.head[items], ITEM_HEAD, ITEM_TAIL))
-        categories = data.categories[items] @ net.categories
-        return torch.stack([identity, net.text(data.text[items]), categories, net.item_segment(segment)], dim=-2)
+        categories = (data.categories[distinct] @ net.categories)[rows]
+        text = net.text(data.text[distinct])[rows]
+        return torch.stack([identity, text, categories, net.item_segment(segment)], dim=-2)
 
     # --------------------------------------------------------------------------------------------------- fit
 
@@ -357,7 +361,8 @@ class DeepFMRanker:
         )
         net = self.network
         data = _Data.of(inputs, config.head_share)
-        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # fused: one kernel for the whole update, much faster steps on CPU (as in encoders' BPR-MF).
+        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
         valid_users = np.asarray(valid.users)
         if valid_users.size > config.valid_users:
             valid_users = np.sort(rng.choice(valid_users, config.valid_users, replace=False))
