@@ -216,7 +216,7 @@ def backfill(
     windows = time_windows(first, last, parse_every(every))
     space = Workspace(workspace)
     store = MetricsStore.for_workspace(space.root, store_url)
-    models = pipeline.ModelSettings.capped(seed, max_epochs)
+    models = pipeline.ModelSettings.capped(seed, max_epochs, settings.ranker)
     gate_config = GateConfig(metrics=[GateMetric.parse(text) for text in gate_metrics], tolerance=gate_tolerance)
     # What makes two backfill runs the same unit of work (the window end is keyed separately).
     identity = {
@@ -227,6 +227,7 @@ def backfill(
         "sparse_max": sparse_max,
         "head_share": head_share,
         "augment_limit": augment_limit,
+        "ranker": settings.ranker,
         "gate": gate_config.model_dump(),
     }
     incumbent = store.promoted_version(flow=FLOW_NAME, dataset=loaded.name)

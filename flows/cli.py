@@ -392,6 +392,9 @@ class RankerName(StrEnum):
     deepfm = "deepfm"
 
 
+RankerOption = Annotated[
+    RankerName | None, typer.Option(help="Ranker to train \\[default: lightgbm or $WARMSTART_RANKER].")
+]
 FileOption = Annotated[Path | None, typer.Option(help="CSV or Parquet file.", dir_okay=False)]
 
 
@@ -408,7 +411,7 @@ def evaluate(
     items: FileOption = None,
     valid: FileOption = None,
     users: FileOption = None,
-    ranker: Annotated[RankerName, typer.Option(help="Ranker to train and evaluate.")] = RankerName.lightgbm,
+    ranker: RankerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -420,8 +423,7 @@ def evaluate(
     from flows import pipeline  # torch and the models load only for the commands that need them
 
     settings = _settings()
-    if ranker != RankerName.lightgbm:
-        raise ConfigError(f"ranker {ranker.value!r} is not available yet; use --ranker lightgbm.")
+    ranker_name = (ranker or RankerName(settings.ranker)).value
     if (dataset is None) == (train is None):
         raise ConfigError("give either --dataset NAME or --train FILE --test FILE --items FILE.")
     if dataset is not None:
@@ -436,8 +438,8 @@ def evaluate(
             pipeline.PROTOCOLS[protocol.value], train=train, test=test, items=items, valid=valid, users=users
         )
     run_id = new_run_id()
-    model_dir = _workspace(workspace, settings).root / "models" / "lightgbm" / run_id
-    models = pipeline.ModelSettings.seeded(seed)
+    model_dir = _workspace(workspace, settings).root / "models" / ranker_name / run_id
+    models = pipeline.ModelSettings.seeded(seed, ranker_name)
     report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
     report["protocol"] = protocol.value
     report["models"]["saved_to"] = str(model_dir)
@@ -471,12 +473,13 @@ def retrain(
         typer.Option(help="Protocol of the evaluation [default: cold-item for CiteULike's split, else temporal]."),
     ] = None,
     k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = 20,
+    ranker: RankerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Retrain the encoders and the LightGBM ranker on the workspace's data and save a new model version.
+    """Retrain the encoders and the ranker on the workspace's data and save a new model version.
 
-    The version (WORKSPACE/models/lightgbm/RUN_ID/) holds the model, its metadata and report.json: the data
+    The version (WORKSPACE/models/RANKER/RUN_ID/) holds the model, its metadata and report.json: the data
     window, the metrics on real held-out interactions, and the parent version.
     """
     from flows import pipeline
@@ -487,9 +490,10 @@ def retrain(
     chosen = protocol.value if protocol else ("cold-item" if dataset.splits else "temporal")
     plan = pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[chosen])
     run_id = new_run_id()
-    parent = steps.latest_model(space, "lightgbm")
-    model_dir = space.root / "models" / "lightgbm" / run_id
-    models = pipeline.ModelSettings.seeded(seed)
+    ranker_name = (ranker or RankerName(settings.ranker)).value
+    parent = steps.latest_model(space, ranker_name)
+    model_dir = space.root / "models" / ranker_name / run_id
+    models = pipeline.ModelSettings.seeded(seed, ranker_name)
     report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
     times = plan.split.train[Columns.ts] if Columns.ts in plan.split.train.columns else None
     report |= {

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from catalog import (
     Columns,
@@ -26,7 +27,9 @@ from catalog import (
     read_table,
 )
 from encoders import BPRMF, BPRConfig, ContentMapper, EmbeddingCache, MapperConfig, encode_texts, item_text
+from ranker.base import Ranker
 from ranker.baselines import tfidf_item_vectors
+from ranker.deepfm import DeepFMConfig, DeepFMRanker
 from ranker.evaluate import (
     COLD_ITEM,
     HYBRID,
@@ -43,8 +46,10 @@ from ranker.evaluate import (
     temporal_split,
     warm_split,
 )
-from ranker.features import RankerInputs
-from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig, RankingTask
+from ranker.features import RankerInputs, RankingTask
+from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
+
+RANKERS = ("lightgbm", "deepfm")
 
 
 @dataclass
@@ -126,9 +131,42 @@ def encode_inputs(
         popularity=popularity,
         title_words=titles.str.split(" ").list.len().to_numpy().astype(np.float32),
         tfidf=tfidf_item_vectors(titles.to_list(), min_df=1 if titles.len() < 50 else 2),
+        categories=category_matrix(items),
     )
     report = {"bprmf": cf.summary, "text_cache_hits": cache.hits, "text_cache_misses": cache.misses}
     return EncodedSplit(inputs=inputs, report=report)
+
+
+def category_matrix(items: pl.DataFrame) -> sp.csr_array | None:
+    """Multi-hot (items x distinct categories, sorted by name) in the row order of `items`; None without any."""
+    if Columns.categories not in items.columns:
+        return None
+    rows = items.select(pl.col(Columns.categories).fill_null([])).with_row_index("_row").explode(Columns.categories)
+    rows = rows.drop_nulls(Columns.categories)
+    if rows.height == 0:
+        return None
+    names = rows[Columns.categories].unique().sort()
+    columns = np.searchsorted(names.to_numpy(), rows[Columns.categories].to_numpy())
+    data = np.ones(rows.height, dtype=np.float32)
+    matrix = sp.csr_array((data, (rows["_row"].to_numpy(), columns)), shape=(items.height, names.len()))
+    return sp.csr_array(matrix > 0, dtype=np.float32)
+
+
+def with_history(encoded: EncodedSplit, history: sp.csr_array) -> EncodedSplit:
+    """The same encoders' arrays serving from another (users x items) history; popularity follows it."""
+    old = encoded.inputs
+    inputs = RankerInputs(
+        history=history,
+        text=old.text,
+        user_cf=old.user_cf,
+        item_cf=old.item_cf,
+        item_standin=old.item_standin,
+        popularity=np.asarray(history.sum(axis=0)).ravel(),
+        title_words=old.title_words,
+        tfidf=old.tfidf,
+        categories=old.categories,
+    )
+    return EncodedSplit(inputs=inputs, report=encoded.report)
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,26 +252,48 @@ class ModelSettings:
     cf: BPRConfig = field(default_factory=lambda: BPRConfig(dim=256, epochs=150))
     mapper: MapperConfig = field(default_factory=lambda: MapperConfig(kind="ridge", alpha=10.0))
     ranker: LightGBMRankerConfig = field(default_factory=LightGBMRankerConfig)
+    deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
+    # Which ranker fit_ranker trains: one of RANKERS.
+    ranker_name: str = "lightgbm"
     folds: int = 5
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.ranker_name not in RANKERS:
+            raise ConfigError(f"unknown ranker {self.ranker_name!r}; choose one of {', '.join(RANKERS)}.")
+
     @classmethod
-    def seeded(cls, seed: int) -> ModelSettings:
-        """The default settings with every model seeded by `seed`."""
+    def seeded(cls, seed: int, ranker_name: str = "lightgbm") -> ModelSettings:
+        """The default settings with every model seeded by `seed`, training `ranker_name`."""
         defaults = cls()
         return cls(
             cf=defaults.cf.model_copy(update={"seed": seed}),
             mapper=defaults.mapper.model_copy(update={"seed": seed}),
             ranker=defaults.ranker.model_copy(update={"seed": seed}),
+            deepfm=defaults.deepfm.model_copy(update={"seed": seed}),
+            ranker_name=ranker_name,
             seed=seed,
         )
 
     @classmethod
-    def capped(cls, seed: int, max_epochs: int) -> ModelSettings:
+    def capped(cls, seed: int, max_epochs: int, ranker_name: str = "lightgbm") -> ModelSettings:
         """The seeded defaults with BPR-MF's epochs capped (scheduled retrains on a budget)."""
-        seeded = cls.seeded(seed)
+        seeded = cls.seeded(seed, ranker_name)
         cf = seeded.cf.model_copy(update={"epochs": min(seeded.cf.epochs, max_epochs)})
         return replace(seeded, cf=cf)
+
+    def new_ranker(self) -> Ranker:
+        """An unfitted ranker of the chosen kind with its configuration."""
+        if self.ranker_name == "deepfm":
+            return DeepFMRanker(self.deepfm)
+        return LightGBMRanker(self.ranker)
+
+
+def load_ranker(ranker_name: str, directory: Path) -> Ranker:
+    """A saved model version of `ranker_name` (see ModelSettings.ranker_name)."""
+    if ranker_name not in RANKERS:
+        raise ConfigError(f"unknown ranker {ranker_name!r}; choose one of {', '.join(RANKERS)}.")
+    return DeepFMRanker.load(directory) if ranker_name == "deepfm" else LightGBMRanker.load(directory)
 
 
 def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:
@@ -249,7 +309,7 @@ def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude:
 class FittedRanker:
     """A ranker trained for a plan, with the inputs it serves from and what fitting it measured."""
 
-    ranker: LightGBMRanker
+    ranker: Ranker
     served: EncodedSplit
     report: dict[str, Any]
 
@@ -259,8 +319,20 @@ class FittedRanker:
         return evaluate(split, self.ranker.scorer(self.served.inputs, exclude=exclude), k=k)
 
 
+def train_ranker(plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings) -> Ranker:
+    """The chosen ranker fitted on inputs encoded from `plan.fit_history`: labels `plan.fit_labels` among the warm
+    items, early stopping on `plan.valid_labels` among `plan.valid_pool`."""
+    index = plan.split.index
+    warm_pool = np.flatnonzero(fitted.inputs.popularity > 0)
+    return settings.new_ranker().fit(
+        fitted.inputs,
+        _task(plan.fit_labels, index, warm_pool, None),
+        _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude),
+    )
+
+
 def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings) -> FittedRanker:
-    """Fit encoders and the LightGBM ranker as the plan says."""
+    """Fit encoders and the ranker `settings.ranker_name` names as the plan says."""
     started = time.perf_counter()
     split, index = plan.split, plan.split.index
     encode = functools.partial(
@@ -275,21 +347,20 @@ def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings
         seed=settings.seed,
     )
     fitted = encode(plan.fit_history)
-    warm_pool = np.flatnonzero(fitted.inputs.popularity > 0)
-    ranker = LightGBMRanker(settings.ranker).fit(
-        fitted.inputs,
-        _task(plan.fit_labels, index, warm_pool, None),
-        _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude),
-    )
+    ranker = train_ranker(plan, fitted, settings)
     # Serving sees the whole training history: refit the encoders on it when the ranker's labels came out of it,
     # for as many BPR epochs as early stopping chose (the labels are training pairs now, so no validation).
     served = fitted
-    if plan.refit_for_serving:
+    if plan.refit_for_serving and settings.ranker_name == "deepfm":
+        # DeepFM learned projections of these encoders' coordinates (a refitted BPR-MF would rotate them): it keeps
+        # them and serves from the whole history, its labels included (its ID embeddings trained on those).
+        served = with_history(fitted, interaction_matrix(split.train, index))
+    elif plan.refit_for_serving:
         epochs = max(int(fitted.report["bprmf"]["best_epoch"]), 1)
         served = encode(split.train, cf_config=settings.cf.model_copy(update={"epochs": epochs}), cf_validation=None)
     report = {
-        "ranker": "lightgbm",
-        "lightgbm": ranker.metadata,
+        "ranker": settings.ranker_name,
+        settings.ranker_name: ranker.metadata,
         "encoders": {"fit": fitted.report, "served": served.report},
         "mapper": settings.mapper.model_dump(),
         "bprmf": settings.cf.model_dump(),

@@ -127,6 +127,7 @@ def refresh(
     protocol = "cold-item" if dataset.splits else "temporal"
     gate_config = GateConfig(metrics=[GateMetric.parse(text) for text in gate_metrics], tolerance=gate_tolerance)
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
+    parameters["ranker"] = settings.ranker
     store.start_run(run_id, flow="refresh", dataset=dataset.name, parameters=parameters | {"protocol": protocol})
     timings: dict[str, float] = {}
     try:
@@ -144,7 +145,7 @@ def refresh(
             plan,
             run_id=run_id,
             workspace=space,
-            models=pipeline.ModelSettings.capped(seed, max_epochs),
+            models=pipeline.ModelSettings.capped(seed, max_epochs, settings.ranker),
             cache_dir=settings.cache_dir,
             k=k,
             protocol=protocol,

@@ -50,3 +50,6 @@ class WarmstartSettings(BaseSettings):
     dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster, e.g. tcp://host:8786.")
     dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster when no address is given.")
     encode_batch_size: int = Field(512, ge=1, description="Texts per encoding task.")
+    ranker: Literal["lightgbm", "deepfm"] = Field(
+        "lightgbm", description="Ranker that evaluate and retrain train unless --ranker says otherwise."
+    )

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 
-from catalog import Columns, Workspace, detect_segments
+from catalog import Columns, WarmstartError, Workspace, detect_segments
 from flows import steps
 from flows.settings import WarmstartSettings
 from monitor import COMPLETED, GateConfig, GateDecision, MetricsStore, RunRecord, decide
@@ -178,20 +178,27 @@ def gate(candidate: pl.DataFrame, incumbent: pl.DataFrame | None, config: GateCo
     return decision
 
 
-def _model_dir(workspace: Workspace, version: str) -> Path:
-    return workspace.root / "models" / "lightgbm" / version
+def model_dir(workspace: Workspace, ranker_name: str, version: str) -> Path:
+    return workspace.root / "models" / ranker_name / version
 
 
-def _incumbent_metrics(fitted: Any, version: str | None, workspace: Workspace, split: Any, k: int) -> Any:
-    """The current model's metrics on the candidate's held-out data: its ranker over the same features, which are
-    the same functions of the data for every version. None when there is no current model."""
-    if version is None or not (_model_dir(workspace, version) / "metadata.json").is_file():
-        return None
+def _incumbent_metrics(
+    fitted: Any, ranker_name: str, version: str | None, workspace: Workspace, split: Any, k: int
+) -> tuple[pl.DataFrame | None, str | None]:
+    """The current model's metrics on the candidate's held-out data: its ranker over this run's inputs (the
+    LightGBM features are the same functions of the data for every version). (None, why) when it cannot score."""
+    if version is None:
+        return None, None
+    directory = model_dir(workspace, ranker_name, version)
+    if not (directory / "metadata.json").is_file():
+        return None, f"current model {version} is not in {directory.parent}"
     from flows import pipeline
-    from ranker.lightgbm_ranker import LightGBMRanker
 
-    incumbent = pipeline.FittedRanker(LightGBMRanker.load(_model_dir(workspace, version)), fitted.served, {})
-    return incumbent.evaluate(split, k).metrics
+    try:
+        incumbent = pipeline.FittedRanker(pipeline.load_ranker(ranker_name, directory), fitted.served, {})
+        return incumbent.evaluate(split, k).metrics, None
+    except (WarmstartError, ValueError, IndexError, RuntimeError) as error:
+        return None, f"current model {version} cannot score this data ({type(error).__name__}: {error})"
 
 
 def retrain_and_gate(
@@ -214,10 +221,13 @@ def retrain_and_gate(
     timings = {"retrain": time.perf_counter() - clock}
     clock = time.perf_counter()
     metrics = evaluate(fitted, plan.split, k, protocol, title)
-    incumbent_metrics = _incumbent_metrics(fitted, incumbent, workspace, plan.split, k)
+    ranker_name = models.ranker_name
+    incumbent_metrics, unscored = _incumbent_metrics(fitted, ranker_name, incumbent, workspace, plan.split, k)
     timings["evaluate"] = time.perf_counter() - clock
     decision = gate(metrics, incumbent_metrics, gate_config)
-    fitted.ranker.save(_model_dir(workspace, run_id))
+    if unscored:
+        decision = decision.model_copy(update={"reason": f"{unscored}; promoted without comparison"})
+    fitted.ranker.save(model_dir(workspace, ranker_name, run_id))
     return RunRecord(
         status=COMPLETED,
         model_version=run_id,

@@ -57,6 +57,8 @@ class RankerInputs:
     popularity: np.ndarray
     title_words: np.ndarray
     tfidf: sp.csr_array | None = None
+    # Multi-hot (items x categories) of each item's categories (genres...); None when the data set has none.
+    categories: sp.csr_array | None = None
     # Derived: the normalised sum of each user's item vectors (zero for users without history).
     text_profiles: np.ndarray = field(init=False)
     tfidf_profiles: sp.csr_array | None = field(init=False)
@@ -75,6 +77,8 @@ class RankerInputs:
                 raise ValueError(f"RankerInputs.{name} has {rows} rows; history implies {expected}.")
         if self.tfidf is not None and self.tfidf.shape[0] != n_items:
             raise ValueError(f"RankerInputs.tfidf has {self.tfidf.shape[0]} rows; history implies {n_items}.")
+        if self.categories is not None and self.categories.shape[0] != n_items:
+            raise ValueError(f"RankerInputs.categories has {self.categories.shape[0]} rows; history implies {n_items}.")
         history = sp.csr_array((self.history > 0).astype(np.float32))
         object.__setattr__(self, "history", history)
         object.__setattr__(self, "text", _normalise_rows(np.asarray(self.text, dtype=np.float32)))
@@ -115,6 +119,16 @@ class RankerInputs:
         if not as_cold:
             scores["popularity"] = np.broadcast_to(np.log1p(self.popularity[pool]), (users.size, pool.size))
         return scores
+
+
+@dataclass(frozen=True, eq=False)
+class RankingTask:
+    """Users to rank `pool` items for; `positives` (users x items) labels them, `exclude` masks known pairs."""
+
+    users: np.ndarray
+    pool: np.ndarray
+    positives: sp.csr_array | None = None
+    exclude: sp.csr_array | None = None
 
 
 def _top_columns(scores: np.ndarray, n: int) -> np.ndarray:

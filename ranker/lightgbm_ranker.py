@@ -19,7 +19,14 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from catalog import NotFittedError, atomic_write_bytes
-from ranker.features import FEATURE_NAMES, USER_HISTORY_FEATURES, RankerInputs, generate_candidates, pair_features
+from ranker.features import (
+    FEATURE_NAMES,
+    USER_HISTORY_FEATURES,
+    RankerInputs,
+    RankingTask,
+    generate_candidates,
+    pair_features,
+)
 
 
 class LightGBMRankerConfig(BaseModel):
@@ -40,16 +47,6 @@ class LightGBMRankerConfig(BaseModel):
     eval_k: int = Field(20, ge=1, description="K of the validation NDCG used for early stopping.")
     seed: int = Field(0, description="Seed of sampling and of LightGBM.")
     num_threads: int = Field(2, ge=1, description="LightGBM threads.")
-
-
-@dataclass(frozen=True, eq=False)
-class RankingTask:
-    """Users to rank `pool` items for; `positives` (users x items) labels them, `exclude` masks known pairs."""
-
-    users: np.ndarray
-    pool: np.ndarray
-    positives: sp.csr_array | None = None
-    exclude: sp.csr_array | None = None
 
 
 @dataclass(frozen=True)

@@ -35,11 +35,22 @@ def split_files(ml100k: Dataset, tmp_path_factory: pytest.TempPathFactory) -> di
     return paths
 
 
-def test_evaluate_files_writes_the_report(split_files: dict[str, Path], tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("ranker", "option", "model_file"),
+    [
+        ("lightgbm", [], "model.txt"),
+        ("deepfm", ["--ranker", "deepfm"], "model.pt"),
+        ("deepfm", [], "model.pt"),  # chosen by WARMSTART_RANKER
+    ],
+)
+def test_evaluate_files_writes_the_report(
+    ranker: str, option: list[str], model_file: str, split_files: dict[str, Path], tmp_path: Path, cache_dir: Path
+) -> None:
     out = tmp_path / "report.json"
-    args = ["evaluate", "--protocol", "hybrid", "--k", "10", "--json", str(out), "-w", str(tmp_path / "ws")]
+    args = ["evaluate", "--protocol", "hybrid", "--k", "10", "--json", str(out), "-w", str(tmp_path / "ws"), *option]
     files = [f"--{name}={path}" for name, path in split_files.items()]
-    result = runner.invoke(app, [*args, *files], env={"WARMSTART_CACHE_DIR": str(cache_dir)})
+    env = {"WARMSTART_CACHE_DIR": str(cache_dir), "WARMSTART_RANKER": ranker}
+    result = runner.invoke(app, [*args, *files], env=env)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert set(report) >= {"protocol", "k", "metrics", "models", "seconds"}
@@ -50,9 +61,11 @@ def test_evaluate_files_writes_the_report(split_files: dict[str, Path], tmp_path
         assert 0 <= rows[(segment, "recall")] <= 1
     assert rows[("overall", "recall")] > 0  # it finds some of the held-out movies
     assert {"coverage", "gini", "aplt", "arp", "novelty"} <= {metric for _, metric in rows}
-    assert report["models"]["ranker"] == "lightgbm"
+    assert report["models"]["ranker"] == ranker
+    assert report["models"][ranker]["config"]["seed"] == 0
     saved = Path(report["models"]["saved_to"])
-    assert (saved / "model.txt").is_file() and (saved / "metadata.json").is_file()
+    assert saved.parent.name == ranker
+    assert (saved / model_file).is_file() and (saved / "metadata.json").is_file()
 
 
 def test_evaluate_rejects_unknown_items(split_files: dict[str, Path], tmp_path: Path) -> None:
@@ -79,7 +92,7 @@ def test_evaluate_rejects_unknown_items(split_files: dict[str, Path], tmp_path: 
     ("arguments", "message"),
     [
         (["--dataset", "ml-100k", "--protocol", "warm"], "use --protocol temporal"),
-        (["--ranker", "deepfm", "--dataset", "ml-100k"], "not available yet"),
+        (["--ranker", "deepfm", "--dataset", "ml-100k", "--protocol", "hybrid"], "use --protocol temporal"),
         (["--train", "x.csv"], "--train needs --test FILE and --items FILE"),
         ([], "give either --dataset NAME or --train FILE"),
     ],
@@ -88,3 +101,10 @@ def test_evaluate_option_errors(arguments: list[str], message: str, ml100k_dir: 
     result = runner.invoke(app, ["evaluate", *arguments], env={"WARMSTART_CACHE_DIR": str(cache_dir)})
     assert result.exit_code == 1, result.output
     assert message in result.output
+
+
+def test_evaluate_rejects_an_unknown_ranker_setting(cache_dir: Path) -> None:
+    env = {"WARMSTART_CACHE_DIR": str(cache_dir), "WARMSTART_RANKER": "xgboost"}
+    result = runner.invoke(app, ["evaluate", "--dataset", "ml-100k", "--protocol", "temporal"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "invalid WARMSTART_* environment setting" in result.output and "deepfm" in result.output

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import numpy as np
 import polars as pl
+import pytest
+import scipy.sparse as sp
 
-from catalog import Columns
-from flows.pipeline import ModelSettings, holdout_plan
+from catalog import Columns, ConfigError
+from flows.pipeline import EncodedSplit, ModelSettings, category_matrix, holdout_plan, load_ranker, with_history
+from ranker.deepfm import DeepFMRanker
 from ranker.evaluate import frames_split
+from ranker.features import RankerInputs
+from ranker.lightgbm_ranker import LightGBMRanker
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -18,6 +25,51 @@ def test_seeded_settings_keep_the_defaults_and_seed_every_model() -> None:
     assert (seeded.cf.seed, seeded.mapper.seed, seeded.ranker.seed, seeded.seed) == (7, 7, 7, 7)
     assert seeded.cf.model_copy(update={"seed": 0}) == defaults.cf
     assert seeded.ranker.model_copy(update={"seed": 0}) == defaults.ranker
+    assert seeded.deepfm.seed == 7 and seeded.deepfm.model_copy(update={"seed": 0}) == defaults.deepfm
+
+
+def test_settings_choose_the_ranker() -> None:
+    assert ModelSettings().ranker_name == "lightgbm"
+    assert isinstance(ModelSettings().new_ranker(), LightGBMRanker)
+    deepfm = ModelSettings.seeded(3, "deepfm").new_ranker()
+    assert isinstance(deepfm, DeepFMRanker) and deepfm.config.seed == 3
+    with pytest.raises(ConfigError, match="unknown ranker 'xgboost'; choose one of lightgbm, deepfm"):
+        ModelSettings(ranker_name="xgboost")
+    with pytest.raises(ConfigError, match="unknown ranker"):
+        load_ranker("xgboost", Path("nowhere"))
+
+
+def test_category_matrix_is_multi_hot_in_item_order() -> None:
+    items = pl.DataFrame(
+        {Columns.item: ["a", "b", "c"], Columns.categories: [["Drama", "Comedy"], [], ["Drama"]]},
+        schema={Columns.item: pl.String, Columns.categories: pl.List(pl.String)},
+    )
+    matrix = category_matrix(items)
+    assert matrix is not None
+    assert matrix.toarray().tolist() == [[1, 1], [0, 0], [0, 1]]  # columns: Comedy, Drama
+    assert category_matrix(items.with_columns(pl.lit([], pl.List(pl.String)).alias(Columns.categories))) is None
+    assert category_matrix(items.drop(Columns.categories)) is None
+
+
+def test_with_history_keeps_the_encoders_and_follows_the_new_history() -> None:
+    rng = np.random.default_rng(0)
+    old = sp.csr_array(np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32))
+    new = sp.csr_array(np.array([[1, 0, 1], [0, 1, 1]], dtype=np.float32))
+    inputs = RankerInputs(
+        history=old,
+        text=rng.random((3, 4)),
+        user_cf=rng.random((2, 5)),
+        item_cf=rng.random((3, 5)),
+        item_standin=rng.random((3, 5)),
+        popularity=np.array([1, 1, 0]),
+        title_words=np.ones(3),
+    )
+    served = with_history(EncodedSplit(inputs, {"bprmf": {}}), new).inputs
+    assert served.popularity.tolist() == [1, 1, 2]
+    assert not served.is_cold.any()
+    np.testing.assert_array_equal(served.item_standin, inputs.item_standin)
+    np.testing.assert_array_equal(served.user_cf, inputs.user_cf)
+    assert (served.history != new).nnz == 0
 
 
 def test_holdout_plan_holds_out_each_users_latest_interactions() -> None:

@@ -77,3 +77,24 @@ def test_retrain_without_data_says_what_to_run(tmp_path: Path) -> None:
     result = runner.invoke(app, ["retrain", "-w", str(tmp_path)])
     assert result.exit_code == 1
     assert "warmstart ingest" in result.output
+
+
+def test_retrain_deepfm_versions_apart_from_lightgbm(workspace: Path, cache_dir: Path) -> None:
+    env = {"WARMSTART_CACHE_DIR": str(cache_dir)}
+    args = ["retrain", "--k", "10", "-w", str(workspace)]
+    runs = [
+        runner.invoke(app, [*args, "--ranker", "deepfm"], env=env),
+        runner.invoke(app, args, env=env | {"WARMSTART_RANKER": "deepfm"}),
+    ]
+    for run in runs:
+        assert run.exit_code == 0, run.output
+    versions = sorted((workspace / "models" / "deepfm").iterdir())
+    assert len(versions) == 2
+    older, newer = (json.loads((v / "report.json").read_text()) for v in versions)
+    assert older["models"]["ranker"] == "deepfm" and (versions[0] / "model.pt").is_file()
+    # The parent is the previous DeepFM version, whatever LightGBM versions exist beside it.
+    assert newer["parent"] == versions[0].name
+    recall = {m["segment"]: m["value"] for m in newer["metrics"] if m["metric"] == "recall"}
+    assert recall["overall"] > 0
+    # Seeded torch on one machine: the second version reproduces the first one's figures.
+    assert [m["value"] for m in newer["metrics"]] == pytest.approx([m["value"] for m in older["metrics"]], rel=1e-9)

@@ -1,0 +1,584 @@
+"""DeepFM (Guo et al., 2017) over user and item fields, where a cold or sparse id is served by its stand-in.
+
+Fields, each an embedding of width `embedding_dim`:
+
+- user side: ``user_id`` (a learned ID embedding; for a sparse or cold user, a learned projection of the
+  encoders' collaborative user vector instead), ``user_text`` (the projected, normalised sum of the titles the
+  user interacted with), ``user_segment`` (warm / sparse / cold);
+- item side: ``item_id`` (a learned ID embedding; for a cold or sparse item, a learned projection of the item's
+  content-to-ID *stand-in* instead, so one network serves warm and cold items), ``item_text`` (the projected
+  text embedding; the same projection as ``user_text``), ``item_categories`` (mean of category embeddings),
+  ``item_segment`` (head / tail / served by stand-in).
+
+The score of a pair is DeepFM's: a first-order term, the FM's pairwise inner products of all field
+embeddings, and an MLP over their concatenation. Both terms split into a user part, an item part and a
+cross part, so scoring a user against a whole pool computes each side once.
+
+Training samples each known positive (training history and the task's labels) against `negatives` items drawn
+uniformly from the task's pool, with a softmax over the group. DropoutNet's idea makes the stand-in path learn:
+each training item is shown through its stand-in with probability `item_dropout`, each user through theirs with
+`user_dropout` (and as a user without history with `cold_user_share`). The user's text profile leaves out the
+positive it is trained on (else the network would learn that an item is always similar to a profile that
+contains it). Early stopping keeps the epoch with the best NDCG@k on the validation task.
+
+Saved layout: ``model.pt`` (a state dict, read back with ``torch.load(weights_only=True)``) and ``metadata.json``
+(config, shapes, training history and the SHA-256 of model.pt).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import Progress
+from torch import nn
+
+from catalog import DataError, NotFittedError, atomic_write_bytes
+from ranker.evaluate import Scorer
+from ranker.features import RankerInputs, RankingTask
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+USER_FIELDS = ("user_id", "user_text", "user_segment")
+ITEM_FIELDS = ("item_id", "item_text", "item_categories", "item_segment")
+# Segment rows of the segment embeddings.
+USER_WARM, USER_SPARSE, USER_COLD = 0, 1, 2
+ITEM_HEAD, ITEM_TAIL, ITEM_STANDIN = 0, 1, 2
+_SCORE_ELEMENTS = 1 << 24  # floats of the (users x items x hidden) block scored at once: 64 MB
+_NEGATIVE_RESAMPLE_ROUNDS = 10
+
+
+class DeepFMConfig(BaseModel):
+    """Hyperparameters of the DeepFM ranker (chosen on validation splits only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embedding_dim: int = Field(64, ge=2, description="Width of every field embedding.")
+    hidden: tuple[int, ...] = Field((128, 64), min_length=1, description="Widths of the DNN's hidden layers.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout after each hidden layer while training.")
+    use_standins: bool = Field(
+        True,
+        description="Serve cold and sparse items through their stand-ins; False: through one learned "
+        "'unknown item' vector (the ablation without stand-ins).",
+    )
+    sparse_max: int = Field(
+        0, ge=0, description="Ids with at most this many training positives are served through the stand-in path."
+    )
+    item_dropout: float = Field(0.5, ge=0, le=1, description="Share of training items shown through the stand-in.")
+    user_dropout: float = Field(0.1, ge=0, le=1, description="Share of training users shown through the stand-in.")
+    cold_user_share: float = Field(
+        0.0, ge=0, le=1, description="Share of training users shown as users without history."
+    )
+    head_share: float = Field(0.8, gt=0, le=1, description="Share of interactions the head items hold.")
+    negatives: int = Field(8, ge=1, description="Items sampled from the pool against each positive.")
+    epochs: int = Field(8, ge=1, description="Most passes over the training positives.")
+    patience: int = Field(2, ge=1, description="Epochs without a better validation NDCG before stopping.")
+    batch_size: int = Field(4096, ge=1, description="Positives per optimiser step.")
+    lr: float = Field(5e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
+    eval_k: int = Field(20, ge=1, description="K of the validation NDCG used for early stopping.")
+    valid_users: int = Field(2000, ge=1, description="Most validation users scored per epoch (a seeded sample).")
+    seed: int = Field(0, description="Seed of initialisation, sampling and dropout.")
+    threads: int = Field(2, ge=1, description="torch threads while fitting and scoring.")
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One side's (user's or item's) share of DeepFM: field sum, FM self-interactions, first order, first layer."""
+
+    total: torch.Tensor
+    fm: torch.Tensor
+    linear: torch.Tensor
+    deep: torch.Tensor
+
+
+class _DeepFMNet(nn.Module):
+    def __init__(
+        self, shapes: dict[str, int], config: DeepFMConfig, *, trained_users: torch.Tensor, trained_items: torch.Tensor
+    ) -> None:
+        super().__init__()
+        k = config.embedding_dim
+        self.user_id = nn.Embedding(shapes["n_users"], k)
+        self.item_id = nn.Embedding(shapes["n_items"], k)
+        self.user_standin = nn.Linear(shapes["cf_dim"], k)
+        self.item_standin = nn.Linear(shapes["cf_dim"], k)
+        self.unknown_item = nn.Parameter(torch.zeros(k))
+        self.text = nn.Linear(shapes["text_dim"], k, bias=False)
+        self.categories = nn.Parameter(torch.randn(shapes["n_categories"] + 1, k) * 0.01)  # row 0: no category
+        self.user_segment = nn.Embedding(3, k)
+        self.item_segment = nn.Embedding(3, k)
+        # Small starting embeddings: N(0, 1) rows would make the FM's products start in the hundreds.
+        for table in (self.user_id, self.item_id, self.user_segment, self.item_segment):
+            nn.init.normal_(table.weight, std=0.01)
+        self.user_linear = nn.Linear(len(USER_FIELDS) * k, 1)
+        self.item_linear = nn.Linear(len(ITEM_FIELDS) * k, 1, bias=False)
+        self.user_deep = nn.Linear(len(USER_FIELDS) * k, config.hidden[0])
+        self.item_deep = nn.Linear(len(ITEM_FIELDS) * k, config.hidden[0], bias=False)
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(config.hidden, (*config.hidden[1:], 1), strict=True):
+            layers += [nn.ReLU(), nn.Dropout(config.dropout), nn.Linear(width_in, width_out)]
+        self.deep = nn.Sequential(*layers)
+        # Which ids have a trained ID embedding (more than sparse_max training positives); part of the state.
+        self.register_buffer("trained_users", trained_users)
+        self.register_buffer("trained_items", trained_items)
+
+    def side(self, fields: torch.Tensor, user: bool) -> _Side:
+        """`fields` (..., n_fields, k) of one side."""
+        total = fields.sum(dim=-2)
+        fm = 0.5 * (total.square() - fields.square().sum(dim=-2)).sum(dim=-1)
+        flat = fields.flatten(-2)
+        linear, deep = (self.user_linear, self.user_deep) if user else (self.item_linear, self.item_deep)
+        return _Side(total, fm, linear(flat).squeeze(-1), deep(flat))
+
+    def combine(self, users: _Side, items: _Side) -> torch.Tensor:
+        """Scores of every user row against its item rows; shapes broadcast as (B, 1, ...) with (B or 1, M, ...)."""
+        cross = (users.total * items.total).sum(dim=-1)
+        deep = self.deep(users.deep + items.deep).squeeze(-1)
+        return users.linear + items.linear + users.fm + items.fm + cross + deep
+
+
+@dataclass(frozen=True)
+class _Data:
+    """RankerInputs as tensors, in the form the network reads them."""
+
+    text: torch.Tensor
+    profile_sums: torch.Tensor
+    user_cf: torch.Tensor
+    item_standin: torch.Tensor
+    categories: torch.Tensor
+    head: torch.Tensor
+    user_has_history: torch.Tensor
+
+    @classmethod
+    def of(cls, inputs: RankerInputs, head_share: float) -> _Data:
+        text = np.asarray(inputs.text, dtype=np.float32)
+        n_categories = inputs.categories.shape[1] if inputs.categories is not None else 0
+        categories = np.zeros((inputs.n_items, n_categories + 1), dtype=np.float32)
+        if inputs.categories is not None:
+            categories[:, 1:] = (sp.csr_array(inputs.categories) > 0).toarray()
+        categories[categories.sum(axis=1) == 0, 0] = 1.0
+        categories /= categories.sum(axis=1, keepdims=True)
+        return cls(
+            text=torch.from_numpy(text),
+            profile_sums=torch.from_numpy(np.asarray(inputs.history @ text, dtype=np.float32)),
+            user_cf=torch.from_numpy(np.asarray(inputs.user_cf, dtype=np.float32)),
+            item_standin=torch.from_numpy(np.asarray(inputs.item_standin, dtype=np.float32)),
+            categories=torch.from_numpy(categories),
+            head=torch.from_numpy(head_items(inputs.popularity, head_share)),
+            user_has_history=torch.from_numpy(np.diff(inputs.history.indptr) > 0),
+        )
+
+
+def head_items(popularity: np.ndarray, head_share: float) -> np.ndarray:
+    """Mask of the most popular items that together hold `head_share` of the interactions (the head)."""
+    popularity = np.asarray(popularity, dtype=np.float64)
+    head = np.zeros(popularity.size, dtype=bool)
+    total = popularity.sum()
+    if total <= 0:
+        return head
+    order = np.argsort(-popularity, kind="stable")
+    before = np.cumsum(popularity[order]) - popularity[order]  # interactions held by more popular items
+    head[order[(before < head_share * total) & (popularity[order] > 0)]] = True
+    return head
+
+
+def _normalised(rows: torch.Tensor) -> torch.Tensor:
+    return rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _shapes(inputs: RankerInputs) -> dict[str, int]:
+    return {
+        "n_users": inputs.n_users,
+        "n_items": inputs.n_items,
+        "cf_dim": int(inputs.user_cf.shape[1]),
+        "text_dim": int(inputs.text.shape[1]),
+        "n_categories": int(inputs.categories.shape[1]) if inputs.categories is not None else 0,
+    }
+
+
+def _sample_negatives(
+    rng: np.random.Generator, users: np.ndarray, pool: np.ndarray, known_keys: np.ndarray, n_items: int, count: int
+) -> np.ndarray:
+    """`count` uniform pool items per positive row, resampled where they hit a known positive of the user."""
+    negatives = pool[rng.integers(pool.size, size=(users.size, count))]
+    for _ in range(_NEGATIVE_RESAMPLE_ROUNDS):
+        keys = users[:, None] * n_items + negatives
+        slot = np.searchsorted(known_keys, keys).clip(max=known_keys.size - 1)
+        clash = known_keys[slot] == keys
+        if not clash.any():
+            break
+        negatives[clash] = pool[rng.integers(pool.size, size=int(clash.sum()))]
+    return negatives
+
+
+def ndcg_at_k(scores: np.ndarray, positives: sp.csr_array, k: int) -> np.ndarray:
+    """Binary NDCG@k of each row of `scores` against the same rows of `positives` (docs/metrics.md)."""
+    k = min(k, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"), 1)
+    hits = np.take_along_axis(positives.toarray() > 0, top, axis=1)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    n_positive = np.minimum(np.asarray(positives.sum(axis=1)).ravel().astype(int), k)
+    ideal = np.r_[0.0, np.cumsum(discounts)][n_positive]
+    return (hits @ discounts) / np.maximum(ideal, 1e-12)
+
+
+class DeepFMRanker:
+    """DeepFM over user and item fields with stand-ins for cold ids; `fit`, `score`/`scorer`/`recommend`,
+    `save`/`load` with metadata."""
+
+    def __init__(self, config: DeepFMConfig | None = None) -> None:
+        self.config = config or DeepFMConfig()
+        self._network: _DeepFMNet | None = None
+        self._shapes: dict[str, int] = {}
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._network is not None
+
+    @property
+    def network(self) -> _DeepFMNet:
+        if self._network is None:
+            raise NotFittedError("DeepFMRanker is not fitted; call fit() or DeepFMRanker.load() first.")
+        return self._network
+
+    # ------------------------------------------------------------------------------------------------ fields
+
+    def _user_fields(
+        self, data: _Data, users: torch.Tensor, standin: torch.Tensor, profiles: torch.Tensor, cold: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, user fields, k). `standin`: serve through the stand-in path; `cold`: a user without history."""
+        net = self.network
+        standin = standin | cold | ~net.trained_users[users]
+        collaborative = data.user_cf[users] * (~cold)[:, None]
+        identity = torch.where(standin[:, None], net.user_standin(collaborative), net.user_id(users))
+        segment = torch.where(cold, USER_COLD, torch.where(standin, USER_SPARSE, USER_WARM))
+        return torch.stack([identity, net.text(profiles), net.user_segment(segment)], dim=-2)
+
+    def _item_fields(self, data: _Data, items: torch.Tensor, standin: torch.Tensor) -> torch.Tensor:
+        """(..., item fields, k) of `items` (any shape); `standin`: serve through the stand-in path."""
+        net = self.network
+        standin = standin | ~net.trained_items[items]
+        # Project each distinct item once (a training batch repeats many), then spread to the rows.
+        distinct, rows = torch.unique(items, return_inverse=True)
+        if self.config.use_standins:
+            replacement = net.item_standin(data.item_standin[distinct])[rows]
+        else:
+            replacement = net.unknown_item.expand(*items.shape, -1)
+        identity = torch.where(standin[..., None], replacement, net.item_id(items))
+        segment = torch.where(standin, ITEM_STANDIN, torch.where(data.head[items], ITEM_HEAD, ITEM_TAIL))
+        categories = (data.categories[distinct] @ net.categories)[rows]
+        text = net.text(data.text[distinct])[rows]
+        return torch.stack([identity, text, categories, net.item_segment(segment)], dim=-2)
+
+    # --------------------------------------------------------------------------------------------------- fit
+
+    def _check_inputs(self, inputs: RankerInputs) -> None:
+        shapes = _shapes(inputs)
+        if self._shapes and shapes != self._shapes:
+            changed = {n: (self._shapes[n], shapes[n]) for n in shapes if shapes[n] != self._shapes[n]}
+            raise DataError(
+                f"these RankerInputs do not match the ones DeepFM was fitted on (fitted, given): {changed}. "
+                "Score with inputs over the same index and encoders, or fit again."
+            )
+
+    @staticmethod
+    def _check_task(task: RankingTask, inputs: RankerInputs, name: str) -> None:
+        for what, values, bound in (
+            ("users (user indices)", task.users, inputs.n_users),
+            ("pool (item indices)", task.pool, inputs.n_items),
+        ):
+            values = np.asarray(values)
+            if values.size == 0:
+                raise DataError(f"the {name} task has no {what}.")
+            if not np.issubdtype(values.dtype, np.integer) or values.min() < 0 or values.max() >= bound:
+                raise DataError(f"the {name} task's {what} must be integers in [0, {bound}); got {values[:5]}.")
+        for what, matrix in (("positives", task.positives), ("exclude", task.exclude)):
+            if matrix is not None and matrix.shape != (inputs.n_users, inputs.n_items):
+                raise DataError(
+                    f"the {name} task's {what} has shape {matrix.shape}; the inputs have "
+                    f"{(inputs.n_users, inputs.n_items)} (users x items)."
+                )
+
+    def fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
+        """Learn from the training history and `train`'s positives against negatives from `train.pool`; keep
+        the epoch with the best NDCG@k on `valid` (its users ranked against `valid.pool`)."""
+        if train.positives is None or valid.positives is None:
+            raise DataError("DeepFMRanker.fit needs positives for both the training and the validation task.")
+        self._check_task(train, inputs, "training")
+        self._check_task(valid, inputs, "validation")
+        with _torch_threads(self.config.threads):
+            return self._fit(inputs, train, valid)
+
+    def _fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
+        config = self.config
+        assert train.positives is not None
+        rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        history = sp.csr_array(inputs.history > 0, dtype=np.float32)
+        # Every known positive trains: the history (whose own pair leaves the text profile) and the labels.
+        known = sp.csr_array((history + sp.csr_array(train.positives > 0, dtype=np.float32)) > 0, dtype=np.float32)
+        known = known.tocoo()
+        pair_users, pair_items = known.row.astype(np.int64), known.col.astype(np.int64)
+        in_history = np.asarray(history[pair_users, pair_items]).ravel() > 0
+        known_keys = np.sort(pair_users * inputs.n_items + pair_items)
+        if pair_users.size == 0:
+            raise DataError("DeepFMRanker.fit got no positives: the history and the training task are empty.")
+
+        user_counts = np.bincount(pair_users, minlength=inputs.n_users)
+        item_counts = np.bincount(pair_items, minlength=inputs.n_items)
+        self._shapes = _shapes(inputs)
+        self._network = _DeepFMNet(
+            self._shapes,
+            config,
+            trained_users=torch.from_numpy(user_counts > config.sparse_max),
+            trained_items=torch.from_numpy(item_counts > config.sparse_max),
+        )
+        net = self.network
+        data = _Data.of(inputs, config.head_share)
+        # fused: one kernel for the whole update, much faster steps on CPU (as in encoders' BPR-MF).
+        optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+        valid_users = np.asarray(valid.users)
+        if valid_users.size > config.valid_users:
+            valid_users = np.sort(rng.choice(valid_users, config.valid_users, replace=False))
+        pool = np.asarray(train.pool, dtype=np.int64)
+
+        epochs: list[dict[str, float]] = []
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        with Progress(transient=True) as progress:
+            bar = progress.add_task("DeepFM epochs", total=config.epochs)
+            for epoch in range(1, config.epochs + 1):
+                started = time.perf_counter()
+                loss = self._epoch(data, pair_users, pair_items, in_history, pool, known_keys, optimizer, rng)
+                train_seconds = time.perf_counter() - started
+                ndcg = self._validation_ndcg(inputs, data, valid, valid_users)
+                epochs.append(
+                    {
+                        "epoch": epoch,
+                        "loss": round(loss, 5),
+                        f"valid_ndcg@{config.eval_k}": round(ndcg, 5),
+                        "train_seconds": round(train_seconds, 2),
+                        "valid_seconds": round(time.perf_counter() - started - train_seconds, 2),
+                    }
+                )
+                log.info("deepfm epoch %d loss %.4f valid ndcg %.4f (%.1f s)", epoch, loss, ndcg, train_seconds)
+                progress.update(bar, advance=1, description=f"DeepFM epoch {epoch} valid NDCG {ndcg:.4f}")
+                if best is None or ndcg > best[0]:
+                    best = (ndcg, epoch, copy.deepcopy(net.state_dict()))
+                elif epoch - best[1] >= config.patience:
+                    break
+        assert best is not None
+        net.load_state_dict(best[2])
+        net.eval()
+        self.metadata = {
+            "config": config.model_dump(),
+            "fields": {"user": list(USER_FIELDS), "item": list(ITEM_FIELDS)},
+            "shapes": self._shapes,
+            "best_epoch": best[1],
+            f"valid_ndcg@{config.eval_k}": best[0],
+            "valid_users": int(valid_users.size),
+            "train_pairs": int(pair_users.size),
+            "trained_users": int(net.trained_users.sum()),
+            "trained_items": int(net.trained_items.sum()),
+            "seconds_per_epoch": round(float(np.mean([e["train_seconds"] for e in epochs])), 2),
+            "epochs": epochs,
+        }
+        return self
+
+    def _epoch(
+        self,
+        data: _Data,
+        pair_users: np.ndarray,
+        pair_items: np.ndarray,
+        in_history: np.ndarray,
+        pool: np.ndarray,
+        known_keys: np.ndarray,
+        optimizer: torch.optim.Optimizer,
+        rng: np.random.Generator,
+    ) -> float:
+        config, net = self.config, self.network
+        net.train()
+        n_items = int(data.text.shape[0])
+        order = rng.permutation(pair_users.size)
+        negatives = _sample_negatives(rng, pair_users, pool, known_keys, n_items, config.negatives)
+        total = 0.0
+        for start in range(0, order.size, config.batch_size):
+            batch = order[start : start + config.batch_size]
+            users = torch.from_numpy(pair_users[batch])
+            items = torch.from_numpy(np.c_[pair_items[batch], negatives[batch]])
+            cold = torch.from_numpy(rng.random(batch.size) < config.cold_user_share)
+            user_standin = torch.from_numpy(rng.random(batch.size) < config.user_dropout)
+            item_standin = torch.from_numpy(rng.random(items.shape) < config.item_dropout)
+            # The user's profile as if the positive were held out (it is part of the history sum when known).
+            leave_out = torch.from_numpy(in_history[batch].astype(np.float32))[:, None] * data.text[items[:, 0]]
+            profiles = _normalised(data.profile_sums[users] - leave_out) * (~cold)[:, None]
+            user_side = net.side(self._user_fields(data, users, user_standin, profiles, cold)[:, None], user=True)
+            item_side = net.side(self._item_fields(data, items, item_standin), user=False)
+            logits = net.combine(user_side, item_side)
+            loss = nn.functional.cross_entropy(logits, torch.zeros(batch.size, dtype=torch.long))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * batch.size
+        return total / order.size
+
+    def _validation_ndcg(self, inputs: RankerInputs, data: _Data, valid: RankingTask, users: np.ndarray) -> float:
+        assert valid.positives is not None
+        pool = np.asarray(valid.pool)
+        scores = self._masked_scores(inputs, data, users, pool, valid.exclude)
+        positives = sp.csr_array(valid.positives[users][:, pool])
+        has_positive = np.asarray(positives.sum(axis=1)).ravel() > 0
+        if not has_positive.any():
+            raise DataError("the validation task has no positive among its users and pool; early stopping needs some.")
+        return float(ndcg_at_k(scores[has_positive], positives[has_positive], self.config.eval_k).mean())
+
+    # ------------------------------------------------------------------------------------------------- score
+
+    def _masked_scores(
+        self,
+        inputs: RankerInputs,
+        data: _Data,
+        users: np.ndarray,
+        items: np.ndarray,
+        exclude: sp.csr_array | None,
+    ) -> np.ndarray:
+        """(users x items) float32 scores; training interactions and `exclude` pairs -inf."""
+        net = self.network
+        net.eval()
+        scores = np.empty((users.size, items.size), dtype=np.float32)
+        block = max(1, _SCORE_ELEMENTS // max(items.size * self.config.hidden[0], 1))
+        with torch.no_grad():
+            items_t = torch.from_numpy(np.asarray(items, dtype=np.int64))
+            fields = self._item_fields(data, items_t, torch.zeros(items.size, dtype=torch.bool))
+            item_side = net.side(fields[None], user=False)  # one row of items, broadcast against every user
+            for start in range(0, users.size, block):
+                chunk = torch.from_numpy(np.asarray(users[start : start + block], dtype=np.int64))
+                no = torch.zeros(chunk.numel(), dtype=torch.bool)
+                cold = ~data.user_has_history[chunk]
+                fields = self._user_fields(data, chunk, no, _normalised(data.profile_sums[chunk]), cold)
+                user_side = net.side(fields[:, None], user=True)
+                scores[start : start + chunk.numel()] = net.combine(user_side, item_side).numpy()
+        known = inputs.history[users][:, items]
+        if exclude is not None:
+            known = known + exclude[users][:, items]
+        rows, cols = known.nonzero()
+        scores[rows, cols] = -np.inf
+        return scores
+
+    def score(
+        self, inputs: RankerInputs, users: np.ndarray, items: np.ndarray, exclude: sp.csr_array | None = None
+    ) -> np.ndarray:
+        """(len(users) x len(items)) scores, float32; training interactions and `exclude` pairs are -inf."""
+        self.network  # noqa: B018 (raises NotFittedError first)
+        self._check_inputs(inputs)
+        self._check_task(RankingTask(np.asarray(users), np.asarray(items), exclude=exclude), inputs, "scoring")
+        with _torch_threads(self.config.threads):
+            data = _Data.of(inputs, self.config.head_share)
+            return self._masked_scores(inputs, data, np.asarray(users), np.asarray(items), exclude)
+
+    def scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None = None) -> Scorer:
+        """A Scorer for `ranker.evaluate` over `inputs` (tensors prepared once for every batch)."""
+        self.network  # noqa: B018
+        self._check_inputs(inputs)
+        data = _Data.of(inputs, self.config.head_share)
+
+        def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+            with _torch_threads(self.config.threads):
+                return self._masked_scores(inputs, data, np.asarray(users), np.asarray(items), exclude)
+
+        return score
+
+    def recommend(
+        self,
+        inputs: RankerInputs,
+        users: np.ndarray,
+        k: int,
+        pool: np.ndarray | None = None,
+        exclude: sp.csr_array | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top-k (user, item, rank) for `users` among `pool` (default all items); training items and `exclude`
+        pairs are never recommended; equal scores go to the lower item index."""
+        users = np.asarray(users)
+        pool = np.arange(inputs.n_items) if pool is None else np.asarray(pool)
+        scores = self.score(inputs, users, pool, exclude)
+        order = np.lexsort((np.broadcast_to(pool, scores.shape), -scores), axis=1)[:, :k]
+        finite = np.isfinite(np.take_along_axis(scores, order, axis=1))
+        rows, ranks = np.nonzero(finite)
+        return users[rows], pool[order[rows, ranks]], ranks + 1
+
+    # ----------------------------------------------------------------------------------------------- persist
+
+    def save(self, directory: Path) -> Path:
+        """Write model.pt (the state dict) then metadata.json (with model.pt's SHA-256), atomically each."""
+        buffer = io.BytesIO()
+        torch.save(self.network.state_dict(), buffer)
+        payload = buffer.getvalue()
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(directory / "model.pt", payload)
+        metadata = self.metadata | {
+            "kind": "deepfm",
+            "format_version": FORMAT_VERSION,
+            "config": self.config.model_dump(),
+            "shapes": self._shapes,
+            "model_sha256": hashlib.sha256(payload).hexdigest(),
+            "versions": {"torch": torch.__version__, "numpy": np.__version__},
+        }
+        atomic_write_bytes(directory / "metadata.json", json.dumps(metadata, indent=2).encode("utf-8"))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> DeepFMRanker:
+        """A fitted DeepFMRanker from what `save` wrote (weights only: no pickled code is run)."""
+        meta_path, model_path = directory / "metadata.json", directory / "model.pt"
+        if not meta_path.is_file() or not model_path.is_file():
+            raise DataError(f"{directory}: no saved DeepFM (metadata.json and model.pt expected); fit and save one.")
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        if metadata.get("kind") != "deepfm" or metadata.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"{meta_path}: holds {metadata.get('kind')!r} format {metadata.get('format_version')}, not DeepFM "
+                f"format {FORMAT_VERSION}; fit and save the model again."
+            )
+        payload = model_path.read_bytes()
+        if hashlib.sha256(payload).hexdigest() != metadata.get("model_sha256"):
+            raise DataError(
+                f"{model_path}: does not match the digest in metadata.json (a save was interrupted or the files "
+                "were mixed); save the model again."
+            )
+        state = torch.load(io.BytesIO(payload), weights_only=True)
+        ranker = cls(DeepFMConfig(**metadata["config"]))
+        ranker._shapes = {name: int(value) for name, value in metadata["shapes"].items()}
+        ranker._network = _DeepFMNet(
+            ranker._shapes,
+            ranker.config,
+            trained_users=state["trained_users"],
+            trained_items=state["trained_items"],
+        )
+        ranker._network.load_state_dict(state)
+        ranker._network.eval()
+        ranker.metadata = metadata
+        return ranker
