@@ -365,7 +365,7 @@ def dashboard(
     Shows per-segment accuracy and beyond-accuracy metrics over time, segment sizes and cold-to-warm
     transitions, augmentation volume, and runs with the gate's decisions. Stop with Ctrl-C.
     """
-    import subprocess
+    import os
     import sys
 
     from monitor import dashboard_script
@@ -377,7 +377,10 @@ def dashboard(
     command += ["--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     command += ["--", "--store", store.url]
     console.print(f"dashboard on http://{host}:{port} (store {store.engine.url.render_as_string(hide_password=True)})")
-    raise typer.Exit(subprocess.call(command))
+    store.close()
+    sys.stdout.flush()
+    # Become the Streamlit server: a signal to this process (Ctrl-C, a supervisor's TERM) reaches the server itself.
+    os.execv(sys.executable, command)
 
 
 class Protocol(StrEnum):

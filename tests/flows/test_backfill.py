@@ -12,6 +12,7 @@ from pathlib import Path
 import polars as pl
 from typer.testing import CliRunner
 
+from catalog import Workspace
 from flows.cli import app
 from monitor import COMPLETED, FAILED, MetricsStore
 
@@ -87,14 +88,23 @@ def test_backfill_killed_midway_resumes_without_duplicates(
 
 def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml100k_dir: Path, tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
-    result = CliRunner().invoke(
-        app, ["demo", "--data", str(ml100k_dir), "--every", "90d", "--max-epochs", "5", "--workspace", str(workspace)]
-    )
+    arguments = ["demo", "--data", str(ml100k_dir), "--every", "90d", "--max-epochs", "5", "--augment-limit", "1"]
+    result = CliRunner().invoke(app, [*arguments, "--workspace", str(workspace)], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "100,000 ratings, 1,682 movies, 943 users" in result.output
+    segments = Workspace(workspace).read("segments")
+    new_items = segments.filter((pl.col("kind") == "item") & pl.col("is_new")).height
+    assert new_items > 0
+    assert f"│ new     │ {new_items:>5,} │" in result.output
     store = MetricsStore.for_workspace(workspace, read_only=True)
     overall = store.metrics().filter((pl.col("segment") == "overall") & (pl.col("metric") == "recall"))
     assert overall.height == 2  # 1997-09-20 + 90 d and + 180 d, each evaluated on the following window
     assert "recall@20 per segment" in result.output
     for value in overall["value"]:
         assert f"{value:.4f}" in result.output
+    # The language model's budget: one new item per window described, its synthetic pairs scored against
+    # the next window.
+    augmentation = store.augmentation()
+    assert augmentation["items_augmented"].to_list() == [1, 1]
+    assert augmentation["synthetic_precision"].null_count() == 0
+    assert "language-model augmentation per run" in result.output

@@ -93,16 +93,6 @@ def test_bad_input_exits_non_zero_with_one_line(files: dict[str, Path], argument
     assert result.output.count("error:") == 1
 
 
-def test_demo_prints_movielens_segments(ml100k_dir: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["demo", "--data", str(ml100k_dir), "--workspace", str(tmp_path / "ws")])
-    assert result.exit_code == 0, result.output
-    assert "100,000 ratings, 1,682 movies, 943 users" in result.output
-    segments = Workspace(tmp_path / "ws").read("segments")
-    new_items = segments.filter((pl.col("kind") == "item") & pl.col("is_new")).height
-    assert new_items > 0
-    assert f"│ new     │ {new_items:>5,} │" in result.output
-
-
 def test_detect_refuses_tables_of_an_interrupted_ingest(files: dict[str, Path]) -> None:
     args = ["--interactions", str(files["inter"]), "--items", str(files["items"]), "--map", "user_id=customer"]
     assert runner.invoke(app, ["ingest", *args, "--map", "item_id=sku", "-w", str(files["ws"])]).exit_code == 0
