@@ -50,10 +50,13 @@ def _detect_and_count(space: Workspace, run_id: str, settings: WarmstartSettings
 
 
 def _augment(space: Workspace, run_id: str, settings: WarmstartSettings, limit: int, simulate: bool) -> dict:
-    described = tasks.describe(space.root, settings, run_id, ("new", "cold", "sparse"), limit)
-    profiled = tasks.profile(space.root, settings, run_id, ("new", "sparse"), limit)
+    # Descriptions and profiles write different tables: they run side by side on the task runner (two Dask
+    # workers, say). Simulation reads the descriptions, so it waits for them.
+    described = tasks.describe.submit(space.root, settings, run_id, ("new", "cold", "sparse"), limit)
+    profiled = tasks.profile.submit(space.root, settings, run_id, ("new", "sparse"), limit)
+    descriptions = described.result()
     simulated = tasks.simulate(space.root, settings, run_id, ("cold",), limit) if simulate else {}
-    return augmentation_row(described, profiled, simulated)
+    return augmentation_row(descriptions, profiled.result(), simulated)
 
 
 def _batches(values: list[str], size: int) -> list[list[str]]:

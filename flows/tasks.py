@@ -7,7 +7,7 @@ metrics, the gate's decision) are published as keyed artifacts, so the Prefect U
 
 from __future__ import annotations
 
-import functools
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,12 +92,22 @@ def encode_batch(texts: list[str], cache_root: Path) -> np.ndarray:
     return encode_texts(texts, cache=EmbeddingCache(cache_root), show_progress=False)
 
 
-@functools.cache
-def _backend(settings_json: str) -> Any:
-    """One language-model backend per process and settings: the local model loads once, not once per task."""
+# One language model per process: it loads once, and tasks sharing a process take turns on it (two threads
+# generating with one torch model gain nothing on these cores); on Dask each worker process has its own.
+_MODEL_LOCK = threading.Lock()
+
+
+_BACKENDS: dict[str, Any] = {}
+
+
+def _backend(settings: WarmstartSettings) -> Any:
+    """The process's backend for these settings (the JSON key shows secrets masked, but equal settings match)."""
     from flows.augmentation import make_backend
 
-    return make_backend(WarmstartSettings.model_validate_json(settings_json))
+    key = settings.model_dump_json()
+    if key not in _BACKENDS:
+        _BACKENDS[key] = make_backend(settings)
+    return _BACKENDS[key]
 
 
 def _augment_step(
@@ -106,16 +116,16 @@ def _augment_step(
     from flows import augmentation
 
     function = getattr(augmentation, f"{step}_step")
-    backend = _backend(settings.model_dump_json())
-    report = function(
-        Workspace(workspace_root),
-        backend,
-        cache_dir=settings.cache_dir,
-        run_id=run_id,
-        segments=segments,
-        limit=limit,
-        show_progress=False,
-    )
+    with _MODEL_LOCK:
+        report = function(
+            Workspace(workspace_root),
+            _backend(settings),
+            cache_dir=settings.cache_dir,
+            run_id=run_id,
+            segments=segments,
+            limit=limit,
+            show_progress=False,
+        )
     create_table_artifact(key=artifact_key("augment", step), table=[report], description=f"{step}, run {run_id}")
     return report
 
