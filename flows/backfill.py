@@ -27,6 +27,7 @@ from catalog import (
     new_run_id,
     segment_counts,
     segment_transitions,
+    summarize_segments,
 )
 from flows import steps, tasks
 from flows.refresh import augmentation_row
@@ -141,6 +142,9 @@ def run_window(
     }
     timings["detect"] = time.perf_counter() - clock
     counts = segment_counts(segments[window.end])
+    tasks.publish_segment_counts(
+        summarize_segments(segments[window.end]), f"{dataset.name}: segments as of {window.end:%Y-%m-%d}"
+    )
     moves = segment_transitions(segments[window.start], segments[window.end])
     augmentation = None
     if augment_limit > 0:

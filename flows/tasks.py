@@ -59,12 +59,13 @@ def ingest(workspace_root: Path, dataset: str, data_dir: Path | None, cache_dir:
 def detect(workspace_root: Path, run_id: str, sparse_max: int, head_share: float) -> pl.DataFrame:
     """Segment the workspace's items and users (advancing the `new` watermark); publish the counts."""
     detection = steps.detect(Workspace(workspace_root), run_id, sparse_max=sparse_max, head_share=head_share)
-    create_table_artifact(
-        key="segment-counts",
-        table=detection.summary.to_dicts(),
-        description=f"Items and users per segment, detection run {run_id}",
-    )
+    publish_segment_counts(detection.summary, f"Items and users per segment, detection run {run_id}")
     return detection.segments
+
+
+def publish_segment_counts(summary: pl.DataFrame, description: str) -> None:
+    """The latest segment counts as the keyed table artifact `segment-counts`."""
+    create_table_artifact(key="segment-counts", table=summary.to_dicts(), description=description)
 
 
 @task(name="detect-window", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)

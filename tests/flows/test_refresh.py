@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from prefect import flow
 from typer.testing import CliRunner
 
 from catalog import Workspace
+from flows import tasks
 from flows.cli import app
 from flows.refresh import augment_new, encode_items, refresh
 from flows.runners import with_runner
@@ -60,6 +62,18 @@ def test_augment_new_describes_items_and_records_volume(prefect_api: str, worksp
     store = MetricsStore.for_workspace(workspace, read_only=True)
     assert store.runs()["flow"].to_list() == ["augment-new"]
     assert store.segment_counts().filter(pl.col("kind") == "item")["count"].sum() > 0
+
+
+def test_encoding_a_batch_again_is_a_prefect_cache_hit(prefect_api: str, tmp_path: Path) -> None:
+    @flow
+    def twice(texts: list[str]) -> tuple[str, str, bool]:
+        first = tasks.encode_batch(texts, tmp_path / "cache", return_state=True)
+        second = tasks.encode_batch(texts, tmp_path / "cache", return_state=True)
+        same = bool(np.array_equal(first.result(), second.result()))
+        return first.name, second.name, same
+
+    texts = [f"a cache probe written at {tmp_path}", "cold items need text"]
+    assert twice(texts) == ("Completed", "Cached", True)
 
 
 def test_encode_items_on_a_dask_local_cluster_matches_threads(prefect_api: str, workspace: Path) -> None:
