@@ -328,14 +328,21 @@ class MetricsStore:
                 .order_by(Run.window_end.desc(), Run.started_at.desc())
             ).first()
 
-    def _frame(self, statement: Any, schema: Mapping[str, Any], json_columns: Iterable[str] = ()) -> pl.DataFrame:
-        """Rows of `statement` as a frame; JSON columns become JSON text, readable in tables and comparable."""
+    def _frame(self, statement: Any) -> pl.DataFrame:
+        """Rows of `statement` as a frame typed from its columns; JSON columns become JSON text (readable in a
+        table, comparable, writable anywhere)."""
+        schema, json_columns = {}, []
+        for column in statement.selected_columns:
+            kind = column.type
+            if isinstance(kind, JSON):
+                json_columns.append(column.name)
+            schema[column.name] = next((dtype for sql, dtype in _POLARS_TYPES if isinstance(kind, sql)), pl.String)
         with self.engine.connect() as connection:
             rows = [dict(row._mapping) for row in connection.execute(statement)]
         for row in rows:
             for name in json_columns:
                 row[name] = json.dumps(row[name], sort_keys=True) if row[name] is not None else None
-        return pl.DataFrame(rows, schema=dict(schema), orient="row") if rows else pl.DataFrame(schema=dict(schema))
+        return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
 
     def runs(self, flow: str | None = None) -> pl.DataFrame:
         """Every run, oldest first."""
@@ -355,22 +362,7 @@ class MetricsStore:
         ).order_by(Run.started_at, Run.id)
         if flow is not None:
             statement = statement.where(Run.flow == flow)
-        when = pl.Datetime("us", "UTC")
-        schema = {
-            "run_id": pl.String,
-            "flow": pl.String,
-            "dataset": pl.String,
-            "window_start": when,
-            "window_end": when,
-            "status": pl.String,
-            "model_version": pl.String,
-            "started_at": when,
-            "finished_at": when,
-            "timings": pl.String,
-            "parameters": pl.String,
-            "error": pl.String,
-        }
-        return self._frame(statement, schema, json_columns=("timings", "parameters"))
+        return self._frame(statement)
 
     def metrics(self, *, protocol: str | None = None, completed_only: bool = True) -> pl.DataFrame:
         """Metric rows (with each run's flow and status), oldest first."""
@@ -392,17 +384,7 @@ class MetricsStore:
             statement = statement.where(Run.status == COMPLETED)
         if protocol is not None:
             statement = statement.where(Metric.protocol == protocol)
-        schema = {
-            "run_id": pl.String,
-            "as_of": pl.Datetime("us", "UTC"),
-            "protocol": pl.String,
-            "segment": pl.String,
-            "metric": pl.String,
-            "k": pl.Int64,
-            "value": pl.Float64,
-            "flow": pl.String,
-        }
-        return self._frame(statement, schema)
+        return self._frame(statement)
 
     def augmentation(self) -> pl.DataFrame:
         statement = select(
@@ -417,32 +399,13 @@ class MetricsStore:
             Augmentation.seconds,
             Augmentation.synthetic_precision,
         ).join(Run, Run.id == Augmentation.run_id)
-        schema = {
-            "run_id": pl.String,
-            "started_at": pl.Datetime("us", "UTC"),
-            "items_augmented": pl.Int64,
-            "users_augmented": pl.Int64,
-            "synthetic_rows": pl.Int64,
-            "cache_hits": pl.Int64,
-            "rejected": pl.Int64,
-            "tokens": pl.Int64,
-            "seconds": pl.Float64,
-            "synthetic_precision": pl.Float64,
-        }
-        return self._frame(statement.order_by(Run.started_at), schema)
+        return self._frame(statement.order_by(Run.started_at))
 
     def segment_counts(self) -> pl.DataFrame:
         statement = select(
             SegmentCount.run_id, SegmentCount.as_of, SegmentCount.kind, SegmentCount.segment, SegmentCount.count
         ).order_by(SegmentCount.as_of, SegmentCount.kind, SegmentCount.segment)
-        schema = {
-            "run_id": pl.String,
-            "as_of": pl.Datetime("us", "UTC"),
-            "kind": pl.String,
-            "segment": pl.String,
-            "count": pl.Int64,
-        }
-        return self._frame(statement, schema)
+        return self._frame(statement)
 
     def transitions(self) -> pl.DataFrame:
         statement = (
@@ -457,15 +420,7 @@ class MetricsStore:
             .join(Run, Run.id == Transition.run_id)
             .order_by(Run.window_end, Transition.kind, Transition.from_segment, Transition.to_segment)
         )
-        schema = {
-            "run_id": pl.String,
-            "as_of": pl.Datetime("us", "UTC"),
-            "kind": pl.String,
-            "from_segment": pl.String,
-            "to_segment": pl.String,
-            "count": pl.Int64,
-        }
-        return self._frame(statement, schema)
+        return self._frame(statement)
 
     def promotions(self) -> pl.DataFrame:
         statement = select(
@@ -478,17 +433,18 @@ class MetricsStore:
             Promotion.candidate_metrics,
             Promotion.incumbent_metrics,
         ).order_by(Promotion.decided_at)
-        schema = {
-            "run_id": pl.String,
-            "decided_at": pl.Datetime("us", "UTC"),
-            "candidate_version": pl.String,
-            "incumbent_version": pl.String,
-            "promoted": pl.Boolean,
-            "reason": pl.String,
-            "candidate_metrics": pl.String,
-            "incumbent_metrics": pl.String,
-        }
-        return self._frame(statement, schema, json_columns=("candidate_metrics", "incumbent_metrics"))
+        return self._frame(statement)
+
+
+# SQL column types -> polars dtypes (UTCDateTime before DateTime: it is the one the tables use).
+_POLARS_TYPES: list[tuple[type, Any]] = [
+    (Boolean, pl.Boolean),
+    (Integer, pl.Int64),
+    (Float, pl.Float64),
+    (UTCDateTime, pl.Datetime("us", "UTC")),
+    (JSON, pl.String),
+    (String, pl.String),
+]
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
