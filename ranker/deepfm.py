@@ -318,16 +318,19 @@ class DeepFMRanker:
         """(..., item fields, k) of `items` (any shape); `standin`: serve through the stand-in path."""
         net = self.network
         standin = standin | ~net.trained_items[items]
-        # Project each distinct item once (a training batch repeats many), then spread to the rows.
+        # Project each distinct item once (a training batch repeats many), then spread to the rows through
+        # F.embedding, whose backward sums repeated rows in a fixed order (advanced indexing's may not, with
+        # several threads, and equal seeds would then give different models).
         distinct, rows = torch.unique(items, return_inverse=True)
+        spread = nn.functional.embedding
         if self.config.use_standins:
-            replacement = net.item_standin(data.item_standin[distinct])[rows]
+            replacement = spread(rows, net.item_standin(data.item_standin[distinct]))
         else:
             replacement = net.unknown_item.expand(*items.shape, -1)
         identity = torch.where(standin[..., None], replacement, net.item_id(items))
         segment = torch.where(standin, ITEM_STANDIN, torch.where(data.head[items], ITEM_HEAD, ITEM_TAIL))
-        categories = (data.categories[distinct] @ net.categories)[rows]
-        text = net.text(data.text[distinct])[rows]
+        categories = spread(rows, data.categories[distinct] @ net.categories)
+        text = spread(rows, net.text(data.text[distinct]))
         return torch.stack([identity, text, categories, net.item_segment(segment)], dim=-2)
 
     # --------------------------------------------------------------------------------------------------- fit
