@@ -68,9 +68,9 @@ def _without_standins(settings: ModelSettings) -> ModelSettings:
 
 def models_to_run(seed: int, with_lightgbm: bool) -> dict[str, ModelSettings]:
     deepfm = ModelSettings.seeded(seed, "deepfm")
-    models = {"LightGBM": ModelSettings.seeded(seed)} if with_lightgbm else {}
-    models["DeepFM with stand-ins"] = deepfm
-    models["DeepFM without stand-ins"] = _without_standins(deepfm)
+    models = {"DeepFM with stand-ins": deepfm, "DeepFM without stand-ins": _without_standins(deepfm)}
+    if with_lightgbm:
+        models["LightGBM"] = ModelSettings.seeded(seed)
     return models
 
 

@@ -16,7 +16,8 @@ cross part, so scoring a user against a whole pool computes each side once.
 
 Training samples each known positive (training history and the task's labels) against `negatives` items drawn
 uniformly from the task's pool, with a softmax over the group. DropoutNet's idea makes the stand-in path learn:
-each training item is shown through its stand-in with probability `item_dropout`, each user through theirs with
+each training group (a positive and its negatives) is shown through the items' stand-ins with probability
+`item_dropout`, each user through theirs with
 `user_dropout` (and as a user without history with `cold_user_share`). The user's text profile leaves out the
 positive it is trained on (else the network would learn that an item is always similar to a profile that
 contains it). Early stopping keeps the epoch with the best NDCG@k on the validation task.
@@ -82,6 +83,11 @@ class DeepFMConfig(BaseModel):
     user_dropout: float = Field(0.1, ge=0, le=1, description="Share of training users shown through the stand-in.")
     cold_user_share: float = Field(
         0.0, ge=0, le=1, description="Share of training users shown as users without history."
+    )
+    init_from_encoders: bool = Field(
+        True,
+        description="Start the ID tables and the stand-in and text projections from the encoders' vectors, "
+        "mapped by their top principal directions; False: random starts.",
     )
     head_share: float = Field(0.8, gt=0, le=1, description="Share of interactions the head items hold.")
     negatives: int = Field(8, ge=1, description="Items sampled from the pool against each positive.")
@@ -168,6 +174,7 @@ class _Data:
     text: torch.Tensor
     profile_sums: torch.Tensor
     user_cf: torch.Tensor
+    item_cf: torch.Tensor
     item_standin: torch.Tensor
     categories: torch.Tensor
     head: torch.Tensor
@@ -186,6 +193,7 @@ class _Data:
             text=torch.from_numpy(text),
             profile_sums=torch.from_numpy(np.asarray(inputs.history @ text, dtype=np.float32)),
             user_cf=torch.from_numpy(np.asarray(inputs.user_cf, dtype=np.float32)),
+            item_cf=torch.from_numpy(np.asarray(inputs.item_cf, dtype=np.float32)),
             item_standin=torch.from_numpy(np.asarray(inputs.item_standin, dtype=np.float32)),
             categories=torch.from_numpy(categories),
             head=torch.from_numpy(head_items(inputs.popularity, head_share)),
@@ -204,6 +212,32 @@ def head_items(popularity: np.ndarray, head_share: float) -> np.ndarray:
     before = np.cumsum(popularity[order]) - popularity[order]  # interactions held by more popular items
     head[order[(before < head_share * total) & (popularity[order] > 0)]] = True
     return head
+
+
+def _principal_directions(rows: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, d): the top-k right singular vectors of `rows` (zero rows beyond its rank)."""
+    _, _, vt = torch.linalg.svd(rows, full_matrices=False)
+    out = torch.zeros(k, rows.shape[1])
+    out[: min(k, vt.shape[0])] = vt[:k]
+    return out
+
+
+@torch.no_grad()
+def _start_from_encoders(net: _DeepFMNet, data: _Data, warm_items: np.ndarray) -> None:
+    """ID tables = the encoders' collaborative vectors mapped by their top principal directions, and the
+    stand-in projections = the same map, so a cold item's stand-in path starts where a warm item's ID path is
+    (the stand-in approximates the ID vector); the text projection starts as the text's principal directions."""
+    k = net.user_id.weight.shape[1]
+    warm = torch.from_numpy(warm_items)
+    if warm.numel() == 0:
+        return
+    directions = _principal_directions(data.item_cf[warm], k)  # (k, cf_dim)
+    net.item_id.weight.copy_(data.item_cf @ directions.T)
+    net.user_id.weight.copy_(data.user_cf @ directions.T)
+    for layer in (net.item_standin, net.user_standin):
+        layer.weight.copy_(directions)
+        layer.bias.zero_()
+    net.text.weight.copy_(_principal_directions(data.text[warm], k))
 
 
 def _normalised(rows: torch.Tensor) -> torch.Tensor:
@@ -284,16 +318,19 @@ class DeepFMRanker:
         """(..., item fields, k) of `items` (any shape); `standin`: serve through the stand-in path."""
         net = self.network
         standin = standin | ~net.trained_items[items]
-        # Project each distinct item once (a training batch repeats many), then spread to the rows.
+        # Project each distinct item once (a training batch repeats many), then spread to the rows through
+        # F.embedding, whose backward sums repeated rows in a fixed order (advanced indexing's may not, with
+        # several threads, and equal seeds would then give different models).
         distinct, rows = torch.unique(items, return_inverse=True)
+        spread = nn.functional.embedding
         if self.config.use_standins:
-            replacement = net.item_standin(data.item_standin[distinct])[rows]
+            replacement = spread(rows, net.item_standin(data.item_standin[distinct]))
         else:
             replacement = net.unknown_item.expand(*items.shape, -1)
         identity = torch.where(standin[..., None], replacement, net.item_id(items))
         segment = torch.where(standin, ITEM_STANDIN, torch.where(data.head[items], ITEM_HEAD, ITEM_TAIL))
-        categories = (data.categories[distinct] @ net.categories)[rows]
-        text = net.text(data.text[distinct])[rows]
+        categories = spread(rows, data.categories[distinct] @ net.categories)
+        text = spread(rows, net.text(data.text[distinct]))
         return torch.stack([identity, text, categories, net.item_segment(segment)], dim=-2)
 
     # --------------------------------------------------------------------------------------------------- fit
@@ -361,6 +398,8 @@ class DeepFMRanker:
         )
         net = self.network
         data = _Data.of(inputs, config.head_share)
+        if config.init_from_encoders:
+            _start_from_encoders(net, data, np.flatnonzero(item_counts > 0))
         # fused: one kernel for the whole update, much faster steps on CPU (as in encoders' BPR-MF).
         optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
         valid_users = np.asarray(valid.users)
@@ -433,7 +472,9 @@ class DeepFMRanker:
             items = torch.from_numpy(np.c_[pair_items[batch], negatives[batch]])
             cold = torch.from_numpy(rng.random(batch.size) < config.cold_user_share)
             user_standin = torch.from_numpy(rng.random(batch.size) < config.user_dropout)
-            item_standin = torch.from_numpy(rng.random(items.shape) < config.item_dropout)
+            # A whole group (positive and its negatives) takes one path, as serving ranks cold items against
+            # cold items (cold protocol) and warm against warm.
+            item_standin = torch.from_numpy(rng.random((batch.size, 1)) < config.item_dropout).expand(items.shape)
             # The user's profile as if the positive were held out (it is part of the history sum when known).
             leave_out = torch.from_numpy(in_history[batch].astype(np.float32))[:, None] * data.text[items[:, 0]]
             profiles = _normalised(data.profile_sums[users] - leave_out) * (~cold)[:, None]

@@ -17,7 +17,7 @@ from catalog import DataError, NotFittedError
 from ranker.deepfm import DeepFMConfig, DeepFMRanker, head_items, ndcg_at_k
 from ranker.features import RankerInputs, RankingTask
 
-CONFIG = DeepFMConfig(embedding_dim=16, hidden=(32,), epochs=6, patience=2, batch_size=256, threads=1)
+CONFIG = DeepFMConfig(embedding_dim=16, hidden=(32,), epochs=6, patience=2, batch_size=256, threads=2)
 
 
 @pytest.fixture(scope="module")
