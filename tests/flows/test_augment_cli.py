@@ -101,3 +101,13 @@ def test_augment_users_only_with_limit(workspace: Path, tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert set(report["steps"]) == {"profile"} and report["steps"]["profile"]["requested"] == 1
     assert not Workspace(workspace).exists("item_descriptions")
+
+
+def test_with_descriptions_appends_to_item_text() -> None:
+    items = pl.DataFrame({"item_id": ["a", "b", "c"], "title": ["A", "B", "C"], "text": ["old", None, "keep"]})
+    descriptions = pl.DataFrame({"item_id": ["a", "b"], "description": ["New a.", "New b."]})
+    merged = augmentation.with_descriptions(items, descriptions)
+    assert merged.columns == items.columns
+    assert merged["text"].to_list() == ["old. New a.", "New b.", "keep"]
+    bare = augmentation.with_descriptions(items.drop("text"), descriptions)
+    assert bare["text"].to_list() == ["New a.", "New b.", None]
