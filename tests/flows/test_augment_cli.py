@@ -111,3 +111,22 @@ def test_with_descriptions_appends_to_item_text() -> None:
     assert merged["text"].to_list() == ["old. New a.", "New b.", "keep"]
     bare = augmentation.with_descriptions(items.drop("text"), descriptions)
     assert bare["text"].to_list() == ["New a.", "New b.", None]
+
+
+def test_make_backend_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from augment import HttpBackend
+    from catalog import ConfigError
+    from flows.settings import WarmstartSettings
+
+    monkeypatch.setenv("WARMSTART_LLM_API_KEY", "k-123")
+    settings = WarmstartSettings(llm_backend="http", llm_model="qwen", llm_base_url="http://127.0.0.1:9/v1")
+    backend = augmentation.make_backend(settings)
+    assert isinstance(backend, HttpBackend) and backend.model_name == "qwen" and backend.concurrency == 4
+    assert "k-123" not in repr(settings)  # the key is a secret
+    with pytest.raises(ConfigError, match="WARMSTART_LLM_MODEL"):
+        augmentation.make_backend(WarmstartSettings(llm_backend="http"))
+
+
+def test_augment_help() -> None:
+    result = runner.invoke(app, ["augment", "--help"])
+    assert result.exit_code == 0 and "--segment" in result.output and "--json" in result.output
