@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "real_among_candidates": candidates.join(sample.truth, on=[Columns.user, Columns.item], how="semi").height,
         }
         variants = {"title": judge_items}
-        if name == "val" or args.test_judge == "both":
+        if args.judge_descriptions and (name == "val" or args.test_judge == "both"):
             variants["title+description"] = judge_items_described
         scored[name] = {}
         for variant, frame in variants.items():
@@ -322,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per batch of the local model")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--test-judge", choices=("chosen", "both"), default="both", help="judge variants run on test")
+    parser.add_argument(
+        "--no-judge-descriptions",
+        dest="judge_descriptions",
+        action="store_false",
+        help="judge from titles only (skip the title+description judge variant, which doubles the judge's cost)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--json", type=Path, default=None)
