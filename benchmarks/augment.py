@@ -230,8 +230,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "real_among_candidates": candidates.join(sample.truth, on=[Columns.user, Columns.item], how="semi").height,
         }
         variants = {"title": judge_items}
-        if args.judge_descriptions and (name == "val" or args.test_judge == "both"):
+        if args.judge_descriptions:
             variants["title+description"] = judge_items_described
+        if name == "test" and args.test_judge == "chosen":  # only the variant with the best validation AUC
+            best = max(variants, key=lambda v: report["pairs"]["val"]["auc"][f"LLM judge ({v})"])
+            variants = {best: variants[best]}
         scored[name] = {}
         for variant, frame in variants.items():
             result, stats = judge_pairs(candidates, frame, histories, backend, cache, max_history=args.history)
@@ -240,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             scored[name][variant] = result
         report["pairs"][name] = {}
         for n in KEEP_GRID:
-            base = scored[name]["title"]
+            base = next(iter(scored[name].values()))  # similarity is the same in every variant
             rows = {
                 "embedding filter": pair_quality(kept_pairs(base, "similarity", n), sample.truth),
                 "random among candidates": pair_quality(
@@ -251,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows[f"LLM judge ({variant})"] = pair_quality(kept_pairs(result, Columns.score, n), sample.truth)
             report["pairs"][name][f"n={n}"] = rows
         report["pairs"][name]["auc"] = {
-            "embedding similarity": mean_item_auc(scored[name]["title"], "similarity", sample.truth)
+            "embedding similarity": mean_item_auc(next(iter(scored[name].values())), "similarity", sample.truth)
         } | {
             f"LLM judge ({variant})": mean_item_auc(result, Columns.score, sample.truth)
             for variant, result in scored[name].items()
@@ -266,7 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     choices: dict[str, Any] = {"judge_variant_for_test": judge_variant}
     sources = {
-        "embedding filter": lambda name, n: kept_pairs(scored[name]["title"], "similarity", n),
+        "embedding filter": lambda name, n: kept_pairs(next(iter(scored[name].values())), "similarity", n),
         "LLM judge": lambda name, n: kept_pairs(scored[name][judge_variant], Columns.score, n),
     }
 
@@ -343,7 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="token limit of a description")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per batch of the local model")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--test-judge", choices=("chosen", "both"), default="both", help="judge variants run on test")
+    parser.add_argument(
+        "--test-judge",
+        choices=("chosen", "both"),
+        default="chosen",
+        help="judge variants run on test (chosen: best val AUC)",
+    )
     parser.add_argument(
         "--no-judge-descriptions",
         dest="judge_descriptions",
