@@ -201,7 +201,7 @@ class LocalBackend:
             chosen = order[start : start + self.batch_size]
             ids, mask = self._left_padded([rendered[i] for i in chosen])
             torch.manual_seed(seed)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {}
+            sampling = {"temperature": temperature, "top_p": 0.95} if temperature > 0 else {}
             with torch.inference_mode():
                 output = self.model.generate(
                     input_ids=ids,
@@ -210,7 +210,7 @@ class LocalBackend:
                     repetition_penalty=self.repetition_penalty,
                     pad_token_id=self.tokenizer.pad_token_id,
                     do_sample=temperature > 0,
-                    **{key: value for key, value in sampling.items() if key != "do_sample"},
+                    **sampling,
                 )
             for row, index in zip(output[:, ids.shape[1] :].tolist(), chosen, strict=True):
                 length = row.index(eos) + 1 if eos in row else len(row)

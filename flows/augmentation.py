@@ -243,3 +243,22 @@ def simulate_step(
     } | report
     workspace.write(SYNTHETIC_INTERACTIONS, table, run_id=run_id, source="augment.simulate", parameters=parameters)
     return report
+
+
+def with_descriptions(items: pl.DataFrame, descriptions: pl.DataFrame) -> pl.DataFrame:
+    """`items` with each LLM description appended to the item's `text` (created if absent), so that text
+    encoders see "title. text. description"; items without a description are unchanged."""
+    joined = items.join(descriptions.select(Columns.item, DESCRIPTION), on=Columns.item, how="left")
+    text = pl.col(Columns.text) if Columns.text in items.columns else pl.lit(None, pl.String)
+    merged = (
+        pl.when(pl.col(DESCRIPTION).is_null())
+        .then(text)
+        .when(text.is_null() | (text.str.strip_chars() == ""))
+        .then(pl.col(DESCRIPTION))
+        .otherwise(pl.concat_str([text, pl.col(DESCRIPTION)], separator=". "))
+    )
+    return (
+        joined.with_columns(merged.alias(Columns.text))
+        .drop(DESCRIPTION)
+        .select(*items.columns, *([] if Columns.text in items.columns else [Columns.text]))
+    )
