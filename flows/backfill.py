@@ -119,6 +119,7 @@ def run_window(
     sparse_max: int,
     head_share: float,
     incumbent: str | None,
+    incumbent_recorded: pl.DataFrame | None,
     settings: WarmstartSettings,
     augment_limit: int,
 ) -> RunRecord:
@@ -174,6 +175,7 @@ def run_window(
         title=title,
         gate_config=gate_config,
         incumbent=incumbent,
+        incumbent_recorded=incumbent_recorded,
     )
     outcome.timings = timings | outcome.timings
     outcome.as_of = window.end
@@ -264,6 +266,7 @@ def backfill(
                 sparse_max=sparse_max,
                 head_share=head_share,
                 incumbent=incumbent,
+                incumbent_recorded=store.run_metrics(incumbent) if incumbent else None,
                 settings=settings,
                 augment_limit=augment_limit,
             )

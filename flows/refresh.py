@@ -132,6 +132,7 @@ def refresh(
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
     parameters["ranker"] = settings.ranker
     store.start_run(run_id, flow="refresh", dataset=dataset.name, parameters=parameters | {"protocol": protocol})
+    incumbent = store.promoted_version(flow="refresh", dataset=dataset.name)
     timings: dict[str, float] = {}
     try:
         clock = time.perf_counter()
@@ -154,7 +155,8 @@ def refresh(
             protocol=protocol,
             title=f"refresh {run_id} on {dataset.name}",
             gate_config=gate_config,
-            incumbent=store.promoted_version(flow="refresh", dataset=dataset.name),
+            incumbent=incumbent,
+            incumbent_recorded=store.run_metrics(incumbent) if incumbent else None,
         )
     except Exception as error:
         store.finish_run(run_id, RunRecord(status=FAILED, error=f"{type(error).__name__}: {error}"))

@@ -194,22 +194,26 @@ def model_dir(workspace: Workspace, ranker_name: str, version: str) -> Path:
 
 
 def _incumbent_metrics(
-    fitted: Any, ranker_name: str, version: str | None, workspace: Workspace, split: Any, k: int
+    fitted: Any, ranker_name: str, version: str | None, workspace: Workspace, split: Any, k: int, recorded: Any
 ) -> tuple[pl.DataFrame | None, str | None]:
-    """The current model's metrics on the candidate's held-out data: its ranker over this run's inputs (the
-    LightGBM features are the same functions of the data for every version). (None, why) when it cannot score."""
+    """The current model's metrics to gate against, and a note when they are not from the same held-out data.
+
+    LightGBM's features are the same functions of the data for every version, so the current booster is scored
+    over this run's features: the same data for both. A DeepFM version is tied to the encoders it was trained
+    with (its projections learned their coordinates), so it is compared by the figures recorded for it."""
     if version is None:
         return None, None
     directory = model_dir(workspace, ranker_name, version)
-    if not (directory / "metadata.json").is_file():
-        return None, f"current model {version} is not in {directory.parent}"
+    if ranker_name != "lightgbm" or not (directory / "metadata.json").is_file():
+        return recorded, f"compared with the recorded figures of {version}"
     from flows import pipeline
 
     try:
         incumbent = pipeline.FittedRanker(pipeline.load_ranker(ranker_name, directory), fitted.served, {})
         return incumbent.evaluate(split, k).metrics, None
     except (WarmstartError, ValueError, IndexError, RuntimeError) as error:
-        return None, f"current model {version} cannot score this data ({type(error).__name__}: {error})"
+        note = f"{version} cannot score this data ({type(error).__name__}: {error}); compared with its recorded figures"
+        return recorded, note
 
 
 def retrain_and_gate(
@@ -224,6 +228,7 @@ def retrain_and_gate(
     title: str,
     gate_config: GateConfig,
     incumbent: str | None,
+    incumbent_recorded: pl.DataFrame | None = None,
 ) -> RunRecord:
     """Retrain on the plan, evaluate on its real held-out data, gate against the current model on the same data
     and save the candidate as version `run_id`; returns the run's record (metrics, decision, timings)."""
@@ -233,11 +238,13 @@ def retrain_and_gate(
     clock = time.perf_counter()
     metrics = evaluate(fitted, plan.split, k, protocol, title)
     ranker_name = models.ranker_name
-    incumbent_metrics, unscored = _incumbent_metrics(fitted, ranker_name, incumbent, workspace, plan.split, k)
+    incumbent_metrics, note = _incumbent_metrics(
+        fitted, ranker_name, incumbent, workspace, plan.split, k, incumbent_recorded
+    )
     timings["evaluate"] = time.perf_counter() - clock
     decision = gate(metrics, incumbent_metrics, gate_config)
-    if unscored:
-        decision = decision.model_copy(update={"reason": f"{unscored}; promoted without comparison"})
+    if note:
+        decision = decision.model_copy(update={"reason": f"{decision.reason} ({note})"})
     fitted.ranker.save(model_dir(workspace, ranker_name, run_id))
     return RunRecord(
         status=COMPLETED,

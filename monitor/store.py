@@ -318,6 +318,13 @@ class MetricsStore:
                 select(Run.id).where(Run.key == key, Run.status == COMPLETED).order_by(Run.started_at)
             ).first()
 
+    def run_metrics(self, run_id: str) -> pl.DataFrame:
+        """(protocol, segment, metric, k, value) of one run."""
+        statement = select(Metric.protocol, Metric.segment, Metric.metric, Metric.k, Metric.value).where(
+            Metric.run_id == run_id
+        )
+        return self._frame(statement)
+
     def promoted_version(self, *, flow: str, dataset: str) -> str | None:
         """The model version the latest completed run of `flow` on `dataset` promoted (the current model)."""
         with Session(self.engine) as session:
