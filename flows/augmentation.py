@@ -118,10 +118,25 @@ def describe_step(
     items = workspace.read("items").filter(pl.col(Columns.item).is_in(ids))
     cache = generation_cache(cache_dir)
     frame, stats = describe_items(items, backend, cache, max_new_tokens=max_new_tokens, show_progress=show_progress)
+    report = _report(stats, started, requested=len(ids))
+    return store_descriptions(workspace, frame, report, run_id=run_id, model=backend.model_name, segments=segments)
+
+
+def store_descriptions(
+    workspace: Workspace,
+    frame: pl.DataFrame,
+    report: dict[str, Any],
+    *,
+    run_id: str,
+    model: str,
+    segments: Sequence[str],
+) -> dict[str, Any]:
+    """Merge one run's descriptions into the `item_descriptions` table (one write, however many batches made
+    them); returns the run's report with the request and table sizes."""
     frame = frame.with_columns(pl.lit(run_id).alias("run_id"))
     table = _merge(workspace, ITEM_DESCRIPTIONS, frame, Columns.item)
-    report = _report(stats, started, requested=len(ids), rows=table.height)
-    parameters = {"model": backend.model_name, "prompt": ITEM_DESCRIPTION.id, "segments": list(segments)} | report
+    report = report | {"rows": table.height}
+    parameters = {"model": model, "prompt": ITEM_DESCRIPTION.id, "segments": list(segments)} | report
     workspace.write(ITEM_DESCRIPTIONS, table, run_id=run_id, source="augment.describe", parameters=parameters)
     return report
 

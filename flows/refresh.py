@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 from prefect import flow, get_run_logger, unmapped
 
-from catalog import Workspace, new_run_id, segment_counts, segment_transitions
+from catalog import Columns, Workspace, new_run_id, segment_counts, segment_transitions
 from flows import steps, tasks
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings
@@ -80,9 +80,35 @@ def encode_items(workspace: Path | None = None, batch_size: int | None = None) -
     return stats
 
 
+COUNTS = ("generated", "cached", "rejected", "tokens", "attempts")
+
+
+def describe_in_batches(
+    space: Workspace, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int, batch: int
+) -> dict[str, Any]:
+    """Describe the items of `segments` (at most `limit`), one task per `batch` items on the flow's task runner
+    (a Dask cluster with task_runner=dask), then write the table once."""
+    from flows.augmentation import segment_ids, store_descriptions
+
+    started = time.perf_counter()
+    ids = segment_ids(space, "item", segments, limit)
+    items = space.read("items").filter(pl.col(Columns.item).is_in(ids))
+    chunks = [items.slice(offset, batch) for offset in range(0, items.height, batch)]
+    results = [future.result() for future in tasks.describe_batch.map(chunks, unmapped(settings))]
+    frames = [frame for frame, _ in results]
+    report: dict[str, Any] = {name: sum(int(stats[name]) for _, stats in results) for name in COUNTS}
+    report |= {"requested": len(ids), "batches": len(chunks), "seconds": round(time.perf_counter() - started, 3)}
+    frame = pl.concat(frames) if frames else pl.DataFrame()
+    if frame.is_empty():
+        return report
+    model = str(frame["model"][0])
+    return store_descriptions(space, frame, report, run_id=run_id, model=model, segments=segments)
+
+
 @flow(name="augment-new", log_prints=True)
-def augment_new(workspace: Path | None = None, limit: int = 16) -> dict[str, Any]:
-    """Detect newly arrived items and users and augment them (at most `limit` of each) with the language model."""
+def augment_new(workspace: Path | None = None, limit: int = 16, batch: int = 8) -> dict[str, Any]:
+    """Detect newly arrived items and users and augment them (at most `limit` of each) with the language model;
+    descriptions are written in batches of `batch` items, one task each."""
     settings = WarmstartSettings()
     space = Workspace(workspace or settings.workspace)
     store = MetricsStore.for_workspace(space.root, settings.metrics_url)
@@ -92,7 +118,9 @@ def augment_new(workspace: Path | None = None, limit: int = 16) -> dict[str, Any
     started = time.perf_counter()
     try:
         counts, moves = _detect_and_count(space, run_id, settings)
-        augmentation = _augment(space, run_id, settings, limit, simulate=False)
+        described = describe_in_batches(space, settings, run_id, ("new", "cold", "sparse"), limit, batch)
+        profiled = tasks.profile(space.root, settings, run_id, ("new", "sparse"), limit)
+        augmentation = augmentation_row(described, profiled, {})
     except Exception as error:
         store.finish_run(run_id, RunRecord(status=FAILED, error=f"{type(error).__name__}: {error}"))
         raise

@@ -143,6 +143,28 @@ def describe(
     return _augment_step("describe", workspace_root, settings, run_id, segments, limit)
 
 
+def _describe_items(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl.DataFrame, dict[str, Any]]:
+    from augment import describe_items
+    from flows.augmentation import generation_cache
+
+    with _MODEL_LOCK:
+        frame, stats = describe_items(
+            items,
+            _backend(settings),
+            generation_cache(settings.cache_dir),
+            max_new_tokens=settings.llm_max_new_tokens,
+            show_progress=False,
+        )
+    return frame, stats.as_dict()
+
+
+@task(name="describe-batch", **LLM_RETRIES)
+def describe_batch(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """LLM descriptions of one batch of items (no write: the flow merges every batch into the table once).
+    The work is in a module-level function so that Dask ships this task by reference, not the process's lock."""
+    return _describe_items(items, settings)
+
+
 @task(name="profile", **LLM_RETRIES)
 def profile(
     workspace_root: Path, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int

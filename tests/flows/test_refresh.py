@@ -84,3 +84,15 @@ def test_encode_items_on_a_dask_local_cluster_matches_threads(prefect_api: str, 
     encode_items(workspace, batch_size=1682)
     in_threads = np.stack(Workspace(workspace).read("item_embeddings")["embedding"].to_numpy())
     np.testing.assert_allclose(on_dask, in_threads, atol=1e-5)
+
+
+def test_augment_new_describes_in_batches_on_a_dask_local_cluster(
+    prefect_api: str, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WARMSTART_TASK_RUNNER", "dask")
+    report = with_runner(augment_new, WarmstartSettings())(limit=4, batch=2)
+    assert report["items_augmented"] == 4
+    descriptions = Workspace(workspace).read("item_descriptions")
+    assert descriptions.height == 4 and descriptions["run_id"].unique().to_list() == [report["run_id"]]
+    provenance = Workspace(workspace).provenance("item_descriptions")["parameters"]
+    assert provenance["batches"] == 2 and provenance["requested"] == 4
