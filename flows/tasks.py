@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 
-from catalog import Columns, WarmstartError, Workspace, detect_segments
+from catalog import TIMESTAMP, Columns, WarmstartError, Workspace, detect_segments, with_first_seen
 from flows import steps
 from flows.settings import WarmstartSettings
 from monitor import COMPLETED, GateConfig, GateDecision, MetricsStore, RunRecord, decide
@@ -82,7 +82,14 @@ def detect_window(
     """Segments as they were at `before` (events strictly earlier), `new` meaning first seen after `since`.
     Deterministic, so Prefect caches it on its inputs: a resumed backfill does not recompute finished windows."""
     seen = interactions.filter(pl.col(Columns.ts) < before)
-    return detect_segments(seen, items, users, sparse_max=sparse_max, head_share=head_share, watermark=since)
+    # First seen as of `before`: an entity whose first event is still to come is not new yet, only cold.
+    as_of = {
+        key: with_first_seen(frame.with_columns(pl.lit(None, TIMESTAMP).alias(Columns.first_seen)), seen, key)
+        for key, frame in ((Columns.item, items), (Columns.user, users))
+    }
+    return detect_segments(
+        seen, as_of[Columns.item], as_of[Columns.user], sparse_max=sparse_max, head_share=head_share, watermark=since
+    )
 
 
 @task(name="encode-batch", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)

@@ -38,3 +38,29 @@ def test_every_parses(text: str, expected: timedelta) -> None:
 def test_bad_every_is_refused(text: str) -> None:
     with pytest.raises(ConfigError, match="--every"):
         parse_every(text)
+
+
+def test_a_window_sees_first_appearances_as_of_its_end() -> None:
+    import polars as pl
+
+    from catalog import TIMESTAMP
+    from flows.tasks import detect_window
+
+    at = [FIRST + DAY, FIRST + 3 * DAY, FIRST + 10 * DAY]
+    interactions = pl.DataFrame(
+        {"user_id": ["u1", "u1", "u2"], "item_id": ["old", "fresh", "future"], "ts": at},
+        schema={"user_id": pl.String, "item_id": pl.String, "ts": TIMESTAMP},
+    )
+    # first_seen as the loaders fill it: from the whole log, future included.
+    items = pl.DataFrame(
+        {"item_id": ["old", "fresh", "future"], "first_seen": at}, schema_overrides={"first_seen": TIMESTAMP}
+    )
+    users = pl.DataFrame(
+        {"user_id": ["u1", "u2"], "first_seen": [at[0], at[2]]}, schema_overrides={"first_seen": TIMESTAMP}
+    )
+    segments = detect_window.fn(
+        interactions, items, users, before=FIRST + 7 * DAY, since=FIRST + 2 * DAY, sparse_max=5, head_share=0.8
+    )
+    new = segments.filter(pl.col("is_new"))["entity_id"].to_list()
+    assert new == ["fresh"]  # "future" has not appeared yet: cold, not new; u2 likewise
+    assert segments.filter(pl.col("entity_id") == "future")["segment"].item() == "cold"
