@@ -25,8 +25,6 @@ from flows.runners import with_runner
 from flows.settings import WarmstartSettings
 from monitor import COMPLETED, FAILED, GateConfig, GateMetric, MetricsStore, RunRecord
 
-AUGMENT_KEYS = ("items_augmented", "users_augmented", "synthetic_rows", "cache_hits", "rejected", "tokens", "seconds")
-
 
 def augmentation_row(described: dict[str, Any], profiled: dict[str, Any], simulated: dict[str, Any]) -> dict:
     """The metrics-store row of one run's augmentation reports."""
@@ -74,9 +72,13 @@ def encode_items(workspace: Path | None = None, batch_size: int | None = None) -
     cache_root = space.root / "cache" / "embeddings"
     futures = tasks.encode_batch.map(_batches(texts, batch_size or settings.encode_batch_size), unmapped(cache_root))
     parts = [future.result() for future in futures]
-    vectors = np.vstack(parts) if parts else np.zeros((0, 384), dtype=np.float32)
-    stats = steps.store_item_embeddings(space, ids, vectors, run_id, {"batches": len(parts)})
-    get_run_logger().info(f"item_embeddings: {stats['items']:,} items in {len(parts)} batches")
+    if not parts:
+        from encoders import EMBEDDING_DIM
+
+        parts = [np.zeros((0, EMBEDDING_DIM), dtype=np.float32)]
+    vectors = np.vstack(parts)
+    stats = steps.store_item_embeddings(space, ids, vectors, run_id, {"batches": len(futures)})
+    get_run_logger().info(f"item_embeddings: {stats['items']:,} items in {len(futures)} batches")
     return stats
 
 
