@@ -26,7 +26,8 @@ system:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 		echo "system packages present"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		(apt-get install -y -q $(SYSTEM_PACKAGES) || (apt-get update -q && apt-get install -y -q $(SYSTEM_PACKAGES))) >/dev/null; \
+		(apt-get install -y -q $(SYSTEM_PACKAGES) || (apt-get update -q && apt-get install -y -q $(SYSTEM_PACKAGES))) >/dev/null \
+			|| echo "apt-get could not install $(SYSTEM_PACKAGES): their tests will be skipped with the reason"; \
 	else \
 		echo "cannot install $(SYSTEM_PACKAGES): their tests will be skipped with the reason"; \
 	fi
