@@ -1,7 +1,7 @@
 """Prefect tasks: one per stage of a refresh cycle, each a thin wrapper over a plain step function.
 
-Deterministic steps are cached by Prefect on what they read (the input table's write id, or the inputs
-themselves); language-model steps retry with exponential backoff; results that people look at (segment counts,
+Deterministic steps (a window's segment detection, a batch of text encoding) are cached by Prefect on their
+inputs; language-model steps retry with exponential backoff; results that people look at (segment counts,
 metrics, the gate's decision) are published as keyed artifacts, so the Prefect UI shows their latest value.
 """
 
@@ -29,14 +29,15 @@ from monitor import COMPLETED, GateConfig, GateDecision, MetricsStore, RunRecord
 
 
 def _markdown_table(frame: pl.DataFrame) -> str:
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    rows = ["| " + " | ".join(_cell(value) for value in row) + " |" for row in frame.iter_rows()]
-    return "\n".join([header, rule, *rows])
-
-
-def _cell(value: object) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    with pl.Config(
+        tbl_formatting="MARKDOWN",
+        tbl_hide_column_data_types=True,
+        tbl_hide_dataframe_shape=True,
+        float_precision=4,
+        tbl_rows=-1,
+        tbl_cols=-1,
+    ):
+        return str(frame)
 
 
 def artifact_key(*parts: str) -> str:
