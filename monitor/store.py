@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from catalog import ConfigError, WorkspaceError
@@ -221,7 +222,7 @@ class MetricsStore:
     def _check_schema(self) -> None:
         try:
             if not self.read_only:
-                Base.metadata.create_all(self.engine)
+                self._create_tables()
             with Session(self.engine) as session:
                 versions = session.scalars(select(SchemaVersion.version)).all()
                 if not versions and not self.read_only:
@@ -238,6 +239,18 @@ class MetricsStore:
                 f"metrics store {self._shown_url} has schema version {max(versions)}; this warmstart writes "
                 f"version {SCHEMA_VERSION}. Use a matching warmstart or a new store."
             )
+
+    def _create_tables(self, attempts: int = 3) -> None:
+        """Create missing tables. Two processes opening a new store at once (a flow and a reader, say) can both
+        see a table missing and both create it; the loser retries, and then finds it there."""
+        for attempt in range(attempts):
+            try:
+                Base.metadata.create_all(self.engine)
+                return
+            except (OperationalError, ProgrammingError, IntegrityError):
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     @property
     def _shown_url(self) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 from typer.testing import CliRunner
 
-from catalog import Workspace
+from catalog import Workspace, WorkspaceError
 from flows.cli import app
 from monitor import COMPLETED, FAILED, MetricsStore
 
@@ -26,12 +26,15 @@ def _cli(workspace: Path, data: Path) -> list[str]:
 
 
 def _completed(workspace: Path) -> pl.DataFrame:
-    path = workspace / "metrics.sqlite"
-    if not path.is_file():
+    """Completed runs, read as a dashboard would (read-only) while the backfill writes; none before it exists."""
+    try:
+        store = MetricsStore.for_workspace(workspace, read_only=True)
+    except WorkspaceError:
         return pl.DataFrame()
-    store = MetricsStore.for_workspace(workspace)
     try:
         return store.runs().filter(pl.col("status") == COMPLETED)
+    except Exception:  # the writer is still creating the schema
+        return pl.DataFrame()
     finally:
         store.close()
 

@@ -139,3 +139,16 @@ def test_read_only_store_needs_an_existing_file_and_cannot_write(tmp_path: Path)
     assert reader.runs().is_empty()
     with pytest.raises(Exception, match="readonly"):
         reader.start_run("r1", flow="backfill", dataset="x", parameters={})
+
+
+def test_many_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    opener = (
+        f"from monitor import MetricsStore; MetricsStore.for_workspace(__import__('pathlib').Path({str(tmp_path)!r}))"
+    )
+    processes = [subprocess.Popen([sys.executable, "-c", opener], stderr=subprocess.PIPE) for _ in range(6)]
+    failures = [p.stderr.read().decode() for p in processes if p.wait(timeout=120) != 0 and p.stderr]
+    assert not failures, failures[0][-1500:]
+    assert MetricsStore.for_workspace(tmp_path, read_only=True).runs().is_empty()
