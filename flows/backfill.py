@@ -271,7 +271,7 @@ def backfill(
                 augment_limit=augment_limit,
             )
         except Exception as error:
-            store.finish_run(run_id, RunRecord(status="failed", error=f"{type(error).__name__}: {error}"))
+            store.fail_run(run_id, error)
             raise
         tasks.record(store.url, run_id, outcome)
         if outcome.promotion and outcome.promotion["promoted"]:

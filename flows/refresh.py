@@ -23,7 +23,7 @@ from catalog import Columns, Workspace, new_run_id, segment_counts, segment_tran
 from flows import steps, tasks
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings
-from monitor import COMPLETED, FAILED, GateConfig, GateMetric, MetricsStore, RunRecord
+from monitor import COMPLETED, GateConfig, GateMetric, MetricsStore, RunRecord
 
 
 def augmentation_row(described: dict[str, Any], profiled: dict[str, Any], simulated: dict[str, Any]) -> dict:
@@ -124,7 +124,7 @@ def augment_new(workspace: Path | None = None, limit: int = 16, batch: int = 8) 
         profiled = tasks.profile(space.root, settings, run_id, ("new", "sparse"), limit)
         augmentation = augmentation_row(described, profiled, {})
     except Exception as error:
-        store.finish_run(run_id, RunRecord(status=FAILED, error=f"{type(error).__name__}: {error}"))
+        store.fail_run(run_id, error)
         raise
     outcome = RunRecord(
         status=COMPLETED,
@@ -189,7 +189,7 @@ def refresh(
             incumbent_recorded=store.run_metrics(incumbent) if incumbent else None,
         )
     except Exception as error:
-        store.finish_run(run_id, RunRecord(status=FAILED, error=f"{type(error).__name__}: {error}"))
+        store.fail_run(run_id, error)
         raise
     outcome.timings = timings | outcome.timings
     outcome.augmentation = augmentation

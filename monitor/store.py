@@ -319,6 +319,10 @@ class MetricsStore:
             if record.promotion is not None:
                 session.add(Promotion(run_id=run_id, decided_at=datetime.now(UTC), **record.promotion))
 
+    def fail_run(self, run_id: str, error: BaseException) -> None:
+        """Record that a run stopped on `error`: status failed, the error's type and message, no rows."""
+        self.finish_run(run_id, RunRecord(status=FAILED, error=f"{type(error).__name__}: {error}"))
+
     # ------------------------------------------------------------------------------------------ reads
 
     def completed_run(

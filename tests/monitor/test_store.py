@@ -152,3 +152,11 @@ def test_many_processes_opening_a_new_store_at_once_all_succeed(tmp_path: Path) 
     failures = [p.stderr.read().decode() for p in processes if p.wait(timeout=120) != 0 and p.stderr]
     assert not failures, failures[0][-1500:]
     assert MetricsStore.for_workspace(tmp_path, read_only=True).runs().is_empty()
+
+
+def test_a_failed_run_keeps_its_error_and_no_rows(store: MetricsStore) -> None:
+    store.start_run("r1", flow="refresh", dataset="ml-100k", parameters={})
+    store.fail_run("r1", ValueError("no held-out interactions"))
+    run = store.runs().row(0, named=True)
+    assert (run["status"], run["error"]) == (FAILED, "ValueError: no held-out interactions")
+    assert store.metrics(completed_only=False).is_empty()
