@@ -29,15 +29,12 @@ Saved layout: ``model.pt`` (a state dict, read back with ``torch.load(weights_on
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
-import json
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
@@ -47,7 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress
 from torch import nn
 
-from catalog import DataError, NotFittedError, atomic_write_bytes
+from catalog import DataError, NotFittedError
+from ranker.base import RankerBase, check_task
 from ranker.evaluate import Scorer
 from ranker.features import RankerInputs, RankingTask
 
@@ -281,9 +279,14 @@ def ndcg_at_k(scores: np.ndarray, positives: sp.csr_array, k: int) -> np.ndarray
     return (hits @ discounts) / np.maximum(ideal, 1e-12)
 
 
-class DeepFMRanker:
-    """DeepFM over user and item fields with stand-ins for cold ids; `fit`, `score`/`scorer`/`recommend`,
-    `save`/`load` with metadata."""
+class DeepFMRanker(RankerBase):
+    """DeepFM over user and item fields with stand-ins for cold ids (the base's fit / scorer / recommend / save /
+    load; `score` here)."""
+
+    kind = "deepfm"
+    model_file = "model.pt"
+    format_version = FORMAT_VERSION
+    tied_to_encoders = True
 
     def __init__(self, config: DeepFMConfig | None = None) -> None:
         self.config = config or DeepFMConfig()
@@ -294,6 +297,10 @@ class DeepFMRanker:
     @property
     def is_fitted(self) -> bool:
         return self._network is not None
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump()
 
     @property
     def network(self) -> _DeepFMNet:
@@ -344,35 +351,13 @@ class DeepFMRanker:
                 "Score with inputs over the same index and encoders, or fit again."
             )
 
-    @staticmethod
-    def _check_task(task: RankingTask, inputs: RankerInputs, name: str) -> None:
-        for what, values, bound in (
-            ("users (user indices)", task.users, inputs.n_users),
-            ("pool (item indices)", task.pool, inputs.n_items),
-        ):
-            values = np.asarray(values)
-            if values.size == 0:
-                raise DataError(f"the {name} task has no {what}.")
-            if not np.issubdtype(values.dtype, np.integer) or values.min() < 0 or values.max() >= bound:
-                raise DataError(f"the {name} task's {what} must be integers in [0, {bound}); got {values[:5]}.")
-        for what, matrix in (("positives", task.positives), ("exclude", task.exclude)):
-            if matrix is not None and matrix.shape != (inputs.n_users, inputs.n_items):
-                raise DataError(
-                    f"the {name} task's {what} has shape {matrix.shape}; the inputs have "
-                    f"{(inputs.n_users, inputs.n_items)} (users x items)."
-                )
-
-    def fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
+    def _fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
         """Learn from the training history and `train`'s positives against negatives from `train.pool`; keep
         the epoch with the best NDCG@k on `valid` (its users ranked against `valid.pool`)."""
-        if train.positives is None or valid.positives is None:
-            raise DataError("DeepFMRanker.fit needs positives for both the training and the validation task.")
-        self._check_task(train, inputs, "training")
-        self._check_task(valid, inputs, "validation")
         with _torch_threads(self.config.threads):
-            return self._fit(inputs, train, valid)
+            return self._train(inputs, train, valid)
 
-    def _fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
+    def _train(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
         config = self.config
         assert train.positives is not None
         rng = np.random.default_rng(config.seed)
@@ -537,14 +522,13 @@ class DeepFMRanker:
         """(len(users) x len(items)) scores, float32; training interactions and `exclude` pairs are -inf."""
         self.network  # noqa: B018 (raises NotFittedError first)
         self._check_inputs(inputs)
-        self._check_task(RankingTask(np.asarray(users), np.asarray(items), exclude=exclude), inputs, "scoring")
+        check_task(RankingTask(np.asarray(users), np.asarray(items), exclude=exclude), inputs, "scoring")
         with _torch_threads(self.config.threads):
             data = _Data.of(inputs, self.config.head_share)
             return self._masked_scores(inputs, data, np.asarray(users), np.asarray(items), exclude)
 
-    def scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None = None) -> Scorer:
-        """A Scorer for `ranker.evaluate` over `inputs` (tensors prepared once for every batch)."""
-        self.network  # noqa: B018
+    def _scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None) -> Scorer:
+        """Tensors prepared once for every batch the Scorer is called with."""
         self._check_inputs(inputs)
         data = _Data.of(inputs, self.config.head_share)
 
@@ -554,62 +538,20 @@ class DeepFMRanker:
 
         return score
 
-    def recommend(
-        self,
-        inputs: RankerInputs,
-        users: np.ndarray,
-        k: int,
-        pool: np.ndarray | None = None,
-        exclude: sp.csr_array | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k (user, item, rank) for `users` among `pool` (default all items); training items and `exclude`
-        pairs are never recommended; equal scores go to the lower item index."""
-        users = np.asarray(users)
-        pool = np.arange(inputs.n_items) if pool is None else np.asarray(pool)
-        scores = self.score(inputs, users, pool, exclude)
-        order = np.lexsort((np.broadcast_to(pool, scores.shape), -scores), axis=1)[:, :k]
-        finite = np.isfinite(np.take_along_axis(scores, order, axis=1))
-        rows, ranks = np.nonzero(finite)
-        return users[rows], pool[order[rows, ranks]], ranks + 1
-
     # ----------------------------------------------------------------------------------------------- persist
 
-    def save(self, directory: Path) -> Path:
-        """Write model.pt (the state dict) then metadata.json (with model.pt's SHA-256), atomically each."""
+    def _payload(self) -> bytes:
         buffer = io.BytesIO()
         torch.save(self.network.state_dict(), buffer)
-        payload = buffer.getvalue()
-        directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / "model.pt", payload)
-        metadata = self.metadata | {
-            "kind": "deepfm",
-            "format_version": FORMAT_VERSION,
-            "config": self.config.model_dump(),
+        self.metadata = self.metadata | {
             "shapes": self._shapes,
-            "model_sha256": hashlib.sha256(payload).hexdigest(),
             "versions": {"torch": torch.__version__, "numpy": np.__version__},
         }
-        atomic_write_bytes(directory / "metadata.json", json.dumps(metadata, indent=2).encode("utf-8"))
-        return directory
+        return buffer.getvalue()
 
     @classmethod
-    def load(cls, directory: Path) -> DeepFMRanker:
-        """A fitted DeepFMRanker from what `save` wrote (weights only: no pickled code is run)."""
-        meta_path, model_path = directory / "metadata.json", directory / "model.pt"
-        if not meta_path.is_file() or not model_path.is_file():
-            raise DataError(f"{directory}: no saved DeepFM (metadata.json and model.pt expected); fit and save one.")
-        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        if metadata.get("kind") != "deepfm" or metadata.get("format_version") != FORMAT_VERSION:
-            raise DataError(
-                f"{meta_path}: holds {metadata.get('kind')!r} format {metadata.get('format_version')}, not DeepFM "
-                f"format {FORMAT_VERSION}; fit and save the model again."
-            )
-        payload = model_path.read_bytes()
-        if hashlib.sha256(payload).hexdigest() != metadata.get("model_sha256"):
-            raise DataError(
-                f"{model_path}: does not match the digest in metadata.json (a save was interrupted or the files "
-                "were mixed); save the model again."
-            )
+    def _from_payload(cls, payload: bytes, metadata: dict[str, Any]) -> Self:
+        """Weights only: no pickled code is run."""
         state = torch.load(io.BytesIO(payload), weights_only=True)
         ranker = cls(DeepFMConfig(**metadata["config"]))
         ranker._shapes = {name: int(value) for name, value in metadata["shapes"].items()}

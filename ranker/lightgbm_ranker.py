@@ -7,10 +7,7 @@ items that only have content. Early stopping uses a validation task (e.g. the co
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Self
 
 import lightgbm as lgb
@@ -18,7 +15,9 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog import NotFittedError, atomic_write_bytes
+from catalog import NotFittedError
+from ranker.base import RankerBase
+from ranker.evaluate import Scorer
 from ranker.features import (
     FEATURE_NAMES,
     USER_HISTORY_FEATURES,
@@ -96,8 +95,11 @@ def _with_positive_groups(groups: _Groups) -> _Groups:
     )
 
 
-class LightGBMRanker:
-    """LambdaRank over candidate pairs; `fit`, `score_task`/`recommend`, `save`/`load` with metadata."""
+class LightGBMRanker(RankerBase):
+    """LambdaRank over candidate pairs (the base's fit / scorer / recommend / save / load; `score_task` here)."""
+
+    kind = "lightgbm"
+    model_file = "model.txt"
 
     def __init__(self, config: LightGBMRankerConfig | None = None) -> None:
         self.config = config or LightGBMRankerConfig()
@@ -109,15 +111,17 @@ class LightGBMRanker:
         return self._booster is not None
 
     @property
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.model_dump()
+
+    @property
     def booster(self) -> lgb.Booster:
         if self._booster is None:
             raise NotFittedError("LightGBMRanker is not fitted; call fit() or load() first.")
         return self._booster
 
-    def fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
+    def _fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
         """Learn from `train` (warm positives, presented cold with probability cold_share); stop on `valid`."""
-        if train.positives is None or valid.positives is None:
-            raise ValueError("fit needs positives for both the training and the validation task.")
         config = self.config
         rng = np.random.default_rng(config.seed)
         fit_groups = _with_positive_groups(
@@ -176,10 +180,8 @@ class LightGBMRanker:
         scores = booster.predict(groups.features, num_iteration=booster.best_iteration or None)
         return groups.users, groups.items, np.asarray(scores, dtype=np.float32)
 
-    def scorer(
-        self, inputs: RankerInputs, exclude: sp.csr_array | None = None
-    ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        """A Scorer for `ranker.evaluate`: candidates get the model's score, every other item -inf."""
+    def _scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None) -> Scorer:
+        """Candidates get the model's score, every other item -inf."""
 
         def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
             pair_users, pair_items, scores = self.score_task(inputs, RankingTask(users, items, exclude=exclude))
@@ -189,41 +191,13 @@ class LightGBMRanker:
 
         return score
 
-    def recommend(
-        self,
-        inputs: RankerInputs,
-        users: np.ndarray,
-        k: int,
-        pool: np.ndarray | None = None,
-        exclude: sp.csr_array | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top-k (user, item, rank) for `users` among `pool` (default all items); training items and `exclude`
-        pairs are never recommended."""
-        pool = np.arange(inputs.n_items) if pool is None else pool
-        task = RankingTask(np.asarray(users), pool, exclude=exclude)
-        pair_users, pair_items, scores = self.score_task(inputs, task)
-        order = np.lexsort((pair_items, -scores, pair_users))
-        pair_users, pair_items = pair_users[order], pair_items[order]
-        starts = np.searchsorted(pair_users, pair_users, side="left")
-        rank = np.arange(pair_users.size) - starts + 1
-        keep = rank <= k
-        return pair_users[keep], pair_items[keep], rank[keep]
-
-    def save(self, directory: Path) -> Path:
-        """Write model.txt (LightGBM text format) and metadata.json into `directory`, atomically each."""
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, text in (
-            ("model.txt", self.booster.model_to_string()),
-            ("metadata.json", json.dumps(self.metadata | {"config": self.config.model_dump()}, indent=2)),
-        ):
-            atomic_write_bytes(directory / name, text.encode("utf-8"))
-        return directory
+    def _payload(self) -> bytes:
+        return self.booster.model_to_string().encode("utf-8")
 
     @classmethod
-    def load(cls, directory: Path) -> LightGBMRanker:
-        metadata = json.loads((directory / "metadata.json").read_text(encoding="utf-8"))
+    def _from_payload(cls, payload: bytes, metadata: dict[str, Any]) -> Self:
         ranker = cls(LightGBMRankerConfig(**metadata["config"]))
-        ranker._booster = lgb.Booster(model_str=(directory / "model.txt").read_text(encoding="utf-8"))
+        ranker._booster = lgb.Booster(model_str=payload.decode("utf-8"))
         ranker.metadata = metadata
         return ranker
 

@@ -16,6 +16,7 @@ import torch
 from catalog import DataError, NotFittedError
 from ranker.deepfm import DeepFMConfig, DeepFMRanker, head_items, ndcg_at_k
 from ranker.features import RankerInputs, RankingTask
+from tests.ranker.contract import RankerContract
 
 CONFIG = DeepFMConfig(embedding_dim=16, hidden=(32,), epochs=6, patience=2, batch_size=256, threads=2)
 
@@ -143,7 +144,7 @@ def test_same_seed_same_model(fitted: DeepFMRanker, slice_inputs: tuple, tasks: 
 def test_bad_input_is_a_clear_error(fitted: DeepFMRanker, slice_inputs: tuple, tasks: tuple) -> None:
     inputs, _ = slice_inputs
     train, valid, _ = tasks
-    with pytest.raises(DataError, match="needs positives"):
+    with pytest.raises(DataError, match="no positives"):
         DeepFMRanker(CONFIG).fit(inputs, RankingTask(train.users, train.pool), valid)
     with pytest.raises(DataError, match=r"users \(user indices\) must be integers"):
         DeepFMRanker(CONFIG).fit(inputs, RankingTask(train.users + 10_000, train.pool, train.positives), valid)
@@ -175,3 +176,9 @@ def test_ndcg_at_k_by_hand() -> None:
     # -> 1 / (1 + 1 / log2 3).
     expected = [1 / np.log2(3), 1 / (1 + 1 / np.log2(3))]
     np.testing.assert_allclose(ndcg_at_k(scores, positives, 2), expected)
+
+
+class TestDeepFMContract(RankerContract):
+    @pytest.fixture
+    def make(self) -> Callable[[], DeepFMRanker]:
+        return lambda: DeepFMRanker(CONFIG)

@@ -11,6 +11,7 @@ import pytest
 from catalog import NotFittedError
 from ranker.features import RankerInputs, RankingTask
 from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
+from tests.ranker.contract import RankerContract
 
 CONFIG = LightGBMRankerConfig(per_source=20, n_estimators=60, early_stopping_rounds=20, min_child_samples=20)
 
@@ -80,3 +81,16 @@ def test_users_shown_as_cold_teach_item_only_ranking(slice_inputs: tuple, tasks:
     second = dict(zip(items[users == 1].tolist(), scores[users == 1].tolist(), strict=True))
     shared = sorted(set(first) & set(second))
     assert not np.allclose([first[i] for i in shared], [second[i] for i in shared])
+
+
+@pytest.fixture(scope="module")
+def fitted(slice_inputs: tuple, tasks: tuple) -> LightGBMRanker:
+    inputs, _ = slice_inputs
+    train, valid, _ = tasks
+    return LightGBMRanker(CONFIG.model_copy(update={"n_estimators": 20})).fit(inputs, train, valid)
+
+
+class TestLightGBMContract(RankerContract):
+    @pytest.fixture
+    def make(self) -> Callable[[], LightGBMRanker]:
+        return lambda: LightGBMRanker(CONFIG.model_copy(update={"n_estimators": 20}))
