@@ -23,12 +23,14 @@ from catalog._loaders import (
     load_movielens_100k,
     read_table,
 )
+from catalog._registry import ModelRegistry, ModelVersion, Tables
 from catalog._segments import (
     detect_segments,
     entity_segments,
     popularity_segments,
     segment_counts,
     segment_transitions,
+    segments_as_of,
     summarize_segments,
 )
 from catalog._workspace import Workspace, atomic_write_bytes, new_run_id
@@ -46,8 +48,11 @@ __all__ = [
     "ConformReport",
     "DataError",
     "Dataset",
+    "ModelRegistry",
+    "ModelVersion",
     "NotFittedError",
     "Segments",
+    "Tables",
     "WarmstartError",
     "Workspace",
     "WorkspaceError",
@@ -68,6 +73,7 @@ __all__ = [
     "read_table",
     "segment_counts",
     "segment_transitions",
+    "segments_as_of",
     "summarize_segments",
     "with_first_seen",
 ]

@@ -20,7 +20,7 @@ import polars as pl
 
 from catalog._columns import Columns as C
 from catalog._columns import Segments as S
-from catalog._contracts import TIMESTAMP
+from catalog._contracts import TIMESTAMP, with_first_seen
 
 SEGMENT_ORDER = (S.cold, S.sparse, S.tail, S.head)
 ENTITY = "entity_id"
@@ -104,6 +104,29 @@ def detect_segments(
             entity_segments(interactions, users, key=C.user, kind="user", **options),
         ]
     )
+
+
+def segments_as_of(
+    interactions: pl.LazyFrame | pl.DataFrame,
+    items: pl.LazyFrame | pl.DataFrame,
+    users: pl.LazyFrame | pl.DataFrame,
+    *,
+    before: datetime | None,
+    since: datetime | None,
+    sparse_max: int = 5,
+    head_share: float = 0.8,
+) -> pl.DataFrame:
+    """Segments as they were at `before` (events strictly earlier; None: every event), `new` meaning first seen
+    after `since`. As of a past time, an entity whose first event is still to come is not new yet, only cold."""
+    if before is not None:
+        interactions = interactions.lazy().filter(pl.col(C.ts) < before).collect()
+        items, users = (
+            with_first_seen(
+                frame.lazy().collect().with_columns(pl.lit(None, TIMESTAMP).alias(C.first_seen)), interactions, key
+            )
+            for key, frame in ((C.item, items), (C.user, users))
+        )
+    return detect_segments(interactions, items, users, sparse_max=sparse_max, head_share=head_share, watermark=since)
 
 
 def summarize_segments(segments: pl.DataFrame) -> pl.DataFrame:

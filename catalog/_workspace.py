@@ -20,11 +20,14 @@ import os
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from catalog.errors import WorkspaceError
+
+if TYPE_CHECKING:
+    from catalog._registry import ModelRegistry
 
 
 def new_run_id() -> str:
@@ -53,6 +56,13 @@ class Workspace:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.tables = self.root / "tables"
+
+    @property
+    def models(self) -> ModelRegistry:
+        """The model registry of this workspace (WORKSPACE/models)."""
+        from catalog._registry import ModelRegistry  # the registry writes through this module's atomic writes
+
+        return ModelRegistry(self.root / "models")
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"

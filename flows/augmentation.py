@@ -32,12 +32,12 @@ from augment import (
     profile_users,
     simulate_interactions,
 )
-from catalog import Columns, ConfigError, Segments, Workspace, WorkspaceError
+from catalog import Columns, ConfigError, Segments, Tables, Workspace, WorkspaceError
 from flows.settings import WarmstartSettings
 
-ITEM_DESCRIPTIONS = "item_descriptions"
-USER_PROFILES = "user_profiles"
-SYNTHETIC_INTERACTIONS = "synthetic_interactions"
+ITEM_DESCRIPTIONS = Tables.item_descriptions
+USER_PROFILES = Tables.user_profiles
+SYNTHETIC_INTERACTIONS = Tables.synthetic_interactions
 SEGMENT_CHOICES = (Segments.cold, Segments.sparse, Segments.tail, Segments.head, Segments.new)
 REPORT_KEYS = ("generated", "cached", "rejected", "synthetic_rows", "tokens", "seconds")
 
@@ -68,14 +68,14 @@ def segment_ids(workspace: Workspace, kind: str, segments: Sequence[str], limit:
     unknown = sorted(set(segments) - set(SEGMENT_CHOICES))
     if unknown:
         raise ConfigError(f"unknown segment(s) {unknown}; choose from {', '.join(SEGMENT_CHOICES)}.")
-    if not workspace.exists("segments"):
+    if not workspace.exists(Tables.segments):
         raise WorkspaceError(f"workspace {workspace.root} has no segments: run `warmstart detect` first.")
     wanted = [s for s in segments if s != Segments.new]
     chosen = pl.col(Columns.segment).is_in(wanted)
     if Segments.new in segments:
         chosen = chosen | pl.col("is_new")
     frame = (
-        workspace.scan("segments")
+        workspace.scan(Tables.segments)
         .filter((pl.col(Columns.kind) == kind) & chosen)
         .sort(Columns.n_interactions, "entity_id")
         .select("entity_id")
@@ -114,12 +114,17 @@ def describe_step(
 ) -> dict[str, Any]:
     """Describe the items of `segments` (at most `limit`) into the `item_descriptions` table."""
     started = time.perf_counter()
-    ids = segment_ids(workspace, "item", segments, limit)
-    items = workspace.read("items").filter(pl.col(Columns.item).is_in(ids))
+    items = describe_targets(workspace, segments, limit)
     cache = generation_cache(cache_dir)
     frame, stats = describe_items(items, backend, cache, max_new_tokens=max_new_tokens, show_progress=show_progress)
-    report = _report(stats, started, requested=len(ids))
+    report = _report(stats, started, requested=items.height)
     return store_descriptions(workspace, frame, report, run_id=run_id, model=backend.model_name, segments=segments)
+
+
+def describe_targets(workspace: Workspace, segments: Sequence[str], limit: int | None) -> pl.DataFrame:
+    """The items of `segments` to describe (at most `limit`, fewest interactions first)."""
+    ids = segment_ids(workspace, "item", segments, limit)
+    return workspace.read(Tables.items).filter(pl.col(Columns.item).is_in(ids))
 
 
 def store_descriptions(
@@ -143,11 +148,11 @@ def store_descriptions(
 
 def user_histories(workspace: Workspace, users: Sequence[str] | None = None) -> pl.DataFrame:
     """(user_id, titles): each user's item titles, most recent first (real interactions only)."""
-    interactions = workspace.scan("interactions")
+    interactions = workspace.scan(Tables.interactions)
     if users is not None:
         interactions = interactions.filter(pl.col(Columns.user).is_in(list(users)))
     return (
-        interactions.join(workspace.scan("items").select(Columns.item, Columns.title), on=Columns.item, how="left")
+        interactions.join(workspace.scan(Tables.items).select(Columns.item, Columns.title), on=Columns.item, how="left")
         .sort([Columns.user, Columns.ts, Columns.item], descending=[False, True, False], nulls_last=True)
         .group_by(Columns.user, maintain_order=True)
         .agg(pl.col(Columns.title).fill_null("").alias(TITLES))
@@ -188,6 +193,33 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
+def embedding_candidates(
+    items: pl.DataFrame, interactions: pl.DataFrame, ids: list[str], cache_dir: Path, top_m: int, show_progress: bool
+) -> tuple[list[str], pl.DataFrame]:
+    """(the ids found among `items`, their candidate users): for each item the `top_m` users whose mean MiniLM
+    title embedding over their real interactions is closest, never a pair that is already real."""
+    from encoders import EmbeddingCache, encode_texts, item_text  # torch loads only for this step
+
+    embeddings = EmbeddingCache(Path(cache_dir) / "embeddings")
+    vectors = _unit_rows(encode_texts(item_text(items).to_list(), cache=embeddings, show_progress=show_progress))
+    position = {item: row for row, item in enumerate(items[Columns.item].to_list())}
+    users = interactions.group_by(Columns.user).agg(pl.col(Columns.item)).sort(Columns.user)
+    user_vectors = (
+        np.stack([vectors[[position[item] for item in row]].mean(axis=0) for row in users[Columns.item].to_list()])
+        if users.height
+        else np.zeros((0, vectors.shape[1]), dtype=np.float32)
+    )
+    targets = [item for item in ids if item in position]
+    candidates = candidate_users(
+        targets,
+        vectors[[position[item] for item in targets]] if targets else np.zeros((0, vectors.shape[1])),
+        users[Columns.user].to_list(),
+        user_vectors,
+        top_m=top_m,
+    ).join(interactions, on=[Columns.user, Columns.item], how="anti")  # never "predict" a real pair
+    return targets, candidates
+
+
 def simulate_step(
     workspace: Workspace,
     backend: Backend,
@@ -207,29 +239,11 @@ def simulate_step(
     most similar to the item's; the LLM judge keeps `keep_top` per item. Items use their LLM description
     in the judge prompt when `item_descriptions` has one.
     """
-    from encoders import EmbeddingCache, encode_texts, item_text  # torch loads only for this step
-
     started = time.perf_counter()
     ids = segment_ids(workspace, "item", segments, limit)
-    items = workspace.read("items")
-    interactions = workspace.read("interactions").select(Columns.user, Columns.item).unique()
-    embeddings = EmbeddingCache(Path(cache_dir) / "embeddings")
-    vectors = _unit_rows(encode_texts(item_text(items).to_list(), cache=embeddings, show_progress=show_progress))
-    position = {item: row for row, item in enumerate(items[Columns.item].to_list())}
-    users = interactions.group_by(Columns.user).agg(pl.col(Columns.item)).sort(Columns.user)
-    user_vectors = (
-        np.stack([vectors[[position[item] for item in row]].mean(axis=0) for row in users[Columns.item].to_list()])
-        if users.height
-        else np.zeros((0, vectors.shape[1]), dtype=np.float32)
-    )
-    targets = [item for item in ids if item in position]
-    candidates = candidate_users(
-        targets,
-        vectors[[position[item] for item in targets]] if targets else np.zeros((0, vectors.shape[1])),
-        users[Columns.user].to_list(),
-        user_vectors,
-        top_m=top_m,
-    ).join(interactions, on=[Columns.user, Columns.item], how="anti")  # never "predict" a real pair
+    items = workspace.read(Tables.items)
+    interactions = workspace.read(Tables.interactions).select(Columns.user, Columns.item).unique()
+    targets, candidates = embedding_candidates(items, interactions, ids, cache_dir, top_m, show_progress)
     judged_items = items.filter(pl.col(Columns.item).is_in(targets)).select(Columns.item, Columns.title)
     if workspace.exists(ITEM_DESCRIPTIONS):
         described = workspace.read(ITEM_DESCRIPTIONS).select(Columns.item, DESCRIPTION)

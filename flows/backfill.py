@@ -9,7 +9,6 @@ half-way left no metric rows (they are written with the run's completion, in one
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,16 +22,17 @@ from catalog import (
     ConfigError,
     DataError,
     Dataset,
+    ModelRegistry,
+    Segments,
+    Tables,
     Workspace,
     new_run_id,
     segment_counts,
     segment_transitions,
-    summarize_segments,
 )
-from flows import steps, tasks
-from flows.refresh import augmentation_row
+from flows import cycle, refresh, stages, tasks
 from flows.settings import WarmstartSettings
-from monitor import GateConfig, GateMetric, MetricsStore, RunRecord
+from monitor import ActiveRun, GateDecision, MetricsStore
 
 FLOW_NAME = "backfill"
 PROTOCOL = "temporal"
@@ -74,115 +74,97 @@ def parse_every(text: str) -> timedelta:
     return timedelta(**{units[unit]: int(number)})
 
 
-def augment_window(
-    dataset: Dataset,
-    window: Window,
-    segments: pl.DataFrame,
-    *,
-    workspace: Workspace,
-    settings: WarmstartSettings,
-    run_id: str,
-    limit: int,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class WindowContext:
+    """What every window of one backfill shares."""
+
+    dataset: Dataset
+    space: Workspace
+    registry: ModelRegistry
+    settings: WarmstartSettings
+    config: cycle.CycleConfig
+    sparse_max: int
+    head_share: float
+    augment_limit: int
+
+
+def augment_window(context: WindowContext, window: Window, segments: pl.DataFrame, run_id: str) -> dict[str, Any]:
     """Describe the window's new items and simulate who would take to them, as a scheduled run at the window's
     end would have: from the events before it only. The window's tables (descriptions, synthetic pairs) are kept
     in WORKSPACE/backfill/WINDOW_END for audit. The synthetic pairs' precision is measured against the real
     interactions of the next window (synthetic rows never enter the ranker's evaluation)."""
-    scratch = Workspace(workspace.root / "backfill" / f"{window.end:%Y%m%dT%H%M%S}")
+    dataset = context.dataset
+    scratch = Workspace(context.space.root / "backfill" / f"{window.end:%Y%m%dT%H%M%S}")
     history = dataset.interactions.filter(pl.col(Columns.ts) < window.end)
-    for name, frame in (("interactions", history), ("items", dataset.items), ("users", dataset.users)):
+    for name, frame in ((Tables.interactions, history), (Tables.items, dataset.items), (Tables.users, dataset.users)):
         scratch.write(name, frame, run_id=run_id, source=f"backfill window ending {window.end}")
-    scratch.write("segments", segments, run_id=run_id, source="backfill")
-    described = tasks.describe(scratch.root, settings, run_id, ("new",), limit)
-    simulated = tasks.simulate(scratch.root, settings, run_id, ("new",), limit)
-    row = augmentation_row(described, {}, simulated)
-    if scratch.exists("synthetic_interactions"):
-        synthetic = scratch.read("synthetic_interactions").select(Columns.user, Columns.item).unique()
+    scratch.write(Tables.segments, segments, run_id=run_id, source="backfill")
+    plan = stages.AugmentPlan(
+        item_segments=(Segments.new,),
+        simulate_segments=(Segments.new,),
+        limit=context.augment_limit,
+        profile=False,
+        max_new_tokens=context.settings.llm_max_new_tokens,
+    )
+    report = refresh.augment_workspace(scratch, context.settings, plan, run_id)
+    if scratch.exists(Tables.synthetic_interactions):
+        synthetic = scratch.read(Tables.synthetic_interactions).select(Columns.user, Columns.item).unique()
         later = dataset.interactions.filter(
             (pl.col(Columns.ts) >= window.end) & (pl.col(Columns.ts) < window.next_end)
         ).select(Columns.user, Columns.item)
         hits = synthetic.join(later.unique(), on=[Columns.user, Columns.item], how="semi").height
-        row["synthetic_precision"] = hits / synthetic.height if synthetic.height else None
-    return row
+        report.steps["simulate"]["synthetic_precision"] = hits / synthetic.height if synthetic.height else None
+    return report.store_row()
 
 
-def run_window(
-    dataset: Dataset,
-    window: Window,
-    *,
-    run_id: str,
-    workspace: Workspace,
-    k: int,
-    models: Any,
-    cache_dir: Path,
-    gate_config: GateConfig,
-    sparse_max: int,
-    head_share: float,
-    incumbent: str | None,
-    incumbent_recorded: pl.DataFrame | None,
-    settings: WarmstartSettings,
-    augment_limit: int,
-) -> RunRecord:
-    """One window through the cycle: detect, retrain, evaluate, gate; returns what to record."""
+def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded: pl.DataFrame | None) -> GateDecision:
+    """One window through the cycle as of its end: detect, augment, retrain, evaluate, gate; fills the run's record."""
     from flows import pipeline
     from ranker.evaluate import temporal_split
 
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    segments = {
-        when: tasks.detect_window(
-            dataset.interactions,
-            dataset.items,
-            dataset.users,
-            before=when,
-            since=window.start,
-            sparse_max=sparse_max,
-            head_share=head_share,
-        )
-        for when in (window.start, window.end)
-    }
-    timings["detect"] = time.perf_counter() - clock
-    counts = segment_counts(segments[window.end])
-    tasks.publish_segment_counts(
-        summarize_segments(segments[window.end]), f"{dataset.name}: segments as of {window.end:%Y-%m-%d}"
-    )
-    moves = segment_transitions(segments[window.start], segments[window.end])
-    augmentation = None
-    if augment_limit > 0:
-        clock = time.perf_counter()
-        augmentation = augment_window(
-            dataset,
-            window,
-            segments[window.end],
-            workspace=workspace,
-            settings=settings,
-            run_id=run_id,
-            limit=augment_limit,
-        )
-        timings["augment"] = time.perf_counter() - clock
+    dataset, record = context.dataset, run.record
+    with record.timed("detect"):
+        segments = {
+            when: tasks.detect_as_of_task(
+                dataset, before=when, since=window.start, sparse_max=context.sparse_max, head_share=context.head_share
+            )
+            for when in (window.start, window.end)
+        }
+    record.segment_counts = segment_counts(segments[window.end])
+    record.transitions = segment_transitions(segments[window.start], segments[window.end])
+    if context.augment_limit > 0:
+        with record.timed("augment"):
+            record.augmentation = augment_window(context, window, segments[window.end], run.run_id)
     split = temporal_split(dataset.interactions, dataset.items, cut=window.end, end=window.next_end)
     if split.truth.height == 0:
         raise DataError(f"no new interaction between {window.end} and {window.next_end} to evaluate on.")
-    title = f"{dataset.name} window ending {window.end:%Y-%m-%d}"
-    outcome = tasks.retrain_and_gate(
-        pipeline.holdout_plan(split),
-        run_id=run_id,
-        workspace=workspace,
-        models=models,
-        cache_dir=cache_dir,
-        k=k,
-        protocol=PROTOCOL,
-        title=title,
-        gate_config=gate_config,
-        incumbent=incumbent,
-        incumbent_recorded=incumbent_recorded,
+    decision = cycle.train_evaluate_gate(
+        pipeline.holdout_plan(split), context.config, run, context.registry, recorded=recorded, dataset=dataset.name
     )
-    outcome.timings = timings | outcome.timings
-    outcome.as_of = window.end
-    outcome.segment_counts = counts
-    outcome.transitions = moves
-    outcome.augmentation = augmentation
-    return outcome
+    record.as_of = window.end
+    return decision
+
+
+def history_windows(dataset: Dataset, start: datetime | None, end: datetime | None, every: str) -> list[Window]:
+    """The windows to replay, from `start` (default: the first event) to `end` (default: the last)."""
+    times = dataset.interactions[Columns.ts]
+    if times.null_count() == times.len():
+        raise DataError(f"{dataset.name} has no timestamps: backfill replays history by time.")
+    first, last = start or times.min(), end or times.max()
+    assert isinstance(first, datetime) and isinstance(last, datetime)
+    return time_windows(first, last, parse_every(every))
+
+
+def replay_window(context: WindowContext, window: Window, store: MetricsStore, identity: dict[str, Any]) -> str:
+    """One window as a recorded run, gated against the backfill's current model; returns what happened."""
+    ranker = context.config.models.ranker_name
+    current = context.registry.current(ranker)
+    recorded = store.run_metrics(current) if current else None
+    bounds = {"window_start": window.start, "window_end": window.end}
+    with store.run(new_run_id(), flow=FLOW_NAME, dataset=context.dataset.name, parameters=identity, **bounds) as run:
+        decision = run_window(context, window, run, recorded)
+    cycle.promote(context.registry, ranker, decision, run.run_id)
+    return f"recorded run {run.run_id} ({decision.reason})"
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -198,85 +180,46 @@ def backfill(
     seed: int = 0,
     max_epochs: int = 150,
     store_url: str | None = None,
-    gate_metrics: tuple[str, ...] = ("overall/ndcg@20", "cold/recall@20"),
-    gate_tolerance: float = 0.005,
+    gate_metrics: tuple[str, ...] | None = None,
+    gate_tolerance: float = cycle.DEFAULT_GATE_TOLERANCE,
     sparse_max: int = 5,
     head_share: float = 0.8,
     augment_limit: int = 0,
 ) -> pl.DataFrame:
     """Replay `dataset` window by window (see the module doc); returns the store's metric rows of this backfill.
     `augment_limit` bounds the language model's work per window (new items described and simulated); 0 skips it.
-    Unset paths and the store URL come from the WARMSTART_* settings."""
+    Unset paths and the store URL come from the WARMSTART_* settings. The windows' models live in their own
+    registry (WORKSPACE/backfill/models): a replay of history never changes the workspace's current model."""
     from flows import pipeline
 
     logger = get_run_logger()
     settings = WarmstartSettings()
     workspace, cache_dir = workspace or settings.workspace, cache_dir or settings.cache_dir
-    store_url = store_url or settings.metrics_url
-    loaded = steps.load_named_dataset(dataset, data_dir, cache_dir)
-    times = loaded.interactions[Columns.ts]
-    if times.null_count() == times.len():
-        raise DataError(f"{dataset} has no timestamps: backfill replays history by time.")
-    first, last = start or times.min(), end or times.max()
-    assert isinstance(first, datetime) and isinstance(last, datetime)
-    windows = time_windows(first, last, parse_every(every))
+    loaded = stages.load_named_dataset(dataset, data_dir, cache_dir)
+    windows = history_windows(loaded, start, end, every)
     space = Workspace(workspace)
-    store = MetricsStore.for_workspace(space.root, store_url)
-    models = pipeline.ModelSettings.capped(seed, max_epochs, settings.ranker)
-    gate_config = GateConfig(metrics=[GateMetric.parse(text) for text in gate_metrics], tolerance=gate_tolerance)
+    store = MetricsStore.for_workspace(space.root, store_url or settings.metrics_url)
+    config = cycle.CycleConfig(
+        models=pipeline.ModelSettings.capped(seed, max_epochs, settings.ranker),
+        k=k,
+        protocol=PROTOCOL,
+        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance),
+        cache_dir=cache_dir,
+    )
+    registry = ModelRegistry(space.root / "backfill" / "models")
+    context = WindowContext(loaded, space, registry, settings, config, sparse_max, head_share, augment_limit)
     # What makes two backfill runs the same unit of work (the window end is keyed separately).
-    identity = {
-        "every": every,
-        "k": k,
-        "seed": seed,
-        "max_epochs": max_epochs,
-        "sparse_max": sparse_max,
-        "head_share": head_share,
-        "augment_limit": augment_limit,
-        "ranker": settings.ranker,
-        "gate": gate_config.model_dump(),
-    }
-    incumbent = store.promoted_version(flow=FLOW_NAME, dataset=loaded.name)
-    logger.info(f"{len(windows)} windows of {every} from {first:%Y-%m-%d} to {last:%Y-%m-%d}")
+    identity = dict(every=every, k=k, seed=seed, max_epochs=max_epochs, sparse_max=sparse_max, head_share=head_share)
+    identity |= {"augment_limit": augment_limit, "ranker": settings.ranker, "gate": config.gate.model_dump()}
+    cycle.reconcile(context.registry, store, flow=FLOW_NAME, dataset=loaded.name, ranker=settings.ranker)
+    logger.info(f"{len(windows)} windows of {every} from {windows[0].start:%Y-%m-%d} to {windows[-1].end:%Y-%m-%d}")
     for number, window in enumerate(windows, start=1):
         label = f"window {number}/{len(windows)} ending {window.end:%Y-%m-%d}"
         done = store.completed_run(flow=FLOW_NAME, dataset=loaded.name, window_end=window.end, parameters=identity)
         if done is not None:
             logger.info(f"{label}: done in run {done}, skipped")
             continue
-        run_id = new_run_id()
-        store.start_run(
-            run_id,
-            flow=FLOW_NAME,
-            dataset=loaded.name,
-            parameters=identity,
-            window_start=window.start,
-            window_end=window.end,
-        )
-        try:
-            outcome = run_window(
-                loaded,
-                window,
-                run_id=run_id,
-                workspace=space,
-                k=k,
-                models=models,
-                cache_dir=cache_dir,
-                gate_config=gate_config,
-                sparse_max=sparse_max,
-                head_share=head_share,
-                incumbent=incumbent,
-                incumbent_recorded=store.run_metrics(incumbent) if incumbent else None,
-                settings=settings,
-                augment_limit=augment_limit,
-            )
-        except Exception as error:
-            store.fail_run(run_id, error)
-            raise
-        tasks.record(store.url, run_id, outcome)
-        if outcome.promotion and outcome.promotion["promoted"]:
-            incumbent = run_id
-        logger.info(f"{label}: recorded run {run_id} ({outcome.promotion['reason'] if outcome.promotion else ''})")
+        logger.info(f"{label}: {replay_window(context, window, store, identity)}")
     rows = store.metrics(protocol=PROTOCOL).filter(pl.col("flow") == FLOW_NAME)
     store.close()
     return rows

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import polars as pl
 import typer
@@ -16,8 +16,19 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from catalog import Columns, ConfigError, WarmstartError, Workspace, atomic_write_bytes, load_files, new_run_id
-from flows import steps
+from catalog import (
+    Columns,
+    ConfigError,
+    Segments,
+    Tables,
+    WarmstartError,
+    Workspace,
+    WorkspaceError,
+    atomic_write_bytes,
+    load_files,
+    new_run_id,
+)
+from flows import stages
 from flows.settings import WarmstartSettings
 from monitor import MetricsStore, beyond_accuracy_trend, metric_trend
 
@@ -107,14 +118,14 @@ def ingest(
         raise ConfigError("give either --dataset NAME or --interactions FILE --items FILE.")
     if dataset is not None:
         with console.status(f"loading {dataset}..."):
-            loaded = steps.load_named_dataset(dataset, data, settings.cache_dir)
+            loaded = stages.load_named_dataset(dataset, data, settings.cache_dir)
     else:
         if items is None:
             raise ConfigError("--interactions needs --items FILE too.")
         assert interactions is not None
-        loaded = load_files(interactions, items, users, mapping=steps.parse_mapping(map_ or []))
+        loaded = load_files(interactions, items, users, mapping=stages.parse_mapping(map_ or []))
     run_id = new_run_id()
-    written = steps.store_dataset(_workspace(workspace, settings), loaded, run_id)
+    written = stages.ingest(_workspace(workspace, settings), loaded, run_id)
     reports = loaded.reports.items()
     report = pl.DataFrame(
         {
@@ -128,7 +139,7 @@ def ingest(
     console.print("tables written: " + ", ".join(f"{name} ({rows:,})" for name, rows in written.items()))
 
 
-def _show_detection(detection: steps.Detection, title: str) -> None:
+def _show_detection(detection: stages.Detection, title: str) -> None:
     _print_frame(detection.summary, title)
     since = detection.watermark.isoformat() if detection.watermark else "never (first run: nothing is new)"
     console.print(f"new = first seen after {since}")
@@ -146,7 +157,7 @@ def detect(
 ) -> None:
     """Classify items and users into new / cold / sparse / tail / head segments."""
     settings = _settings()
-    detection = steps.detect(
+    detection = stages.detect(
         _workspace(workspace, settings),
         new_run_id(),
         sparse_max=settings.sparse_max if sparse_max is None else sparse_max,
@@ -300,12 +311,12 @@ def demo(
     settings = _settings()
     space = _workspace(workspace, settings)
     with console.status("fetching and loading MovieLens-100K..."):
-        dataset = steps.load_named_dataset("ml-100k", data, settings.cache_dir)
+        dataset = stages.load_named_dataset("ml-100k", data, settings.cache_dir)
     run_id = new_run_id()
-    steps.store_dataset(space, dataset, run_id)
+    stages.ingest(space, dataset, run_id)
     last_event = dataset.interactions[Columns.ts].max()
     assert isinstance(last_event, datetime)
-    detection = steps.detect(
+    detection = stages.detect(
         space,
         run_id,
         sparse_max=settings.sparse_max,
@@ -431,7 +442,7 @@ def evaluate(
         raise ConfigError("give either --dataset NAME or --train FILE --test FILE --items FILE.")
     if dataset is not None:
         with console.status(f"loading {dataset}..."):
-            loaded = steps.load_named_dataset(dataset, data, settings.cache_dir)
+            loaded = stages.load_named_dataset(dataset, data, settings.cache_dir)
         plan = pipeline.dataset_plan(loaded, pipeline.PROTOCOLS[protocol.value])
     else:
         if test is None or items is None:
@@ -441,7 +452,7 @@ def evaluate(
             pipeline.PROTOCOLS[protocol.value], train=train, test=test, items=items, valid=valid, users=users
         )
     run_id = new_run_id()
-    model_dir = _workspace(workspace, settings).root / "models" / ranker_name / run_id
+    model_dir = _workspace(workspace, settings).models.path(ranker_name, run_id)
     models = pipeline.ModelSettings.seeded(seed, ranker_name)
     report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
     report["protocol"] = protocol.value
@@ -458,56 +469,183 @@ def evaluate(
 def encode(workspace: WorkspaceOption = None) -> None:
     """Embed every item's text with all-MiniLM-L6-v2 into the `item_embeddings` table.
 
-    Texts already in the workspace's embedding cache (keyed by model and text hash) are not encoded again.
+    Texts already in the embedding cache (CACHE/embeddings, keyed by model and text hash) are not encoded again.
     """
-    space = _workspace(workspace, _settings())
-    stats = steps.encode_items(space, new_run_id())
+    settings = _settings()
+    encoded = stages.encode(_workspace(workspace, settings), new_run_id(), cache_dir=settings.cache_dir)
     console.print(
-        f"item_embeddings: {stats['items']:,} items x {stats['dim']} ({stats['model']}); "
-        f"{stats['cache_hits']:,} texts from the cache, {stats['cache_misses']:,} encoded"
+        f"item_embeddings: {encoded.items:,} items x {encoded.dim} ({encoded.model}); "
+        f"{encoded.stats['cache_hits']:,} texts from the cache, {encoded.stats['cache_misses']:,} encoded"
+    )
+
+
+GateMetricOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--gate-metric", help="Gate metric SEGMENT/METRIC@K, repeatable [default: overall/ndcg@20, cold/recall@20]."
+    ),
+]
+GateToleranceOption = Annotated[
+    float, typer.Option(help="Largest drop of a gate metric that still promotes (negative: must improve by that much).")
+]
+ProtocolOption = Annotated[
+    Protocol | None,
+    typer.Option(help="Protocol of the evaluation [default: cold-item for CiteULike's split, else temporal]."),
+]
+
+
+def _refresh(
+    space: Workspace,
+    settings: WarmstartSettings,
+    *,
+    title: str,
+    ranker: RankerName | None,
+    **options: Any,
+) -> None:
+    """Run the refresh flow on the workspace, then print its metrics and the gate's decision."""
+    from flows.refresh import refresh as refresh_flow
+    from flows.runners import with_runner
+
+    if not space.exists(Tables.interactions):  # say so before Prefect starts
+        raise WorkspaceError(f"workspace {space.root} holds no data: run `warmstart ingest --workspace {space.root}`.")
+    name = (ranker or RankerName(settings.ranker)).value
+    outcome = with_runner(refresh_flow, settings)(workspace=space.root, ranker=name, **options)
+    metrics = outcome["metrics"]
+    _print_metrics({"metrics": metrics.to_dicts()}, f"{title} {outcome['run_id']}: {metrics['protocol'][0]}")
+    promotion = outcome["promotion"]
+    verdict = "promoted: now current" if promotion["promoted"] else "refused: the current model stays"
+    console.print(f"{name} {promotion['candidate_version']} {verdict} ({promotion['reason']})", markup=False)
+
+
+@app.command()
+@friendly_errors
+def refresh(
+    augment_limit: Annotated[
+        int, typer.Option(min=0, help="Entities per step the language model augments (0: no augmentation).")
+    ] = 16,
+    simulate: Annotated[bool, typer.Option(help="Simulate interactions for cold items.")] = True,
+    protocol: ProtocolOption = None,
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = 20,
+    ranker: RankerOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs.")] = 150,
+    gate_metric: GateMetricOption = None,
+    gate_tolerance: GateToleranceOption = 0.005,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """One gated, recorded refresh cycle on the workspace (what the nightly deployment runs): detect, augment,
+    encode, retrain, evaluate on real held-out data, gate against the current model on the same data, record the
+    run in the metrics history and promote the candidate if the gate lets it through."""
+    from flows.cycle import default_gate_metrics
+
+    settings = _settings()
+    _refresh(
+        _workspace(workspace, settings),
+        settings,
+        title="refresh",
+        ranker=ranker,
+        augment_limit=augment_limit,
+        simulate=simulate,
+        protocol=protocol.value if protocol else None,
+        k=k,
+        seed=seed,
+        max_epochs=max_epochs,
+        gate_metrics=tuple(gate_metric or default_gate_metrics(k)),
+        gate_tolerance=gate_tolerance,
     )
 
 
 @app.command()
 @friendly_errors
 def retrain(
-    protocol: Annotated[
-        Protocol | None,
-        typer.Option(help="Protocol of the evaluation [default: cold-item for CiteULike's split, else temporal]."),
-    ] = None,
+    protocol: ProtocolOption = None,
     k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = 20,
     ranker: RankerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    gate_tolerance: GateToleranceOption = 0.005,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Retrain the encoders and the ranker on the workspace's data and save a new model version.
-
-    The version (WORKSPACE/models/RANKER/RUN_ID/) holds the model, its metadata and report.json: the data
-    window, the metrics on real held-out interactions, and the parent version.
-    """
-    from flows import pipeline
+    """`warmstart refresh --augment-limit 0`: retrain on the workspace's data without augmenting, still gated
+    against the current model and recorded. The version (WORKSPACE/models/RANKER/RUN_ID/) holds the model, its
+    metadata and report.json: the data window, the metrics on real held-out interactions, the parent version."""
+    from flows.cycle import default_gate_metrics
 
     settings = _settings()
+    _refresh(
+        _workspace(workspace, settings),
+        settings,
+        title="retrained",
+        ranker=ranker,
+        augment_limit=0,
+        protocol=protocol.value if protocol else None,
+        k=k,
+        seed=seed,
+        gate_metrics=default_gate_metrics(k),
+        gate_tolerance=gate_tolerance,
+    )
+
+
+@app.command()
+@friendly_errors
+def models(
+    ranker: RankerOption = None,
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of the metrics shown.")] = 20,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """List the saved model versions with their held-out metrics; `*` marks the current (promoted) one."""
+    space = _workspace(workspace, _settings())
+    versions = space.models.versions(ranker.value if ranker else None)
+    if not versions:
+        console.print(f"no model versions in {space.models.root}: run `warmstart refresh` first.")
+        return
+    rows = []
+    for version in versions:
+        report = version.report()
+        values = {
+            f"{row['segment']}/{row['metric']}@{row['k']}": row["value"]
+            for row in report.get("metrics", [])
+            if row["k"] == k and row["metric"] in ("recall", "ndcg") and row["segment"] in ("overall", "cold", "tail")
+        }
+        rows.append(
+            {"current": "*" if version.current else "", "ranker": version.ranker, "version": version.version}
+            | {"parent": report.get("parent") or "", "dataset": report.get("dataset") or ""}
+            | values
+        )
+    _print_frame(pl.DataFrame(rows, infer_schema_length=None), f"model versions in {space.models.root}")
+
+
+@app.command()
+@friendly_errors
+def promote(
+    version: Annotated[str | None, typer.Argument(help="Version to make current (a run id).")] = None,
+    previous: Annotated[bool, typer.Option("--previous", help="Roll back to the version current before.")] = False,
+    ranker: RankerOption = None,
+    reason: Annotated[str, typer.Option(help="Why, for the record.")] = "by hand",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Make a saved version the current model by hand (or roll back with --previous); recorded in the registry's
+    promotion log and in the metrics history."""
+    settings = _settings()
     space = _workspace(workspace, settings)
-    dataset = steps.workspace_dataset(space)
-    chosen = protocol.value if protocol else ("cold-item" if dataset.splits else "temporal")
-    plan = pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[chosen])
-    run_id = new_run_id()
-    ranker_name = (ranker or RankerName(settings.ranker)).value
-    parent = steps.latest_model(space, ranker_name)
-    model_dir = space.root / "models" / ranker_name / run_id
-    models = pipeline.ModelSettings.seeded(seed, ranker_name)
-    report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
-    times = plan.split.train[Columns.ts] if Columns.ts in plan.split.train.columns else None
-    report |= {
-        "version": run_id,
-        "parent": parent.name if parent else None,
-        "dataset": dataset.name,
-        "data_window": {"start": str(times.min()), "end": str(times.max())} if times is not None else None,
-    }
-    atomic_write_bytes(model_dir / "report.json", json.dumps(report, indent=2, default=str).encode())
-    _print_metrics(report, f"retrained {run_id} on {dataset.name}: {chosen} @ {k}")
-    console.print(f"model saved to {model_dir} (parent: {report['parent']})")
+    name = (ranker or RankerName(settings.ranker)).value
+    if (version is None) == (not previous):
+        raise ConfigError("give either a VERSION or --previous.")
+    registry = space.models
+    chosen = registry.previous(name) if previous else version
+    if chosen is None:
+        raise ConfigError(f"{name} has no previous version to roll back to.")
+    incumbent = registry.current(name)
+    entry = registry.promote(name, chosen, reason=reason)
+    store = MetricsStore.for_workspace(space.root, settings.metrics_url)
+    store.record_promotion(
+        new_run_id(),
+        dataset=str(space.state().get("dataset", "workspace")),
+        candidate=chosen,
+        incumbent=incumbent,
+        reason=f"{'rollback' if previous else 'promoted'} by hand: {reason}",
+    )
+    store.close()
+    console.print(f"{name} {entry['version']} is now current (was {entry['previous']})", markup=False)
 
 
 @app.command()
@@ -537,29 +675,37 @@ def augment(
     space = _workspace(workspace, settings)
     do_items, do_users = (items or not users), (users or not items)
     augmentation.segment_ids(space, "item", segment or ())  # checks segments and detection before loading a model
+    keys = ("item_segments", "user_segments", "simulate_segments")
+    # Without --segment: the segments this command has always augmented (a refresh adds the new ones).
+    defaults = ((Segments.cold, Segments.sparse), (Segments.sparse,), (Segments.cold,))
+    chosen = dict(zip(keys, [tuple(segment)] * 3 if segment else defaults, strict=True))
+    plan = stages.AugmentPlan(
+        limit=limit,
+        describe=do_items,
+        simulate=do_items and simulate,
+        profile=do_users,
+        max_new_tokens=settings.llm_max_new_tokens,
+        **chosen,
+    )
     with console.status(f"loading the {settings.llm_backend} language model..."):
         backend = augmentation.make_backend(settings)
     run_id = new_run_id()
-    common = {"cache_dir": settings.cache_dir, "run_id": run_id, "limit": limit}
-    chosen = {"segments": segment} if segment else {}
-    steps_run: dict[str, dict] = {}
-    if do_items:
-        steps_run["describe"] = augmentation.describe_step(
-            space, backend, max_new_tokens=settings.llm_max_new_tokens, **common, **chosen
-        )
-        if simulate:
-            steps_run["simulate"] = augmentation.simulate_step(space, backend, **common, **chosen)
-    if do_users:
-        steps_run["profile"] = augmentation.profile_step(space, backend, **common, **chosen)
-    totals = {key: sum(step[key] for step in steps_run.values()) for key in augmentation.REPORT_KEYS}
-    totals["seconds"] = round(totals["seconds"], 1)
-    rows = [{"step": name} | {key: step[key] for key in augmentation.REPORT_KEYS} for name, step in steps_run.items()]
+    report = stages.augment(space, backend, plan, cache_dir=settings.cache_dir, run_id=run_id)
+    rows = [
+        {"step": name} | {key: step[key] for key in augmentation.REPORT_KEYS} for name, step in report.steps.items()
+    ]
     _print_frame(pl.DataFrame(rows), f"augment (run {run_id}, model {backend.model_name})")
     if json_out is not None:
-        report = totals | {"run_id": run_id, "model": backend.model_name, "steps": steps_run}
-        atomic_write_bytes(json_out, json.dumps(report, indent=2, default=str).encode())
+        totals: dict[str, float] = {key: int(report.total(key)) for key in augmentation.REPORT_KEYS}
+        totals["seconds"] = round(report.total("seconds"), 1)
+        payload = totals | {"run_id": run_id, "model": backend.model_name, "steps": report.steps}
+        atomic_write_bytes(json_out, json.dumps(payload, indent=2, default=str).encode())
         console.print(f"report written to {json_out}")
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

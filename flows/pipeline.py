@@ -27,9 +27,9 @@ from catalog import (
     read_table,
 )
 from encoders import BPRMF, BPRConfig, ContentMapper, EmbeddingCache, MapperConfig, encode_texts, item_text
-from ranker.base import Ranker
+from ranker.base import RankerBase
 from ranker.baselines import tfidf_item_vectors
-from ranker.deepfm import DeepFMConfig, DeepFMRanker
+from ranker.deepfm import DeepFMConfig
 from ranker.evaluate import (
     COLD_ITEM,
     HYBRID,
@@ -47,9 +47,8 @@ from ranker.evaluate import (
     warm_split,
 )
 from ranker.features import RankerInputs, RankingTask
-from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
-
-RANKERS = ("lightgbm", "deepfm")
+from ranker.lightgbm_ranker import LightGBMRankerConfig
+from ranker.registry import ranker_class
 
 
 @dataclass
@@ -253,14 +252,13 @@ class ModelSettings:
     mapper: MapperConfig = field(default_factory=lambda: MapperConfig(kind="ridge", alpha=10.0))
     ranker: LightGBMRankerConfig = field(default_factory=LightGBMRankerConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
-    # Which ranker fit_ranker trains: one of RANKERS.
+    # Which ranker fit_ranker trains: a name in ranker.registry.RANKERS.
     ranker_name: str = "lightgbm"
     folds: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.ranker_name not in RANKERS:
-            raise ConfigError(f"unknown ranker {self.ranker_name!r}; choose one of {', '.join(RANKERS)}.")
+        ranker_class(self.ranker_name)  # an unknown name is a ConfigError here, not after the encoders trained
 
     @classmethod
     def seeded(cls, seed: int, ranker_name: str = "lightgbm") -> ModelSettings:
@@ -282,18 +280,10 @@ class ModelSettings:
         cf = seeded.cf.model_copy(update={"epochs": min(seeded.cf.epochs, max_epochs)})
         return replace(seeded, cf=cf)
 
-    def new_ranker(self) -> Ranker:
+    def new_ranker(self) -> RankerBase:
         """An unfitted ranker of the chosen kind with its configuration."""
-        if self.ranker_name == "deepfm":
-            return DeepFMRanker(self.deepfm)
-        return LightGBMRanker(self.ranker)
-
-
-def load_ranker(ranker_name: str, directory: Path) -> Ranker:
-    """A saved model version of `ranker_name` (see ModelSettings.ranker_name)."""
-    if ranker_name not in RANKERS:
-        raise ConfigError(f"unknown ranker {ranker_name!r}; choose one of {', '.join(RANKERS)}.")
-    return DeepFMRanker.load(directory) if ranker_name == "deepfm" else LightGBMRanker.load(directory)
+        configs = {"lightgbm": self.ranker, "deepfm": self.deepfm}
+        return ranker_class(self.ranker_name)(configs[self.ranker_name])  # type: ignore[call-arg]
 
 
 def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:
@@ -309,7 +299,7 @@ def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude:
 class FittedRanker:
     """A ranker trained for a plan, with the inputs it serves from and what fitting it measured."""
 
-    ranker: Ranker
+    ranker: RankerBase
     served: EncodedSplit
     report: dict[str, Any]
 
@@ -319,7 +309,7 @@ class FittedRanker:
         return evaluate(split, self.ranker.scorer(self.served.inputs, exclude=exclude), k=k)
 
 
-def train_ranker(plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings) -> Ranker:
+def train_ranker(plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings) -> RankerBase:
     """The chosen ranker fitted on inputs encoded from `plan.fit_history`: labels `plan.fit_labels` among the warm
     items, early stopping on `plan.valid_labels` among `plan.valid_pool`."""
     index = plan.split.index
@@ -351,7 +341,7 @@ def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings
     # Serving sees the whole training history: refit the encoders on it when the ranker's labels came out of it,
     # for as many BPR epochs as early stopping chose (the labels are training pairs now, so no validation).
     served = fitted
-    if plan.refit_for_serving and settings.ranker_name == "deepfm":
+    if plan.refit_for_serving and ranker_class(settings.ranker_name).tied_to_encoders:
         # DeepFM learned projections of these encoders' coordinates (a refitted BPR-MF would rotate them): it keeps
         # them and serves from the whole history, its labels included (its ID embeddings trained on those).
         served = with_history(fitted, interaction_matrix(split.train, index))

@@ -1,12 +1,11 @@
-"""The scheduled flows over a workspace: `augment-new` (frequent) and `refresh` (nightly).
+"""The scheduled flows over a workspace: `augment-new` (frequent), `refresh` (nightly) and `encode-items`.
 
-    augment-new: detect -> describe new/cold items, profile new/sparse users -> record volume
+    augment-new: detect -> describe new/cold/sparse items (in batches), profile new/sparse users -> record volume
     refresh:     detect -> describe, profile, simulate -> encode -> retrain -> evaluate on real held-out data
                  -> gate against the current model on the same data -> record -> promote
 
-Each run is a row of the metrics history with its status, timings and what it measured; the gate's decision
-and both models' figures are kept beside it. The stage code runs in plain functions (flows/steps.py,
-flows/augmentation.py, flows/pipeline.py); this module only orders them as Prefect tasks.
+Each run is a row of the metrics history (`MetricsStore.run` owns its start, timings, failure and finish); the
+stages are flows/stages.py's, run as the tasks of flows/tasks.py and composed by flows/cycle.py.
 """
 
 from __future__ import annotations
@@ -19,42 +18,24 @@ import numpy as np
 import polars as pl
 from prefect import flow, get_run_logger, unmapped
 
-from catalog import Columns, Workspace, new_run_id, segment_counts, segment_transitions
-from flows import steps, tasks
+from catalog import Tables, Workspace, new_run_id, segment_counts, segment_transitions
+from flows import cycle, stages, tasks
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings
-from monitor import COMPLETED, GateConfig, GateMetric, MetricsStore, RunRecord
+from monitor import ActiveRun, MetricsStore
+
+COUNTS = ("generated", "cached", "rejected", "tokens", "attempts")
 
 
-def augmentation_row(described: dict[str, Any], profiled: dict[str, Any], simulated: dict[str, Any]) -> dict:
-    """The metrics-store row of one run's augmentation reports."""
-    reports = (described, profiled, simulated)
-    return {
-        "items_augmented": int(described.get("generated", 0)) + int(described.get("cached", 0)),
-        "users_augmented": int(profiled.get("generated", 0)) + int(profiled.get("cached", 0)),
-        "synthetic_rows": int(simulated.get("synthetic_rows", 0)),
-        "cache_hits": sum(int(report.get("cached", 0)) for report in reports),
-        "rejected": sum(int(report.get("rejected", 0)) for report in reports),
-        "tokens": sum(int(report.get("tokens", 0)) for report in reports),
-        "seconds": round(sum(float(report.get("seconds", 0.0)) for report in reports), 3),
-    }
-
-
-def _detect_and_count(space: Workspace, run_id: str, settings: WarmstartSettings) -> tuple[pl.DataFrame, pl.DataFrame]:
-    before = space.read("segments") if space.exists("segments") else None
-    segments = tasks.detect(space.root, run_id, settings.sparse_max, settings.head_share)
-    moves = segment_transitions(before, segments) if before is not None else None
-    return segment_counts(segments), moves if moves is not None else pl.DataFrame()
-
-
-def _augment(space: Workspace, run_id: str, settings: WarmstartSettings, limit: int, simulate: bool) -> dict:
-    # Descriptions and profiles write different tables: they run side by side on the task runner (two Dask
-    # workers, say). Simulation reads the descriptions, so it waits for them.
-    described = tasks.describe.submit(space.root, settings, run_id, ("new", "cold", "sparse"), limit)
-    profiled = tasks.profile.submit(space.root, settings, run_id, ("new", "sparse"), limit)
-    descriptions = described.result()
-    simulated = tasks.simulate(space.root, settings, run_id, ("cold",), limit) if simulate else {}
-    return augmentation_row(descriptions, profiled.result(), simulated)
+def _detect(space: Workspace, run: ActiveRun, settings: WarmstartSettings) -> None:
+    """Detect segments; the run records their counts and the moves since the previous detection."""
+    before = space.read(Tables.segments) if space.exists(Tables.segments) else None
+    with run.record.timed("detect"):
+        detection = tasks.detect_task(space, run.run_id, sparse_max=settings.sparse_max, head_share=settings.head_share)
+    run.record.segment_counts = segment_counts(detection.segments)
+    if before is not None:
+        moves = segment_transitions(before, detection.segments)
+        run.record.transitions = moves if moves.height else None
 
 
 def _batches(values: list[str], size: int) -> list[list[str]]:
@@ -67,44 +48,37 @@ def encode_items(workspace: Path | None = None, batch_size: int | None = None) -
     runner (a Dask cluster with task_runner=dask) and Prefect caches each on its texts."""
     settings = WarmstartSettings()
     space = Workspace(workspace or settings.workspace)
-    run_id = new_run_id()
-    ids, texts = steps.item_texts(space)
-    cache_root = space.root / "cache" / "embeddings"
-    futures = tasks.encode_batch.map(_batches(texts, batch_size or settings.encode_batch_size), unmapped(cache_root))
-    parts = [future.result() for future in futures]
+    ids, texts = stages.item_texts(space)
+    cache_root = stages.embedding_cache(settings.cache_dir)
+    batches = _batches(texts, batch_size or settings.encode_batch_size)
+    parts = [future.result() for future in tasks.encode_batch_task.map(batches, unmapped(cache_root))]
     if not parts:
         from encoders import EMBEDDING_DIM
 
         parts = [np.zeros((0, EMBEDDING_DIM), dtype=np.float32)]
-    vectors = np.vstack(parts)
-    stats = steps.store_item_embeddings(space, ids, vectors, run_id, {"batches": len(futures)})
-    get_run_logger().info(f"item_embeddings: {stats['items']:,} items in {len(futures)} batches")
-    return stats
-
-
-COUNTS = ("generated", "cached", "rejected", "tokens", "attempts")
+    encoded = stages.store_item_embeddings(space, ids, np.vstack(parts), new_run_id(), {"batches": len(batches)})
+    get_run_logger().info(f"item_embeddings: {encoded.items:,} items in {len(batches)} batches")
+    return {"model": encoded.model, "items": encoded.items, "dim": encoded.dim, "batches": len(batches)}
 
 
 def describe_in_batches(
-    space: Workspace, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int, batch: int
+    space: Workspace, settings: WarmstartSettings, plan: stages.AugmentPlan, run_id: str, batch: int
 ) -> dict[str, Any]:
-    """Describe the items of `segments` (at most `limit`), one task per `batch` items on the flow's task runner
-    (a Dask cluster with task_runner=dask), then write the table once."""
-    from flows.augmentation import segment_ids, store_descriptions
+    """Describe the plan's items, one task per `batch` items on the flow's task runner (a Dask cluster with
+    task_runner=dask), then write the table once."""
+    from flows.augmentation import describe_targets, store_descriptions
 
     started = time.perf_counter()
-    ids = segment_ids(space, "item", segments, limit)
-    items = space.read("items").filter(pl.col(Columns.item).is_in(ids))
+    items = describe_targets(space, plan.item_segments, plan.limit)
     chunks = [items.slice(offset, batch) for offset in range(0, items.height, batch)]
-    results = [future.result() for future in tasks.describe_batch.map(chunks, unmapped(settings))]
-    frames = [frame for frame, _ in results]
+    results = [future.result() for future in tasks.describe_batch_task.map(chunks, unmapped(settings))]
     report: dict[str, Any] = {name: sum(int(stats[name]) for _, stats in results) for name in COUNTS}
-    report |= {"requested": len(ids), "batches": len(chunks), "seconds": round(time.perf_counter() - started, 3)}
-    frame = pl.concat(frames) if frames else pl.DataFrame()
+    report |= {"requested": items.height, "batches": len(chunks), "seconds": round(time.perf_counter() - started, 3)}
+    frame = pl.concat([frame for frame, _ in results]) if results else pl.DataFrame()
     if frame.is_empty():
         return report
     model = str(frame["model"][0])
-    return store_descriptions(space, frame, report, run_id=run_id, model=model, segments=segments)
+    return store_descriptions(space, frame, report, run_id=run_id, model=model, segments=plan.item_segments)
 
 
 @flow(name="augment-new", log_prints=True)
@@ -114,28 +88,36 @@ def augment_new(workspace: Path | None = None, limit: int = 16, batch: int = 8) 
     settings = WarmstartSettings()
     space = Workspace(workspace or settings.workspace)
     store = MetricsStore.for_workspace(space.root, settings.metrics_url)
-    run_id = new_run_id()
+    plan = stages.AugmentPlan(limit=limit, simulate=False, max_new_tokens=settings.llm_max_new_tokens)
     dataset = str(space.state().get("dataset", "workspace"))
-    store.start_run(run_id, flow="augment-new", dataset=dataset, parameters={"limit": limit})
-    started = time.perf_counter()
-    try:
-        counts, moves = _detect_and_count(space, run_id, settings)
-        described = describe_in_batches(space, settings, run_id, ("new", "cold", "sparse"), limit, batch)
-        profiled = tasks.profile(space.root, settings, run_id, ("new", "sparse"), limit)
-        augmentation = augmentation_row(described, profiled, {})
-    except Exception as error:
-        store.fail_run(run_id, error)
-        raise
-    outcome = RunRecord(
-        status=COMPLETED,
-        timings={"total": time.perf_counter() - started},
-        augmentation=augmentation,
-        segment_counts=counts,
-        transitions=moves if moves.height else None,
-    )
-    tasks.record(store.url, run_id, outcome)
-    get_run_logger().info(f"augment-new {run_id}: {augmentation}")
-    return augmentation | {"run_id": run_id}
+    with store.run(new_run_id(), flow="augment-new", dataset=dataset, parameters={"limit": limit}) as run:
+        _detect(space, run, settings)
+        with run.record.timed("augment"):
+            report = stages.AugmentReport()
+            report.steps["describe"] = describe_in_batches(space, settings, plan, run.run_id, batch)
+            report.steps["profile"] = tasks.augment_step_task("profile", space.root, settings, plan, run.run_id)
+        run.record.augmentation = report.store_row()
+    get_run_logger().info(f"augment-new {run.run_id}: {run.record.augmentation}")
+    return dict(run.record.augmentation) | {"run_id": run.run_id}
+
+
+def augment_workspace(
+    space: Workspace, settings: WarmstartSettings, plan: stages.AugmentPlan, run_id: str
+) -> stages.AugmentReport:
+    """The plan's augmentation as tasks: descriptions and profiles (different tables) side by side on the task
+    runner; simulation reads the descriptions, so it waits for them."""
+    report = stages.AugmentReport()
+    submitted = {
+        step: tasks.augment_step_task.submit(step, space.root, settings, plan, run_id)
+        for step, wanted in (("describe", plan.describe), ("profile", plan.profile))
+        if wanted
+    }
+    if "describe" in submitted:
+        report.steps["describe"] = submitted.pop("describe").result()
+    if plan.simulate:
+        report.steps["simulate"] = tasks.augment_step_task("simulate", space.root, settings, plan, run_id)
+    report.steps |= {step: future.result() for step, future in submitted.items()}
+    return report
 
 
 @flow(name="refresh", log_prints=True)
@@ -146,58 +128,51 @@ def refresh(
     max_epochs: int = 150,
     augment_limit: int = 16,
     simulate: bool = True,
-    gate_metrics: tuple[str, ...] = ("overall/ndcg@20", "cold/recall@20"),
-    gate_tolerance: float = 0.005,
+    gate_metrics: tuple[str, ...] | None = None,
+    gate_tolerance: float = cycle.DEFAULT_GATE_TOLERANCE,
+    protocol: str | None = None,
+    ranker: str | None = None,
 ) -> dict[str, Any]:
-    """One nightly cycle over the workspace (see the module doc); returns the run id, metrics and gate decision."""
+    """One nightly cycle over the workspace (see the module doc); `augment_limit` 0 retrains without augmenting;
+    `ranker` defaults to the settings'. Returns the run id, metrics and the gate's decision."""
     from flows import pipeline
 
     settings = WarmstartSettings()
+    ranker = ranker or settings.ranker
     space = Workspace(workspace or settings.workspace)
     store = MetricsStore.for_workspace(space.root, settings.metrics_url)
-    run_id = new_run_id()
-    dataset = steps.workspace_dataset(space)
-    protocol = "cold-item" if dataset.splits else "temporal"
-    gate_config = GateConfig(metrics=[GateMetric.parse(text) for text in gate_metrics], tolerance=gate_tolerance)
+    dataset = stages.workspace_dataset(space)
+    protocol = protocol or ("cold-item" if dataset.splits else "temporal")
+    config = cycle.CycleConfig(
+        models=pipeline.ModelSettings.capped(seed, max_epochs, ranker),
+        k=k,
+        protocol=protocol,
+        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance),
+        cache_dir=settings.cache_dir,
+    )
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
-    parameters["ranker"] = settings.ranker
-    store.start_run(run_id, flow="refresh", dataset=dataset.name, parameters=parameters | {"protocol": protocol})
-    incumbent = store.promoted_version(flow="refresh", dataset=dataset.name)
-    timings: dict[str, float] = {}
-    try:
-        clock = time.perf_counter()
-        counts, moves = _detect_and_count(space, run_id, settings)
-        timings["detect"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        augmentation = _augment(space, run_id, settings, augment_limit, simulate) if augment_limit else None
-        timings["augment"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        with_runner(encode_items, settings)(space.root)
-        timings["encode"] = time.perf_counter() - clock
-        plan = pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[protocol])
-        outcome = tasks.retrain_and_gate(
-            plan,
-            run_id=run_id,
-            workspace=space,
-            models=pipeline.ModelSettings.capped(seed, max_epochs, settings.ranker),
-            cache_dir=settings.cache_dir,
-            k=k,
-            protocol=protocol,
-            title=f"refresh {run_id} on {dataset.name}",
-            gate_config=gate_config,
-            incumbent=incumbent,
-            incumbent_recorded=store.run_metrics(incumbent) if incumbent else None,
+    parameters |= {"ranker": ranker, "protocol": protocol}
+    registry = space.models
+    cycle.reconcile(registry, store, flow="refresh", dataset=dataset.name, ranker=ranker)
+    current = registry.current(ranker)
+    with store.run(new_run_id(), flow="refresh", dataset=dataset.name, parameters=parameters) as run:
+        _detect(space, run, settings)
+        if augment_limit:
+            plan = stages.AugmentPlan(
+                limit=augment_limit, simulate=simulate, max_new_tokens=settings.llm_max_new_tokens
+            )
+            with run.record.timed("augment"):
+                run.record.augmentation = augment_workspace(space, settings, plan, run.run_id).store_row()
+        with run.record.timed("encode"):
+            with_runner(encode_items, settings)(space.root)
+        decision = cycle.train_evaluate_gate(
+            pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[protocol]),
+            config,
+            run,
+            registry,
+            recorded=store.run_metrics(current) if current else None,
+            dataset=dataset.name,
         )
-    except Exception as error:
-        store.fail_run(run_id, error)
-        raise
-    outcome.timings = timings | outcome.timings
-    outcome.augmentation = augmentation
-    outcome.segment_counts = counts
-    outcome.transitions = moves if moves.height else None
-    tasks.record(store.url, run_id, outcome)
-    assert outcome.promotion is not None
-    if outcome.promotion["promoted"]:
-        space.update_state(promoted_model=run_id)
-    get_run_logger().info(f"refresh {run_id}: {outcome.promotion['reason']}")
-    return {"run_id": run_id, "promotion": outcome.promotion, "metrics": outcome.metrics}
+    cycle.promote(registry, ranker, decision, run.run_id)
+    get_run_logger().info(f"refresh {run.run_id}: {decision.reason}")
+    return {"run_id": run.run_id, "promotion": run.record.promotion, "metrics": run.record.metrics}

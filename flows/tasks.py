@@ -1,31 +1,34 @@
-"""Prefect tasks: one per stage of a refresh cycle, each a thin wrapper over a plain step function.
+"""Prefect tasks made from the stage functions, mechanically: `POLICIES` is the one place that decides, per stage,
+how it retries, whether Prefect caches it on its inputs, and which keyed artifact publishes its result.
 
-Deterministic steps (a window's segment detection, a batch of text encoding) are cached by Prefect on their
-inputs; language-model steps retry with exponential backoff; results that people look at (segment counts,
-metrics, the gate's decision) are published as keyed artifacts, so the Prefect UI shows their latest value.
+Deterministic stages (a window's segment detection, a batch of text encoding) are cached on their inputs;
+language-model steps retry with exponential backoff; results people look at (segment counts, metrics, the gate's
+decision, augmentation volume) are published as keyed artifacts, so the Prefect UI shows their latest value.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
-import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 import polars as pl
-from prefect import task
+from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.tasks import exponential_backoff
 
-from catalog import TIMESTAMP, Columns, WarmstartError, Workspace, detect_segments, with_first_seen
-from flows import steps
+from augment import Backend
+from flows import stages
 from flows.settings import WarmstartSettings
-from monitor import COMPLETED, GateConfig, GateDecision, MetricsStore, RunRecord, decide
+from monitor import GateDecision
 
-# ------------------------------------------------------------------------------------------------ helpers
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def _markdown_table(frame: pl.DataFrame) -> str:
@@ -46,56 +49,93 @@ def artifact_key(*parts: str) -> str:
     return "".join(char if char.isalnum() else "-" for char in text).strip("-")
 
 
-# ------------------------------------------------------------------------------------------------ stages
+# ------------------------------------------------------------------------------------------------ publishers
 
 
-@task(name="ingest", cache_policy=NO_CACHE)
-def ingest(workspace_root: Path, dataset: str, data_dir: Path | None, cache_dir: Path, run_id: str) -> dict[str, int]:
-    """Load a built-in data set into the workspace."""
-    loaded = steps.load_named_dataset(dataset, data_dir, cache_dir)
-    return steps.store_dataset(Workspace(workspace_root), loaded, run_id)
-
-
-@task(name="detect", cache_policy=NO_CACHE)
-def detect(workspace_root: Path, run_id: str, sparse_max: int, head_share: float) -> pl.DataFrame:
-    """Segment the workspace's items and users (advancing the `new` watermark); publish the counts."""
-    detection = steps.detect(Workspace(workspace_root), run_id, sparse_max=sparse_max, head_share=head_share)
-    publish_segment_counts(detection.summary, f"Items and users per segment, detection run {run_id}")
-    return detection.segments
-
-
-def publish_segment_counts(summary: pl.DataFrame, description: str) -> None:
+def publish_segment_counts(detection: stages.Detection | pl.DataFrame) -> None:
     """The latest segment counts as the keyed table artifact `segment-counts`."""
-    create_table_artifact(key="segment-counts", table=summary.to_dicts(), description=description)
+    summary = detection.summary if isinstance(detection, stages.Detection) else stages.summarize_segments(detection)
+    create_table_artifact(key="segment-counts", table=summary.to_dicts(), description="items and users per segment")
 
 
-@task(name="detect-window", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
-def detect_window(
-    interactions: pl.DataFrame,
-    items: pl.DataFrame,
-    users: pl.DataFrame,
-    *,
-    before: datetime,
-    since: datetime | None,
-    sparse_max: int,
-    head_share: float,
-) -> pl.DataFrame:
-    """Segments as they were at `before` (events strictly earlier), `new` meaning first seen after `since`.
-    Deterministic, so Prefect caches it on its inputs: a resumed backfill does not recompute finished windows."""
-    seen = interactions.filter(pl.col(Columns.ts) < before)
-    # First seen as of `before`: an entity whose first event is still to come is not new yet, only cold.
-    as_of = {
-        key: with_first_seen(frame.with_columns(pl.lit(None, TIMESTAMP).alias(Columns.first_seen)), seen, key)
-        for key, frame in ((Columns.item, items), (Columns.user, users))
-    }
-    return detect_segments(
-        seen, as_of[Columns.item], as_of[Columns.user], sparse_max=sparse_max, head_share=head_share, watermark=since
+def publish_metrics(metrics: pl.DataFrame) -> None:
+    """A run's metrics, one column per segment, as the keyed markdown artifact `metrics-PROTOCOL`."""
+    protocol = str(metrics["protocol"][0]) if metrics.height else "none"
+    wide = metrics.pivot(on="segment", index=["metric", "k"], values="value")
+    create_markdown_artifact(key=artifact_key("metrics", protocol), markdown=_markdown_table(wide))
+
+
+def publish_decision(decision: GateDecision) -> None:
+    verdict = "promoted" if decision.promoted else "refused"
+    create_markdown_artifact(
+        key="gate-decision",
+        markdown=f"**{verdict}**: {decision.reason}\n\n"
+        f"candidate {decision.candidate}\n\nincumbent {decision.incumbent}",
     )
 
 
-@task(name="encode-batch", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+def publish_augmentation(report: dict[str, Any]) -> None:
+    create_table_artifact(key="augment", table=[report], description="one augmentation step's report")
+
+
+# ------------------------------------------------------------------------------------------------ policies
+
+# Language-model calls fail transiently (a server restarting, a timeout): retry with exponential backoff.
+LLM_BACKOFF = exponential_backoff(backoff_factor=5)
+
+
+@dataclass(frozen=True)
+class StagePolicy:
+    """How a stage runs as a Prefect task."""
+
+    retries: int = 0
+    retry_delay_seconds: Any = 0
+    cache_policy: CachePolicy = field(default_factory=lambda: NO_CACHE)
+    persist_result: bool | None = None
+    publish: Callable[[Any], None] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+POLICIES: dict[str, StagePolicy] = {
+    "detect": StagePolicy(publish=publish_segment_counts),
+    # A window's detection and a batch's encoding are deterministic: a resumed backfill recomputes neither.
+    "detect_as_of": StagePolicy(cache_policy=INPUTS + TASK_SOURCE, persist_result=True, publish=publish_segment_counts),
+    "encode_batch": StagePolicy(cache_policy=INPUTS + TASK_SOURCE, persist_result=True),
+    "augment_step": StagePolicy(retries=3, retry_delay_seconds=LLM_BACKOFF, publish=publish_augmentation),
+    "describe_batch": StagePolicy(retries=3, retry_delay_seconds=LLM_BACKOFF),
+    "retrain": StagePolicy(),
+    "evaluate": StagePolicy(publish=publish_metrics),
+    "gate": StagePolicy(publish=publish_decision),
+}
+
+
+def as_task(stage: Callable[P, R]) -> Task[P, R]:
+    """The stage as a Prefect task named after it, run as POLICIES says (and its result published)."""
+    policy = POLICIES[stage.__name__]
+
+    @functools.wraps(stage)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        result = stage(*args, **kwargs)
+        if policy.publish is not None:
+            policy.publish(result)
+        return result
+
+    return task(
+        run,
+        name=stage.__name__.replace("_", "-"),
+        retries=policy.retries,
+        retry_delay_seconds=policy.retry_delay_seconds,
+        cache_policy=policy.cache_policy,
+        persist_result=policy.persist_result,
+        **policy.options,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ stage tasks
+
+
 def encode_batch(texts: list[str], cache_root: Path) -> np.ndarray:
-    """Embeddings of one batch of texts; cached by Prefect on the texts, and by the embedding cache per text."""
+    """Embeddings of one batch of texts (cached by Prefect on the texts, and by the embedding cache per text)."""
     from encoders import EmbeddingCache, encode_texts
 
     return encode_texts(texts, cache=EmbeddingCache(cache_root), show_progress=False)
@@ -104,12 +144,10 @@ def encode_batch(texts: list[str], cache_root: Path) -> np.ndarray:
 # One language model per process: it loads once, and tasks sharing a process take turns on it (two threads
 # generating with one torch model gain nothing on these cores); on Dask each worker process has its own.
 _MODEL_LOCK = threading.Lock()
+_BACKENDS: dict[str, Backend] = {}
 
 
-_BACKENDS: dict[str, Any] = {}
-
-
-def _backend(settings: WarmstartSettings) -> Any:
+def backend(settings: WarmstartSettings) -> Backend:
     """The process's backend for these settings (the JSON key shows secrets masked, but equal settings match)."""
     from flows.augmentation import make_backend
 
@@ -119,46 +157,29 @@ def _backend(settings: WarmstartSettings) -> Any:
     return _BACKENDS[key]
 
 
-def _augment_step(
-    step: str, workspace_root: Path, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int
+def augment_step(
+    step: str, workspace: Path, settings: WarmstartSettings, plan: stages.AugmentPlan, run_id: str
 ) -> dict[str, Any]:
-    from flows import augmentation
+    """One augmentation step on the process's language model (see stages.augment_step)."""
+    from catalog import Workspace
 
-    function = getattr(augmentation, f"{step}_step")
     with _MODEL_LOCK:
-        report = function(
-            Workspace(workspace_root),
-            _backend(settings),
-            cache_dir=settings.cache_dir,
-            run_id=run_id,
-            segments=segments,
-            limit=limit,
-            show_progress=False,
+        model = backend(settings)
+        return stages.augment_step(
+            step, Workspace(workspace), model, plan, cache_dir=settings.cache_dir, run_id=run_id, show_progress=False
         )
-    create_table_artifact(key=artifact_key("augment", step), table=[report], description=f"{step}, run {run_id}")
-    return report
 
 
-# Language-model calls fail transiently (a server restarting, a timeout): retry with exponential backoff.
-LLM_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=5), "cache_policy": NO_CACHE}
-
-
-@task(name="describe", **LLM_RETRIES)
-def describe(
-    workspace_root: Path, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int
-) -> dict[str, Any]:
-    """LLM descriptions of the items of `segments` (at most `limit`); the generation cache skips known inputs."""
-    return _augment_step("describe", workspace_root, settings, run_id, segments, limit)
-
-
-def _describe_items(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl.DataFrame, dict[str, Any]]:
+def describe_batch(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """LLM descriptions of one batch of items (no write: the flow merges every batch into the table once).
+    A module-level function, so that Dask ships this task by reference, not the process's lock."""
     from augment import describe_items
     from flows.augmentation import generation_cache
 
     with _MODEL_LOCK:
         frame, stats = describe_items(
             items,
-            _backend(settings),
+            backend(settings),
             generation_cache(settings.cache_dir),
             max_new_tokens=settings.llm_max_new_tokens,
             show_progress=False,
@@ -166,139 +187,11 @@ def _describe_items(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[p
     return frame, stats.as_dict()
 
 
-@task(name="describe-batch", **LLM_RETRIES)
-def describe_batch(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """LLM descriptions of one batch of items (no write: the flow merges every batch into the table once).
-    The work is in a module-level function so that Dask ships this task by reference, not the process's lock."""
-    return _describe_items(items, settings)
-
-
-@task(name="profile", **LLM_RETRIES)
-def profile(
-    workspace_root: Path, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int
-) -> dict[str, Any]:
-    """LLM profiles of the users of `segments` from their items (at most `limit` users)."""
-    return _augment_step("profile", workspace_root, settings, run_id, segments, limit)
-
-
-@task(name="simulate", **LLM_RETRIES)
-def simulate(
-    workspace_root: Path, settings: WarmstartSettings, run_id: str, segments: tuple[str, ...], limit: int
-) -> dict[str, Any]:
-    """Synthetic interactions for the items of `segments`, judged by the LLM, into their own table."""
-    return _augment_step("simulate", workspace_root, settings, run_id, segments, limit)
-
-
-@task(name="retrain", cache_policy=NO_CACHE)
-def retrain(plan: Any, cache_dir: Path, models: Any) -> Any:
-    """Fit the encoders and the ranker as the plan says (a FittedRanker)."""
-    from flows import pipeline
-
-    return pipeline.fit_ranker(plan, cache_dir=cache_dir, settings=models)
-
-
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(fitted: Any, split: Any, k: int, protocol: str, title: str) -> pl.DataFrame:
-    """Metrics of a fitted ranker on the split's real held-out interactions, published as an artifact."""
-    metrics = fitted.evaluate(split, k).metrics.with_columns(pl.lit(protocol).alias("protocol"))
-    wide = metrics.pivot(on="segment", index=["metric", "k"], values="value")
-    create_markdown_artifact(key=artifact_key("metrics", protocol), markdown=f"## {title}\n\n{_markdown_table(wide)}")
-    return metrics
-
-
-@task(name="gate", cache_policy=NO_CACHE)
-def gate(candidate: pl.DataFrame, incumbent: pl.DataFrame | None, config: GateConfig) -> GateDecision:
-    """Promote or refuse the candidate; the decision is published as an artifact."""
-    decision = decide(candidate, incumbent, config)
-    verdict = "promoted" if decision.promoted else "refused"
-    create_markdown_artifact(
-        key="gate-decision",
-        markdown=f"**{verdict}**: {decision.reason}\n\n"
-        f"candidate {decision.candidate}\n\nincumbent {decision.incumbent}",
-    )
-    return decision
-
-
-def model_dir(workspace: Workspace, ranker_name: str, version: str) -> Path:
-    return workspace.root / "models" / ranker_name / version
-
-
-def _incumbent_metrics(
-    fitted: Any, ranker_name: str, version: str | None, workspace: Workspace, split: Any, k: int, recorded: Any
-) -> tuple[pl.DataFrame | None, str | None]:
-    """The current model's metrics to gate against, and a note when they are not from the same held-out data.
-
-    LightGBM's features are the same functions of the data for every version, so the current booster is scored
-    over this run's features: the same data for both. A DeepFM version is tied to the encoders it was trained
-    with (its projections learned their coordinates), so it is compared by the figures recorded for it."""
-    if version is None:
-        return None, None
-    directory = model_dir(workspace, ranker_name, version)
-    if ranker_name != "lightgbm" or not (directory / "metadata.json").is_file():
-        return recorded, f"compared with the recorded figures of {version}"
-    from flows import pipeline
-
-    try:
-        incumbent = pipeline.FittedRanker(pipeline.load_ranker(ranker_name, directory), fitted.served, {})
-        return incumbent.evaluate(split, k).metrics, None
-    except (WarmstartError, ValueError, IndexError, RuntimeError) as error:
-        note = f"{version} cannot score this data ({type(error).__name__}: {error}); compared with its recorded figures"
-        return recorded, note
-
-
-def retrain_and_gate(
-    plan: Any,
-    *,
-    run_id: str,
-    workspace: Workspace,
-    models: Any,
-    cache_dir: Path,
-    k: int,
-    protocol: str,
-    title: str,
-    gate_config: GateConfig,
-    incumbent: str | None,
-    incumbent_recorded: pl.DataFrame | None = None,
-) -> RunRecord:
-    """Retrain on the plan, evaluate on its real held-out data, gate against the current model on the same data
-    and save the candidate as version `run_id`; returns the run's record (metrics, decision, timings)."""
-    clock = time.perf_counter()
-    fitted = retrain(plan, cache_dir, models)
-    timings = {"retrain": time.perf_counter() - clock}
-    clock = time.perf_counter()
-    metrics = evaluate(fitted, plan.split, k, protocol, title)
-    ranker_name = models.ranker_name
-    incumbent_metrics, note = _incumbent_metrics(
-        fitted, ranker_name, incumbent, workspace, plan.split, k, incumbent_recorded
-    )
-    timings["evaluate"] = time.perf_counter() - clock
-    decision = gate(metrics, incumbent_metrics, gate_config)
-    if note:
-        decision = decision.model_copy(update={"reason": f"{decision.reason} ({note})"})
-    fitted.ranker.save(model_dir(workspace, ranker_name, run_id))
-    return RunRecord(
-        status=COMPLETED,
-        model_version=run_id,
-        timings=timings,
-        metrics=metrics,
-        as_of=_as_of(plan.split),
-        promotion=decision.record(run_id, incumbent, gate_config),
-    )
-
-
-def _as_of(split: Any) -> datetime:
-    """A point's time: the end of its training data (the cut), or now for splits without times."""
-    train = split.train
-    if Columns.ts in train.columns and train[Columns.ts].null_count() < train.height:
-        return train[Columns.ts].max() + timedelta(microseconds=1)
-    return datetime.now(UTC)
-
-
-@task(name="record", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
-def record(store_url: str, run_id: str, outcome: RunRecord) -> None:
-    """Write a run's outcome into the metrics history in one transaction (retried: the store may be busy)."""
-    store = MetricsStore(store_url)
-    try:
-        store.finish_run(run_id, outcome)
-    finally:
-        store.close()
+detect_task = as_task(stages.detect)
+detect_as_of_task = as_task(stages.detect_as_of)
+encode_batch_task = as_task(encode_batch)
+augment_step_task = as_task(augment_step)
+describe_batch_task = as_task(describe_batch)
+retrain_task = as_task(stages.retrain)
+evaluate_task = as_task(stages.evaluate)
+gate_task = as_task(stages.gate)

@@ -3,7 +3,17 @@
 from pathlib import Path
 
 from monitor.gate import GateConfig, GateDecision, GateMetric, decide, gate_values
-from monitor.store import COMPLETED, FAILED, RUNNING, SCHEMA_VERSION, MetricsStore, RunRecord, run_key, sqlite_url
+from monitor.store import (
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    SCHEMA_VERSION,
+    ActiveRun,
+    MetricsStore,
+    RunRecord,
+    run_key,
+    sqlite_url,
+)
 from monitor.trends import ACCURACY_SEGMENTS, BEYOND_ACCURACY, beyond_accuracy_trend, metric_trend
 
 __all__ = [
@@ -13,6 +23,7 @@ __all__ = [
     "FAILED",
     "RUNNING",
     "SCHEMA_VERSION",
+    "ActiveRun",
     "GateConfig",
     "GateDecision",
     "GateMetric",

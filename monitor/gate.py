@@ -35,7 +35,13 @@ class GateConfig(BaseModel):
     metrics: list[GateMetric] = Field(
         default_factory=lambda: [GateMetric.parse("overall/ndcg@20"), GateMetric.parse("cold/recall@20")]
     )
-    tolerance: float = Field(0.005, ge=0, description="Largest allowed drop (absolute) of any gate metric.")
+    tolerance: float = Field(
+        0.005,
+        ge=-1,
+        le=1,
+        description="Largest allowed drop (absolute) of any gate metric; a negative tolerance asks the candidate "
+        "to beat the incumbent by at least that much.",
+    )
 
 
 class GateDecision(BaseModel):

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -180,6 +180,23 @@ class RunRecord:
     promotion: dict[str, Any] | None = None
     error: str | None = None
 
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the seconds the block takes to `timings[stage]`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
+
+
+@dataclass
+class ActiveRun:
+    """A run in progress (see `MetricsStore.run`): its id and the record its stages fill in."""
+
+    run_id: str
+    record: RunRecord
+
 
 def _rows(frame: pl.DataFrame | None, columns: Iterable[str]) -> list[dict[str, Any]]:
     if frame is None:
@@ -318,6 +335,49 @@ class MetricsStore:
             session.add_all(Transition(run_id=run_id, **row) for row in moves)
             if record.promotion is not None:
                 session.add(Promotion(run_id=run_id, decided_at=datetime.now(UTC), **record.promotion))
+
+    @contextlib.contextmanager
+    def run(
+        self,
+        run_id: str,
+        *,
+        flow: str,
+        dataset: str,
+        parameters: Mapping[str, Any],
+        window_start: datetime | None = None,
+        window_end: datetime | None = None,
+    ) -> Iterator[ActiveRun]:
+        """Own one run from start to finish: recorded as running on entry; on a clean exit its record (filled in
+        by the block) is written with the total time in one transaction; on any exception, even an interrupt, the
+        run is recorded as failed with no rows and the exception goes on."""
+        self.start_run(
+            run_id, flow=flow, dataset=dataset, parameters=parameters, window_start=window_start, window_end=window_end
+        )
+        active = ActiveRun(run_id, RunRecord())
+        started = time.perf_counter()
+        try:
+            yield active
+        except BaseException as error:
+            self.fail_run(run_id, error)
+            raise
+        active.record.timings["total"] = time.perf_counter() - started
+        self.finish_run(run_id, active.record)
+
+    def record_promotion(
+        self, run_id: str, *, dataset: str, candidate: str, incumbent: str | None, reason: str
+    ) -> None:
+        """Record a promotion made by hand (or a rollback) as a completed run of flow `promote`."""
+        with self.run(run_id, flow="promote", dataset=dataset, parameters={"version": candidate}) as run:
+            run.record.model_version = candidate
+            run.record.promotion = {
+                "candidate_version": candidate,
+                "incumbent_version": incumbent,
+                "promoted": True,
+                "reason": reason,
+                "gate": {},
+                "candidate_metrics": {},
+                "incumbent_metrics": None,
+            }
 
     def fail_run(self, run_id: str, error: BaseException) -> None:
         """Record that a run stopped on `error`: status failed, the error's type and message, no rows."""

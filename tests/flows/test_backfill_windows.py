@@ -43,8 +43,7 @@ def test_bad_every_is_refused(text: str) -> None:
 def test_a_window_sees_first_appearances_as_of_its_end() -> None:
     import polars as pl
 
-    from catalog import TIMESTAMP
-    from flows.tasks import detect_window
+    from catalog import TIMESTAMP, segments_as_of
 
     at = [FIRST + DAY, FIRST + 3 * DAY, FIRST + 10 * DAY]
     interactions = pl.DataFrame(
@@ -58,7 +57,7 @@ def test_a_window_sees_first_appearances_as_of_its_end() -> None:
     users = pl.DataFrame(
         {"user_id": ["u1", "u2"], "first_seen": [at[0], at[2]]}, schema_overrides={"first_seen": TIMESTAMP}
     )
-    segments = detect_window.fn(
+    segments = segments_as_of(
         interactions, items, users, before=FIRST + 7 * DAY, since=FIRST + 2 * DAY, sparse_max=5, head_share=0.8
     )
     new = segments.filter(pl.col("is_new"))["entity_id"].to_list()

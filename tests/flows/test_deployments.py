@@ -87,3 +87,58 @@ def test_served_deployment_runs_to_completion(prefect_api: str, ml100k_dir: Path
     runs = store.runs()
     assert runs["flow"].to_list() == ["augment-new"] and runs["status"].to_list() == ["completed"]
     assert store.augmentation()["items_augmented"].to_list() == [1]
+
+
+def _prefect(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The `prefect` CLI of this environment, as an operator runs it."""
+    command = [str(Path(sys.executable).with_name("prefect")), "--no-prompt", *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert done.returncode == 0, f"{' '.join(args)}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
+    return done
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_prefect_deploy_all_and_a_process_worker_run_a_deployment(
+    prefect_api: str, ml100k_dir: Path, tmp_path: Path
+) -> None:
+    """The scheduled path as operators use it: `prefect deploy --all` from prefect.yaml against a real server, a
+    process worker for the `warmstart` pool, and one deployment run to completion by that worker."""
+    workspace = tmp_path / "ws"
+    runner = CliRunner()
+    ingest = runner.invoke(app, ["ingest", "--dataset", "ml-100k", "--data", str(ml100k_dir), "-w", str(workspace)])
+    assert ingest.exit_code == 0, ingest.output
+    assert runner.invoke(app, ["detect", "-w", str(workspace)]).exit_code == 0
+    env = os.environ | {
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "WARMSTART_WORKSPACE": str(workspace),
+        "WARMSTART_HOME": str(REPO),
+    }
+    _prefect("work-pool", "create", "warmstart", "--type", "process", "--overwrite", env=env)
+    deployed = _prefect("deploy", "--all", env=env)
+    assert "nightly-refresh" in deployed.stdout + deployed.stderr
+    flow_run = run_deployment("augment-new/augment-new", parameters={"limit": 1}, timeout=0)
+    worker = subprocess.Popen(
+        [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", "warmstart", "--run-once"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        output, _ = worker.communicate(timeout=600)
+    finally:
+        worker.kill()
+
+    async def final_state() -> object:
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run.id)).state
+
+    state = asyncio.run(final_state())
+    assert state is not None and state.is_completed(), f"{state}\n{output[-3000:]}"  # type: ignore[attr-defined]
+    runs = MetricsStore.for_workspace(workspace, read_only=True).runs()
+    assert runs["flow"].to_list() == ["augment-new"] and runs["status"].to_list() == ["completed"]

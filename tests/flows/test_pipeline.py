@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -11,11 +10,12 @@ import pytest
 import scipy.sparse as sp
 
 from catalog import Columns, ConfigError
-from flows.pipeline import EncodedSplit, ModelSettings, category_matrix, holdout_plan, load_ranker, with_history
+from flows.pipeline import EncodedSplit, ModelSettings, category_matrix, holdout_plan, with_history
 from ranker.deepfm import DeepFMRanker
 from ranker.evaluate import frames_split
 from ranker.features import RankerInputs
 from ranker.lightgbm_ranker import LightGBMRanker
+from ranker.registry import ranker_class
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -36,7 +36,7 @@ def test_settings_choose_the_ranker() -> None:
     with pytest.raises(ConfigError, match="unknown ranker 'xgboost'; choose one of lightgbm, deepfm"):
         ModelSettings(ranker_name="xgboost")
     with pytest.raises(ConfigError, match="unknown ranker"):
-        load_ranker("xgboost", Path("nowhere"))
+        ranker_class("xgboost")
 
 
 def test_category_matrix_is_multi_hot_in_item_order() -> None:

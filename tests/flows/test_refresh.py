@@ -44,7 +44,7 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     assert promotions["promoted"].to_list() == [True, True]
     # (up to the last bits: the incumbent's booster went through LightGBM's text format)
     assert second["promotion"]["candidate_metrics"] == pytest.approx(second["promotion"]["incumbent_metrics"])
-    assert Workspace(workspace).state()["promoted_model"] == second["run_id"]
+    assert Workspace(workspace).models.current("lightgbm") == second["run_id"]
     metrics = store.metrics().filter(pl.col("run_id") == first["run_id"])
     assert set(metrics["segment"]) >= {"overall", "head", "tail", "cold"}
     assert metrics["protocol"].unique().to_list() == ["temporal"]
@@ -68,8 +68,8 @@ def test_augment_new_describes_items_and_records_volume(prefect_api: str, worksp
 def test_encoding_a_batch_again_is_a_prefect_cache_hit(prefect_api: str, tmp_path: Path) -> None:
     @flow
     def twice(texts: list[str]) -> tuple[str, str, bool]:
-        first = tasks.encode_batch(texts, tmp_path / "cache", return_state=True)
-        second = tasks.encode_batch(texts, tmp_path / "cache", return_state=True)
+        first = tasks.encode_batch_task(texts, tmp_path / "cache", return_state=True)
+        second = tasks.encode_batch_task(texts, tmp_path / "cache", return_state=True)
         same = bool(np.array_equal(first.result(), second.result()))
         return first.name, second.name, same
 

@@ -1,61 +1,47 @@
-"""`warmstart encode` and `warmstart retrain` on a workspace holding a small real MovieLens slice."""
+"""`warmstart encode` and `warmstart retrain` (a refresh without augmentation) on a small real MovieLens slice."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from catalog import Columns, Dataset, Workspace
+from catalog import Workspace
 from flows.cli import app
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def workspace(ml100k: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("retrain")
-    users = ml100k.interactions.select(Columns.user).unique().sort(Columns.user).head(100)
-    log = ml100k.interactions.join(users, on=Columns.user, how="semi")
-    items = ml100k.items.join(log.select(Columns.item).unique(), on=Columns.item, how="semi")
-    log.write_parquet(folder / "interactions.parquet")
-    items.drop(Columns.first_seen).write_parquet(folder / "items.parquet")
-    result = runner.invoke(
-        app,
-        [
-            "ingest",
-            f"--interactions={folder / 'interactions.parquet'}",
-            f"--items={folder / 'items.parquet'}",
-            f"--workspace={folder / 'ws'}",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return folder / "ws"
+def workspace(ml100k_slice_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("retrain") / "ws"
+    shutil.copytree(ml100k_slice_workspace, target)
+    return target
 
 
-def test_encode_writes_item_embeddings_and_reuses_the_cache(workspace: Path) -> None:
-    first = runner.invoke(app, ["encode", "-w", str(workspace)])
+def test_encode_writes_item_embeddings_and_reuses_the_cache(workspace: Path, cache_dir: Path) -> None:
+    env = {"WARMSTART_CACHE_DIR": str(cache_dir)}
+    first = runner.invoke(app, ["encode", "-w", str(workspace)], env=env)
     assert first.exit_code == 0, first.output
     space = Workspace(workspace)
     table = space.read("item_embeddings")
     assert table.height == space.read("items").height
     assert table.schema["embedding"] == pl.Array(pl.Float32, 384)
-    second = runner.invoke(app, ["encode", "-w", str(workspace)])
+    second = runner.invoke(app, ["encode", "-w", str(workspace)], env=env)
     assert second.exit_code == 0
     stats = space.provenance("item_embeddings")["parameters"]
     assert stats["cache_misses"] == 0 and stats["cache_hits"] > 0
     assert "0 encoded" in second.output
 
 
-def test_retrain_saves_versions_with_parent_and_metrics(workspace: Path, cache_dir: Path) -> None:
-    env = {"WARMSTART_CACHE_DIR": str(cache_dir)}
-    first = runner.invoke(app, ["retrain", "--k", "10", "-w", str(workspace)], env=env)
-    assert first.exit_code == 0, first.output
-    second = runner.invoke(app, ["retrain", "--k", "10", "-w", str(workspace)], env=env)
-    assert second.exit_code == 0, second.output
+def test_retrain_saves_versions_with_parent_and_metrics(warmstart: Callable[..., object], workspace: Path) -> None:
+    for _ in range(2):
+        warmstart("retrain", "--k", "10", "-w", str(workspace))
     versions = sorted((workspace / "models" / "lightgbm").iterdir())
     assert len(versions) == 2
     older, newer = (json.loads((v / "report.json").read_text()) for v in versions)
@@ -79,15 +65,10 @@ def test_retrain_without_data_says_what_to_run(tmp_path: Path) -> None:
     assert "warmstart ingest" in result.output
 
 
-def test_retrain_deepfm_versions_apart_from_lightgbm(workspace: Path, cache_dir: Path) -> None:
-    env = {"WARMSTART_CACHE_DIR": str(cache_dir)}
+def test_retrain_deepfm_versions_apart_from_lightgbm(warmstart: Callable[..., object], workspace: Path) -> None:
     args = ["retrain", "--k", "10", "-w", str(workspace)]
-    runs = [
-        runner.invoke(app, [*args, "--ranker", "deepfm"], env=env),
-        runner.invoke(app, args, env=env | {"WARMSTART_RANKER": "deepfm"}),
-    ]
-    for run in runs:
-        assert run.exit_code == 0, run.output
+    warmstart(*args, "--ranker", "deepfm")
+    warmstart(*args, env={"WARMSTART_RANKER": "deepfm"})
     versions = sorted((workspace / "models" / "deepfm").iterdir())
     assert len(versions) == 2
     older, newer = (json.loads((v / "report.json").read_text()) for v in versions)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,3 +161,25 @@ def test_a_failed_run_keeps_its_error_and_no_rows(store: MetricsStore) -> None:
     run = store.runs().row(0, named=True)
     assert (run["status"], run["error"]) == (FAILED, "ValueError: no held-out interactions")
     assert store.metrics(completed_only=False).is_empty()
+
+
+def test_the_run_context_owns_start_timings_failure_and_finish(store: MetricsStore) -> None:
+    with store.run("ok", flow="refresh", dataset="ml-100k", parameters=PARAMETERS) as run:
+        assert store.runs()["status"].to_list() == [RUNNING]
+        with run.record.timed("retrain"):
+            pass
+        run.record.metrics, run.record.as_of = _metrics(), WHEN
+    finished = store.runs().row(0, named=True)
+    assert finished["status"] == COMPLETED
+    assert set(json.loads(finished["timings"])) == {"retrain", "total"}
+    assert store.run_metrics("ok").height == _metrics().height
+
+    with (
+        pytest.raises(KeyboardInterrupt),
+        store.run("stopped", flow="refresh", dataset="ml-100k", parameters={}) as run,
+    ):
+        run.record.metrics, run.record.as_of = _metrics(), WHEN
+        raise KeyboardInterrupt  # even an interrupt is recorded, and goes on
+    stopped = store.runs().filter(pl.col("run_id") == "stopped").row(0, named=True)
+    assert stopped["status"] == FAILED and stopped["error"].startswith("KeyboardInterrupt")
+    assert store.run_metrics("stopped").is_empty()

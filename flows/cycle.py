@@ -1,0 +1,126 @@
+"""One refresh cycle, composed once from the stage tasks; the refresh flow, `warmstart refresh` / `retrain` and each
+backfill window run it.
+
+    detect -> augment -> encode -> retrain -> evaluate -> gate -> save -> (the run's record) -> promote
+
+`train_evaluate_gate` is the cycle's second half: it fills the run's record (metrics, the gate's decision, model
+version) while `MetricsStore.run` owns the run's start, timings, failure and its one-transaction finish; only
+after that record is written does `promote` make the candidate current in the model registry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from catalog import Columns, ModelRegistry, atomic_write_bytes
+from flows import stages, tasks
+from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore
+
+if TYPE_CHECKING:
+    from flows.pipeline import EvaluationPlan, ModelSettings
+
+DEFAULT_GATE_METRICS = ("overall/ndcg@20", "cold/recall@20")
+
+
+def default_gate_metrics(k: int) -> tuple[str, ...]:
+    """The default gate metrics at cut-off `k` (a run measured at another k would compare nothing)."""
+    return tuple(text.replace("@20", f"@{k}") for text in DEFAULT_GATE_METRICS)
+DEFAULT_GATE_TOLERANCE = 0.005
+
+
+def gate_config(
+    metrics: tuple[str, ...] = DEFAULT_GATE_METRICS, tolerance: float = DEFAULT_GATE_TOLERANCE
+) -> GateConfig:
+    """The gate from its textual form (SEGMENT/METRIC@K, ...)."""
+    return GateConfig(metrics=[GateMetric.parse(text) for text in metrics], tolerance=tolerance)
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    """What the retrain half of a cycle needs besides the data: models, metrics cut-off, gate, cache."""
+
+    models: ModelSettings
+    k: int
+    protocol: str
+    gate: GateConfig
+    cache_dir: Path
+
+
+def train_evaluate_gate(
+    plan: EvaluationPlan,
+    config: CycleConfig,
+    run: ActiveRun,
+    registry: ModelRegistry,
+    *,
+    recorded: pl.DataFrame | None,
+    dataset: str,
+) -> GateDecision:
+    """Retrain on the plan, evaluate on its real held-out data, gate against the registry's current model on the same
+    data, and save the candidate as version `run.run_id` (with report.json); fills the run's record."""
+    record, ranker = run.record, config.models.ranker_name
+    with record.timed("retrain"):
+        fitted = tasks.retrain_task(plan, cache_dir=config.cache_dir, models=config.models)
+    with record.timed("evaluate"):
+        metrics = tasks.evaluate_task(fitted, plan.split, k=config.k, protocol=config.protocol)
+        current = registry.current(ranker)
+        incumbent = stages.incumbent_on_same_data(
+            fitted,
+            registry.path(ranker, current) if current else None,
+            plan.split,
+            k=config.k,
+            protocol=config.protocol,
+            recorded=recorded,
+        )
+    decision = tasks.gate_task(metrics, incumbent, config.gate)
+    directory = fitted.ranker.save(registry.path(ranker, run.run_id))
+    _write_report(directory, fitted.report, plan, metrics, parent=current, dataset=dataset)
+    record.model_version = run.run_id
+    record.metrics = metrics
+    record.as_of = stages.as_of(plan.split)
+    record.promotion = decision.record(run.run_id, incumbent.version, config.gate)
+    return decision
+
+
+def _write_report(
+    directory: Path,
+    models: dict[str, Any],
+    plan: EvaluationPlan,
+    metrics: pl.DataFrame,
+    *,
+    parent: str | None,
+    dataset: str,
+) -> None:
+    """report.json beside the saved version: data window, metrics on real held-out data, parent, models."""
+    train = plan.split.train
+    times = train[Columns.ts] if Columns.ts in train.columns else None
+    report = {
+        "version": directory.name,
+        "parent": parent,
+        "dataset": dataset,
+        "protocol": plan.split.protocol,
+        "data_window": {"start": str(times.min()), "end": str(times.max())} if times is not None else None,
+        "metrics": metrics.to_dicts(),
+        "models": models,
+    }
+    atomic_write_bytes(directory / "report.json", json.dumps(report, indent=2, default=str).encode())
+
+
+def promote(registry: ModelRegistry, ranker: str, decision: GateDecision, run_id: str) -> None:
+    """After the run's record is written: make the candidate current if the gate let it through."""
+    if decision.promoted:
+        registry.promote(ranker, run_id, reason=decision.reason, run_id=run_id)
+
+
+def reconcile(registry: ModelRegistry, store: MetricsStore, *, flow: str, dataset: str, ranker: str) -> None:
+    """A run killed between writing its record and promoting leaves the store ahead of the registry: the version
+    the store says was promoted, never promoted in the registry, becomes current."""
+    recorded = store.promoted_version(flow=flow, dataset=dataset)
+    if recorded is None or not registry.exists(ranker, recorded):
+        return
+    if recorded not in {entry["version"] for entry in registry.promotions()}:
+        registry.promote(ranker, recorded, reason=f"promoted by run {recorded} (recorded in the metrics store)")

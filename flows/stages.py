@@ -1,0 +1,393 @@
+"""The stages of a refresh cycle, each defined once: a typed function over explicit inputs, returning a typed result.
+
+    ingest -> detect -> augment -> encode -> retrain -> evaluate -> gate -> (record, promote: flows/cycle.py)
+
+Every entry point composes these: the CLI commands, the Prefect flows (through flows/tasks.py, which turns each into
+a task mechanically) and the backfill (one window = one cycle as of a date). No stage reads settings: the entry
+layer passes what they need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from catalog import (
+    Columns,
+    ConfigError,
+    Dataset,
+    Segments,
+    Tables,
+    WarmstartError,
+    Workspace,
+    WorkspaceError,
+    fetch_movielens_100k,
+    load_citeulike,
+    load_movielens_100k,
+    segments_as_of,
+    summarize_segments,
+)
+from monitor import GateConfig, GateDecision, decide
+
+if TYPE_CHECKING:  # torch and the models load only in the stages that use them
+    from augment import Backend
+    from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings
+    from ranker.evaluate import ProtocolSplit
+
+DATASETS = ("ml-100k", "citeulike")
+
+# ------------------------------------------------------------------------------------------------ ingest
+
+
+def load_named_dataset(name: str, data_dir: Path | None, cache_dir: Path) -> Dataset:
+    """Load a built-in data set: MovieLens-100K (fetched into `cache_dir` unless `data_dir`) or CiteULike-a."""
+    if name == "ml-100k":
+        return load_movielens_100k(data_dir or fetch_movielens_100k(cache_dir))
+    if name == "citeulike":
+        if data_dir is None:
+            raise ConfigError("--dataset citeulike needs --data DIR (the folder with titles.txt and users.dat).")
+        return load_citeulike(data_dir)
+    raise ConfigError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}.")
+
+
+def parse_mapping(pairs: list[str]) -> dict[str, str]:
+    """['user_id=customer', ...] -> {'user_id': 'customer'}."""
+    mapping = {}
+    for pair in pairs:
+        target, sep, source = pair.partition("=")
+        if not sep or not target.strip() or not source.strip():
+            raise ConfigError(f"column mapping {pair!r} must look like CONTRACT_COLUMN=FILE_COLUMN, e.g. user_id=uid.")
+        mapping[target.strip()] = source.strip()
+    return mapping
+
+
+def ingest(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int]:
+    """Write the data set's tables (and splits) into the workspace; returns rows written per table."""
+    written = {}
+    tables = {Tables.interactions: dataset.interactions, Tables.items: dataset.items, Tables.users: dataset.users}
+    tables |= {f"{Tables.split_prefix}{name}": frame for name, frame in dataset.splits.items()}
+    for name, frame in tables.items():
+        report = dataset.reports.get(name)
+        parameters = {"source": report.source, "rows_read": report.rows_read} if report else {}
+        if report:
+            parameters["duplicates_collapsed"] = report.duplicates_collapsed
+        workspace.write(name, frame, run_id=run_id, source=dataset.name, parameters=parameters)
+        written[name] = frame.height
+    workspace.update_state(dataset=dataset.name, ingest_run_id=run_id)
+    return written
+
+
+def _check_same_ingest(workspace: Workspace) -> None:
+    """The base tables must come from one ingest run; a mix means an ingest was interrupted."""
+    runs = {name: workspace.provenance(name)["run_id"] for name in Tables.base if workspace.exists(name)}
+    if len(set(runs.values())) > 1:
+        raise WorkspaceError(
+            f"workspace {workspace.root} holds tables from different ingest runs ({runs}): an ingest was "
+            "interrupted. Run `warmstart ingest` again."
+        )
+
+
+def workspace_dataset(workspace: Workspace) -> Dataset:
+    """The ingested data set, with its predefined splits (split_* tables) if it has any."""
+    _check_same_ingest(workspace)
+    splits = {
+        path.stem.removeprefix(Tables.split_prefix): pl.read_parquet(path)
+        for path in sorted(workspace.tables.glob(f"{Tables.split_prefix}*.parquet"))
+    }
+    return Dataset(
+        name=str(workspace.state().get("dataset", "workspace")),
+        interactions=workspace.read(Tables.interactions),
+        items=workspace.read(Tables.items),
+        users=workspace.read(Tables.users),
+        splits=splits,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ detect
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Segments of every item and user, their summary, and what `new` was measured from and up to."""
+
+    segments: pl.DataFrame
+    summary: pl.DataFrame
+    watermark: datetime | None
+    next_watermark: datetime | None
+
+
+def detect(
+    workspace: Workspace,
+    run_id: str,
+    *,
+    sparse_max: int,
+    head_share: float,
+    since: datetime | None = None,
+) -> Detection:
+    """Segment the workspace's items and users; `new` means first seen after `since`, by default the
+    watermark of the previous detection. Writes the `segments` table and advances the watermark."""
+    _check_same_ingest(workspace)
+    interactions = workspace.scan(Tables.interactions)
+    stored = workspace.state().get("watermark")
+    watermark = since if since is not None or stored is None else datetime.fromisoformat(stored)
+    segments = segments_as_of(
+        interactions,
+        workspace.scan(Tables.items),
+        workspace.scan(Tables.users),
+        before=None,
+        since=watermark,
+        sparse_max=sparse_max,
+        head_share=head_share,
+    )
+    parameters = {"sparse_max": sparse_max, "head_share": head_share, "watermark": str(watermark)}
+    workspace.write(Tables.segments, segments, run_id=run_id, source="detect", parameters=parameters)
+    latest = interactions.select(pl.col(Columns.ts).max()).collect().item()
+    if latest is not None:
+        workspace.update_state(watermark=latest.isoformat(), detect_run_id=run_id)
+    return Detection(segments, summarize_segments(segments), watermark, latest)
+
+
+def detect_as_of(
+    dataset: Dataset, *, before: datetime, since: datetime | None, sparse_max: int, head_share: float
+) -> pl.DataFrame:
+    """A data set's segments as they were at `before` (a backfill window's detection; writes nothing)."""
+    return segments_as_of(
+        dataset.interactions,
+        dataset.items,
+        dataset.users,
+        before=before,
+        since=since,
+        sparse_max=sparse_max,
+        head_share=head_share,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ augment
+
+ITEM_SEGMENTS = (Segments.new, Segments.cold, Segments.sparse)
+USER_SEGMENTS = (Segments.new, Segments.sparse)
+SIMULATE_SEGMENTS = (Segments.cold,)
+
+
+@dataclass(frozen=True)
+class AugmentPlan:
+    """What the language model augments in one run: which segments, how many entities per step at most."""
+
+    item_segments: tuple[str, ...] = ITEM_SEGMENTS
+    user_segments: tuple[str, ...] = USER_SEGMENTS
+    simulate_segments: tuple[str, ...] = SIMULATE_SEGMENTS
+    limit: int | None = None
+    describe: bool = True
+    profile: bool = True
+    simulate: bool = True
+    max_new_tokens: int = 96
+
+
+@dataclass
+class AugmentReport:
+    """Each step's report (generated, cached, rejected, synthetic_rows, tokens, seconds, ...)."""
+
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def total(self, key: str) -> float:
+        return sum(float(step.get(key, 0)) for step in self.steps.values())
+
+    def store_row(self) -> dict[str, Any]:
+        """The metrics store's augmentation row of this run."""
+
+        def touched(step: str) -> int:
+            report = self.steps.get(step, {})
+            return int(report.get("generated", 0)) + int(report.get("cached", 0))
+
+        row = {
+            "items_augmented": touched("describe"),
+            "users_augmented": touched("profile"),
+            "synthetic_rows": int(self.steps.get("simulate", {}).get("synthetic_rows", 0)),
+            "cache_hits": int(self.total("cached")),
+            "rejected": int(self.total("rejected")),
+            "tokens": int(self.total("tokens")),
+            "seconds": round(self.total("seconds"), 3),
+        }
+        if "synthetic_precision" in self.steps.get("simulate", {}):
+            row["synthetic_precision"] = self.steps["simulate"]["synthetic_precision"]
+        return row
+
+
+AUGMENT_STEPS = ("describe", "simulate", "profile")  # simulation reads the descriptions: it comes after them
+
+
+def augment_step(
+    step: str,
+    workspace: Workspace,
+    backend: Backend,
+    plan: AugmentPlan,
+    *,
+    cache_dir: Path,
+    run_id: str,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """One augmentation step (describe, simulate or profile) over the workspace's segments, as the plan says."""
+    from flows import augmentation
+
+    common = {"cache_dir": cache_dir, "run_id": run_id, "limit": plan.limit, "show_progress": show_progress}
+    if step == "describe":
+        return augmentation.describe_step(
+            workspace, backend, segments=plan.item_segments, max_new_tokens=plan.max_new_tokens, **common
+        )
+    if step == "simulate":
+        return augmentation.simulate_step(workspace, backend, segments=plan.simulate_segments, **common)
+    if step == "profile":
+        return augmentation.profile_step(workspace, backend, segments=plan.user_segments, **common)
+    raise ConfigError(f"unknown augmentation step {step!r}; choose one of {', '.join(AUGMENT_STEPS)}.")
+
+
+def augment(
+    workspace: Workspace,
+    backend: Backend,
+    plan: AugmentPlan,
+    *,
+    cache_dir: Path,
+    run_id: str,
+    show_progress: bool = True,
+) -> AugmentReport:
+    """The plan's augmentation steps, in order, one after the other."""
+    chosen = {"describe": plan.describe, "simulate": plan.simulate, "profile": plan.profile}
+    report = AugmentReport()
+    for step in AUGMENT_STEPS:
+        if chosen[step]:
+            report.steps[step] = augment_step(
+                step, workspace, backend, plan, cache_dir=cache_dir, run_id=run_id, show_progress=show_progress
+            )
+    return report
+
+
+# --------------------------------------------------------------------------------------------- encode
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The `item_embeddings` table's shape and what encoding it cost."""
+
+    model: str
+    items: int
+    dim: int
+    stats: dict[str, Any]
+
+
+def item_texts(workspace: Workspace) -> tuple[pl.Series, list[str]]:
+    """(item ids, the text each item is embedded from), in the items table's order."""
+    from encoders import item_text
+
+    items = workspace.read(Tables.items)
+    return items[Columns.item], item_text(items).to_list()
+
+
+def store_item_embeddings(
+    workspace: Workspace, ids: pl.Series, vectors: np.ndarray, run_id: str, stats: dict[str, Any]
+) -> Encoded:
+    """Write the `item_embeddings` table (item_id, embedding)."""
+    from encoders import MODEL_NAME
+
+    table = pl.DataFrame(
+        {Columns.item: ids, "embedding": vectors},
+        schema={Columns.item: pl.String, "embedding": pl.Array(pl.Float32, vectors.shape[1])},
+    )
+    encoded = Encoded(MODEL_NAME, table.height, int(vectors.shape[1]), stats)
+    parameters = {"model": encoded.model, "items": encoded.items, "dim": encoded.dim} | stats
+    workspace.write(Tables.item_embeddings, table, run_id=run_id, source="encode", parameters=parameters)
+    return encoded
+
+
+def encode(workspace: Workspace, run_id: str, *, cache_dir: Path) -> Encoded:
+    """Embed every item's text into `item_embeddings`; texts in the embedding cache (CACHE/embeddings, keyed by
+    model and text hash, shared with retraining) are not encoded again."""
+    from encoders import EmbeddingCache, encode_texts
+
+    ids, texts = item_texts(workspace)
+    cache = EmbeddingCache(embedding_cache(cache_dir))
+    vectors = encode_texts(texts, cache=cache)
+    return store_item_embeddings(
+        workspace, ids, vectors, run_id, {"cache_hits": cache.hits, "cache_misses": cache.misses}
+    )
+
+
+def embedding_cache(cache_dir: Path) -> Path:
+    """The one text-embedding cache: encoding and retraining both read and fill it."""
+    return Path(cache_dir) / "embeddings"
+
+
+# ------------------------------------------------------------------------------------------ retrain, evaluate
+
+
+def retrain(plan: EvaluationPlan, *, cache_dir: Path, models: ModelSettings) -> FittedRanker:
+    """Fit the encoders and the ranker `models.ranker_name` names as the plan says."""
+    from flows.pipeline import fit_ranker
+
+    return fit_ranker(plan, cache_dir=cache_dir, settings=models)
+
+
+def evaluate(fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
+    """(protocol, segment, metric, k, value) of a fitted ranker on the split's real held-out interactions."""
+    return fitted.evaluate(split, k).metrics.with_columns(pl.lit(protocol).alias("protocol"))
+
+
+# ------------------------------------------------------------------------------------------------ gate
+
+
+@dataclass(frozen=True)
+class Incumbent:
+    """The current model: its version, and its figures on the candidate's held-out data where it can be scored
+    there (else its recorded figures, with a note saying so)."""
+
+    version: str | None
+    metrics: pl.DataFrame | None
+    note: str | None = None
+
+
+def incumbent_on_same_data(
+    fitted: FittedRanker,
+    directory: Path | None,
+    split: ProtocolSplit,
+    *,
+    k: int,
+    protocol: str,
+    recorded: pl.DataFrame | None,
+) -> Incumbent:
+    """The current model's metrics to gate against. A ranker whose versions can be re-scored (LightGBM: features
+    are the same functions of the data for every version) is scored over this run's inputs, on the same held-out
+    data as the candidate; one tied to its encoders (DeepFM) is compared by its recorded figures."""
+    from flows.pipeline import FittedRanker
+    from ranker.registry import load_ranker, ranker_class
+
+    if directory is None:
+        return Incumbent(None, None)
+    version = directory.name
+    if ranker_class(fitted.report["ranker"]).tied_to_encoders:
+        return Incumbent(version, recorded, f"compared with the recorded figures of {version}")
+    try:
+        current = FittedRanker(load_ranker(directory), fitted.served, {})
+        return Incumbent(version, evaluate(current, split, k=k, protocol=protocol))
+    except (WarmstartError, ValueError, IndexError, RuntimeError) as error:
+        note = f"{version} cannot score this data ({type(error).__name__}: {error}); compared with its recorded figures"
+        return Incumbent(version, recorded, note)
+
+
+def gate(candidate: pl.DataFrame, incumbent: Incumbent, config: GateConfig) -> GateDecision:
+    """Promote or refuse the candidate against the current model (see `monitor.decide`)."""
+    decision = decide(candidate, incumbent.metrics, config)
+    if incumbent.note:
+        decision = decision.model_copy(update={"reason": f"{decision.reason} ({incumbent.note})"})
+    return decision
+
+
+def as_of(split: ProtocolSplit) -> datetime:
+    """A point's time: the end of its training data (the cut), or now for splits without times."""
+    train = split.train
+    if Columns.ts in train.columns and train[Columns.ts].null_count() < train.height:
+        return train[Columns.ts].max() + timedelta(microseconds=1)
+    return datetime.now(UTC)

@@ -1,0 +1,113 @@
+"""The gated, recorded cycle through `warmstart refresh`, the model registry (`models`, `promote`) and a killed run,
+on a small real MovieLens slice with the real models, a real Prefect API and the SQLite metrics store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from catalog import Workspace
+from flows.cli import app
+from monitor import MetricsStore
+
+runner = CliRunner()
+FAST = ["--augment-limit", "0", "--max-epochs", "3", "--k", "10"]
+
+
+Warmstart = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def test_refresh_twice_gates_the_second_against_the_first_and_promote_rolls_back(
+    warmstart: Warmstart, slice_copy: Callable[[], Path], cache_dir: Path, prefect_api: str
+) -> None:
+    workspace = slice_copy()
+    assert "promoted: now current" in warmstart("refresh", *FAST, "-w", str(workspace)).stdout
+    assert "promoted: now current" in warmstart("refresh", *FAST, "-w", str(workspace)).stdout
+    registry = Workspace(workspace).models
+    first, second = (version.version for version in registry.versions("lightgbm"))
+    assert registry.current("lightgbm") == second and registry.previous("lightgbm") == first
+    store = MetricsStore.for_workspace(workspace, read_only=True)
+    promotions = store.promotions()
+    assert promotions["incumbent_version"].to_list() == [None, first]  # the second run was gated against the first
+    runs = store.runs()
+    assert runs["flow"].to_list() == ["refresh", "refresh"] and set(runs["status"]) == {"completed"}
+    report = json.loads((registry.path("lightgbm", second) / "report.json").read_text())
+    assert report["parent"] == first and report["metrics"]
+
+    listing = runner.invoke(app, ["models", "-w", str(workspace)])
+    assert listing.exit_code == 0, listing.output
+    lines = [line for line in listing.output.splitlines() if first[:15] in line or second[:15] in line]
+    assert len(lines) == 2 and "*" in lines[1] and "*" not in lines[0]
+
+    back = runner.invoke(app, ["promote", "--previous", "-w", str(workspace)])
+    assert back.exit_code == 0, back.output
+    assert registry.current("lightgbm") == first
+    forward = runner.invoke(app, ["promote", second, "--reason", "checked by hand", "-w", str(workspace)])
+    assert forward.exit_code == 0, forward.output
+    assert registry.current("lightgbm") == second
+    assert [entry["version"] for entry in registry.promotions()] == [first, second, first, second]
+    hand = MetricsStore.for_workspace(workspace, read_only=True).runs("promote")
+    assert hand.height == 2 and set(hand["status"]) == {"completed"}
+
+    unknown = runner.invoke(app, ["promote", "20990101T000000Z-nope", "-w", str(workspace)])
+    assert unknown.exit_code == 1 and "no saved version" in unknown.output
+    assert registry.current("lightgbm") == second
+
+
+def test_a_candidate_that_does_not_beat_the_current_model_is_refused(
+    warmstart: Warmstart, slice_copy: Callable[[], Path], cache_dir: Path, prefect_api: str
+) -> None:
+    workspace = slice_copy()
+    warmstart("refresh", *FAST, "-w", str(workspace))
+    current = Workspace(workspace).models.current("lightgbm")
+    # Same data and seed: the candidate only ties the current model, and this gate asks for +0.5 NDCG.
+    output = warmstart("refresh", *FAST, "--gate-tolerance", "-0.5", "-w", str(workspace)).stdout
+    assert "refused: the current model stays" in output
+    registry = Workspace(workspace).models
+    assert registry.current("lightgbm") == current
+    assert len(registry.versions("lightgbm")) == 2  # the refused candidate is kept, for audit, but not current
+    promotions = MetricsStore.for_workspace(workspace, read_only=True).promotions()
+    assert promotions["promoted"].to_list() == [True, False]
+    assert "regressed" in promotions["reason"][1]
+
+
+def test_a_refresh_killed_while_training_leaves_the_registry_as_it_was(
+    warmstart: Warmstart, slice_copy: Callable[[], Path], cache_dir: Path, prefect_api: str
+) -> None:
+    workspace = slice_copy()
+    warmstart("refresh", *FAST, "-w", str(workspace))
+    registry = Workspace(workspace).models
+    before = [version.version for version in registry.versions()]
+    current = registry.current("lightgbm")
+    env = os.environ | {"WARMSTART_CACHE_DIR": str(cache_dir), "PREFECT_API_URL": prefect_api}
+    slow = [*FAST, "--max-epochs", "150"]  # long enough to be killed while training
+    command = [sys.executable, "-m", "flows.cli", "refresh", *slow, "-w", str(workspace)]
+    embeddings = workspace / "tables" / "item_embeddings.parquet"
+    encoded_before = embeddings.stat().st_mtime_ns
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = MetricsStore.for_workspace(workspace, read_only=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if embeddings.stat().st_mtime_ns != encoded_before:
+            break  # the second run got past encoding: it is training
+        time.sleep(0.2)
+    assert process.poll() is None, "the refresh ended before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+    assert [version.version for version in registry.versions()] == before
+    assert registry.current("lightgbm") == current
+    assert store.runs()["status"].to_list() == ["completed", "running"]
+    assert store.run_metrics(store.runs()["run_id"][1]).is_empty()
+    # A rerun of the same job records the killed run as failed and completes.
+    warmstart("refresh", *slow, "-w", str(workspace))
+    assert store.runs()["status"].to_list() == ["completed", "failed", "completed"]
+    assert registry.current("lightgbm") == store.runs()["model_version"][2]
