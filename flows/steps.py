@@ -50,18 +50,20 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
 
 
 def store_dataset(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int]:
-    """Write the data set's tables (and splits) into the workspace; returns rows written per table."""
+    """Write the data set's tables (and splits) into the workspace as a new generation, switched in at once
+    (the tables derived from the old data stay with it); returns rows written per table."""
     written = {}
     tables = {"interactions": dataset.interactions, "items": dataset.items, "users": dataset.users}
     tables |= {f"split_{name}": frame for name, frame in dataset.splits.items()}
-    for name, frame in tables.items():
-        report = dataset.reports.get(name)
-        parameters = {"source": report.source, "rows_read": report.rows_read} if report else {}
-        if report:
-            parameters["duplicates_collapsed"] = report.duplicates_collapsed
-        workspace.write(name, frame, run_id=run_id, source=dataset.name, parameters=parameters)
-        written[name] = frame.height
-    workspace.update_state(dataset=dataset.name, ingest_run_id=run_id)
+    with workspace.new_generation(run_id) as staged:
+        for name, frame in tables.items():
+            report = dataset.reports.get(name)
+            parameters = {"source": report.source, "rows_read": report.rows_read} if report else {}
+            if report:
+                parameters["duplicates_collapsed"] = report.duplicates_collapsed
+            staged.write(name, frame, run_id=run_id, source=dataset.name, parameters=parameters)
+            written[name] = frame.height
+        staged.update_state(dataset=dataset.name, ingest_run_id=run_id)
     return written
 
 
