@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from catalog import Columns, ConfigError, WarmstartError, Workspace, atomic_write_bytes, load_files, new_run_id
 from flows import steps
@@ -53,8 +54,11 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except WarmstartError as error:
-            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        except (WarmstartError, OSError) as error:  # OSError: a disk or permission failure is the user's to fix
+            # The message is data: never parsed as markup (a value like `[/x]` would break or restyle it).
+            line = " ".join(str(error).split()) or type(error).__name__
+            line = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)  # no terminal escapes
+            errors.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -99,9 +103,16 @@ def ingest(
         list[str] | None,
         typer.Option("--map", help="Column mapping CONTRACT=FILE_COLUMN, repeatable (e.g. --map user_id=uid)."),
     ] = None,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Store files with no rows (refused by default: data would be lost).")
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Load a data set, check it against the contracts and store it in the workspace."""
+    """Load a data set, check it against the contracts and store it in the workspace.
+
+    The tables are written as a new generation and switched in at once: a failed ingest changes nothing, and
+    `warmstart rollback` restores the previous data (with its segments and watermark).
+    """
     settings = _settings()
     if (dataset is None) == (interactions is None):
         raise ConfigError("give either --dataset NAME or --interactions FILE --items FILE.")
@@ -112,7 +123,8 @@ def ingest(
         if items is None:
             raise ConfigError("--interactions needs --items FILE too.")
         assert interactions is not None
-        loaded = load_files(interactions, items, users, mapping=steps.parse_mapping(map_ or []))
+        mapping = steps.parse_mapping(map_ or [])
+        loaded = load_files(interactions, items, users, mapping=mapping, allow_empty=allow_empty)
     run_id = new_run_id()
     written = steps.store_dataset(_workspace(workspace, settings), loaded, run_id)
     reports = loaded.reports.items()
@@ -151,9 +163,19 @@ def detect(
         new_run_id(),
         sparse_max=settings.sparse_max if sparse_max is None else sparse_max,
         head_share=settings.head_share if head_share is None else head_share,
-        since=since,
+        since=_utc(since),
     )
     _show_detection(detection, "segments")
+
+
+@app.command()
+@friendly_errors
+def rollback(workspace: WorkspaceOption = None) -> None:
+    """Make the previous generation of the workspace's data current again: the tables of the ingest before
+    the last, with their segments, derived tables and watermark. A second rollback undoes the first."""
+    space = _workspace(workspace, _settings())
+    pointer = space.rollback()
+    console.print(f"current generation: {pointer['current']} (previous: {pointer['previous']})")
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -45,6 +45,8 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
         target, sep, source = pair.partition("=")
         if not sep or not target.strip() or not source.strip():
             raise ConfigError(f"column mapping {pair!r} must look like CONTRACT_COLUMN=FILE_COLUMN, e.g. user_id=uid.")
+        if target.strip() in mapping:
+            raise ConfigError(f"column mapping names {target.strip()!r} twice; give one --map per column.")
         mapping[target.strip()] = source.strip()
     return mapping
 
