@@ -17,7 +17,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from catalog import Columns, ConfigError, WarmstartError, Workspace, atomic_write_bytes, load_files, new_run_id
+from catalog import (
+    Columns,
+    ConfigError,
+    WarmstartError,
+    Workspace,
+    atomic_write_bytes,
+    load_files,
+    new_run_id,
+    redact,
+)
 from flows import steps
 from flows.settings import WarmstartSettings
 from monitor import MetricsStore, beyond_accuracy_trend, metric_trend
@@ -56,7 +65,7 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except (WarmstartError, OSError) as error:  # OSError: a disk or permission failure is the user's to fix
             # The message is data: never parsed as markup (a value like `[/x]` would break or restyle it).
-            line = " ".join(str(error).split()) or type(error).__name__
+            line = " ".join(redact(str(error)).split()) or type(error).__name__
             line = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)  # no terminal escapes
             errors.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
@@ -390,19 +399,20 @@ def dashboard(
     import os
     import sys
 
-    from monitor import dashboard_script
+    from monitor import DASHBOARD_STORE_ENV, dashboard_script
 
     settings = _settings()
     space = _workspace(workspace, settings)
     store = MetricsStore.for_workspace(space.root, settings.metrics_url, read_only=True)
     command = [sys.executable, "-m", "streamlit", "run", str(dashboard_script()), "--server.address", host]
     command += ["--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    command += ["--", "--store", store.url]
     console.print(f"dashboard on http://{host}:{port} (store {store.engine.url.render_as_string(hide_password=True)})")
+    # The URL (and its password) reaches the page through the environment: a command line is public in `ps`.
+    environment = os.environ | {DASHBOARD_STORE_ENV: store.url}
     store.close()
     sys.stdout.flush()
     # Become the Streamlit server: a signal to this process (Ctrl-C, a supervisor's TERM) reaches the server itself.
-    os.execv(sys.executable, command)
+    os.execve(sys.executable, command, environment)
 
 
 class Protocol(StrEnum):
@@ -546,6 +556,9 @@ def augment(
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many entities per step.")] = None,
     simulate: Annotated[bool, typer.Option(help="Simulate interactions for the items.")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the run's counts as JSON here.")] = None,
+    allow_insecure: Annotated[
+        bool, typer.Option("--allow-insecure", help="Allow plain http to an LLM server that is not on loopback.")
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Write LLM item descriptions, user profiles and synthetic interactions for cold and sparse segments.
@@ -559,6 +572,8 @@ def augment(
     space = _workspace(workspace, settings)
     do_items, do_users = (items or not users), (users or not items)
     augmentation.segment_ids(space, "item", segment or ())  # checks segments and detection before loading a model
+    if allow_insecure:
+        settings = settings.model_copy(update={"llm_allow_insecure": True})
     with console.status(f"loading the {settings.llm_backend} language model..."):
         backend = augmentation.make_backend(settings)
     run_id = new_run_id()

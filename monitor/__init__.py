@@ -3,13 +3,24 @@
 from pathlib import Path
 
 from monitor.gate import GateConfig, GateDecision, GateMetric, decide, gate_values
-from monitor.store import COMPLETED, FAILED, RUNNING, SCHEMA_VERSION, MetricsStore, RunRecord, run_key, sqlite_url
+from monitor.store import (
+    COMPLETED,
+    DASHBOARD_STORE_ENV,
+    FAILED,
+    RUNNING,
+    SCHEMA_VERSION,
+    MetricsStore,
+    RunRecord,
+    run_key,
+    sqlite_url,
+)
 from monitor.trends import ACCURACY_SEGMENTS, BEYOND_ACCURACY, beyond_accuracy_trend, metric_trend
 
 __all__ = [
     "ACCURACY_SEGMENTS",
     "BEYOND_ACCURACY",
     "COMPLETED",
+    "DASHBOARD_STORE_ENV",
     "FAILED",
     "RUNNING",
     "SCHEMA_VERSION",
