@@ -196,15 +196,22 @@ class Workspace:
         with self.lock():
             generations = self.root / GENERATIONS
             target = generations / name
-            os.rename(staging, target)
-            (target / LOCK).unlink()
-            _fsync_directory(generations)
-            self._sweep()
             old = self._pointer()
             pointer = {"current": name, "previous": old["current"] if old else None}
-            atomic_write_bytes(self.root / POINTER, json.dumps(pointer).encode())
+            try:
+                os.rename(staging, target)
+                (target / LOCK).unlink()
+                _fsync_directory(generations)
+                atomic_write_bytes(self.root / POINTER, json.dumps(pointer).encode())  # the switch
+            except OSError as error:
+                shutil.rmtree(target, ignore_errors=True)
+                raise WorkspaceError(
+                    f"workspace {self.root}: cannot switch to the new data ({error.strerror or error}); nothing was "
+                    "changed. Fix the workspace's permissions or pass another --workspace."
+                ) from None
             _fsync_directory(self.root)
             self._dir = target
+            self._sweep()
             kept = (pointer["current"], pointer["previous"])
             for directory in generations.iterdir():
                 if directory.is_dir() and not directory.name.startswith(STAGING) and directory.name not in kept:

@@ -8,8 +8,11 @@ documented rule, checked on what was stored. The CLI runs in-process.
 from __future__ import annotations
 
 import io
+import os
 import shutil
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -314,3 +317,43 @@ def test_odd_but_valid_input_is_accepted_by_its_rule(name: str, tmp_path: Path, 
 
 def test_the_suite_is_large_enough() -> None:
     assert len(REFUSED) + len(ACCEPTED) >= 60
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[None]:
+    """A directory nobody may add to: root ignores permission bits, so as root it is made immutable."""
+    as_root = os.geteuid() == 0
+    subprocess.run(["chattr", "+i", str(path)], check=True) if as_root else path.chmod(0o555)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True) if as_root else path.chmod(0o755)
+
+
+def test_a_workspace_whose_root_is_read_only_refuses_and_keeps_its_data(tmp_path: Path, template: Path) -> None:
+    """The issue's case: table directories writable, the workspace root not (the switch cannot happen)."""
+    ws = tmp_path / "ws"
+    shutil.copytree(template, ws)
+    (tmp_path / "i.csv").write_text(ITEMS, encoding="utf-8")
+    (tmp_path / "u.csv").write_text(INTER, encoding="utf-8")
+    args = ["ingest", "--interactions", str(tmp_path / "u.csv"), "--items", str(tmp_path / "i.csv"), "-w", str(ws)]
+    with _read_only(ws):
+        result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert "cannot switch to the new data" in line and "nothing was changed" in line
+    assert _snapshot(ws) == _snapshot(template)
+
+
+def test_a_new_workspace_in_a_read_only_folder_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "i.csv").write_text(ITEMS, encoding="utf-8")
+    (tmp_path / "u.csv").write_text(INTER, encoding="utf-8")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    args = ["ingest", "--interactions", str(tmp_path / "u.csv"), "--items", str(tmp_path / "i.csv")]
+    with _read_only(locked):
+        result = runner.invoke(app, [*args, "-w", str(locked / "ws")])
+    assert result.exit_code == 1, result.output
+    (line,) = result.stderr.splitlines()
+    assert "is not writable" in line
+    assert list(locked.iterdir()) == []

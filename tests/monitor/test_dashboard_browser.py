@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -54,9 +55,9 @@ def dashboard_url(fixture_store: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
+def browser(tmp_path: Path, missing_component: Callable[[str], NoReturn]) -> Iterator[object]:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Debian chromium and chromium-driver are not installed (make test installs them)")
+        missing_component("Debian chromium and chromium-driver are not installed (make test installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
