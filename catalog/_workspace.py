@@ -42,6 +42,7 @@ POINTER = "generation.json"
 GENERATIONS = "generations"
 LOCK = ".lock"
 STAGING = ".staging-"
+TRASH = ".trash-"
 
 
 def new_run_id() -> str:
@@ -215,7 +216,12 @@ class Workspace:
             kept = (pointer["current"], pointer["previous"])
             for directory in generations.iterdir():
                 if directory.is_dir() and not directory.name.startswith(STAGING) and directory.name not in kept:
-                    shutil.rmtree(directory, ignore_errors=True)
+                    # Renamed away first: a reader still pinned to it finds it whole or gone, never half-deleted.
+                    trash = directory
+                    if not directory.name.startswith(TRASH):
+                        trash = directory.with_name(f"{TRASH}{directory.name}")
+                        os.rename(directory, trash)
+                    shutil.rmtree(trash, ignore_errors=True)
             with (self.root / "provenance.jsonl").open("a", encoding="utf-8") as log:
                 log.writelines(json.dumps(record) + "\n" for record in records)
 

@@ -75,3 +75,49 @@ def test_an_ingest_killed_anywhere_leaves_a_consistent_workspace_and_a_rerun_cle
     assert leftovers == []
     assert len(list((tmp_path / "generations").iterdir())) == 2
     assert not pl.read_parquet(Workspace(tmp_path).tables / "items.parquet").is_empty()
+
+
+# Ingests through the real loader and step, each run with its own item and user ids.
+STEP_INGESTER = """
+import sys
+from pathlib import Path
+from catalog import Workspace, load_files
+from flows.steps import store_dataset
+root, folder, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+for n in range(rounds):
+    items, inter = folder / f"items{n}.csv", folder / f"inter{n}.csv"
+    items.write_text("item_id,title\\n" + "".join(f"r{n}i{k},T{k}\\n" for k in range(30)))
+    inter.write_text("user_id,item_id,ts\\n" + "".join(f"r{n}u{k % 7},r{n}i{k},{1700000000 + k}\\n" for k in range(25)))
+    store_dataset(Workspace(root), load_files(inter, items), f"run{n:04d}")
+"""
+
+
+def test_detect_during_ingests_writes_segments_of_the_data_it_read(tmp_path: Path) -> None:
+    from flows.steps import detect
+
+    root, folder = tmp_path / "ws", tmp_path / "files"
+    folder.mkdir()
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", STEP_INGESTER, str(root), str(folder), "40"]
+    writer = subprocess.Popen(command, env=env, cwd=REPO)
+    detections = 0
+    while writer.poll() is None:
+        if not (root / "generation.json").exists():
+            continue
+        space = Workspace(root)
+        try:
+            detect(space, f"detect{detections}", sparse_max=2, head_share=0.8)
+            segmented = set(space.read("segments").filter(pl.col("kind") == "item")["entity_id"])
+            items = set(space.read("items")["item_id"])
+        except WorkspaceError as error:  # its generation was replaced twice while it ran: it says so
+            assert "was removed by later ingests" in str(error)
+            continue
+        detections += 1
+        assert segmented == items, "segments of one generation's data only"
+    assert writer.wait() == 0
+    assert detections > 1
+    final = Workspace(root)
+    if final.exists("segments"):  # whatever generation holds segments, they are of its own items
+        assert set(final.read("segments").filter(pl.col("kind") == "item")["entity_id"]) == set(
+            final.read("items")["item_id"]
+        )
