@@ -268,7 +268,10 @@ class Workspace:
         return self.tables / f"{name}.parquet"
 
     def exists(self, name: str) -> bool:
-        return self._table_path(name).is_file()
+        path = self._table_path(name)
+        if self._dir is not None:
+            self._check_alive(self._dir)  # "no" would be wrong: the generation is gone, not the table
+        return path.is_file()
 
     def write(
         self,
@@ -354,8 +357,11 @@ class Workspace:
 
     def state(self) -> dict[str, Any]:
         directory = self._generation_dir()
-        path = directory / "state.json" if directory is not None else None
-        return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.is_file() else {}
+        if directory is None:
+            return {}
+        self._check_alive(directory)
+        path = directory / "state.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     def update_state(self, **values: Any) -> dict[str, Any]:
         """Merge `values` into the pinned generation's state.json, atomically."""
