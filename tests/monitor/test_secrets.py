@@ -4,11 +4,9 @@ line (`ps`), in its output or on its page; a SQLite path holding `#` or `?` open
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -63,38 +61,17 @@ def test_a_sqlite_path_with_hash_and_question_mark_opens_that_file(tmp_path: Pat
     MetricsStore.for_workspace(root, read_only=True).close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def test_dashboard_gets_the_store_url_through_the_environment_not_ps(postgres_url: str, tmp_path: Path) -> None:
+def test_dashboard_gets_the_store_url_through_the_environment_not_ps(
+    postgres_url: str, tmp_path: Path, dashboard_process: Callable[..., AbstractContextManager[tuple[int, str]]]
+) -> None:
     url = postgres_url.replace("warmstart@", f"warmstart:{PASSWORD}@")  # trust auth: any password is accepted
     MetricsStore(url).close()  # create the schema
-    port = _free_port()
     env = os.environ | {"PYTHONPATH": str(REPO), "WARMSTART_METRICS_URL": url}
-    command = [sys.executable, "-c", "from flows.cli import main; main()", "dashboard", "--port", str(port)]
-    server = subprocess.Popen(
-        [*command, "-w", str(tmp_path)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "the dashboard never answered its health check"
-            time.sleep(0.5)
-        proc = Path(f"/proc/{server.pid}")
-        command_line = (proc / "cmdline").read_bytes().decode()
+    command = [sys.executable, "-c", "from flows.cli import main; main()", "dashboard", "-w", str(tmp_path)]
+    log = tmp_path / "dashboard.log"
+    with dashboard_process(command, log, env) as (pid, _):
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
         assert "streamlit" in command_line and PASSWORD not in command_line
-        assert f"{DASHBOARD_STORE_ENV}={url}" in (proc / "environ").read_bytes().decode()
-    finally:
-        server.terminate()
-        output, _ = server.communicate(timeout=30)
-    assert b"warmstart:***@" in output and PASSWORD.encode() not in output
+        assert f"{DASHBOARD_STORE_ENV}={url}" in Path(f"/proc/{pid}/environ").read_bytes().decode()
+    output = log.read_text()
+    assert "warmstart:***@" in output and PASSWORD not in output
