@@ -42,6 +42,7 @@ PROMPT_VERSION = "prompt_version"
 INPUT_HASH = "input_hash"
 RUN_ID = "run_id"
 SYNTHETIC_SOURCE = "llm_judge"
+UNKNOWN_JUDGEMENT = "unknown judgement"
 _CANDIDATE_SCHEMA = {Columns.item: pl.String, Columns.user: pl.String, SIMILARITY: pl.Float32, Columns.rank: pl.Int32}
 
 
@@ -329,7 +330,8 @@ def judge_pairs(
 
     `items` holds title and optionally description; `histories` holds each user's `titles`. Pairs are judged
     grouped by user, so a backend that reuses a shared prompt prefix computes each user's history once.
-    Returns `pairs` with a `score` column.
+    Returns `pairs` with a `score` column: NaN where the judge's answer is unknown (neither yes nor no among
+    the tokens its backend sees), counted in `stats.reasons["unknown judgement"]` and not cached.
     """
     _require(pairs, [Columns.user, Columns.item], "pairs")
     _require(items, [Columns.item, Columns.title], "items")
@@ -370,7 +372,10 @@ def judge_pairs(
             probabilities = backend.yes_probability([prompts[i] for i in todo])
             for index, probability in zip(todo, probabilities, strict=True):
                 scores[index] = float(probability)
-                cache.put(backend.model_name, template.id, digests[index], float(probability))
+                if np.isnan(probability):  # unknown: counted, not cached (a later run asks again)
+                    stats.reasons[UNKNOWN_JUDGEMENT] = stats.reasons.get(UNKNOWN_JUDGEMENT, 0) + 1
+                else:
+                    cache.put(backend.model_name, template.id, digests[index], float(probability))
             stats.generated += len(todo)
             progress.advance(task, len(todo))
     if isinstance(backend, LocalBackend):
@@ -418,7 +423,8 @@ def simulate_interactions(
     )
     weight_expr = weight(pl.col(Columns.score)) if callable(weight) else pl.lit(float(weight))
     kept = (
-        scored.sort([Columns.item, Columns.score, SIMILARITY, Columns.user], descending=[False, True, True, False])
+        scored.filter(pl.col(Columns.score).is_not_nan())  # unknown judgements keep no pair (NaN sorts first)
+        .sort([Columns.item, Columns.score, SIMILARITY, Columns.user], descending=[False, True, True, False])
         .with_columns(pl.col(Columns.score).cum_count().over(Columns.item).cast(pl.Int32).alias(Columns.rank))
         .filter((pl.col(Columns.rank) <= keep_top) & (pl.col(Columns.score) >= min_score))
         .select(

@@ -4,6 +4,7 @@ HTTP server (vLLM, Ollama, TGI, llama.cpp server). Both take chat messages and s
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import logging
 import os
 import shutil
@@ -14,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from augment._prompts import Messages
-from catalog import BackendError, ConfigError
+from catalog import BackendError, ConfigError, redact
 
 if TYPE_CHECKING:
     import httpx
@@ -55,11 +57,22 @@ class Backend(Protocol):
         ...
 
     def yes_probability(self, prompts: Sequence[Messages]) -> np.ndarray:
-        """P(yes) / (P(yes) + P(no)) of each prompt's first answer token, read from the next-token distribution."""
+        """P(yes) / (P(yes) + P(no)) of each prompt's first answer token, read from the next-token distribution;
+        NaN where the answer is unknown (neither yes nor no among the tokens the backend sees)."""
         ...
 
 
 # --- local model ------------------------------------------------------------------------------------------
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def smollm2_gguf() -> Path:
@@ -336,17 +349,26 @@ class HttpBackend:
         concurrency: int = 4,
         top_logprobs: int = 20,
         transport: httpx.BaseTransport | None = None,
+        allow_insecure: bool = False,
     ) -> None:
         import httpx
 
+        shown = redact(base_url)
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(
-                f"llm base URL {base_url!r} must start with http:// or https:// (e.g. http://localhost:8000/v1)."
+                f"llm base URL {shown!r} must start with http:// or https:// (e.g. http://localhost:8000/v1)."
+            )
+        if base_url.startswith("http://") and not allow_insecure and not _is_loopback(base_url):
+            raise ConfigError(
+                f"llm base URL {shown!r} is plain http to another machine: prompts, answers and the API key would "
+                "cross the network unencrypted. Use https://, or allow it on purpose with --allow-insecure "
+                "(WARMSTART_LLM_ALLOW_INSECURE=true)."
             )
         if not model:
             raise ConfigError("the HTTP backend needs a model name (WARMSTART_LLM_MODEL).")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
+        self._shown_url = redact(self.base_url)  # what messages may show
         self.model = model
         self.retries = retries
         self.backoff = backoff
@@ -367,6 +389,7 @@ class HttpBackend:
         import httpx
 
         url = f"{self.base_url}/chat/completions"
+        shown = f"{self._shown_url}/chat/completions"
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -375,7 +398,7 @@ class HttpBackend:
             try:
                 response = self._client.post(url, json=payload)
             except httpx.TransportError as error:  # timeouts and connection errors
-                problem = f"{type(error).__name__}: {error}"
+                problem = redact(f"{type(error).__name__}: {error}")
                 self.failed_attempts += 1
                 continue
             if response.status_code in _RETRY_STATUS:
@@ -383,12 +406,15 @@ class HttpBackend:
                 self.failed_attempts += 1
                 continue
             if response.status_code >= 400:
-                raise BackendError(f"{url} answered HTTP {response.status_code}: {response.text[:300]}")
+                raise BackendError(f"{shown} answered HTTP {response.status_code}: {response.text[:300]}")
             try:
-                return response.json()
+                answer = response.json()
             except ValueError:
-                raise BackendError(f"{url} answered with something that is not JSON: {response.text[:200]!r}") from None
-        raise BackendError(f"{url} failed {self.retries + 1} times; last: {problem}. Is the server up?")
+                answer = None
+            if not isinstance(answer, dict):
+                raise BackendError(f"{shown} answered with something not a JSON object: {response.text[:200]!r}")
+            return answer
+        raise BackendError(f"{shown} failed {self.retries + 1} times; last: {problem}. Is the server up?")
 
     def _map(self, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
@@ -414,7 +440,7 @@ class HttpBackend:
                 text = answer["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError):
                 raise BackendError(
-                    f"{self.base_url}: a chat completion without choices[0].message: {str(answer)[:200]}"
+                    f"{self._shown_url}: a chat completion without choices[0].message: {str(answer)[:200]}"
                 ) from None
             tokens = (answer.get("usage") or {}).get("completion_tokens") or len(text.split())
             results.append(Generation(text=str(text), tokens=int(tokens)))
@@ -433,17 +459,20 @@ class HttpBackend:
             }
             for prompt in prompts
         ]
-        return np.array([_answer_from_logprobs(answer, self.base_url) for answer in self._map(payloads)])
+        return np.array([_answer_from_logprobs(answer, self._shown_url) for answer in self._map(payloads)])
 
 
 def _answer_from_logprobs(answer: dict[str, Any], source: str) -> float:
-    """P(yes) / (P(yes) + P(no)) from a chat completion's first-token top log-probabilities."""
+    """P(yes) / (P(yes) + P(no)) from a chat completion's first-token top log-probabilities; NaN (unknown) when
+    neither yes nor no is among the top tokens: a made-up 0.5 would read as a real, undecided judgement."""
     try:
         top = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-    except (KeyError, IndexError, TypeError):
+        entries = [(str(entry["token"]).strip().lower(), float(entry["logprob"])) for entry in top]
+    except (KeyError, IndexError, TypeError, ValueError):
         raise BackendError(
-            f"{source}: the answer has no logprobs; the judge needs a server that returns top_logprobs."
+            f"{source}: the answer has no usable logprobs ({str(answer)[:200]}); the judge needs a server that "
+            "returns top_logprobs."
         ) from None
-    yes = sum(np.exp(entry["logprob"]) for entry in top if entry["token"].strip().lower() in YES_WORDS)
-    no = sum(np.exp(entry["logprob"]) for entry in top if entry["token"].strip().lower() in NO_WORDS)
-    return float(yes / (yes + no)) if yes + no > 0 else 0.5
+    yes = sum(np.exp(logprob) for token, logprob in entries if token in YES_WORDS)
+    no = sum(np.exp(logprob) for token, logprob in entries if token in NO_WORDS)
+    return float(yes / (yes + no)) if yes + no > 0 else float("nan")

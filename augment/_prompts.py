@@ -10,6 +10,7 @@ key: changing a template's wording means bumping its version.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,13 +25,24 @@ _CONTROL = re.compile(r"</?\s*data\s*>|<\|[^|>]*\|>|\[/?INST\]|<</?SYS>>", re.IG
 _SPACES = re.compile(r"\s+")
 
 
+def _visible(text: str) -> str:
+    """NFKC (fullwidth and compatibility forms become the plain characters they look like) without invisible
+    format characters (zero-width spaces and joiners, soft hyphen, BOM, bidi controls: Unicode category Cf),
+    so that a marker cannot hide from the check as `</\u200bdata>` or `\uff1c/data\uff1e` (fullwidth)."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+
+
 def clean_field(value: object, max_chars: int) -> str:
-    """One data field as a single line of plain text: control markers removed, whitespace collapsed, bounded."""
+    """One data field as a single line of plain text: normalised, control markers removed (until none is left:
+    removing one must not join the pieces of another), whitespace collapsed, bounded."""
     if value is None:
         return ""
     if isinstance(value, (list, tuple)):
         value = ", ".join(str(part) for part in value if part is not None)
-    text = _CONTROL.sub(" ", str(value))
+    text = _visible(str(value))
+    while _CONTROL.search(text):
+        text = _CONTROL.sub("", text)
     text = "".join(ch if ch.isprintable() else " " for ch in text)
     text = _SPACES.sub(" ", text).strip()
     return text[:max_chars].rstrip()

@@ -34,7 +34,15 @@ from catalog._segments import (
     summarize_segments,
 )
 from catalog._workspace import Workspace, atomic_write_bytes, new_run_id
-from catalog.errors import BackendError, ConfigError, DataError, NotFittedError, WarmstartError, WorkspaceError
+from catalog.errors import (
+    BackendError,
+    ConfigError,
+    DataError,
+    NotFittedError,
+    WarmstartError,
+    WorkspaceError,
+    redact,
+)
 
 __all__ = [
     "CITEULIKE_SPLITS",
@@ -71,6 +79,7 @@ __all__ = [
     "new_run_id",
     "popularity_segments",
     "read_table",
+    "redact",
     "segment_counts",
     "segment_transitions",
     "segments_as_of",

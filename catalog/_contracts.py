@@ -8,6 +8,7 @@ example rows and the fix. External ids are strings; exact duplicate rows are col
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -28,11 +29,23 @@ ITEMS_SCHEMA = pl.Schema(
 )
 # `attributes` holds a JSON object as text: attribute sets differ between data sets.
 USERS_SCHEMA = pl.Schema({C.user: pl.String, C.attributes: pl.String, C.first_seen: TIMESTAMP})
+CONTRACT_COLUMNS = frozenset(INTERACTIONS_SCHEMA) | frozenset(ITEMS_SCHEMA) | frozenset(USERS_SCHEMA)
 
 MAX_TEXT_CHARS = 100_000
 _EXAMPLES = 3
 _ID_DTYPES = (pl.String, pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)
 _EPOCH = r"^\s*-?\d+(\.\d+)?\s*$"
+# Control characters: C0 and C1 and DEL. Refused in ids; in text, ANSI escape sequences and every control
+# character but tab, newline and carriage return are removed (they are terminal or binary noise, never content).
+_CONTROL_ID = r"[\x00-\x1f\x7f-\x9f]"
+_ANSI_ESCAPE = r"\x1b\[[0-?]*[ -/]*[@-~]"
+_CONTROL_TEXT = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+# Plausible times: from the Unix epoch to a year from now. Beyond is a unit error (milliseconds read as
+# seconds land in year 56000) or a placeholder (9999-12-31), not an event.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_AHEAD = timedelta(days=366)
+_ISO_AWARE = ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z")
+_ISO_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")
 
 
 @dataclass(frozen=True)
@@ -73,9 +86,68 @@ def _as_id(frame: pl.DataFrame, column: str, source: str) -> pl.Expr:
     null_count = frame[column].null_count()
     if null_count:
         raise DataError(
-            f"{source}: column '{column}' has {null_count} null id(s): {_examples(frame, pl.col(column).is_null())}."
+            f"{source}: column '{column}' has {null_count} null id(s): {_examples(frame, pl.col(column).is_null())}. "
+            "Fix: give every row an id."
         )
-    return pl.col(column).cast(pl.String).str.strip_chars()
+    ids = pl.col(column).cast(pl.String).str.strip_chars()
+    for mask, what, fix in (
+        (ids == "", "empty id(s)", "give every row an id"),
+        (ids.str.contains(_CONTROL_ID), "id(s) with control characters", "remove them from the ids"),
+    ):
+        bad = frame.filter(mask).height
+        if bad:
+            raise DataError(f"{source}: column '{column}' has {bad} {what}: {_examples(frame, mask)}. Fix: {fix}.")
+    return ids
+
+
+def _range_error(source: str, column: str, frame: pl.DataFrame, mask: pl.Expr, hint: str) -> DataError:
+    latest = datetime.now(UTC) + LATEST_AHEAD
+    return DataError(
+        f"{source}: column '{column}' has {frame.filter(mask).height} implausible timestamp(s) outside "
+        f"{EARLIEST:%Y-%m-%d}..{latest:%Y-%m-%d}: {_examples(frame, mask)}. {hint}"
+    )
+
+
+def _check_epoch_seconds(frame: pl.DataFrame, column: str, source: str, seconds: pl.Expr) -> None:
+    """Refuse non-finite epoch values and values outside the plausible range, naming milliseconds when the
+    values would be plausible as such."""
+    not_finite = seconds.is_not_null() & ~seconds.is_finite()
+    if frame.filter(not_finite).height:
+        raise DataError(
+            f"{source}: column '{column}' has {frame.filter(not_finite).height} non-finite timestamp(s) (NaN or "
+            f"infinity): {_examples(frame, not_finite)}. Leave the time empty or give a real one."
+        )
+    low, high = EARLIEST.timestamp(), (datetime.now(UTC) + LATEST_AHEAD).timestamp()
+    outside = seconds.is_not_null() & ((seconds < low) | (seconds > high))
+    if frame.filter(outside).height:
+        in_ms = frame.filter(outside).select(((seconds / 1000 >= low) & (seconds / 1000 <= high)).all()).item()
+        hint = (
+            "They look like epoch milliseconds: convert them to seconds (divide by 1,000) or to ISO 8601."
+            if in_ms
+            else "Epoch times must be in seconds; check the unit, or use ISO 8601 (2024-05-01T12:00:00Z)."
+        )
+        raise _range_error(source, column, frame, outside, hint)
+
+
+def _check_datetimes(frame: pl.DataFrame, column: str, source: str, parsed: pl.Expr) -> None:
+    latest = datetime.now(UTC) + LATEST_AHEAD
+    outside = parsed.is_not_null() & ((parsed < EARLIEST) | (parsed > latest))
+    if frame.filter(outside).height:
+        raise _range_error(source, column, frame, outside, "Fix or drop those rows (a placeholder date is not a time).")
+
+
+def _parse_iso(text: pl.Expr) -> pl.Expr:
+    """ISO 8601 per value (a date, a time with or without seconds, fraction, 'Z' or an offset), whatever the
+    first row looks like; naive times are UTC."""
+    normal = (
+        text.str.replace(r"^(\d{4}-\d{2}-\d{2})$", "${1}T00:00:00")
+        .str.replace(r"^(\d{4}-\d{2}-\d{2})[ T]", "${1}T")
+        .str.replace(r"[zZ]$", "+00:00")
+        .str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}")
+    )
+    aware = [normal.str.to_datetime(f, strict=False, time_unit="us").dt.convert_time_zone("UTC") for f in _ISO_AWARE]
+    naive = [normal.str.to_datetime(f, strict=False, time_unit="us").dt.replace_time_zone("UTC") for f in _ISO_NAIVE]
+    return pl.coalesce(*aware, *naive)
 
 
 def _from_epoch_seconds(seconds: pl.Expr) -> pl.Expr:
@@ -89,19 +161,24 @@ def _as_timestamp(frame: pl.DataFrame, column: str, source: str) -> pl.Expr:
     if isinstance(dtype, pl.Datetime):
         # Naive datetimes are taken as UTC.
         in_utc = raw.dt.replace_time_zone("UTC") if dtype.time_zone is None else raw.dt.convert_time_zone("UTC")
+        _check_datetimes(frame, column, source, in_utc)
         return in_utc.cast(TIMESTAMP)
     if dtype == pl.Date:
-        return raw.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        as_time = raw.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+        _check_datetimes(frame, column, source, as_time)
+        return as_time
     if dtype.is_numeric():
+        _check_epoch_seconds(frame, column, source, raw.cast(pl.Float64))
         return _from_epoch_seconds(raw.cast(pl.Float64))
     if dtype != pl.String:
         raise DataError(f"{source}: column '{column}' has type {dtype}; timestamps must be dates, times or numbers.")
     text = raw.str.strip_chars()
-    parsed = (
-        pl.when(text.str.contains(_EPOCH))
-        .then(_from_epoch_seconds(text.cast(pl.Float64, strict=False)))
-        .otherwise(text.str.to_datetime(strict=False, time_zone="UTC", time_unit="us"))
-    )
+    is_epoch = text.str.contains(_EPOCH)
+    seconds = pl.when(is_epoch).then(text.cast(pl.Float64, strict=False))
+    _check_epoch_seconds(frame, column, source, seconds)
+    iso = pl.when(~is_epoch).then(_parse_iso(text))
+    _check_datetimes(frame, column, source, iso)
+    parsed = pl.when(is_epoch).then(_from_epoch_seconds(seconds)).otherwise(iso)
     # Nulls stay null (a data set may have no times); any other value that does not parse is an error.
     unparsed = frame.filter(raw.is_not_null() & (raw.str.strip_chars() != "") & parsed.is_null())
     if unparsed.height:
@@ -117,14 +194,25 @@ def _as_float(frame: pl.DataFrame, column: str, source: str) -> pl.Expr:
     dtype = frame.schema[column]
     raw = pl.col(column)
     if dtype.is_numeric() or dtype == pl.Boolean:
-        return raw.cast(pl.Float64)
-    if dtype != pl.String:
+        parsed = raw.cast(pl.Float64)
+    elif dtype != pl.String:
         raise DataError(f"{source}: column '{column}' has type {dtype}; it must be numeric.")
-    parsed = raw.str.strip_chars().cast(pl.Float64, strict=False)
-    mask = raw.is_not_null() & parsed.is_null()
-    bad = frame.filter(mask).height
+    else:
+        parsed = raw.str.strip_chars().cast(pl.Float64, strict=False)
+        mask = raw.is_not_null() & parsed.is_null()
+        bad = frame.filter(mask).height
+        if bad:
+            raise DataError(
+                f"{source}: column '{column}' has {bad} non-numeric value(s): {_examples(frame, mask)}. "
+                "Use plain numbers (e.g. 4.5) or leave the value empty."
+            )
+    not_finite = parsed.is_not_null() & ~parsed.is_finite()
+    bad = frame.filter(not_finite).height
     if bad:
-        raise DataError(f"{source}: column '{column}' has {bad} non-numeric value(s): {_examples(frame, mask)}.")
+        raise DataError(
+            f"{source}: column '{column}' has {bad} non-finite value(s) (NaN or infinity): "
+            f"{_examples(frame, not_finite)}. Give finite numbers or leave the value empty."
+        )
     return parsed
 
 
@@ -141,7 +229,12 @@ def _as_text(frame: pl.DataFrame, column: str, source: str) -> pl.Expr:
                 f"{source}: column '{column}' has {too_long} value(s) over {MAX_TEXT_CHARS:,} characters "
                 f"(rows {rows}). Shorten them; such text is not an item description."
             )
-    return pl.col(column).cast(pl.String)
+    return _without_control(pl.col(column).cast(pl.String))
+
+
+def _without_control(text: pl.Expr) -> pl.Expr:
+    """Text with ANSI escape sequences and control characters removed (tab, newline, CR kept)."""
+    return text.str.replace_all(_ANSI_ESCAPE, "").str.replace_all(_CONTROL_TEXT, "")
 
 
 def _collapse_duplicates(frame: pl.DataFrame, source: str) -> tuple[pl.DataFrame, ConformReport]:
@@ -181,7 +274,7 @@ def _as_categories(raw: pl.DataFrame, source: str) -> pl.Expr:
         return (
             pl.col(C.categories)
             .str.split("|")
-            .list.eval(pl.element().str.strip_chars())
+            .list.eval(_without_control(pl.element()).str.strip_chars())
             .list.eval(pl.element().filter(pl.element() != ""))
         )
     raise DataError(f"{source}: column '{C.categories}' has type {dtype}; use a list of strings or 'a|b|c' text.")

@@ -18,6 +18,7 @@ import polars as pl
 
 from catalog._columns import Columns as C
 from catalog._contracts import (
+    CONTRACT_COLUMNS,
     ConformReport,
     check_references,
     conform_interactions,
@@ -59,20 +60,59 @@ def check_utf8(path: Path) -> None:
         ) from None
 
 
-def read_table(path: Path) -> pl.DataFrame:
-    """Read a CSV/TSV (every column as text; the contracts parse types) or Parquet file."""
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; give the file itself.")
     if not path.is_file():
         raise DataError(f"{path}: no such file.")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (not even a header). Export it again.")
+
+
+def _check_header(path: Path, separator: str) -> None:
+    """Refuse repeated column names: polars would rename one of them and the other column would be lost."""
+    header = pl.read_csv(path, separator=separator, has_header=False, n_rows=1, infer_schema=False).row(0)
+    names = [str(name).strip().lstrip("\ufeff") for name in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header repeats column(s) {repeated}. Give each column a unique name.")
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    """Read a CSV/TSV (every column as text; the contracts parse types) or Parquet file.
+
+    Every read or parse failure is a DataError naming the file, what is wrong and the fix.
+    """
+    _check_file(path)
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pl.read_parquet(path)
-    if suffix not in (".csv", ".tsv", ".txt"):
+    if suffix not in (".csv", ".tsv", ".txt", ".parquet"):
         raise DataError(f"{path}: unknown file type '{suffix}'; use .csv, .tsv or .parquet.")
-    check_utf8(path)
     try:
-        return pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
-    except pl.exceptions.PolarsError as error:
-        raise DataError(f"{path}: cannot parse as {suffix[1:].upper()}: {error}") from None
+        if suffix == ".parquet":
+            try:
+                return pl.read_parquet(path)
+            except pl.exceptions.PolarsError as error:
+                raise DataError(
+                    f"{path}: not a readable Parquet file ({_first_line(error)}). It is corrupt or truncated, or "
+                    "not Parquet at all: export it again, or give a CSV file a .csv name."
+                ) from None
+        check_utf8(path)
+        separator = "\t" if suffix == ".tsv" else ","
+        try:
+            _check_header(path, separator)
+            return pl.read_csv(path, separator=separator, infer_schema=False)
+        except pl.exceptions.PolarsError as error:
+            raise DataError(
+                f"{path}: cannot parse as {suffix[1:].upper()} ({_first_line(error)}). Check the separator, "
+                "quoting and that every row has as many fields as the header."
+            ) from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the file ({error.strerror or error}).") from None
 
 
 def assemble(
@@ -115,20 +155,42 @@ def load_files(
     users: Path | None = None,
     mapping: Mapping[str, str] | None = None,
     name: str = "custom",
+    *,
+    allow_empty: bool = False,
 ) -> Dataset:
     """Generic loader for CSV/TSV/Parquet files.
 
     `mapping` maps contract column names to the files' own (e.g. {"user_id": "customer"}); each file gets
-    the renames whose source column it has, and a source column found in no file is an error.
+    the renames whose source column it has, and a source column found in no file is an error. A file with no
+    rows is refused unless `allow_empty`: an empty export replacing good data is a mistake far more often.
     """
     raws = {path: read_table(path) for path in (interactions, items, users) if path is not None}
+    if not allow_empty:
+        for path, raw in raws.items():
+            if raw.is_empty():
+                raise DataError(
+                    f"{path}: no rows (a header only). Nothing was written; pass --allow-empty to store empty "
+                    "tables on purpose."
+                )
+    unknown = sorted(set(mapping or {}) - CONTRACT_COLUMNS)
+    if unknown:
+        raise DataError(
+            f"column mapping targets {unknown} are not contract columns; choose from {sorted(CONTRACT_COLUMNS)}."
+        )
     unused = [s for s in (mapping or {}).values() if not any(s in raw.columns for raw in raws.values())]
     if unused:
         raise DataError(f"column mapping names column(s) {unused} that no input file has.")
 
     def mapped(path: Path) -> tuple[pl.DataFrame, str]:
         raw = raws[path]
-        return raw.rename({s: t for t, s in (mapping or {}).items() if s in raw.columns}), str(path)
+        renames = {s: t for t, s in (mapping or {}).items() if s in raw.columns}
+        clashes = [f"{t}={s}" for s, t in renames.items() if t in raw.columns and t != s]
+        if clashes:
+            raise DataError(
+                f"{path}: --map {' '.join(clashes)} would rename a column onto one the file already has. "
+                "Drop the mapping, or remove or rename the existing column."
+            )
+        return raw.rename(renames), str(path)
 
     return assemble(name, mapped(interactions), mapped(items), mapped(users) if users else None)
 

@@ -14,7 +14,7 @@ time of the previous detection run). Everything is vectorised polars: no loop ov
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import polars as pl
 
@@ -55,6 +55,8 @@ def entity_segments(
         raise ValueError(f"head_share must be in (0, 1], got {head_share}.")
     counts = interactions.lazy().group_by(key).agg(pl.len().cast(pl.Int64).alias(C.n_interactions))
     first_seen = pl.col(C.first_seen)
+    if watermark is not None and watermark.tzinfo is None:
+        watermark = watermark.replace(tzinfo=UTC)  # a naive time is UTC, as naive input times are
     is_new = first_seen > watermark if watermark is not None else pl.lit(False)
     known = entities.lazy()
     if C.first_seen not in known.collect_schema().names():

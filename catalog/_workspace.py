@@ -1,26 +1,38 @@
-"""The workspace: a directory of Parquet tables, each written atomically with a provenance record.
+"""The workspace: generations of Parquet tables, each table written atomically with a provenance record.
 
 Layout::
 
     WORKSPACE/
-      tables/NAME.parquet        the table
-      tables/NAME.json           provenance of its latest write (run id, source, rows, schema, parameters)
-      provenance.jsonl           every write ever made, one JSON object a line
-      state.json                 small run state (e.g. the detection watermark)
+      generation.json                  {"current": G, "previous": G'}: replaced by rename, the one switch
+      generations/G/tables/NAME.parquet
+      generations/G/tables/NAME.json   provenance of the table's latest write (run id, source, rows, schema)
+      generations/G/state.json         state of that data (data set, ingest run, detection watermark...)
+      generations/.staging-RUN/        an ingest being written (removed when it fails or is found stale)
+      provenance.jsonl                 every committed write, one JSON object a line
+      .lock                            fcntl lock: exclusive to switch generations, shared to write a table
 
-A write goes to a temporary file in the same directory, is flushed to disk, then renamed over the old
-file, so a reader sees either the old table or the new one, never half of one.
+An ingest writes a whole new generation beside the current one and switches `generation.json` to it in one
+rename under the exclusive lock, so readers see the old tables or the new ones, never a mix. The new
+generation holds only what the ingest wrote: tables derived from the old data (segments, embeddings,
+augmentation outputs) and its state (the watermark) stay with the old generation, which is kept as
+`previous` for `rollback`; older generations are deleted. Later stages write derived tables into the
+generation they read from (a `Workspace` object is pinned to the generation current when it is first used),
+each through a temporary file and a rename.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -28,6 +40,12 @@ from catalog.errors import WorkspaceError
 
 if TYPE_CHECKING:
     from catalog._registry import ModelRegistry
+
+POINTER = "generation.json"
+GENERATIONS = "generations"
+LOCK = ".lock"
+STAGING = ".staging-"
+TRASH = ".trash-"
 
 
 def new_run_id() -> str:
@@ -50,12 +68,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def _fsync_directory(path: Path) -> None:
+    """Make a rename inside `path` durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _try_lock(handle: IO[bytes]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 class Workspace:
-    """Parquet tables with provenance under one directory."""
+    """Parquet tables with provenance under one directory, in generations switched atomically by ingest."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.tables = self.root / "tables"
+        self._dir: Path | None = None  # the pinned generation, resolved on first use
+        self._staged = False  # a generation being written by `new_generation`: private, no locking
+        self._records: list[dict[str, Any]] = []
 
     @property
     def models(self) -> ModelRegistry:
@@ -67,13 +104,184 @@ class Workspace:
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
 
+    # -- generations -------------------------------------------------------------------------------------
+
+    def _pointer(self) -> dict[str, str | None] | None:
+        path = self.root / POINTER
+        if not path.is_file():
+            return None
+        try:
+            pointer = json.loads(path.read_text(encoding="utf-8"))
+            return {"current": str(pointer["current"]), "previous": pointer.get("previous")}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            message = f"{path}: unreadable generation pointer ({error}). Run `warmstart ingest` again."
+            raise WorkspaceError(message) from None
+
+    def _generation_dir(self) -> Path | None:
+        """The generation this object reads and writes: the current one when it was first asked for."""
+        if self._dir is None:
+            pointer = self._pointer()
+            if pointer is not None:
+                self._dir = self.root / GENERATIONS / str(pointer["current"])
+        return self._dir
+
+    @property
+    def generation(self) -> str | None:
+        """Name of the generation this object is pinned to (None: the workspace holds no tables yet)."""
+        directory = self._generation_dir()
+        return directory.name if directory is not None else None
+
+    @property
+    def tables(self) -> Path:
+        """The tables directory of the pinned generation."""
+        directory = self._generation_dir()
+        return (directory if directory is not None else self.root / GENERATIONS / "none") / "tables"
+
+    def generations(self) -> dict[str, str | None]:
+        """{"current": name, "previous": name or None}; empty when nothing was written yet."""
+        return self._pointer() or {}
+
+    @contextmanager
+    def lock(self, *, shared: bool = False) -> Iterator[None]:
+        """Hold the workspace lock: exclusive to switch generations or update state, shared to write a table."""
+        if self.root.exists() and not self.root.is_dir():
+            raise WorkspaceError(f"workspace {self.root} is a file, not a directory. Pass --workspace DIRECTORY.")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = (self.root / LOCK).open("ab")
+        except OSError as error:
+            raise WorkspaceError(
+                f"workspace {self.root} is not writable ({error.strerror or error}). "
+                "Fix its permissions or pass another --workspace."
+            ) from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+
+    def _writable_generation(self) -> Path:
+        """The pinned generation, created empty (under the lock) when the workspace has none yet."""
+        directory = self._generation_dir()
+        if directory is None:
+            with self.lock():
+                directory = self._generation_dir()  # another process may have created it meanwhile
+                if directory is None:
+                    directory = self.root / GENERATIONS / new_run_id()
+                    (directory / "tables").mkdir(parents=True)
+                    atomic_write_bytes(self.root / POINTER, json.dumps({"current": directory.name}).encode())
+                    self._dir = directory
+        return directory
+
+    def _check_alive(self, directory: Path) -> None:
+        if not directory.is_dir():
+            raise WorkspaceError(
+                f"workspace {self.root}: generation {directory.name} was removed by later ingests while this run "
+                "used it. Run the step again."
+            )
+
+    @contextmanager
+    def new_generation(self, run_id: str) -> Iterator[Workspace]:
+        """Stage a new generation; when the block ends without error it becomes current in one atomic switch.
+
+        Yields a Workspace that writes into the staged generation. On error the staged generation is removed
+        and the current one is untouched. The previous generation is kept for `rollback`, older ones deleted.
+        """
+        staging = self.root / GENERATIONS / f"{STAGING}{run_id}"
+        with self.lock():  # a sweep (which holds the lock) never sees a staging directory without its guard
+            try:
+                (staging / "tables").mkdir(parents=True)
+                guard = (staging / LOCK).open("ab")
+            except OSError as error:
+                raise WorkspaceError(f"workspace {self.root}: cannot stage a new generation ({error}).") from None
+            fcntl.flock(guard, fcntl.LOCK_EX)
+        staged = Workspace(self.root)
+        staged._dir, staged._staged = staging, True
+        try:
+            with guard:
+                yield staged
+                self._switch(staging, run_id, staged._records)  # the guard stays held until it is renamed
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def _switch(self, staging: Path, name: str, records: list[dict[str, Any]]) -> None:
+        with self.lock():
+            generations = self.root / GENERATIONS
+            target = generations / name
+            old = self._pointer()
+            pointer = {"current": name, "previous": old["current"] if old else None}
+            try:
+                os.rename(staging, target)
+                (target / LOCK).unlink()
+                _fsync_directory(generations)
+                atomic_write_bytes(self.root / POINTER, json.dumps(pointer).encode())  # the switch
+            except OSError as error:
+                shutil.rmtree(target, ignore_errors=True)
+                raise WorkspaceError(
+                    f"workspace {self.root}: cannot switch to the new data ({error.strerror or error}); nothing was "
+                    "changed. Fix the workspace's permissions or pass another --workspace."
+                ) from None
+            _fsync_directory(self.root)
+            self._dir = target
+            self._sweep()
+            kept = (pointer["current"], pointer["previous"])
+            for directory in generations.iterdir():
+                if directory.is_dir() and not directory.name.startswith(STAGING) and directory.name not in kept:
+                    # Renamed away first: a reader still pinned to it finds it whole or gone, never half-deleted.
+                    trash = directory
+                    if not directory.name.startswith(TRASH):
+                        trash = directory.with_name(f"{TRASH}{directory.name}")
+                        os.rename(directory, trash)
+                    shutil.rmtree(trash, ignore_errors=True)
+            with (self.root / "provenance.jsonl").open("a", encoding="utf-8") as log:
+                log.writelines(json.dumps(record) + "\n" for record in records)
+
+    def _sweep(self) -> None:
+        """Remove what killed runs left: stale staged generations and temporary files. Runs under the
+        exclusive lock, so no writer is between its temporary file and its rename."""
+        generations = self.root / GENERATIONS
+        if not generations.is_dir():
+            return
+        for directory in generations.iterdir():
+            if directory.name.startswith(STAGING):
+                try:
+                    with (directory / LOCK).open("ab") as guard:
+                        if not _try_lock(guard):
+                            continue  # an ingest is still writing it
+                except OSError:
+                    pass
+                shutil.rmtree(directory, ignore_errors=True)
+            elif directory.is_dir():
+                for stray in [*directory.glob(".*.tmp"), *directory.glob("tables/.*.tmp"), directory / LOCK]:
+                    stray.unlink(missing_ok=True)
+        for stray in self.root.glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+
+    def rollback(self) -> dict[str, str | None]:
+        """Make the previous generation current again (and the current one previous: a second rollback
+        undoes the first). Returns the new pointer."""
+        with self.lock():
+            pointer = self._pointer()
+            previous = pointer.get("previous") if pointer else None
+            if pointer is None or previous is None or not (self.root / GENERATIONS / previous).is_dir():
+                raise WorkspaceError(f"workspace {self.root} has no previous generation to roll back to.")
+            swapped = {"current": previous, "previous": pointer["current"]}
+            atomic_write_bytes(self.root / POINTER, json.dumps(swapped).encode())
+            _fsync_directory(self.root)
+            self._dir = self.root / GENERATIONS / previous
+            return swapped
+
+    # -- tables ------------------------------------------------------------------------------------------
+
     def _table_path(self, name: str) -> Path:
         if not name.replace("_", "").isalnum():
             raise WorkspaceError(f"table name {name!r} must be letters, digits and underscores.")
         return self.tables / f"{name}.parquet"
 
     def exists(self, name: str) -> bool:
-        return self._table_path(name).is_file()
+        path = self._table_path(name)
+        if self._dir is not None:
+            self._check_alive(self._dir)  # "no" would be wrong: the generation is gone, not the table
+        return path.is_file()
 
     def write(
         self,
@@ -84,11 +292,10 @@ class Workspace:
         source: str,
         parameters: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Atomically replace table `name` with `frame` and record where it came from."""
-        path = self._table_path(name)
+        """Atomically replace table `name` of the pinned generation with `frame` and record where it came from."""
+        self._table_path(name)  # checks the name before anything is written
         buffer = io.BytesIO()
         frame.write_parquet(buffer)
-        atomic_write_bytes(path, buffer.getvalue())
         record = {
             "table": name,
             "run_id": run_id,
@@ -98,19 +305,46 @@ class Workspace:
             "schema": {column: str(dtype) for column, dtype in frame.schema.items()},
             "parameters": parameters or {},
         }
-        atomic_write_bytes(path.with_suffix(".json"), json.dumps(record, indent=2).encode())
-        with (self.root / "provenance.jsonl").open("a", encoding="utf-8") as log:
-            log.write(json.dumps(record) + "\n")
+        if self._staged:
+            self._store(name, buffer.getvalue(), record)
+            self._records.append(record)
+            return record
+        self._writable_generation()
+        with self.lock(shared=True):
+            self._store(name, buffer.getvalue(), record)
+            with (self.root / "provenance.jsonl").open("a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
         return record
 
-    def scan(self, name: str) -> pl.LazyFrame:
-        """The table as a LazyFrame; nothing is read until it is collected."""
+    def _store(self, name: str, data: bytes, record: dict[str, Any]) -> None:
+        directory = self._generation_dir()
+        assert directory is not None
+        self._check_alive(directory)
         path = self._table_path(name)
-        if not path.is_file():
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(record, indent=2).encode())
+
+    def scan(self, name: str) -> pl.LazyFrame:
+        """The table as a LazyFrame over a copy read now: a later write or switch cannot change it underneath."""
+        path = self._table_path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if self._dir is not None:
+                self._check_alive(self._dir)
             raise WorkspaceError(
                 f"workspace {self.root} has no table '{name}'. Run `warmstart ingest --workspace {self.root}` first."
-            )
-        return pl.scan_parquet(path)
+            ) from None
+        except OSError as error:
+            raise WorkspaceError(f"{path}: cannot read table '{name}' ({error.strerror or error}).") from None
+        try:
+            return pl.read_parquet(io.BytesIO(data)).lazy()
+        except pl.exceptions.PolarsError as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise WorkspaceError(
+                f"{path}: table '{name}' is not readable Parquet ({reason}). Run the step that writes it again, "
+                "or `warmstart rollback` to the previous generation."
+            ) from None
 
     def read(self, name: str) -> pl.DataFrame:
         return self.scan(name).collect()
@@ -123,18 +357,34 @@ class Workspace:
         return json.loads(path.read_text(encoding="utf-8"))
 
     def history(self) -> list[dict[str, Any]]:
-        """Every write recorded in this workspace, oldest first."""
+        """Every committed write recorded in this workspace, oldest first."""
         log = self.root / "provenance.jsonl"
         if not log.is_file():
             return []
         return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
 
+    # -- state of the pinned generation ------------------------------------------------------------------
+
     def state(self) -> dict[str, Any]:
-        path = self.root / "state.json"
+        directory = self._generation_dir()
+        if directory is None:
+            return {}
+        self._check_alive(directory)
+        path = directory / "state.json"
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     def update_state(self, **values: Any) -> dict[str, Any]:
-        """Merge `values` into state.json, atomically."""
+        """Merge `values` into the pinned generation's state.json, atomically."""
+        if self._staged:
+            return self._merge_state(values)
+        self._writable_generation()
+        with self.lock():
+            return self._merge_state(values)
+
+    def _merge_state(self, values: dict[str, Any]) -> dict[str, Any]:
+        directory = self._generation_dir()
+        assert directory is not None
+        self._check_alive(directory)
         state = self.state() | values
-        atomic_write_bytes(self.root / "state.json", json.dumps(state, indent=2, default=str).encode())
+        atomic_write_bytes(directory / "state.json", json.dumps(state, indent=2, default=str).encode())
         return state

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class WarmstartError(Exception):
     """Base class: a problem the user can fix; the message says what and how."""
@@ -25,3 +27,15 @@ class WorkspaceError(WarmstartError):
 
 class BackendError(WarmstartError):
     """A language-model backend failed (server unreachable, bad answer) after its retries."""
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s'\"]*):[^@\s'\"/]*@")
+_SECRET_PARAMETER = re.compile(
+    r"(?P<head>[?&;](?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key|key)=)[^&;\s'\"]*", re.IGNORECASE
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the passwords of URLs (scheme://user:PASSWORD@host) and secret query parameters
+    (?password=, token=, api_key=...) replaced by ***: for every message, log line and page that may show a URL."""
+    return _SECRET_PARAMETER.sub(r"\g<head>***", _URL_PASSWORD.sub(r"\g<head>:***@", text))

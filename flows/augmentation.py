@@ -54,6 +54,7 @@ def make_backend(settings: WarmstartSettings) -> Backend:
             timeout=settings.llm_timeout,
             retries=settings.llm_retries,
             concurrency=settings.llm_concurrency,
+            allow_insecure=settings.llm_allow_insecure,
         )
     return LocalBackend.smollm2(settings.cache_dir, batch_size=settings.llm_batch_size, threads=settings.llm_threads)
 

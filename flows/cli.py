@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from catalog import (
     Columns,
@@ -27,6 +28,7 @@ from catalog import (
     atomic_write_bytes,
     load_files,
     new_run_id,
+    redact,
 )
 from flows import stages
 from flows.settings import WarmstartSettings
@@ -64,8 +66,11 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except WarmstartError as error:
-            errors.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        except (WarmstartError, OSError) as error:  # OSError: a disk or permission failure is the user's to fix
+            # The message is data: never parsed as markup (a value like `[/x]` would break or restyle it).
+            line = " ".join(redact(str(error)).split()) or type(error).__name__
+            line = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)  # no terminal escapes
+            errors.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -110,9 +115,16 @@ def ingest(
         list[str] | None,
         typer.Option("--map", help="Column mapping CONTRACT=FILE_COLUMN, repeatable (e.g. --map user_id=uid)."),
     ] = None,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Store files with no rows (refused by default: data would be lost).")
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Load a data set, check it against the contracts and store it in the workspace."""
+    """Load a data set, check it against the contracts and store it in the workspace.
+
+    The tables are written as a new generation and switched in at once: a failed ingest changes nothing, and
+    `warmstart rollback` restores the previous data (with its segments and watermark).
+    """
     settings = _settings()
     if (dataset is None) == (interactions is None):
         raise ConfigError("give either --dataset NAME or --interactions FILE --items FILE.")
@@ -123,7 +135,8 @@ def ingest(
         if items is None:
             raise ConfigError("--interactions needs --items FILE too.")
         assert interactions is not None
-        loaded = load_files(interactions, items, users, mapping=stages.parse_mapping(map_ or []))
+        mapping = stages.parse_mapping(map_ or [])
+        loaded = load_files(interactions, items, users, mapping=mapping, allow_empty=allow_empty)
     run_id = new_run_id()
     written = stages.ingest(_workspace(workspace, settings), loaded, run_id)
     reports = loaded.reports.items()
@@ -162,9 +175,19 @@ def detect(
         new_run_id(),
         sparse_max=settings.sparse_max if sparse_max is None else sparse_max,
         head_share=settings.head_share if head_share is None else head_share,
-        since=since,
+        since=_utc(since),
     )
     _show_detection(detection, "segments")
+
+
+@app.command()
+@friendly_errors
+def rollback(workspace: WorkspaceOption = None) -> None:
+    """Make the previous generation of the workspace's data current again: the tables of the ingest before
+    the last, with their segments, derived tables and watermark. A second rollback undoes the first."""
+    space = _workspace(workspace, _settings())
+    pointer = space.rollback()
+    console.print(f"current generation: {pointer['current']} (previous: {pointer['previous']})")
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -223,7 +246,7 @@ def _run_backfill(
         k=k,
         seed=seed,
         max_epochs=max_epochs,
-        store_url=settings.metrics_url,
+        store_url=None,  # the flow reads it from the settings: Prefect keeps flow parameters, passwords included
         sparse_max=settings.sparse_max,
         head_share=settings.head_share,
         augment_limit=augment_limit,
@@ -379,19 +402,20 @@ def dashboard(
     import os
     import sys
 
-    from monitor import dashboard_script
+    from monitor import DASHBOARD_STORE_ENV, dashboard_script
 
     settings = _settings()
     space = _workspace(workspace, settings)
     store = MetricsStore.for_workspace(space.root, settings.metrics_url, read_only=True)
     command = [sys.executable, "-m", "streamlit", "run", str(dashboard_script()), "--server.address", host]
     command += ["--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    command += ["--", "--store", store.url]
     console.print(f"dashboard on http://{host}:{port} (store {store.engine.url.render_as_string(hide_password=True)})")
+    # The URL (and its password) reaches the page through the environment: a command line is public in `ps`.
+    environment = os.environ | {DASHBOARD_STORE_ENV: store.url}
     store.close()
     sys.stdout.flush()
     # Become the Streamlit server: a signal to this process (Ctrl-C, a supervisor's TERM) reaches the server itself.
-    os.execv(sys.executable, command)
+    os.execve(sys.executable, command, environment)
 
 
 class Protocol(StrEnum):
@@ -662,6 +686,9 @@ def augment(
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many entities per step.")] = None,
     simulate: Annotated[bool, typer.Option(help="Simulate interactions for the items.")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the run's counts as JSON here.")] = None,
+    allow_insecure: Annotated[
+        bool, typer.Option("--allow-insecure", help="Allow plain http to an LLM server that is not on loopback.")
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Write LLM item descriptions, user profiles and synthetic interactions for cold and sparse segments.
@@ -675,6 +702,8 @@ def augment(
     space = _workspace(workspace, settings)
     do_items, do_users = (items or not users), (users or not items)
     augmentation.segment_ids(space, "item", segment or ())  # checks segments and detection before loading a model
+    if allow_insecure:
+        settings = settings.model_copy(update={"llm_allow_insecure": True})
     keys = ("item_segments", "user_segments", "simulate_segments")
     # Without --segment: the segments this command has always augmented (a refresh adds the new ones).
     defaults = ((Segments.cold, Segments.sparse), (Segments.sparse,), (Segments.cold,))

@@ -41,8 +41,10 @@ from ranker.evaluate import (
     cold_item_split,
     evaluate,
     frames_split,
+    hold_out_labels,
     hybrid_split,
     interaction_matrix,
+    split_validation,
     temporal_split,
     warm_split,
 )
@@ -213,32 +215,34 @@ def citeulike_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
 def holdout_plan(
     split: ProtocolSplit, valid: pl.DataFrame | None = None, *, share: float = 0.2, seed: int = 0
 ) -> EvaluationPlan:
-    """Labels for the ranker when no validation split is given: each user's latest `share` of training
-    interactions (random order without times) are held out of the encoders' history; a fifth of the users'
-    held-out rows stop training early. With `valid`, its pairs are the labels and history is the whole train."""
-    train = split.train
-    rng = np.random.default_rng(seed)
-    if valid is None:
-        order = pl.col(Columns.ts) if Columns.ts in train.columns else pl.lit(rng.random(train.height))
-        ranked = train.with_columns(_order=order).with_columns(
-            _pos=pl.col("_order").rank("ordinal").over(Columns.user),
-            _n=pl.len().over(Columns.user),
-        )
-        held = (pl.col("_n") >= 2) & (pl.col("_pos") > (pl.col("_n") * (1 - share)).ceil())
-        labels = ranked.filter(held).select(Columns.user, Columns.item)
-        history = ranked.filter(~held).drop("_order", "_pos", "_n")
+    """Labels and early stopping for a split without predefined ones (ranker.evaluate.hold_out_labels chooses).
+
+    Validation pairs of warm users and items are the labels, and training keeps the whole history; without
+    them, each user's latest (or random) `share` of training interactions is held out of the encoders'
+    history. Validation pairs of cold items (or users) stop the ranker early, ranked among the items cold in
+    history; without them, a fifth of the label users' pairs do, ranked among all items."""
+    warm, other = split_validation(valid, split.train) if valid is not None else (None, None)
+    if warm is not None and warm.height:
+        labels, history = warm, split.train
     else:
-        labels, history = valid.select(Columns.user, Columns.item), train
-    users = labels.select(Columns.user).unique().sort(Columns.user)
-    stop_users = users.sample(fraction=0.2, seed=seed)
+        history, labels = hold_out_labels(split.train, share=share, seed=seed)
+    if other is not None and other.height:
+        fit_labels, valid_labels = labels, other
+        cold = np.setdiff1d(np.arange(split.index.n_items), split.index.items(history[Columns.item].unique()))
+        pool = cold if other.join(history, on=Columns.item, how="semi").is_empty() else np.arange(split.index.n_items)
+    else:
+        stop_users = labels.select(Columns.user).unique().sort(Columns.user).sample(fraction=0.2, seed=seed)
+        fit_labels = labels.join(stop_users, on=Columns.user, how="anti")
+        valid_labels = labels.join(stop_users, on=Columns.user, how="semi")
+        pool = np.arange(split.index.n_items)
     return EvaluationPlan(
         split=split,
         fit_history=history,
-        fit_labels=labels.join(stop_users, on=Columns.user, how="anti"),
-        valid_labels=labels.join(stop_users, on=Columns.user, how="semi"),
-        valid_pool=np.arange(split.index.n_items),
+        fit_labels=fit_labels,
+        valid_labels=valid_labels,
+        valid_pool=pool,
         cf_validation=labels,
-        refit_for_serving=valid is None,
+        refit_for_serving=history is not split.train,
     )
 
 

@@ -36,6 +36,9 @@ class WarmstartSettings(BaseSettings):
     llm_base_url: str = Field("http://localhost:8000/v1", description="Base URL of the OpenAI-compatible server.")
     llm_model: str = Field("", description="Model name the HTTP server serves (required with llm_backend=http).")
     llm_api_key: SecretStr | None = Field(None, description="API key of the HTTP server (WARMSTART_LLM_API_KEY).")
+    llm_allow_insecure: bool = Field(
+        False, description="Allow plain http to a server that is not on loopback (prompts and key unencrypted)."
+    )
     llm_timeout: float = Field(60.0, gt=0, description="Seconds before an HTTP request to the LLM times out.")
     llm_retries: int = Field(3, ge=0, description="Retries of a failed HTTP request, with exponential backoff.")
     llm_concurrency: int = Field(4, ge=1, description="HTTP requests to the LLM server in flight at once.")

@@ -62,23 +62,27 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
         target, sep, source = pair.partition("=")
         if not sep or not target.strip() or not source.strip():
             raise ConfigError(f"column mapping {pair!r} must look like CONTRACT_COLUMN=FILE_COLUMN, e.g. user_id=uid.")
+        if target.strip() in mapping:
+            raise ConfigError(f"column mapping names {target.strip()!r} twice; give one --map per column.")
         mapping[target.strip()] = source.strip()
     return mapping
 
 
 def ingest(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int]:
-    """Write the data set's tables (and splits) into the workspace; returns rows written per table."""
+    """Write the data set's tables (and splits) into the workspace as a new generation, switched in at once
+    (the tables derived from the old data stay with it); returns rows written per table."""
     written = {}
     tables = {Tables.interactions: dataset.interactions, Tables.items: dataset.items, Tables.users: dataset.users}
     tables |= {f"{Tables.split_prefix}{name}": frame for name, frame in dataset.splits.items()}
-    for name, frame in tables.items():
-        report = dataset.reports.get(name)
-        parameters = {"source": report.source, "rows_read": report.rows_read} if report else {}
-        if report:
-            parameters["duplicates_collapsed"] = report.duplicates_collapsed
-        workspace.write(name, frame, run_id=run_id, source=dataset.name, parameters=parameters)
-        written[name] = frame.height
-    workspace.update_state(dataset=dataset.name, ingest_run_id=run_id)
+    with workspace.new_generation(run_id) as staged:
+        for name, frame in tables.items():
+            report = dataset.reports.get(name)
+            parameters = {"source": report.source, "rows_read": report.rows_read} if report else {}
+            if report:
+                parameters["duplicates_collapsed"] = report.duplicates_collapsed
+            staged.write(name, frame, run_id=run_id, source=dataset.name, parameters=parameters)
+            written[name] = frame.height
+        staged.update_state(dataset=dataset.name, ingest_run_id=run_id)
     return written
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from monitor.gate import GateConfig, GateDecision, GateMetric, decide, gate_values
 from monitor.store import (
     COMPLETED,
+    DASHBOARD_STORE_ENV,
     FAILED,
     RUNNING,
     SCHEMA_VERSION,
@@ -20,6 +21,7 @@ __all__ = [
     "ACCURACY_SEGMENTS",
     "BEYOND_ACCURACY",
     "COMPLETED",
+    "DASHBOARD_STORE_ENV",
     "FAILED",
     "RUNNING",
     "SCHEMA_VERSION",

@@ -1,22 +1,20 @@
 """The warmstart dashboard: long-tail health over time, read-only from the metrics store.
 
-Started by `warmstart dashboard` (`streamlit run monitor/dashboard.py -- --store URL`); the store URL comes from
-the `--store` script argument, or WARMSTART_DASHBOARD_STORE when the page runs under streamlit's AppTest.
+Started by `warmstart dashboard` (`streamlit run monitor/dashboard.py`); the store URL comes from the environment
+(WARMSTART_DASHBOARD_STORE), never the command line, where `ps` would show its password to every user.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from datetime import datetime, time
 
 import altair as alt
 import polars as pl
 import streamlit as st
 
-from catalog import WarmstartError
-from monitor.store import MetricsStore
+from catalog import WarmstartError, redact
+from monitor.store import DASHBOARD_STORE_ENV, MetricsStore
 from monitor.views import (
     Filters,
     StoreFrames,
@@ -30,14 +28,11 @@ from monitor.views import (
 )
 
 DEFAULT_SEGMENTS = ("overall", "head", "tail", "cold")
-STORE_ENV = "WARMSTART_DASHBOARD_STORE"
+STORE_ENV = DASHBOARD_STORE_ENV
 
 
-def store_url(argv: list[str]) -> str | None:
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--store")
-    known, _ = parser.parse_known_args(argv)
-    return known.store or os.environ.get(STORE_ENV)
+def store_url() -> str | None:
+    return os.environ.get(STORE_ENV)
 
 
 def line_chart(frame: pl.DataFrame, *, color: str, title: str, y_title: str, legend: bool = True) -> alt.Chart:
@@ -169,7 +164,7 @@ def runs_section(frames: StoreFrames, shown: int = 50) -> None:
 def main() -> None:
     st.set_page_config(page_title="warmstart: long-tail health", layout="wide")
     st.title("warmstart: long-tail health")
-    url = store_url(sys.argv[1:])
+    url = store_url()
     if not url:
         st.error("No metrics store given: start the page with `warmstart dashboard`.")
         st.stop()
@@ -178,7 +173,7 @@ def main() -> None:
         frames = StoreFrames.read(store)
         store.close()
     except WarmstartError as error:
-        st.error(str(error))
+        st.error(redact(str(error)))
         st.stop()
     if frames.empty:
         st.info(

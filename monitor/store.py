@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import polars as pl
 from sqlalchemy import (
@@ -39,7 +40,7 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from catalog import ConfigError, WorkspaceError
+from catalog import ConfigError, WorkspaceError, redact
 
 SCHEMA_VERSION = 1
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
@@ -158,11 +159,17 @@ def run_key(flow: str, dataset: str, window_end: datetime | None, parameters: Ma
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+# The dashboard gets the store URL through this variable: a command line is visible to every user in `ps`.
+DASHBOARD_STORE_ENV = "WARMSTART_DASHBOARD_STORE"
+
+
 def sqlite_url(path: Path, *, read_only: bool = False) -> str:
-    """The SQLAlchemy URL of a SQLite file; read-only opens it so that no write can happen by mistake."""
-    if read_only:
-        return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
-    return f"sqlite:///{path.resolve()}"
+    """The SQLAlchemy URL of a SQLite file; read-only opens it so that no write can happen by mistake.
+
+    A URI filename, percent-encoded twice (SQLAlchemy decodes once, SQLite once), so that a path holding `#`,
+    `?` or `%` names that very file instead of silently opening another one."""
+    mode = "mode=ro&" if read_only else ""
+    return f"sqlite:///file:{quote(quote(str(path.resolve())))}?{mode}uri=true"
 
 
 @dataclass
@@ -220,7 +227,7 @@ class MetricsStore:
         try:
             self.engine: Engine = create_engine(url, future=True, **options)
         except (SQLAlchemyError, ImportError) as error:
-            raise ConfigError(f"cannot use metrics store URL {url!r}: {error}") from None
+            raise ConfigError(redact(f"cannot use metrics store URL {url!r}: {error}")) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._check_schema()
@@ -250,7 +257,7 @@ class MetricsStore:
                         session.rollback()
                     versions = session.scalars(select(SchemaVersion.version)).all()
         except SQLAlchemyError as error:
-            raise WorkspaceError(f"cannot open the metrics store {self._shown_url}: {error}") from None
+            raise WorkspaceError(redact(f"cannot open the metrics store {self._shown_url}: {error}")) from None
         if versions and max(versions) != SCHEMA_VERSION:
             raise WorkspaceError(
                 f"metrics store {self._shown_url} has schema version {max(versions)}; this warmstart writes "

@@ -50,8 +50,10 @@ __all__ = [
     "cold_item_split",
     "evaluate",
     "frames_split",
+    "hold_out_labels",
     "hybrid_split",
     "interaction_matrix",
+    "split_validation",
     "temporal_split",
     "warm_split",
 ]
@@ -357,6 +359,50 @@ def frames_split(
         candidates=pool,
         user_segments=_user_segments(truth, train),
     )
+
+
+def hold_out_labels(train: pl.DataFrame, *, share: float = 0.2, seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(history, labels): positives held out of `train` for the ranker to learn from and for BPR-MF to stop on,
+    chosen so that every model has something to validate on even when users have only 2-6 interactions.
+
+    Each user with two or more interactions gives up max(1, floor(`share` x n)) of them: the latest when every
+    row has a time; otherwise random (seeded) among pairs of items others have too. An item never gives up
+    its last training interaction: a label on an item the encoders never saw teaches the ranker nothing and
+    cannot validate BPR-MF. Raises DataError when nothing can be held out (every user has a single
+    interaction).
+    """
+    timed = Columns.ts in train.columns and train.height > 0 and train[Columns.ts].null_count() == 0
+    n_user, n_item = pl.len().over(Columns.user), pl.len().over(Columns.item)
+    if timed:
+        order = pl.col(Columns.ts)
+    else:  # random, with the pairs of shared items last, so that they are the ones held out
+        order = pl.lit(pl.Series(np.random.default_rng(seed).random(train.height))) + (n_item >= 2).cast(pl.Float64)
+    ranked = train.with_columns(_order=order).with_columns(
+        _candidate=(n_user >= 2)
+        & (pl.col("_order").rank("ordinal").over(Columns.user) > n_user - (n_user * share).floor().clip(1)),
+    )
+    # Among an item's candidate rows (latest or random first), all but one may go: the item stays warm.
+    held = pl.col("_candidate") & (
+        pl.col("_order").rank("ordinal", descending=True).over(Columns.item, "_candidate") <= n_item - 1
+    )
+    labels = ranked.filter(held).select(_PAIR)
+    if labels.height == 0:
+        raise DataError(
+            "no training interaction can be held out for the ranker to learn from: every user has a single "
+            "interaction (or only items nobody else has). Give a validation file (--valid) of held-out pairs."
+        )
+    return ranked.filter(~held).drop("_order", "_candidate"), labels
+
+
+def split_validation(valid: pl.DataFrame, train: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(warm, other): validation pairs whose user and item both have training interactions, which
+    collaborative models can validate on; and the rest (cold items, as ALDI-style splits ship them, or cold
+    users), which only the content path can rank, so they stop the ranker's training early."""
+    pairs = _pairs(valid)
+    known = pl.col(Columns.user).is_in(train[Columns.user].unique().implode()) & pl.col(Columns.item).is_in(
+        train[Columns.item].unique().implode()
+    )
+    return pairs.filter(known), pairs.filter(~known)
 
 
 def _default_cut(ts: pl.Series, quantile: float) -> datetime:

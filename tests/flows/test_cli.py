@@ -105,3 +105,28 @@ def test_detect_refuses_tables_of_an_interrupted_ingest(files: dict[str, Path]) 
     # Rerunning the ingest repairs the workspace.
     assert runner.invoke(app, ["ingest", *args, "--map", "item_id=sku", "-w", str(files["ws"])]).exit_code == 0
     assert runner.invoke(app, ["detect", "-w", str(files["ws"])]).exit_code == 0
+
+
+def test_detect_since_a_naive_iso_time_as_the_readme_shows(files: dict[str, Path]) -> None:
+    args = ["--interactions", str(files["inter"]), "--items", str(files["items"]), "--map", "user_id=customer"]
+    assert runner.invoke(app, ["ingest", *args, "--map", "item_id=sku", "-w", str(files["ws"])]).exit_code == 0
+    result = runner.invoke(app, ["detect", "--since", "2024-01-01T12:00:00", "-w", str(files["ws"])])
+    assert result.exit_code == 0, result.output
+    assert "first seen after 2024-01-01T12:00:00+00:00" in result.output
+    segments = Workspace(files["ws"]).read("segments").filter(pl.col("kind") == "item")
+    assert dict(segments.select("entity_id", "is_new").iter_rows()) == {"i1": False, "i2": True, "i3": False}
+
+
+def test_rollback_restores_the_previous_ingest_with_its_segments(files: dict[str, Path], tmp_path: Path) -> None:
+    args = ["--interactions", str(files["inter"]), "--items", str(files["items"]), "--map", "user_id=customer"]
+    assert runner.invoke(app, ["ingest", *args, "--map", "item_id=sku", "-w", str(files["ws"])]).exit_code == 0
+    assert runner.invoke(app, ["detect", "-w", str(files["ws"])]).exit_code == 0
+    (tmp_path / "few.csv").write_text("customer,sku\nu9,i1\n", encoding="utf-8")
+    again = ["--interactions", str(tmp_path / "few.csv"), "--items", str(files["items"]), "--map", "user_id=customer"]
+    assert runner.invoke(app, ["ingest", *again, "--map", "item_id=sku", "-w", str(files["ws"])]).exit_code == 0
+    assert not Workspace(files["ws"]).exists("segments")
+    result = runner.invoke(app, ["rollback", "-w", str(files["ws"])])
+    assert result.exit_code == 0, result.output
+    restored = Workspace(files["ws"])
+    assert restored.read("interactions").height == 3
+    assert restored.exists("segments") and "watermark" in restored.state()

@@ -95,7 +95,8 @@ def test_holdout_plan_holds_out_each_users_latest_interactions() -> None:
 
 
 def test_holdout_plan_with_validation_pairs_keeps_the_history_whole() -> None:
-    train = pl.DataFrame({Columns.user: ["u1", "u2"], Columns.item: ["a", "b"]})
+    # The validation pairs are of warm users and items (c is trained by u3): they are the labels.
+    train = pl.DataFrame({Columns.user: ["u1", "u2", "u3"], Columns.item: ["a", "b", "c"]})
     valid = pl.DataFrame({Columns.user: ["u1", "u2"], Columns.item: ["c", "c"]})
     test = pl.DataFrame({Columns.user: ["u1"], Columns.item: ["d"]})
     items = pl.DataFrame({Columns.item: list("abcd"), Columns.title: list("ABCD")})

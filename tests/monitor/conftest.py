@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -88,3 +94,41 @@ def fixture_store(tmp_path: Path) -> Path:
     """The workspace directory holding the fixture's metrics.sqlite."""
     build_fixture_store(tmp_path)
     return tmp_path
+
+
+@contextmanager
+def running_dashboard(command: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[tuple[int, str]]:
+    """Run `command` (a `warmstart dashboard` command line, without --port) on a free loopback port, its output
+    going to `log`; yields (pid, url) once the page answers its health check, and stops it afterwards."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as output:
+        server = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, "the dashboard never answered its health check"
+            time.sleep(0.5)
+        yield server.pid, url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="session")
+def dashboard_process() -> Callable[..., AbstractContextManager[tuple[int, str]]]:
+    """`running_dashboard`, for test modules (they cannot import a conftest by name)."""
+    return running_dashboard

@@ -5,58 +5,31 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def dashboard_url(fixture_store: Path) -> Iterator[str]:
-    port = _free_port()
-    command = [str(Path(sys.executable).with_name("warmstart")), "dashboard", "--port", str(port)]
-    command += ["--workspace", str(fixture_store)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stdout.read() if server.stdout else ""
-            assert time.monotonic() < deadline, "the dashboard never answered its health check"
-            time.sleep(0.5)
+def dashboard_url(
+    fixture_store: Path, tmp_path: Path, dashboard_process: Callable[..., AbstractContextManager[tuple[int, str]]]
+) -> Iterator[str]:
+    command = [str(Path(sys.executable).with_name("warmstart")), "dashboard", "--workspace", str(fixture_store)]
+    with dashboard_process(command, tmp_path / "dashboard.log") as (_, url):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[object]:
+def browser(tmp_path: Path, missing_component: Callable[[str], NoReturn]) -> Iterator[object]:
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Debian chromium and chromium-driver are not installed (make test installs them)")
+        missing_component("Debian chromium and chromium-driver are not installed (make test installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

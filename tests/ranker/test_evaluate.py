@@ -25,7 +25,9 @@ from ranker.evaluate import (
     ProtocolSplit,
     cold_item_split,
     evaluate,
+    hold_out_labels,
     hybrid_split,
+    split_validation,
     temporal_split,
     warm_split,
 )
@@ -349,3 +351,43 @@ def test_movielens_temporal_split_with_popularity(ml100k: Dataset) -> None:
     assert not as_set(result.recs) & as_set(split.train)
     segments = set(result.metrics[Columns.segment])
     assert {Segments.overall, Segments.head, COLD_USER, WARM_USER} <= segments
+
+
+def test_hold_out_labels_keeps_every_user_and_item_warm_without_times() -> None:
+    train = pl.DataFrame(
+        {
+            Columns.user: ["u1", "u1", "u1", "u2", "u2", "u3", "u4", "u4"],
+            Columns.item: ["a", "b", "z", "a", "b", "a", "y", "x"],
+            Columns.ts: [None] * 8,
+        },
+        schema_overrides={Columns.ts: pl.Datetime("us", "UTC")},
+    )
+    history, labels = hold_out_labels(train, share=0.2, seed=0)
+    # u1 and u2 give up one pair of a shared item (a or b); u3 has one pair; u4 has only items nobody else has
+    assert sorted(labels[Columns.user].to_list()) == ["u1", "u2"]
+    assert set(labels[Columns.item]) <= {"a", "b"}
+    assert labels.join(history, on=Columns.item, how="anti").is_empty()  # every label item stays warm
+    assert history.height + labels.height == train.height
+
+
+def test_hold_out_labels_takes_the_latest_when_every_row_has_a_time() -> None:
+    times = [datetime(2024, 1, d, tzinfo=UTC) for d in (1, 2, 3, 1, 5)]
+    train = pl.DataFrame(
+        {Columns.user: ["u1"] * 3 + ["u2"] * 2, Columns.item: ["a", "b", "c", "c", "a"], Columns.ts: times}
+    )
+    _, labels = hold_out_labels(train)
+    assert sorted(labels.rows()) == [("u1", "c"), ("u2", "a")]
+
+
+def test_hold_out_labels_says_when_nothing_can_be_held_out() -> None:
+    train = pl.DataFrame({Columns.user: ["u1", "u2"], Columns.item: ["a", "a"]})
+    with pytest.raises(DataError, match=r"every user has a single interaction.*--valid"):
+        hold_out_labels(train)
+
+
+def test_split_validation_separates_warm_pairs_from_cold_items_and_users() -> None:
+    train = pl.DataFrame({Columns.user: ["u1", "u2"], Columns.item: ["a", "b"]})
+    valid = pl.DataFrame({Columns.user: ["u1", "u2", "u9"], Columns.item: ["b", "c", "a"]})
+    warm, other = split_validation(valid, train)
+    assert warm.rows() == [("u1", "b")]
+    assert sorted(other.rows()) == [("u2", "c"), ("u9", "a")]
