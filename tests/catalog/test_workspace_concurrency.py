@@ -82,7 +82,7 @@ STEP_INGESTER = """
 import sys
 from pathlib import Path
 from catalog import Workspace, load_files
-from flows.steps import store_dataset
+from flows.stages import ingest as store_dataset
 root, folder, rounds = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 for n in range(rounds):
     items, inter = folder / f"items{n}.csv", folder / f"inter{n}.csv"
@@ -93,7 +93,7 @@ for n in range(rounds):
 
 
 def test_detect_during_ingests_writes_segments_of_the_data_it_read(tmp_path: Path) -> None:
-    from flows.steps import detect
+    from flows.stages import detect
 
     root, folder = tmp_path / "ws", tmp_path / "files"
     folder.mkdir()
