@@ -118,7 +118,7 @@ def test_prefect_deploy_all_and_a_process_worker_run_a_deployment(
         "WARMSTART_HOME": str(REPO),
     }
     _prefect("work-pool", "create", "warmstart", "--type", "process", "--overwrite", env=env)
-    deployed = _prefect("deploy", "--all", env=env)
+    deployed = _prefect("deploy", "--all", "--prefect-file", "deployments/prefect.yaml", env=env)
     assert "nightly-refresh" in deployed.stdout + deployed.stderr
     flow_run = run_deployment("augment-new/augment-new", parameters={"limit": 1}, timeout=0)
     worker = subprocess.Popen(
