@@ -4,13 +4,23 @@ from pathlib import Path
 
 from monitor.gate import GateConfig, GateDecision, GateMetric, decide, gate_values
 from monitor.store import COMPLETED, FAILED, RUNNING, SCHEMA_VERSION, MetricsStore, RunRecord, run_key, sqlite_url
-from monitor.trends import ACCURACY_SEGMENTS, BEYOND_ACCURACY, beyond_accuracy_trend, metric_trend
+from monitor.trends import (
+    ACCURACY_SEGMENTS,
+    BEYOND_ACCURACY,
+    PRODUCT,
+    beyond_accuracy_trend,
+    metric_trend,
+    product_rows,
+    reference_protocol,
+    versus_trend,
+)
 
 __all__ = [
     "ACCURACY_SEGMENTS",
     "BEYOND_ACCURACY",
     "COMPLETED",
     "FAILED",
+    "PRODUCT",
     "RUNNING",
     "SCHEMA_VERSION",
     "GateConfig",
@@ -23,8 +33,11 @@ __all__ = [
     "decide",
     "gate_values",
     "metric_trend",
+    "product_rows",
+    "reference_protocol",
     "run_key",
     "sqlite_url",
+    "versus_trend",
 ]
 
 
