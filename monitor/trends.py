@@ -24,9 +24,11 @@ def reference_protocol(protocol: str, reference: str) -> str:
 
 def series_of(protocol: pl.Expr) -> pl.Expr:
     """The line a row belongs to: the reference's name, or 'product' for the product's own rows."""
-    return pl.when(protocol.str.contains(REFERENCE_SEPARATOR, literal=True)).then(
-        protocol.str.split(REFERENCE_SEPARATOR).list.last()
-    ).otherwise(pl.lit(PRODUCT))
+    return (
+        pl.when(protocol.str.contains(REFERENCE_SEPARATOR, literal=True))
+        .then(protocol.str.split(REFERENCE_SEPARATOR).list.last())
+        .otherwise(pl.lit(PRODUCT))
+    )
 
 
 def product_rows(metrics: pl.DataFrame) -> pl.DataFrame:
