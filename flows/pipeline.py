@@ -48,6 +48,7 @@ from ranker.evaluate import (
 )
 from ranker.features import RankerInputs, RankingTask
 from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
+from ranker.temporal import TimeFeatures, time_features
 
 RANKERS = ("lightgbm", "deepfm")
 
@@ -132,9 +133,17 @@ def encode_inputs(
         title_words=titles.str.split(" ").list.len().to_numpy().astype(np.float32),
         tfidf=tfidf_item_vectors(titles.to_list(), min_df=1 if titles.len() < 50 else 2),
         categories=category_matrix(items),
+        time=_time_features(history, index),
     )
     report = {"bprmf": cf.summary, "text_cache_hits": cache.hits, "text_cache_misses": cache.misses}
     return EncodedSplit(inputs=inputs, report=report)
+
+
+def _time_features(history: pl.DataFrame, index: EvalIndex) -> TimeFeatures | None:
+    """Recency arrays as of the history's end, for logs with times."""
+    if Columns.ts not in history.columns or history[Columns.ts].null_count() == history.height:
+        return None
+    return time_features(history, index.user_ids, index.item_ids)
 
 
 def category_matrix(items: pl.DataFrame) -> sp.csr_array | None:
@@ -165,6 +174,7 @@ def with_history(encoded: EncodedSplit, history: sp.csr_array) -> EncodedSplit:
         title_words=old.title_words,
         tfidf=old.tfidf,
         categories=old.categories,
+        time=old.time,
     )
     return EncodedSplit(inputs=inputs, report=encoded.report)
 
