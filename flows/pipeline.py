@@ -118,6 +118,9 @@ def encode_inputs(
     width = emb.dim + 1  # the item bias rides along as one more dimension, the user side holding a 1
     item_cf = _aligned(emb.item_ids, np.c_[emb.item_vectors, emb.item_bias], index.item_ids, width)
     user_cf = _aligned(emb.user_ids, np.c_[emb.user_vectors, np.ones(emb.user_ids.size)], index.user_ids, width)
+    # The user side's constant 1 carries the item bias into every score, for users BPR-MF never saw as well:
+    # without it a user without history scores 0 for every item instead of each item's learned bias.
+    user_cf[:, -1] = 1.0
 
     popularity = np.asarray(matrix.sum(axis=0)).ravel()
     warm = np.flatnonzero(popularity > 0)
@@ -224,22 +227,34 @@ def citeulike_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
 def holdout_plan(
     split: ProtocolSplit, valid: pl.DataFrame | None = None, *, share: float = 0.2, seed: int = 0
 ) -> EvaluationPlan:
-    """Labels for the ranker when no validation split is given: each user's latest `share` of training
-    interactions (random order without times) are held out of the encoders' history; a fifth of the users'
-    held-out rows stop training early. With `valid`, its pairs are the labels and history is the whole train."""
+    """Labels for the ranker when no validation split is given, a fifth of their users stopping training early.
+
+    With times, the ranker learns the task it serves: the training events of the latest `share` of the training
+    period (one cut for every user, like the split's own) are the labels, and the encoders see what came before,
+    so users first seen after that cut are users without history, as most of a temporal test window's users are.
+    (Holding out each user's latest events instead showed the ranker no such user, and boosters then ranked them
+    by accident: issue 13.) Without times, each user's random `share` is held out. With `valid`, its pairs are the
+    labels and history is the whole train."""
     train = split.train
     rng = np.random.default_rng(seed)
-    if valid is None:
-        order = pl.col(Columns.ts) if Columns.ts in train.columns else pl.lit(rng.random(train.height))
-        ranked = train.with_columns(_order=order).with_columns(
+    if valid is not None:
+        labels, history = valid.select(Columns.user, Columns.item), train
+    elif Columns.ts in train.columns and train[Columns.ts].null_count() == 0:
+        times = train[Columns.ts].sort()
+        cut = times[min(int((1 - share) * times.len()), times.len() - 1)]
+        history = train.filter(pl.col(Columns.ts) < cut)
+        if history.height == 0:
+            raise DataError(f"holdout_plan: every training event is at or after the label cut {cut}; add history.")
+        later = train.filter(pl.col(Columns.ts) >= cut).select(Columns.user, Columns.item).unique()
+        labels = later.join(history, on=[Columns.user, Columns.item], how="anti")
+    else:
+        ranked = train.with_columns(_order=pl.lit(rng.random(train.height))).with_columns(
             _pos=pl.col("_order").rank("ordinal").over(Columns.user),
             _n=pl.len().over(Columns.user),
         )
         held = (pl.col("_n") >= 2) & (pl.col("_pos") > (pl.col("_n") * (1 - share)).ceil())
         labels = ranked.filter(held).select(Columns.user, Columns.item)
         history = ranked.filter(~held).drop("_order", "_pos", "_n")
-    else:
-        labels, history = valid.select(Columns.user, Columns.item), train
     users = labels.select(Columns.user).unique().sort(Columns.user)
     stop_users = users.sample(fraction=0.2, seed=seed)
     return EvaluationPlan(
