@@ -19,7 +19,7 @@ from rich.table import Table
 from catalog import Columns, ConfigError, WarmstartError, Workspace, atomic_write_bytes, load_files, new_run_id
 from flows import steps
 from flows.settings import WarmstartSettings
-from monitor import MetricsStore, beyond_accuracy_trend, metric_trend
+from monitor import MetricsStore, beyond_accuracy_trend, metric_trend, versus_trend
 
 app = typer.Typer(
     name="warmstart",
@@ -168,6 +168,10 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
     for metric in ("recall", "ndcg"):
         trend = metric_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
         _print_frame(trend, f"{title}: {metric}@{k} per segment")
+    for metric in ("recall", "ndcg"):
+        versus = versus_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
+        if versus.width > 2:  # the product and at least one reference line
+            _print_frame(versus, f"{title}: overall {metric}@{k}, the product beside popularity (same split)")
     beyond = beyond_accuracy_trend(rows, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
     _print_frame(beyond, f"{title}: beyond accuracy @{k} (overall)")
     augmentation = store.augmentation()

@@ -26,6 +26,7 @@ from monitor.views import (
     cold_to_warm,
     current_segments,
     filter_choices,
+    lines_over_time,
     runs_and_promotions,
 )
 
@@ -85,6 +86,27 @@ def accuracy_section(frames: StoreFrames, filters: Filters) -> None:
             rows.filter(pl.col("metric") == metric),
             color="segment",
             title=f"{metric.upper() if metric == 'ndcg' else 'Recall'}@{filters.k}",
+            y_title=f"{metric}@{filters.k}",
+        )
+        column.altair_chart(chart, width="stretch")
+
+
+def lines_section(frames: StoreFrames, filters: Filters) -> None:
+    st.header("The product beside popularity")
+    rows = lines_over_time(frames.metrics, filters)
+    if rows["line"].n_unique() < 2:
+        st.info("No reference line recorded beside the product for these filters.")
+        return
+    st.caption(
+        "Overall, each line measured on the same held-out data as the product; "
+        "the gate refuses a model below recent popularity."
+    )
+    left, right = st.columns(2)
+    for column, metric in zip((left, right), ("recall", "ndcg"), strict=True):
+        chart = line_chart(
+            rows.filter(pl.col("metric") == metric),
+            color="line",
+            title=f"{metric.upper() if metric == 'ndcg' else 'Recall'}@{filters.k}, overall",
             y_title=f"{metric}@{filters.k}",
         )
         column.altair_chart(chart, width="stretch")
@@ -192,6 +214,7 @@ def main() -> None:
         f"protocol {filters.protocol}, K={filters.k}"
     )
     accuracy_section(frames, filters)
+    lines_section(frames, filters)
     beyond_accuracy_section(frames, filters)
     segments_section(frames, filters)
     augmentation_section(frames, filters)

@@ -70,11 +70,10 @@ class GateDecision(BaseModel):
 def gate_values(metrics: pl.DataFrame, config: GateConfig) -> dict[str, float | None]:
     """The gate metrics read from a (segment, metric, k, value) frame; None where the run did not measure one
     (e.g. no cold item had a held-out interaction). Reference lines' rows in the frame are not the product's."""
-    return _values(metrics, config.metrics)
+    return _values(product_rows(metrics), config.metrics)
 
 
 def _values(metrics: pl.DataFrame, gates: list[GateMetric]) -> dict[str, float | None]:
-    metrics = product_rows(metrics)
     values: dict[str, float | None] = {}
     for gate in gates:
         found = metrics.filter(
@@ -99,7 +98,7 @@ def decide(
     losses, checked_reference = [], []
     theirs_reference: dict[str, float | None] | None = None
     if reference is not None:
-        ours = _values(candidate, config.reference_metrics)
+        ours = _values(product_rows(candidate), config.reference_metrics)
         theirs_reference = _values(reference, config.reference_metrics)
         for name, value in ours.items():
             baseline = theirs_reference[name]

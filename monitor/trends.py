@@ -1,8 +1,9 @@
 """Metric rows of the history reshaped into trends: one row per point in time, one column per segment.
 
-A run also records reference lines measured on its own split (popularity, recent popularity): their rows carry
-the protocol `PROTOCOL:REFERENCE` (e.g. `temporal:recent_popularity`), the product's rows the bare protocol, so
-the store keeps its schema and every reader can tell the lines apart.
+A run also records other lines measured on its own split, references the product must beat (popularity, recent
+popularity) and variants of it (the calibrated tail re-ranking): their rows carry the protocol `PROTOCOL:LINE`
+(e.g. `temporal:recent_popularity`), the product's rows the bare protocol, so the store keeps its schema and
+every reader can tell the lines apart.
 """
 
 from __future__ import annotations

@@ -64,3 +64,7 @@ def test_reference_rows_in_a_runs_metrics_are_not_the_products() -> None:
     product = _frame(0.10, 0.05).with_columns(protocol=pl.lit("temporal"))
     recorded = pl.concat([_frame(0.50, 0.50).with_columns(protocol=pl.lit("temporal:popularity")), product])
     assert gate_values(recorded, GateConfig()) == {"overall/ndcg@20": 0.10, "cold/recall@20": 0.05}
+    # ...and the reference is read from its own rows, as the flows hand them over.
+    reference = _frame(0.12, 0.0).with_columns(protocol=pl.lit("temporal:recent_popularity"))
+    refused = decide(product, None, GateConfig(), reference=reference)
+    assert not refused.promoted and refused.reference == {"overall/ndcg@20": 0.12}
