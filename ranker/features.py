@@ -27,15 +27,16 @@ FEATURE_NAMES = (
     "user_activity",
     "title_words",
     "text_rank",
-    # From a time-ordered log (zero without times): the item's events in the last 7 and 28 days, its age in
-    # days, the user's events in the last 7 days.
+    # From a time-ordered log (zero without times): the item's share of the events of the last 7, 14 and 28
+    # days, its age in days, the user's events in the last 7 days.
     "recent_7d",
+    "recent_14d",
     "recent_28d",
     "item_age",
     "user_recent",
 )
 # Item features read from the log, hidden (zero) when an item is presented as cold: a cold item has none.
-ITEM_LOG_FEATURES = ("log_popularity", "recent_7d", "recent_28d", "item_age")
+ITEM_LOG_FEATURES = ("log_popularity", "recent_7d", "recent_14d", "recent_28d", "item_age")
 # The features a user without training interactions has at zero (everything read from their history).
 USER_HISTORY_FEATURES = tuple(n for n in FEATURE_NAMES if n not in (*ITEM_LOG_FEATURES, "as_cold", "title_words"))
 
@@ -138,6 +139,7 @@ class RankerInputs:
             if self.time is not None:
                 # What the population rates now: the candidates a user without history is best served by.
                 scores["recent"] = np.broadcast_to(self.time.recent[pool, -1], (users.size, pool.size))
+                scores["recent_week"] = np.broadcast_to(self.time.recent[pool, 0], (users.size, pool.size))
         return scores
 
 
@@ -211,8 +213,8 @@ def pair_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, as
     out[:, column["title_words"]] = inputs.title_words[items]
     if inputs.time is not None:
         shown = ~as_cold
-        out[:, column["recent_7d"]] = np.where(shown, np.log1p(inputs.time.recent[items, 0]), 0.0)
-        out[:, column["recent_28d"]] = np.where(shown, np.log1p(inputs.time.recent[items, -1]), 0.0)
+        for j, name in enumerate(("recent_7d", "recent_14d", "recent_28d")):
+            out[:, column[name]] = np.where(shown, np.log1p(inputs.time.recent[items, j]), 0.0)
         out[:, column["item_age"]] = np.where(shown, inputs.time.age_days[items], 0.0)
         out[:, column["user_recent"]] = np.log1p(inputs.time.user_recent[users])
 

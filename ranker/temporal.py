@@ -17,16 +17,17 @@ import polars as pl
 from catalog import Columns
 
 # Windows (days before `now`) of the recent-popularity counts.
-RECENT_DAYS = (7, 28)
+RECENT_DAYS = (7, 14, 28)
 
 
 @dataclass(frozen=True, eq=False)
 class TimeFeatures:
     """Arrays keyed by item / user index as of `now`.
 
-    `recent[i, w]` counts item i's events in the last RECENT_DAYS[w] days; `age_days[i]` is the days since item
-    i's first event (0 for an item never seen); `user_recent[u]` counts user u's events in the last
-    RECENT_DAYS[0] days.
+    `recent[i, w]` is item i's share (in thousandths) of all events of the last RECENT_DAYS[w] days: a share, not
+    a count, so that a ranker trained at a quieter or busier moment of the log reads it on the same scale at
+    serving time. `age_days[i]` is the days since item i's first event (0 for an item never seen);
+    `user_recent[u]` counts user u's events in the last RECENT_DAYS[0] days.
     """
 
     now: datetime
@@ -62,7 +63,8 @@ def time_features(
     recent = np.zeros((item_ids.len(), len(RECENT_DAYS)), dtype=np.float32)
     for column, days in enumerate(RECENT_DAYS):
         inside = age_seconds < days * 86400
-        recent[:, column] = np.bincount(items[inside], minlength=item_ids.len())
+        counts = np.bincount(items[inside], minlength=item_ids.len())
+        recent[:, column] = 1000.0 * counts / max(int(inside.sum()), 1)
     oldest = np.zeros(item_ids.len())
     np.maximum.at(oldest, items, age_seconds)
     inside = age_seconds < RECENT_DAYS[0] * 86400

@@ -33,8 +33,10 @@ def test_recent_counts_age_and_user_activity_as_of_now() -> None:
     history = log([("u0", "a", 40), ("u1", "a", 3), ("u1", "b", 10), ("u0", "b", 1), ("u1", "c", -1)])
     users, items = pl.Series(["u0", "u1", "u2"]), pl.Series(["a", "b", "c", "d"])
     features = time_features(history, users, items, now=NOW)
-    # a: events 40 and 3 days ago; b: 10 and 1; c only after NOW (ignored); d never.
-    assert features.recent.tolist() == [[1, 1], [1, 2], [0, 0], [0, 0]]
+    # a: events 40 and 3 days ago; b: 10 and 1; c only after NOW (ignored); d never. Shares in thousandths:
+    # the last 7 days hold 2 events (a, b), the last 14 and 28 days 3 (a, b, b).
+    third = 1000 / 3
+    np.testing.assert_allclose(features.recent, [[500, third, third], [500, 2 * third, 2 * third], [0] * 3, [0] * 3])
     np.testing.assert_allclose(features.age_days, [40, 10, 0, 0])
     assert features.user_recent.tolist() == [1, 1, 0]  # u0: b a day ago; u1: a 3 days ago (c is after NOW)
 
@@ -59,9 +61,11 @@ def test_pairs_read_recency_and_cold_views_hide_it() -> None:
     )
     users, items = np.array([1, 1, 1]), np.array([0, 1, 2])
     out = pair_features(timed, users, items, np.array([False, True, False]))
-    # Item 0 shown warm: 1 event in 7 days, 2 in 28, 20 days old. Item 1 presented cold, item 2 cold: all hidden.
-    np.testing.assert_allclose(out[:, F["recent_7d"]], [np.log1p(1), 0, 0])
-    np.testing.assert_allclose(out[:, F["recent_28d"]], [np.log1p(2), 0, 0])
+    # Item 0 shown warm: 1 of 2 events in 7 days, 2 of 3 in 28, 20 days old. Item 1 presented cold, item 2 cold:
+    # all hidden.
+    np.testing.assert_allclose(out[:, F["recent_7d"]], [np.log1p(500), 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(out[:, F["recent_14d"]], [np.log1p(1000 / 2), 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(out[:, F["recent_28d"]], [np.log1p(2000 / 3), 0, 0], rtol=1e-6)
     np.testing.assert_allclose(out[:, F["item_age"]], [20, 0, 0])
     np.testing.assert_allclose(out[:, F["user_recent"]], np.log1p(2))
     # Without times the columns are zero.
@@ -77,6 +81,7 @@ def test_recent_popularity_is_a_candidate_source_in_the_warm_view() -> None:
     )
     users, pool = np.array([0, 1]), np.arange(4)
     warm = timed.source_scores(users, pool, as_cold=False)
-    np.testing.assert_allclose(warm["recent"], [[2, 0, 0, 0], [2, 0, 0, 0]])  # events of the last 28 days
+    np.testing.assert_allclose(warm["recent"], [[1000, 0, 0, 0], [1000, 0, 0, 0]])  # share of the last 28 days
+    np.testing.assert_allclose(warm["recent_week"], [[1000, 0, 0, 0], [1000, 0, 0, 0]])  # and of the last 7
     assert "recent" not in timed.source_scores(users, pool, as_cold=True)  # a cold item has no history
     assert "recent" not in inputs.source_scores(users, pool, as_cold=False)
