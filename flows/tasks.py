@@ -20,10 +20,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 
-from catalog import TIMESTAMP, Columns, WarmstartError, Workspace, detect_segments, with_first_seen
+from catalog import TIMESTAMP, Columns, Segments, WarmstartError, Workspace, detect_segments, with_first_seen
 from flows import steps
 from flows.settings import WarmstartSettings
-from monitor import COMPLETED, GateConfig, GateDecision, MetricsStore, RunRecord, decide
+from monitor import COMPLETED, GateConfig, GateDecision, MetricsStore, RunRecord, decide, reference_protocol
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -206,10 +206,73 @@ def evaluate(fitted: Any, split: Any, k: int, protocol: str, title: str) -> pl.D
     return metrics
 
 
+# The reference lines every run records beside the product (rows of protocol 'PROTOCOL:NAME'); the gate holds
+# the product to the first one measured (recent popularity needs times, popularity stands in without them).
+POPULARITY, RECENT_POPULARITY = "popularity", "recent_popularity"
+
+
+@task(name="baselines", cache_policy=NO_CACHE)
+def baselines(split: Any, k: int, protocol: str) -> pl.DataFrame:
+    """Popularity and, for a log with times, recent popularity fitted on the split's training data and scored on
+    its held-out data: the lines the product must beat, measured exactly as the product is."""
+    from ranker.baselines import PopularityScorer, RecentPopularityScorer
+    from ranker.evaluate import evaluate as evaluate_split
+
+    scorers: dict[str, Any] = {POPULARITY: PopularityScorer()}
+    train = split.train
+    if Columns.ts in train.columns and train[Columns.ts].null_count() < train.height:
+        scorers[RECENT_POPULARITY] = RecentPopularityScorer()
+    frames = [
+        evaluate_split(split, scorer.fit(train, split.index), k=k).metrics.with_columns(
+            pl.lit(reference_protocol(protocol, name)).alias("protocol")
+        )
+        for name, scorer in scorers.items()
+    ]
+    return pl.concat(frames)
+
+
+# The calibrated tail exposure option (ranker.rerank) is recorded beside every run as the line 'tail_calibrated':
+# the candidate re-ranked so that each user's top k holds STRENGTH x their historical share of tail items.
+# 0.5 is what benchmarks/tail_rerank.py chose on MovieLens-100K's validation split.
+TAIL_CALIBRATED, TAIL_STRENGTH = "tail_calibrated", 0.5
+
+
+@task(name="tail-calibrated", cache_policy=NO_CACHE)
+def tail_calibrated(fitted: Any, split: Any, k: int, protocol: str, strength: float = TAIL_STRENGTH) -> pl.DataFrame:
+    """The candidate's metrics with calibrated tail exposure, on the same split (tail recall, coverage, Gini,
+    APLT and accuracy side by side with the candidate's own)."""
+    from ranker.evaluate import evaluate as evaluate_split
+    from ranker.evaluate import interaction_matrix
+    from ranker.rerank import tail_rerank_scorer, tail_share_targets
+
+    tail = split.item_segments.filter(pl.col(Columns.segment) == Segments.tail)[Columns.item]
+    is_tail = np.isin(split.index.item_ids.to_numpy(), tail.to_numpy())
+    exclude = interaction_matrix(split.exclude, split.index)
+    targets = tail_share_targets(interaction_matrix(split.train, split.index), is_tail)
+    base = fitted.ranker.scorer(fitted.served.inputs, exclude=exclude)
+    scorer = tail_rerank_scorer(base, is_tail, targets, k=k, strength=strength)
+    metrics = evaluate_split(split, scorer, k=k).metrics
+    return metrics.with_columns(pl.lit(reference_protocol(protocol, TAIL_CALIBRATED)).alias("protocol"))
+
+
+def _gate_reference(references: pl.DataFrame, protocol: str) -> tuple[pl.DataFrame | None, str]:
+    for name in (RECENT_POPULARITY, POPULARITY):
+        rows = references.filter(pl.col("protocol") == reference_protocol(protocol, name))
+        if rows.height:
+            return rows, name.replace("_", " ")
+    return None, ""
+
+
 @task(name="gate", cache_policy=NO_CACHE)
-def gate(candidate: pl.DataFrame, incumbent: pl.DataFrame | None, config: GateConfig) -> GateDecision:
+def gate(
+    candidate: pl.DataFrame,
+    incumbent: pl.DataFrame | None,
+    config: GateConfig,
+    reference: pl.DataFrame | None = None,
+    reference_name: str = "recent popularity",
+) -> GateDecision:
     """Promote or refuse the candidate; the decision is published as an artifact."""
-    decision = decide(candidate, incumbent, config)
+    decision = decide(candidate, incumbent, config, reference, reference_name)
     verdict = "promoted" if decision.promoted else "refused"
     create_markdown_artifact(
         key="gate-decision",
@@ -260,8 +323,9 @@ def retrain_and_gate(
     incumbent: str | None,
     incumbent_recorded: pl.DataFrame | None = None,
 ) -> RunRecord:
-    """Retrain on the plan, evaluate on its real held-out data, gate against the current model on the same data
-    and save the candidate as version `run_id`; returns the run's record (metrics, decision, timings)."""
+    """Retrain on the plan, evaluate it and the reference lines (popularity, recent popularity) on its real
+    held-out data, gate against the current model and the reference on the same data and save the candidate as
+    version `run_id`; returns the run's record (metrics of the product and of the references, decision, timings)."""
     clock = time.perf_counter()
     fitted = retrain(plan, cache_dir, models)
     timings = {"retrain": time.perf_counter() - clock}
@@ -271,8 +335,9 @@ def retrain_and_gate(
     incumbent_metrics, note = _incumbent_metrics(
         fitted, ranker_name, incumbent, workspace, plan.split, k, incumbent_recorded
     )
+    references = pl.concat([baselines(plan.split, k, protocol), tail_calibrated(fitted, plan.split, k, protocol)])
     timings["evaluate"] = time.perf_counter() - clock
-    decision = gate(metrics, incumbent_metrics, gate_config)
+    decision = gate(metrics, incumbent_metrics, gate_config, *_gate_reference(references, protocol))
     if note:
         decision = decision.model_copy(update={"reason": f"{decision.reason} ({note})"})
     fitted.ranker.save(model_dir(workspace, ranker_name, run_id))
@@ -280,7 +345,7 @@ def retrain_and_gate(
         status=COMPLETED,
         model_version=run_id,
         timings=timings,
-        metrics=metrics,
+        metrics=pl.concat([metrics, references.select(metrics.columns)]),
         as_of=_as_of(plan.split),
         promotion=decision.record(run_id, incumbent, gate_config),
     )
