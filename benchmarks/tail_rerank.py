@@ -27,7 +27,7 @@ from benchmarks._report import write_report  # noqa: E402
 from catalog import Columns, Segments, fetch_movielens_100k, load_movielens_100k  # noqa: E402
 from flows.pipeline import ModelSettings, fit_ranker, holdout_plan  # noqa: E402
 from ranker.evaluate import EvalResult, ProtocolSplit, evaluate, interaction_matrix, temporal_split  # noqa: E402
-from ranker.metrics import per_user_accuracy  # noqa: E402
+from ranker.metrics import bootstrap_difference, per_user_accuracy  # noqa: E402
 from ranker.rerank import tail_rerank_scorer, tail_share_targets  # noqa: E402
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -68,17 +68,6 @@ def _per_user(result: EvalResult, truth: pl.DataFrame, k: int) -> pl.DataFrame:
     return per_user_accuracy(result.recs, truth, k).select(Columns.user, "recall", "ndcg")
 
 
-def paired_bootstrap(
-    a: pl.DataFrame, b: pl.DataFrame, metric: str, *, n: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of b - a over the users both hold, and its 95% percentile interval from resampling users."""
-    joined = a.join(b, on=Columns.user, suffix="_b")
-    diff = (joined[f"{metric}_b"] - joined[metric]).to_numpy()
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(diff.size, size=(n, diff.size))].mean(axis=1)
-    return float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
 def main(
     k: Annotated[int, typer.Option(help="Cut-off of every metric.")] = 20,
     cache: Annotated[Path, typer.Option(help="Cache of the data set and the text embeddings.")] = REPO / ".cache",
@@ -113,7 +102,8 @@ def main(
             ("tail recall", tail_truth, "recall"),
         ):
             before, after = (_per_user(on_test[s], truth, k) for s in (0.0, strength))
-            mean, low, high = paired_bootstrap(before, after, metric)
+            paired = before.join(after, on=Columns.user, suffix="_after")  # the same users, aligned
+            mean, low, high = bootstrap_difference(paired[f"{metric}_after"].to_numpy(), paired[metric].to_numpy())
             differences[f"{strength} {label}"] = {"difference": mean, "ci95": [low, high], "users": before.height}
             print(f"strength {strength} - 0, {label}@{k}: {mean:+.4f} [{low:+.4f}, {high:+.4f}], {before.height} users")
     seconds = time.perf_counter() - started
