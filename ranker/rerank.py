@@ -58,7 +58,8 @@ def tail_quota_rerank(
         finite = np.flatnonzero(np.isfinite(values))
         ranked = finite[np.lexsort((finite, -values[finite]))]  # best first; ties to the lower item index
         top, rest = ranked[:k], ranked[k:]
-        lifted = rest[is_tail[rest]][: quotas[row] - int(is_tail[top].sum())]
+        # max(..., 0): a top k holding more than the quota must lift nothing (a negative slice would lift most).
+        lifted = rest[is_tail[rest]][: max(quotas[row] - int(is_tail[top].sum()), 0)]
         if lifted.size == 0:
             continue
         dropped = top[~is_tail[top]][::-1][: lifted.size]  # the worst-scored head items of the top k

@@ -51,3 +51,11 @@ def test_scorer_masks_excluded_pairs_before_filling_the_quota() -> None:
     _, cols, _ = _top_k(wrapped(np.array([0]), np.arange(6)), 3)
     # Quota 3, but item 4 is masked: the two other tail items replace the two worst head items.
     assert cols.tolist() == [0, 3, 5]
+
+
+def test_a_top_k_above_its_quota_is_left_as_scored() -> None:
+    # Top 3 of [5, 4, 3, 2, 1, 0] holds two tail items (0 and 2) and the quota is 1: nothing moves.
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]], dtype=np.float32)
+    is_tail = np.array([True, False, True, True, True, True])
+    out = tail_quota_rerank(scores, is_tail, np.array([1 / 3]), k=3, strength=1.0)
+    np.testing.assert_array_equal(out, scores)
