@@ -46,12 +46,12 @@ class LightGBMRankerConfig(BaseModel):
     early_stopping_rounds: int = Field(50, ge=1, description="Stop when validation NDCG@k stalls this long.")
     min_child_samples: int = Field(50, ge=1, description="Smallest leaf.")
     eval_k: int = Field(20, ge=1, description="K of the validation NDCG used for early stopping.")
-    cold_slots: int | None = Field(
-        None,
+    cold_slots: int = Field(
+        0,
         ge=0,
         description="Places of the scorer's top eval_k kept for the best-scored cold items (items without a "
-        "training interaction), where the model ranked fewer there. None: 2 on a time-ordered log (chosen on "
-        "MovieLens-100K's validation window, benchmarks/ml100k_temporal.py), 0 otherwise.",
+        "training interaction) where the model ranked fewer there. 0: on MovieLens-100K's validation window 1 or 2 "
+        "places added no cold recall (benchmarks/ml100k_temporal.py).",
     )
     seed: int = Field(0, description="Seed of sampling and of LightGBM.")
     num_threads: int = Field(2, ge=1, description="LightGBM threads.")
@@ -189,8 +189,7 @@ class LightGBMRanker:
     ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """A Scorer for `ranker.evaluate`: candidates get the model's score, every other item -inf."""
 
-        slots = self.cold_slots(inputs)
-        k = self.config.eval_k
+        slots, k = self.config.cold_slots, self.config.eval_k
 
         def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
             pair_users, pair_items, scores = self.score_task(inputs, RankingTask(users, items, exclude=exclude))
@@ -204,12 +203,6 @@ class LightGBMRanker:
             return matrix
 
         return score
-
-    def cold_slots(self, inputs: RankerInputs) -> int:
-        """The places for cold items the scorer keeps over `inputs` (see LightGBMRankerConfig.cold_slots)."""
-        if self.config.cold_slots is not None:
-            return self.config.cold_slots
-        return 2 if inputs.time is not None else 0
 
     def recommend(
         self,
