@@ -35,9 +35,9 @@ TOLERANCE = 0.005
 SHOWN = ("recall", "ndcg", "tail recall", "coverage", "gini", "aplt")
 
 
-def _tail_mask(split: ProtocolSplit) -> np.ndarray:
-    tail = split.item_segments.filter(pl.col(Columns.segment) == Segments.tail)[Columns.item]
-    return np.isin(split.index.item_ids.to_numpy(), tail.to_numpy())
+def _mask(split: ProtocolSplit, segment: str) -> np.ndarray:
+    members = split.item_segments.filter(pl.col(Columns.segment) == segment)[Columns.item]
+    return np.isin(split.index.item_ids.to_numpy(), members.to_numpy())
 
 
 def _figures(result: EvalResult) -> dict[str, float]:
@@ -56,10 +56,12 @@ def _runs(split: ProtocolSplit, cache: Path, k: int, strengths: tuple[float, ...
     fitted = fit_ranker(holdout_plan(split), cache_dir=cache, settings=ModelSettings.seeded(0))
     exclude = interaction_matrix(split.exclude, split.index)
     base = fitted.ranker.scorer(fitted.served.inputs, exclude=exclude)
-    is_tail = _tail_mask(split)
+    is_tail, is_cold = _mask(split, Segments.tail), _mask(split, Segments.cold)
     targets = tail_share_targets(interaction_matrix(split.train, split.index), is_tail)
-    return {
-        strength: evaluate(split, tail_rerank_scorer(base, is_tail, targets, k=k, strength=strength), k=k)
+    return {  # tail items displace head items only, as in flows.tasks.tail_calibrated
+        strength: evaluate(
+            split, tail_rerank_scorer(base, is_tail, targets, k=k, strength=strength, protect=is_cold), k=k
+        )
         for strength in strengths
     }
 

@@ -245,12 +245,16 @@ def tail_calibrated(fitted: Any, split: Any, k: int, protocol: str, strength: fl
     from ranker.evaluate import interaction_matrix
     from ranker.rerank import tail_rerank_scorer, tail_share_targets
 
-    tail = split.item_segments.filter(pl.col(Columns.segment) == Segments.tail)[Columns.item]
-    is_tail = np.isin(split.index.item_ids.to_numpy(), tail.to_numpy())
+    ids = split.index.item_ids.to_numpy()
+    is_tail, is_cold = (
+        np.isin(ids, split.item_segments.filter(pl.col(Columns.segment) == name)[Columns.item].to_numpy())
+        for name in (Segments.tail, Segments.cold)
+    )
     exclude = interaction_matrix(split.exclude, split.index)
     targets = tail_share_targets(interaction_matrix(split.train, split.index), is_tail)
     base = fitted.ranker.scorer(fitted.served.inputs, exclude=exclude)
-    scorer = tail_rerank_scorer(base, is_tail, targets, k=k, strength=strength)
+    # Tail items displace head items only: the cold items the ranker placed (its cold slots) stay.
+    scorer = tail_rerank_scorer(base, is_tail, targets, k=k, strength=strength, protect=is_cold)
     metrics = evaluate_split(split, scorer, k=k).metrics
     return metrics.with_columns(pl.lit(reference_protocol(protocol, TAIL_CALIBRATED)).alias("protocol"))
 

@@ -37,13 +37,19 @@ def tail_share_targets(history: sp.csr_array, is_tail: np.ndarray, prior_weight:
 
 
 def tail_quota_rerank(
-    scores: np.ndarray, is_tail: np.ndarray, targets: np.ndarray, k: int, strength: float
+    scores: np.ndarray,
+    is_tail: np.ndarray,
+    targets: np.ndarray,
+    k: int,
+    strength: float,
+    protect: np.ndarray | None = None,
 ) -> np.ndarray:
     """New scores (users x items, same shape) whose top k holds each user's tail quota where the scores allow it.
 
     Quota: round(strength * targets[u] * k) tail items. Only finite scores are eligible (-inf stays never
-    recommended). Lifted tail items rank below the head items kept, in their own score order; a user whose top k
-    already meets the quota is left as scored.
+    recommended). Lifted tail items rank below the items kept, in their own score order; a user whose top k
+    already meets the quota is left as scored. Items of the boolean mask `protect` (e.g. the cold items a
+    scorer placed on purpose) are never displaced.
     """
     if not 0 <= strength <= 1:
         raise ValueError(f"strength must be in [0, 1], got {strength}.")
@@ -62,7 +68,11 @@ def tail_quota_rerank(
         lifted = rest[is_tail[rest]][: max(quotas[row] - int(is_tail[top].sum()), 0)]
         if lifted.size == 0:
             continue
-        dropped = top[~is_tail[top]][::-1][: lifted.size]  # the worst-scored head items of the top k
+        replaceable = ~is_tail[top] if protect is None else ~is_tail[top] & ~protect[top]
+        dropped = top[replaceable][::-1][: lifted.size]  # the worst-scored replaceable items of the top k
+        lifted = lifted[: dropped.size]
+        if lifted.size == 0:
+            continue
         kept = top[~np.isin(top, dropped)]  # still best first
         # The new top k: kept items, then lifted tail items, each in score order, above every other item.
         chosen = np.r_[kept, lifted]
@@ -78,17 +88,20 @@ def tail_rerank_scorer(
     k: int,
     strength: float,
     exclude: sp.csr_array | None = None,
+    protect: np.ndarray | None = None,
 ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """A `ranker.evaluate.Scorer` that re-ranks `scorer`'s scores with `tail_quota_rerank`.
 
     `is_tail` and `targets` are indexed by item and user index; `exclude` (users x items) pairs are set to -inf
-    before the quota is filled, so an item the evaluation masks never takes a tail slot.
+    before the quota is filled, so an item the evaluation masks never takes a tail slot; `protect` (by item index)
+    marks items never displaced.
     """
 
     def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         raw = np.array(scorer(users, items), dtype=np.float32)
         if exclude is not None:
             raw[exclude[users][:, items].toarray() > 0] = -np.inf
-        return tail_quota_rerank(raw, is_tail[items], targets[users], k, strength)
+        shielded = protect[items] if protect is not None else None
+        return tail_quota_rerank(raw, is_tail[items], targets[users], k, strength, shielded)
 
     return score

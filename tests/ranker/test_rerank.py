@@ -59,3 +59,17 @@ def test_a_top_k_above_its_quota_is_left_as_scored() -> None:
     is_tail = np.array([True, False, True, True, True, True])
     out = tail_quota_rerank(scores, is_tail, np.array([1 / 3]), k=3, strength=1.0)
     np.testing.assert_array_equal(out, scores)
+
+
+def test_protected_items_are_never_displaced() -> None:
+    # Item 2 (head, say a cold item the ranker placed on purpose) is protected: only items 0 and 1 can make room.
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]], dtype=np.float32)
+    protect = np.array([False, False, True, False, False, False])
+    out = tail_quota_rerank(scores, TAIL, np.array([1.0]), k=3, strength=1.0, protect=protect)
+    _, cols, _ = _top_k(out, 3)
+    assert cols.tolist() == [2, 3, 4]  # quota 3, but only two replaceable: item 2 stays, tail 3 and 4 come in
+    # Nothing replaceable at all: the top k stays as scored.
+    everything = np.ones(6, dtype=bool)
+    np.testing.assert_array_equal(
+        tail_quota_rerank(scores, TAIL, np.array([1.0]), k=3, strength=1.0, protect=everything), scores
+    )
