@@ -567,3 +567,7 @@ def augment(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
