@@ -80,13 +80,18 @@ def accuracy_section(frames: StoreFrames, filters: Filters) -> None:
     if rows.is_empty():
         st.info("No accuracy rows for these filters.")
         return
+    _recall_and_ndcg(rows, filters.k, color="segment")
+
+
+def _recall_and_ndcg(rows: pl.DataFrame, k: int, *, color: str, suffix: str = "") -> None:
+    """Recall@K and NDCG@K of `rows` (as_of, COLOR, metric, value) side by side, one line per `color` value."""
     left, right = st.columns(2)
     for column, metric in zip((left, right), ("recall", "ndcg"), strict=True):
         chart = line_chart(
             rows.filter(pl.col("metric") == metric),
-            color="segment",
-            title=f"{metric.upper() if metric == 'ndcg' else 'Recall'}@{filters.k}",
-            y_title=f"{metric}@{filters.k}",
+            color=color,
+            title=f"{metric.upper() if metric == 'ndcg' else 'Recall'}@{k}{suffix}",
+            y_title=f"{metric}@{k}",
         )
         column.altair_chart(chart, width="stretch")
 
@@ -101,15 +106,7 @@ def lines_section(frames: StoreFrames, filters: Filters) -> None:
         "Overall, each line measured on the same held-out data as the product; "
         "the gate refuses a model below recent popularity."
     )
-    left, right = st.columns(2)
-    for column, metric in zip((left, right), ("recall", "ndcg"), strict=True):
-        chart = line_chart(
-            rows.filter(pl.col("metric") == metric),
-            color="line",
-            title=f"{metric.upper() if metric == 'ndcg' else 'Recall'}@{filters.k}, overall",
-            y_title=f"{metric}@{filters.k}",
-        )
-        column.altair_chart(chart, width="stretch")
+    _recall_and_ndcg(rows, filters.k, color="line", suffix=", overall")
 
 
 def beyond_accuracy_section(frames: StoreFrames, filters: Filters) -> None:
