@@ -182,6 +182,7 @@ def backfill(
     store_url: str | None = None,
     gate_metrics: tuple[str, ...] | None = None,
     gate_tolerance: float = cycle.DEFAULT_GATE_TOLERANCE,
+    reference_gate: bool = True,
     sparse_max: int = 5,
     head_share: float = 0.8,
     augment_limit: int = 0,
@@ -203,7 +204,7 @@ def backfill(
         models=pipeline.ModelSettings.capped(seed, max_epochs, settings.ranker),
         k=k,
         protocol=PROTOCOL,
-        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance),
+        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
         cache_dir=cache_dir,
     )
     registry = ModelRegistry(space.root / "backfill" / "models")

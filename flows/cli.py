@@ -32,7 +32,7 @@ from catalog import (
 )
 from flows import stages
 from flows.settings import WarmstartSettings
-from monitor import MetricsStore, beyond_accuracy_trend, metric_trend
+from monitor import MetricsStore, beyond_accuracy_trend, metric_trend, versus_trend
 
 app = typer.Typer(
     name="warmstart",
@@ -202,6 +202,10 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
     for metric in ("recall", "ndcg"):
         trend = metric_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
         _print_frame(trend, f"{title}: {metric}@{k} per segment")
+    for metric in ("recall", "ndcg"):
+        versus = versus_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
+        if versus.width > 2:  # the product and at least one reference line
+            _print_frame(versus, f"{title}: overall {metric}@{k}, the product beside popularity (same split)")
     beyond = beyond_accuracy_trend(rows, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
     _print_frame(beyond, f"{title}: beyond accuracy @{k} (overall)")
     augmentation = store.augmentation()
@@ -512,6 +516,12 @@ GateMetricOption = Annotated[
 GateToleranceOption = Annotated[
     float, typer.Option(help="Largest drop of a gate metric that still promotes (negative: must improve by that much).")
 ]
+ReferenceGateOption = Annotated[
+    bool,
+    typer.Option(
+        help="Refuse a candidate that loses to recent popularity (measured on the same data) on the first gate metric."
+    ),
+]
 ProtocolOption = Annotated[
     Protocol | None,
     typer.Option(help="Protocol of the evaluation [default: cold-item for CiteULike's split, else temporal]."),
@@ -555,6 +565,7 @@ def refresh(
     max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs.")] = 150,
     gate_metric: GateMetricOption = None,
     gate_tolerance: GateToleranceOption = 0.005,
+    reference_gate: ReferenceGateOption = True,
     workspace: WorkspaceOption = None,
 ) -> None:
     """One gated, recorded refresh cycle on the workspace (what the nightly deployment runs): detect, augment,
@@ -576,6 +587,7 @@ def refresh(
         max_epochs=max_epochs,
         gate_metrics=tuple(gate_metric or default_gate_metrics(k)),
         gate_tolerance=gate_tolerance,
+        reference_gate=reference_gate,
     )
 
 
@@ -587,6 +599,7 @@ def retrain(
     ranker: RankerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
     gate_tolerance: GateToleranceOption = 0.005,
+    reference_gate: ReferenceGateOption = True,
     workspace: WorkspaceOption = None,
 ) -> None:
     """`warmstart refresh --augment-limit 0`: retrain on the workspace's data without augmenting, still gated
@@ -606,6 +619,7 @@ def retrain(
         seed=seed,
         gate_metrics=default_gate_metrics(k),
         gate_tolerance=gate_tolerance,
+        reference_gate=reference_gate,
     )
 
 

@@ -30,14 +30,18 @@ DEFAULT_GATE_METRICS = ("overall/ndcg@20", "cold/recall@20")
 def default_gate_metrics(k: int) -> tuple[str, ...]:
     """The default gate metrics at cut-off `k` (a run measured at another k would compare nothing)."""
     return tuple(text.replace("@20", f"@{k}") for text in DEFAULT_GATE_METRICS)
+
+
 DEFAULT_GATE_TOLERANCE = 0.005
 
 
 def gate_config(
-    metrics: tuple[str, ...] = DEFAULT_GATE_METRICS, tolerance: float = DEFAULT_GATE_TOLERANCE
+    metrics: tuple[str, ...] = DEFAULT_GATE_METRICS, tolerance: float = DEFAULT_GATE_TOLERANCE, reference: bool = True
 ) -> GateConfig:
-    """The gate from its textual form (SEGMENT/METRIC@K, ...)."""
-    return GateConfig(metrics=[GateMetric.parse(text) for text in metrics], tolerance=tolerance)
+    """The gate from its textual form (SEGMENT/METRIC@K, ...); `reference` also holds the candidate to the reference
+    line (recent popularity, measured on the same data) on the first gate metric."""
+    gates = [GateMetric.parse(text) for text in metrics]
+    return GateConfig(metrics=gates, tolerance=tolerance, reference_metrics=gates[:1] if reference else [])
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,8 @@ def train_evaluate_gate(
     recorded: pl.DataFrame | None,
     dataset: str,
 ) -> GateDecision:
-    """Retrain on the plan, evaluate on its real held-out data, gate against the registry's current model on the same
+    """Retrain on the plan, evaluate it and the reference lines (popularity, recent popularity, its tail-calibrated
+    variant) on its real held-out data, gate against the registry's current model and the reference on the same
     data, and save the candidate as version `run.run_id` (with report.json); fills the run's record."""
     record, ranker = run.record, config.models.ranker_name
     with record.timed("retrain"):
@@ -76,11 +81,18 @@ def train_evaluate_gate(
             protocol=config.protocol,
             recorded=recorded,
         )
-    decision = tasks.gate_task(metrics, incumbent, config.gate)
+        # The lines the product must beat, and its tail-calibrated variant, on the same held-out data.
+        references = pl.concat(
+            [
+                tasks.reference_lines_task(plan.split, k=config.k, protocol=config.protocol),
+                tasks.tail_calibrated_task(fitted, plan.split, k=config.k, protocol=config.protocol),
+            ]
+        )
+    decision = tasks.gate_task(metrics, incumbent, config.gate, stages.gate_reference(references, config.protocol))
     directory = fitted.ranker.save(registry.path(ranker, run.run_id))
     _write_report(directory, fitted.report, plan, metrics, parent=current, dataset=dataset)
     record.model_version = run.run_id
-    record.metrics = metrics
+    record.metrics = pl.concat([metrics, references.select(metrics.columns)])
     record.as_of = stages.as_of(plan.split)
     record.promotion = decision.record(run.run_id, incumbent.version, config.gate)
     return decision

@@ -51,6 +51,7 @@ from ranker.evaluate import (
 from ranker.features import RankerInputs, RankingTask
 from ranker.lightgbm_ranker import LightGBMRankerConfig
 from ranker.registry import ranker_class
+from ranker.temporal import TimeFeatures, time_features
 
 
 @dataclass
@@ -118,6 +119,9 @@ def encode_inputs(
     width = emb.dim + 1  # the item bias rides along as one more dimension, the user side holding a 1
     item_cf = _aligned(emb.item_ids, np.c_[emb.item_vectors, emb.item_bias], index.item_ids, width)
     user_cf = _aligned(emb.user_ids, np.c_[emb.user_vectors, np.ones(emb.user_ids.size)], index.user_ids, width)
+    # The user side's constant 1 carries the item bias into every score, for users BPR-MF never saw as well:
+    # without it a user without history scores 0 for every item instead of each item's learned bias.
+    user_cf[:, -1] = 1.0
 
     popularity = np.asarray(matrix.sum(axis=0)).ravel()
     warm = np.flatnonzero(popularity > 0)
@@ -133,9 +137,17 @@ def encode_inputs(
         title_words=titles.str.split(" ").list.len().to_numpy().astype(np.float32),
         tfidf=tfidf_item_vectors(titles.to_list(), min_df=1 if titles.len() < 50 else 2),
         categories=category_matrix(items),
+        time=_time_features(history, index),
     )
     report = {"bprmf": cf.summary, "text_cache_hits": cache.hits, "text_cache_misses": cache.misses}
     return EncodedSplit(inputs=inputs, report=report)
+
+
+def _time_features(history: pl.DataFrame, index: EvalIndex) -> TimeFeatures | None:
+    """Recency arrays as of the history's end, for logs with times."""
+    if Columns.ts not in history.columns or history[Columns.ts].null_count() == history.height:
+        return None
+    return time_features(history, index.user_ids, index.item_ids)
 
 
 def category_matrix(items: pl.DataFrame) -> sp.csr_array | None:
@@ -166,6 +178,7 @@ def with_history(encoded: EncodedSplit, history: sp.csr_array) -> EncodedSplit:
         title_words=old.title_words,
         tfidf=old.tfidf,
         categories=old.categories,
+        time=old.time,
     )
     return EncodedSplit(inputs=inputs, report=encoded.report)
 
@@ -215,7 +228,8 @@ def citeulike_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
 def holdout_plan(
     split: ProtocolSplit, valid: pl.DataFrame | None = None, *, share: float = 0.2, seed: int = 0
 ) -> EvaluationPlan:
-    """Labels and early stopping for a split without predefined ones (ranker.evaluate.hold_out_labels chooses).
+    """Labels and early stopping for a split without predefined ones (ranker.evaluate.hold_out_labels chooses:
+    on a log with times, one time cut for every user, so the ranker learns to serve users without history too).
 
     Validation pairs of warm users and items are the labels, and training keeps the whole history; without
     them, each user's latest (or random) `share` of training interactions is held out of the encoders'

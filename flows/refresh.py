@@ -130,6 +130,7 @@ def refresh(
     simulate: bool = True,
     gate_metrics: tuple[str, ...] | None = None,
     gate_tolerance: float = cycle.DEFAULT_GATE_TOLERANCE,
+    reference_gate: bool = True,
     protocol: str | None = None,
     ranker: str | None = None,
 ) -> dict[str, Any]:
@@ -147,7 +148,7 @@ def refresh(
         models=pipeline.ModelSettings.capped(seed, max_epochs, ranker),
         k=k,
         protocol=protocol,
-        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance),
+        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
         cache_dir=settings.cache_dir,
     )
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}

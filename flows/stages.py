@@ -32,7 +32,7 @@ from catalog import (
     segments_as_of,
     summarize_segments,
 )
-from monitor import GateConfig, GateDecision, decide
+from monitor import GateConfig, GateDecision, decide, reference_protocol
 
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
     from augment import Backend
@@ -381,9 +381,80 @@ def incumbent_on_same_data(
         return Incumbent(version, recorded, note)
 
 
-def gate(candidate: pl.DataFrame, incumbent: Incumbent, config: GateConfig) -> GateDecision:
-    """Promote or refuse the candidate against the current model (see `monitor.decide`)."""
-    decision = decide(candidate, incumbent.metrics, config)
+# The reference lines every run records beside the product (rows of protocol 'PROTOCOL:NAME'); the gate holds
+# the product to the first one measured (recent popularity needs times, popularity stands in without them).
+POPULARITY, RECENT_POPULARITY = "popularity", "recent_popularity"
+# The calibrated tail exposure option (ranker.rerank), recorded as the line 'tail_calibrated': the candidate
+# re-ranked so that each user's top k holds STRENGTH x their historical share of tail items. 1.0 had the best
+# validation tail Recall@20 in benchmarks/tail_rerank.py (MovieLens-100K; docs/benchmarks.md).
+TAIL_CALIBRATED, TAIL_STRENGTH = "tail_calibrated", 1.0
+
+
+def reference_lines(split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
+    """Popularity and, for a log with times, recent popularity fitted on the split's training data and scored on
+    its held-out data: the lines the product must beat, measured exactly as the product is."""
+    from ranker.baselines import PopularityScorer, RecentPopularityScorer
+    from ranker.evaluate import evaluate as evaluate_split
+
+    scorers: dict[str, PopularityScorer] = {POPULARITY: PopularityScorer()}
+    train = split.train
+    if Columns.ts in train.columns and train[Columns.ts].null_count() < train.height:
+        scorers[RECENT_POPULARITY] = RecentPopularityScorer()
+    frames = [
+        evaluate_split(split, scorer.fit(train, split.index), k=k).metrics.with_columns(
+            pl.lit(reference_protocol(protocol, name)).alias("protocol")
+        )
+        for name, scorer in scorers.items()
+    ]
+    return pl.concat(frames)
+
+
+def tail_calibrated(
+    fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str, strength: float = TAIL_STRENGTH
+) -> pl.DataFrame:
+    """The candidate's metrics with calibrated tail exposure, on the same split (tail recall, coverage, Gini,
+    APLT and accuracy side by side with the candidate's own)."""
+    from ranker.evaluate import evaluate as evaluate_split
+    from ranker.evaluate import interaction_matrix
+    from ranker.rerank import tail_rerank_scorer, tail_share_targets
+
+    ids = split.index.item_ids.to_numpy()
+    is_tail, is_cold = (
+        np.isin(ids, split.item_segments.filter(pl.col(Columns.segment) == name)[Columns.item].to_numpy())
+        for name in (Segments.tail, Segments.cold)
+    )
+    exclude = interaction_matrix(split.exclude, split.index)
+    targets = tail_share_targets(interaction_matrix(split.train, split.index), is_tail)
+    base = fitted.ranker.scorer(fitted.served.inputs, exclude=exclude)
+    # Tail items displace head items only: the cold items the ranker placed (its cold slots) stay.
+    scorer = tail_rerank_scorer(base, is_tail, targets, k=k, strength=strength, protect=is_cold)
+    metrics = evaluate_split(split, scorer, k=k).metrics
+    return metrics.with_columns(pl.lit(reference_protocol(protocol, TAIL_CALIBRATED)).alias("protocol"))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The line the gate holds the candidate to (its metric rows and its name), or none."""
+
+    metrics: pl.DataFrame | None = None
+    name: str = ""
+
+
+def gate_reference(references: pl.DataFrame, protocol: str) -> Reference:
+    """Recent popularity where it was measured, else popularity."""
+    for name in (RECENT_POPULARITY, POPULARITY):
+        rows = references.filter(pl.col("protocol") == reference_protocol(protocol, name))
+        if rows.height:
+            return Reference(rows, name.replace("_", " "))
+    return Reference()
+
+
+def gate(
+    candidate: pl.DataFrame, incumbent: Incumbent, config: GateConfig, reference: Reference | None = None
+) -> GateDecision:
+    """Promote or refuse the candidate against the current model and the reference line (see `monitor.decide`)."""
+    reference = reference or Reference()
+    decision = decide(candidate, incumbent.metrics, config, reference.metrics, reference.name or "the reference")
     if incumbent.note:
         decision = decision.model_copy(update={"reason": f"{decision.reason} ({incumbent.note})"})
     return decision

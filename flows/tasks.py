@@ -105,6 +105,8 @@ POLICIES: dict[str, StagePolicy] = {
     "describe_batch": StagePolicy(retries=3, retry_delay_seconds=LLM_BACKOFF),
     "retrain": StagePolicy(),
     "evaluate": StagePolicy(publish=publish_metrics),
+    "reference_lines": StagePolicy(),
+    "tail_calibrated": StagePolicy(),
     "gate": StagePolicy(publish=publish_decision),
 }
 
@@ -194,4 +196,6 @@ augment_step_task = as_task(augment_step)
 describe_batch_task = as_task(describe_batch)
 retrain_task = as_task(stages.retrain)
 evaluate_task = as_task(stages.evaluate)
+reference_lines_task = as_task(stages.reference_lines)
+tail_calibrated_task = as_task(stages.tail_calibrated)
 gate_task = as_task(stages.gate)

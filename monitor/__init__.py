@@ -15,7 +15,16 @@ from monitor.store import (
     run_key,
     sqlite_url,
 )
-from monitor.trends import ACCURACY_SEGMENTS, BEYOND_ACCURACY, beyond_accuracy_trend, metric_trend
+from monitor.trends import (
+    ACCURACY_SEGMENTS,
+    BEYOND_ACCURACY,
+    PRODUCT,
+    beyond_accuracy_trend,
+    metric_trend,
+    product_rows,
+    reference_protocol,
+    versus_trend,
+)
 
 __all__ = [
     "ACCURACY_SEGMENTS",
@@ -23,6 +32,7 @@ __all__ = [
     "COMPLETED",
     "DASHBOARD_STORE_ENV",
     "FAILED",
+    "PRODUCT",
     "RUNNING",
     "SCHEMA_VERSION",
     "ActiveRun",
@@ -36,8 +46,11 @@ __all__ = [
     "decide",
     "gate_values",
     "metric_trend",
+    "product_rows",
+    "reference_protocol",
     "run_key",
     "sqlite_url",
+    "versus_trend",
 ]
 
 

@@ -24,6 +24,7 @@ from monitor.views import (
     cold_to_warm,
     current_segments,
     filter_choices,
+    lines_over_time,
     runs_and_promotions,
 )
 
@@ -74,15 +75,33 @@ def accuracy_section(frames: StoreFrames, filters: Filters) -> None:
     if rows.is_empty():
         st.info("No accuracy rows for these filters.")
         return
+    _recall_and_ndcg(rows, filters.k, color="segment")
+
+
+def _recall_and_ndcg(rows: pl.DataFrame, k: int, *, color: str, suffix: str = "") -> None:
+    """Recall@K and NDCG@K of `rows` (as_of, COLOR, metric, value) side by side, one line per `color` value."""
     left, right = st.columns(2)
     for column, metric in zip((left, right), ("recall", "ndcg"), strict=True):
         chart = line_chart(
             rows.filter(pl.col("metric") == metric),
-            color="segment",
-            title=f"{metric.upper() if metric == 'ndcg' else 'Recall'}@{filters.k}",
-            y_title=f"{metric}@{filters.k}",
+            color=color,
+            title=f"{metric.upper() if metric == 'ndcg' else 'Recall'}@{k}{suffix}",
+            y_title=f"{metric}@{k}",
         )
         column.altair_chart(chart, width="stretch")
+
+
+def lines_section(frames: StoreFrames, filters: Filters) -> None:
+    st.header("The product beside popularity")
+    rows = lines_over_time(frames.metrics, filters)
+    if rows["line"].n_unique() < 2:
+        st.info("No reference line recorded beside the product for these filters.")
+        return
+    st.caption(
+        "Overall, each line measured on the same held-out data as the product; "
+        "the gate refuses a model below recent popularity."
+    )
+    _recall_and_ndcg(rows, filters.k, color="line", suffix=", overall")
 
 
 def beyond_accuracy_section(frames: StoreFrames, filters: Filters) -> None:
@@ -187,6 +206,7 @@ def main() -> None:
         f"protocol {filters.protocol}, K={filters.k}"
     )
     accuracy_section(frames, filters)
+    lines_section(frames, filters)
     beyond_accuracy_section(frames, filters)
     segments_section(frames, filters)
     augmentation_section(frames, filters)

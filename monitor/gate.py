@@ -1,4 +1,5 @@
-"""The quality gate: a retrained ranker replaces the current one only if its gate metrics do not regress."""
+"""The quality gate: a retrained ranker replaces the current one only if its gate metrics do not regress and it
+does not lose to the reference line (recent popularity) measured on the same held-out data."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, Field
+
+from monitor.trends import product_rows
 
 
 class GateMetric(BaseModel):
@@ -42,6 +45,11 @@ class GateConfig(BaseModel):
         description="Largest allowed drop (absolute) of any gate metric; a negative tolerance asks the candidate "
         "to beat the incumbent by at least that much.",
     )
+    reference_metrics: list[GateMetric] = Field(
+        default_factory=lambda: [GateMetric.parse("overall/ndcg@20")],
+        description="Metrics on which the candidate must reach the reference line (e.g. recent popularity) "
+        "measured on the same held-out data; a candidate below it is refused.",
+    )
 
 
 class GateDecision(BaseModel):
@@ -49,6 +57,8 @@ class GateDecision(BaseModel):
     reason: str
     candidate: dict[str, float | None]
     incumbent: dict[str, float | None] | None
+    # The reference line's values of `reference_metrics`, when one was given (kept in the reason when recorded).
+    reference: dict[str, float | None] | None = None
 
     def record(self, candidate_version: str, incumbent_version: str | None, config: GateConfig) -> dict[str, Any]:
         """The row the metrics store keeps for this decision."""
@@ -65,9 +75,13 @@ class GateDecision(BaseModel):
 
 def gate_values(metrics: pl.DataFrame, config: GateConfig) -> dict[str, float | None]:
     """The gate metrics read from a (segment, metric, k, value) frame; None where the run did not measure one
-    (e.g. no cold item had a held-out interaction)."""
+    (e.g. no cold item had a held-out interaction). Reference lines' rows in the frame are not the product's."""
+    return _values(product_rows(metrics), config.metrics)
+
+
+def _values(metrics: pl.DataFrame, gates: list[GateMetric]) -> dict[str, float | None]:
     values: dict[str, float | None] = {}
-    for gate in config.metrics:
+    for gate in gates:
         found = metrics.filter(
             (pl.col("segment") == gate.segment) & (pl.col("metric") == gate.metric) & (pl.col("k") == gate.k)
         )["value"]
@@ -75,27 +89,52 @@ def gate_values(metrics: pl.DataFrame, config: GateConfig) -> dict[str, float | 
     return values
 
 
-def decide(candidate: pl.DataFrame, incumbent: pl.DataFrame | None, config: GateConfig) -> GateDecision:
+def decide(
+    candidate: pl.DataFrame,
+    incumbent: pl.DataFrame | None,
+    config: GateConfig,
+    reference: pl.DataFrame | None = None,
+    reference_name: str = "recent popularity",
+) -> GateDecision:
     """Promote the candidate unless a gate metric measured for both falls more than `tolerance` below the
-    incumbent's on the same held-out data. With no incumbent, the candidate is promoted."""
+    incumbent's on the same held-out data, or a reference metric falls below `reference`'s (a baseline such as
+    recent popularity scored on the same data: a ranker that loses to it should not serve). With no incumbent
+    and no reference, the candidate is promoted."""
     mine = gate_values(candidate, config)
-    if incumbent is None:
-        return GateDecision(promoted=True, reason="no current model", candidate=mine, incumbent=None)
-    theirs = gate_values(incumbent, config)
+    losses, checked_reference = [], []
+    theirs_reference: dict[str, float | None] | None = None
+    if reference is not None:
+        ours = _values(product_rows(candidate), config.reference_metrics)
+        theirs_reference = _values(reference, config.reference_metrics)
+        for name, value in ours.items():
+            baseline = theirs_reference[name]
+            if value is None or baseline is None:
+                continue
+            checked_reference.append(f"{name} {value:.4f} >= {baseline:.4f}")
+            if value < baseline:
+                losses.append(f"{name} {value:.4f} < {reference_name}'s {baseline:.4f}")
     regressions, compared = [], []
+    theirs = gate_values(incumbent, config) if incumbent is not None else None
     for name, value in mine.items():
-        reference = theirs[name]
-        if value is None or reference is None:
+        previous = theirs[name] if theirs is not None else None
+        if value is None or previous is None:
             continue
         compared.append(name)
-        if value < reference - config.tolerance:
-            regressions.append(f"{name} {value:.4f} < {reference:.4f} - {config.tolerance:g}")
-    if regressions:
+        if value < previous - config.tolerance:
+            regressions.append(f"{name} {value:.4f} < {previous:.4f} - {config.tolerance:g}")
+    refusals = ([f"loses to {reference_name}: " + "; ".join(losses)] if losses else []) + (
+        ["regressed: " + "; ".join(regressions)] if regressions else []
+    )
+    if refusals:
         return GateDecision(
-            promoted=False, reason="regressed: " + "; ".join(regressions), candidate=mine, incumbent=theirs
+            promoted=False, reason="; ".join(refusals), candidate=mine, incumbent=theirs, reference=theirs_reference
         )
-    if not compared:
+    if incumbent is None:
+        reason = "no current model"
+    elif not compared:
         reason = "no gate metric measured for both models"
     else:
         reason = f"no regression beyond {config.tolerance:g} on " + ", ".join(compared)
-    return GateDecision(promoted=True, reason=reason, candidate=mine, incumbent=theirs)
+    if checked_reference:
+        reason += f"; beats {reference_name} ({', '.join(checked_reference)})"
+    return GateDecision(promoted=True, reason=reason, candidate=mine, incumbent=theirs, reference=theirs_reference)

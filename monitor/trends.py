@@ -1,4 +1,10 @@
-"""Metric rows of the history reshaped into trends: one row per point in time, one column per segment."""
+"""Metric rows of the history reshaped into trends: one row per point in time, one column per segment.
+
+A run also records other lines measured on its own split, references the product must beat (popularity, recent
+popularity) and variants of it (the calibrated tail re-ranking): their rows carry the protocol `PROTOCOL:LINE`
+(e.g. `temporal:recent_popularity`), the product's rows the bare protocol, so the store keeps its schema and
+every reader can tell the lines apart.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,31 @@ import polars as pl
 
 ACCURACY_SEGMENTS = ("overall", "head", "tail", "cold")
 BEYOND_ACCURACY = ("coverage", "gini", "aplt", "novelty")
+REFERENCE_SEPARATOR = ":"
+PRODUCT = "product"
+
+
+def reference_protocol(protocol: str, reference: str) -> str:
+    """The protocol name under which a reference line's rows are stored, e.g. 'temporal:popularity'."""
+    if REFERENCE_SEPARATOR in protocol or not reference:
+        raise ValueError(f"cannot name a reference {reference!r} of protocol {protocol!r}")
+    return f"{protocol}{REFERENCE_SEPARATOR}{reference}"
+
+
+def series_of(protocol: pl.Expr) -> pl.Expr:
+    """The line a row belongs to: the reference's name, or 'product' for the product's own rows."""
+    return (
+        pl.when(protocol.str.contains(REFERENCE_SEPARATOR, literal=True))
+        .then(protocol.str.split(REFERENCE_SEPARATOR).list.last())
+        .otherwise(pl.lit(PRODUCT))
+    )
+
+
+def product_rows(metrics: pl.DataFrame) -> pl.DataFrame:
+    """The product's own rows (references left out); a frame without a protocol column is all product."""
+    if "protocol" not in metrics.columns:
+        return metrics
+    return metrics.filter(~pl.col("protocol").str.contains(REFERENCE_SEPARATOR, literal=True))
 
 
 def metric_trend(
@@ -17,7 +48,8 @@ def metric_trend(
     protocol: str | None = None,
 ) -> pl.DataFrame:
     """(as_of, one column per segment) for one metric@k, oldest first; a segment a point did not measure
-    (no cold item in its test window, say) is null there."""
+    (no cold item in its test window, say) is null there. Without `protocol`, the product's rows only."""
+    metrics = product_rows(metrics) if protocol is None else metrics
     rows = metrics.filter((pl.col("metric") == metric) & (pl.col("k") == k) & pl.col("segment").is_in(segments))
     if protocol is not None:
         rows = rows.filter(pl.col("protocol") == protocol)
@@ -27,7 +59,9 @@ def metric_trend(
 
 
 def beyond_accuracy_trend(metrics: pl.DataFrame, *, k: int, protocol: str | None = None) -> pl.DataFrame:
-    """(as_of, coverage, gini, aplt, novelty) of the overall segment, oldest first."""
+    """(as_of, coverage, gini, aplt, novelty) of the overall segment, oldest first (the product's rows only,
+    without `protocol`)."""
+    metrics = product_rows(metrics) if protocol is None else metrics
     rows = metrics.filter(
         (pl.col("segment") == "overall") & (pl.col("k") == k) & pl.col("metric").is_in(BEYOND_ACCURACY)
     )
@@ -35,3 +69,18 @@ def beyond_accuracy_trend(metrics: pl.DataFrame, *, k: int, protocol: str | None
         rows = rows.filter(pl.col("protocol") == protocol)
     wide = rows.pivot(on="metric", index="as_of", values="value", aggregate_function="last").sort("as_of")
     return wide.select("as_of", *[name for name in BEYOND_ACCURACY if name in wide.columns])
+
+
+def versus_trend(
+    metrics: pl.DataFrame, *, metric: str, k: int, segment: str = "overall", protocol: str | None = None
+) -> pl.DataFrame:
+    """(as_of, product, one column per reference line) for one segment's metric@k, oldest first: the product's
+    line beside the lines it must beat, each measured on the same split. Without `protocol`, every protocol."""
+    rows = metrics.filter((pl.col("metric") == metric) & (pl.col("k") == k) & (pl.col("segment") == segment))
+    if protocol is not None:
+        base = pl.col("protocol").str.split(REFERENCE_SEPARATOR).list.first()
+        rows = rows.filter(base == protocol)
+    rows = rows.with_columns(series_of(pl.col("protocol")).alias("series"))
+    wide = rows.pivot(on="series", index="as_of", values="value", aggregate_function="last").sort("as_of")
+    references = sorted(c for c in wide.columns if c not in ("as_of", PRODUCT))
+    return wide.select("as_of", *[c for c in (PRODUCT, *references) if c in wide.columns])

@@ -8,7 +8,7 @@ from datetime import datetime
 import polars as pl
 
 from monitor.store import MetricsStore
-from monitor.trends import BEYOND_ACCURACY
+from monitor.trends import BEYOND_ACCURACY, REFERENCE_SEPARATOR, product_rows, series_of
 
 ACCURACY = ("recall", "ndcg")
 WARM_SEGMENTS = ("sparse", "tail", "head")
@@ -63,7 +63,8 @@ def _in_range(frame: pl.DataFrame, column: str, filters: Filters) -> pl.DataFram
 def filter_choices(metrics: pl.DataFrame) -> dict[str, list]:
     """The values each filter can take, from what the store holds."""
     return {
-        "protocol": sorted(metrics["protocol"].unique().to_list()),
+        # Lines recorded beside the product ('temporal:popularity'...) are drawn with it, not chosen apart.
+        "protocol": sorted(product_rows(metrics)["protocol"].unique().to_list()),
         "k": sorted(metrics["k"].unique().to_list()),
         "segment": sorted(metrics.filter(pl.col("metric").is_in(ACCURACY))["segment"].unique().to_list()),
     }
@@ -77,6 +78,18 @@ def accuracy_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:
     if filters.protocol is not None:
         rows = rows.filter(pl.col("protocol") == filters.protocol)
     return _in_range(rows, "as_of", filters).select("as_of", "segment", "metric", "value").sort("as_of", "segment")
+
+
+def lines_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:
+    """(as_of, line, metric, value): overall Recall@K and NDCG@K of the product and of every line recorded beside
+    it on the same split (popularity, recent popularity, the tail-calibrated variant)."""
+    rows = metrics.filter(
+        pl.col("metric").is_in(ACCURACY) & (pl.col("k") == filters.k) & (pl.col("segment") == "overall")
+    )
+    if filters.protocol is not None:
+        rows = rows.filter(pl.col("protocol").str.split(REFERENCE_SEPARATOR).list.first() == filters.protocol)
+    rows = rows.with_columns(series_of(pl.col("protocol")).alias("line"))
+    return _in_range(rows, "as_of", filters).select("as_of", "line", "metric", "value").sort("as_of", "line")
 
 
 def beyond_accuracy_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:

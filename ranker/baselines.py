@@ -7,6 +7,7 @@ Each is a `ranker.evaluate.Scorer` once fitted: `fit(train, index)` reads a spli
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Self
 
 import numpy as np
@@ -15,10 +16,10 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from catalog import ConfigError, NotFittedError
+from catalog import Columns, ConfigError, NotFittedError
 from ranker.evaluate import EvalIndex, interaction_matrix
 
-__all__ = ["ContentKNNScorer", "PopularityScorer", "RandomScorer", "tfidf_item_vectors"]
+__all__ = ["ContentKNNScorer", "PopularityScorer", "RandomScorer", "RecentPopularityScorer", "tfidf_item_vectors"]
 
 ItemVectors = np.ndarray | sp.csr_matrix | sp.csr_array
 # Users per similarity block in top-n scoring: bounds memory to about chunk x mean history x candidates floats.
@@ -80,6 +81,28 @@ class PopularityScorer:
             raise NotFittedError("PopularityScorer is not fitted: call fit(split.train, split.index) first.")
         row = self._counts[_indices(items, "items")]
         return np.repeat(row[None, :], _indices(users, "users").size, axis=0)
+
+
+class RecentPopularityScorer(PopularityScorer):
+    """Popularity over the last `days` of the training log (ties broken by all-time popularity): what the
+    population rates now, the reference a ranker on a time-ordered log must beat."""
+
+    def __init__(self, days: int = 28) -> None:
+        super().__init__()
+        if days < 1:
+            raise ConfigError(f"RecentPopularityScorer days must be >= 1, got {days}.")
+        self.days = days
+
+    def fit(self, train: pl.DataFrame, index: EvalIndex) -> Self:
+        if Columns.ts not in train.columns or train[Columns.ts].null_count() == train.height:
+            raise ConfigError("RecentPopularityScorer needs training interactions with a 'ts'; use PopularityScorer.")
+        latest = train[Columns.ts].max()
+        recent = train.filter(pl.col(Columns.ts) > latest - timedelta(days=self.days))  # type: ignore[operator]
+        counts = interaction_matrix(recent, index).sum(axis=0).astype(np.float32)
+        overall = interaction_matrix(train, index).sum(axis=0).astype(np.float32)
+        # All-time counts only break ties: they stay below one recent event.
+        self._counts = counts + overall / (overall.max() + 1.0)
+        return self
 
 
 class ContentKNNScorer:

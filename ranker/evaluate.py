@@ -365,18 +365,19 @@ def hold_out_labels(train: pl.DataFrame, *, share: float = 0.2, seed: int = 0) -
     """(history, labels): positives held out of `train` for the ranker to learn from and for BPR-MF to stop on,
     chosen so that every model has something to validate on even when users have only 2-6 interactions.
 
-    Each user with two or more interactions gives up max(1, floor(`share` x n)) of them: the latest when every
-    row has a time; otherwise random (seeded) among pairs of items others have too. An item never gives up
-    its last training interaction: a label on an item the encoders never saw teaches the ranker nothing and
-    cannot validate BPR-MF. Raises DataError when nothing can be held out (every user has a single
-    interaction).
+    With a time on every row, the events of the latest `share` of the training period are the labels (one cut for
+    every user, like a temporal split's own), so users first seen after the cut are users without history, as
+    most of a temporal test window's users are (holding out each user's latest events showed the ranker no such
+    user: issue 13). Without times, each user with two or more interactions gives up max(1, floor(`share` x n))
+    of them, random (seeded) among pairs of items others have too; an item never gives up its last training
+    interaction (a label on an item the encoders never saw teaches the ranker nothing and cannot validate
+    BPR-MF). Raises DataError when nothing can be held out (every user has a single interaction).
     """
-    timed = Columns.ts in train.columns and train.height > 0 and train[Columns.ts].null_count() == 0
+    if Columns.ts in train.columns and train.height > 0 and train[Columns.ts].null_count() == 0:
+        return _hold_out_after_cut(train, share)
     n_user, n_item = pl.len().over(Columns.user), pl.len().over(Columns.item)
-    if timed:
-        order = pl.col(Columns.ts)
-    else:  # random, with the pairs of shared items last, so that they are the ones held out
-        order = pl.lit(pl.Series(np.random.default_rng(seed).random(train.height))) + (n_item >= 2).cast(pl.Float64)
+    # Random, with the pairs of shared items last, so that they are the ones held out.
+    order = pl.lit(pl.Series(np.random.default_rng(seed).random(train.height))) + (n_item >= 2).cast(pl.Float64)
     ranked = train.with_columns(_order=order).with_columns(
         _candidate=(n_user >= 2)
         & (pl.col("_order").rank("ordinal").over(Columns.user) > n_user - (n_user * share).floor().clip(1)),
@@ -392,6 +393,20 @@ def hold_out_labels(train: pl.DataFrame, *, share: float = 0.2, seed: int = 0) -
             "interaction (or only items nobody else has). Give a validation file (--valid) of held-out pairs."
         )
     return ranked.filter(~held).drop("_order", "_candidate"), labels
+
+
+def _hold_out_after_cut(train: pl.DataFrame, share: float) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(history before the cut, pairs first seen at or after it): the cut leaves `share` of the events after it."""
+    times = train[Columns.ts].sort()
+    cut = times[min(int((1 - share) * times.len()), times.len() - 1)]
+    history = train.filter(pl.col(Columns.ts) < cut)
+    if history.height == 0:
+        raise DataError(f"every training event is at or after the label cut {cut}: there is no history to learn from.")
+    later = train.filter(pl.col(Columns.ts) >= cut).select(_PAIR).unique()
+    labels = later.join(history, on=_PAIR, how="anti")
+    if labels.height == 0:
+        raise DataError(f"no new pair after the label cut {cut} for the ranker to learn from.")
+    return history, labels
 
 
 def split_validation(valid: pl.DataFrame, train: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from ranker.temporal import TimeFeatures
+
 FEATURE_NAMES = (
     "cf_score",
     "text_profile",
@@ -25,9 +27,18 @@ FEATURE_NAMES = (
     "user_activity",
     "title_words",
     "text_rank",
+    # From a time-ordered log (zero without times): the item's share of the events of the last 7, 14 and 28
+    # days, its age in days, the user's events in the last 7 days.
+    "recent_7d",
+    "recent_14d",
+    "recent_28d",
+    "item_age",
+    "user_recent",
 )
+# Item features read from the log, hidden (zero) when an item is presented as cold: a cold item has none.
+ITEM_LOG_FEATURES = ("log_popularity", "recent_7d", "recent_14d", "recent_28d", "item_age")
 # The features a user without training interactions has at zero (everything read from their history).
-USER_HISTORY_FEATURES = tuple(n for n in FEATURE_NAMES if n not in ("log_popularity", "as_cold", "title_words"))
+USER_HISTORY_FEATURES = tuple(n for n in FEATURE_NAMES if n not in (*ITEM_LOG_FEATURES, "as_cold", "title_words"))
 
 
 def _normalise_rows(matrix: np.ndarray) -> np.ndarray:
@@ -59,6 +70,8 @@ class RankerInputs:
     tfidf: sp.csr_array | None = None
     # Multi-hot (items x categories) of each item's categories (genres...); None when the data set has none.
     categories: sp.csr_array | None = None
+    # Recent popularity, item age and recent user activity as of the history's end; None for logs without times.
+    time: TimeFeatures | None = None
     # Derived: the normalised sum of each user's item vectors (zero for users without history).
     text_profiles: np.ndarray = field(init=False)
     tfidf_profiles: sp.csr_array | None = field(init=False)
@@ -79,6 +92,11 @@ class RankerInputs:
             raise ValueError(f"RankerInputs.tfidf has {self.tfidf.shape[0]} rows; history implies {n_items}.")
         if self.categories is not None and self.categories.shape[0] != n_items:
             raise ValueError(f"RankerInputs.categories has {self.categories.shape[0]} rows; history implies {n_items}.")
+        if self.time is not None and (self.time.recent.shape[0], self.time.user_recent.shape[0]) != (n_items, n_users):
+            raise ValueError(
+                f"RankerInputs.time covers {self.time.recent.shape[0]} items and {self.time.user_recent.shape[0]} "
+                f"users; history implies {n_items} and {n_users}."
+            )
         history = sp.csr_array((self.history > 0).astype(np.float32))
         object.__setattr__(self, "history", history)
         object.__setattr__(self, "text", _normalise_rows(np.asarray(self.text, dtype=np.float32)))
@@ -118,6 +136,10 @@ class RankerInputs:
             scores["tfidf"] = (self.tfidf_profiles[users] @ self.tfidf[pool].T).toarray()
         if not as_cold:
             scores["popularity"] = np.broadcast_to(np.log1p(self.popularity[pool]), (users.size, pool.size))
+            if self.time is not None:
+                # What the population rates now: the candidates a user without history is best served by.
+                scores["recent"] = np.broadcast_to(self.time.recent[pool, -1], (users.size, pool.size))
+                scores["recent_week"] = np.broadcast_to(self.time.recent[pool, 0], (users.size, pool.size))
         return scores
 
 
@@ -189,6 +211,12 @@ def pair_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, as
     activity = np.diff(inputs.history.indptr)
     out[:, column["user_activity"]] = np.log1p(activity[users])
     out[:, column["title_words"]] = inputs.title_words[items]
+    if inputs.time is not None:
+        shown = ~as_cold
+        for j, name in enumerate(("recent_7d", "recent_14d", "recent_28d")):
+            out[:, column[name]] = np.where(shown, np.log1p(inputs.time.recent[items, j]), 0.0)
+        out[:, column["item_age"]] = np.where(shown, inputs.time.age_days[items], 0.0)
+        out[:, column["user_recent"]] = np.log1p(inputs.time.user_recent[users])
 
     # Similarity to each history item: max and mean of the best three, computed user by user.
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])

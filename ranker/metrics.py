@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import polars as pl
 
 from catalog._columns import Columns, Segments
@@ -21,6 +22,7 @@ __all__ = [
     "aplt",
     "arp",
     "beyond_accuracy_metrics",
+    "bootstrap_difference",
     "coverage",
     "evaluate_ranking",
     "gini",
@@ -463,3 +465,24 @@ def evaluate_ranking(
         n_users=n_users,
     )
     return pl.concat([accuracy, beyond], how="vertical")
+
+
+def bootstrap_difference(
+    first: np.ndarray, second: np.ndarray, *, samples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean difference, lower, upper): a paired percentile bootstrap over users of mean(first - second).
+
+    `first[u]` and `second[u]` are two models' values of one metric for the same user u (e.g. per_user_accuracy's
+    ndcg column, users aligned); users are resampled with replacement `samples` times.
+    """
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    if first.shape != second.shape or first.ndim != 1 or first.size == 0:
+        raise MetricInputError(f"bootstrap_difference needs two equal 1-d arrays, got {first.shape} and {second.shape}")
+    if not 0 < level < 1:
+        raise MetricInputError(f"level must be in (0, 1), got {level}")
+    difference = first - second
+    draws = np.random.default_rng(seed).integers(difference.size, size=(samples, difference.size))
+    means = difference[draws].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(difference.mean()), float(low), float(high)

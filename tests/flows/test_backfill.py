@@ -77,8 +77,9 @@ def test_backfill_killed_midway_resumes_without_duplicates(
     assert interrupted["status"].to_list() == [FAILED] * interrupted.height
     metrics = store.metrics(completed_only=False)
     assert set(metrics["run_id"]) == set(completed["run_id"])
-    assert metrics.select("as_of", "segment", "metric", "k").is_duplicated().sum() == 0
+    assert metrics.select("as_of", "protocol", "segment", "metric", "k").is_duplicated().sum() == 0
     assert metrics.filter(pl.col("segment") == "overall")["as_of"].n_unique() == 2
+    assert metrics["protocol"].n_unique() == 4  # the product, popularity, recent popularity, tail-calibrated
     assert store.promotions().height == 2
     rows_after = metrics.height
 
@@ -101,8 +102,12 @@ def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml
     assert f"│ new     │ {new_items:>5,} │" in result.output
     store = MetricsStore.for_workspace(workspace, read_only=True)
     overall = store.metrics().filter((pl.col("segment") == "overall") & (pl.col("metric") == "recall"))
-    assert overall.height == 2  # 1997-09-20 + 90 d and + 180 d, each evaluated on the following window
+    product = overall.filter(pl.col("protocol") == "temporal")
+    assert product.height == 2  # 1997-09-20 + 90 d and + 180 d, each evaluated on the following window
     assert "recall@20 per segment" in result.output
+    # Every window's product and reference figures are printed, side by side.
+    assert "┃ product ┃ popularity ┃ recent_popularity ┃ tail_calibrated ┃" in result.output
+    assert overall.height == 8
     for value in overall["value"]:
         assert f"{value:.4f}" in result.output
     # The language model's budget: one new item per window described, its synthetic pairs scored against

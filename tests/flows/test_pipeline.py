@@ -72,26 +72,37 @@ def test_with_history_keeps_the_encoders_and_follows_the_new_history() -> None:
     assert (served.history != new).nnz == 0
 
 
-def test_holdout_plan_holds_out_each_users_latest_interactions() -> None:
-    # u1 has 5 events (the last one is held out: 5 * 0.8 = 4 kept), u2 has 1 (too few to hold any out).
+def test_holdout_plan_cuts_the_labels_at_one_time_for_every_user() -> None:
+    # Nine events; the latest 30% (the three of day 4) are the labels. u3 first appears on day 4: a user without
+    # history among the labels, as most users of a temporal test window are (issue 13: holding out each user's
+    # own latest events never showed the ranker such a user, and u1, who has no event on day 4, gets no label).
     train = pl.DataFrame(
         {
-            Columns.user: ["u1"] * 5 + ["u2"],
-            Columns.item: ["a", "b", "c", "d", "e", "a"],
-            Columns.ts: [T0 + timedelta(days=d) for d in (4, 0, 1, 2, 3, 0)],
+            Columns.user: ["u1", "u1", "u2", "u1", "u2", "u1", "u3", "u2", "u3"],
+            Columns.item: ["a", "b", "a", "c", "b", "d", "a", "e", "b"],
+            Columns.ts: [T0 + timedelta(days=d) for d in (0, 0, 1, 1, 2, 2, 4, 4, 4)],
         }
     )
-    test = pl.DataFrame({Columns.user: ["u2"], Columns.item: ["b"]})
+    test = pl.DataFrame({Columns.user: ["u2"], Columns.item: ["c"]})
     items = pl.DataFrame({Columns.item: list("abcde"), Columns.title: list("ABCDE")})
     split = frames_split(train, test, items, protocol="hybrid")
-    plan = holdout_plan(split, share=0.2, seed=0)
-    held = pl.concat([plan.fit_labels, plan.valid_labels]).sort(Columns.user)
-    assert held.rows() == [("u1", "a")]  # u1's latest event (day 4) is item a
-    assert plan.fit_history.select(Columns.user, Columns.item).sort(Columns.user, Columns.item).rows() == [
-        ("u1", "b"), ("u1", "c"), ("u1", "d"), ("u1", "e"), ("u2", "a")
-    ]  # fmt: skip
+    plan = holdout_plan(split, share=0.3, seed=0)
+    held = pl.concat([plan.fit_labels, plan.valid_labels]).sort(Columns.user, Columns.item)
+    assert held.rows() == [("u2", "e"), ("u3", "a"), ("u3", "b")]
+    assert plan.fit_history[Columns.ts].max() < T0 + timedelta(days=4)
+    assert "u3" not in plan.fit_history[Columns.user].to_list()
     assert plan.refit_for_serving
     assert plan.valid_pool.tolist() == list(range(5))
+
+
+def test_holdout_plan_without_times_holds_out_a_share_of_each_user() -> None:
+    train = pl.DataFrame({Columns.user: ["u1"] * 5 + ["u2"], Columns.item: ["a", "b", "c", "d", "e", "a"]})
+    test = pl.DataFrame({Columns.user: ["u2"], Columns.item: ["b"]})
+    items = pl.DataFrame({Columns.item: list("abcde"), Columns.title: list("ABCDE")})
+    plan = holdout_plan(frames_split(train, test, items, protocol="hybrid"), share=0.2, seed=0)
+    held = pl.concat([plan.fit_labels, plan.valid_labels])
+    assert held[Columns.user].to_list() == ["u1"]  # one of u1's five; u2 has too few to hold any out
+    assert plan.fit_history.height == 5
 
 
 def test_holdout_plan_with_validation_pairs_keeps_the_history_whole() -> None:

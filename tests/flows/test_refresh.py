@@ -30,6 +30,9 @@ def workspace(ml100k_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: py
     return root
 
 
+PRODUCT_AND_REFERENCE = ("temporal", "temporal:recent_popularity")
+
+
 def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace: Path) -> None:
     first = refresh(max_epochs=3, augment_limit=1, simulate=True)
     second = refresh(max_epochs=3, augment_limit=1, simulate=True)
@@ -39,15 +42,26 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     assert runs["status"].to_list() == ["completed", "completed"]
     assert set(runs["model_version"]) == {first["run_id"], second["run_id"]}
     promotions = store.promotions()
-    assert promotions["incumbent_version"].to_list() == [None, first["run_id"]]
-    # Same data, same seed: the candidate matches the incumbent on the same held-out data, so it passes the gate.
-    assert promotions["promoted"].to_list() == [True, True]
-    # (up to the last bits: the incumbent's booster went through LightGBM's text format)
-    assert second["promotion"]["candidate_metrics"] == pytest.approx(second["promotion"]["incumbent_metrics"])
-    assert Workspace(workspace).models.current("lightgbm") == second["run_id"]
     metrics = store.metrics().filter(pl.col("run_id") == first["run_id"])
+    ndcg = metrics.filter((pl.col("segment") == "overall") & (pl.col("metric") == "ndcg") & (pl.col("k") == 20))
+    product, reference = (ndcg.filter(pl.col("protocol") == p)["value"].item() for p in PRODUCT_AND_REFERENCE)
+    # Each candidate is held to recent popularity on the same held-out data; the reason says how it fared.
+    assert all("recent popularity" in reason for reason in promotions["reason"])
+    # Same data, same seed: the second candidate matches the first on the same held-out data, so only the
+    # reference line can refuse it, and it refuses both or neither.
+    beats = product >= reference
+    assert promotions["promoted"].to_list() == [beats, beats]
+    assert promotions["incumbent_version"].to_list() == [None, first["run_id"] if beats else None]
+    if beats:
+        # (up to the last bits: the incumbent's booster went through LightGBM's text format)
+        assert second["promotion"]["candidate_metrics"] == pytest.approx(second["promotion"]["incumbent_metrics"])
+        assert Workspace(workspace).models.current("lightgbm") == second["run_id"]
+    else:
+        assert Workspace(workspace).models.current("lightgbm") is None
     assert set(metrics["segment"]) >= {"overall", "head", "tail", "cold"}
-    assert metrics["protocol"].unique().to_list() == ["temporal"]
+    # The product's rows and, measured on the same split, the lines it must beat and its tail-calibrated variant.
+    lines = {"temporal", "temporal:popularity", "temporal:recent_popularity", "temporal:tail_calibrated"}
+    assert set(metrics["protocol"]) == lines
     augmentation = store.augmentation()
     assert augmentation["items_augmented"].to_list() == [1, 1]
     # The second run's description came from the generation cache.

@@ -41,7 +41,7 @@ def test_encode_writes_item_embeddings_and_reuses_the_cache(workspace: Path, cac
 
 def test_retrain_saves_versions_with_parent_and_metrics(warmstart: Callable[..., object], workspace: Path) -> None:
     for _ in range(2):
-        warmstart("retrain", "--k", "10", "-w", str(workspace))
+        warmstart("retrain", "--k", "10", "--no-reference-gate", "-w", str(workspace))
     versions = sorted((workspace / "models" / "lightgbm").iterdir())
     assert len(versions) == 2
     older, newer = (json.loads((v / "report.json").read_text()) for v in versions)
@@ -66,7 +66,7 @@ def test_retrain_without_data_says_what_to_run(tmp_path: Path) -> None:
 
 
 def test_retrain_deepfm_versions_apart_from_lightgbm(warmstart: Callable[..., object], workspace: Path) -> None:
-    args = ["retrain", "--k", "10", "-w", str(workspace)]
+    args = ["retrain", "--k", "10", "--no-reference-gate", "-w", str(workspace)]
     warmstart(*args, "--ranker", "deepfm")
     warmstart(*args, env={"WARMSTART_RANKER": "deepfm"})
     versions = sorted((workspace / "models" / "deepfm").iterdir())

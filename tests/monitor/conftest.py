@@ -33,6 +33,9 @@ def _metrics(point: int) -> pl.DataFrame:
         rows.append(("temporal", segment, "recall", 10, values[point] / 3))
     for metric, value in {"coverage": 0.25, "gini": 0.9, "aplt": 0.05, "novelty": 5.0}.items():
         rows.append(("temporal", "overall", metric, 20, value + point / 100))
+    # A reference line recorded beside the product on the same split.
+    rows.append(("temporal:popularity", "overall", "recall", 20, 0.10))
+    rows.append(("temporal:popularity", "overall", "ndcg", 20, 0.05))
     return pl.DataFrame(rows, schema=["protocol", "segment", "metric", "k", "value"], orient="row")
 
 

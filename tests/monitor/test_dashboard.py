@@ -18,6 +18,8 @@ from monitor.views import (
     augmentation_over_time,
     cold_to_warm,
     current_segments,
+    filter_choices,
+    lines_over_time,
     runs_and_promotions,
 )
 
@@ -45,6 +47,18 @@ def test_views_filter_by_segment_k_and_time(fixture_store: Path) -> None:
     ] == pytest.approx(0.07)
 
 
+def test_lines_beside_the_product_and_protocol_choices(fixture_store: Path) -> None:
+    frames = _frames(fixture_store)
+    # The popularity line is drawn with the product's protocol, not offered as a protocol of its own.
+    assert filter_choices(frames.metrics)["protocol"] == ["temporal"]
+    lines = lines_over_time(frames.metrics, ALL)
+    assert set(lines["line"]) == {"product", "popularity"}
+    recall = lines.filter(pl.col("metric") == "recall").pivot(on="line", index="as_of", values="value")
+    assert recall["product"].to_list() == [0.11, 0.12, 0.13] and recall["popularity"].to_list() == [0.10] * 3
+    # The product's own accuracy rows leave the reference out.
+    assert accuracy_over_time(frames.metrics, ALL).filter(pl.col("segment") == "overall").height == 6
+
+
 def test_views_of_segments_augmentation_and_runs(fixture_store: Path) -> None:
     frames = _frames(fixture_store)
     assert current_segments(frames.segment_counts).filter(pl.col("segment") == "cold")["count"].item() == 98
@@ -67,6 +81,7 @@ def test_page_shows_every_section_of_the_fixture(fixture_store: Path, monkeypatc
     headers = [header.value for header in app.main.header]
     assert headers == [
         "Accuracy per segment",
+        "The product beside popularity",
         "Beyond accuracy",
         "Segments",
         "Language-model augmentation",

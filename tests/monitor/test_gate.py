@@ -42,3 +42,29 @@ def test_gate_metrics_are_configurable() -> None:
     assert gate_values(_frame(0.1, 0.1), config) == {"overall/ndcg@10": 0.9}
     with pytest.raises(ValueError, match="SEGMENT/METRIC@K"):
         GateMetric.parse("ndcg20")
+
+
+def test_a_candidate_that_loses_to_the_reference_line_is_refused() -> None:
+    # No incumbent, but recent popularity ranks the same held-out data better: serving the model would hurt.
+    refused = decide(_frame(0.10, 0.05), None, GateConfig(), reference=_frame(0.12, 0.0))
+    assert not refused.promoted
+    assert refused.reason == "loses to recent popularity: overall/ndcg@20 0.1000 < recent popularity's 0.1200"
+    assert refused.reference == {"overall/ndcg@20": 0.12}
+    # Both refusals are said when both apply.
+    both = decide(_frame(0.10, 0.01), _frame(0.10, 0.05), GateConfig(), reference=_frame(0.12, 0.0))
+    assert not both.promoted and "loses to recent popularity" in both.reason and "regressed" in both.reason
+    # Level with the reference is not losing; the reason says what was checked.
+    level = decide(_frame(0.12, 0.05), _frame(0.12, 0.05), GateConfig(), reference=_frame(0.12, 0.0))
+    assert level.promoted
+    assert level.reason.endswith("beats recent popularity (overall/ndcg@20 0.1200 >= 0.1200)")
+
+
+def test_reference_rows_in_a_runs_metrics_are_not_the_products() -> None:
+    # A run's recorded metrics hold its reference lines too (protocol 'temporal:...'): the gate reads the product.
+    product = _frame(0.10, 0.05).with_columns(protocol=pl.lit("temporal"))
+    recorded = pl.concat([_frame(0.50, 0.50).with_columns(protocol=pl.lit("temporal:popularity")), product])
+    assert gate_values(recorded, GateConfig()) == {"overall/ndcg@20": 0.10, "cold/recall@20": 0.05}
+    # ...and the reference is read from its own rows, as the flows hand them over.
+    reference = _frame(0.12, 0.0).with_columns(protocol=pl.lit("temporal:recent_popularity"))
+    refused = decide(product, None, GateConfig(), reference=reference)
+    assert not refused.promoted and refused.reference == {"overall/ndcg@20": 0.12}

@@ -19,6 +19,8 @@ def test_history_prints_runs_and_trends(fixture_store: Path) -> None:
     assert "recall@20 per segment" in result.output
     assert "0.0430" in result.output  # cold recall@20 of the last point
     assert "0.2300" in result.output  # head recall@20 of the last point
+    assert "┃ product ┃ popularity ┃" in result.output  # the lines side by side: 0.13 and 0.10 at the last point
+    assert "0.1300" in result.output and "0.1000" in result.output
 
 
 def test_history_writes_json(fixture_store: Path, tmp_path: Path) -> None:
@@ -27,7 +29,7 @@ def test_history_writes_json(fixture_store: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert [run["run_id"] for run in payload["runs"]] == ["run-1", "run-2", "run-3"]
-    assert len(payload["metrics"]) == 3 * 16
+    assert len(payload["metrics"]) == 3 * (16 + 2)  # 16 product rows and 2 of popularity per run
     assert {"run_id", "as_of", "protocol", "segment", "metric", "k", "value"} <= set(payload["metrics"][0])
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import numpy as np
 import polars as pl
 import pytest
 import scipy.sparse as sp
 
 from catalog import Columns, ConfigError, NotFittedError
-from ranker.baselines import ContentKNNScorer, PopularityScorer, RandomScorer, tfidf_item_vectors
+from ranker.baselines import (
+    ContentKNNScorer,
+    PopularityScorer,
+    RandomScorer,
+    RecentPopularityScorer,
+    tfidf_item_vectors,
+)
 from ranker.evaluate import EvalIndex
 
 USER, ITEM = Columns.user, Columns.item
@@ -28,6 +36,24 @@ def test_popularity_ranks_the_most_popular_first() -> None:
     assert scores.dtype == np.float32
     assert scores.tolist() == [[1.0, 3.0, 2.0], [1.0, 3.0, 2.0]]
     assert model(np.array([1]), np.array([2, 0])).tolist() == [[2.0, 1.0]]
+
+
+def test_recent_popularity_counts_the_last_days_and_breaks_ties_by_all_time_counts() -> None:
+    index = EvalIndex(pl.Series(["u0", "u1", "u2"]), pl.Series(["a", "b", "c"]))
+    day = datetime(2024, 1, 31, tzinfo=UTC)
+    rows = [("u0", "a", 30), ("u1", "a", 29), ("u2", "a", 20), ("u0", "b", 1), ("u1", "c", 2), ("u2", "c", 25)]
+    train = pl.DataFrame(
+        {USER: [r[0] for r in rows], ITEM: [r[1] for r in rows], Columns.ts: [day - timedelta(days=r[2]) for r in rows]}
+    )
+    # In the 7 days before the latest event (1 day ago): b once, c once, a never; c has more overall: c > b > a.
+    scores = RecentPopularityScorer(days=7).fit(train, index)(np.array([0]), np.array([0, 1, 2]))[0]
+    assert scores.argsort().tolist() == [0, 1, 2]
+    assert np.floor(scores).tolist() == [0, 1, 1]
+    # Over the 28 days before the latest event (1 day ago): a once (20; 29 and 30 are out), b once, c twice.
+    wide = RecentPopularityScorer(days=28).fit(train, index)(np.array([0]), np.array([0, 1, 2]))[0]
+    assert np.floor(wide).tolist() == [1, 1, 2]
+    with pytest.raises(ConfigError, match="ts"):
+        RecentPopularityScorer().fit(train.drop(Columns.ts), index)
 
 
 def test_unfitted_models_say_call_fit() -> None:

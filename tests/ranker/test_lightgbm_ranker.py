@@ -83,6 +83,27 @@ def test_users_shown_as_cold_teach_item_only_ranking(slice_inputs: tuple, tasks:
     assert not np.allclose([first[i] for i in shared], [second[i] for i in shared])
 
 
+def test_cold_slots_give_the_best_cold_items_places_in_the_top_k(slice_inputs: tuple, tasks: tuple) -> None:
+    inputs, _ = slice_inputs
+    train, valid, _ = tasks
+    config = CONFIG.model_copy(update={"cold_share": 0.0, "eval_k": 10})
+    plain = LightGBMRanker(config).fit(inputs, train, valid)
+    slotted = LightGBMRanker(config.model_copy(update={"cold_slots": 3}))
+    slotted._booster, slotted.metadata = plain.booster, plain.metadata
+    users, items = np.arange(40), np.arange(inputs.n_items)
+    before, after = plain.scorer(inputs)(users, items), slotted.scorer(inputs)(users, items)
+    cold = inputs.is_cold
+    for row in range(users.size):
+        finite_cold = np.isfinite(before[row]) & cold
+        top_before = set(np.argsort(-before[row], kind="stable")[:10].tolist())
+        top_after = np.argsort(-after[row], kind="stable")[:10]
+        assert cold[top_after].sum() >= min(3, finite_cold.sum())
+        # Only cold items come in; the warm items kept are the best of those scored before.
+        assert set(top_after[~cold[top_after]].tolist()) <= top_before
+        if cold[list(top_before)].sum() >= 3:
+            assert set(top_after.tolist()) == top_before
+
+
 @pytest.fixture(scope="module")
 def fitted(slice_inputs: tuple, tasks: tuple) -> LightGBMRanker:
     inputs, _ = slice_inputs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from ranker.metrics import (
     aplt,
     arp,
     beyond_accuracy_metrics,
+    bootstrap_difference,
     coverage,
     evaluate_ranking,
     gini,
@@ -409,3 +411,18 @@ def test_ndcg_is_one_when_the_top_list_is_the_positives(positives: list[str], k:
     row = per_user_accuracy(recs, truth_of({"u": positives}), k).row(0, named=True)
     assert row["ndcg"] == pytest.approx(1.0)
     assert row["recall"] == pytest.approx(min(k, len(positives)) / len(positives))
+
+
+def test_bootstrap_difference_brackets_the_mean_and_tightens_with_agreement() -> None:
+    rng = np.random.default_rng(1)
+    first = rng.random(400)
+    # A constant shift: every resample has the same mean difference, so the interval is that point.
+    mean, low, high = bootstrap_difference(first + 0.1, first)
+    assert mean == pytest.approx(0.1) and low == pytest.approx(0.1) and high == pytest.approx(0.1)
+    # Noisy differences around 0.05: the interval holds the mean, excludes 0 here, and is seeded.
+    second = first - 0.05 + rng.normal(0, 0.1, 400)
+    mean, low, high = bootstrap_difference(first, second)
+    assert low < mean < high and low > 0
+    assert bootstrap_difference(first, second) == (mean, low, high)
+    with pytest.raises(MetricInputError, match="equal 1-d"):
+        bootstrap_difference(first, second[:10])
