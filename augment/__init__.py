@@ -17,7 +17,17 @@ from augment._augment import (
     profile_users,
     simulate_interactions,
 )
-from augment._backends import SMOLLM2_NAME, Backend, Generation, HttpBackend, LocalBackend, convert_smollm2
+from augment._backends import (
+    PRECISIONS,
+    SMOLLM2_NAME,
+    Backend,
+    Generation,
+    HttpBackend,
+    LocalBackend,
+    Precision,
+    convert_smollm2,
+    smollm2_name,
+)
 from augment._cache import GenerationCache, input_hash
 from augment._prompts import (
     INTERACTION_JUDGE,
@@ -37,6 +47,7 @@ __all__ = [
     "DESCRIPTION",
     "INTERACTION_JUDGE",
     "ITEM_DESCRIPTION",
+    "PRECISIONS",
     "PROFILE",
     "PROMPTS",
     "SIMILARITY",
@@ -52,6 +63,7 @@ __all__ = [
     "LocalBackend",
     "Messages",
     "OutputRules",
+    "Precision",
     "PromptTemplate",
     "candidate_users",
     "clean_field",
@@ -64,6 +76,7 @@ __all__ = [
     "profile_users",
     "rejection_reason",
     "simulate_interactions",
+    "smollm2_name",
     "tidy",
     "user_profile_messages",
 ]

@@ -63,14 +63,21 @@ class AugmentStats:
 
 
 def _progress(enabled: bool) -> Progress:
+    """A bar with count, model speed (the `speed` field, see `_speed`) and ETA."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]}"),
         TimeRemainingColumn(),
         disable=not enabled,
         transient=True,
     )
+
+
+def _speed(tokens: int, started: float) -> str:
+    """Tokens per second since `started`: the figure that says whether the language model runs at its speed."""
+    return f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tokens/s"
 
 
 def _generate_validated(
@@ -103,7 +110,7 @@ def _generate_validated(
         else:
             pending.append(index)
     with _progress(show_progress) as progress:
-        task = progress.add_task(f"{label} ({backend.model_name})", total=len(pending))
+        task = progress.add_task(f"{label} ({backend.model_name})", total=len(pending), speed="")
         for start in range(0, len(pending), chunk):
             todo = pending[start : start + chunk]
             for attempt in range(max_attempts):
@@ -137,7 +144,7 @@ def _generate_validated(
                         retry.append(index)
                 todo = retry
             stats.rejected += len(todo)
-            progress.advance(task, len(pending[start : start + chunk]))
+            progress.update(task, advance=len(pending[start : start + chunk]), speed=_speed(stats.tokens, started))
     stats.reasons = dict(reasons)
     stats.seconds = round(time.perf_counter() - started, 3)
     return results, stats
@@ -364,21 +371,31 @@ def judge_pairs(
             pending.append(index)
     tokens_before = backend.prompt_tokens if isinstance(backend, LocalBackend) else 0
     with _progress(show_progress) as progress:
-        task = progress.add_task(f"judging pairs ({backend.model_name})", total=len(pending))
-        for start in range(0, len(pending), chunk):
-            todo = pending[start : start + chunk]
+        task = progress.add_task(f"judging pairs ({backend.model_name})", total=len(pending), speed="")
+        for todo in _whole_users(pending, [row[Columns.user] for row in rows], chunk):
             probabilities = backend.yes_probability([prompts[i] for i in todo])
             for index, probability in zip(todo, probabilities, strict=True):
                 scores[index] = float(probability)
                 cache.put(backend.model_name, template.id, digests[index], float(probability))
             stats.generated += len(todo)
-            progress.advance(task, len(todo))
-    if isinstance(backend, LocalBackend):
-        stats.tokens = backend.prompt_tokens - tokens_before
+            if isinstance(backend, LocalBackend):
+                stats.tokens = backend.prompt_tokens - tokens_before
+            progress.update(task, advance=len(todo), speed=_speed(stats.tokens, started))
     stats.seconds = round(time.perf_counter() - started, 3)
     scored = frame.select("_pair").with_columns(pl.Series(Columns.score, scores, dtype=pl.Float64))
     result = pairs.with_row_index("_pair").join(scored, on="_pair", how="left").sort("_pair").drop("_pair")
     return result, stats
+
+
+def _whole_users(pending: list[int], users: Sequence[str], chunk: int) -> list[list[int]]:
+    """`pending` (ordered by user) cut into chunks of about `chunk` pairs that never split a user's pairs, so
+    that a backend reusing the prompt prefix computes each user's history once."""
+    chunks: list[list[int]] = [[]]
+    for position, index in enumerate(pending):
+        if len(chunks[-1]) >= chunk and users[index] != users[pending[position - 1]]:
+            chunks.append([])
+        chunks[-1].append(index)
+    return [todo for todo in chunks if todo]
 
 
 def simulate_interactions(
