@@ -330,10 +330,11 @@ class LocalBackend:
             if groups:
                 shared, members = groups[-1]
                 joined = min(_common_length(rendered[members[-1]], row), shared, len(row) - 1)
-                if cost(joined, [*members, index]) <= cost(shared, members) + len(row) - common:
+                if cost(joined, [*members, index]) < cost(shared, members) + len(row) - common:
                     groups[-1] = (joined, [*members, index])
                     continue
             groups.append((len(row) - 1, [index]))
+        # (a group shares more than the common prefix: joining on the common prefix alone saves nothing)
         return common, [(shared if len(members) > 1 else common, members) for shared, members in groups]
 
     def yes_probability(self, prompts: Sequence[Messages]) -> np.ndarray:
