@@ -51,3 +51,38 @@ def test_next_token_logprobs_are_sorted_log_probabilities(local_llm: LocalBacken
     (top,) = local_llm.next_token_logprobs([judge_messages(HISTORY, CANDIDATES[0])], 5)
     values = [value for _, value in top]
     assert len(top) == 5 and values == sorted(values, reverse=True) and all(v <= 0 for v in values)
+
+
+OTHER = ["Bird song learning in zebra finches", "Owl hearing and sound localisation", "Latent Dirichlet allocation"]
+
+
+def test_prefix_reuse_matches_no_reuse_whatever_the_order(local_llm: LocalBackend) -> None:
+    # two users with four candidates each (one candidate shared) and a user with one; pairs in any order
+    prompts = [judge_messages(h, c) for h in (HISTORY, OTHER) for c in [*CANDIDATES, "Owls"]]
+    prompts.append(judge_messages(["Bird song"], "Owls"))
+    local_llm.reuse_prefix = False
+    before = local_llm.prompt_tokens
+    plain = local_llm.yes_probability(prompts)
+    plain_tokens = local_llm.prompt_tokens - before
+    local_llm.reuse_prefix = True
+    try:
+        for seed, batch_size in ((0, 8), (1, 2)):  # batch 2 splits users' candidates and groups over batches
+            local_llm.batch_size = batch_size
+            order = np.random.default_rng(seed).permutation(len(prompts))
+            before = local_llm.prompt_tokens
+            shuffled = local_llm.yes_probability([prompts[i] for i in order])[np.argsort(order)]
+            np.testing.assert_allclose(shuffled, plain, atol=1e-4)
+            # each history ran once: well under half the tokens of running every prompt whole
+            assert local_llm.prompt_tokens - before < plain_tokens / 2
+    finally:
+        local_llm.batch_size = 8
+
+
+def test_one_users_prompts_alone_and_a_single_prompt(local_llm: LocalBackend) -> None:
+    prompts = [judge_messages(HISTORY, c) for c in CANDIDATES]
+    local_llm.reuse_prefix = False
+    plain = local_llm.yes_probability(prompts)
+    local_llm.reuse_prefix = True
+    np.testing.assert_allclose(local_llm.yes_probability(prompts), plain, atol=1e-4)
+    np.testing.assert_allclose(local_llm.yes_probability(prompts[:1]), plain[:1], atol=1e-4)
+    assert local_llm.yes_probability([]).shape == (0,)
