@@ -55,7 +55,12 @@ def make_backend(settings: WarmstartSettings) -> Backend:
             retries=settings.llm_retries,
             concurrency=settings.llm_concurrency,
         )
-    return LocalBackend.smollm2(settings.cache_dir, batch_size=settings.llm_batch_size, threads=settings.llm_threads)
+    return LocalBackend.smollm2(
+        settings.cache_dir,
+        batch_size=settings.llm_batch_size,
+        threads=settings.llm_threads,
+        precision=settings.llm_precision,
+    )
 
 
 def generation_cache(cache_dir: Path) -> GenerationCache:
