@@ -31,6 +31,7 @@ from augment import (
     describe_items,
     profile_users,
     simulate_interactions,
+    smollm2_name,
 )
 from catalog import Columns, ConfigError, Segments, Workspace, WorkspaceError
 from flows.settings import WarmstartSettings
@@ -61,6 +62,13 @@ def make_backend(settings: WarmstartSettings) -> Backend:
         threads=settings.llm_threads,
         precision=settings.llm_precision,
     )
+
+
+def backend_label(settings: WarmstartSettings) -> str:
+    """What runs the language model, as the metrics store records it: kind, precision and model."""
+    if settings.llm_backend == "http":
+        return f"http:{settings.llm_model}"
+    return f"local/{settings.llm_precision}:{smollm2_name(settings.llm_precision)}"
 
 
 def generation_cache(cache_dir: Path) -> GenerationCache:

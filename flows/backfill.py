@@ -30,6 +30,7 @@ from catalog import (
     summarize_segments,
 )
 from flows import steps, tasks
+from flows.augmentation import backend_label
 from flows.refresh import augmentation_row
 from flows.settings import WarmstartSettings
 from monitor import GateConfig, GateMetric, MetricsStore, RunRecord
@@ -95,7 +96,7 @@ def augment_window(
     scratch.write("segments", segments, run_id=run_id, source="backfill")
     described = tasks.describe(scratch.root, settings, run_id, ("new",), limit)
     simulated = tasks.simulate(scratch.root, settings, run_id, ("new",), limit)
-    row = augmentation_row(described, {}, simulated)
+    row = augmentation_row(described, {}, simulated, backend_label(settings))
     if scratch.exists("synthetic_interactions"):
         synthetic = scratch.read("synthetic_interactions").select(Columns.user, Columns.item).unique()
         later = dataset.interactions.filter(

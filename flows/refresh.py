@@ -21,15 +21,19 @@ from prefect import flow, get_run_logger, unmapped
 
 from catalog import Columns, Workspace, new_run_id, segment_counts, segment_transitions
 from flows import steps, tasks
+from flows.augmentation import backend_label
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings
 from monitor import COMPLETED, GateConfig, GateMetric, MetricsStore, RunRecord
 
 
-def augmentation_row(described: dict[str, Any], profiled: dict[str, Any], simulated: dict[str, Any]) -> dict:
-    """The metrics-store row of one run's augmentation reports."""
+def augmentation_row(
+    described: dict[str, Any], profiled: dict[str, Any], simulated: dict[str, Any], backend: str | None = None
+) -> dict:
+    """The metrics-store row of one run's augmentation reports (`backend`: what ran them, see backend_label)."""
     reports = (described, profiled, simulated)
     return {
+        "backend": backend,
         "items_augmented": int(described.get("generated", 0)) + int(described.get("cached", 0)),
         "users_augmented": int(profiled.get("generated", 0)) + int(profiled.get("cached", 0)),
         "synthetic_rows": int(simulated.get("synthetic_rows", 0)),
@@ -54,7 +58,7 @@ def _augment(space: Workspace, run_id: str, settings: WarmstartSettings, limit: 
     profiled = tasks.profile.submit(space.root, settings, run_id, ("new", "sparse"), limit)
     descriptions = described.result()
     simulated = tasks.simulate(space.root, settings, run_id, ("cold",), limit) if simulate else {}
-    return augmentation_row(descriptions, profiled.result(), simulated)
+    return augmentation_row(descriptions, profiled.result(), simulated, backend_label(settings))
 
 
 def _batches(values: list[str], size: int) -> list[list[str]]:
@@ -122,7 +126,7 @@ def augment_new(workspace: Path | None = None, limit: int = 16, batch: int = 8) 
         counts, moves = _detect_and_count(space, run_id, settings)
         described = describe_in_batches(space, settings, run_id, ("new", "cold", "sparse"), limit, batch)
         profiled = tasks.profile(space.root, settings, run_id, ("new", "sparse"), limit)
-        augmentation = augmentation_row(described, profiled, {})
+        augmentation = augmentation_row(described, profiled, {}, backend_label(settings))
     except Exception as error:
         store.fail_run(run_id, error)
         raise
