@@ -221,6 +221,17 @@ class LocalBackend:
         text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def count_tokens(self, prompts: Sequence[Messages], *, shared_prefix: bool = False) -> int:
+        """Tokens the model reads for `prompts`: whole, or as `yes_probability` runs them (`shared_prefix`)."""
+        rendered = [self._render(prompt) for prompt in prompts]
+        if not shared_prefix or not rendered:
+            return sum(len(row) for row in rendered)
+        common, groups = self._plan(rendered)
+        return common + sum(
+            (shared - common if len(members) > 1 else 0) + sum(len(rendered[m]) - shared for m in members)
+            for shared, members in groups
+        )
+
     def _left_padded(self, rows: Sequence[list[int]]) -> tuple[Any, Any]:
         import torch
 

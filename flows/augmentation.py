@@ -29,6 +29,10 @@ from augment import (
     LocalBackend,
     candidate_users,
     describe_items,
+    description_prompts,
+    estimate_cost,
+    judge_prompts,
+    profile_prompts,
     profile_users,
     simulate_interactions,
     smollm2_name,
@@ -201,29 +205,12 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
-def simulate_step(
-    workspace: Workspace,
-    backend: Backend,
-    *,
-    cache_dir: Path,
-    run_id: str,
-    segments: Sequence[str] = (Segments.cold,),
-    limit: int | None = None,
-    top_m: int = 20,
-    keep_top: int = 5,
-    min_score: float = 0.0,
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Synthetic interactions for the items of `segments` into the `synthetic_interactions` table.
-
-    Candidate users: the `top_m` users whose mean MiniLM title embedding (over their real interactions) is
-    most similar to the item's; the LLM judge keeps `keep_top` per item. Items use their LLM description
-    in the judge prompt when `item_descriptions` has one.
-    """
+def _simulation_inputs(
+    workspace: Workspace, ids: Sequence[str], cache_dir: Path, top_m: int, show_progress: bool
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(candidate pairs, the items to judge, the candidates' histories) of a simulation over the items `ids`."""
     from encoders import EmbeddingCache, encode_texts, item_text  # torch loads only for this step
 
-    started = time.perf_counter()
-    ids = segment_ids(workspace, "item", segments, limit)
     items = workspace.read("items")
     interactions = workspace.read("interactions").select(Columns.user, Columns.item).unique()
     embeddings = EmbeddingCache(Path(cache_dir) / "embeddings")
@@ -247,10 +234,35 @@ def simulate_step(
     if workspace.exists(ITEM_DESCRIPTIONS):
         described = workspace.read(ITEM_DESCRIPTIONS).select(Columns.item, DESCRIPTION)
         judged_items = judged_items.join(described, on=Columns.item, how="left")
+    return candidates, judged_items, user_histories(workspace, candidates[Columns.user].unique().to_list())
+
+
+def simulate_step(
+    workspace: Workspace,
+    backend: Backend,
+    *,
+    cache_dir: Path,
+    run_id: str,
+    segments: Sequence[str] = (Segments.cold,),
+    limit: int | None = None,
+    top_m: int = 20,
+    keep_top: int = 5,
+    min_score: float = 0.0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Synthetic interactions for the items of `segments` into the `synthetic_interactions` table.
+
+    Candidate users: the `top_m` users whose mean MiniLM title embedding (over their real interactions) is
+    most similar to the item's; the LLM judge keeps `keep_top` per item. Items use their LLM description
+    in the judge prompt when `item_descriptions` has one.
+    """
+    started = time.perf_counter()
+    ids = segment_ids(workspace, "item", segments, limit)
+    candidates, judged_items, histories = _simulation_inputs(workspace, ids, cache_dir, top_m, show_progress)
     frame, stats = simulate_interactions(
         candidates,
         judged_items,
-        user_histories(workspace, candidates[Columns.user].unique().to_list()),
+        histories,
         backend,
         generation_cache(cache_dir),
         run_id=run_id,
@@ -271,6 +283,63 @@ def simulate_step(
     } | report
     workspace.write(SYNTHETIC_INTERACTIONS, table, run_id=run_id, source="augment.simulate", parameters=parameters)
     return report
+
+
+STEP_TABLES = {"describe": ITEM_DESCRIPTIONS, "profile": USER_PROFILES, "simulate": SYNTHETIC_INTERACTIONS}
+
+
+def recorded_speed(workspace: Workspace, step: str, model: str) -> float | None:
+    """Tokens per second of `model` over the workspace's earlier runs of `step` that ran it (provenance), or
+    None when there are none: new tokens for describe and profile, prompt tokens read for simulate."""
+    runs = [
+        record["parameters"]
+        for record in workspace.history()
+        if record.get("table") == STEP_TABLES[step]
+        and record.get("parameters", {}).get("model") == model
+        and record["parameters"].get("generated", 0) > 0
+    ]
+    seconds = sum(float(run.get("seconds", 0.0)) for run in runs)
+    return sum(int(run.get("tokens", 0)) for run in runs) / seconds if seconds > 0 else None
+
+
+def estimate_step(
+    step: str,
+    workspace: Workspace,
+    backend: Backend,
+    *,
+    cache_dir: Path,
+    segments: Sequence[str] | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 96,
+    top_m: int = 20,
+) -> dict[str, Any]:
+    """What `step` (describe, profile or simulate, with that step's default segments) would cost now, without
+    running the model: prompts, cached, prompt tokens, at most new tokens, and seconds at the speed the model
+    showed in this workspace's earlier runs of the step (None when it has none)."""
+    cache = generation_cache(cache_dir)
+    if step == "describe":
+        ids = segment_ids(workspace, "item", segments or (Segments.cold, Segments.sparse), limit)
+        items = workspace.read("items").filter(pl.col(Columns.item).is_in(ids))
+        prompts, template, new = description_prompts(items), ITEM_DESCRIPTION, max_new_tokens
+    elif step == "profile":
+        ids = segment_ids(workspace, "user", segments or (Segments.sparse,), limit)
+        prompts, template, new = profile_prompts(user_histories(workspace, ids)), USER_PROFILE, 80
+    else:
+        ids = segment_ids(workspace, "item", segments or (Segments.cold,), limit)
+        candidates, items, histories = _simulation_inputs(workspace, ids, cache_dir, top_m, False)
+        prompts, template, new = judge_prompts(candidates, items, histories), INTERACTION_JUDGE, 0
+    cost = estimate_cost(prompts, backend, cache, template, max_new_tokens=new, shared_prefix=step == "simulate")
+    speed = recorded_speed(workspace, step, backend.model_name)
+    tokens = cost.prompt_tokens if step == "simulate" else cost.max_new_tokens
+    return {
+        "step": step,
+        "prompts": cost.prompts,
+        "cached": cost.cached,
+        "prompt_tokens": cost.prompt_tokens,
+        "max_new_tokens": cost.max_new_tokens,
+        "recorded_tokens_per_s": round(speed, 1) if speed else None,
+        "estimated_seconds": round(tokens / speed, 1) if speed else None,
+    }
 
 
 def with_descriptions(items: pl.DataFrame, descriptions: pl.DataFrame) -> pl.DataFrame:

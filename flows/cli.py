@@ -524,6 +524,9 @@ def augment(
     limit: Annotated[int | None, typer.Option(min=1, help="At most this many entities per step.")] = None,
     simulate: Annotated[bool, typer.Option(help="Simulate interactions for the items.")] = True,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the run's counts as JSON here.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print the prompts, tokens and time the run would take.")
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Write LLM item descriptions, user profiles and synthetic interactions for cold and sparse segments.
@@ -539,6 +542,16 @@ def augment(
     augmentation.segment_ids(space, "item", segment or ())  # checks segments and detection before loading a model
     with console.status(f"loading the {settings.llm_backend} language model..."):
         backend = augmentation.make_backend(settings)
+    if dry_run:
+        names = [*(["describe"] if do_items else []), *(["simulate"] if do_items and simulate else [])]
+        names += ["profile"] if do_users else []
+        options = {"cache_dir": settings.cache_dir, "segments": segment, "limit": limit}
+        rows = [
+            augmentation.estimate_step(name, space, backend, max_new_tokens=settings.llm_max_new_tokens, **options)
+            for name in names
+        ]
+        _print_frame(pl.DataFrame(rows), f"augment --dry-run (model {backend.model_name}): nothing generated")
+        return
     run_id = new_run_id()
     common = {"cache_dir": settings.cache_dir, "run_id": run_id, "limit": limit}
     chosen = {"segments": segment} if segment else {}
