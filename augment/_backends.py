@@ -146,7 +146,8 @@ class LocalBackend:
     P(yes) by up to 0.55 (docs/benchmarks.md). Attention is PyTorch's SDPA; `device` "auto" takes a CUDA GPU
     when there is one.
 
-    Batches are left-padded and sorted by length; greedy decoding is deterministic, sampling is seeded.
+    Batches are left-padded and sorted by length; greedy decoding is deterministic, sampling is seeded; the
+    prefix all prompts of a `generate` call share runs once (`reuse_prefix`).
     `yes_probability` sorts the prompts so that those sharing a prefix are adjacent, computes the prefix all
     prompts share once, then each group's shared part (a user's history) once per group, and runs every
     candidate of a group in batches over that cache, reading only the last position's logits
@@ -247,18 +248,31 @@ class LocalBackend:
         import torch
 
         rendered = [self._render(prompt) for prompt in prompts]
-        order = np.argsort([len(row) for row in rendered], kind="stable")
         results: list[Generation | None] = [None] * len(rendered)
+        if not rendered:
+            return []
+        # the prefix every prompt shares (system prompt, the data block's opening) runs once, as a cache that
+        # each batch continues from; the rest of each prompt is left-padded after it
+        common = min(_common_length(rendered[0], row) for row in rendered) if self.reuse_prefix else 0
+        common = min(common, min(len(row) for row in rendered) - 1)
+        base = self._extend([rendered[0][:common]], None, count=False)[1] if common > 0 else None
+        order = np.argsort([len(row) for row in rendered], kind="stable")
         eos = self.tokenizer.eos_token_id  # the chat template's end of turn (<|im_end|>): generation stops there
         for start in range(0, len(order), self.batch_size):
             chosen = order[start : start + self.batch_size]
-            ids, mask = self._left_padded([rendered[i] for i in chosen])
+            ids, mask = self._left_padded([rendered[i][common:] for i in chosen])
+            cache = None
+            if base is not None:
+                cache = base.select([0] * len(chosen)).cache
+                ids = torch.cat([torch.tensor([rendered[0][:common]]).expand(len(chosen), -1), ids], dim=1)
+                mask = torch.cat([torch.ones(len(chosen), common, dtype=mask.dtype), mask], dim=1)
             torch.manual_seed(seed)
             sampling = {"temperature": temperature, "top_p": 0.95} if temperature > 0 else {}
             with torch.inference_mode():
                 output = self.model.generate(
                     input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
+                    attention_mask=mask.to(self.device),  # positions follow the mask: pads take none
+                    cache=cache,
                     max_new_tokens=max_new_tokens,
                     repetition_penalty=self.repetition_penalty,
                     pad_token_id=self.tokenizer.pad_token_id,
@@ -292,7 +306,7 @@ class LocalBackend:
             for row_i, row_v in zip(indices.tolist(), values.tolist(), strict=True)
         ]
 
-    def _extend(self, rows: Sequence[list[int]], prefix: _Prefix | None) -> tuple[Any, _Prefix]:
+    def _extend(self, rows: Sequence[list[int]], prefix: _Prefix | None, *, count: bool = True) -> tuple[Any, _Prefix]:
         """Run left-padded `rows` after `prefix` (one prefix row per row; consumed): the next-token logits after
         each row, computed at the last position only, and the key/value cache of prefix + rows."""
         import torch
@@ -314,7 +328,7 @@ class LocalBackend:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        self.prompt_tokens += int(mask.sum())
+        self.prompt_tokens += int(mask.sum()) if count else 0
         return output.logits[:, -1, :], _Prefix(output.cache, full_mask, past_lengths + mask.sum(-1))
 
     def _plan(self, rendered: Sequence[list[int]]) -> tuple[int, list[tuple[int, list[int]]]]:
