@@ -28,7 +28,15 @@ sys.path.insert(0, str(REPO))
 
 from _report import write_report  # noqa: E402
 
-from augment import LocalBackend, item_description_messages, judge_messages  # noqa: E402
+from augment import (  # noqa: E402
+    ITEM_DESCRIPTION,
+    LocalBackend,
+    OutputRules,
+    item_description_messages,
+    judge_messages,
+    rejection_reason,
+    tidy,
+)
 from catalog import Columns, load_citeulike  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
@@ -50,6 +58,30 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def lengths(backend: LocalBackend, titles: list[str], precision: str, longest: int = 160) -> dict[str, Any]:
+    """Greedy descriptions of `titles` up to `longest` new tokens, cut at shorter limits (greedy text is the same
+    up to any limit): per limit, how many end on their own (the end-of-turn token within it) and how many
+    validation keeps."""
+    backend.batch_size = 16
+    outputs = backend.generate([item_description_messages(t) for t in titles], max_new_tokens=longest)
+    # (re-encoding the text gives back the generated tokens up to rare merges: close enough for a cut)
+    ids = [backend.tokenizer.encode(o.text, add_special_tokens=False) for o in outputs]
+    rows = {}
+    for limit in (48, 64, 80, 96, 128, longest):
+        texts = [tidy(backend.tokenizer.decode(i[:limit])) for i in ids]
+        rows[limit] = {
+            "end_on_their_own": sum(o.tokens < longest and o.tokens <= limit for o in outputs),
+            "kept_by_validation": sum(rejection_reason(t, ITEM_DESCRIPTION, OutputRules()) is None for t in texts),
+        }
+    return {
+        "figure": "description lengths",
+        "precision": precision,
+        "prompts": len(titles),
+        "new_tokens": sorted(o.tokens for o in outputs),
+        "per_limit": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -63,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items-per-user", type=int, default=8)
     parser.add_argument("--history", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (medians reported)")
+    parser.add_argument("--only", choices=("generate", "judge"), default=None, help="run one half only")
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        default=0,
+        help="also describe this many titles with a long limit and report, per shorter max_new_tokens, how many "
+        "texts would end on their own and how many validation would keep",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -99,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # --- generation: tokens/s against batch size; greedy text against the reference precision ----------
         backend.generate([item_description_messages(titles[0])], max_new_tokens=4)  # warm-up
-        for batch in (int(b) for b in args.gen_batches.split(",")):
+        for batch in (int(b) for b in args.gen_batches.split(",")) if args.only != "judge" else ():
             prompts = [item_description_messages(t) for t in titles[: max(batch, 4)]]
             backend.batch_size = batch
             load_before = load()
@@ -127,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         # --- judge: plain batches, prefix reuse with pairs grouped by user and shuffled ---------------------
+        if args.lengths:
+            report(lengths(backend, titles[: args.lengths], precision))
+        if args.only == "generate":
+            continue
         backend.batch_size = args.judge_batch
         backend.reuse_prefix = False
         backend.yes_probability(pairs[:2])  # warm-up
