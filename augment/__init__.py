@@ -23,6 +23,7 @@ from augment._augment import (
     simulate_interactions,
 )
 from augment._backends import (
+    BF16_TOLERANCE,
     PRECISIONS,
     SMOLLM2_NAME,
     Backend,
@@ -49,6 +50,7 @@ from augment._prompts import (
 from augment._validate import OutputRules, rejection_reason, tidy
 
 __all__ = [
+    "BF16_TOLERANCE",
     "DESCRIPTION",
     "INTERACTION_JUDGE",
     "ITEM_DESCRIPTION",

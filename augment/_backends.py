@@ -111,6 +111,9 @@ def convert_smollm2(cache_dir: Path) -> Path:
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+# How far bf16's P(yes) may stray from fp32's: bf16 keeps 8 bits of mantissa, and 30 layers of rounding move the
+# yes/no logits by a few hundredths (measured: docs/benchmarks.md). The aim was 0.02; bf16 misses it.
+BF16_TOLERANCE = 0.05
 
 
 def smollm2_name(precision: str = "fp32") -> str:
