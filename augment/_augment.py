@@ -75,9 +75,9 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def _speed(tokens: int, started: float) -> str:
-    """Tokens per second since `started`: the figure that says whether the language model runs at its speed."""
-    return f"{tokens / max(time.perf_counter() - started, 1e-9):,.0f} tokens/s"
+def _speed(count: int, started: float, unit: str = "tokens") -> str:
+    """Tokens (or another `unit`) per second since `started`: says whether the language model runs at its speed."""
+    return f"{count / max(time.perf_counter() - started, 1e-9):,.1f} {unit}/s"
 
 
 def _generate_validated(
@@ -433,9 +433,10 @@ def judge_pairs(
                 scores[index] = float(probability)
                 cache.put(backend.model_name, template.id, digests[index], float(probability))
             stats.generated += len(todo)
-            if isinstance(backend, LocalBackend):
+            if isinstance(backend, LocalBackend):  # a server does not say how many prompt tokens it read
                 stats.tokens = backend.prompt_tokens - tokens_before
-            progress.update(task, advance=len(todo), speed=_speed(stats.tokens, started))
+            rate = _speed(stats.tokens, started) if stats.tokens else _speed(stats.generated, started, "pairs")
+            progress.update(task, advance=len(todo), speed=rate)
     stats.seconds = round(time.perf_counter() - started, 3)
     scored = frame.select("_pair").with_columns(pl.Series(Columns.score, scores, dtype=pl.Float64))
     result = pairs.with_row_index("_pair").join(scored, on="_pair", how="left").sort("_pair").drop("_pair")
