@@ -64,14 +64,21 @@ class AugmentStats:
 
 
 def _progress(enabled: bool) -> Progress:
+    """A bar with count, model speed (the `speed` field, see `_speed`) and ETA."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]}"),
         TimeRemainingColumn(),
         disable=not enabled,
         transient=True,
     )
+
+
+def _speed(count: int, started: float, unit: str = "tokens") -> str:
+    """Tokens (or another `unit`) per second since `started`: says whether the language model runs at its speed."""
+    return f"{count / max(time.perf_counter() - started, 1e-9):,.1f} {unit}/s"
 
 
 def _generate_validated(
@@ -104,7 +111,7 @@ def _generate_validated(
         else:
             pending.append(index)
     with _progress(show_progress) as progress:
-        task = progress.add_task(f"{label} ({backend.model_name})", total=len(pending))
+        task = progress.add_task(f"{label} ({backend.model_name})", total=len(pending), speed="")
         for start in range(0, len(pending), chunk):
             todo = pending[start : start + chunk]
             for attempt in range(max_attempts):
@@ -138,7 +145,7 @@ def _generate_validated(
                         retry.append(index)
                 todo = retry
             stats.rejected += len(todo)
-            progress.advance(task, len(pending[start : start + chunk]))
+            progress.update(task, advance=len(pending[start : start + chunk]), speed=_speed(stats.tokens, started))
     stats.reasons = dict(reasons)
     stats.seconds = round(time.perf_counter() - started, 3)
     return results, stats
@@ -183,6 +190,60 @@ def _require(frame: pl.DataFrame, columns: Sequence[str], what: str) -> None:
         raise DataError(f"{what} lacks column(s) {missing}; it has {frame.columns}.")
 
 
+def description_prompts(items: pl.DataFrame, template: PromptTemplate = ITEM_DESCRIPTION) -> list[Messages]:
+    """One description prompt per row of `items` (title, and categories and text when present)."""
+    _require(items, [Columns.item, Columns.title], "items")
+    rows = items.select(
+        Columns.title, *(c for c in (Columns.categories, Columns.text) if c in items.columns)
+    ).to_dicts()
+    return [
+        template.messages(item_data(row[Columns.title], row.get(Columns.categories), row.get(Columns.text)))
+        for row in rows
+    ]
+
+
+def profile_prompts(
+    histories: pl.DataFrame, template: PromptTemplate = USER_PROFILE, *, max_items: int = 10
+) -> list[Messages]:
+    """One profile prompt per row of `histories` (user_id, titles)."""
+    _require(histories, [Columns.user, TITLES], "histories")
+    return [
+        user_profile_messages(titles or [], max_items=max_items)
+        if template is USER_PROFILE
+        else template.messages("\n".join(titles or []))
+        for titles in histories[TITLES].to_list()
+    ]
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What running some prompts would cost before running them."""
+
+    prompts: int
+    cached: int  # answered by the generation cache: cost nothing
+    prompt_tokens: int  # tokens the model would read for the others (after prefix reuse where the backend has it)
+    max_new_tokens: int  # at most this many generated (0 for the judge, which reads one next-token distribution)
+
+
+def estimate_cost(
+    prompts: Sequence[Messages],
+    backend: Backend,
+    cache: GenerationCache,
+    template: PromptTemplate,
+    *,
+    max_new_tokens: int = 0,
+    shared_prefix: bool = False,
+) -> CostEstimate:
+    """Count the prompts the cache does not answer and their tokens: exactly with a local backend's tokenizer
+    (`shared_prefix`: as the judge runs them, each shared prefix once), else about 4 characters a token."""
+    pending = [p for p in prompts if cache.get(backend.model_name, template.id, input_hash(p)) is None]
+    if isinstance(backend, LocalBackend):
+        tokens = backend.count_tokens(pending, shared_prefix=shared_prefix)
+    else:
+        tokens = sum(len(message["content"]) for prompt in pending for message in prompt) // 4
+    return CostEstimate(len(prompts), len(prompts) - len(pending), tokens, len(pending) * max_new_tokens)
+
+
 def describe_items(
     items: pl.DataFrame,
     backend: Backend,
@@ -200,16 +261,7 @@ def describe_items(
     Returns (item_id, description, model, prompt_version, input_hash, tokens, attempts, cached); items whose
     every attempt was rejected are left out (counted in `stats.rejected`).
     """
-    _require(items, [Columns.item, Columns.title], "items")
-    rows = items.select(
-        Columns.item,
-        Columns.title,
-        *(c for c in (Columns.categories, Columns.text) if c in items.columns),
-    ).to_dicts()
-    prompts = [
-        template.messages(item_data(row[Columns.title], row.get(Columns.categories), row.get(Columns.text)))
-        for row in rows
-    ]
+    prompts = description_prompts(items, template)
     results, stats = _generate_validated(
         prompts,
         backend,
@@ -222,7 +274,7 @@ def describe_items(
         label="describing items",
         show_progress=show_progress,
     )
-    ids = [row[Columns.item] for row in rows]
+    ids = items[Columns.item].to_list()
     return _texts_frame(Columns.item, ids, DESCRIPTION, results, backend, template), stats
 
 
@@ -241,14 +293,7 @@ def profile_users(
 ) -> tuple[pl.DataFrame, AugmentStats]:
     """An LLM-written interest profile for each user from the titles of their items (`titles`: list of str,
     most relevant first; the first `max_items` are used). Returns (user_id, profile, provenance...)."""
-    _require(histories, [Columns.user, TITLES], "histories")
-    rows = histories.select(Columns.user, TITLES).to_dicts()
-    prompts = [
-        user_profile_messages(row[TITLES] or [], max_items=max_items)
-        if template is USER_PROFILE
-        else template.messages("\n".join(row[TITLES] or []))
-        for row in rows
-    ]
+    prompts = profile_prompts(histories, template, max_items=max_items)
     results, stats = _generate_validated(
         prompts,
         backend,
@@ -261,7 +306,7 @@ def profile_users(
         label="profiling users",
         show_progress=show_progress,
     )
-    ids = [row[Columns.user] for row in rows]
+    ids = histories[Columns.user].to_list()
     return _texts_frame(Columns.user, ids, PROFILE, results, backend, template), stats
 
 
@@ -314,6 +359,41 @@ def candidate_users(
     )
 
 
+def _judge_prompts(
+    pairs: pl.DataFrame, items: pl.DataFrame, histories: pl.DataFrame, max_history: int
+) -> tuple[pl.DataFrame, list[Messages]]:
+    """The pairs joined to their item and history, ordered by user (a `_pair` column keeps their input order),
+    and the judge prompt of each."""
+    _require(pairs, [Columns.user, Columns.item], "pairs")
+    _require(items, [Columns.item, Columns.title], "items")
+    _require(histories, [Columns.user, TITLES], "histories")
+    detail = [Columns.item, Columns.title] + ([DESCRIPTION] if DESCRIPTION in items.columns else [])
+    frame = (
+        pairs.with_row_index("_pair")
+        .join(items.select(detail), on=Columns.item, how="left")
+        .join(histories.select(Columns.user, TITLES), on=Columns.user, how="left")
+        .sort(Columns.user, Columns.item)
+    )
+    missing = frame.filter(pl.col(Columns.title).is_null())
+    if missing.height:
+        example = missing[Columns.item].head(3).to_list()
+        raise DataError(f"judge_pairs: {missing.height} pair(s) name items not in `items`, e.g. {example}.")
+    prompts = [
+        judge_messages(row[TITLES] or [], row[Columns.title], row.get(DESCRIPTION), max_items=max_history)
+        for row in frame.select(
+            TITLES, Columns.title, *([DESCRIPTION] if DESCRIPTION in frame.columns else [])
+        ).iter_rows(named=True)
+    ]
+    return frame, prompts
+
+
+def judge_prompts(
+    pairs: pl.DataFrame, items: pl.DataFrame, histories: pl.DataFrame, *, max_history: int = 10
+) -> list[Messages]:
+    """The judge prompt of each (user_id, item_id) pair, ordered by user as `judge_pairs` runs them."""
+    return _judge_prompts(pairs, items, histories, max_history)[1]
+
+
 def judge_pairs(
     pairs: pl.DataFrame,
     items: pl.DataFrame,
@@ -333,27 +413,9 @@ def judge_pairs(
     Returns `pairs` with a `score` column: NaN where the judge's answer is unknown (neither yes nor no among
     the tokens its backend sees), counted in `stats.reasons["unknown judgement"]` and not cached.
     """
-    _require(pairs, [Columns.user, Columns.item], "pairs")
-    _require(items, [Columns.item, Columns.title], "items")
-    _require(histories, [Columns.user, TITLES], "histories")
     started = time.perf_counter()
     stats = AugmentStats()
-    detail = [Columns.item, Columns.title] + ([DESCRIPTION] if DESCRIPTION in items.columns else [])
-    frame = (
-        pairs.with_row_index("_pair")
-        .join(items.select(detail), on=Columns.item, how="left")
-        .join(histories.select(Columns.user, TITLES), on=Columns.user, how="left")
-        .sort(Columns.user, Columns.item)
-    )
-    missing = frame.filter(pl.col(Columns.title).is_null())
-    if missing.height:
-        example = missing[Columns.item].head(3).to_list()
-        raise DataError(f"judge_pairs: {missing.height} pair(s) name items not in `items`, e.g. {example}.")
-    rows = frame.to_dicts()
-    prompts = [
-        judge_messages(row[TITLES] or [], row[Columns.title], row.get(DESCRIPTION), max_items=max_history)
-        for row in rows
-    ]
+    frame, prompts = _judge_prompts(pairs, items, histories, max_history)
     digests = [input_hash(prompt) for prompt in prompts]
     scores = np.full(len(prompts), np.nan)
     pending = []
@@ -366,9 +428,8 @@ def judge_pairs(
             pending.append(index)
     tokens_before = backend.prompt_tokens if isinstance(backend, LocalBackend) else 0
     with _progress(show_progress) as progress:
-        task = progress.add_task(f"judging pairs ({backend.model_name})", total=len(pending))
-        for start in range(0, len(pending), chunk):
-            todo = pending[start : start + chunk]
+        task = progress.add_task(f"judging pairs ({backend.model_name})", total=len(pending), speed="")
+        for todo in _whole_users(pending, frame[Columns.user].to_list(), chunk):
             probabilities = backend.yes_probability([prompts[i] for i in todo])
             for index, probability in zip(todo, probabilities, strict=True):
                 scores[index] = float(probability)
@@ -377,13 +438,25 @@ def judge_pairs(
                 else:
                     cache.put(backend.model_name, template.id, digests[index], float(probability))
             stats.generated += len(todo)
-            progress.advance(task, len(todo))
-    if isinstance(backend, LocalBackend):
-        stats.tokens = backend.prompt_tokens - tokens_before
+            if isinstance(backend, LocalBackend):  # a server does not say how many prompt tokens it read
+                stats.tokens = backend.prompt_tokens - tokens_before
+            rate = _speed(stats.tokens, started) if stats.tokens else _speed(stats.generated, started, "pairs")
+            progress.update(task, advance=len(todo), speed=rate)
     stats.seconds = round(time.perf_counter() - started, 3)
     scored = frame.select("_pair").with_columns(pl.Series(Columns.score, scores, dtype=pl.Float64))
     result = pairs.with_row_index("_pair").join(scored, on="_pair", how="left").sort("_pair").drop("_pair")
     return result, stats
+
+
+def _whole_users(pending: list[int], users: Sequence[str], chunk: int) -> list[list[int]]:
+    """`pending` (ordered by user) cut into chunks of about `chunk` pairs that never split a user's pairs, so
+    that a backend reusing the prompt prefix computes each user's history once."""
+    chunks: list[list[int]] = [[]]
+    for position, index in enumerate(pending):
+        if len(chunks[-1]) >= chunk and users[index] != users[pending[position - 1]]:
+            chunks.append([])
+        chunks[-1].append(index)
+    return [todo for todo in chunks if todo]
 
 
 def simulate_interactions(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -122,13 +122,52 @@ def convert_smollm2(cache_dir: Path) -> Path:
     return target
 
 
-class LocalBackend:
-    """A causal LM run in-process by transformers (by default the converted SmolLM2-135M-Instruct, fp32, CPU).
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+# How far bf16's P(yes) may stray from fp32's: bf16 keeps 8 bits of mantissa, and 30 layers of rounding move the
+# yes/no logits by a few hundredths (measured: docs/benchmarks.md). The issue's aim was 0.02; bf16 misses it.
+BF16_TOLERANCE = 0.05
 
-    Batches are left-padded and sorted by length; greedy decoding is deterministic, sampling is seeded.
-    `yes_probability` computes the prompt prefix that consecutive prompts share once and reuses its
-    key/value cache for all of them (`reuse_prefix`), which is what makes judging many candidate items of
-    one user cheap.
+
+def smollm2_name(precision: str = "fp32") -> str:
+    """The default model's name in provenance and cache keys: the precision is part of it, since bf16 gives
+    slightly different outputs than fp32."""
+    return SMOLLM2_NAME.removesuffix("-fp32") + f"-{precision}"
+
+
+@dataclass
+class _Prefix:
+    """Key/value cache of a left-padded batch of token rows: its attention mask and each row's real length."""
+
+    cache: Any  # transformers DynamicCache, [batch, heads, width, head_dim] per layer
+    mask: Any  # [batch, width], 0 where a row is padded
+    lengths: Any  # [batch], real tokens per row (the next token's position)
+
+    def select(self, rows: Sequence[int]) -> _Prefix:
+        """A new prefix of the chosen rows (repeats allowed): fresh tensors, so extending it leaves this one intact."""
+        import torch
+        from transformers import DynamicCache
+
+        index = torch.tensor(list(rows))
+        on_device = index.to(self.cache.layers[0].keys.device)
+        layers = [(layer.keys[on_device], layer.values[on_device]) for layer in self.cache.layers]
+        return _Prefix(DynamicCache(ddp_cache_data=layers), self.mask[index], self.lengths[index])
+
+
+class LocalBackend:
+    """A causal LM run in-process by transformers (by default the converted SmolLM2-135M-Instruct on the CPU).
+
+    `precision` picks the arithmetic: fp32 (the reference) or bf16 weights and activations (fast on CPUs with
+    AVX-512 BF16 or AMX, and on GPUs). Dynamic int8 quantisation (torch.ao) was measured and left out: it moved
+    P(yes) by up to 0.55 (docs/benchmarks.md). Attention is PyTorch's SDPA; `device` "auto" takes a CUDA GPU
+    when there is one.
+
+    Batches are left-padded and sorted by length; greedy decoding is deterministic, sampling is seeded; the
+    prefix all prompts of a `generate` call share runs once (`reuse_prefix`).
+    `yes_probability` sorts the prompts so that those sharing a prefix are adjacent, computes the prefix all
+    prompts share once, then each group's shared part (a user's history) once per group, and runs every
+    candidate of a group in batches over that cache, reading only the last position's logits
+    (`reuse_prefix`; off, each prompt runs whole).
     """
 
     def __init__(
@@ -140,7 +179,8 @@ class LocalBackend:
         repetition_penalty: float = 1.1,
         threads: int | None = None,
         reuse_prefix: bool = True,
-        min_prefix_tokens: int = 24,
+        precision: Precision = "fp32",
+        device: str = "auto",
     ) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
         import torch
@@ -148,6 +188,8 @@ class LocalBackend:
 
         if not (Path(model_dir) / "config.json").is_file():
             raise ConfigError(f"{model_dir} holds no transformers checkpoint (config.json); convert one first.")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown LLM precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
         if threads:
             torch.set_num_threads(threads)
         self.model_dir = Path(model_dir)
@@ -155,21 +197,25 @@ class LocalBackend:
         self.batch_size = batch_size
         self.repetition_penalty = repetition_penalty
         self.reuse_prefix = reuse_prefix
-        self.min_prefix_tokens = min_prefix_tokens
+        self.precision = precision
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32, local_files_only=True)
-        self.model.eval()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+        )
+        self.model = model.to(self.device).eval()
         self._yes_ids = self._answer_ids(YES_WORDS)
         self._no_ids = self._answer_ids(NO_WORDS)
         self.prompt_tokens = 0  # tokens actually run through the model by yes_probability (after prefix reuse)
 
     @classmethod
-    def smollm2(cls, cache_dir: Path, **options: Any) -> LocalBackend:
+    def smollm2(cls, cache_dir: Path, *, precision: Precision = "fp32", **options: Any) -> LocalBackend:
         """The default local model, converted into `cache_dir` on first use."""
-        return cls(convert_smollm2(cache_dir), name=SMOLLM2_NAME, **options)
+        return cls(convert_smollm2(cache_dir), name=smollm2_name(precision), precision=precision, **options)
 
     @property
     def model_name(self) -> str:
@@ -192,6 +238,17 @@ class LocalBackend:
         text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def count_tokens(self, prompts: Sequence[Messages], *, shared_prefix: bool = False) -> int:
+        """Tokens the model reads for `prompts`: whole, or as `yes_probability` runs them (`shared_prefix`)."""
+        rendered = [self._render(prompt) for prompt in prompts]
+        if not shared_prefix or not rendered:
+            return sum(len(row) for row in rendered)
+        common, groups = self._plan(rendered)
+        return common + sum(
+            (shared - common if len(members) > 1 else 0) + sum(len(rendered[m]) - shared for m in members)
+            for shared, members in groups
+        )
+
     def _left_padded(self, rows: Sequence[list[int]]) -> tuple[Any, Any]:
         import torch
 
@@ -207,21 +264,35 @@ class LocalBackend:
         import torch
 
         rendered = [self._render(prompt) for prompt in prompts]
-        order = np.argsort([len(row) for row in rendered], kind="stable")
         results: list[Generation | None] = [None] * len(rendered)
-        eos = self.tokenizer.eos_token_id
+        if not rendered:
+            return []
+        # the prefix every prompt shares (system prompt, the data block's opening) runs once, as a cache that
+        # each batch continues from; the rest of each prompt is left-padded after it
+        common = min(_common_length(rendered[0], row) for row in rendered) if self.reuse_prefix else 0
+        common = min(common, min(len(row) for row in rendered) - 1)
+        base = self._extend([rendered[0][:common]], None, count=False)[1] if common > 0 else None
+        order = np.argsort([len(row) for row in rendered], kind="stable")
+        eos = self.tokenizer.eos_token_id  # the chat template's end of turn (<|im_end|>): generation stops there
         for start in range(0, len(order), self.batch_size):
             chosen = order[start : start + self.batch_size]
-            ids, mask = self._left_padded([rendered[i] for i in chosen])
+            ids, mask = self._left_padded([rendered[i][common:] for i in chosen])
+            cache = None
+            if base is not None:
+                cache = base.select([0] * len(chosen)).cache
+                ids = torch.cat([torch.tensor([rendered[0][:common]]).expand(len(chosen), -1), ids], dim=1)
+                mask = torch.cat([torch.ones(len(chosen), common, dtype=mask.dtype), mask], dim=1)
             torch.manual_seed(seed)
             sampling = {"temperature": temperature, "top_p": 0.95} if temperature > 0 else {}
             with torch.inference_mode():
                 output = self.model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
+                    input_ids=ids.to(self.device),
+                    attention_mask=mask.to(self.device),  # positions follow the mask: pads take none
+                    cache=cache,
                     max_new_tokens=max_new_tokens,
                     repetition_penalty=self.repetition_penalty,
                     pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=eos,
                     do_sample=temperature > 0,
                     **sampling,
                 )
@@ -237,91 +308,113 @@ class LocalBackend:
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         yes = torch.logsumexp(logprobs[:, self._yes_ids], dim=-1)
         no = torch.logsumexp(logprobs[:, self._no_ids], dim=-1)
-        return torch.sigmoid(yes - no).numpy().astype(np.float64)
+        return torch.sigmoid(yes - no).cpu().numpy().astype(np.float64)
 
     def next_token_logprobs(self, prompts: Sequence[Messages], top: int) -> list[list[tuple[str, float]]]:
         """The `top` most likely first tokens of each answer with their log-probabilities (as servers report)."""
         import torch
 
         rendered = [self._render(prompt) for prompt in prompts]
-        logits = self._last_logits(rendered)
-        values, indices = torch.log_softmax(logits, dim=-1).topk(top, dim=-1)
+        logits, _ = self._extend(rendered, None)
+        values, indices = torch.log_softmax(logits.float(), dim=-1).topk(top, dim=-1)
         return [
             [(self.tokenizer.decode([token]), float(value)) for token, value in zip(row_i, row_v, strict=True)]
             for row_i, row_v in zip(indices.tolist(), values.tolist(), strict=True)
         ]
 
-    def _last_logits(self, rows: Sequence[list[int]]) -> Any:
-        """Next-token logits after each row, in one left-padded forward pass."""
+    def _extend(self, rows: Sequence[list[int]], prefix: _Prefix | None, *, count: bool = True) -> tuple[Any, _Prefix]:
+        """Run left-padded `rows` after `prefix` (one prefix row per row; consumed): the next-token logits after
+        each row, computed at the last position only, and the key/value cache of prefix + rows."""
         import torch
 
         ids, mask = self._left_padded(rows)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if prefix is None:
+            past_mask, past_lengths, cache = mask[:, :0], torch.zeros(len(rows), dtype=torch.long), None
+        else:
+            past_mask, past_lengths, cache = prefix.mask, prefix.lengths, prefix.cache
+        # pads sit between the prefix and the row (or at the start): masked out, their positions do not matter
+        positions = past_lengths[:, None] + (mask.cumsum(-1) - 1).clamp(min=0)
+        full_mask = torch.cat([past_mask, mask], dim=1)
         with torch.inference_mode():
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-        self.prompt_tokens += int(mask.sum())
-        return logits[:, -1, :]
+            output = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=full_mask.to(self.device),
+                position_ids=positions.to(self.device),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self.prompt_tokens += int(mask.sum()) if count else 0
+        return output.logits[:, -1, :], _Prefix(output.cache, full_mask, past_lengths + mask.sum(-1))
 
-    def _shared_prefix_logits(self, prefix: list[int], suffixes: Sequence[list[int]]) -> Any:
-        """Next-token logits after prefix + each suffix, running the prefix once and reusing its key/value cache."""
-        import torch
+    def _plan(self, rendered: Sequence[list[int]]) -> tuple[int, list[tuple[int, list[int]]]]:
+        """(length of the prefix every prompt shares, groups as (shared prefix length, member indices)).
 
-        with torch.inference_mode():
-            cache = self.model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
-            # the suffixes of every row attend to this one copy of the prefix, repeated along the batch
-            cache.batch_repeat_interleave(len(suffixes))
-            width = max(len(s) for s in suffixes)
-            pad = self.tokenizer.pad_token_id
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes])  # right padding: causal, harmless
-            suffix_mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in suffixes])
-            mask = torch.cat([torch.ones(len(suffixes), len(prefix), dtype=suffix_mask.dtype), suffix_mask], dim=1)
-            positions = torch.arange(len(prefix), len(prefix) + width).expand(len(suffixes), -1)
-            logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
-            ).logits
-        self.prompt_tokens += len(prefix) + int(suffix_mask.sum())
-        last = torch.tensor([len(s) - 1 for s in suffixes])
-        return logits[torch.arange(len(suffixes)), last, :]
+        Prompts are sorted by their tokens, so prompts sharing a prefix are adjacent whatever order they came
+        in; a prompt joins the group before it when that runs fewer tokens than running it on its own (the
+        group's shared prefix may shrink). A group of one is run on the common prefix alone.
+        """
+        order = sorted(range(len(rendered)), key=lambda i: rendered[i])
+        shortest = min(len(row) for row in rendered)
+        common = min(_common_length(rendered[order[0]], rendered[order[-1]]), shortest - 1)
+        if not self.reuse_prefix or common == 0:  # (chat templates always share their first token)
+            return 0, [(0, [index]) for index in order]
+        groups: list[tuple[int, list[int]]] = []
 
-    def _groups(self, rendered: Sequence[list[int]]) -> list[tuple[list[int], int]]:
-        """Consecutive runs of prompts sharing a prefix of at least `min_prefix_tokens` (at most batch_size each):
-        (indices, shared prefix length); prompts with no such neighbour form runs of one."""
-        groups: list[tuple[list[int], int]] = []
-        members: list[int] = []
-        shared = 0
-        for index, row in enumerate(rendered):
-            if members and len(members) < self.batch_size:
-                first = rendered[members[0]]
-                limit = min(shared, len(row) - 1)
-                common = next((i for i in range(limit) if first[i] != row[i]), limit)
-                if common >= self.min_prefix_tokens:
-                    members.append(index)
-                    shared = common
+        def cost(shared: int, members: list[int]) -> int:  # tokens run after the common prefix
+            if len(members) == 1:
+                return len(rendered[members[0]]) - common
+            return shared - common + sum(len(rendered[m]) - shared for m in members)
+
+        for index in order:
+            row = rendered[index]
+            if groups:
+                shared, members = groups[-1]
+                joined = min(_common_length(rendered[members[-1]], row), shared, len(row) - 1)
+                if cost(joined, [*members, index]) < cost(shared, members) + len(row) - common:
+                    groups[-1] = (joined, [*members, index])
                     continue
-            if members:
-                groups.append((members, shared))
-            members, shared = [index], len(row) - 1
-        if members:
-            groups.append((members, shared))
-        return groups
+            groups.append((len(row) - 1, [index]))
+        # (a group shares more than the common prefix: joining on the common prefix alone saves nothing)
+        return common, [(shared if len(members) > 1 else common, members) for shared, members in groups]
 
     def yes_probability(self, prompts: Sequence[Messages]) -> np.ndarray:
         rendered = [self._render(prompt) for prompt in prompts]
         result = np.zeros(len(rendered), dtype=np.float64)
-        singles: list[int] = []
-        groups = self._groups(rendered) if self.reuse_prefix else [([i], 0) for i in range(len(rendered))]
-        for members, shared in groups:
-            if len(members) == 1:
-                singles.append(members[0])
-                continue
-            prefix = rendered[members[0]][:shared]
-            logits = self._shared_prefix_logits(prefix, [rendered[i][shared:] for i in members])
-            result[members] = self._answer_probability(logits)
-        singles.sort(key=lambda i: len(rendered[i]))
-        for start in range(0, len(singles), self.batch_size):
-            chosen = singles[start : start + self.batch_size]
-            result[chosen] = self._answer_probability(self._last_logits([rendered[i] for i in chosen]))
+        if not rendered:
+            return result
+        common, groups = self._plan(rendered)
+        base = self._extend([rendered[0][:common]], None)[1] if common else None
+
+        def score(members: list[int], suffixes: list[list[int]], prefix: _Prefix | None, rows: list[int]) -> None:
+            """Candidates in batches packed by suffix length, each over its row of `prefix`."""
+            order = sorted(range(len(members)), key=lambda k: len(suffixes[k]))
+            for start in range(0, len(order), self.batch_size):
+                chosen = order[start : start + self.batch_size]
+                past = prefix.select([rows[k] for k in chosen]) if prefix is not None else None
+                logits, _ = self._extend([suffixes[k] for k in chosen], past)
+                result[[members[k] for k in chosen]] = self._answer_probability(logits)
+
+        singles = [members[0] for shared, members in groups if len(members) == 1]
+        if singles:
+            score(singles, [rendered[i][common:] for i in singles], base, [0] * len(singles))
+        shared_groups = [group for group in groups if len(group[1]) > 1]
+        for start in range(0, len(shared_groups), self.batch_size):
+            chunk = shared_groups[start : start + self.batch_size]
+            # each group's shared part once, all groups of the chunk in one pass over the common prefix
+            past = base.select([0] * len(chunk)) if base is not None else None
+            _, prefix = self._extend([rendered[members[0]][common:shared] for shared, members in chunk], past)
+            members = [m for _, group in chunk for m in group]
+            rows = [g for g, (_, group) in enumerate(chunk) for _ in group]
+            shared_of = {m: shared for shared, group in chunk for m in group}
+            score(members, [rendered[m][shared_of[m] :] for m in members], prefix, rows)
         return result
+
+
+def _common_length(first: Sequence[int], second: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token rows."""
+    limit = min(len(first), len(second))
+    return next((i for i in range(limit) if first[i] != second[i]), limit)
 
 
 # --- OpenAI-compatible HTTP server -----------------------------------------------------------------------

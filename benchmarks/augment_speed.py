@@ -1,17 +1,19 @@
-"""Speed of the local LLM backend (SmolLM2-135M-Instruct, fp32, CPU): generated tokens/s and judged pairs/s
-against batch size, and what reusing the shared prompt prefix (a user's history, computed once as a key/value
-cache for all of that user's candidate items) saves in the judge.
+"""Speed of the local LLM backend (SmolLM2-135M-Instruct, CPU) per precision: generated tokens/s against batch
+size, judged pairs/s with and without prefix reuse, and how far each precision's outputs are from fp32's.
 
-    .venv/bin/python benchmarks/augment_speed.py [--threads 2] [--users 8] [--items-per-user 8] [--json OUT]
+    .venv/bin/python benchmarks/augment_speed.py [--precisions fp32,bf16] [--threads 2] [--repeat 3] [--json OUT]
 
 Prompts are built from CiteULike-a titles: descriptions of the first titles; judge pairs of `--users` users
-(their first `--history` saved titles) times `--items-per-user` cold items. Every configuration runs once
-after one warm-up call; timings on a shared machine are noisy.
+(their first `--history` saved titles) times `--items-per-user` cold items. Each configuration runs `--repeat`
+times after one warm-up call; medians of wall and process CPU seconds are reported with the one-minute load
+average before and after, since the machine is shared. The first precision is the reference: each other
+one reports its largest |P(yes) difference| and how many greedy texts differ from the reference's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,30 +28,81 @@ sys.path.insert(0, str(REPO))
 
 from _report import write_report  # noqa: E402
 
-from augment import LocalBackend, item_description_messages, judge_messages  # noqa: E402
+from augment import (  # noqa: E402
+    ITEM_DESCRIPTION,
+    LocalBackend,
+    OutputRules,
+    item_description_messages,
+    judge_messages,
+    rejection_reason,
+    tidy,
+)
 from catalog import Columns, load_citeulike  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
 
 
-def timed(function: Any) -> tuple[Any, float, float]:
-    """(result, wall seconds, process CPU seconds)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = function()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
+def timed(function: Any, repeat: int = 1) -> tuple[Any, float, float]:
+    """(last result, median wall seconds, median process CPU seconds) over `repeat` runs."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = function()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return result, float(np.median(walls)), float(np.median(cpus))
+
+
+def load() -> float:
+    """The one-minute load average: how busy the shared machine was."""
+    return round(os.getloadavg()[0], 2)
+
+
+def lengths(backend: LocalBackend, titles: list[str], precision: str, longest: int = 160) -> dict[str, Any]:
+    """Greedy descriptions of `titles` up to `longest` new tokens, cut at shorter limits (greedy text is the same
+    up to any limit): per limit, how many end on their own (the end-of-turn token within it) and how many
+    validation keeps."""
+    backend.batch_size = 16
+    outputs = backend.generate([item_description_messages(t) for t in titles], max_new_tokens=longest)
+    # (re-encoding the text gives back the generated tokens up to rare merges: close enough for a cut)
+    ids = [backend.tokenizer.encode(o.text, add_special_tokens=False) for o in outputs]
+    rows = {}
+    for limit in (48, 64, 80, 96, 128, longest):
+        texts = [tidy(backend.tokenizer.decode(i[:limit])) for i in ids]
+        rows[limit] = {
+            "end_on_their_own": sum(o.tokens < longest and o.tokens <= limit for o in outputs),
+            "kept_by_validation": sum(rejection_reason(t, ITEM_DESCRIPTION, OutputRules()) is None for t in texts),
+        }
+    return {
+        "figure": "description lengths",
+        "precision": precision,
+        "prompts": len(titles),
+        "new_tokens": sorted(o.tokens for o in outputs),
+        "per_limit": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=REPO / ".cache")
+    parser.add_argument("--precisions", default="fp32,bf16", help="the first is the reference")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gen-batches", default="1,8,32", help="batch sizes of the generation runs")
-    parser.add_argument("--judge-batches", default="1,8,32", help="batch sizes of the plain judge runs")
+    parser.add_argument("--judge-batch", type=int, default=8, help="batch size of the judge runs")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--items-per-user", type=int, default=8)
     parser.add_argument("--history", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (medians reported)")
+    parser.add_argument("--only", choices=("generate", "judge"), default=None, help="run one half only")
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        default=0,
+        help="also describe this many titles with a long limit and report, per shorter max_new_tokens, how many "
+        "texts would end on their own and how many validation would keep",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -66,78 +119,88 @@ def main(argv: list[str] | None = None) -> int:
         .sort(Columns.user)
         .head(args.users)
     )
-    backend = LocalBackend.smollm2(args.cache, threads=args.threads)
-    results: list[dict[str, Any]] = []
-
-    # --- generation: tokens/s against batch size ------------------------------------------------------
-    backend.generate([item_description_messages(titles[0])], max_new_tokens=4)  # warm-up
-    for batch in (int(b) for b in args.gen_batches.split(",")):
-        prompts = [item_description_messages(t) for t in titles[: max(batch, 4)]]
-        backend.batch_size = batch
-        outputs, wall, cpu = timed(lambda p=prompts: backend.generate(p, max_new_tokens=args.max_new_tokens))
-        tokens = sum(o.tokens for o in outputs)
-        row = {
-            "figure": "generate",
-            "batch_size": batch,
-            "prompts": len(prompts),
-            "new_tokens": tokens,
-            "seconds": round(wall, 2),
-            "cpu_seconds": round(cpu, 2),
-            "tokens_per_s": round(tokens / wall, 1),
-        }
-        results.append(row)
-        print(row, flush=True)
-
-    # --- judge: pairs/s, plain batches against prefix reuse --------------------------------------------
     pairs = [
         judge_messages([titles[int(i)] for i in items[: args.history]], titles[int(cold[(u * 37 + j) % len(cold)])])
         for u, items in enumerate(users[Columns.item].to_list())
         for j in range(args.items_per_user)
-    ]  # grouped by user, as judge_pairs orders them
-    backend.reuse_prefix = False
-    backend.yes_probability(pairs[:2])  # warm-up
-    reference = None
-    for batch in (int(b) for b in args.judge_batches.split(",")):
-        backend.batch_size, backend.reuse_prefix = batch, False
-        before = backend.prompt_tokens
-        scores, wall, cpu = timed(lambda: backend.yes_probability(pairs))
-        reference = scores if reference is None else reference
-        row = {
-            "figure": "judge, plain batches",
-            "batch_size": batch,
-            "pairs": len(pairs),
-            "prompt_tokens_run": backend.prompt_tokens - before,
-            "seconds": round(wall, 2),
-            "cpu_seconds": round(cpu, 2),
-            "pairs_per_s": round(len(pairs) / wall, 2),
-            "max_abs_diff_vs_first": float(np.abs(scores - reference).max()),
-        }
+    ]  # grouped by user
+    shuffle = np.random.default_rng(0).permutation(len(pairs))
+    results: list[dict[str, Any]] = []
+    reference_texts: dict[int, list[str]] = {}
+    reference_scores: np.ndarray | None = None
+
+    def report(row: dict[str, Any]) -> None:
         results.append(row)
         print(row, flush=True)
-    for label, ordered in (
-        ("judge, prefix reuse (grouped by user)", pairs),
-        (
-            "judge, prefix reuse (shuffled: only the system prompt is shared)",
-            [pairs[i] for i in np.random.default_rng(0).permutation(len(pairs))],
-        ),
-    ):
-        backend.batch_size, backend.reuse_prefix = args.items_per_user, True
-        before = backend.prompt_tokens
-        scores, wall, cpu = timed(lambda o=ordered: backend.yes_probability(o))
-        if ordered is not pairs:
-            scores = scores[np.argsort(np.random.default_rng(0).permutation(len(pairs)))]
-        row = {
-            "figure": label,
-            "batch_size": args.items_per_user,
-            "pairs": len(pairs),
-            "prompt_tokens_run": backend.prompt_tokens - before,
-            "seconds": round(wall, 2),
-            "cpu_seconds": round(cpu, 2),
-            "pairs_per_s": round(len(pairs) / wall, 2),
-            "max_abs_diff_vs_first": float(np.abs(scores - reference).max()),
-        }
-        results.append(row)
-        print(row, flush=True)
+
+    for precision in args.precisions.split(","):
+        options = {} if precision == "fp32" else {"precision": precision}  # (runs on older backends too)
+        backend = LocalBackend.smollm2(args.cache, threads=args.threads, **options)
+
+        # --- generation: tokens/s against batch size; greedy text against the reference precision ----------
+        backend.generate([item_description_messages(titles[0])], max_new_tokens=4)  # warm-up
+        for batch in (int(b) for b in args.gen_batches.split(",")) if args.only != "judge" else ():
+            prompts = [item_description_messages(t) for t in titles[: max(batch, 4)]]
+            backend.batch_size = batch
+            load_before = load()
+            outputs, wall, cpu = timed(
+                lambda p=prompts, b=backend: b.generate(p, max_new_tokens=args.max_new_tokens), args.repeat
+            )
+            texts = [o.text for o in outputs]
+            reference = reference_texts.setdefault(batch, texts)
+            tokens = sum(o.tokens for o in outputs)
+            report(
+                {
+                    "figure": "generate",
+                    "precision": precision,
+                    "batch_size": batch,
+                    "prompts": len(prompts),
+                    "new_tokens": tokens,
+                    "seconds": round(wall, 2),
+                    "cpu_seconds": round(cpu, 2),
+                    "tokens_per_s": round(tokens / wall, 1),
+                    "tokens_per_cpu_s": round(tokens / cpu, 1),
+                    "load": [load_before, load()],
+                    "texts_differing_from_reference": sum(a != b for a, b in zip(texts, reference, strict=True)),
+                    "differing_examples": [[b, a] for a, b in zip(texts, reference, strict=True) if a != b][:2],
+                }
+            )
+
+        # --- judge: plain batches, prefix reuse with pairs grouped by user and shuffled ---------------------
+        if args.lengths:
+            report(lengths(backend, titles[: args.lengths], precision))
+        if args.only == "generate":
+            continue
+        backend.batch_size = args.judge_batch
+        backend.reuse_prefix = False
+        backend.yes_probability(pairs[:2])  # warm-up
+        for label, reuse, order in (
+            ("judge, plain batches", False, np.arange(len(pairs))),
+            ("judge, prefix reuse (grouped by user)", True, np.arange(len(pairs))),
+            ("judge, prefix reuse (shuffled)", True, shuffle),
+        ):
+            backend.reuse_prefix = reuse
+            ordered = [pairs[i] for i in order]
+            before, load_before = backend.prompt_tokens, load()
+            scores, wall, cpu = timed(lambda o=ordered, b=backend: b.yes_probability(o), args.repeat)
+            scores = scores[np.argsort(order)]
+            reference_scores = scores if reference_scores is None else reference_scores
+            report(
+                {
+                    "figure": label,
+                    "precision": precision,
+                    "batch_size": args.judge_batch,
+                    "pairs": len(pairs),
+                    "prompt_tokens_run": (backend.prompt_tokens - before) // args.repeat,
+                    "seconds": round(wall, 2),
+                    "cpu_seconds": round(cpu, 2),
+                    "pairs_per_s": round(len(pairs) / wall, 2),
+                    "pairs_per_cpu_s": round(len(pairs) / cpu, 2),
+                    "load": [load_before, load()],
+                    "max_abs_diff_vs_reference": float(np.abs(scores - reference_scores).max()),
+                    "pairs_over_0.02": int((np.abs(scores - reference_scores) > 0.02).sum()),
+                }
+            )
 
     total = time.perf_counter() - started
     print(f"total {total:.0f} s")

@@ -29,8 +29,13 @@ from augment import (
     LocalBackend,
     candidate_users,
     describe_items,
+    description_prompts,
+    estimate_cost,
+    judge_prompts,
+    profile_prompts,
     profile_users,
     simulate_interactions,
+    smollm2_name,
 )
 from catalog import Columns, ConfigError, Segments, Tables, Workspace, WorkspaceError
 from flows.settings import WarmstartSettings
@@ -56,7 +61,19 @@ def make_backend(settings: WarmstartSettings) -> Backend:
             concurrency=settings.llm_concurrency,
             allow_insecure=settings.llm_allow_insecure,
         )
-    return LocalBackend.smollm2(settings.cache_dir, batch_size=settings.llm_batch_size, threads=settings.llm_threads)
+    return LocalBackend.smollm2(
+        settings.cache_dir,
+        batch_size=settings.llm_batch_size,
+        threads=settings.llm_threads,
+        precision=settings.llm_precision,
+    )
+
+
+def backend_label(settings: WarmstartSettings) -> str:
+    """What runs the language model, as the metrics store records it: kind, precision and model."""
+    if settings.llm_backend == "http":
+        return f"http:{settings.llm_model}"
+    return f"local/{settings.llm_precision}:{smollm2_name(settings.llm_precision)}"
 
 
 def generation_cache(cache_dir: Path) -> GenerationCache:
@@ -194,13 +211,14 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
-def embedding_candidates(
-    items: pl.DataFrame, interactions: pl.DataFrame, ids: list[str], cache_dir: Path, top_m: int, show_progress: bool
-) -> tuple[list[str], pl.DataFrame]:
-    """(the ids found among `items`, their candidate users): for each item the `top_m` users whose mean MiniLM
-    title embedding over their real interactions is closest, never a pair that is already real."""
+def _simulation_inputs(
+    workspace: Workspace, ids: Sequence[str], cache_dir: Path, top_m: int, show_progress: bool
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(candidate pairs, the items to judge, the candidates' histories) of a simulation over the items `ids`."""
     from encoders import EmbeddingCache, encode_texts, item_text  # torch loads only for this step
 
+    items = workspace.read(Tables.items)
+    interactions = workspace.read(Tables.interactions).select(Columns.user, Columns.item).unique()
     embeddings = EmbeddingCache(Path(cache_dir) / "embeddings")
     vectors = _unit_rows(encode_texts(item_text(items).to_list(), cache=embeddings, show_progress=show_progress))
     position = {item: row for row, item in enumerate(items[Columns.item].to_list())}
@@ -218,7 +236,11 @@ def embedding_candidates(
         user_vectors,
         top_m=top_m,
     ).join(interactions, on=[Columns.user, Columns.item], how="anti")  # never "predict" a real pair
-    return targets, candidates
+    judged_items = items.filter(pl.col(Columns.item).is_in(targets)).select(Columns.item, Columns.title)
+    if workspace.exists(ITEM_DESCRIPTIONS):
+        described = workspace.read(ITEM_DESCRIPTIONS).select(Columns.item, DESCRIPTION)
+        judged_items = judged_items.join(described, on=Columns.item, how="left")
+    return candidates, judged_items, user_histories(workspace, candidates[Columns.user].unique().to_list())
 
 
 def simulate_step(
@@ -242,17 +264,11 @@ def simulate_step(
     """
     started = time.perf_counter()
     ids = segment_ids(workspace, "item", segments, limit)
-    items = workspace.read(Tables.items)
-    interactions = workspace.read(Tables.interactions).select(Columns.user, Columns.item).unique()
-    targets, candidates = embedding_candidates(items, interactions, ids, cache_dir, top_m, show_progress)
-    judged_items = items.filter(pl.col(Columns.item).is_in(targets)).select(Columns.item, Columns.title)
-    if workspace.exists(ITEM_DESCRIPTIONS):
-        described = workspace.read(ITEM_DESCRIPTIONS).select(Columns.item, DESCRIPTION)
-        judged_items = judged_items.join(described, on=Columns.item, how="left")
+    candidates, judged_items, histories = _simulation_inputs(workspace, ids, cache_dir, top_m, show_progress)
     frame, stats = simulate_interactions(
         candidates,
         judged_items,
-        user_histories(workspace, candidates[Columns.user].unique().to_list()),
+        histories,
         backend,
         generation_cache(cache_dir),
         run_id=run_id,
@@ -273,6 +289,63 @@ def simulate_step(
     } | report
     workspace.write(SYNTHETIC_INTERACTIONS, table, run_id=run_id, source="augment.simulate", parameters=parameters)
     return report
+
+
+STEP_TABLES = {"describe": ITEM_DESCRIPTIONS, "profile": USER_PROFILES, "simulate": SYNTHETIC_INTERACTIONS}
+
+
+def recorded_speed(workspace: Workspace, step: str, model: str) -> float | None:
+    """Tokens per second of `model` over the workspace's earlier runs of `step` that ran it (provenance), or
+    None when there are none: new tokens for describe and profile, prompt tokens read for simulate."""
+    runs = [
+        record["parameters"]
+        for record in workspace.history()
+        if record.get("table") == STEP_TABLES[step]
+        and record.get("parameters", {}).get("model") == model
+        and record["parameters"].get("generated", 0) > 0
+    ]
+    seconds = sum(float(run.get("seconds", 0.0)) for run in runs)
+    return sum(int(run.get("tokens", 0)) for run in runs) / seconds if seconds > 0 else None
+
+
+def estimate_step(
+    step: str,
+    workspace: Workspace,
+    backend: Backend,
+    *,
+    cache_dir: Path,
+    segments: Sequence[str] | None = None,
+    limit: int | None = None,
+    max_new_tokens: int = 96,
+    top_m: int = 20,
+) -> dict[str, Any]:
+    """What `step` (describe, profile or simulate, with that step's default segments) would cost now, without
+    running the model: prompts, cached, prompt tokens, at most new tokens, and seconds at the speed the model
+    showed in this workspace's earlier runs of the step (None when it has none)."""
+    cache = generation_cache(cache_dir)
+    if step == "describe":
+        ids = segment_ids(workspace, "item", segments or (Segments.cold, Segments.sparse), limit)
+        items = workspace.read("items").filter(pl.col(Columns.item).is_in(ids))
+        prompts, template, new = description_prompts(items), ITEM_DESCRIPTION, max_new_tokens
+    elif step == "profile":
+        ids = segment_ids(workspace, "user", segments or (Segments.sparse,), limit)
+        prompts, template, new = profile_prompts(user_histories(workspace, ids)), USER_PROFILE, 80
+    else:
+        ids = segment_ids(workspace, "item", segments or (Segments.cold,), limit)
+        candidates, items, histories = _simulation_inputs(workspace, ids, cache_dir, top_m, False)
+        prompts, template, new = judge_prompts(candidates, items, histories), INTERACTION_JUDGE, 0
+    cost = estimate_cost(prompts, backend, cache, template, max_new_tokens=new, shared_prefix=step == "simulate")
+    speed = recorded_speed(workspace, step, backend.model_name)
+    tokens = cost.prompt_tokens if step == "simulate" else cost.max_new_tokens
+    return {
+        "step": step,
+        "prompts": cost.prompts,
+        "cached": cost.cached,
+        "prompt_tokens": cost.prompt_tokens,
+        "max_new_tokens": cost.max_new_tokens,
+        "recorded_tokens_per_s": round(speed, 1) if speed else None,
+        "estimated_seconds": round(tokens / speed, 1) if speed else None,
+    }
 
 
 def with_descriptions(items: pl.DataFrame, descriptions: pl.DataFrame) -> pl.DataFrame:

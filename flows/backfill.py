@@ -31,6 +31,7 @@ from catalog import (
     segment_transitions,
 )
 from flows import cycle, refresh, stages, tasks
+from flows.augmentation import backend_label
 from flows.settings import WarmstartSettings
 from monitor import ActiveRun, GateDecision, MetricsStore
 
@@ -114,7 +115,7 @@ def augment_window(context: WindowContext, window: Window, segments: pl.DataFram
         ).select(Columns.user, Columns.item)
         hits = synthetic.join(later.unique(), on=[Columns.user, Columns.item], how="semi").height
         report.steps["simulate"]["synthetic_precision"] = hits / synthetic.height if synthetic.height else None
-    return report.store_row()
+    return report.store_row(backend_label(context.settings))
 
 
 def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded: pl.DataFrame | None) -> GateDecision:

@@ -703,6 +703,9 @@ def augment(
     allow_insecure: Annotated[
         bool, typer.Option("--allow-insecure", help="Allow plain http to an LLM server that is not on loopback.")
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print the prompts, tokens and time the run would take.")
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Write LLM item descriptions, user profiles and synthetic interactions for cold and sparse segments.
@@ -732,6 +735,16 @@ def augment(
     )
     with console.status(f"loading the {settings.llm_backend} language model..."):
         backend = augmentation.make_backend(settings)
+    if dry_run:
+        names = [*(["describe"] if do_items else []), *(["simulate"] if do_items and simulate else [])]
+        names += ["profile"] if do_users else []
+        options = {"cache_dir": settings.cache_dir, "segments": segment, "limit": limit}
+        rows = [
+            augmentation.estimate_step(name, space, backend, max_new_tokens=settings.llm_max_new_tokens, **options)
+            for name in names
+        ]
+        _print_frame(pl.DataFrame(rows), f"augment --dry-run (model {backend.model_name}): nothing generated")
+        return
     run_id = new_run_id()
     report = stages.augment(space, backend, plan, cache_dir=settings.cache_dir, run_id=run_id)
     rows = [

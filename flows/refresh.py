@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, unmapped
 
 from catalog import Tables, Workspace, new_run_id, segment_counts, segment_transitions
 from flows import cycle, stages, tasks
+from flows.augmentation import backend_label
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings
 from monitor import ActiveRun, MetricsStore
@@ -96,7 +97,7 @@ def augment_new(workspace: Path | None = None, limit: int = 16, batch: int = 8) 
             report = stages.AugmentReport()
             report.steps["describe"] = describe_in_batches(space, settings, plan, run.run_id, batch)
             report.steps["profile"] = tasks.augment_step_task("profile", space.root, settings, plan, run.run_id)
-        run.record.augmentation = report.store_row()
+        run.record.augmentation = report.store_row(backend_label(settings))
     get_run_logger().info(f"augment-new {run.run_id}: {run.record.augmentation}")
     return dict(run.record.augmentation) | {"run_id": run.run_id}
 
@@ -163,7 +164,9 @@ def refresh(
                 limit=augment_limit, simulate=simulate, max_new_tokens=settings.llm_max_new_tokens
             )
             with run.record.timed("augment"):
-                run.record.augmentation = augment_workspace(space, settings, plan, run.run_id).store_row()
+                run.record.augmentation = augment_workspace(space, settings, plan, run.run_id).store_row(
+                    backend_label(settings)
+                )
         with run.record.timed("encode"):
             with_runner(encode_items, settings)(space.root)
         decision = cycle.train_evaluate_gate(

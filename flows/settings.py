@@ -44,6 +44,11 @@ class WarmstartSettings(BaseSettings):
     llm_concurrency: int = Field(4, ge=1, description="HTTP requests to the LLM server in flight at once.")
     llm_batch_size: int = Field(16, ge=1, description="Prompts per batch of the local model.")
     llm_threads: int = Field(1, ge=1, description="Torch threads of the local model (the machine is shared).")
+    llm_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Arithmetic of the local model: fp32 (the reference) or bf16 (faster on AVX-512 BF16 CPUs and "
+        "GPUs; its P(yes) and texts differ slightly from fp32's, see docs/benchmarks.md).",
+    )
     llm_max_new_tokens: int = Field(96, ge=8, description="Token limit of one description or profile.")
     task_runner: Literal["threads", "dask"] = Field(
         "threads",

@@ -201,14 +201,15 @@ class AugmentReport:
     def total(self, key: str) -> float:
         return sum(float(step.get(key, 0)) for step in self.steps.values())
 
-    def store_row(self) -> dict[str, Any]:
-        """The metrics store's augmentation row of this run."""
+    def store_row(self, backend: str | None = None) -> dict[str, Any]:
+        """The metrics store's augmentation row of this run (`backend`: what ran the language model)."""
 
         def touched(step: str) -> int:
             report = self.steps.get(step, {})
             return int(report.get("generated", 0)) + int(report.get("cached", 0))
 
         row = {
+            "backend": backend,
             "items_augmented": touched("describe"),
             "users_augmented": touched("profile"),
             "synthetic_rows": int(self.steps.get("simulate", {}).get("synthetic_rows", 0)),

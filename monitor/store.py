@@ -35,6 +35,7 @@ from sqlalchemy import (
     delete,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
@@ -42,7 +43,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from catalog import ConfigError, WorkspaceError, redact
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each schema version adds to the one before, applied in order to an older store opened for writing.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE augmentation ADD COLUMN backend VARCHAR(160)",),  # which model, precision and device ran
+}
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 
 
@@ -112,6 +117,7 @@ class Augmentation(Base):
     rejected: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
     seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    backend: Mapped[str | None] = mapped_column(String(160), nullable=True)  # e.g. local/bf16/cpu:smollm2-...
     # Precision of synthetic pairs against the real interactions that arrived later, when measured.
     synthetic_precision: Mapped[float | None] = mapped_column(Float, nullable=True)
 
@@ -258,11 +264,28 @@ class MetricsStore:
                     versions = session.scalars(select(SchemaVersion.version)).all()
         except SQLAlchemyError as error:
             raise WorkspaceError(redact(f"cannot open the metrics store {self._shown_url}: {error}")) from None
+        if versions and max(versions) < SCHEMA_VERSION and not self.read_only:
+            versions = [self._migrate(max(versions))]
         if versions and max(versions) != SCHEMA_VERSION:
             raise WorkspaceError(
                 f"metrics store {self._shown_url} has schema version {max(versions)}; this warmstart writes "
-                f"version {SCHEMA_VERSION}. Use a matching warmstart or a new store."
+                f"version {SCHEMA_VERSION}. Use a matching warmstart or a new store (an older store is upgraded "
+                "when opened for writing)."
             )
+
+    def _migrate(self, version: int) -> int:
+        """Bring a store of an older schema `version` up to SCHEMA_VERSION in one transaction; returns the version
+        the store then has (a concurrent process may have migrated it first)."""
+        try:
+            with Session(self.engine) as session, session.begin():
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[target]:
+                        session.execute(text(statement))
+                    session.add(SchemaVersion(version=target, applied_at=datetime.now(UTC)))
+        except SQLAlchemyError:  # another process migrated it at the same moment: read what it left
+            pass
+        with Session(self.engine) as session:
+            return max(session.scalars(select(SchemaVersion.version)).all())
 
     def _create_tables(self, attempts: int = 3) -> None:
         """Create missing tables. Two processes opening a new store at once (a flow and a reader, say) can both
@@ -488,6 +511,7 @@ class MetricsStore:
             Augmentation.rejected,
             Augmentation.tokens,
             Augmentation.seconds,
+            Augmentation.backend,
             Augmentation.synthetic_precision,
         ).join(Run, Run.id == Augmentation.run_id)
         return self._frame(statement.order_by(Run.started_at))

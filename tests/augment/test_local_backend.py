@@ -1,10 +1,14 @@
-"""The real local model (SmolLM2-135M-Instruct, fp32, CPU): generation, the yes-probability judge, prefix reuse."""
+"""The real local model (SmolLM2-135M-Instruct, CPU): generation, the yes-probability judge, prefix reuse, bf16."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
-from augment import Backend, LocalBackend, item_description_messages, judge_messages
+import numpy as np
+import pytest
+
+from augment import BF16_TOLERANCE, Backend, LocalBackend, item_description_messages, judge_messages
+from catalog import ConfigError
 
 HISTORY = ["Matrix factorization techniques for recommender systems", "Latent Dirichlet allocation"]
 CANDIDATES = ["Probabilistic topic models", "Gene expression in yeast", "Collaborative filtering for implicit feedback"]
@@ -51,3 +55,59 @@ def test_next_token_logprobs_are_sorted_log_probabilities(local_llm: LocalBacken
     (top,) = local_llm.next_token_logprobs([judge_messages(HISTORY, CANDIDATES[0])], 5)
     values = [value for _, value in top]
     assert len(top) == 5 and values == sorted(values, reverse=True) and all(v <= 0 for v in values)
+
+
+OTHER = ["Bird song learning in zebra finches", "Owl hearing and sound localisation", "Latent Dirichlet allocation"]
+
+
+def test_prefix_reuse_matches_no_reuse_whatever_the_order(local_llm: LocalBackend) -> None:
+    # two users with four candidates each (one candidate shared) and a user with one; pairs in any order
+    prompts = [judge_messages(h, c) for h in (HISTORY, OTHER) for c in [*CANDIDATES, "Owls"]]
+    prompts.append(judge_messages(["Bird song"], "Owls"))
+    local_llm.reuse_prefix = False
+    before = local_llm.prompt_tokens
+    plain = local_llm.yes_probability(prompts)
+    plain_tokens = local_llm.prompt_tokens - before
+    local_llm.reuse_prefix = True
+    try:
+        for seed, batch_size in ((0, 8), (1, 2)):  # batch 2 splits users' candidates and groups over batches
+            local_llm.batch_size = batch_size
+            order = np.random.default_rng(seed).permutation(len(prompts))
+            before = local_llm.prompt_tokens
+            shuffled = local_llm.yes_probability([prompts[i] for i in order])[np.argsort(order)]
+            np.testing.assert_allclose(shuffled, plain, atol=1e-4)
+            # each history ran once: well under half the tokens of running every prompt whole
+            assert local_llm.prompt_tokens - before < plain_tokens / 2
+    finally:
+        local_llm.batch_size = 8
+
+
+def test_one_users_prompts_alone_and_a_single_prompt(local_llm: LocalBackend) -> None:
+    prompts = [judge_messages(HISTORY, c) for c in CANDIDATES]
+    local_llm.reuse_prefix = False
+    plain = local_llm.yes_probability(prompts)
+    local_llm.reuse_prefix = True
+    np.testing.assert_allclose(local_llm.yes_probability(prompts), plain, atol=1e-4)
+    np.testing.assert_allclose(local_llm.yes_probability(prompts[:1]), plain[:1], atol=1e-4)
+    assert local_llm.yes_probability([]).shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def bf16_llm(llm_cache: Path) -> LocalBackend:
+    return LocalBackend.smollm2(llm_cache, batch_size=8, threads=1, precision="bf16")
+
+
+def test_bf16_stays_within_its_stated_tolerance_of_fp32(bf16_llm: LocalBackend, local_llm: LocalBackend) -> None:
+    assert bf16_llm.model_name == "smollm2-135m-instruct-bf16"  # cache keys and provenance tell them apart
+    judge = [judge_messages(h, c) for h in (HISTORY, OTHER) for c in CANDIDATES]
+    difference = np.abs(bf16_llm.yes_probability(judge) - local_llm.yes_probability(judge))
+    assert difference.max() <= BF16_TOLERANCE and difference.max() > 0  # really another arithmetic
+    prompts = [item_description_messages(t) for t in ("Deep learning", "Latent Dirichlet allocation", "Bird song")]
+    fast = bf16_llm.generate(prompts, max_new_tokens=16)
+    reference = local_llm.generate(prompts, max_new_tokens=16)
+    assert sum(a.text == b.text for a, b in zip(fast, reference, strict=True)) >= 2  # greedy text mostly the same
+
+
+def test_an_unknown_precision_is_refused(llm_cache: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown LLM precision 'int4'"):
+        LocalBackend.smollm2(llm_cache, precision="int4")  # type: ignore[arg-type]

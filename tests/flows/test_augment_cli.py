@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from catalog import Workspace
 from flows import augmentation
 from flows.cli import app
+from flows.settings import WarmstartSettings
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +62,19 @@ def test_augment_writes_tables_and_a_rerun_generates_nothing(workspace: Path, tm
     assert runner.invoke(app, ["detect", "-w", str(workspace)]).exit_code == 0
     space = Workspace(workspace)
     interactions_before = space.read("interactions")
+    # --dry-run counts what a run would cost and writes nothing
+    result = runner.invoke(app, ["augment", "--dry-run", "-w", str(workspace)])
+    assert result.exit_code == 0, result.output
+    assert all(step in result.output for step in ("describe", "simulate", "profile"))
+    assert not space.exists("item_descriptions") and not space.exists("synthetic_interactions")
+    settings = WarmstartSettings()
+    backend = augmentation.make_backend(settings)
+    options = {"cache_dir": settings.cache_dir, "max_new_tokens": 96}
+    plan = augmentation.estimate_step("describe", space, backend, **options)
+    assert plan["prompts"] == 5 and plan["cached"] == 0 and plan["max_new_tokens"] == 5 * 96
+    assert plan["prompt_tokens"] > 5 * 50 and plan["estimated_seconds"] is None  # no earlier run to go by
+    judge = augmentation.estimate_step("simulate", space, backend, **options)
+    assert judge["prompts"] == 6 and judge["max_new_tokens"] == 0
     out = tmp_path / "run1.json"
     result = runner.invoke(app, ["augment", "-w", str(workspace), "--json", str(out)])
     assert result.exit_code == 0, result.output
@@ -82,6 +96,8 @@ def test_augment_writes_tables_and_a_rerun_generates_nothing(workspace: Path, tm
     assert descriptions.height == describe["generated"] and descriptions["description"].dtype == pl.String
     assert space.read("user_profiles").height == profile["generated"]
     assert space.read("interactions").equals(interactions_before)  # synthetic rows never enter real data
+    plan = augmentation.estimate_step("describe", space, backend, **options)
+    assert plan["cached"] == describe["generated"] and plan["recorded_tokens_per_s"] > 0
 
     out2 = tmp_path / "run2.json"
     result = runner.invoke(app, ["augment", "-w", str(workspace), "--json", str(out2)])

@@ -77,6 +77,10 @@ def test_augment_new_describes_items_and_records_volume(prefect_api: str, worksp
     store = MetricsStore.for_workspace(workspace, read_only=True)
     assert store.runs()["flow"].to_list() == ["augment-new"]
     assert store.segment_counts().filter(pl.col("kind") == "item")["count"].sum() > 0
+    # the cost ledger: tokens, seconds and what ran them
+    (ledger,) = store.augmentation().to_dicts()
+    assert ledger["backend"] == "local/fp32:smollm2-135m-instruct-fp32"
+    assert ledger["tokens"] > 0 and ledger["seconds"] > 0
 
 
 def test_encoding_a_batch_again_is_a_prefect_cache_hit(prefect_api: str, tmp_path: Path) -> None:

@@ -132,6 +132,26 @@ def test_the_schema_version_is_checked(tmp_path: Path) -> None:
         MetricsStore.for_workspace(tmp_path)
 
 
+def test_a_version_1_store_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
+    store = MetricsStore.for_workspace(tmp_path)
+    store.start_run("r1", flow="refresh", dataset="x", parameters={}, window_end=WHEN)
+    store.finish_run("r1", RunRecord(as_of=WHEN, augmentation={"tokens": 7, "seconds": 1.5}))
+    store.close()
+    engine = create_engine(sqlite_url(tmp_path / "metrics.sqlite"))
+    with engine.begin() as connection:  # what version 1 wrote: no backend column
+        connection.execute(text("ALTER TABLE augmentation DROP COLUMN backend"))
+        connection.execute(text("UPDATE schema_version SET version = 1"))
+    engine.dispose()
+    with pytest.raises(WorkspaceError, match=r"schema version 1.*upgraded when opened for writing"):
+        MetricsStore.for_workspace(tmp_path, read_only=True)
+    store = MetricsStore.for_workspace(tmp_path)
+    assert store.augmentation()["tokens"].to_list() == [7]
+    store.start_run("r2", flow="refresh", dataset="x", parameters={}, window_end=WHEN)
+    store.finish_run("r2", RunRecord(as_of=WHEN, augmentation={"tokens": 9, "backend": "local/bf16/cpu:m"}))
+    assert store.augmentation()["backend"].to_list() == [None, "local/bf16/cpu:m"]
+    store.close()
+
+
 def test_read_only_store_needs_an_existing_file_and_cannot_write(tmp_path: Path) -> None:
     with pytest.raises(WorkspaceError, match="no metrics store"):
         MetricsStore.for_workspace(tmp_path, read_only=True)
