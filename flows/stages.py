@@ -37,7 +37,7 @@ from monitor import GateConfig, GateDecision, decide
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
     from augment import Backend
     from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings
-    from ranker.evaluate import ProtocolSplit
+    from ranker.evaluate import EvalIndex, ProtocolSplit
 
 DATASETS = ("ml-100k", "citeulike")
 
@@ -334,6 +334,14 @@ def retrain(plan: EvaluationPlan, *, cache_dir: Path, models: ModelSettings) -> 
 def evaluate(fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
     """(protocol, segment, metric, k, value) of a fitted ranker on the split's real held-out interactions."""
     return fitted.evaluate(split, k).metrics.with_columns(pl.lit(protocol).alias("protocol"))
+
+
+def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> dict[str, Any]:
+    """Beside a saved version: the inputs its ranker serves from and their ids (serving.npz + serving.json), so the
+    version can serve on its own (`serving.Recommender.load`). Returns the manifest."""
+    from serving import save_serving_inputs
+
+    return save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids)
 
 
 # ------------------------------------------------------------------------------------------------ gate
