@@ -783,7 +783,7 @@ def recommend(
         atomic_write_bytes(out, buffer.getvalue())
         console.print(f"{frame.height:,} recommendations for {max(len(ids), 1):,} user(s) written to {out}")
         return
-    shown = frame.drop("model_version", "ranker")
+    shown = frame
     if "because" in shown.columns:
         titles = recommender.titles
         shown = shown.with_columns(
@@ -791,7 +791,12 @@ def recommend(
                 lambda because: "; ".join(titles.get(i, i) for i in because), return_dtype=pl.String
             )
         )
-    _print_frame(shown, f"{recommender.ranker_name} {recommender.version}")
+    # One compact table per user (a terminal is narrower than the frame).
+    columns = [Columns.rank, Columns.item, Columns.title, Columns.score, "source", Columns.segment]
+    columns += [name for name in ("text_similarity", "because") if name in shown.columns]
+    for (who,), group in shown.group_by(Columns.user, maintain_order=True):
+        label = f"user {who} ({group['user_segment'][0]})" if who is not None else f"stated text: {text}"
+        _print_frame(group.select(columns), f"{label}, {recommender.ranker_name} {recommender.version}")
 
 
 def main() -> None:
