@@ -344,6 +344,20 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> dic
     return save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids)
 
 
+def publish_recommendations(workspace: Workspace, ranker: str, version: str, run_id: str, *, k: int) -> int:
+    """The `recommendations` table: top k for every user the version serves (its users and those logged since),
+    with the model version and run id, replaced atomically so a reader sees one version's complete set."""
+    from serving import Recommender
+
+    recommender = Recommender.load(workspace, version, ranker=ranker)
+    frame = recommender.recommend(recommender.user_ids, k).with_columns(
+        pl.lit(version).alias("model_version"), pl.lit(run_id).alias("run_id")
+    )
+    parameters = {"ranker": ranker, "model_version": version, "k": k, "users": recommender.user_ids.len()}
+    workspace.write(Tables.recommendations, frame, run_id=run_id, source="refresh", parameters=parameters)
+    return frame.height
+
+
 # ------------------------------------------------------------------------------------------------ gate
 
 

@@ -185,3 +185,16 @@ def test_cli_recommend_writes_a_batch_and_prints_explanations(served: Path, cach
     assert wrong.exit_code == 1 and "user_id" in wrong.output
     nothing = runner.invoke(app, ["recommend", "-w", str(served)], env=env)
     assert nothing.exit_code == 1 and "--user" in nothing.output
+
+
+def test_the_refresh_published_the_promoted_versions_recommendations(served: Path, recommender: Recommender) -> None:
+    space = Workspace(served)
+    table = space.read(Tables.recommendations)
+    assert set(table["model_version"]) == set(table["run_id"]) == {recommender.version}
+    assert space.provenance(Tables.recommendations)["parameters"]["model_version"] == recommender.version
+    assert sorted(table[Columns.user].unique()) == sorted(recommender.user_ids)
+    assert set(table.group_by(Columns.user).len()["len"]) == {10}  # the refresh's k
+    sample = recommender.user_ids.head(5).to_list()
+    expected = recommender.recommend(sample, k=10).select(Columns.user, Columns.item, Columns.rank)
+    published = table.filter(pl.col(Columns.user).is_in(sample)).select(Columns.user, Columns.item, Columns.rank)
+    assert published.sort(Columns.user, Columns.rank).equals(expected.sort(Columns.user, Columns.rank))
