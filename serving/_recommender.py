@@ -15,7 +15,7 @@ Where a user or item comes from decides how it is served:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from catalog import Columns, ConfigError, DataError, Segments, Tables, Workspace, WorkspaceError
-from encoders import MODEL_NAME, EmbeddingCache, encode_texts
+from encoders import MODEL_NAME, EmbeddingCache, encode_texts, load_text_model
 from ranker.base import RankerBase, top_k
 from ranker.features import RankerInputs
 from ranker.registry import load_ranker
@@ -84,6 +84,8 @@ class Recommender:
     text_model: str
     titles: dict[str, str]
     sparse_max: int = 5
+    # The text model and its cache, loaded on the first stated text and kept (loading MiniLM takes ~1 s).
+    _text: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------------------------------------ load
 
@@ -283,8 +285,10 @@ class Recommender:
             raise ConfigError("stated text needs the embedding cache: load the Recommender with cache_dir=.")
         if self.text_model != MODEL_NAME:
             raise ConfigError(f"version {self.version} embedded items with {self.text_model}, not {MODEL_NAME}.")
-        cache = EmbeddingCache(Path(self.cache_dir) / "embeddings")
-        query = encode_texts([text], cache=cache, show_progress=False)[0]
+        if not self._text:
+            self._text["cache"] = EmbeddingCache(Path(self.cache_dir) / "embeddings")
+            self._text["model"] = load_text_model()
+        query = encode_texts([text], model=self._text["model"], cache=self._text["cache"], show_progress=False)[0]
         similarity = (self.inputs.text @ query).astype(np.float64)
         pool = np.arange(self.inputs.n_items)
         if user_id is None:
