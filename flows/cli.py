@@ -799,6 +799,24 @@ def recommend(
         _print_frame(group.select(columns), f"{label}, {recommender.ranker_name} {recommender.version}")
 
 
+@app.command("add-items")
+@friendly_errors
+def add_items(
+    file: Annotated[Path, typer.Argument(help="CSV/TSV/Parquet: item_id, title[, text, categories].", dir_okay=False)],
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Append new items to the workspace through the items contract and embed their text: the promoted version
+    serves them at once (a stand-in from their text), with no retraining; the next refresh warms them properly."""
+    from catalog import conform_items, read_table
+
+    settings = _settings()
+    space = _workspace(workspace, settings)
+    added, _ = conform_items(read_table(file), str(file))
+    run_id = new_run_id()
+    count = stages.add_items(space, added, run_id, cache_dir=settings.cache_dir, source=f"add-items {file}")
+    console.print(f"{count:,} item(s) added to {space.root} (run {run_id}); `warmstart recommend` serves them now")
+
+
 def main() -> None:
     app()
 

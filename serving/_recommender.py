@@ -10,6 +10,9 @@ Where a user or item comes from decides how it is served:
   not tied to their encoders can do that (DeepFM's user table is fixed: such users are a DataError there);
 - an item with training interactions is scored through its collaborative ID embedding (`source` "id embedding"),
   an item without any through the stand-in the content mapper made from its text ("content stand-in");
+- an item added to the workspace after the version was trained (`warmstart add-items`) is folded in at load: its
+  text is embedded (MiniLM, the embedding cache) and a ridge content mapper fit on the version's warm items gives
+  it a stand-in, so it is recommendable at once with no retraining (rankers not tied to their encoders only);
 - stated interests in words are matched by MiniLM to the items' text embeddings (`source` "stated text").
 """
 
@@ -24,7 +27,16 @@ import polars as pl
 import scipy.sparse as sp
 
 from catalog import Columns, ConfigError, DataError, Segments, Tables, Workspace, WorkspaceError
-from encoders import MODEL_NAME, EmbeddingCache, encode_texts, load_text_model
+from encoders import (
+    MODEL_NAME,
+    ContentMapper,
+    EmbeddingCache,
+    MapperConfig,
+    encode_texts,
+    item_text,
+    load_text_model,
+    text_hash,
+)
 from ranker.base import RankerBase, top_k
 from ranker.features import RankerInputs
 from ranker.registry import load_ranker
@@ -126,7 +138,12 @@ class Recommender:
         titles = (
             dict(zip(items[Columns.item], items[Columns.title].fill_null(""), strict=True)) if items is not None else {}
         )
-        return cls._assemble(model, ranker, version, served, log, cache_dir, titles, sparse_max)
+        recommender = cls._assemble(model, ranker, version, served, log, cache_dir, titles, sparse_max)
+        if items is not None and not model.tied_to_encoders:
+            added = items.join(pl.DataFrame({Columns.item: served.item_ids}), on=Columns.item, how="anti")
+            if added.height:
+                recommender = recommender.add_items(added, log=log)
+        return recommender
 
     @classmethod
     def _assemble(
@@ -170,6 +187,71 @@ class Recommender:
             titles=titles,
             sparse_max=sparse_max,
         )
+
+    def add_items(self, items: pl.DataFrame, *, log: pl.DataFrame | None = None, alpha: float = 10.0) -> Recommender:
+        """This version serving `items` too (item_id, title[, text, categories]; already conformed): each gets its
+        MiniLM text embedding and a stand-in from a ridge mapper (penalty `alpha`, the refresh's default) fit on the
+        version's warm items, so it is recommendable at once. No TF-IDF or category features (the version's
+        vocabularies are not saved): those are zero for them. Pairs of `log` (user_id, item_id) with them are seen."""
+        if self.ranker.tied_to_encoders:
+            raise ConfigError(f"{self.ranker_name} scores a fixed item table; retrain to serve new items.")
+        duplicated = sorted(set(items[Columns.item].to_list()) & set(self.item_ids.to_list()))
+        if duplicated:
+            raise DataError(f"{len(duplicated)} item id(s) are already served: {duplicated[:_EXAMPLES]}.")
+        if items.is_empty():
+            return self
+        text = self._embed(item_text(items).to_list())
+        inputs = self.inputs
+        warm = np.flatnonzero(inputs.popularity > 0)
+        mapper = ContentMapper(MapperConfig(kind="ridge", alpha=alpha))
+        mapper.fit(inputs.text[warm], inputs.item_cf[warm, :-1], inputs.item_cf[warm, -1])
+        vectors, bias = mapper.transform(text)
+        n = items.height
+        titles = items[Columns.title].fill_null("")
+        extended = RankerInputs(
+            history=sp.csr_array(sp.hstack([inputs.history, sp.csr_array((inputs.n_users, n), dtype=np.float32)])),
+            text=np.vstack([inputs.text, text]),
+            user_cf=inputs.user_cf,
+            item_cf=np.vstack([inputs.item_cf, np.zeros((n, inputs.item_cf.shape[1]), inputs.item_cf.dtype)]),
+            item_standin=np.vstack([inputs.item_standin, np.c_[vectors, bias].astype(inputs.item_standin.dtype)]),
+            popularity=np.r_[inputs.popularity, np.zeros(n, inputs.popularity.dtype)],
+            title_words=np.r_[inputs.title_words, titles.str.split(" ").list.len().to_numpy().astype(np.float32)],
+            tfidf=_pad_rows(inputs.tfidf, n),
+            categories=_pad_rows(inputs.categories, n),
+        )
+        new_ids = items[Columns.item].cast(pl.String).rename(Columns.item)
+        logged = pl.DataFrame(schema={Columns.user: pl.String, Columns.item: pl.String})
+        if log is not None:
+            logged = log.select(pl.col(Columns.user).cast(pl.String), pl.col(Columns.item).cast(pl.String))
+        seen = sp.csr_array(sp.hstack([self.seen, _matrix(logged, self.user_ids, new_ids)]))
+        return Recommender(
+            ranker=self.ranker,
+            ranker_name=self.ranker_name,
+            version=self.version,
+            inputs=extended,
+            user_ids=self.user_ids,
+            item_ids=pl.concat([self.item_ids, new_ids]),
+            n_version_users=self.n_version_users,
+            seen=seen,
+            cache_dir=self.cache_dir,
+            text_model=self.text_model,
+            titles=self.titles | dict(zip(items[Columns.item], titles, strict=True)),
+            sparse_max=self.sparse_max,
+            _text=self._text,
+        )
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """MiniLM embeddings through the embedding cache (the model loads only for texts the cache lacks)."""
+        if self.cache_dir is None:
+            raise ConfigError("embedding text needs the embedding cache: load the Recommender with cache_dir=.")
+        if self.text_model != MODEL_NAME:
+            raise ConfigError(f"version {self.version} embedded items with {self.text_model}, not {MODEL_NAME}.")
+        if "cache" not in self._text:
+            self._text["cache"] = EmbeddingCache(Path(self.cache_dir) / "embeddings")
+        cache = self._text["cache"]
+        if "model" not in self._text and not cache.get_many([text_hash(t) for t in texts])[0].all():
+            self._text["model"] = load_text_model()  # kept: loading MiniLM takes about a second
+        return encode_texts(texts, model=self._text.get("model"), cache=cache, show_progress=False)
 
     # ------------------------------------------------------------------------------------------------ lookups
 
@@ -281,14 +363,7 @@ class Recommender:
             raise DataError("the stated text is empty; say what you are interested in, e.g. --text 'space operas'.")
         if not 0 <= weight <= 1:
             raise ConfigError(f"weight must be in [0, 1], got {weight}.")
-        if self.cache_dir is None:
-            raise ConfigError("stated text needs the embedding cache: load the Recommender with cache_dir=.")
-        if self.text_model != MODEL_NAME:
-            raise ConfigError(f"version {self.version} embedded items with {self.text_model}, not {MODEL_NAME}.")
-        if not self._text:
-            self._text["cache"] = EmbeddingCache(Path(self.cache_dir) / "embeddings")
-            self._text["model"] = load_text_model()
-        query = encode_texts([text], model=self._text["model"], cache=self._text["cache"], show_progress=False)[0]
+        query = self._embed([text])[0]
         similarity = (self.inputs.text @ query).astype(np.float64)
         pool = np.arange(self.inputs.n_items)
         if user_id is None:
@@ -398,6 +473,13 @@ def _matrix(pairs: pl.DataFrame, user_ids: pl.Series, item_ids: pl.Series) -> sp
         (data, (both["_u"].to_numpy(), both["_i"].to_numpy())), shape=(user_ids.len(), item_ids.len())
     )
     return sp.csr_array((matrix > 0).astype(np.float32))
+
+
+def _pad_rows(matrix: sp.csr_array | None, n: int) -> sp.csr_array | None:
+    """`matrix` with n zero rows appended (features an added item does not have)."""
+    if matrix is None:
+        return None
+    return sp.csr_array(sp.vstack([matrix, sp.csr_array((n, matrix.shape[1]), dtype=matrix.dtype)]))
 
 
 def _with_users(inputs: RankerInputs, rows: sp.csr_array) -> RankerInputs:

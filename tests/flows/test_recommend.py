@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from catalog import Columns, DataError, Tables, Workspace, new_run_id
+from flows import stages
 from flows.cli import app
 from serving import CONTENT_STANDIN, ID_EMBEDDING, SERVING_MANIFEST, STATED_TEXT, Recommender
 
@@ -92,8 +93,12 @@ def test_cold_users_get_the_ranker_with_an_empty_history(served: Path, recommend
     assert frame.join(_logged(served), on=[Columns.user, Columns.item], how="semi").is_empty()
 
 
-def test_a_user_logged_after_the_version_is_folded_in_and_explained(served: Path, cache_dir: Path) -> None:
-    space = Workspace(served)
+def test_a_user_logged_after_the_version_is_folded_in_and_explained(
+    served: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    shutil.copytree(served, workspace)
+    space = Workspace(workspace)
     log = space.read(Tables.interactions)
     alien_films = {"176", "183", "343"}  # Aliens, Alien, Alien: Resurrection
     newcomer = pl.DataFrame({Columns.user: ["newcomer"] * 3, Columns.item: sorted(alien_films)})
@@ -103,17 +108,14 @@ def test_a_user_logged_after_the_version_is_folded_in_and_explained(served: Path
         run_id=new_run_id(),
         source="test",
     )
-    try:
-        recommender = Recommender.load(served, cache_dir=cache_dir)
-        frame = recommender.recommend(["newcomer"], k=10, explain=True)
-        assert frame.height == 10 and set(frame["user_segment"]) == {"new"}
-        assert not set(frame[Columns.item]) & alien_films
-        assert all(set(because) <= alien_films and because for because in frame["because"].to_list())
-        # Their history changes what they get: not the recommendations of a user with no history.
-        cold = recommender.user_ids.gather(np.flatnonzero(_activity(recommender) == 0)[:1]).to_list()
-        assert frame[Columns.item].to_list() != recommender.recommend(cold, k=10)[Columns.item].to_list()
-    finally:
-        space.write(Tables.interactions, log, run_id=new_run_id(), source="test")
+    recommender = Recommender.load(workspace, cache_dir=cache_dir)
+    frame = recommender.recommend(["newcomer"], k=10, explain=True)
+    assert frame.height == 10 and set(frame["user_segment"]) == {"new"}
+    assert not set(frame[Columns.item]) & alien_films
+    assert all(set(because) <= alien_films and because for because in frame["because"].to_list())
+    # Their history changes what they get: not the recommendations of a user with no history.
+    cold = recommender.user_ids.gather(np.flatnonzero(_activity(recommender) == 0)[:1]).to_list()
+    assert frame[Columns.item].to_list() != recommender.recommend(cold, k=10)[Columns.item].to_list()
 
 
 def test_stated_text_alone_and_blended(served: Path, recommender: Recommender) -> None:
@@ -198,3 +200,35 @@ def test_the_refresh_published_the_promoted_versions_recommendations(served: Pat
     expected = recommender.recommend(sample, k=10).select(Columns.user, Columns.item, Columns.rank)
     published = table.filter(pl.col(Columns.user).is_in(sample)).select(Columns.user, Columns.item, Columns.rank)
     assert published.sort(Columns.user, Columns.rank).equals(expected.sort(Columns.user, Columns.rank))
+
+
+def test_an_added_item_is_served_at_once_without_retraining(served: Path, cache_dir: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    shutil.copytree(served, workspace)
+    new = tmp_path / "new.csv"
+    pl.DataFrame(
+        {
+            Columns.item: ["new-1"],
+            Columns.title: ["Starship Nightmare (2026)"],
+            Columns.text: ["An alien creature hunts the crew of a deep space mining ship."],
+        }
+    ).write_csv(new)
+    env = {"WARMSTART_CACHE_DIR": str(cache_dir)}
+    done = runner.invoke(app, ["add-items", str(new), "-w", str(workspace)], env=env)
+    assert done.exit_code == 0, done.output
+    again = runner.invoke(app, ["add-items", str(new), "-w", str(workspace)], env=env)
+    assert again.exit_code == 1 and "new-1" in again.output
+    stages.workspace_dataset(Workspace(workspace))  # still one ingest: the next refresh trains on the new item
+
+    recommender = Recommender.load(workspace, cache_dir=cache_dir)
+    assert recommender.version == Workspace(served).models.current("lightgbm")  # the same version, not retrained
+    audience = recommender.users_for_item("new-1", k=5)
+    assert (
+        audience.height == 5 and set(audience["source"]) == {CONTENT_STANDIN} and set(audience["segment"]) == {"cold"}
+    )
+    assert recommender.recommend_text("an alien monster in outer space", k=3)[Columns.item][0] == "new-1"
+    similar = recommender.similar_items(["new-1"], k=3)
+    assert similar.height == 3 and "new-1" not in similar[Columns.item]
+    # The ranker scores only its candidates (each source's top items per user): the new item is among some users'.
+    everything = recommender.recommend(recommender.user_ids, k=recommender.inputs.n_items)
+    assert everything.filter(pl.col(Columns.item) == "new-1").height > 0
