@@ -47,6 +47,17 @@ CONTENT_STANDIN = "content stand-in"
 STATED_TEXT = "stated text"
 USER_SEGMENT = "user_segment"
 BECAUSE = "because"
+# The columns of every recommendation frame, in this order.
+RECOMMENDATION_COLUMNS = (
+    Columns.user,
+    Columns.item,
+    Columns.rank,
+    Columns.score,
+    "source",
+    Columns.segment,
+    Columns.title,
+    USER_SEGMENT,
+)
 _EXAMPLES = 5
 
 
@@ -329,16 +340,7 @@ class Recommender:
                 Columns.score: scores.astype(np.float32),
                 USER_SEGMENT: self._user_segments(users),
             }
-        ).select(
-            Columns.user,
-            Columns.item,
-            Columns.rank,
-            Columns.score,
-            "source",
-            Columns.segment,
-            Columns.title,
-            USER_SEGMENT,
-        )
+        ).select(*RECOMMENDATION_COLUMNS)
 
     def _because(self, users: np.ndarray, items: np.ndarray, most: int = 2) -> list[list[str]]:
         """For each (user, item): the user's logged items closest to the item in text embedding."""
@@ -388,17 +390,7 @@ class Recommender:
         )
         if user_id is None:
             frame = frame.with_columns(source=pl.lit(STATED_TEXT))
-        return frame.select(
-            Columns.user,
-            Columns.item,
-            Columns.rank,
-            Columns.score,
-            "source",
-            Columns.segment,
-            Columns.title,
-            USER_SEGMENT,
-            "text_similarity",
-        )
+        return frame.select(*RECOMMENDATION_COLUMNS, "text_similarity")
 
     def similar_items(self, item_ids: list[str] | pl.Series, k: int = 10) -> pl.DataFrame:
         """Each item's k nearest items by cosine in the collaborative space, each item seen as the ranker sees it
