@@ -36,6 +36,7 @@ class Tables:
     item_descriptions = "item_descriptions"
     user_profiles = "user_profiles"
     synthetic_interactions = "synthetic_interactions"
+    recommendations = "recommendations"
     split_prefix = "split_"
 
     base = (interactions, items, users)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -757,6 +758,119 @@ def augment(
         payload = totals | {"run_id": run_id, "model": backend.model_name, "steps": report.steps}
         atomic_write_bytes(json_out, json.dumps(payload, indent=2, default=str).encode())
         console.print(f"report written to {json_out}")
+
+
+ServeRankerOption = Annotated[
+    RankerName | None, typer.Option("--ranker", help="Ranker to serve \\[default: the one with a promoted version].")
+]
+
+
+def _users_file(path: Path) -> list[str]:
+    """User ids from a CSV/TSV/Parquet file with a `user_id` column, in file order, repeats dropped."""
+    from catalog import DataError, read_table
+
+    frame = read_table(path)
+    if Columns.user not in frame.columns:
+        raise DataError(f"{path}: needs a '{Columns.user}' column; found {frame.columns}.")
+    ids = frame[Columns.user].cast(pl.String).drop_nulls().unique(maintain_order=True)
+    if ids.is_empty():
+        raise DataError(f"{path}: no user ids in column '{Columns.user}'.")
+    return ids.to_list()
+
+
+@app.command()
+@friendly_errors
+def recommend(
+    user: Annotated[list[str] | None, typer.Option("--user", help="User id, repeatable.")] = None,
+    users: Annotated[
+        Path | None, typer.Option("--users", help="CSV/TSV/Parquet file with a user_id column.", dir_okay=False)
+    ] = None,
+    text: Annotated[
+        str | None, typer.Option(help="Interests stated in words: rank items by MiniLM similarity to this text.")
+    ] = None,
+    weight: Annotated[float, typer.Option(min=0, max=1, help="Share of the text in a --user + --text blend.")] = 0.5,
+    k: Annotated[int, typer.Option(min=1, help="Recommendations per user.")] = 20,
+    explain: Annotated[bool, typer.Option("--explain", help="Add each user's history items closest to each.")] = False,
+    include_seen: Annotated[
+        bool, typer.Option("--include-seen", help="Also items logged since the version was trained.")
+    ] = False,
+    version: Annotated[str | None, typer.Option(help="Model version \\[default: the promoted one].")] = None,
+    ranker: ServeRankerOption = None,
+    out: Annotated[Path | None, typer.Option(help="Write the recommendations to this Parquet file.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Users per batch (one progress step).")] = 256,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Recommend items from a saved model version (the promoted one by default): to users by id (--user,
+    --users FILE), or from interests stated in words (--text, alone or blended with one --user)."""
+    from rich.progress import track
+
+    from serving import Recommender
+
+    settings = _settings()
+    space = _workspace(workspace, settings)
+    ids = list(user or []) + (_users_file(users) if users is not None else [])
+    if text is None and not ids:
+        raise ConfigError("say whom to recommend for: --user ID, --users FILE or --text '...'.")
+    if text is not None and len(ids) > 1:
+        raise ConfigError("--text serves one person: give it alone or with a single --user.")
+    recommender = Recommender.load(
+        space,
+        version,
+        ranker=ranker.value if ranker else None,
+        cache_dir=settings.cache_dir,
+        sparse_max=settings.sparse_max,
+    )
+    if text is not None:
+        frame = recommender.recommend_text(
+            text, k, user_id=ids[0] if ids else None, weight=weight, exclude_seen=not include_seen
+        )
+    else:
+        batches = [ids[start : start + batch] for start in range(0, len(ids), batch)]
+        steps = track(batches, description="recommending", console=errors) if len(batches) > 1 else batches
+        frame = pl.concat(
+            [recommender.recommend(chunk, k, exclude_seen=not include_seen, explain=explain) for chunk in steps]
+        )
+    frame = frame.with_columns(
+        pl.lit(recommender.version).alias("model_version"), pl.lit(recommender.ranker_name).alias("ranker")
+    )
+    if out is not None:
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        atomic_write_bytes(out, buffer.getvalue())
+        console.print(f"{frame.height:,} recommendations for {max(len(ids), 1):,} user(s) written to {out}")
+        return
+    shown = frame
+    if "because" in shown.columns:
+        titles = recommender.titles
+        shown = shown.with_columns(
+            pl.col("because").map_elements(
+                lambda because: "; ".join(titles.get(i, i) for i in because), return_dtype=pl.String
+            )
+        )
+    # One compact table per user (a terminal is narrower than the frame).
+    columns = [Columns.rank, Columns.item, Columns.title, Columns.score, "source", Columns.segment]
+    columns += [name for name in ("text_similarity", "because") if name in shown.columns]
+    for (who,), group in shown.group_by(Columns.user, maintain_order=True):
+        label = f"user {who} ({group['user_segment'][0]})" if who is not None else f"stated text: {text}"
+        _print_frame(group.select(columns), f"{label}, {recommender.ranker_name} {recommender.version}")
+
+
+@app.command("add-items")
+@friendly_errors
+def add_items(
+    file: Annotated[Path, typer.Argument(help="CSV/TSV/Parquet: item_id, title[, text, categories].", dir_okay=False)],
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Append new items to the workspace through the items contract and embed their text: the promoted version
+    serves them at once (a stand-in from their text), with no retraining; the next refresh warms them properly."""
+    from catalog import conform_items, read_table
+
+    settings = _settings()
+    space = _workspace(workspace, settings)
+    added, _ = conform_items(read_table(file), str(file))
+    run_id = new_run_id()
+    count = stages.add_items(space, added, run_id, cache_dir=settings.cache_dir, source=f"add-items {file}")
+    console.print(f"{count:,} item(s) added to {space.root} (run {run_id}); `warmstart recommend` serves them now")
 
 
 def main() -> None:

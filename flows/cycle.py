@@ -90,6 +90,7 @@ def train_evaluate_gate(
         )
     decision = tasks.gate_task(metrics, incumbent, config.gate, stages.gate_reference(references, config.protocol))
     directory = fitted.ranker.save(registry.path(ranker, run.run_id))
+    stages.save_serving(directory, fitted, plan.split.index)  # the version serves on its own
     _write_report(directory, fitted.report, plan, metrics, parent=current, dataset=dataset)
     record.model_version = run.run_id
     record.metrics = pl.concat([metrics, references.select(metrics.columns)])

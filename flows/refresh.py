@@ -3,6 +3,7 @@
     augment-new: detect -> describe new/cold/sparse items (in batches), profile new/sparse users -> record volume
     refresh:     detect -> describe, profile, simulate -> encode -> retrain -> evaluate on real held-out data
                  -> gate against the current model on the same data -> record -> promote
+                 -> publish the `recommendations` table (top k of every user, when promoted)
 
 Each run is a row of the metrics history (`MetricsStore.run` owns its start, timings, failure and finish); the
 stages are flows/stages.py's, run as the tasks of flows/tasks.py and composed by flows/cycle.py.
@@ -178,5 +179,8 @@ def refresh(
             dataset=dataset.name,
         )
     cycle.promote(registry, ranker, decision, run.run_id)
+    if decision.promoted:  # a refused candidate leaves the current version's table in place
+        rows = stages.publish_recommendations(space, ranker, run.run_id, run.run_id, k=k)
+        get_run_logger().info(f"recommendations: {rows:,} rows from {ranker} {run.run_id}")
     get_run_logger().info(f"refresh {run.run_id}: {decision.reason}")
     return {"run_id": run.run_id, "promotion": run.record.promotion, "metrics": run.record.metrics}

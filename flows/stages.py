@@ -37,7 +37,7 @@ from monitor import GateConfig, GateDecision, decide, reference_protocol
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
     from augment import Backend
     from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings
-    from ranker.evaluate import ProtocolSplit
+    from ranker.evaluate import EvalIndex, ProtocolSplit
 
 DATASETS = ("ml-100k", "citeulike")
 
@@ -87,13 +87,20 @@ def ingest(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int
 
 
 def _check_same_ingest(workspace: Workspace) -> None:
-    """The base tables must come from one ingest run; a mix means an ingest was interrupted."""
-    runs = {name: workspace.provenance(name)["run_id"] for name in Tables.base if workspace.exists(name)}
+    """The base tables must come from one ingest run; a mix means an ingest was interrupted. A table appended to
+    since (`warmstart add-items`) names the ingest it extends (`ingest_run_id` in its provenance's parameters)."""
+    runs = {name: _ingest_run(workspace, name) for name in Tables.base if workspace.exists(name)}
     if len(set(runs.values())) > 1:
         raise WorkspaceError(
             f"workspace {workspace.root} holds tables from different ingest runs ({runs}): an ingest was "
             "interrupted. Run `warmstart ingest` again."
         )
+
+
+def _ingest_run(workspace: Workspace, table: str) -> str:
+    """The ingest run a base table comes from (or extends)."""
+    provenance = workspace.provenance(table)
+    return str(provenance.get("parameters", {}).get("ingest_run_id", provenance["run_id"]))
 
 
 def workspace_dataset(workspace: Workspace) -> Dataset:
@@ -339,6 +346,48 @@ def retrain(plan: EvaluationPlan, *, cache_dir: Path, models: ModelSettings) -> 
 def evaluate(fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
     """(protocol, segment, metric, k, value) of a fitted ranker on the split's real held-out interactions."""
     return fitted.evaluate(split, k).metrics.with_columns(pl.lit(protocol).alias("protocol"))
+
+
+def add_items(workspace: Workspace, added: pl.DataFrame, run_id: str, *, cache_dir: Path, source: str) -> int:
+    """Append conformed items (new ids only) to the `items` table and embed their text into the one cache, so the
+    promoted version serves them at once (serving.Recommender folds them in) and the next refresh trains on them."""
+    from catalog import DataError
+    from encoders import EmbeddingCache, encode_texts, item_text
+
+    existing = workspace.read(Tables.items)
+    repeated = added.filter(
+        pl.col(Columns.item).is_duplicated() | pl.col(Columns.item).is_in(existing[Columns.item].to_list())
+    )
+    if repeated.height:
+        ids = sorted(set(repeated[Columns.item]))
+        raise DataError(f"{source}: {len(ids)} item id(s) already exist or repeat, e.g. {ids[:5]}; use new ids.")
+    added = added.with_columns(pl.col(Columns.first_seen).fill_null(datetime.now(UTC))).select(existing.columns)
+    encode_texts(item_text(added).to_list(), cache=EmbeddingCache(embedding_cache(cache_dir)), show_progress=False)
+    parameters = {"added": added.height, "ingest_run_id": _ingest_run(workspace, Tables.items)}
+    workspace.write(Tables.items, pl.concat([existing, added]), run_id=run_id, source=source, parameters=parameters)
+    return added.height
+
+
+def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> dict[str, Any]:
+    """Beside a saved version: the inputs its ranker serves from and their ids (serving.npz + serving.json), so the
+    version can serve on its own (`serving.Recommender.load`). Returns the manifest."""
+    from serving import save_serving_inputs
+
+    return save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids)
+
+
+def publish_recommendations(workspace: Workspace, ranker: str, version: str, run_id: str, *, k: int) -> int:
+    """The `recommendations` table: top k for every user the version serves (its users and those logged since),
+    with the model version and run id, replaced atomically so a reader sees one version's complete set."""
+    from serving import Recommender
+
+    recommender = Recommender.load(workspace, version, ranker=ranker)
+    frame = recommender.recommend(recommender.user_ids, k).with_columns(
+        pl.lit(version).alias("model_version"), pl.lit(run_id).alias("run_id")
+    )
+    parameters = {"ranker": ranker, "model_version": version, "k": k, "users": recommender.user_ids.len()}
+    workspace.write(Tables.recommendations, frame, run_id=run_id, source="refresh", parameters=parameters)
+    return frame.height
 
 
 # ------------------------------------------------------------------------------------------------ gate

@@ -1,0 +1,17 @@
+"""Serving: recommendations from a saved model version (the entry side: it composes ranker, encoders and catalog;
+no stage package imports it)."""
+
+from serving._artifacts import SERVING_ARRAYS, SERVING_MANIFEST, ServingInputs, load_serving_inputs, save_serving_inputs
+from serving._recommender import CONTENT_STANDIN, ID_EMBEDDING, STATED_TEXT, Recommender
+
+__all__ = [
+    "CONTENT_STANDIN",
+    "ID_EMBEDDING",
+    "SERVING_ARRAYS",
+    "SERVING_MANIFEST",
+    "STATED_TEXT",
+    "Recommender",
+    "ServingInputs",
+    "load_serving_inputs",
+    "save_serving_inputs",
+]

@@ -1,0 +1,125 @@
+"""What a saved model version needs to serve on its own: the inputs its ranker scores from and their ids.
+
+A version directory (WORKSPACE/models/RANKER/VERSION/) holds, besides the ranker's own files::
+
+    serving.npz    every array of the served `RankerInputs` (sparse ones as CSR parts) and the index ids
+    serving.json   format version, SHA-256 of serving.npz, shapes and the text model's name
+
+Both are written atomically, the arrays first and the manifest last, so a manifest always names a complete
+file; a digest that does not match (an interrupted or mixed write) refuses to load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from catalog import Columns, DataError, atomic_write_bytes
+from encoders import MODEL_NAME
+from ranker.features import RankerInputs
+
+SERVING_ARRAYS = "serving.npz"
+SERVING_MANIFEST = "serving.json"
+FORMAT_VERSION = 1
+
+_DENSE = ("text", "user_cf", "item_cf", "item_standin", "popularity", "title_words")
+_SPARSE = ("history", "tfidf", "categories")
+
+
+@dataclass(frozen=True, eq=False)
+class ServingInputs:
+    """A version's served inputs: row u of the user arrays is `user_ids[u]`, row i of the item arrays `item_ids[i]`."""
+
+    inputs: RankerInputs
+    user_ids: pl.Series
+    item_ids: pl.Series
+    manifest: dict[str, Any]
+
+
+def save_serving_inputs(
+    directory: Path, inputs: RankerInputs, user_ids: pl.Series, item_ids: pl.Series, *, text_model: str = MODEL_NAME
+) -> dict[str, Any]:
+    """Write serving.npz then serving.json beside a saved version; returns the manifest."""
+    if user_ids.len() != inputs.n_users or item_ids.len() != inputs.n_items:
+        raise DataError(
+            f"serving ids ({user_ids.len()} users, {item_ids.len()} items) do not match the inputs "
+            f"({inputs.n_users} x {inputs.n_items}); save the index the inputs were built on."
+        )
+    arrays: dict[str, np.ndarray] = {name: np.asarray(getattr(inputs, name)) for name in _DENSE}
+    for name in _SPARSE:
+        matrix = getattr(inputs, name)
+        if matrix is None:
+            continue
+        matrix = sp.csr_array(matrix)
+        arrays |= {
+            f"{name}.data": matrix.data,
+            f"{name}.indices": matrix.indices,
+            f"{name}.indptr": matrix.indptr,
+            f"{name}.shape": np.asarray(matrix.shape, dtype=np.int64),
+        }
+    # Fixed-width unicode arrays load without pickle (np.load(allow_pickle=False)).
+    arrays[Columns.user] = user_ids.cast(pl.String).to_numpy().astype(str)
+    arrays[Columns.item] = item_ids.cast(pl.String).to_numpy().astype(str)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    payload = buffer.getvalue()
+    atomic_write_bytes(directory / SERVING_ARRAYS, payload)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "n_users": inputs.n_users,
+        "n_items": inputs.n_items,
+        "text_model": text_model,
+        "text_dim": int(inputs.text.shape[1]),
+    }
+    atomic_write_bytes(directory / SERVING_MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
+    return manifest
+
+
+def load_serving_inputs(directory: Path) -> ServingInputs:
+    """The served inputs a version saved, after checking the manifest's format and digest."""
+    manifest_path, arrays_path = directory / SERVING_MANIFEST, directory / SERVING_ARRAYS
+    if not manifest_path.is_file() or not arrays_path.is_file():
+        raise DataError(
+            f"{directory}: the version has no serving inputs ({SERVING_MANIFEST} and {SERVING_ARRAYS}); it was "
+            "saved before versions could serve. Run `warmstart refresh` (or retrain) to save a servable version."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{manifest_path}: cannot read it ({error}); retrain to save the version again.") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"{manifest_path}: serving format {manifest.get('format_version')}, this warmstart reads "
+            f"{FORMAT_VERSION}; retrain to save the version again."
+        )
+    payload = arrays_path.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != manifest.get("sha256"):
+        raise DataError(
+            f"{arrays_path}: does not match the digest in {SERVING_MANIFEST} (an interrupted or mixed write); "
+            "retrain to save the version again."
+        )
+    with np.load(io.BytesIO(payload), allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    matrices: dict[str, sp.csr_array | None] = {}
+    for name in _SPARSE:
+        if f"{name}.data" not in arrays:
+            matrices[name] = None
+            continue
+        parts = (arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"])
+        matrices[name] = sp.csr_array(parts, shape=tuple(int(n) for n in arrays[f"{name}.shape"]))
+    inputs = RankerInputs(**{name: arrays[name] for name in _DENSE}, **matrices)  # type: ignore[arg-type]
+    return ServingInputs(
+        inputs=inputs,
+        user_ids=pl.Series(Columns.user, arrays[Columns.user], dtype=pl.String),
+        item_ids=pl.Series(Columns.item, arrays[Columns.item], dtype=pl.String),
+        manifest=manifest,
+    )

@@ -1,0 +1,493 @@
+"""Recommendations from a saved model version: `Recommender.load(workspace)` serves the promoted version (or a named
+one) from what the version saved (ranker + serving inputs), reading the workspace only for what happened since.
+
+Where a user or item comes from decides how it is served:
+- a user in the version's index is ranked from the version's training history; a user with no history there (cold)
+  is ranked by the same ranker with an empty history (its candidates then come from popularity and the items'
+  own features);
+- a user who appeared in the workspace after the version was trained (`user_segment` "new") is folded in: their
+  logged interactions become their history (text and TF-IDF profiles) with no collaborative vector. Only rankers
+  not tied to their encoders can do that (DeepFM's user table is fixed: such users are a DataError there);
+- an item with training interactions is scored through its collaborative ID embedding (`source` "id embedding"),
+  an item without any through the stand-in the content mapper made from its text ("content stand-in");
+- an item added to the workspace after the version was trained (`warmstart add-items`) is folded in at load: its
+  text is embedded (MiniLM, the embedding cache) and a ridge content mapper fit on the version's warm items gives
+  it a stand-in, so it is recommendable at once with no retraining (rankers not tied to their encoders only);
+- stated interests in words are matched by MiniLM to the items' text embeddings (`source` "stated text").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from catalog import Columns, ConfigError, DataError, Segments, Tables, Workspace, WorkspaceError
+from encoders import (
+    MODEL_NAME,
+    ContentMapper,
+    EmbeddingCache,
+    MapperConfig,
+    encode_texts,
+    item_text,
+    load_text_model,
+    text_hash,
+)
+from ranker.base import RankerBase, top_k
+from ranker.features import RankerInputs
+from ranker.registry import load_ranker
+from serving._artifacts import ServingInputs, load_serving_inputs
+
+ID_EMBEDDING = "id embedding"
+CONTENT_STANDIN = "content stand-in"
+STATED_TEXT = "stated text"
+USER_SEGMENT = "user_segment"
+BECAUSE = "because"
+# The columns of every recommendation frame, in this order.
+RECOMMENDATION_COLUMNS = (
+    Columns.user,
+    Columns.item,
+    Columns.rank,
+    Columns.score,
+    "source",
+    Columns.segment,
+    Columns.title,
+    USER_SEGMENT,
+)
+_EXAMPLES = 5
+
+
+def _unknown(ids: list[str], known: set[str], kind: str, version: str) -> None:
+    missing = sorted({i for i in ids if i not in known})
+    if missing:
+        raise DataError(
+            f"{len(missing)} unknown {kind} id(s) for model version {version}: {missing[:_EXAMPLES]}. "
+            f"Use ids of the workspace's {kind}s (add new ones with `warmstart ingest`)."
+        )
+
+
+def _head_mask(popularity: np.ndarray, head_share: float) -> np.ndarray:
+    """The most popular items that together hold `head_share` of the interactions (brief section 4)."""
+    order = np.argsort(-popularity, kind="stable")
+    total = popularity.sum()
+    cumulative = np.cumsum(popularity[order])
+    head = np.zeros(popularity.size, dtype=bool)
+    if total > 0:
+        # An item is head while the share before it is still below head_share.
+        head[order] = (cumulative - popularity[order]) < head_share * total
+    return head & (popularity > 0)
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    out = np.zeros(values.shape, dtype=np.float64)
+    if finite.any():
+        low, high = values[finite].min(), values[finite].max()
+        out[finite] = (values[finite] - low) / (high - low) if high > low else 1.0
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Recommender:
+    """One model version ready to serve. Build it with `Recommender.load`."""
+
+    ranker: RankerBase
+    ranker_name: str
+    version: str
+    inputs: RankerInputs
+    user_ids: pl.Series  # row u of the inputs' user arrays; the version's users, then users folded in
+    item_ids: pl.Series
+    n_version_users: int
+    seen: sp.csr_array  # every logged (user, item) pair over the version's items, training or since
+    cache_dir: Path | None
+    text_model: str
+    titles: dict[str, str]
+    sparse_max: int = 5
+    # The text model and its cache, loaded on the first stated text and kept (loading MiniLM takes ~1 s).
+    _text: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------------------------------------ load
+
+    @classmethod
+    def load(
+        cls,
+        workspace: Workspace | Path,
+        version: str | None = None,
+        *,
+        ranker: str | None = None,
+        cache_dir: Path | None = None,
+        sparse_max: int = 5,
+    ) -> Recommender:
+        """The promoted version of `ranker` (the only ranker with a promoted version by default), or `version`.
+        `cache_dir` holds the text-embedding cache (CACHE/embeddings), needed only for stated text."""
+        space = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
+        registry = space.models
+        if ranker is None:
+            promoted = sorted({v.ranker for v in registry.versions() if v.current})
+            if len(promoted) != 1:
+                raise ConfigError(
+                    f"{registry.root}: {'no ranker has' if not promoted else 'several rankers have'} a promoted "
+                    f"version ({', '.join(promoted) or 'none'}); name one with ranker= (--ranker)."
+                    + (" Run `warmstart refresh` to train and promote one." if not promoted else "")
+                )
+            ranker = promoted[0]
+        version = version or registry.current(ranker)
+        if version is None:
+            raise WorkspaceError(f"{registry.root}: no promoted version of {ranker}; run `warmstart refresh`.")
+        if not registry.exists(ranker, version):
+            known = ", ".join(v.version for v in registry.versions(ranker)) or "none"
+            raise WorkspaceError(f"no saved version {version!r} of {ranker} under {registry.root} (versions: {known}).")
+        directory = registry.path(ranker, version)
+        served = load_serving_inputs(directory)
+        model = load_ranker(directory)
+        log = space.read(Tables.interactions) if space.exists(Tables.interactions) else None
+        items = space.read(Tables.items) if space.exists(Tables.items) else None
+        titles = (
+            dict(zip(items[Columns.item], items[Columns.title].fill_null(""), strict=True)) if items is not None else {}
+        )
+        recommender = cls._assemble(model, ranker, version, served, log, cache_dir, titles, sparse_max)
+        if items is not None and not model.tied_to_encoders:
+            added = items.join(pl.DataFrame({Columns.item: served.item_ids}), on=Columns.item, how="anti")
+            if added.height:
+                recommender = recommender.add_items(added, log=log)
+        return recommender
+
+    @classmethod
+    def _assemble(
+        cls,
+        model: RankerBase,
+        ranker: str,
+        version: str,
+        served: ServingInputs,
+        log: pl.DataFrame | None,
+        cache_dir: Path | None,
+        titles: dict[str, str],
+        sparse_max: int,
+    ) -> Recommender:
+        inputs, user_ids, item_ids = served.inputs, served.user_ids, served.item_ids
+        n_version_users = user_ids.len()
+        pairs = pl.DataFrame(schema={Columns.user: pl.String, Columns.item: pl.String})
+        if log is not None:
+            # Logged pairs over the version's items (items added since the version was trained have no inputs).
+            pairs = log.select(pl.col(Columns.user).cast(pl.String), pl.col(Columns.item).cast(pl.String)).unique()
+            pairs = pairs.join(pl.DataFrame({Columns.item: item_ids}), on=Columns.item, how="semi")
+            newcomers = pairs.join(pl.DataFrame({Columns.user: user_ids}), on=Columns.user, how="anti")
+            if newcomers.height and not model.tied_to_encoders:
+                new_ids = newcomers[Columns.user].unique().sort()
+                rows = _matrix(newcomers, new_ids, item_ids)
+                inputs = _with_users(inputs, rows)
+                user_ids = pl.concat([user_ids, new_ids.rename(Columns.user)])
+        seen = _matrix(
+            pairs.join(pl.DataFrame({Columns.user: user_ids}), on=Columns.user, how="semi"), user_ids, item_ids
+        )
+        return cls(
+            ranker=model,
+            ranker_name=ranker,
+            version=version,
+            inputs=inputs,
+            user_ids=user_ids,
+            item_ids=item_ids,
+            n_version_users=n_version_users,
+            seen=sp.csr_array(((seen + inputs.history) > 0).astype(np.float32)),
+            cache_dir=cache_dir,
+            text_model=str(served.manifest.get("text_model", MODEL_NAME)),
+            titles=titles,
+            sparse_max=sparse_max,
+        )
+
+    def add_items(self, items: pl.DataFrame, *, log: pl.DataFrame | None = None, alpha: float = 10.0) -> Recommender:
+        """This version serving `items` too (item_id, title[, text, categories]; already conformed): each gets its
+        MiniLM text embedding and a stand-in from a ridge mapper (penalty `alpha`, the refresh's default) fit on the
+        version's warm items, so it is recommendable at once. No TF-IDF or category features (the version's
+        vocabularies are not saved): those are zero for them. Pairs of `log` (user_id, item_id) with them are seen."""
+        if self.ranker.tied_to_encoders:
+            raise ConfigError(f"{self.ranker_name} scores a fixed item table; retrain to serve new items.")
+        duplicated = sorted(set(items[Columns.item].to_list()) & set(self.item_ids.to_list()))
+        if duplicated:
+            raise DataError(f"{len(duplicated)} item id(s) are already served: {duplicated[:_EXAMPLES]}.")
+        if items.is_empty():
+            return self
+        text = self._embed(item_text(items).to_list())
+        inputs = self.inputs
+        warm = np.flatnonzero(inputs.popularity > 0)
+        mapper = ContentMapper(MapperConfig(kind="ridge", alpha=alpha))
+        mapper.fit(inputs.text[warm], inputs.item_cf[warm, :-1], inputs.item_cf[warm, -1])
+        vectors, bias = mapper.transform(text)
+        n = items.height
+        titles = items[Columns.title].fill_null("")
+        extended = RankerInputs(
+            history=sp.csr_array(sp.hstack([inputs.history, sp.csr_array((inputs.n_users, n), dtype=np.float32)])),
+            text=np.vstack([inputs.text, text]),
+            user_cf=inputs.user_cf,
+            item_cf=np.vstack([inputs.item_cf, np.zeros((n, inputs.item_cf.shape[1]), inputs.item_cf.dtype)]),
+            item_standin=np.vstack([inputs.item_standin, np.c_[vectors, bias].astype(inputs.item_standin.dtype)]),
+            popularity=np.r_[inputs.popularity, np.zeros(n, inputs.popularity.dtype)],
+            title_words=np.r_[inputs.title_words, titles.str.split(" ").list.len().to_numpy().astype(np.float32)],
+            tfidf=_pad_rows(inputs.tfidf, n),
+            categories=_pad_rows(inputs.categories, n),
+        )
+        new_ids = items[Columns.item].cast(pl.String).rename(Columns.item)
+        logged = pl.DataFrame(schema={Columns.user: pl.String, Columns.item: pl.String})
+        if log is not None:
+            logged = log.select(pl.col(Columns.user).cast(pl.String), pl.col(Columns.item).cast(pl.String))
+        seen = sp.csr_array(sp.hstack([self.seen, _matrix(logged, self.user_ids, new_ids)]))
+        return Recommender(
+            ranker=self.ranker,
+            ranker_name=self.ranker_name,
+            version=self.version,
+            inputs=extended,
+            user_ids=self.user_ids,
+            item_ids=pl.concat([self.item_ids, new_ids]),
+            n_version_users=self.n_version_users,
+            seen=seen,
+            cache_dir=self.cache_dir,
+            text_model=self.text_model,
+            titles=self.titles | dict(zip(items[Columns.item], titles, strict=True)),
+            sparse_max=self.sparse_max,
+            _text=self._text,
+        )
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        """MiniLM embeddings through the embedding cache (the model loads only for texts the cache lacks)."""
+        if self.cache_dir is None:
+            raise ConfigError("embedding text needs the embedding cache: load the Recommender with cache_dir=.")
+        if self.text_model != MODEL_NAME:
+            raise ConfigError(f"version {self.version} embedded items with {self.text_model}, not {MODEL_NAME}.")
+        if "cache" not in self._text:
+            self._text["cache"] = EmbeddingCache(Path(self.cache_dir) / "embeddings")
+        cache = self._text["cache"]
+        if "model" not in self._text and not cache.get_many([text_hash(t) for t in texts])[0].all():
+            self._text["model"] = load_text_model()  # kept: loading MiniLM takes about a second
+        return encode_texts(texts, model=self._text.get("model"), cache=cache, show_progress=False)
+
+    # ------------------------------------------------------------------------------------------------ lookups
+
+    def _user_index(self, ids: list[str]) -> np.ndarray:
+        _unknown(ids, set(self.user_ids.to_list()), "user", self.version)
+        return _positions(self.user_ids, ids)
+
+    def _item_index(self, ids: list[str]) -> np.ndarray:
+        _unknown(ids, set(self.item_ids.to_list()), "item", self.version)
+        return _positions(self.item_ids, ids)
+
+    def _item_columns(self, items: np.ndarray) -> dict[str, Any]:
+        cold = self.inputs.is_cold[items]
+        head = _head_mask(self.inputs.popularity, 0.8)[items]
+        segment = np.where(cold, Segments.cold, np.where(head, Segments.head, Segments.tail))
+        ids = self.item_ids.gather(items)
+        return {
+            Columns.item: ids,
+            "source": np.where(cold, CONTENT_STANDIN, ID_EMBEDDING),
+            Columns.segment: segment,
+            Columns.title: [self.titles.get(item, "") for item in ids],
+        }
+
+    def _user_segments(self, users: np.ndarray) -> np.ndarray:
+        activity = np.diff(self.inputs.history.indptr)[users]
+        labels = np.where(
+            activity == 0, Segments.cold, np.where(activity <= self.sparse_max, Segments.sparse, Segments.warm)
+        )
+        return np.where(users >= self.n_version_users, Segments.new, labels)
+
+    # ------------------------------------------------------------------------------------------------ serve
+
+    def _ranked(
+        self, users: np.ndarray, k: int, exclude_seen: bool, block: int = 256
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(user, item, rank, score) of each user's top k, `block` users at a time."""
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}.")
+        pool = np.arange(self.inputs.n_items)
+        score = self.ranker.scorer(self.inputs, self.seen if exclude_seen else None)
+        parts = []
+        for start in range(0, users.size, block):
+            chunk = users[start : start + block]
+            matrix = score(chunk, pool)
+            rows, items = top_k(matrix, pool, k)
+            ranks = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") + 1
+            parts.append((chunk[rows], items, ranks, matrix[rows, items]))
+        if not parts:
+            return tuple(np.empty(0, dtype=np.int64) for _ in range(4))  # type: ignore[return-value]
+        return tuple(np.concatenate(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+    def recommend(
+        self, user_ids: list[str] | pl.Series, k: int = 20, *, exclude_seen: bool = True, explain: bool = False
+    ) -> pl.DataFrame:
+        """Each user's top k: (user_id, item_id, rank, score, source, segment, title, user_segment[, because]).
+
+        The version's training items are never recommended; `exclude_seen` also leaves out every item the
+        workspace logged for the user since. `explain` adds `because`: the user's history items closest to the
+        recommended one in text embedding (at most 2)."""
+        ids = [str(i) for i in user_ids]
+        users, items, ranks, scores = self._ranked(self._user_index(ids), k, exclude_seen)
+        frame = self._frame(users, items, ranks, scores)
+        return (
+            frame.with_columns(pl.Series(BECAUSE, self._because(users, items), dtype=pl.List(pl.String)))
+            if explain
+            else frame
+        )
+
+    def _frame(self, users: np.ndarray, items: np.ndarray, ranks: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                Columns.user: self.user_ids.gather(users),
+                **self._item_columns(items),
+                Columns.rank: ranks.astype(np.int32),
+                Columns.score: scores.astype(np.float32),
+                USER_SEGMENT: self._user_segments(users),
+            }
+        ).select(*RECOMMENDATION_COLUMNS)
+
+    def _because(self, users: np.ndarray, items: np.ndarray, most: int = 2) -> list[list[str]]:
+        """For each (user, item): the user's logged items closest to the item in text embedding."""
+        out: list[list[str]] = []
+        text, seen = self.inputs.text, self.seen
+        for user, item in zip(users, items, strict=True):
+            history = seen.indices[seen.indptr[user] : seen.indptr[user + 1]]
+            if history.size == 0:
+                out.append([])
+                continue
+            closest = history[np.argsort(-(text[history] @ text[item]), kind="stable")[:most]]
+            out.append(self.item_ids.gather(closest).to_list())
+        return out
+
+    def recommend_text(
+        self, text: str, k: int = 20, *, user_id: str | None = None, weight: float = 0.5, exclude_seen: bool = True
+    ) -> pl.DataFrame:
+        """Items for interests stated in words: cosine of the text's MiniLM embedding to each item's. With
+        `user_id`, blended with that user's ranker scores: (1 - weight) * ranker + weight * text, each min-max
+        scaled over the catalog (items outside the ranker's candidates count 0 on its side)."""
+        if not text.strip():
+            raise DataError("the stated text is empty; say what you are interested in, e.g. --text 'space operas'.")
+        if not 0 <= weight <= 1:
+            raise ConfigError(f"weight must be in [0, 1], got {weight}.")
+        query = self._embed([text])[0]
+        similarity = (self.inputs.text @ query).astype(np.float64)
+        pool = np.arange(self.inputs.n_items)
+        if user_id is None:
+            scores, user = similarity, None
+        else:
+            user = self._user_index([str(user_id)])
+            ranked = self.ranker.scorer(self.inputs, self.seen if exclude_seen else None)(user, pool)[0]
+            scores = (1 - weight) * _minmax(ranked) + weight * _minmax(similarity)
+            blocked = (self.seen if exclude_seen else self.inputs.history)[user].toarray()[0] > 0
+            scores[blocked] = -np.inf
+        _, items = top_k(scores[None, :], pool, k)
+        frame = pl.DataFrame(
+            {
+                Columns.user: [user_id] * items.size,
+                **self._item_columns(items),
+                Columns.rank: np.arange(1, items.size + 1, dtype=np.int32),
+                Columns.score: scores[items].astype(np.float32),
+                "text_similarity": similarity[items].astype(np.float32),
+                USER_SEGMENT: self._user_segments(user).repeat(items.size) if user is not None else [None] * items.size,
+            },
+            schema_overrides={Columns.user: pl.String, USER_SEGMENT: pl.String},
+        )
+        if user_id is None:
+            frame = frame.with_columns(source=pl.lit(STATED_TEXT))
+        return frame.select(*RECOMMENDATION_COLUMNS, "text_similarity")
+
+    def similar_items(self, item_ids: list[str] | pl.Series, k: int = 10) -> pl.DataFrame:
+        """Each item's k nearest items by cosine in the collaborative space, each item seen as the ranker sees it
+        (ID embedding when it has training interactions, content stand-in otherwise):
+        (seed_item_id, item_id, rank, score, source, segment, title)."""
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}.")
+        seeds = self._item_index([str(i) for i in item_ids])
+        everything = np.arange(self.inputs.n_items)
+        view = self.inputs.item_view(everything, np.zeros(everything.size, dtype=bool))[:, :-1]  # drop the bias
+        view = view / np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-12)
+        scores = view[seeds] @ view.T
+        scores[np.arange(seeds.size), seeds] = -np.inf  # an item is not similar to itself
+        rows, items = top_k(scores, everything, k)
+        ranks = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") + 1
+        frame = pl.DataFrame(
+            {
+                "seed_item_id": self.item_ids.gather(seeds[rows]),
+                **self._item_columns(items),
+                Columns.rank: ranks.astype(np.int32),
+                Columns.score: scores[rows, items].astype(np.float32),
+            }
+        )
+        return frame.select(
+            "seed_item_id", Columns.item, Columns.rank, Columns.score, "source", Columns.segment, Columns.title
+        )
+
+    def users_for_item(
+        self, item_id: str, k: int = 20, *, exclude_seen: bool = True, block: int = 1024
+    ) -> pl.DataFrame:
+        """The k users the ranker scores highest for one item (who should see it), users who already logged it
+        left out: (item_id, user_id, rank, score, source, segment, title, user_segment)."""
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}.")
+        item = self._item_index([str(item_id)])
+        score = self.ranker.scorer(self.inputs, self.seen if exclude_seen else None)
+        users = np.arange(self.inputs.n_users)
+        column = np.concatenate([score(users[s : s + block], item)[:, 0] for s in range(0, users.size, block)])
+        _, best = top_k(column[None, :], users, k)
+        frame = pl.DataFrame(
+            {
+                Columns.user: self.user_ids.gather(best),
+                **self._item_columns(np.full(best.size, item[0])),
+                Columns.rank: np.arange(1, best.size + 1, dtype=np.int32),
+                Columns.score: column[best].astype(np.float32),
+                USER_SEGMENT: self._user_segments(best),
+            }
+        )
+        return frame.select(
+            Columns.item,
+            Columns.user,
+            Columns.rank,
+            Columns.score,
+            "source",
+            Columns.segment,
+            Columns.title,
+            USER_SEGMENT,
+        )
+
+
+def _positions(known: pl.Series, ids: list[str]) -> np.ndarray:
+    lookup = {value: row for row, value in enumerate(known.to_list())}
+    return np.fromiter((lookup[i] for i in ids), dtype=np.int64, count=len(ids))
+
+
+def _matrix(pairs: pl.DataFrame, user_ids: pl.Series, item_ids: pl.Series) -> sp.csr_array:
+    """Binary (users x items) matrix of (user_id, item_id) pairs, in the order of the id series."""
+    users = pairs.join(pl.DataFrame({Columns.user: user_ids}).with_row_index("_u"), on=Columns.user)
+    both = users.join(pl.DataFrame({Columns.item: item_ids}).with_row_index("_i"), on=Columns.item)
+    data = np.ones(both.height, dtype=np.float32)
+    matrix = sp.csr_array(
+        (data, (both["_u"].to_numpy(), both["_i"].to_numpy())), shape=(user_ids.len(), item_ids.len())
+    )
+    return sp.csr_array((matrix > 0).astype(np.float32))
+
+
+def _pad_rows(matrix: sp.csr_array | None, n: int) -> sp.csr_array | None:
+    """`matrix` with n zero rows appended (features an added item does not have)."""
+    if matrix is None:
+        return None
+    return sp.csr_array(sp.vstack([matrix, sp.csr_array((n, matrix.shape[1]), dtype=matrix.dtype)]))
+
+
+def _with_users(inputs: RankerInputs, rows: sp.csr_array) -> RankerInputs:
+    """The inputs with users appended: `rows` is their history; no collaborative vector (zero, as for users the
+    encoders never saw)."""
+    return RankerInputs(
+        history=sp.csr_array(sp.vstack([inputs.history, rows])),
+        text=inputs.text,
+        user_cf=np.vstack([inputs.user_cf, np.zeros((rows.shape[0], inputs.user_cf.shape[1]), inputs.user_cf.dtype)]),
+        item_cf=inputs.item_cf,
+        item_standin=inputs.item_standin,
+        popularity=inputs.popularity,
+        title_words=inputs.title_words,
+        tfidf=inputs.tfidf,
+        categories=inputs.categories,
+    )
+
+
+__all__ = ["CONTENT_STANDIN", "ID_EMBEDDING", "STATED_TEXT", "Recommender"]

@@ -1,0 +1,234 @@
+"""Serving a version that a real `warmstart refresh` saved on the MovieLens slice: the Python API
+(`serving.Recommender`) and `warmstart recommend`, for warm, cold, newly arrived and text-only users. The refresh
+runs once for the module (real BPR-MF, mapper, LightGBM and MiniLM; a real Prefect API)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from catalog import Columns, DataError, Tables, Workspace, new_run_id
+from flows import stages
+from flows.cli import app
+from serving import CONTENT_STANDIN, ID_EMBEDDING, SERVING_MANIFEST, STATED_TEXT, Recommender
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def served(
+    ml100k_slice_workspace: Path, prefect_api: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of the slice with one promoted version, saved by `warmstart refresh` in its own process."""
+    workspace = tmp_path_factory.mktemp("served") / "ws"
+    shutil.copytree(ml100k_slice_workspace, workspace)
+    environment = os.environ | {"PREFECT_API_URL": prefect_api, "WARMSTART_CACHE_DIR": str(cache_dir)}
+    command = [sys.executable, "-m", "flows.cli", "refresh", "--augment-limit", "0", "--max-epochs", "3"]
+    done = subprocess.run(
+        [*command, "--k", "10", "-w", str(workspace)], env=environment, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def recommender(served: Path, cache_dir: Path) -> Recommender:
+    return Recommender.load(served, cache_dir=cache_dir)
+
+
+def _logged(workspace: Path) -> pl.DataFrame:
+    return Workspace(workspace).read(Tables.interactions).select(Columns.user, Columns.item).unique()
+
+
+def _activity(recommender: Recommender) -> np.ndarray:
+    return np.diff(recommender.inputs.history.indptr)
+
+
+def test_the_promoted_version_saved_what_it_serves_from(served: Path, recommender: Recommender) -> None:
+    registry = Workspace(served).models
+    assert recommender.version == registry.current("lightgbm")
+    assert (registry.path("lightgbm", recommender.version) / SERVING_MANIFEST).is_file()
+    logged = _logged(served)
+    # The temporal split's index: every logged user, every catalog item.
+    assert recommender.n_version_users == logged[Columns.user].n_unique() == recommender.inputs.n_users
+    assert recommender.inputs.n_items == Workspace(served).read(Tables.items).height
+
+
+def test_warm_users_get_k_ranked_unseen_items(served: Path, recommender: Recommender) -> None:
+    activity = _activity(recommender)
+    warm = recommender.user_ids.gather(np.argsort(-activity)[:5]).to_list()
+    frame = recommender.recommend(warm, k=10)
+    assert frame.group_by(Columns.user).len()["len"].to_list() == [10] * 5
+    assert set(frame["user_segment"]) == {"warm"}
+    for _, group in frame.group_by(Columns.user):
+        assert group[Columns.rank].to_list() == list(range(1, 11))
+        assert (np.diff(group[Columns.score].to_numpy()) <= 0).all()
+    assert set(frame["source"]) <= {ID_EMBEDDING, CONTENT_STANDIN}
+    assert frame.join(_logged(served), on=[Columns.user, Columns.item], how="semi").is_empty()
+
+
+def test_seen_exclusion_covers_what_was_logged_after_training(served: Path, recommender: Recommender) -> None:
+    users = recommender.user_ids.to_list()
+    logged = _logged(served)
+    kept = recommender.recommend(users, k=50, exclude_seen=False)
+    # Without the exclusion the model recommends items the users went on to log (after the training window)...
+    assert kept.join(logged, on=[Columns.user, Columns.item], how="semi").height > 0
+    # ...with it (the default) none of them.
+    assert recommender.recommend(users, k=50).join(logged, on=[Columns.user, Columns.item], how="semi").is_empty()
+
+
+def test_cold_users_get_the_ranker_with_an_empty_history(served: Path, recommender: Recommender) -> None:
+    cold = recommender.user_ids.gather(np.flatnonzero(_activity(recommender) == 0)).to_list()
+    assert cold, "the slice's temporal split has users who arrive after the cut"
+    frame = recommender.recommend(cold[:3], k=5)
+    assert frame.height == 5 * len(cold[:3]) and set(frame["user_segment"]) == {"cold"}
+    assert frame.join(_logged(served), on=[Columns.user, Columns.item], how="semi").is_empty()
+
+
+def test_a_user_logged_after_the_version_is_folded_in_and_explained(
+    served: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    shutil.copytree(served, workspace)
+    space = Workspace(workspace)
+    log = space.read(Tables.interactions)
+    alien_films = {"176", "183", "343"}  # Aliens, Alien, Alien: Resurrection
+    newcomer = pl.DataFrame({Columns.user: ["newcomer"] * 3, Columns.item: sorted(alien_films)})
+    space.write(
+        Tables.interactions,
+        pl.concat([log, newcomer.join(log.drop(Columns.user, Columns.item).head(1), how="cross")]),
+        run_id=new_run_id(),
+        source="test",
+    )
+    recommender = Recommender.load(workspace, cache_dir=cache_dir)
+    frame = recommender.recommend(["newcomer"], k=10, explain=True)
+    assert frame.height == 10 and set(frame["user_segment"]) == {"new"}
+    assert not set(frame[Columns.item]) & alien_films
+    assert all(set(because) <= alien_films and because for because in frame["because"].to_list())
+    # Their history changes what they get: not the recommendations of a user with no history.
+    cold = recommender.user_ids.gather(np.flatnonzero(_activity(recommender) == 0)[:1]).to_list()
+    assert frame[Columns.item].to_list() != recommender.recommend(cold, k=10)[Columns.item].to_list()
+
+
+def test_stated_text_alone_and_blended(served: Path, recommender: Recommender) -> None:
+    alone = recommender.recommend_text("space adventure with aliens", k=5)
+    assert alone.height == 5 and set(alone["source"]) == {STATED_TEXT}
+    assert any("Alien" in title for title in alone[Columns.title])
+    assert (np.diff(alone[Columns.score].to_numpy()) <= 0).all()
+    user = recommender.user_ids.gather(np.argsort(-_activity(recommender))[:1])[0]
+    blended = recommender.recommend_text("space adventure with aliens", k=20, user_id=user, weight=0.5)
+    assert blended.height == 20 and set(blended[Columns.user]) == {user}
+    assert blended.join(_logged(served), on=[Columns.user, Columns.item], how="semi").is_empty()
+    # The user's side moves the list away from the text-only one.
+    assert (
+        blended[Columns.item].to_list()
+        != recommender.recommend_text("space adventure with aliens", k=20)[Columns.item].to_list()
+    )
+
+
+def test_items_for_items_and_users_for_a_cold_item(served: Path, recommender: Recommender) -> None:
+    cold_item = recommender.item_ids.filter(pl.Series(recommender.inputs.is_cold))[0]
+    similar = recommender.similar_items([cold_item, "1"], k=5)
+    assert similar.height == 10 and cold_item not in similar.filter(pl.col("seed_item_id") == cold_item)["item_id"]
+    audience = recommender.users_for_item(cold_item, k=7)
+    assert audience.height == 7 and set(audience["source"]) == {CONTENT_STANDIN}
+    assert audience[Columns.user].n_unique() == 7
+    logged_it = _logged(served).filter(pl.col(Columns.item) == cold_item)[Columns.user]
+    assert not set(audience[Columns.user]) & set(logged_it)
+
+
+def test_unknown_ids_are_named(recommender: Recommender) -> None:
+    with pytest.raises(DataError, match=r"unknown user id\(s\).*'nobody'"):
+        recommender.recommend(["1", "nobody"])
+    with pytest.raises(DataError, match=r"unknown item id\(s\).*'no-such-film'"):
+        recommender.similar_items(["no-such-film"])
+    with pytest.raises(DataError, match="no-such-film"):
+        recommender.users_for_item("no-such-film")
+    with pytest.raises(DataError, match="empty"):
+        recommender.recommend_text("   ")
+
+
+def test_cli_recommend_writes_a_batch_and_prints_explanations(served: Path, cache_dir: Path, tmp_path: Path) -> None:
+    env = {"WARMSTART_CACHE_DIR": str(cache_dir)}
+    users = tmp_path / "users.csv"
+    ids = _logged(served)[Columns.user].unique().sort().head(30).to_list()
+    pl.DataFrame({Columns.user: ids}).write_csv(users)
+    out = tmp_path / "recs.parquet"
+    done = runner.invoke(
+        app,
+        ["recommend", "--users", str(users), "--k", "4", "--batch", "8", "--out", str(out), "-w", str(served)],
+        env=env,
+    )
+    assert done.exit_code == 0, done.output
+    frame = pl.read_parquet(out)
+    assert frame.height == 30 * 4 and sorted(frame[Columns.user].unique()) == sorted(ids)
+    assert frame["model_version"].n_unique() == 1
+
+    shown = runner.invoke(app, ["recommend", "--user", ids[0], "--k", "2", "--explain", "-w", str(served)], env=env)
+    assert shown.exit_code == 0 and "because" in shown.output
+    text = runner.invoke(
+        app, ["recommend", "--text", "a romantic comedy in Paris", "--k", "3", "-w", str(served)], env=env
+    )
+    assert text.exit_code == 0 and STATED_TEXT.split()[0] in text.output
+
+    unknown = runner.invoke(app, ["recommend", "--user", "nobody", "-w", str(served)], env=env)
+    assert unknown.exit_code == 1 and "nobody" in unknown.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name\nx\n")
+    wrong = runner.invoke(app, ["recommend", "--users", str(bad), "-w", str(served)], env=env)
+    assert wrong.exit_code == 1 and "user_id" in wrong.output
+    nothing = runner.invoke(app, ["recommend", "-w", str(served)], env=env)
+    assert nothing.exit_code == 1 and "--user" in nothing.output
+
+
+def test_the_refresh_published_the_promoted_versions_recommendations(served: Path, recommender: Recommender) -> None:
+    space = Workspace(served)
+    table = space.read(Tables.recommendations)
+    assert set(table["model_version"]) == set(table["run_id"]) == {recommender.version}
+    assert space.provenance(Tables.recommendations)["parameters"]["model_version"] == recommender.version
+    assert sorted(table[Columns.user].unique()) == sorted(recommender.user_ids)
+    assert set(table.group_by(Columns.user).len()["len"]) == {10}  # the refresh's k
+    sample = recommender.user_ids.head(5).to_list()
+    expected = recommender.recommend(sample, k=10).select(Columns.user, Columns.item, Columns.rank)
+    published = table.filter(pl.col(Columns.user).is_in(sample)).select(Columns.user, Columns.item, Columns.rank)
+    assert published.sort(Columns.user, Columns.rank).equals(expected.sort(Columns.user, Columns.rank))
+
+
+def test_an_added_item_is_served_at_once_without_retraining(served: Path, cache_dir: Path, tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    shutil.copytree(served, workspace)
+    new = tmp_path / "new.csv"
+    pl.DataFrame(
+        {
+            Columns.item: ["new-1"],
+            Columns.title: ["Starship Nightmare (2026)"],
+            Columns.text: ["An alien creature hunts the crew of a deep space mining ship."],
+        }
+    ).write_csv(new)
+    env = {"WARMSTART_CACHE_DIR": str(cache_dir)}
+    done = runner.invoke(app, ["add-items", str(new), "-w", str(workspace)], env=env)
+    assert done.exit_code == 0, done.output
+    again = runner.invoke(app, ["add-items", str(new), "-w", str(workspace)], env=env)
+    assert again.exit_code == 1 and "new-1" in again.output
+    stages.workspace_dataset(Workspace(workspace))  # still one ingest: the next refresh trains on the new item
+
+    recommender = Recommender.load(workspace, cache_dir=cache_dir)
+    assert recommender.version == Workspace(served).models.current("lightgbm")  # the same version, not retrained
+    audience = recommender.users_for_item("new-1", k=5)
+    assert (
+        audience.height == 5 and set(audience["source"]) == {CONTENT_STANDIN} and set(audience["segment"]) == {"cold"}
+    )
+    assert recommender.recommend_text("an alien monster in outer space", k=3)[Columns.item][0] == "new-1"
+    similar = recommender.similar_items(["new-1"], k=3)
+    assert similar.height == 3 and "new-1" not in similar[Columns.item]
+    # The ranker scores only its candidates (each source's top items per user): the new item is among some users'.
+    everything = recommender.recommend(recommender.user_ids, k=recommender.inputs.n_items)
+    assert everything.filter(pl.col(Columns.item) == "new-1").height > 0
