@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import polars as pl
 import typer
@@ -34,6 +34,9 @@ from catalog import (
 from flows import stages
 from flows.settings import WarmstartSettings
 from monitor import MetricsStore, beyond_accuracy_trend, metric_trend, versus_trend
+
+if TYPE_CHECKING:
+    from augment import Backend
 
 app = typer.Typer(
     name="warmstart",
@@ -687,6 +690,41 @@ def promote(
     console.print(f"{name} {entry['version']} is now current (was {entry['previous']})", markup=False)
 
 
+def _augment_plan(
+    items: bool, users: bool, segment: list[str] | None, limit: int | None, simulate: bool, max_new_tokens: int
+) -> stages.AugmentPlan:
+    """The steps and segments `warmstart augment` runs: both sides unless --items or --users; without --segment,
+    the segments this command has always augmented (a refresh adds the new ones)."""
+    do_items, do_users = (items or not users), (users or not items)
+    keys = ("item_segments", "user_segments", "simulate_segments")
+    defaults = ((Segments.cold, Segments.sparse), (Segments.sparse,), (Segments.cold,))
+    chosen = dict(zip(keys, [tuple(segment)] * 3 if segment else defaults, strict=True))
+    return stages.AugmentPlan(
+        limit=limit,
+        describe=do_items,
+        simulate=do_items and simulate,
+        profile=do_users,
+        max_new_tokens=max_new_tokens,
+        **chosen,
+    )
+
+
+def _augment_dry_run(
+    space: Workspace, backend: Backend, plan: stages.AugmentPlan, settings: WarmstartSettings, segment: list[str] | None
+) -> None:
+    """Print what the plan's steps would cost (prompts, cached, tokens, seconds) without generating anything."""
+    from flows import augmentation
+
+    names = [name for name, wanted in (("describe", plan.describe), ("simulate", plan.simulate)) if wanted]
+    names += ["profile"] if plan.profile else []
+    options = {"cache_dir": settings.cache_dir, "segments": segment, "limit": plan.limit}
+    rows = [
+        augmentation.estimate_step(name, space, backend, max_new_tokens=settings.llm_max_new_tokens, **options)
+        for name in names
+    ]
+    _print_frame(pl.DataFrame(rows), f"augment --dry-run (model {backend.model_name}): nothing generated")
+
+
 @app.command()
 @friendly_errors
 def augment(
@@ -718,33 +756,14 @@ def augment(
 
     settings = _settings()
     space = _workspace(workspace, settings)
-    do_items, do_users = (items or not users), (users or not items)
     augmentation.segment_ids(space, "item", segment or ())  # checks segments and detection before loading a model
     if allow_insecure:
         settings = settings.model_copy(update={"llm_allow_insecure": True})
-    keys = ("item_segments", "user_segments", "simulate_segments")
-    # Without --segment: the segments this command has always augmented (a refresh adds the new ones).
-    defaults = ((Segments.cold, Segments.sparse), (Segments.sparse,), (Segments.cold,))
-    chosen = dict(zip(keys, [tuple(segment)] * 3 if segment else defaults, strict=True))
-    plan = stages.AugmentPlan(
-        limit=limit,
-        describe=do_items,
-        simulate=do_items and simulate,
-        profile=do_users,
-        max_new_tokens=settings.llm_max_new_tokens,
-        **chosen,
-    )
+    plan = _augment_plan(items, users, segment, limit, simulate, settings.llm_max_new_tokens)
     with console.status(f"loading the {settings.llm_backend} language model..."):
         backend = augmentation.make_backend(settings)
     if dry_run:
-        names = [*(["describe"] if do_items else []), *(["simulate"] if do_items and simulate else [])]
-        names += ["profile"] if do_users else []
-        options = {"cache_dir": settings.cache_dir, "segments": segment, "limit": limit}
-        rows = [
-            augmentation.estimate_step(name, space, backend, max_new_tokens=settings.llm_max_new_tokens, **options)
-            for name in names
-        ]
-        _print_frame(pl.DataFrame(rows), f"augment --dry-run (model {backend.model_name}): nothing generated")
+        _augment_dry_run(space, backend, plan, settings, segment)
         return
     run_id = new_run_id()
     report = stages.augment(space, backend, plan, cache_dir=settings.cache_dir, run_id=run_id)
@@ -776,6 +795,21 @@ def _users_file(path: Path) -> list[str]:
     if ids.is_empty():
         raise DataError(f"{path}: no user ids in column '{Columns.user}'.")
     return ids.to_list()
+
+
+def _show_recommendations(frame: pl.DataFrame, titles: dict[str, str], model: str, text: str | None) -> None:
+    """One compact table per user (a terminal is narrower than the frame), explanations as titles."""
+    if "because" in frame.columns:
+        frame = frame.with_columns(
+            pl.col("because").map_elements(
+                lambda because: "; ".join(titles.get(i, i) for i in because), return_dtype=pl.String
+            )
+        )
+    columns = [Columns.rank, Columns.item, Columns.title, Columns.score, "source", Columns.segment]
+    columns += [name for name in ("text_similarity", "because") if name in frame.columns]
+    for (who,), group in frame.group_by(Columns.user, maintain_order=True):
+        label = f"user {who} ({group['user_segment'][0]})" if who is not None else f"stated text: {text}"
+        _print_frame(group.select(columns), f"{label}, {model}")
 
 
 @app.command()
@@ -839,20 +873,7 @@ def recommend(
         atomic_write_bytes(out, buffer.getvalue())
         console.print(f"{frame.height:,} recommendations for {max(len(ids), 1):,} user(s) written to {out}")
         return
-    shown = frame
-    if "because" in shown.columns:
-        titles = recommender.titles
-        shown = shown.with_columns(
-            pl.col("because").map_elements(
-                lambda because: "; ".join(titles.get(i, i) for i in because), return_dtype=pl.String
-            )
-        )
-    # One compact table per user (a terminal is narrower than the frame).
-    columns = [Columns.rank, Columns.item, Columns.title, Columns.score, "source", Columns.segment]
-    columns += [name for name in ("text_similarity", "because") if name in shown.columns]
-    for (who,), group in shown.group_by(Columns.user, maintain_order=True):
-        label = f"user {who} ({group['user_segment'][0]})" if who is not None else f"stated text: {text}"
-        _print_frame(group.select(columns), f"{label}, {recommender.ranker_name} {recommender.version}")
+    _show_recommendations(frame, recommender.titles, f"{recommender.ranker_name} {recommender.version}", text)
 
 
 @app.command("add-items")

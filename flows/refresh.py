@@ -12,6 +12,7 @@ stages are flows/stages.py's, run as the tasks of flows/tasks.py and composed by
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,14 @@ def augment_workspace(
     return report
 
 
+def _augment_into(run: ActiveRun, space: Workspace, settings: WarmstartSettings, plan: stages.AugmentPlan) -> None:
+    """Augment the workspace as the plan says; the run records the volume and what ran the language model."""
+    plan = replace(plan, max_new_tokens=settings.llm_max_new_tokens)
+    with run.record.timed("augment"):
+        report = augment_workspace(space, settings, plan, run.run_id)
+    run.record.augmentation = report.store_row(backend_label(settings))
+
+
 @flow(name="refresh", log_prints=True)
 def refresh(
     workspace: Path | None = None,
@@ -161,13 +170,7 @@ def refresh(
     with store.run(new_run_id(), flow="refresh", dataset=dataset.name, parameters=parameters) as run:
         _detect(space, run, settings)
         if augment_limit:
-            plan = stages.AugmentPlan(
-                limit=augment_limit, simulate=simulate, max_new_tokens=settings.llm_max_new_tokens
-            )
-            with run.record.timed("augment"):
-                run.record.augmentation = augment_workspace(space, settings, plan, run.run_id).store_row(
-                    backend_label(settings)
-                )
+            _augment_into(run, space, settings, stages.AugmentPlan(limit=augment_limit, simulate=simulate))
         with run.record.timed("encode"):
             with_runner(encode_items, settings)(space.root)
         decision = cycle.train_evaluate_gate(
