@@ -33,7 +33,7 @@ from catalog import (
 )
 from flows import stages
 from flows.settings import WarmstartSettings
-from monitor import MetricsStore, beyond_accuracy_trend, metric_trend, versus_trend
+from monitor import MetricsStore, beyond_accuracy_trend, metric_trend, product_rows, versus_trend
 
 if TYPE_CHECKING:
     from augment import Backend
@@ -549,7 +549,13 @@ def _refresh(
     name = (ranker or RankerName(settings.ranker)).value
     outcome = with_runner(refresh_flow, settings)(workspace=space.root, ranker=name, **options)
     metrics = outcome["metrics"]
-    _print_metrics({"metrics": metrics.to_dicts()}, f"{title} {outcome['run_id']}: {metrics['protocol'][0]}")
+    product = product_rows(metrics)
+    _print_metrics({"metrics": product.to_dicts()}, f"{title} {outcome['run_id']}: {product['protocol'][0]}")
+    lines = metrics.filter(pl.col("protocol") != product["protocol"][0])  # the reference lines, on the same data
+    for (protocol,), rows in lines.group_by("protocol", maintain_order=True):
+        values = rows.filter((pl.col("segment") == "overall") & pl.col("metric").is_in(["recall", "ndcg"]))
+        shown = ", ".join(f"{m}@{k} {v:.4f}" for m, k, v in values.select("metric", "k", "value").iter_rows())
+        console.print(f"beside it, {protocol}: overall {shown}", markup=False)
     promotion = outcome["promotion"]
     verdict = "promoted: now current" if promotion["promoted"] else "refused: the current model stays"
     console.print(f"{name} {promotion['candidate_version']} {verdict} ({promotion['reason']})", markup=False)
