@@ -31,7 +31,17 @@ def served(
     workspace = tmp_path_factory.mktemp("served") / "ws"
     shutil.copytree(ml100k_slice_workspace, workspace)
     environment = os.environ | {"PREFECT_API_URL": prefect_api, "WARMSTART_CACHE_DIR": str(cache_dir)}
-    command = [sys.executable, "-m", "flows.cli", "refresh", "--augment-limit", "0", "--max-epochs", "3", "--no-reference-gate"]
+    command = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "refresh",
+        "--augment-limit",
+        "0",
+        "--max-epochs",
+        "3",
+        "--no-reference-gate",
+    ]
     done = subprocess.run(
         [*command, "--k", "10", "-w", str(workspace)], env=environment, capture_output=True, text=True, timeout=900
     )
