@@ -207,7 +207,8 @@ class LocalBackend:
         model = AutoModelForCausalLM.from_pretrained(
             self.model_dir, dtype=dtype, attn_implementation="sdpa", local_files_only=True
         )
-        self.model = model.to(self.device).eval()
+        # (moved only off the CPU: `.to` on a model another thread is still loading meets meta tensors)
+        self.model = (model if self.device == "cpu" else model.to(self.device)).eval()
         self._yes_ids = self._answer_ids(YES_WORDS)
         self._no_ids = self._answer_ids(NO_WORDS)
         self.prompt_tokens = 0  # tokens actually run through the model by yes_probability (after prefix reuse)

@@ -45,6 +45,7 @@ USER_PROFILES = Tables.user_profiles
 SYNTHETIC_INTERACTIONS = Tables.synthetic_interactions
 SEGMENT_CHOICES = (Segments.cold, Segments.sparse, Segments.tail, Segments.head, Segments.new)
 REPORT_KEYS = ("generated", "cached", "rejected", "synthetic_rows", "tokens", "seconds")
+PROFILE_MAX_NEW_TOKENS = 80  # a profile is two sentences
 
 
 def make_backend(settings: WarmstartSettings) -> Backend:
@@ -187,7 +188,7 @@ def profile_step(
     segments: Sequence[str] = (Segments.sparse,),
     limit: int | None = None,
     max_items: int = 10,
-    max_new_tokens: int = 80,
+    max_new_tokens: int = PROFILE_MAX_NEW_TOKENS,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Profile the users of `segments` from their items' titles into the `user_profiles` table. Users with no
@@ -329,7 +330,8 @@ def estimate_step(
         prompts, template, new = description_prompts(items), ITEM_DESCRIPTION, max_new_tokens
     elif step == "profile":
         ids = segment_ids(workspace, "user", segments or (Segments.sparse,), limit)
-        prompts, template, new = profile_prompts(user_histories(workspace, ids)), USER_PROFILE, 80
+        prompts = profile_prompts(user_histories(workspace, ids))
+        template, new = USER_PROFILE, PROFILE_MAX_NEW_TOKENS
     else:
         ids = segment_ids(workspace, "item", segments or (Segments.cold,), limit)
         candidates, items, histories = _simulation_inputs(workspace, ids, cache_dir, top_m, False)

@@ -80,7 +80,7 @@ def test_augment_new_describes_items_and_records_volume(prefect_api: str, worksp
     # the cost ledger: tokens, seconds and what ran them
     (ledger,) = store.augmentation().to_dicts()
     assert ledger["backend"] == "local/fp32:smollm2-135m-instruct-fp32"
-    assert ledger["tokens"] > 0 and ledger["seconds"] > 0
+    assert ledger["seconds"] > 0 and (ledger["tokens"] > 0 or ledger["cache_hits"] == 2)  # (a cache kept by a rerun)
 
 
 def test_encoding_a_batch_again_is_a_prefect_cache_hit(prefect_api: str, tmp_path: Path) -> None:
