@@ -33,7 +33,7 @@ from catalog._segments import (
     segments_as_of,
     summarize_segments,
 )
-from catalog._workspace import Workspace, atomic_write_bytes, new_run_id
+from catalog._workspace import Workspace, atomic_write_bytes, new_run_id, verified_bytes
 from catalog.errors import (
     BackendError,
     ConfigError,
@@ -84,5 +84,6 @@ __all__ = [
     "segment_transitions",
     "segments_as_of",
     "summarize_segments",
+    "verified_bytes",
     "with_first_seen",
 ]

@@ -23,6 +23,7 @@ each through a temporary file and a rename.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -36,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import polars as pl
 
-from catalog.errors import WorkspaceError
+from catalog.errors import DataError, WorkspaceError
 
 if TYPE_CHECKING:
     from catalog._registry import ModelRegistry
@@ -66,6 +67,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def verified_bytes(path: Path, expected_sha256: object, *, manifest: str, fix: str) -> bytes:
+    """The file's bytes, if their SHA-256 is the one its manifest recorded; else a DataError saying how to fix it
+    (a write was interrupted, or files of two saves were mixed)."""
+    payload = path.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != expected_sha256:
+        raise DataError(
+            f"{path}: does not match the digest in {manifest} (a save was interrupted or the files were mixed); {fix}"
+        )
+    return payload
 
 
 def _fsync_directory(path: Path) -> None:

@@ -29,7 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress
 
-from catalog import Columns, DataError, NotFittedError, atomic_write_bytes
+from catalog import Columns, DataError, NotFittedError, atomic_write_bytes, verified_bytes
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,9 @@ def load_arrays(directory: Path, stem: str, kind: str) -> tuple[dict[str, np.nda
             f"{meta_path}: format version {metadata.get('format_version')}, this code reads {FORMAT_VERSION}; "
             "refit and save the model again."
         )
-    payload = array_path.read_bytes()
-    if hashlib.sha256(payload).hexdigest() != metadata.get("arrays_sha256"):
-        raise DataError(
-            f"{array_path}: does not match the digest in {meta_path.name} (a save was interrupted or the files "
-            "were mixed); save the model again."
-        )
+    payload = verified_bytes(
+        array_path, metadata.get("arrays_sha256"), manifest=meta_path.name, fix="save the model again."
+    )
     with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
     return arrays, metadata

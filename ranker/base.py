@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 
-from catalog import DataError, NotFittedError, atomic_write_bytes
+from catalog import DataError, NotFittedError, atomic_write_bytes, verified_bytes
 from ranker.evaluate import Scorer
 from ranker.features import RankerInputs, RankingTask
 
@@ -166,12 +166,7 @@ class RankerBase(ABC):
                 f"{meta_path}: holds {metadata.get('kind')!r} format {metadata.get('format_version')}, not "
                 f"{cls.kind} format {cls.format_version}; fit and save the model again."
             )
-        payload = model_path.read_bytes()
-        if hashlib.sha256(payload).hexdigest() != metadata.get("model_sha256"):
-            raise DataError(
-                f"{model_path}: does not match the digest in {METADATA} (a save was interrupted or the files were "
-                "mixed); save the model again."
-            )
+        payload = verified_bytes(model_path, metadata.get("model_sha256"), manifest=METADATA, fix="save it again.")
         return cls._from_payload(payload, metadata)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from catalog import Columns, DataError, atomic_write_bytes
+from catalog import Columns, DataError, atomic_write_bytes, verified_bytes
 from encoders import MODEL_NAME
 from ranker.features import RankerInputs
 
@@ -101,12 +101,9 @@ def load_serving_inputs(directory: Path) -> ServingInputs:
             f"{manifest_path}: serving format {manifest.get('format_version')}, this warmstart reads "
             f"{FORMAT_VERSION}; retrain to save the version again."
         )
-    payload = arrays_path.read_bytes()
-    if hashlib.sha256(payload).hexdigest() != manifest.get("sha256"):
-        raise DataError(
-            f"{arrays_path}: does not match the digest in {SERVING_MANIFEST} (an interrupted or mixed write); "
-            "retrain to save the version again."
-        )
+    payload = verified_bytes(
+        arrays_path, manifest.get("sha256"), manifest=SERVING_MANIFEST, fix="retrain to save the version again."
+    )
     with np.load(io.BytesIO(payload), allow_pickle=False) as stored:
         arrays = {name: stored[name] for name in stored.files}
     matrices: dict[str, sp.csr_array | None] = {}
