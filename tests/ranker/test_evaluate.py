@@ -370,13 +370,16 @@ def test_hold_out_labels_keeps_every_user_and_item_warm_without_times() -> None:
     assert history.height + labels.height == train.height
 
 
-def test_hold_out_labels_takes_the_latest_when_every_row_has_a_time() -> None:
+def test_hold_out_labels_cuts_one_time_for_every_user_when_every_row_has_a_time() -> None:
     times = [datetime(2024, 1, d, tzinfo=UTC) for d in (1, 2, 3, 1, 5)]
     train = pl.DataFrame(
         {Columns.user: ["u1"] * 3 + ["u2"] * 2, Columns.item: ["a", "b", "c", "c", "a"], Columns.ts: times}
     )
-    _, labels = hold_out_labels(train)
-    assert sorted(labels.rows()) == [("u1", "c"), ("u2", "a")]
+    history, labels = hold_out_labels(train)
+    # The latest fifth of the period (from 2024-01-05) are the labels, for whoever has events there: u1's own
+    # latest event (day 3) stays history, as a temporal split's cut would leave it (issue 13).
+    assert labels.rows() == [("u2", "a")]
+    assert history[Columns.ts].max() < datetime(2024, 1, 5, tzinfo=UTC) and history.height == 4
 
 
 def test_hold_out_labels_says_when_nothing_can_be_held_out() -> None:
