@@ -92,7 +92,7 @@ def test_a_refresh_killed_while_training_leaves_the_registry_as_it_was(
     env = os.environ | {"WARMSTART_CACHE_DIR": str(cache_dir), "PREFECT_API_URL": prefect_api}
     slow = [*FAST, "--max-epochs", "150"]  # long enough to be killed while training
     command = [sys.executable, "-m", "flows.cli", "refresh", *slow, "-w", str(workspace)]
-    embeddings = workspace / "tables" / "item_embeddings.parquet"
+    embeddings = Workspace(workspace).tables / "item_embeddings.parquet"  # the current generation's
     encoded_before = embeddings.stat().st_mtime_ns
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = MetricsStore.for_workspace(workspace, read_only=True)
