@@ -89,9 +89,12 @@ def train_evaluate_gate(
             ]
         )
     decision = tasks.gate_task(metrics, incumbent, config.gate, stages.gate_reference(references, config.protocol))
-    directory = fitted.ranker.save(registry.path(ranker, run.run_id))
+    # A version exists once its metadata.json does, and the ranker writes that last: what it serves from and its
+    # report go first, so a run killed while saving leaves no half version behind.
+    directory = registry.path(ranker, run.run_id)
     stages.save_serving(directory, fitted, plan.split.index)  # the version serves on its own
     _write_report(directory, fitted.report, plan, metrics, parent=current, dataset=dataset)
+    fitted.ranker.save(directory)
     record.model_version = run.run_id
     record.metrics = pl.concat([metrics, references.select(metrics.columns)])
     record.as_of = stages.as_of(plan.split)
