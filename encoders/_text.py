@@ -2,7 +2,7 @@
 
 Cache layout::
 
-    ROOT/                                e.g. WORKSPACE/cache/embeddings (see EmbeddingCache.in_workspace)
+    ROOT/                                e.g. CACHE/embeddings, the one cache encoding and retraining share
       <model>/<timestamp>-<uuid>.parquet   one shard per write: text_hash (str), embedding (array[f32, dim])
 
 A write never touches an existing file: it adds a shard, written to a hidden temporary file in the same directory,
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from catalog import Columns, ConfigError, DataError, Workspace, atomic_write_bytes
+from catalog import Columns, ConfigError, DataError, atomic_write_bytes
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -103,13 +103,6 @@ class EmbeddingCache:
         self._matrix = np.empty((0, dim), dtype=np.float32)
         self._loaded: set[str] = set()  # shards whose entries are in memory; compact() replaces exactly these
         self._unreadable: set[str] = set()  # left alone, and warned about once
-
-    @classmethod
-    def in_workspace(
-        cls, workspace: Workspace, model_name: str = MODEL_NAME, *, dim: int = EMBEDDING_DIM
-    ) -> EmbeddingCache:
-        """The cache at WORKSPACE/cache/embeddings."""
-        return cls(workspace.root / "cache" / "embeddings", model_name, dim=dim)
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.root)!r}, {self.model_name!r}, dim={self.dim})"

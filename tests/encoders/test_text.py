@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalog import ConfigError, DataError, Workspace
+from catalog import ConfigError, DataError
 from encoders import EMBEDDING_DIM, MODEL_NAME, EmbeddingCache, encode_texts, item_text, load_text_model, text_hash
 
 TEXTS = [
@@ -297,12 +297,6 @@ def test_shards_written_by_another_instance_are_picked_up(tmp_path) -> None:
     assert not reader.get_many([text_hash("late")])[0].any()
     EmbeddingCache(tmp_path, dim=4).put_many([text_hash("late")], vectors(1))
     assert reader.get_many([text_hash("late")])[0].all()
-
-
-def test_in_workspace_places_the_cache_under_the_workspace(tmp_path) -> None:
-    cache = EmbeddingCache.in_workspace(Workspace(tmp_path), dim=4)
-    cache.put_many([text_hash("a")], vectors(1))
-    assert list((tmp_path / "cache" / "embeddings" / MODEL_NAME).glob("*.parquet"))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
