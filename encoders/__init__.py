@@ -1,5 +1,5 @@
 """Encoders: text embeddings with a cache keyed by (model, text hash), collaborative (BPR-MF) embeddings, and the
-content-to-ID mapper that gives cold items and sparse users stand-in embeddings."""
+content-to-ID mapper that gives cold items and sparse users stand-in embeddings, warmed by synthetic interactions."""
 
 from encoders._cf import BPRMF, BPRConfig, CFEmbeddings
 from encoders._mapper import ContentMapper, MapperConfig, Transform, stand_in_users
@@ -12,6 +12,7 @@ from encoders._text import (
     load_text_model,
     text_hash,
 )
+from encoders._warming import WarmingConfig, simulate_users, warm_items
 
 __all__ = [
     "BPRMF",
@@ -23,9 +24,12 @@ __all__ = [
     "EmbeddingCache",
     "MapperConfig",
     "Transform",
+    "WarmingConfig",
     "encode_texts",
     "item_text",
     "load_text_model",
+    "simulate_users",
     "stand_in_users",
     "text_hash",
+    "warm_items",
 ]

@@ -1,0 +1,134 @@
+"""Warming cold items with simulated interactions (ColdLLM's mechanism, over frozen collaborative users).
+
+A cold item has no ID embedding. A simulator proposes users who would take to it (stage one: the item's content
+stand-in scored against every user's collaborative vector; stage two, optional: a language-model judge keeps the
+likeliest), and those synthetic interactions train the item's own ID embedding with the users held fixed, so it
+lands on the warm items' scale. The stand-in is both the starting point and the prior it is pulled back to:
+an item with few or weak synthetic interactions stays close to its content, one with many moves toward them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from catalog import DataError
+
+
+class WarmingConfig(BaseModel):
+    """How synthetic interactions warm items. `per_item` and `weight` are chosen on validation
+    (benchmarks/warming.py); the fold-in's optimiser settings mirror the user fold-in's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    per_item: int = Field(20, ge=1)
+    """Synthetic users the embedding simulator proposes per item (and the judge keeps at most)."""
+    weight: float = Field(1.0, gt=0)
+    """Weight of each synthetic interaction's BPR term against the pull back to the stand-in."""
+    prior: float = Field(0.01, ge=0)
+    """L2 weight pulling the warmed vector (and bias) back toward the item's stand-in."""
+    steps: int = Field(100, ge=1)
+    """Full-batch Adam steps of the fold-in."""
+    lr: float = Field(0.05, gt=0)
+    """Adam learning rate of the fold-in."""
+    negatives: int = Field(8, ge=1)
+    """Warm items drawn per synthetic interaction and step as BPR negatives."""
+    seed: int = 0
+    """Seeds the negative sampling: equal seeds, equal vectors."""
+
+
+def simulate_users(
+    item_vectors: np.ndarray,
+    user_vectors: np.ndarray,
+    per_item: int,
+    *,
+    exclude: sp.csr_array | None = None,
+    block: int = 512,
+) -> sp.csr_array:
+    """The embedding simulator: for each item row, the `per_item` users whose collaborative score
+    `user_vectors @ item_vectors.T` is highest, as an (items x users) matrix holding those scores.
+
+    `exclude` (items x users) masks pairs that must not be proposed (e.g. the item's real interactions).
+    """
+    items = np.asarray(item_vectors, dtype=np.float32)
+    users = np.asarray(user_vectors, dtype=np.float32)
+    if items.ndim != 2 or users.ndim != 2 or items.shape[1] != users.shape[1]:
+        raise DataError(f"simulate_users: item vectors {items.shape} and user vectors {users.shape} must match.")
+    m = min(per_item, users.shape[0])
+    rows, cols, values = [], [], []
+    for start in range(0, items.shape[0], block):
+        scores = items[start : start + block] @ users.T
+        if exclude is not None:
+            masked = exclude[start : start + scores.shape[0]].toarray() > 0
+            scores = np.where(masked, -np.inf, scores)
+        top = (
+            np.argpartition(-scores, m - 1, axis=1)[:, :m]
+            if m < users.shape[0]
+            else np.tile(np.arange(users.shape[0]), (scores.shape[0], 1))
+        )
+        chosen = np.take_along_axis(scores, top, axis=1)
+        keep = np.isfinite(chosen)
+        rows.append(np.repeat(np.arange(start, start + scores.shape[0]), m)[keep.ravel()])
+        cols.append(top.ravel()[keep.ravel()])
+        values.append(chosen.ravel()[keep.ravel()])
+    matrix = sp.coo_array(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(items.shape[0], users.shape[0])
+    )
+    return sp.csr_array(matrix)
+
+
+def warm_items(
+    synthetic: sp.csr_array,
+    user_vectors: np.ndarray,
+    prior: np.ndarray,
+    negatives: np.ndarray,
+    config: WarmingConfig,
+) -> np.ndarray:
+    """Item vectors (with the bias as last column, like `prior`) trained from weighted synthetic interactions.
+
+    `synthetic` is (items x users) of weights; `user_vectors` (users x dim+1) are frozen and carry a constant 1
+    in the last column; `prior` (items x dim+1) are the stand-ins each row starts from and is pulled back to;
+    `negatives` (n x dim+1) are the warm items' collaborative vectors that the synthetic users must rank the
+    item above (BPR). Rows without a synthetic interaction come back equal to their prior.
+    """
+    synthetic = sp.coo_array(synthetic)
+    if prior.shape[0] != synthetic.shape[0] or user_vectors.shape[0] != synthetic.shape[1]:
+        raise DataError(
+            f"warm_items: {synthetic.shape} synthetic matrix against {prior.shape[0]} items and "
+            f"{user_vectors.shape[0]} users."
+        )
+    if negatives.shape[0] == 0:
+        raise DataError("warm_items needs warm items to rank synthetic interactions above; there are none.")
+    warmed = np.array(prior, dtype=np.float32, copy=True)
+    if synthetic.nnz == 0:
+        return warmed
+    touched = np.unique(synthetic.row)
+    local = np.searchsorted(touched, synthetic.row)
+    user_table = np.asarray(user_vectors, dtype=np.float32)
+    users = torch.from_numpy(user_table[synthetic.col])
+    pulled_to = torch.from_numpy(warmed[touched])
+    counts = np.bincount(local, minlength=touched.size).astype(np.float32)
+    # Each item's synthetic terms average to `weight`, so the pull to the prior weighs the same for every item.
+    weights = torch.from_numpy(synthetic.data.astype(np.float32) * config.weight / counts[local])
+    # A negative's score u.v_j does not depend on the item being trained: score every user against a sample of
+    # warm items once, then draw from those columns each step.
+    rng = np.random.default_rng(config.seed)
+    sample = rng.choice(negatives.shape[0], size=min(1024, negatives.shape[0]), replace=False)
+    negative_scores = torch.from_numpy(user_table @ np.asarray(negatives, dtype=np.float32)[sample].T)
+    rows, pair_users = torch.from_numpy(local), torch.from_numpy(synthetic.col.astype(np.int64))
+    vectors = pulled_to.clone().requires_grad_()
+    optimizer = torch.optim.Adam([vectors], lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.steps):
+        drawn = torch.randint(sample.size, (local.size, config.negatives), generator=generator)
+        positive = (users * vectors[rows]).sum(dim=1, keepdim=True)
+        margin = positive - negative_scores[pair_users[:, None], drawn]
+        fit = -(torch.nn.functional.logsigmoid(margin).mean(dim=1) * weights).sum()
+        loss = fit + config.prior * (vectors - pulled_to).square().sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    warmed[touched] = vectors.detach().numpy()
+    return warmed
