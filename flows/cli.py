@@ -210,13 +210,27 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
         versus = versus_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
         if versus.width > 2:  # the product and at least one reference line
             _print_frame(versus, f"{title}: overall {metric}@{k}, the product beside popularity (same split)")
+    if rows["protocol"].str.ends_with(f":{stages.WITHOUT_AUGMENTATION}").any():
+        for segment in (Segments.cold, Segments.tail):  # what synthetic interactions did where they act
+            versus = versus_trend(rows, metric="recall", k=k, segment=segment)
+            shown = [c for c in versus.columns if c in ("product", stages.WITHOUT_AUGMENTATION)]
+            versus = versus.select(pl.col("as_of").dt.strftime("%Y-%m-%d"), *shown)
+            _print_frame(versus, f"{title}: {segment} recall@{k} with and without augmentation (same model, split)")
     beyond = beyond_accuracy_trend(rows, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
     _print_frame(beyond, f"{title}: beyond accuracy @{k} (overall)")
     augmentation = store.augmentation()
     if not augmentation.is_empty():
         runs = store.runs().select("run_id", pl.col("window_end").dt.strftime("%Y-%m-%d").alias("as_of"))
         shown = augmentation.join(runs, on="run_id", how="left").select(
-            "as_of", "items_augmented", "synthetic_rows", "synthetic_precision", "cache_hits", "tokens", "seconds"
+            "as_of",
+            "items_augmented",
+            "synthetic_rows",
+            "synthetic_precision",
+            "cold_items_warmed",
+            "cache_hits",
+            "tokens",
+            "seconds",
+            "backend",
         )
         _print_frame(shown, f"{title}: language-model augmentation per run")
 

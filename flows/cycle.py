@@ -81,13 +81,14 @@ def train_evaluate_gate(
             protocol=config.protocol,
             recorded=recorded,
         )
-        # The lines the product must beat, and its tail-calibrated variant, on the same held-out data.
-        references = pl.concat(
-            [
-                tasks.reference_lines_task(plan.split, k=config.k, protocol=config.protocol),
-                tasks.tail_calibrated_task(fitted, plan.split, k=config.k, protocol=config.protocol),
-            ]
-        )
+        # The lines the product must beat, its tail-calibrated variant and itself without augmentation, on the
+        # same held-out data.
+        lines = [
+            tasks.reference_lines_task(plan.split, k=config.k, protocol=config.protocol),
+            tasks.tail_calibrated_task(fitted, plan.split, k=config.k, protocol=config.protocol),
+            tasks.without_augmentation_task(fitted, plan.split, k=config.k, protocol=config.protocol),
+        ]
+        references = pl.concat([line for line in lines if line.height])
     decision = tasks.gate_task(metrics, incumbent, config.gate, stages.gate_reference(references, config.protocol))
     # A version exists once its metadata.json does, and the ranker writes that last: what it serves from and its
     # report go first, so a run killed while saving leaves no half version behind.
@@ -95,6 +96,9 @@ def train_evaluate_gate(
     stages.save_serving(directory, fitted, plan.split.index)  # the version serves on its own
     _write_report(directory, fitted.report, plan, metrics, parent=current, dataset=dataset)
     fitted.ranker.save(directory)
+    warming = fitted.report["encoders"]["served"].get("warming")
+    if warming is not None:  # the store keeps, per run, how many cold items synthetic interactions warmed
+        record.augmentation = (record.augmentation or {}) | {"cold_items_warmed": warming["cold_items_warmed"]}
     record.model_version = run.run_id
     record.metrics = pl.concat([metrics, references.select(metrics.columns)])
     record.as_of = stages.as_of(plan.split)

@@ -26,7 +26,18 @@ from catalog import (
     conform_users,
     read_table,
 )
-from encoders import BPRMF, BPRConfig, ContentMapper, EmbeddingCache, MapperConfig, encode_texts, item_text
+from encoders import (
+    BPRMF,
+    BPRConfig,
+    ContentMapper,
+    EmbeddingCache,
+    MapperConfig,
+    WarmingConfig,
+    encode_texts,
+    item_text,
+    simulate_users,
+    warm_items,
+)
 from ranker.base import RankerBase
 from ranker.baselines import tfidf_item_vectors
 from ranker.deepfm import DeepFMConfig
@@ -60,6 +71,17 @@ class EncodedSplit:
 
     inputs: RankerInputs
     report: dict[str, Any] = field(default_factory=dict)
+    # Items without training interactions whose stand-in synthetic interactions warmed (serving's source).
+    warmed: np.ndarray | None = None
+    # The stand-ins before warming (content alone), kept to measure what warming adds.
+    content_standins: np.ndarray | None = None
+
+    def without_warming(self) -> EncodedSplit:
+        """The same inputs serving the content stand-ins (itself when nothing was warmed)."""
+        if self.content_standins is None:
+            return self
+        inputs = replace(self.inputs, item_standin=self.content_standins)
+        return EncodedSplit(inputs, self.report)
 
 
 def _aligned(ids: np.ndarray, vectors: np.ndarray, wanted: pl.Series, width: int) -> np.ndarray:
@@ -104,11 +126,15 @@ def encode_inputs(
     folds: int = 5,
     cf_validation: pl.DataFrame | None = None,
     seed: int = 0,
+    warming: WarmingConfig | None = None,
+    synthetic: pl.DataFrame | None = None,
 ) -> EncodedSplit:
     """Text embeddings, BPR-MF on `history`, out-of-fold stand-ins and TF-IDF: the ranker's inputs.
 
     `items` holds one row per index item, in index order. Users and items absent from `history` get zero
-    collaborative vectors; items then serve through their stand-ins.
+    collaborative vectors; items then serve through their stand-ins. With `warming`, stand-ins are warmed by
+    synthetic interactions (`warmed_standins`): `synthetic` (user_id, item_id, weight) where given for an item
+    without history, the embedding simulator's proposals elsewhere.
     """
     cache = EmbeddingCache(cache_dir / "embeddings")
     text = encode_texts(item_text(items).to_list(), cache=cache, show_progress=True)
@@ -126,6 +152,11 @@ def encode_inputs(
     popularity = np.asarray(matrix.sum(axis=0)).ravel()
     warm = np.flatnonzero(popularity > 0)
     standins = out_of_fold_standins(text, item_cf, warm, mapper_config, folds, seed)
+    warmed, warming_report, content_standins = None, {}, None
+    if warming is not None:
+        given = synthetic_matrix(synthetic, index, warm) if synthetic is not None else None
+        content_standins = standins
+        standins, warmed, warming_report = warmed_standins(standins, user_cf, item_cf, warm, given, warming)
     titles = items[Columns.title].fill_null("")
     inputs = RankerInputs(
         history=matrix,
@@ -140,7 +171,56 @@ def encode_inputs(
         time=_time_features(history, index),
     )
     report = {"bprmf": cf.summary, "text_cache_hits": cache.hits, "text_cache_misses": cache.misses}
-    return EncodedSplit(inputs=inputs, report=report)
+    if warming is not None:
+        report["warming"] = warming.model_dump() | warming_report
+    return EncodedSplit(inputs=inputs, report=report, warmed=warmed, content_standins=content_standins)
+
+
+def synthetic_matrix(synthetic: pl.DataFrame, index: EvalIndex, warm: np.ndarray) -> sp.csr_array:
+    """(items x users) weights of the synthetic interactions of items without history; rows naming a user or
+    item outside the index, or an item with real history, are left out (real data always wins)."""
+    known = synthetic.filter(
+        pl.col(Columns.user).is_in(index.user_ids.implode()) & pl.col(Columns.item).is_in(index.item_ids.implode())
+    )
+    users, items = index.pairs(known)
+    weights = known["weight"].to_numpy().astype(np.float32) if "weight" in known.columns else np.ones(users.size)
+    cold = ~np.isin(items, warm)
+    matrix = sp.coo_array((weights[cold], (items[cold], users[cold])), shape=(index.n_items, index.n_users))
+    return sp.csr_array(matrix)  # a repeated pair sums its weights
+
+
+def warmed_standins(
+    standins: np.ndarray,
+    user_cf: np.ndarray,
+    item_cf: np.ndarray,
+    warm: np.ndarray,
+    given: sp.csr_array | None,
+    config: WarmingConfig,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Stand-ins trained from synthetic interactions (encoders.warm_items), and the mask of cold items warmed.
+
+    Cold items take the `given` synthetic interactions (e.g. the language-model judge's) where they have any,
+    else the embedding simulator's top `config.per_item` users by stand-in score. Warm items' out-of-fold
+    stand-ins are warmed the same way from the simulator, so the ranker learns from what serving will show.
+    """
+    n_items = standins.shape[0]
+    cold = np.setdiff1d(np.arange(n_items), warm)
+    simulated = simulate_users(standins, user_cf, config.per_item)
+    simulated.data = np.ones_like(simulated.data)
+    judged = np.zeros(n_items, dtype=bool)
+    if given is not None:
+        judged = np.diff(given.indptr) > 0
+        simulated = sp.csr_array(sp.diags_array((~judged).astype(np.float32)) @ simulated) + given
+    warmed = warm_items(simulated, user_cf, standins, item_cf[warm], config)
+    mask = np.zeros(n_items, dtype=bool)
+    mask[cold] = np.diff(simulated.indptr)[cold] > 0
+    report = {
+        "cold_items_warmed": int(mask.sum()),
+        "cold_items_judged": int(judged.sum()),
+        "synthetic_pairs": int(simulated[cold].nnz),
+        "warm_items_simulated": int(warm.size),
+    }
+    return warmed, mask, report
 
 
 def _time_features(history: pl.DataFrame, index: EvalIndex) -> TimeFeatures | None:
@@ -180,7 +260,7 @@ def with_history(encoded: EncodedSplit, history: sp.csr_array) -> EncodedSplit:
         categories=old.categories,
         time=old.time,
     )
-    return EncodedSplit(inputs=inputs, report=encoded.report)
+    return EncodedSplit(inputs, encoded.report, encoded.warmed, encoded.content_standins)
 
 
 @dataclass(frozen=True, eq=False)
@@ -200,6 +280,8 @@ class EvaluationPlan:
     valid_exclude: pl.DataFrame | None = None
     cf_validation: pl.DataFrame | None = None
     refit_for_serving: bool = False
+    # Synthetic interactions (user_id, item_id, weight) for items without history, e.g. the judge's.
+    synthetic: pl.DataFrame | None = None
 
 
 def citeulike_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
@@ -270,6 +352,8 @@ class ModelSettings:
     mapper: MapperConfig = field(default_factory=lambda: MapperConfig(kind="ridge", alpha=10.0))
     ranker: LightGBMRankerConfig = field(default_factory=LightGBMRankerConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
+    # How synthetic interactions warm stand-ins; None trains without them (the `--no-augment` ablation).
+    warming: WarmingConfig | None = None
     # Which ranker fit_ranker trains: a name in ranker.registry.RANKERS.
     ranker_name: str = "lightgbm"
     folds: int = 5
@@ -321,6 +405,10 @@ class FittedRanker:
     served: EncodedSplit
     report: dict[str, Any]
 
+    def without_warming(self) -> FittedRanker:
+        """The same ranker serving cold items through their content stand-ins: what synthetic interactions add."""
+        return FittedRanker(self.ranker, self.served.without_warming(), self.report)
+
     def evaluate(self, split: ProtocolSplit, k: int) -> EvalResult:
         """Evaluate on any split that shares the plan's index and training interactions."""
         exclude = interaction_matrix(split.exclude, split.index)
@@ -353,6 +441,8 @@ def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings
         folds=settings.folds,
         cf_validation=plan.cf_validation,
         seed=settings.seed,
+        warming=settings.warming,
+        synthetic=plan.synthetic,
     )
     fitted = encode(plan.fit_history)
     ranker = train_ranker(plan, fitted, settings)

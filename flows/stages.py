@@ -482,6 +482,18 @@ def tail_calibrated(
     return metrics.with_columns(pl.lit(reference_protocol(protocol, TAIL_CALIBRATED)).alias("protocol"))
 
 
+WITHOUT_AUGMENTATION = "without_augmentation"
+
+
+def without_augmentation(fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
+    """The candidate serving cold items through their content stand-ins instead of the stand-ins its synthetic
+    interactions warmed, on the same split: what augmentation adds (no rows when nothing was warmed)."""
+    if fitted.served.warmed is None:
+        return pl.DataFrame()
+    metrics = fitted.without_warming().evaluate(split, k).metrics
+    return metrics.with_columns(pl.lit(reference_protocol(protocol, WITHOUT_AUGMENTATION)).alias("protocol"))
+
+
 @dataclass(frozen=True)
 class Reference:
     """The line the gate holds the candidate to (its metric rows and its name), or none."""

@@ -107,6 +107,7 @@ POLICIES: dict[str, StagePolicy] = {
     "evaluate": StagePolicy(publish=publish_metrics),
     "reference_lines": StagePolicy(),
     "tail_calibrated": StagePolicy(),
+    "without_augmentation": StagePolicy(),
     "gate": StagePolicy(publish=publish_decision),
 }
 
@@ -198,4 +199,5 @@ retrain_task = as_task(stages.retrain)
 evaluate_task = as_task(stages.evaluate)
 reference_lines_task = as_task(stages.reference_lines)
 tail_calibrated_task = as_task(stages.tail_calibrated)
+without_augmentation_task = as_task(stages.without_augmentation)
 gate_task = as_task(stages.gate)

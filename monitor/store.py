@@ -43,10 +43,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from catalog import ConfigError, WorkspaceError, redact
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # What each schema version adds to the one before, applied in order to an older store opened for writing.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE augmentation ADD COLUMN backend VARCHAR(160)",),  # which model, precision and device ran
+    3: ("ALTER TABLE augmentation ADD COLUMN cold_items_warmed INTEGER",),  # items synthetic interactions warmed
 }
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 
@@ -120,6 +121,8 @@ class Augmentation(Base):
     backend: Mapped[str | None] = mapped_column(String(160), nullable=True)  # e.g. local/bf16/cpu:smollm2-...
     # Precision of synthetic pairs against the real interactions that arrived later, when measured.
     synthetic_precision: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Cold items the run's model serves through an ID embedding its synthetic interactions trained.
+    cold_items_warmed: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class SegmentCount(Base):
@@ -513,6 +516,7 @@ class MetricsStore:
             Augmentation.seconds,
             Augmentation.backend,
             Augmentation.synthetic_precision,
+            Augmentation.cold_items_warmed,
         ).join(Run, Run.id == Augmentation.run_id)
         return self._frame(statement.order_by(Run.started_at))
 

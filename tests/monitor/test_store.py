@@ -138,8 +138,9 @@ def test_a_version_1_store_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
     store.finish_run("r1", RunRecord(as_of=WHEN, augmentation={"tokens": 7, "seconds": 1.5}))
     store.close()
     engine = create_engine(sqlite_url(tmp_path / "metrics.sqlite"))
-    with engine.begin() as connection:  # what version 1 wrote: no backend column
+    with engine.begin() as connection:  # what version 1 wrote: no backend column (2), no cold_items_warmed (3)
         connection.execute(text("ALTER TABLE augmentation DROP COLUMN backend"))
+        connection.execute(text("ALTER TABLE augmentation DROP COLUMN cold_items_warmed"))
         connection.execute(text("UPDATE schema_version SET version = 1"))
     engine.dispose()
     with pytest.raises(WorkspaceError, match=r"schema version 1.*upgraded when opened for writing"):
@@ -147,8 +148,10 @@ def test_a_version_1_store_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
     store = MetricsStore.for_workspace(tmp_path)
     assert store.augmentation()["tokens"].to_list() == [7]
     store.start_run("r2", flow="refresh", dataset="x", parameters={}, window_end=WHEN)
-    store.finish_run("r2", RunRecord(as_of=WHEN, augmentation={"tokens": 9, "backend": "local/bf16/cpu:m"}))
+    augmentation = {"tokens": 9, "backend": "local/bf16/cpu:m", "cold_items_warmed": 4}
+    store.finish_run("r2", RunRecord(as_of=WHEN, augmentation=augmentation))
     assert store.augmentation()["backend"].to_list() == [None, "local/bf16/cpu:m"]
+    assert store.augmentation()["cold_items_warmed"].to_list() == [None, 4]
     store.close()
 
 
