@@ -900,6 +900,40 @@ def add_items(
     console.print(f"{count:,} item(s) added to {space.root} (run {run_id}); `warmstart recommend` serves them now")
 
 
+@app.command("add-users")
+@friendly_errors
+def add_users(
+    file: Annotated[
+        Path, typer.Argument(help="CSV/TSV/Parquet: user_id[, first_seen], other columns attributes.", dir_okay=False)
+    ],
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Column mapping CONTRACT=FILE_COLUMN, repeatable (e.g. --map user_id=uid)."),
+    ] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Append new users to the workspace through the users contract (every column but user_id and first_seen is an
+    attribute): the promoted version serves them at once as cold users, with no retraining. Ids already in the
+    workspace, repeated ids and attribute columns its users lack are refused, and then nothing is written."""
+    from catalog import DataError, conform_users, read_table
+
+    space = _workspace(workspace, _settings())
+    raw = read_table(file)
+    mapping = stages.parse_mapping(map_ or [])
+    unused = sorted(source for source in mapping.values() if source not in raw.columns)
+    if unused:
+        raise DataError(f"{file}: --map names column(s) {unused} that the file lacks; it has {raw.columns}.")
+    added, report = conform_users(raw.rename({source: target for target, source in mapping.items()}), str(file))
+    run_id = new_run_id()
+    count = stages.add_users(space, added, run_id, source=f"add-users {file}")
+    collapsed = (
+        f", {report.duplicates_collapsed:,} exact duplicate row(s) collapsed" if report.duplicates_collapsed else ""
+    )
+    console.print(
+        f"{count:,} user(s) added to {space.root} (run {run_id}{collapsed}); `warmstart recommend` serves them now"
+    )
+
+
 def main() -> None:
     app()
 
