@@ -1,5 +1,6 @@
-"""Serving latency of a workspace's promoted version: one user's top k in-process, every user as a batch, stated
-text, and an item added with no retraining until it is served by `users_for_item`.
+"""Serving latency of a workspace's promoted version: one user's top k in-process and over HTTP (`serving.create_app`
+under uvicorn on loopback, httpx as the client over one kept-alive connection), every user as a batch, stated text, and
+an item added with no retraining until it is served by `users_for_item`.
 
     .venv/bin/python benchmarks/serving_latency.py --workspace WORKSPACE [--cache-dir CACHE] [--k 20] [--users 200]
 
@@ -10,14 +11,55 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import polars as pl
+import uvicorn
 
 from catalog import Columns
-from serving import Recommender
+from serving import Recommender, create_app
+
+
+@contextmanager
+def _http_server(recommender: Recommender) -> Iterator[str]:
+    """The API over `recommender` under uvicorn in a thread, on a free loopback port; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(recommender), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def _one_user_latencies(recommender: Recommender, users: list[str], k: int) -> tuple[list[float], list[float]]:
+    """Wall time of each user's top k in-process and over HTTP (GET /recommend?user_id=U&k=K as a client sees it,
+    the server in this process), user by user in turn, so that both see the same load on a shared machine."""
+    direct, over_http = [], []
+    with _http_server(recommender) as url, httpx.Client(base_url=url, timeout=60) as client:
+        recommender.recommend(users[:1], k=k)  # warm-up
+        client.get("/recommend", params={"user_id": users[0], "k": k}).raise_for_status()
+        for user in users:
+            started = time.perf_counter()
+            recommender.recommend([user], k=k)
+            direct.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            client.get("/recommend", params={"user_id": user, "k": k}).raise_for_status()
+            over_http.append(time.perf_counter() - started)
+    return direct, over_http
 
 
 def main() -> None:
@@ -32,12 +74,7 @@ def main() -> None:
     recommender = Recommender.load(args.workspace, cache_dir=args.cache_dir)
     load = time.perf_counter() - started
     users = recommender.user_ids.to_list()
-    recommender.recommend(users[:1], k=args.k)  # warm-up
-    single = []
-    for user in users[: args.users]:
-        started = time.perf_counter()
-        recommender.recommend([user], k=args.k)
-        single.append(time.perf_counter() - started)
+    single, over_http = _one_user_latencies(recommender, users[: args.users], args.k)
     started = time.perf_counter()
     recommender.recommend(users, k=args.k)
     batch = time.perf_counter() - started
@@ -60,7 +97,9 @@ def main() -> None:
         f"{recommender.ranker_name} {recommender.version}: {recommender.inputs.n_users:,} users x "
         f"{recommender.inputs.n_items:,} items, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n"
         f"load {load:.2f} s | one user top {args.k}: p50 {np.percentile(single, 50) * ms:.0f} ms, "
-        f"p95 {np.percentile(single, 95) * ms:.0f} ms ({len(single)} users) | all {len(users):,} users: {batch:.1f} s"
+        f"p95 {np.percentile(single, 95) * ms:.0f} ms ({len(single)} users) | over HTTP: p50 "
+        f"{np.percentile(over_http, 50) * ms:.0f} ms, p95 {np.percentile(over_http, 95) * ms:.0f} ms | all "
+        f"{len(users):,} users: {batch:.1f} s"
         f" | stated text p50 {np.percentile(texts, 50) * ms:.0f} ms | add an item -> users_for_item {add:.2f} s"
     )
 

@@ -13,6 +13,10 @@ class DataError(WarmstartError):
     """Input data breaks a contract (schema, ids, encoding, timestamps...)."""
 
 
+class UnknownIdError(DataError):
+    """An id (user or item) that the data or the served model does not know; an HTTP API answers it with 404."""
+
+
 class ConfigError(WarmstartError):
     """A setting or option is missing, unknown or inconsistent."""
 

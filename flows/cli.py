@@ -914,6 +914,102 @@ def add_items(
     console.print(f"{count:,} item(s) added to {space.root} (run {run_id}); `warmstart recommend` serves them now")
 
 
+@app.command("add-users")
+@friendly_errors
+def add_users(
+    file: Annotated[
+        Path, typer.Argument(help="CSV/TSV/Parquet: user_id[, first_seen], other columns attributes.", dir_okay=False)
+    ],
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Column mapping CONTRACT=FILE_COLUMN, repeatable (e.g. --map user_id=uid)."),
+    ] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Append new users to the workspace through the users contract (every column but user_id and first_seen is an
+    attribute): the promoted version serves them at once as cold users, with no retraining. Ids already in the
+    workspace, repeated ids and attribute columns its users lack are refused, and then nothing is written."""
+    from catalog import DataError, conform_users, read_table
+
+    space = _workspace(workspace, _settings())
+    raw = read_table(file)
+    mapping = stages.parse_mapping(map_ or [])
+    unused = sorted(source for source in mapping.values() if source not in raw.columns)
+    if unused:
+        raise DataError(f"{file}: --map names column(s) {unused} that the file lacks; it has {raw.columns}.")
+    added, report = conform_users(raw.rename({source: target for target, source in mapping.items()}), str(file))
+    run_id = new_run_id()
+    count = stages.add_users(space, added, run_id, source=f"add-users {file}")
+    collapsed = (
+        f", {report.duplicates_collapsed:,} exact duplicate row(s) collapsed" if report.duplicates_collapsed else ""
+    )
+    console.print(
+        f"{count:,} user(s) added to {space.root} (run {run_id}{collapsed}); `warmstart recommend` serves them now"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+@app.command()
+@friendly_errors
+def api(
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback needs an API key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Key every request but /health must send in the X-API-Key header \\[default: $WARMSTART_API_KEY]. "
+            "Prefer the variable: a command line is visible to every user of the machine.",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Model version \\[default: the promoted one].")] = None,
+    ranker: ServeRankerOption = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Serve recommendations over HTTP (FastAPI under uvicorn) from the promoted version: GET /health, GET and POST
+    /recommend, POST /items (stored in the workspace like `add-items`, served at once). OpenAPI at /docs. Stop with
+    Ctrl-C."""
+    import uvicorn
+
+    from serving import API_KEY_HEADER, Recommender, create_app
+
+    settings = _settings()
+    key = api_key if api_key is not None else (settings.api_key.get_secret_value() if settings.api_key else None)
+    if key is not None and not key.strip():
+        raise ConfigError("the API key is empty; give a real one (--api-key or WARMSTART_API_KEY) or none on loopback.")
+    if not _is_loopback(host) and not key:
+        raise ConfigError(
+            f"--host {host} exposes the API beyond this machine: set WARMSTART_API_KEY (or --api-key) so that "
+            f"clients must send it in the {API_KEY_HEADER} header, or bind 127.0.0.1."
+        )
+    space = _workspace(workspace, settings)
+    recommender = Recommender.load(
+        space,
+        version,
+        ranker=ranker.value if ranker else None,
+        cache_dir=settings.cache_dir,
+        sparse_max=settings.sparse_max,
+    )
+
+    def store_items(items: pl.DataFrame) -> None:
+        stages.add_items(space, items, new_run_id(), cache_dir=settings.cache_dir, source="api POST /items")
+
+    server = create_app(recommender, api_key=key, store_items=store_items)
+    guarded = f", {API_KEY_HEADER} required" if key else ""
+    console.print(f"{recommender.ranker_name} {recommender.version} on http://{host}:{port} (docs at /docs{guarded})")
+    uvicorn.run(server, host=host, port=port, log_level="info")
+
+
 def main() -> None:
     app()
 

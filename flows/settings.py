@@ -58,6 +58,11 @@ class WarmstartSettings(BaseSettings):
     dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster, e.g. tcp://host:8786.")
     dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster when no address is given.")
     encode_batch_size: int = Field(512, ge=1, description="Texts per encoding task.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Key the HTTP API (`warmstart api`) asks for in the X-API-Key header of every request but "
+        "/health; required to bind beyond loopback (WARMSTART_API_KEY).",
+    )
     ranker: Literal["lightgbm", "deepfm"] = Field(
         "lightgbm", description="Ranker that evaluate and retrain train unless --ranker says otherwise."
     )

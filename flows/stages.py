@@ -9,6 +9,7 @@ layer passes what they need.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -366,6 +367,53 @@ def add_items(workspace: Workspace, added: pl.DataFrame, run_id: str, *, cache_d
     parameters = {"added": added.height, "ingest_run_id": _ingest_run(workspace, Tables.items)}
     workspace.write(Tables.items, pl.concat([existing, added]), run_id=run_id, source=source, parameters=parameters)
     return added.height
+
+
+def add_users(workspace: Workspace, added: pl.DataFrame, run_id: str, *, source: str) -> int:
+    """Append conformed users (new ids only) to the `users` table in one atomic write: the promoted version serves
+    them at once as cold users (serving.Recommender folds them in) and the next refresh counts them. Their
+    attributes must be ones the workspace's users already have (when they have any): a misspelt column would
+    otherwise start a new attribute silently."""
+    from catalog import DataError
+
+    if added.is_empty():
+        raise DataError(f"{source}: no users (a header only). Nothing was written.")
+    existing = workspace.read(Tables.users)
+    repeated = added.filter(
+        pl.col(Columns.user).is_duplicated() | pl.col(Columns.user).is_in(existing[Columns.user].implode())
+    )
+    if repeated.height:
+        ids = sorted(set(repeated[Columns.user]))
+        raise DataError(f"{source}: {len(ids)} user id(s) already exist or repeat, e.g. {ids[:5]}; use new ids.")
+    known = _attribute_names(existing, f"workspace table '{Tables.users}'")
+    given = _attribute_names(added, source)
+    if known and given - known:
+        raise DataError(
+            f"{source}: unknown column(s) {sorted(given - known)}; the workspace's users have {sorted(known)}. "
+            "Rename or drop them (or re-ingest with a users file that has them)."
+        )
+    added = added.with_columns(pl.col(Columns.first_seen).fill_null(datetime.now(UTC))).select(existing.columns)
+    parameters = {"added": added.height, "ingest_run_id": _ingest_run(workspace, Tables.users)}
+    workspace.write(Tables.users, pl.concat([existing, added]), run_id=run_id, source=source, parameters=parameters)
+    return added.height
+
+
+def _attribute_names(users: pl.DataFrame, source: str) -> set[str]:
+    """The keys of the users' attribute objects (JSON text)."""
+    from catalog import DataError
+
+    names: set[str] = set()
+    for text in users[Columns.attributes].drop_nulls().unique().to_list():
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            raise DataError(
+                f"{source}: attributes {text[:60]!r} are not a JSON object; give attributes as columns of their own."
+            )
+        names |= value.keys()
+    return names
 
 
 def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> dict[str, Any]:

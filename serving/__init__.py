@@ -2,9 +2,11 @@
 no stage package imports it)."""
 
 from serving._artifacts import SERVING_ARRAYS, SERVING_MANIFEST, ServingInputs, load_serving_inputs, save_serving_inputs
+from serving._http import API_KEY_HEADER, create_app
 from serving._recommender import CONTENT_STANDIN, ID_EMBEDDING, STATED_TEXT, Recommender
 
 __all__ = [
+    "API_KEY_HEADER",
     "CONTENT_STANDIN",
     "ID_EMBEDDING",
     "SERVING_ARRAYS",
@@ -12,6 +14,7 @@ __all__ = [
     "STATED_TEXT",
     "Recommender",
     "ServingInputs",
+    "create_app",
     "load_serving_inputs",
     "save_serving_inputs",
 ]

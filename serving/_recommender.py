@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from catalog import Columns, ConfigError, DataError, Segments, Tables, Workspace, WorkspaceError
+from catalog import Columns, ConfigError, DataError, Segments, Tables, UnknownIdError, Workspace, WorkspaceError
 from encoders import (
     MODEL_NAME,
     ContentMapper,
@@ -64,9 +64,9 @@ _EXAMPLES = 5
 def _unknown(ids: list[str], known: set[str], kind: str, version: str) -> None:
     missing = sorted({i for i in ids if i not in known})
     if missing:
-        raise DataError(
+        raise UnknownIdError(
             f"{len(missing)} unknown {kind} id(s) for model version {version}: {missing[:_EXAMPLES]}. "
-            f"Use ids of the workspace's {kind}s (add new ones with `warmstart ingest`)."
+            f"Use ids of the workspace's {kind}s (add new ones with `warmstart add-{kind}s FILE`)."
         )
 
 
@@ -150,10 +150,16 @@ class Recommender:
             dict(zip(items[Columns.item], items[Columns.title].fill_null(""), strict=True)) if items is not None else {}
         )
         recommender = cls._assemble(model, ranker, version, served, log, cache_dir, titles, sparse_max)
-        if items is not None and not model.tied_to_encoders:
+        if model.tied_to_encoders:
+            return recommender
+        if items is not None:
             added = items.join(pl.DataFrame({Columns.item: served.item_ids}), on=Columns.item, how="anti")
             if added.height:
                 recommender = recommender.add_items(added, log=log)
+        if space.exists(Tables.users):
+            # Users known only by their attributes (`warmstart add-users`, or a users file with idle users).
+            listed = space.read(Tables.users)[Columns.user].cast(pl.String)
+            recommender = recommender.add_users(listed.filter(~listed.is_in(recommender.user_ids.implode())))
         return recommender
 
     @classmethod
@@ -251,6 +257,34 @@ class Recommender:
             _text=self._text,
         )
 
+    def add_users(self, user_ids: list[str] | pl.Series) -> Recommender:
+        """This version serving users it has never seen and who logged nothing yet: each is served as a cold user
+        (the ranker with an empty history and no collaborative vector: popularity and the items' own features)."""
+        if self.ranker.tied_to_encoders:
+            raise ConfigError(f"{self.ranker_name} scores a fixed user table; retrain to serve new users.")
+        ids = pl.Series(Columns.user, [str(i) for i in user_ids], dtype=pl.String)
+        repeated = sorted(set(ids.filter(ids.is_duplicated() | ids.is_in(self.user_ids.implode())).to_list()))
+        if repeated:
+            raise DataError(f"{len(repeated)} user id(s) are already served or repeat: {repeated[:_EXAMPLES]}.")
+        if ids.is_empty():
+            return self
+        empty = sp.csr_array((ids.len(), self.inputs.n_items), dtype=np.float32)
+        return Recommender(
+            ranker=self.ranker,
+            ranker_name=self.ranker_name,
+            version=self.version,
+            inputs=_with_users(self.inputs, empty),
+            user_ids=pl.concat([self.user_ids, ids]),
+            item_ids=self.item_ids,
+            n_version_users=self.n_version_users,
+            seen=sp.csr_array(sp.vstack([self.seen, empty])),
+            cache_dir=self.cache_dir,
+            text_model=self.text_model,
+            titles=self.titles,
+            sparse_max=self.sparse_max,
+            _text=self._text,
+        )
+
     def _embed(self, texts: list[str]) -> np.ndarray:
         """MiniLM embeddings through the embedding cache (the model loads only for texts the cache lacks)."""
         if self.cache_dir is None:
@@ -288,10 +322,10 @@ class Recommender:
 
     def _user_segments(self, users: np.ndarray) -> np.ndarray:
         activity = np.diff(self.inputs.history.indptr)[users]
-        labels = np.where(
-            activity == 0, Segments.cold, np.where(activity <= self.sparse_max, Segments.sparse, Segments.warm)
-        )
-        return np.where(users >= self.n_version_users, Segments.new, labels)
+        labels = np.where(activity <= self.sparse_max, Segments.sparse, Segments.warm)
+        labels = np.where(users >= self.n_version_users, Segments.new, labels)
+        # No history means the cold path, whether the version knew the user or not (users added by attributes).
+        return np.where(activity == 0, Segments.cold, labels)
 
     # ------------------------------------------------------------------------------------------------ serve
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import NoReturn
 
 import pytest
 
-from catalog import Dataset, fetch_movielens_100k, load_citeulike, load_movielens_100k
+from catalog import Columns, Dataset, fetch_movielens_100k, load_citeulike, load_movielens_100k
 
 REPO = Path(__file__).resolve().parents[1]
 CITEULIKE_DIR = Path(os.environ.get("WARMSTART_CITEULIKE", REPO.parent / "shared" / "datasets" / "citeulike-a"))
@@ -69,10 +70,58 @@ def prefect_api() -> Iterator[str]:
         yield str(url)
 
 
+@pytest.fixture(scope="session")
+def ml100k_slice_workspace(ml100k: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace holding a small real MovieLens slice (100 users), ingested through the CLI. Copy it to change it."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    folder = tmp_path_factory.mktemp("slice")
+    users = ml100k.interactions.select(Columns.user).unique().sort(Columns.user).head(100)
+    log = ml100k.interactions.join(users, on=Columns.user, how="semi")
+    items = ml100k.items.join(log.select(Columns.item).unique(), on=Columns.item, how="semi")
+    log.write_parquet(folder / "interactions.parquet")
+    items.drop(Columns.first_seen).write_parquet(folder / "items.parquet")
+    result = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            f"--interactions={folder / 'interactions.parquet'}",
+            f"--items={folder / 'items.parquet'}",
+            f"--workspace={folder / 'ws'}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return folder / "ws"
+
+
+@pytest.fixture(scope="session")
+def served_slice(
+    ml100k_slice_workspace: Path, prefect_api: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of the slice with one promoted LightGBM version (and its `recommendations` table, k=10), saved by a
+    real `warmstart refresh` in its own process. Read-only for tests: copy it to change it."""
+    workspace = tmp_path_factory.mktemp("served") / "ws"
+    shutil.copytree(ml100k_slice_workspace, workspace)
+    environment = os.environ | {"PREFECT_API_URL": prefect_api, "WARMSTART_CACHE_DIR": str(cache_dir)}
+    command = [sys.executable, "-m", "flows.cli", "refresh", "--augment-limit", "0", "--max-epochs", "3"]
+    command += ["--no-reference-gate", "--k", "10", "-w", str(workspace)]
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return workspace
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """A TCP port free on loopback when called (a process may take it before the caller binds: rare, and loud)."""
+    return _free_port
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""A workspace holding a small real MovieLens slice (100 users), ingested through the CLI: the flows' tests copy it."""
+"""Copies of the MovieLens slice workspace (tests/conftest.py) and the real `warmstart` CLI in a subprocess."""
 
 from __future__ import annotations
 
@@ -10,31 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from catalog import Columns, Dataset
-from flows.cli import app
-
-
-@pytest.fixture(scope="session")
-def ml100k_slice_workspace(ml100k: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("slice")
-    users = ml100k.interactions.select(Columns.user).unique().sort(Columns.user).head(100)
-    log = ml100k.interactions.join(users, on=Columns.user, how="semi")
-    items = ml100k.items.join(log.select(Columns.item).unique(), on=Columns.item, how="semi")
-    log.write_parquet(folder / "interactions.parquet")
-    items.drop(Columns.first_seen).write_parquet(folder / "items.parquet")
-    result = CliRunner().invoke(
-        app,
-        [
-            "ingest",
-            f"--interactions={folder / 'interactions.parquet'}",
-            f"--items={folder / 'items.parquet'}",
-            f"--workspace={folder / 'ws'}",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    return folder / "ws"
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_help_everywhere() -> None:
-    for command in ([], ["ingest"], ["detect"], ["demo"]):
+    for command in ([], ["ingest"], ["detect"], ["demo"], ["api"], ["add-users"], ["add-items"]):
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0, result.output
         assert "--workspace" in result.output or not command

@@ -4,10 +4,7 @@ runs once for the module (real BPR-MF, mapper, LightGBM and MiniLM; a real Prefe
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +21,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def served(
-    ml100k_slice_workspace: Path, prefect_api: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A copy of the slice with one promoted version, saved by `warmstart refresh` in its own process."""
-    workspace = tmp_path_factory.mktemp("served") / "ws"
-    shutil.copytree(ml100k_slice_workspace, workspace)
-    environment = os.environ | {"PREFECT_API_URL": prefect_api, "WARMSTART_CACHE_DIR": str(cache_dir)}
-    command = [
-        sys.executable,
-        "-m",
-        "flows.cli",
-        "refresh",
-        "--augment-limit",
-        "0",
-        "--max-epochs",
-        "3",
-        "--no-reference-gate",
-    ]
-    done = subprocess.run(
-        [*command, "--k", "10", "-w", str(workspace)], env=environment, capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return workspace
+def served(served_slice: Path) -> Path:
+    return served_slice
 
 
 @pytest.fixture(scope="module")
