@@ -71,8 +71,8 @@ def _warmed(base: EncodedSplit, config: WarmingConfig | None) -> EncodedSplit:
         return base
     inputs = base.inputs
     warm = np.flatnonzero(inputs.popularity > 0)
-    standins, warmed, report = warmed_standins(inputs.item_standin, inputs.user_cf, inputs.item_cf, warm, None, config)
-    return EncodedSplit(replace(inputs, item_standin=standins), base.report | {"warming": report}, warmed)
+    warmed = warmed_standins(inputs.item_standin, inputs.user_cf, inputs.item_cf, warm, None, config)
+    return EncodedSplit(replace(inputs, item_standin=warmed.standins), base.report | {"warming": warmed.report}, warmed)
 
 
 def _differences(before: EvalResult, after: EvalResult, truth: pl.DataFrame, k: int) -> dict[str, Any]:

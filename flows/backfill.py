@@ -9,7 +9,7 @@ half-way left no metric rows (they are written with the run's completion, in one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 from prefect import flow, get_run_logger
 
+from augment import WEIGHT
 from catalog import (
     Columns,
     ConfigError,
@@ -89,10 +90,13 @@ class WindowContext:
     augment_limit: int
 
 
-def augment_window(context: WindowContext, window: Window, segments: pl.DataFrame, run_id: str) -> dict[str, Any]:
+def augment_window(
+    context: WindowContext, window: Window, segments: pl.DataFrame, run_id: str
+) -> tuple[dict[str, Any], pl.DataFrame | None]:
     """Describe the window's new items and simulate who would take to them, as a scheduled run at the window's
-    end would have: from the events before it only. The window's tables (descriptions, synthetic pairs) are kept
-    in WORKSPACE/backfill/WINDOW_END for audit. The synthetic pairs' precision is measured against the real
+    end would have: from the events before it only. Returns the store's augmentation row and the synthetic pairs
+    the window's model trains on. The window's tables (descriptions, synthetic pairs) are kept in
+    WORKSPACE/backfill/WINDOW_END for audit. The synthetic pairs' precision is measured against the real
     interactions of the next window (synthetic rows never enter the ranker's evaluation)."""
     dataset = context.dataset
     scratch = Workspace(context.space.root / "backfill" / f"{window.end:%Y%m%dT%H%M%S}")
@@ -108,14 +112,16 @@ def augment_window(context: WindowContext, window: Window, segments: pl.DataFram
         max_new_tokens=context.settings.llm_max_new_tokens,
     )
     report = refresh.augment_workspace(scratch, context.settings, plan, run_id)
+    judged = None
     if scratch.exists(Tables.synthetic_interactions):
-        synthetic = scratch.read(Tables.synthetic_interactions).select(Columns.user, Columns.item).unique()
+        judged = scratch.read(Tables.synthetic_interactions).select(Columns.user, Columns.item, WEIGHT)
+        synthetic = judged.select(Columns.user, Columns.item).unique()
         later = dataset.interactions.filter(
             (pl.col(Columns.ts) >= window.end) & (pl.col(Columns.ts) < window.next_end)
         ).select(Columns.user, Columns.item)
         hits = synthetic.join(later.unique(), on=[Columns.user, Columns.item], how="semi").height
         report.steps["simulate"]["synthetic_precision"] = hits / synthetic.height if synthetic.height else None
-    return report.store_row(backend_label(context.settings))
+    return report.store_row(backend_label(context.settings)), judged
 
 
 def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded: pl.DataFrame | None) -> GateDecision:
@@ -133,14 +139,16 @@ def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded:
         }
     record.segment_counts = segment_counts(segments[window.end])
     record.transitions = segment_transitions(segments[window.start], segments[window.end])
+    judged = None
     if context.augment_limit > 0:
         with record.timed("augment"):
-            record.augmentation = augment_window(context, window, segments[window.end], run.run_id)
+            record.augmentation, judged = augment_window(context, window, segments[window.end], run.run_id)
     split = temporal_split(dataset.interactions, dataset.items, cut=window.end, end=window.next_end)
     if split.truth.height == 0:
         raise DataError(f"no new interaction between {window.end} and {window.next_end} to evaluate on.")
+    plan = replace(pipeline.holdout_plan(split), synthetic=judged)  # the window's model trains on its augmentation
     decision = cycle.train_evaluate_gate(
-        pipeline.holdout_plan(split), context.config, run, context.registry, recorded=recorded, dataset=dataset.name
+        plan, context.config, run, context.registry, recorded=recorded, dataset=dataset.name
     )
     record.as_of = window.end
     return decision

@@ -227,6 +227,7 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
             "synthetic_rows",
             "synthetic_precision",
             "cold_items_warmed",
+            "simulator_precision",
             "cache_hits",
             "tokens",
             "seconds",
@@ -474,8 +475,17 @@ def evaluate(
     ranker: RankerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
     workspace: WorkspaceOption = None,
+    augment: Annotated[
+        bool,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Warm cold items with synthetic interactions (the embedding simulator's) as the product does; "
+            "--no-augment is the ablation.",
+        ),
+    ] = True,
 ) -> None:
-    """Train the encoders and the ranker on a split's training part and evaluate on its held-out part.
+    """Train the encoders and the ranker on a split's training part and evaluate on its held-out part: the whole
+    chain as the product runs it, synthetic interactions included (--no-augment leaves them out).
 
     Give --dataset citeulike --data DIR (ALDI split), --dataset ml-100k (temporal), or a split as files:
     --train F --test F --items F [--valid F] [--users F]. Test users or items without training rows are cold.
@@ -500,6 +510,8 @@ def evaluate(
     run_id = new_run_id()
     model_dir = _workspace(workspace, settings).models.path(ranker_name, run_id)
     models = pipeline.ModelSettings.seeded(seed, ranker_name)
+    if not augment:
+        models = models.without_augmentation()
     report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
     report["protocol"] = protocol.value
     report["models"]["saved_to"] = str(model_dir)

@@ -96,9 +96,8 @@ def train_evaluate_gate(
     stages.save_serving(directory, fitted, plan.split.index)  # the version serves on its own
     _write_report(directory, fitted.report, plan, metrics, parent=current, dataset=dataset)
     fitted.ranker.save(directory)
-    warming = fitted.report["encoders"]["served"].get("warming")
-    if warming is not None:  # the store keeps, per run, how many cold items synthetic interactions warmed
-        record.augmentation = (record.augmentation or {}) | {"cold_items_warmed": warming["cold_items_warmed"]}
+    if fitted.served.warming is not None:  # the store keeps, per run, what synthetic interactions warmed
+        record.augmentation = (record.augmentation or {}) | stages.warming_row(fitted.served.warming, plan.split)
     record.model_version = run.run_id
     record.metrics = pl.concat([metrics, references.select(metrics.columns)])
     record.as_of = stages.as_of(plan.split)
@@ -126,8 +125,21 @@ def _write_report(
         "data_window": {"start": str(times.min()), "end": str(times.max())} if times is not None else None,
         "metrics": metrics.to_dicts(),
         "models": models,
+        "augmentation": _augmentation_report(plan, models),
     }
     atomic_write_bytes(directory / "report.json", json.dumps(report, indent=2, default=str).encode())
+
+
+def _augmentation_report(plan: EvaluationPlan, models: dict[str, Any]) -> dict[str, Any]:
+    """What augmentation the version trained on: the synthetic rows given (and the runs that wrote them) and
+    the cold items their (or the embedding simulator's) interactions warmed."""
+    synthetic = plan.synthetic
+    runs = sorted(synthetic["run_id"].unique().to_list()) if synthetic is not None and "run_id" in synthetic else []
+    return {
+        "synthetic_rows": synthetic.height if synthetic is not None else 0,
+        "synthetic_runs": runs,
+        "warming": models.get("encoders", {}).get("served", {}).get("warming"),
+    }
 
 
 def promote(registry: ModelRegistry, ranker: str, decision: GateDecision, run_id: str) -> None:

@@ -65,23 +65,32 @@ from ranker.registry import ranker_class
 from ranker.temporal import TimeFeatures, time_features
 
 
+@dataclass(frozen=True, eq=False)
+class Warmed:
+    """What synthetic interactions did to one split's stand-ins (flows.pipeline.warmed_standins)."""
+
+    standins: np.ndarray  # every item's stand-in after warming
+    content: np.ndarray  # the stand-ins before: content alone
+    items: np.ndarray  # mask of the items without history that synthetic interactions warmed
+    judged: np.ndarray  # mask of those warmed from given (e.g. the judge's) interactions, not the simulator's
+    synthetic: sp.csr_array  # (items x users) weights of the interactions that warmed items without history
+    report: dict[str, Any]
+
+
 @dataclass
 class EncodedSplit:
     """The ranker's inputs for one split, and what producing them measured."""
 
     inputs: RankerInputs
     report: dict[str, Any] = field(default_factory=dict)
-    # Items without training interactions whose stand-in synthetic interactions warmed (serving's source).
-    warmed: np.ndarray | None = None
-    # The stand-ins before warming (content alone), kept to measure what warming adds.
-    content_standins: np.ndarray | None = None
+    # What synthetic interactions warmed (serving's source, the line without augmentation); None without them.
+    warming: Warmed | None = None
 
     def without_warming(self) -> EncodedSplit:
         """The same inputs serving the content stand-ins (itself when nothing was warmed)."""
-        if self.content_standins is None:
+        if self.warming is None:
             return self
-        inputs = replace(self.inputs, item_standin=self.content_standins)
-        return EncodedSplit(inputs, self.report)
+        return EncodedSplit(replace(self.inputs, item_standin=self.warming.content), self.report)
 
 
 def _aligned(ids: np.ndarray, vectors: np.ndarray, wanted: pl.Series, width: int) -> np.ndarray:
@@ -152,11 +161,11 @@ def encode_inputs(
     popularity = np.asarray(matrix.sum(axis=0)).ravel()
     warm = np.flatnonzero(popularity > 0)
     standins = out_of_fold_standins(text, item_cf, warm, mapper_config, folds, seed)
-    warmed, warming_report, content_standins = None, {}, None
+    warmed = None
     if warming is not None:
         given = synthetic_matrix(synthetic, index, warm) if synthetic is not None else None
-        content_standins = standins
-        standins, warmed, warming_report = warmed_standins(standins, user_cf, item_cf, warm, given, warming)
+        warmed = warmed_standins(standins, user_cf, item_cf, warm, given, warming)
+        standins = warmed.standins
     titles = items[Columns.title].fill_null("")
     inputs = RankerInputs(
         history=matrix,
@@ -171,9 +180,9 @@ def encode_inputs(
         time=_time_features(history, index),
     )
     report = {"bprmf": cf.summary, "text_cache_hits": cache.hits, "text_cache_misses": cache.misses}
-    if warming is not None:
-        report["warming"] = warming.model_dump() | warming_report
-    return EncodedSplit(inputs=inputs, report=report, warmed=warmed, content_standins=content_standins)
+    if warming is not None and warmed is not None:
+        report["warming"] = warming.model_dump() | warmed.report
+    return EncodedSplit(inputs=inputs, report=report, warming=warmed)
 
 
 def synthetic_matrix(synthetic: pl.DataFrame, index: EvalIndex, warm: np.ndarray) -> sp.csr_array:
@@ -196,31 +205,46 @@ def warmed_standins(
     warm: np.ndarray,
     given: sp.csr_array | None,
     config: WarmingConfig,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Stand-ins trained from synthetic interactions (encoders.warm_items), and the mask of cold items warmed.
+) -> Warmed:
+    """Stand-ins trained from synthetic interactions (encoders.warm_items), and what warmed them.
 
     Cold items take the `given` synthetic interactions (e.g. the language-model judge's) where they have any,
     else the embedding simulator's top `config.per_item` users by stand-in score. Warm items' out-of-fold
     stand-ins are warmed the same way from the simulator, so the ranker learns from what serving will show.
     """
     n_items = standins.shape[0]
-    cold = np.setdiff1d(np.arange(n_items), warm)
+    is_cold = np.ones(n_items, dtype=bool)
+    is_cold[warm] = False
     simulated = simulate_users(standins, user_cf, config.per_item)
     simulated.data = np.ones_like(simulated.data)
     judged = np.zeros(n_items, dtype=bool)
     if given is not None:
         judged = np.diff(given.indptr) > 0
         simulated = sp.csr_array(sp.diags_array((~judged).astype(np.float32)) @ simulated) + given
+        simulated.eliminate_zeros()  # a judged item keeps only its judged interactions
     warmed = warm_items(simulated, user_cf, standins, item_cf[warm], config)
-    mask = np.zeros(n_items, dtype=bool)
-    mask[cold] = np.diff(simulated.indptr)[cold] > 0
+    synthetic = sp.csr_array(sp.diags_array(is_cold.astype(np.float32)) @ simulated)
+    synthetic.eliminate_zeros()
+    items = np.diff(synthetic.indptr) > 0
     report = {
-        "cold_items_warmed": int(mask.sum()),
+        "cold_items_warmed": int(items.sum()),
         "cold_items_judged": int(judged.sum()),
-        "synthetic_pairs": int(simulated[cold].nnz),
+        "synthetic_pairs": int(synthetic.nnz),
         "warm_items_simulated": int(warm.size),
     }
-    return warmed, mask, report
+    return Warmed(warmed, standins, items, judged, synthetic, report)
+
+
+def synthetic_precision(warmed: Warmed, truth: sp.csr_array) -> dict[str, float | None]:
+    """Share of the synthetic pairs that warmed cold items found again among real held-out (users x items)
+    pairs, for the embedding simulator's and the given (judged) pairs apart; None where there were none."""
+    found = warmed.synthetic.multiply(truth.T.tocsr() > 0).tocsr()
+    out: dict[str, float | None] = {}
+    for name, rows in (("simulator", ~warmed.judged), ("judge", warmed.judged)):
+        pairs = int(np.diff(warmed.synthetic.indptr)[rows].sum())
+        hits = int(np.diff(found.indptr)[rows].sum())
+        out[name] = hits / pairs if pairs else None
+    return out
 
 
 def _time_features(history: pl.DataFrame, index: EvalIndex) -> TimeFeatures | None:
@@ -260,7 +284,7 @@ def with_history(encoded: EncodedSplit, history: sp.csr_array) -> EncodedSplit:
         categories=old.categories,
         time=old.time,
     )
-    return EncodedSplit(inputs, encoded.report, encoded.warmed, encoded.content_standins)
+    return EncodedSplit(inputs, encoded.report, encoded.warming)
 
 
 @dataclass(frozen=True, eq=False)
@@ -371,6 +395,7 @@ class ModelSettings:
             mapper=defaults.mapper.model_copy(update={"seed": seed}),
             ranker=defaults.ranker.model_copy(update={"seed": seed}),
             deepfm=defaults.deepfm.model_copy(update={"seed": seed}),
+            warming=defaults.warming.model_copy(update={"seed": seed}) if defaults.warming else None,
             ranker_name=ranker_name,
             seed=seed,
         )
@@ -381,6 +406,10 @@ class ModelSettings:
         seeded = cls.seeded(seed, ranker_name)
         cf = seeded.cf.model_copy(update={"epochs": min(seeded.cf.epochs, max_epochs)})
         return replace(seeded, cf=cf)
+
+    def without_augmentation(self) -> ModelSettings:
+        """The same settings training without synthetic interactions (the ablation)."""
+        return replace(self, warming=None)
 
     def new_ranker(self) -> RankerBase:
         """An unfitted ranker of the chosen kind with its configuration."""

@@ -173,8 +173,10 @@ def refresh(
             _augment_into(run, space, settings, stages.AugmentPlan(limit=augment_limit, simulate=simulate))
         with run.record.timed("encode"):
             with_runner(encode_items, settings)(space.root)
+        # The model trains on the workspace's augmentation: its synthetic interactions warm their cold items.
+        plan = pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[protocol])
         decision = cycle.train_evaluate_gate(
-            pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[protocol]),
+            replace(plan, synthetic=stages.synthetic_interactions(space)),
             config,
             run,
             registry,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from augment import WEIGHT
 from catalog import (
     Columns,
     ConfigError,
@@ -37,7 +38,7 @@ from monitor import GateConfig, GateDecision, decide, reference_protocol
 
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
     from augment import Backend
-    from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings
+    from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings, Warmed
     from ranker.evaluate import EvalIndex, ProtocolSplit
 
 DATASETS = ("ml-100k", "citeulike")
@@ -344,6 +345,14 @@ def retrain(plan: EvaluationPlan, *, cache_dir: Path, models: ModelSettings) -> 
     return fit_ranker(plan, cache_dir=cache_dir, settings=models)
 
 
+def synthetic_interactions(workspace: Workspace) -> pl.DataFrame | None:
+    """The workspace's synthetic interactions (user_id, item_id, weight, run_id) for the next model to train on,
+    or None before any simulation ran."""
+    if not workspace.exists(Tables.synthetic_interactions):
+        return None
+    return workspace.read(Tables.synthetic_interactions).select(Columns.user, Columns.item, WEIGHT, "run_id")
+
+
 def evaluate(fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
     """(protocol, segment, metric, k, value) of a fitted ranker on the split's real held-out interactions."""
     return fitted.evaluate(split, k).metrics.with_columns(pl.lit(protocol).alias("protocol"))
@@ -530,13 +539,23 @@ def tail_calibrated(
     return metrics.with_columns(pl.lit(reference_protocol(protocol, TAIL_CALIBRATED)).alias("protocol"))
 
 
+def warming_row(warmed: Warmed, split: ProtocolSplit) -> dict[str, Any]:
+    """The store's augmentation columns of a model's warming: cold items warmed, and the embedding simulator's
+    pairs' precision against the split's real held-out interactions (a diagnostic: truth is never changed)."""
+    from flows.pipeline import synthetic_precision
+    from ranker.evaluate import interaction_matrix
+
+    precision = synthetic_precision(warmed, interaction_matrix(split.truth, split.index))
+    return {"cold_items_warmed": int(warmed.items.sum()), "simulator_precision": precision["simulator"]}
+
+
 WITHOUT_AUGMENTATION = "without_augmentation"
 
 
 def without_augmentation(fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
     """The candidate serving cold items through their content stand-ins instead of the stand-ins its synthetic
     interactions warmed, on the same split: what augmentation adds (no rows when nothing was warmed)."""
-    if fitted.served.warmed is None:
+    if fitted.served.warming is None:
         return pl.DataFrame()
     metrics = fitted.without_warming().evaluate(split, k).metrics
     return metrics.with_columns(pl.lit(reference_protocol(protocol, WITHOUT_AUGMENTATION)).alias("protocol"))

@@ -19,6 +19,7 @@ from monitor.views import (
     Filters,
     StoreFrames,
     accuracy_over_time,
+    augmentation_effect_over_time,
     augmentation_over_time,
     beyond_accuracy_over_time,
     cold_to_warm,
@@ -102,6 +103,24 @@ def lines_section(frames: StoreFrames, filters: Filters) -> None:
         "the gate refuses a model below recent popularity."
     )
     _recall_and_ndcg(rows, filters.k, color="line", suffix=", overall")
+
+
+def augmentation_effect_section(frames: StoreFrames, filters: Filters) -> None:
+    st.header("What augmentation did")
+    rows = augmentation_effect_over_time(frames.metrics, filters)
+    if rows.is_empty():
+        st.info("No run recorded its model both with and without synthetic interactions for these filters.")
+        return
+    st.caption("Cold and tail Recall@K of the same model, serving cold items warmed by synthetic interactions or not.")
+    left, right = st.columns(2)
+    for column, segment in zip((left, right), ("cold", "tail"), strict=True):
+        chart = line_chart(
+            rows.filter(pl.col("segment") == segment),
+            color="line",
+            title=f"Recall@{filters.k}, {segment} items",
+            y_title=f"recall@{filters.k}",
+        )
+        column.altair_chart(chart, width="stretch")
 
 
 def beyond_accuracy_section(frames: StoreFrames, filters: Filters) -> None:
@@ -207,6 +226,7 @@ def main() -> None:
     )
     accuracy_section(frames, filters)
     lines_section(frames, filters)
+    augmentation_effect_section(frames, filters)
     beyond_accuracy_section(frames, filters)
     segments_section(frames, filters)
     augmentation_section(frames, filters)

@@ -47,7 +47,10 @@ SCHEMA_VERSION = 3
 # What each schema version adds to the one before, applied in order to an older store opened for writing.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE augmentation ADD COLUMN backend VARCHAR(160)",),  # which model, precision and device ran
-    3: ("ALTER TABLE augmentation ADD COLUMN cold_items_warmed INTEGER",),  # items synthetic interactions warmed
+    3: (  # cold items synthetic interactions warmed; the embedding simulator's pairs' precision
+        "ALTER TABLE augmentation ADD COLUMN cold_items_warmed INTEGER",
+        "ALTER TABLE augmentation ADD COLUMN simulator_precision FLOAT",
+    ),
 }
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 
@@ -123,6 +126,8 @@ class Augmentation(Base):
     synthetic_precision: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Cold items the run's model serves through an ID embedding its synthetic interactions trained.
     cold_items_warmed: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Precision of the embedding simulator's synthetic pairs against the run's real held-out interactions.
+    simulator_precision: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class SegmentCount(Base):
@@ -517,6 +522,7 @@ class MetricsStore:
             Augmentation.backend,
             Augmentation.synthetic_precision,
             Augmentation.cold_items_warmed,
+            Augmentation.simulator_precision,
         ).join(Run, Run.id == Augmentation.run_id)
         return self._frame(statement.order_by(Run.started_at))
 

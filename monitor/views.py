@@ -8,7 +8,7 @@ from datetime import datetime
 import polars as pl
 
 from monitor.store import MetricsStore
-from monitor.trends import BEYOND_ACCURACY, REFERENCE_SEPARATOR, product_rows, series_of
+from monitor.trends import BEYOND_ACCURACY, PRODUCT, REFERENCE_SEPARATOR, product_rows, series_of
 
 ACCURACY = ("recall", "ndcg")
 WARM_SEGMENTS = ("sparse", "tail", "head")
@@ -90,6 +90,25 @@ def lines_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:
         rows = rows.filter(pl.col("protocol").str.split(REFERENCE_SEPARATOR).list.first() == filters.protocol)
     rows = rows.with_columns(series_of(pl.col("protocol")).alias("line"))
     return _in_range(rows, "as_of", filters).select("as_of", "line", "metric", "value").sort("as_of", "line")
+
+
+WITHOUT_AUGMENTATION = "without_augmentation"  # the line flows.stages records: the model without synthetic data
+
+
+def augmentation_effect_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:
+    """(as_of, segment, line, value): cold and tail Recall@K of the product with its augmentation and of the same
+    model without it, at the runs that recorded both (empty when none did)."""
+    rows = metrics.filter(
+        (pl.col("metric") == "recall") & (pl.col("k") == filters.k) & pl.col("segment").is_in(["cold", "tail"])
+    )
+    if filters.protocol is not None:
+        rows = rows.filter(pl.col("protocol").str.split(REFERENCE_SEPARATOR).list.first() == filters.protocol)
+    rows = rows.with_columns(series_of(pl.col("protocol")).alias("line"))
+    both = rows.filter(pl.col("line") == WITHOUT_AUGMENTATION).select("as_of").unique()
+    rows = rows.filter(pl.col("line").is_in([PRODUCT, WITHOUT_AUGMENTATION])).join(both, on="as_of", how="semi")
+    named = pl.when(pl.col("line") == PRODUCT).then(pl.lit("with augmentation")).otherwise(pl.lit("without"))
+    rows = _in_range(rows.with_columns(named.alias("line")), "as_of", filters)
+    return rows.select("as_of", "segment", "line", "value").sort("as_of", "segment", "line")
 
 
 def beyond_accuracy_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:

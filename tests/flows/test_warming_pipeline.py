@@ -13,7 +13,7 @@ import pytest
 
 from catalog import Columns, Dataset
 from encoders import BPRConfig, WarmingConfig
-from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings, fit_ranker, holdout_plan
+from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings, fit_ranker, holdout_plan, synthetic_precision
 from ranker.evaluate import ProtocolSplit, interaction_matrix, temporal_split
 from ranker.features import RankingTask
 
@@ -59,7 +59,8 @@ def test_a_cold_item_with_synthetic_interactions_scores_differently(
     index, inputs = split.index, fitted.served.inputs
     unwarmed = fitted.without_warming()
     users, items = index.pairs(oracle)
-    assert fitted.served.warmed is not None and fitted.served.warmed[items].all()
+    assert fitted.served.warming is not None and fitted.served.warming.items[items].all()
+    assert fitted.served.warming.judged[items].all()
     # The item's ID embedding moved toward the users who took to it ...
     before = np.einsum("ij,ij->i", inputs.user_cf[users], unwarmed.served.inputs.item_standin[items])
     after = np.einsum("ij,ij->i", inputs.user_cf[users], inputs.item_standin[items])
@@ -92,3 +93,13 @@ def test_the_model_report_names_what_warmed_it(judged: tuple[FittedRanker, pl.Da
     assert warming["cold_items_judged"] == oracle[Columns.item].n_unique()
     assert warming["cold_items_warmed"] >= warming["cold_items_judged"]
     assert warming["per_item"] == 10
+
+
+def test_synthetic_precision_counts_the_judge_and_the_simulator_apart(
+    judged: tuple[FittedRanker, pl.DataFrame], split: ProtocolSplit
+) -> None:
+    fitted, _ = judged
+    assert fitted.served.warming is not None
+    precision = synthetic_precision(fitted.served.warming, interaction_matrix(split.truth, split.index))
+    assert precision["judge"] == 1.0  # the oracle's pairs are the truth itself
+    assert precision["simulator"] is not None and 0.0 <= precision["simulator"] < 1.0

@@ -36,6 +36,9 @@ def _metrics(point: int) -> pl.DataFrame:
     # A reference line recorded beside the product on the same split.
     rows.append(("temporal:popularity", "overall", "recall", 20, 0.10))
     rows.append(("temporal:popularity", "overall", "ndcg", 20, 0.05))
+    if point:  # the later runs also recorded their model without augmentation
+        rows.append(("temporal:without_augmentation", "cold", "recall", 20, RECALL["cold"][point] / 2))
+        rows.append(("temporal:without_augmentation", "tail", "recall", 20, RECALL["tail"][point]))
     return pl.DataFrame(rows, schema=["protocol", "segment", "metric", "k", "value"], orient="row")
 
 

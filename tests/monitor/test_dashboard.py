@@ -15,6 +15,7 @@ from monitor.views import (
     Filters,
     StoreFrames,
     accuracy_over_time,
+    augmentation_effect_over_time,
     augmentation_over_time,
     cold_to_warm,
     current_segments,
@@ -59,6 +60,20 @@ def test_lines_beside_the_product_and_protocol_choices(fixture_store: Path) -> N
     assert accuracy_over_time(frames.metrics, ALL).filter(pl.col("segment") == "overall").height == 6
 
 
+def test_augmentation_effect_compares_the_runs_that_recorded_both(fixture_store: Path) -> None:
+    frames = _frames(fixture_store)
+    effect = augmentation_effect_over_time(frames.metrics, ALL)
+    assert effect["as_of"].n_unique() == 2  # the first run recorded no line without augmentation
+    cold = effect.filter(pl.col("segment") == "cold").pivot(on="line", index="as_of", values="value")
+    assert cold["with augmentation"].to_list() == [0.042, 0.043]
+    assert cold["without"].to_list() == pytest.approx([0.021, 0.0215])
+    assert set(effect["segment"]) == {"cold", "tail"}
+    # Lines without augmentation stay out of the product's own accuracy and out of the protocol choices.
+    assert filter_choices(frames.metrics)["protocol"] == ["temporal"]
+    own = accuracy_over_time(frames.metrics, ALL).filter((pl.col("segment") == "cold") & (pl.col("metric") == "recall"))
+    assert own["value"].to_list() == [0.041, 0.042, 0.043]
+
+
 def test_views_of_segments_augmentation_and_runs(fixture_store: Path) -> None:
     frames = _frames(fixture_store)
     assert current_segments(frames.segment_counts).filter(pl.col("segment") == "cold")["count"].item() == 98
@@ -82,6 +97,7 @@ def test_page_shows_every_section_of_the_fixture(fixture_store: Path, monkeypatc
     assert headers == [
         "Accuracy per segment",
         "The product beside popularity",
+        "What augmentation did",
         "Beyond accuracy",
         "Segments",
         "Language-model augmentation",

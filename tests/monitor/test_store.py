@@ -141,6 +141,7 @@ def test_a_version_1_store_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
     with engine.begin() as connection:  # what version 1 wrote: no backend column (2), no cold_items_warmed (3)
         connection.execute(text("ALTER TABLE augmentation DROP COLUMN backend"))
         connection.execute(text("ALTER TABLE augmentation DROP COLUMN cold_items_warmed"))
+        connection.execute(text("ALTER TABLE augmentation DROP COLUMN simulator_precision"))
         connection.execute(text("UPDATE schema_version SET version = 1"))
     engine.dispose()
     with pytest.raises(WorkspaceError, match=r"schema version 1.*upgraded when opened for writing"):
