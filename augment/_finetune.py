@@ -67,8 +67,9 @@ class JudgeTuning(BaseModel):
     """Wall-clock budget of a training run (reading the hidden states included): training stops when it is spent."""
     negatives_per_positive: int = Field(2, ge=1)
     """Sampled unreal pairs per real pair when `tuned_judge` builds the training pairs."""
-    hard_negatives: bool = True
-    """Negatives from the embedding filter's candidate users of the positive's item (True), or uniform users."""
+    hard_negatives: bool = False
+    """Negatives from the embedding filter's candidate users of the positive's item (True), or uniform users
+    (False: hard ones scored below chance on CiteULike's tuning items, docs/benchmarks.md)."""
     max_history: int = Field(10, ge=1)
     """History titles in the prompt: keep it equal to the `max_history` the tuned judge is run with."""
     lora_rank: int = Field(8, ge=1)
@@ -261,7 +262,7 @@ def fit_head(
 
     x = torch.as_tensor(states, dtype=torch.float32)
     offset = torch.as_tensor(margins, dtype=torch.float32)
-    y = torch.as_tensor(labels, dtype=torch.float32)
+    y = torch.tensor(np.asarray(labels, dtype=np.float32))
     direction = torch.zeros(x.shape[1], requires_grad=True)
     optimiser = torch.optim.Adam([direction], lr=config.lr)  # (the L2 term is in the loss)
     losses = []

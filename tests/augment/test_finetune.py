@@ -57,6 +57,15 @@ def separation(backend: LocalBackend, pairs: pl.DataFrame, items: pl.DataFrame, 
     return float(scores[labels == 1].mean() - scores[labels == 0].mean())
 
 
+def test_answer_states_give_the_judges_probability(
+    local_llm: LocalBackend, judge_slice: tuple[pl.DataFrame, ...]
+) -> None:
+    prompts = judge_prompts(*judge_slice)
+    margins, states = local_llm.answer_states(prompts)
+    assert states.shape == (len(prompts), local_llm.model.config.hidden_size)
+    np.testing.assert_allclose(1 / (1 + np.exp(-margins)), local_llm.yes_probability(prompts), atol=1e-5)
+
+
 @pytest.fixture(scope="session")
 def tuned_head(
     local_llm: LocalBackend, judge_slice: tuple[pl.DataFrame, ...], tmp_path_factory: pytest.TempPathFactory
