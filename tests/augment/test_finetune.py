@@ -19,6 +19,7 @@ from augment import (
     judge_prompts,
     judge_training_pairs,
     later_pairs,
+    tuned_judge,
 )
 from catalog import Columns, DataError, Dataset
 
@@ -174,3 +175,19 @@ def test_later_pairs_hold_out_each_users_latest_interaction() -> None:
     assert later_pairs(log, min_history=2).rows() == [("a", "2")]  # b keeps one earlier interaction only
     with pytest.raises(DataError, match="'ts' column"):
         later_pairs(log.drop(Columns.ts))
+
+
+def test_tuned_judge_trains_from_warm_interactions_then_reuses_the_model(
+    local_llm: LocalBackend, citeulike: Dataset, judge_slice: tuple[pl.DataFrame, ...], tmp_path: Path
+) -> None:
+    pairs, _, histories = judge_slice
+    users = pairs[Columns.user].unique().to_list()
+    interactions = citeulike.splits["warm_emb"].filter(pl.col(Columns.user).is_in(users))
+    later = pairs.filter(pl.col(LABEL) == 1).select(Columns.user, Columns.item)
+    items = citeulike.items.select(Columns.item, Columns.title)
+    vectors = np.random.default_rng(0).normal(size=(items.height, 8))  # stand-in text vectors (uniform negatives)
+    config = JudgeTuning(steps=20, negatives_per_positive=1, max_seconds=60)
+    options = {"item_vectors": vectors, "out_dir": tmp_path, "later": later, "config": config, "show_progress": False}
+    tuned = tuned_judge(local_llm, interactions, items, histories, **options)
+    assert tuned.model_name.startswith(f"{local_llm.model_name}-judge-head-")
+    assert tuned_judge(local_llm, interactions, items, histories, **options).model_dir == tuned.model_dir
