@@ -303,13 +303,17 @@ class LocalBackend:
                 results[int(index)] = Generation(text=text, tokens=length)
         return [result for result in results if result is not None]
 
+    def _answer_margin(self, logits: Any) -> Any:
+        """log P(yes) - log P(no) of each row of next-token logits (the softmax's normaliser cancels)."""
+        import torch
+
+        logits = logits.float()
+        return torch.logsumexp(logits[:, self._yes_ids], dim=-1) - torch.logsumexp(logits[:, self._no_ids], dim=-1)
+
     def _answer_probability(self, logits: Any) -> np.ndarray:
         import torch
 
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        yes = torch.logsumexp(logprobs[:, self._yes_ids], dim=-1)
-        no = torch.logsumexp(logprobs[:, self._no_ids], dim=-1)
-        return torch.sigmoid(yes - no).cpu().numpy().astype(np.float64)
+        return torch.sigmoid(self._answer_margin(logits)).cpu().numpy().astype(np.float64)
 
     def next_token_logprobs(self, prompts: Sequence[Messages], top: int) -> list[list[tuple[str, float]]]:
         """The `top` most likely first tokens of each answer with their log-probabilities (as servers report)."""
@@ -323,9 +327,12 @@ class LocalBackend:
             for row_i, row_v in zip(indices.tolist(), values.tolist(), strict=True)
         ]
 
-    def _extend(self, rows: Sequence[list[int]], prefix: _Prefix | None, *, count: bool = True) -> tuple[Any, _Prefix]:
+    def _extend(
+        self, rows: Sequence[list[int]], prefix: _Prefix | None, *, count: bool = True, states: bool = False
+    ) -> tuple[Any, _Prefix]:
         """Run left-padded `rows` after `prefix` (one prefix row per row; consumed): the next-token logits after
-        each row, computed at the last position only, and the key/value cache of prefix + rows."""
+        each row (or, with `states`, the final hidden state the logits are read from), computed at the last
+        position only, and the key/value cache of prefix + rows."""
         import torch
 
         ids, mask = self._left_padded(rows)
@@ -344,9 +351,11 @@ class LocalBackend:
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                output_hidden_states=states,
             )
         self.prompt_tokens += int(mask.sum()) if count else 0
-        return output.logits[:, -1, :], _Prefix(output.cache, full_mask, past_lengths + mask.sum(-1))
+        last = output.hidden_states[-1][:, -1, :] if states else output.logits[:, -1, :]
+        return last, _Prefix(output.cache, full_mask, past_lengths + mask.sum(-1))
 
     def _plan(self, rendered: Sequence[list[int]]) -> tuple[int, list[tuple[int, list[int]]]]:
         """(length of the prefix every prompt shares, groups as (shared prefix length, member indices)).
@@ -380,21 +389,48 @@ class LocalBackend:
         return common, [(shared if len(members) > 1 else common, members) for shared, members in groups]
 
     def yes_probability(self, prompts: Sequence[Messages]) -> np.ndarray:
+        return self._read_answers(prompts, lambda logits: self._answer_probability(logits)[:, None], states=False)[:, 0]
+
+    def answer_states(self, prompts: Sequence[Messages]) -> tuple[np.ndarray, np.ndarray]:
+        """(margin, state) of each prompt: the answer's log-odds log P(yes) - log P(no), and the final hidden
+        state (after the last norm) at the answer position that the next-token logits are read from.
+
+        A judge tuned on its output layer alone (`augment.finetune_judge`, method "head") learns from these:
+        its margin is the base margin plus a linear function of the state, so one pass serves both judges.
+        """
+        import torch
+
+        head = self.model.get_output_embeddings()
+
+        def read(states: Any) -> np.ndarray:
+            with torch.inference_mode():
+                margin = self._answer_margin(head(states))
+            return torch.cat([margin[:, None], states.float()], dim=1).cpu().numpy().astype(np.float64)
+
+        joined = self._read_answers(prompts, read, states=True)
+        width = self.model.config.hidden_size + 1
+        joined = joined.reshape(len(prompts), width)
+        return joined[:, 0], joined[:, 1:]
+
+    def _read_answers(self, prompts: Sequence[Messages], read: Any, *, states: bool) -> np.ndarray:
+        """`read` (last-position logits, or hidden states with `states`, to a [batch, width] array) of every
+        prompt, in prompt order, computed over shared prefixes (see the class docstring)."""
         rendered = [self._render(prompt) for prompt in prompts]
-        result = np.zeros(len(rendered), dtype=np.float64)
+        rows: list[np.ndarray | None] = [None] * len(rendered)
         if not rendered:
-            return result
+            return np.zeros((0, 1), dtype=np.float64)
         common, groups = self._plan(rendered)
         base = self._extend([rendered[0][:common]], None)[1] if common else None
 
-        def score(members: list[int], suffixes: list[list[int]], prefix: _Prefix | None, rows: list[int]) -> None:
+        def score(members: list[int], suffixes: list[list[int]], prefix: _Prefix | None, at: list[int]) -> None:
             """Candidates in batches packed by suffix length, each over its row of `prefix`."""
             order = sorted(range(len(members)), key=lambda k: len(suffixes[k]))
             for start in range(0, len(order), self.batch_size):
                 chosen = order[start : start + self.batch_size]
-                past = prefix.select([rows[k] for k in chosen]) if prefix is not None else None
-                logits, _ = self._extend([suffixes[k] for k in chosen], past)
-                result[[members[k] for k in chosen]] = self._answer_probability(logits)
+                past = prefix.select([at[k] for k in chosen]) if prefix is not None else None
+                last, _ = self._extend([suffixes[k] for k in chosen], past, states=states)
+                for k, row in zip(chosen, read(last), strict=True):
+                    rows[members[k]] = row
 
         singles = [members[0] for shared, members in groups if len(members) == 1]
         if singles:
@@ -406,10 +442,10 @@ class LocalBackend:
             past = base.select([0] * len(chunk)) if base is not None else None
             _, prefix = self._extend([rendered[members[0]][common:shared] for shared, members in chunk], past)
             members = [m for _, group in chunk for m in group]
-            rows = [g for g, (_, group) in enumerate(chunk) for _ in group]
+            at = [g for g, (_, group) in enumerate(chunk) for _ in group]
             shared_of = {m: shared for shared, group in chunk for m in group}
-            score(members, [rendered[m][shared_of[m] :] for m in members], prefix, rows)
-        return result
+            score(members, [rendered[m][shared_of[m] :] for m in members], prefix, at)
+        return np.stack([row for row in rows if row is not None])
 
 
 def _common_length(first: Sequence[int], second: Sequence[int]) -> int:
