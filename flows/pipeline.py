@@ -376,8 +376,9 @@ class ModelSettings:
     mapper: MapperConfig = field(default_factory=lambda: MapperConfig(kind="ridge", alpha=10.0))
     ranker: LightGBMRankerConfig = field(default_factory=LightGBMRankerConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
-    # How synthetic interactions warm stand-ins; None trains without them (the `--no-augment` ablation).
-    warming: WarmingConfig | None = None
+    # How synthetic interactions warm stand-ins (chosen on CiteULike's hybrid_val, benchmarks/warming.py); None
+    # trains without them (the `--no-augment` ablation).
+    warming: WarmingConfig | None = field(default_factory=WarmingConfig)
     # Which ranker fit_ranker trains: a name in ranker.registry.RANKERS.
     ranker_name: str = "lightgbm"
     folds: int = 5

@@ -430,7 +430,15 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> dic
     version can serve on its own (`serving.Recommender.load`). Returns the manifest."""
     from serving import save_serving_inputs
 
-    return save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids)
+    warming = fitted.served.warming
+    warmed = warming.items if warming is not None else None
+    from encoders import WarmingConfig
+
+    report = fitted.report["encoders"]["served"].get("warming")  # its settings and what it counted
+    config = {key: report[key] for key in WarmingConfig.model_fields} if report else None
+    return save_serving_inputs(
+        directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config
+    )
 
 
 def publish_recommendations(workspace: Workspace, ranker: str, version: str, run_id: str, *, k: int) -> int:

@@ -3,7 +3,7 @@ no stage package imports it)."""
 
 from serving._artifacts import SERVING_ARRAYS, SERVING_MANIFEST, ServingInputs, load_serving_inputs, save_serving_inputs
 from serving._http import API_KEY_HEADER, create_app
-from serving._recommender import CONTENT_STANDIN, ID_EMBEDDING, STATED_TEXT, Recommender
+from serving._recommender import CONTENT_STANDIN, ID_EMBEDDING, STATED_TEXT, SYNTHETIC_WARMED, Recommender
 
 __all__ = [
     "API_KEY_HEADER",
@@ -12,6 +12,7 @@ __all__ = [
     "SERVING_ARRAYS",
     "SERVING_MANIFEST",
     "STATED_TEXT",
+    "SYNTHETIC_WARMED",
     "Recommender",
     "ServingInputs",
     "create_app",

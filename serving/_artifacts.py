@@ -32,6 +32,7 @@ FORMAT_VERSION = 1
 
 _DENSE = ("text", "user_cf", "item_cf", "item_standin", "popularity", "title_words")
 _SPARSE = ("history", "tfidf", "categories")
+WARMED = "warmed"
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,12 +43,23 @@ class ServingInputs:
     user_ids: pl.Series
     item_ids: pl.Series
     manifest: dict[str, Any]
+    # Items without history whose stand-in synthetic interactions warmed (all False for versions without any).
+    warmed: np.ndarray | None = None
 
 
 def save_serving_inputs(
-    directory: Path, inputs: RankerInputs, user_ids: pl.Series, item_ids: pl.Series, *, text_model: str = MODEL_NAME
+    directory: Path,
+    inputs: RankerInputs,
+    user_ids: pl.Series,
+    item_ids: pl.Series,
+    *,
+    text_model: str = MODEL_NAME,
+    warmed: np.ndarray | None = None,
+    warming: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write serving.npz then serving.json beside a saved version; returns the manifest."""
+    """Write serving.npz then serving.json beside a saved version; returns the manifest. `warmed` marks the
+    items synthetic interactions warmed (recommendations name that source) and `warming` their settings, with
+    which items added later are warmed too."""
     if user_ids.len() != inputs.n_users or item_ids.len() != inputs.n_items:
         raise DataError(
             f"serving ids ({user_ids.len()} users, {item_ids.len()} items) do not match the inputs "
@@ -66,6 +78,8 @@ def save_serving_inputs(
             f"{name}.shape": np.asarray(matrix.shape, dtype=np.int64),
         }
     # Fixed-width unicode arrays load without pickle (np.load(allow_pickle=False)).
+    if warmed is not None:
+        arrays[WARMED] = np.asarray(warmed, dtype=bool)
     arrays[Columns.user] = user_ids.cast(pl.String).to_numpy().astype(str)
     arrays[Columns.item] = item_ids.cast(pl.String).to_numpy().astype(str)
     buffer = io.BytesIO()
@@ -79,6 +93,7 @@ def save_serving_inputs(
         "n_items": inputs.n_items,
         "text_model": text_model,
         "text_dim": int(inputs.text.shape[1]),
+        "warming": warming,
     }
     atomic_write_bytes(directory / SERVING_MANIFEST, json.dumps(manifest, indent=2).encode("utf-8"))
     return manifest
@@ -119,4 +134,5 @@ def load_serving_inputs(directory: Path) -> ServingInputs:
         user_ids=pl.Series(Columns.user, arrays[Columns.user], dtype=pl.String),
         item_ids=pl.Series(Columns.item, arrays[Columns.item], dtype=pl.String),
         manifest=manifest,
+        warmed=arrays.get(WARMED),
     )

@@ -9,10 +9,12 @@ Where a user or item comes from decides how it is served:
   logged interactions become their history (text and TF-IDF profiles) with no collaborative vector. Only rankers
   not tied to their encoders can do that (DeepFM's user table is fixed: such users are a DataError there);
 - an item with training interactions is scored through its collaborative ID embedding (`source` "id embedding"),
-  an item without any through the stand-in the content mapper made from its text ("content stand-in");
+  an item without any through the stand-in the content mapper made from its text, trained further on synthetic
+  interactions where the version was warmed ("synthetic-warmed embedding"; else "content stand-in");
 - an item added to the workspace after the version was trained (`warmstart add-items`) is folded in at load: its
-  text is embedded (MiniLM, the embedding cache) and a ridge content mapper fit on the version's warm items gives
-  it a stand-in, so it is recommendable at once with no retraining (rankers not tied to their encoders only);
+  text is embedded (MiniLM, the embedding cache), a ridge content mapper fit on the version's warm items gives
+  it a stand-in, warmed by the embedding simulator's users as the version's own cold items were, so it is
+  recommendable at once with no retraining (rankers not tied to their encoders only);
 - stated interests in words are matched by MiniLM to the items' text embeddings (`source` "stated text").
 """
 
@@ -32,10 +34,13 @@ from encoders import (
     ContentMapper,
     EmbeddingCache,
     MapperConfig,
+    WarmingConfig,
     encode_texts,
     item_text,
     load_text_model,
+    simulate_users,
     text_hash,
+    warm_items,
 )
 from ranker.base import RankerBase, top_k
 from ranker.features import RankerInputs
@@ -43,6 +48,7 @@ from ranker.registry import load_ranker
 from serving._artifacts import ServingInputs, load_serving_inputs
 
 ID_EMBEDDING = "id embedding"
+SYNTHETIC_WARMED = "synthetic-warmed embedding"
 CONTENT_STANDIN = "content stand-in"
 STATED_TEXT = "stated text"
 USER_SEGMENT = "user_segment"
@@ -107,6 +113,10 @@ class Recommender:
     text_model: str
     titles: dict[str, str]
     sparse_max: int = 5
+    # Items without history whose ID embedding synthetic interactions trained (source "synthetic-warmed"), and
+    # how: items added later are warmed the same way.
+    warmed: np.ndarray | None = None
+    warming: WarmingConfig | None = None
     # The text model and its cache, loaded on the first stated text and kept (loading MiniLM takes ~1 s).
     _text: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -203,6 +213,8 @@ class Recommender:
             text_model=str(served.manifest.get("text_model", MODEL_NAME)),
             titles=titles,
             sparse_max=sparse_max,
+            warmed=served.warmed,
+            warming=WarmingConfig(**served.manifest["warming"]) if served.manifest.get("warming") else None,
         )
 
     def add_items(self, items: pl.DataFrame, *, log: pl.DataFrame | None = None, alpha: float = 10.0) -> Recommender:
@@ -223,14 +235,19 @@ class Recommender:
         mapper = ContentMapper(MapperConfig(kind="ridge", alpha=alpha))
         mapper.fit(inputs.text[warm], inputs.item_cf[warm, :-1], inputs.item_cf[warm, -1])
         vectors, bias = mapper.transform(text)
-        n = items.height
+        standins, n = np.c_[vectors, bias].astype(inputs.item_standin.dtype), items.height
+        config = self.warming
+        if config is not None:  # warmed as the version warmed its own cold items, so they compete on equal terms
+            proposed = simulate_users(standins, inputs.user_cf, config.per_item)
+            proposed.data = np.ones_like(proposed.data)
+            standins = warm_items(proposed, inputs.user_cf, standins, inputs.item_cf[warm], config)
         titles = items[Columns.title].fill_null("")
         extended = RankerInputs(
             history=sp.csr_array(sp.hstack([inputs.history, sp.csr_array((inputs.n_users, n), dtype=np.float32)])),
             text=np.vstack([inputs.text, text]),
             user_cf=inputs.user_cf,
             item_cf=np.vstack([inputs.item_cf, np.zeros((n, inputs.item_cf.shape[1]), inputs.item_cf.dtype)]),
-            item_standin=np.vstack([inputs.item_standin, np.c_[vectors, bias].astype(inputs.item_standin.dtype)]),
+            item_standin=np.vstack([inputs.item_standin, standins]),
             popularity=np.r_[inputs.popularity, np.zeros(n, inputs.popularity.dtype)],
             title_words=np.r_[inputs.title_words, titles.str.split(" ").list.len().to_numpy().astype(np.float32)],
             tfidf=_pad_rows(inputs.tfidf, n),
@@ -254,6 +271,8 @@ class Recommender:
             text_model=self.text_model,
             titles=self.titles | dict(zip(items[Columns.item], titles, strict=True)),
             sparse_max=self.sparse_max,
+            warmed=np.r_[self._warmed_mask(), np.full(n, config is not None)],
+            warming=self.warming,
             _text=self._text,
         )
 
@@ -282,6 +301,8 @@ class Recommender:
             text_model=self.text_model,
             titles=self.titles,
             sparse_max=self.sparse_max,
+            warmed=self.warmed,
+            warming=self.warming,
             _text=self._text,
         )
 
@@ -313,12 +334,18 @@ class Recommender:
         head = _head_mask(self.inputs.popularity, 0.8)[items]
         segment = np.where(cold, Segments.cold, np.where(head, Segments.head, Segments.tail))
         ids = self.item_ids.gather(items)
+        warmed = self._warmed_mask()[items]
+        source = np.where(cold, np.where(warmed, SYNTHETIC_WARMED, CONTENT_STANDIN), ID_EMBEDDING)
         return {
             Columns.item: ids,
-            "source": np.where(cold, CONTENT_STANDIN, ID_EMBEDDING),
+            "source": source,
             Columns.segment: segment,
             Columns.title: [self.titles.get(item, "") for item in ids],
         }
+
+    def _warmed_mask(self) -> np.ndarray:
+        """Per served item: did synthetic interactions warm it (all False for a version saved without)."""
+        return self.warmed if self.warmed is not None else np.zeros(self.inputs.n_items, dtype=bool)
 
     def _user_segments(self, users: np.ndarray) -> np.ndarray:
         activity = np.diff(self.inputs.history.indptr)[users]
@@ -524,4 +551,4 @@ def _with_users(inputs: RankerInputs, rows: sp.csr_array) -> RankerInputs:
     )
 
 
-__all__ = ["CONTENT_STANDIN", "ID_EMBEDDING", "STATED_TEXT", "Recommender"]
+__all__ = ["CONTENT_STANDIN", "ID_EMBEDDING", "STATED_TEXT", "SYNTHETIC_WARMED", "Recommender"]

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from catalog import Columns, DataError, Tables, Workspace, new_run_id
 from flows import stages
 from flows.cli import app
-from serving import CONTENT_STANDIN, ID_EMBEDDING, SERVING_MANIFEST, STATED_TEXT, Recommender
+from serving import CONTENT_STANDIN, ID_EMBEDDING, SERVING_MANIFEST, STATED_TEXT, SYNTHETIC_WARMED, Recommender
 
 runner = CliRunner()
 
@@ -57,7 +57,7 @@ def test_warm_users_get_k_ranked_unseen_items(served: Path, recommender: Recomme
     for _, group in frame.group_by(Columns.user):
         assert group[Columns.rank].to_list() == list(range(1, 11))
         assert (np.diff(group[Columns.score].to_numpy()) <= 0).all()
-    assert set(frame["source"]) <= {ID_EMBEDDING, CONTENT_STANDIN}
+    assert set(frame["source"]) <= {ID_EMBEDDING, SYNTHETIC_WARMED, CONTENT_STANDIN}
     assert frame.join(_logged(served), on=[Columns.user, Columns.item], how="semi").is_empty()
 
 
@@ -125,7 +125,8 @@ def test_items_for_items_and_users_for_a_cold_item(served: Path, recommender: Re
     similar = recommender.similar_items([cold_item, "1"], k=5)
     assert similar.height == 10 and cold_item not in similar.filter(pl.col("seed_item_id") == cold_item)["item_id"]
     audience = recommender.users_for_item(cold_item, k=7)
-    assert audience.height == 7 and set(audience["source"]) == {CONTENT_STANDIN}
+    # The refresh's synthetic interactions (the embedding simulator's) warmed every item without history.
+    assert audience.height == 7 and set(audience["source"]) == {SYNTHETIC_WARMED}
     assert audience[Columns.user].n_unique() == 7
     logged_it = _logged(served).filter(pl.col(Columns.item) == cold_item)[Columns.user]
     assert not set(audience[Columns.user]) & set(logged_it)
@@ -210,7 +211,7 @@ def test_an_added_item_is_served_at_once_without_retraining(served: Path, cache_
     assert recommender.version == Workspace(served).models.current("lightgbm")  # the same version, not retrained
     audience = recommender.users_for_item("new-1", k=5)
     assert (
-        audience.height == 5 and set(audience["source"]) == {CONTENT_STANDIN} and set(audience["segment"]) == {"cold"}
+        audience.height == 5 and set(audience["source"]) == {SYNTHETIC_WARMED} and set(audience["segment"]) == {"cold"}
     )
     assert recommender.recommend_text("an alien monster in outer space", k=3)[Columns.item][0] == "new-1"
     similar = recommender.similar_items(["new-1"], k=3)
