@@ -79,7 +79,8 @@ def test_backfill_killed_midway_resumes_without_duplicates(
     assert set(metrics["run_id"]) == set(completed["run_id"])
     assert metrics.select("as_of", "protocol", "segment", "metric", "k").is_duplicated().sum() == 0
     assert metrics.filter(pl.col("segment") == "overall")["as_of"].n_unique() == 2
-    assert metrics["protocol"].n_unique() == 4  # the product, popularity, recent popularity, tail-calibrated
+    # The product, popularity, recent popularity, tail-calibrated, and the product without augmentation.
+    assert metrics["protocol"].n_unique() == 5
     assert store.promotions().height == 2
     rows_after = metrics.height
 

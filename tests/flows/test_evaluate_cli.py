@@ -68,6 +68,23 @@ def test_evaluate_files_writes_the_report(
     assert (saved / model_file).is_file() and (saved / "metadata.json").is_file()
 
 
+def test_evaluate_runs_the_chain_with_augmentation_unless_told_not_to(
+    split_files: dict[str, Path], tmp_path: Path, cache_dir: Path
+) -> None:
+    files = [f"--{name}={path}" for name, path in split_files.items()]
+    env = {"WARMSTART_CACHE_DIR": str(cache_dir), "WARMSTART_RANKER": "lightgbm"}
+    reports = {}
+    for option in ("--augment", "--no-augment"):
+        out = tmp_path / f"{option}.json"
+        args = ["evaluate", "--protocol", "hybrid", "--k", "10", "--json", str(out), "-w", str(tmp_path / "ws"), option]
+        result = runner.invoke(app, [*args, *files], env=env)
+        assert result.exit_code == 0, result.output
+        reports[option] = json.loads(out.read_text())
+    warming = reports["--augment"]["models"]["encoders"]["served"]["warming"]
+    assert warming["cold_items_warmed"] >= 20  # the 20 movies held out of training (and any first seen in test)
+    assert "warming" not in reports["--no-augment"]["models"]["encoders"]["served"]
+
+
 def test_evaluate_rejects_unknown_items(split_files: dict[str, Path], tmp_path: Path) -> None:
     bad_test = tmp_path / "test.csv"
     bad_test.write_text("user_id,item_id\n1,999999\n", encoding="utf-8")
