@@ -1,0 +1,342 @@
+"""Do LLM-written item descriptions help the content side for cold items? CiteULike-a, on a sample of cold items.
+
+For `--items` cold items drawn from cold_item_val (to choose a text variant) and as many from cold_item_test (for
+the reported figures), the local LLM writes (a) the plain description (ITEM_DESCRIPTION: the title only) and (b) a
+grounded one (ITEM_DESCRIPTION_GROUNDED: the title and the titles of its 5 nearest warm items by MiniLM title
+similarity). Each cold ranking is restricted to one sample: candidates = the sampled items, users = those with a
+positive among them in that split, nothing excluded. Text variants of a candidate's MiniLM embedding:
+
+- title only; title + description as one text ("title. description", as flows.augmentation.with_descriptions);
+- mixed: normalised(title embedding + w * description embedding), w in `--weights`.
+
+Scorers: MiniLM kNN (mean of the top 3 similarities to the user's warm_emb items; warm items keep their titles)
+and the ridge stand-in (BPR-MF on warm_emb, early-stopped on warm_val; a ridge mapper, alpha 10, fitted on warm
+items' title embeddings, applied to the candidate's variant embedding; score = user vector . stand-in + bias).
+Each scorer's variant is chosen on the cold_item_val sample by Recall@K; every variant is reported on the
+cold_item_test sample, with a 95% paired bootstrap over users of its difference against title only.
+
+    .venv/bin/python benchmarks/descriptions.py [--items 150] [--json OUT] [--probe]
+
+`--probe` only times the LLM on 8 items and prints the estimated time of the full run. Generations go through
+the generation cache (a rerun costs nothing); BPR-MF is saved under the cache and reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import polars as pl
+import typer
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installing the package
+
+from _report import write_report  # noqa: E402
+
+from augment import (  # noqa: E402
+    DESCRIPTION,
+    ITEM_DESCRIPTION,
+    ITEM_DESCRIPTION_GROUNDED,
+    TITLES,
+    AugmentStats,
+    GenerationCache,
+    LocalBackend,
+    describe_items,
+)
+from catalog import Columns, Dataset, load_citeulike  # noqa: E402
+from encoders import BPRMF, MODEL_NAME, ContentMapper, EmbeddingCache, MapperConfig, encode_texts, item_text  # noqa: E402
+from flows.augmentation import with_descriptions  # noqa: E402
+from flows.pipeline import ModelSettings  # noqa: E402
+from ranker.baselines import ContentKNNScorer  # noqa: E402
+from ranker.evaluate import EvalResult, ProtocolSplit, Scorer, cold_item_split, evaluate  # noqa: E402
+from ranker.metrics import bootstrap_difference, per_user_accuracy  # noqa: E402
+
+log = logging.getLogger("benchmarks.descriptions")
+
+DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
+TITLE_ONLY = "title only"
+PROBE_ITEMS = 8
+NEIGHBOURS = 5
+KNN_TOP = 3  # benchmarks/cold_start.py's best MiniLM kNN on cold_item_val: mean of the top 3 similarities
+RIDGE = MapperConfig(kind="ridge", alpha=10.0)  # the product's mapper (flows.pipeline.ModelSettings().mapper)
+PROMPTS = {"plain": ITEM_DESCRIPTION, "grounded": ITEM_DESCRIPTION_GROUNDED}
+
+
+@dataclasses.dataclass
+class Sample:
+    """The sampled cold items of one split, their ranking split, and their texts and variant embeddings."""
+
+    role: str  # "choose" or "report"
+    split: ProtocolSplit
+    items: pl.DataFrame  # item_id, title of the sampled items, in index order
+    descriptions: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)  # prompt kind -> frame
+    variants: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # variant -> (n items, 384)
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+def restricted_split(dataset: Dataset, name: str, size: int, seed: int) -> ProtocolSplit:
+    """The cold split `name` with `size` of its items drawn at random as the only candidates; its users are those
+    with a positive among them. Cold items have interactions in one split only, so nothing is left to exclude."""
+    full = cold_item_split(dataset, name)  # type: ignore[arg-type]
+    own = dataset.splits[name][Columns.item].unique().sort()
+    chosen = own.sample(n=min(size, own.len()), seed=seed).sort()
+    truth = full.truth.filter(pl.col(Columns.item).is_in(chosen.implode()))
+    exclude = full.exclude.filter(
+        pl.col(Columns.item).is_in(chosen.implode()) & pl.col(Columns.user).is_in(truth[Columns.user].implode())
+    )
+    return dataclasses.replace(
+        full, truth=truth, exclude=exclude, candidates=np.sort(full.index.items(chosen)), name=f"{name} sample"
+    )
+
+
+def warm_neighbours(dataset: Dataset, titles: np.ndarray, items: pl.DataFrame, k: int) -> pl.DataFrame:
+    """(item_id, titles): the titles of each item's `k` most similar warm items (MiniLM title cosine)."""
+    row_of = {item: row for row, item in enumerate(dataset.items[Columns.item].to_list())}
+    warm = np.array(sorted(row_of[i] for i in dataset.splits["warm_emb"][Columns.item].unique().to_list()))
+    rows = np.array([row_of[i] for i in items[Columns.item].to_list()])
+    similarity = titles[rows] @ titles[warm].T
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    all_titles = np.asarray(dataset.items[Columns.title].to_list(), dtype=object)
+    return pl.DataFrame(
+        {Columns.item: items[Columns.item], TITLES: [all_titles[warm[picked]].tolist() for picked in top]},
+        schema={Columns.item: pl.String, TITLES: pl.List(pl.String)},
+    )
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+
+def describe(
+    sample: Sample, neighbours: pl.DataFrame, backend: LocalBackend, cache: GenerationCache, max_tokens: int
+) -> dict[str, AugmentStats]:
+    """Both descriptions of every sampled item, through the generation cache."""
+    stats = {}
+    for kind, template in PROMPTS.items():
+        frame, stats[kind] = describe_items(
+            sample.items,
+            backend,
+            cache,
+            template=template,
+            neighbours=neighbours if kind == "grounded" else None,
+            max_new_tokens=max_tokens,
+        )
+        sample.descriptions[kind] = frame
+        log.info("%s sample, %s: %s", sample.role, kind, stats[kind].as_dict())
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------ text variants
+
+
+def variant_embeddings(sample: Sample, title_vectors: np.ndarray, weights: list[float], embed: Any) -> None:
+    """Fill `sample.variants`: the candidate embedding of each text variant (items without an accepted
+    description keep their title embedding, as with_descriptions keeps their text)."""
+    titles = title_vectors
+    sample.variants[TITLE_ONLY] = titles
+    for kind, frame in sample.descriptions.items():
+        joined = with_descriptions(sample.items.select(Columns.item, Columns.title), frame)
+        sample.variants[f"title + {kind} description"] = embed(item_text(joined).to_list())
+        text = sample.items.join(frame, on=Columns.item, how="left", maintain_order="left")[DESCRIPTION]
+        has = text.is_not_null().to_numpy()
+        alone = np.zeros_like(titles)
+        if has.any():
+            alone[has] = embed(text.filter(text.is_not_null()).to_list())
+        for weight in weights:
+            mixed = titles + weight * alone
+            mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
+            sample.variants[f"mix {kind}, w={weight:g}"] = mixed
+
+
+# ------------------------------------------------------------------------------------------------ scorers
+
+
+def knn_scorer(split: ProtocolSplit, vectors: np.ndarray, candidates: np.ndarray) -> Scorer:
+    """MiniLM kNN with the candidates' rows replaced by a variant's embeddings (warm history keeps titles)."""
+    matrix = vectors.copy()
+    matrix[split.candidates] = candidates
+    return ContentKNNScorer(matrix, neighbors=KNN_TOP).fit(split.train, split.index)
+
+
+@dataclasses.dataclass
+class StandIns:
+    """BPR-MF user vectors aligned to the evaluation index and the ridge mapper fitted on warm titles."""
+
+    users: np.ndarray  # (n index users, dim); zero for users BPR-MF never saw (their ranking is by bias)
+    mapper: ContentMapper
+
+    def scorer(self, split: ProtocolSplit, candidates: np.ndarray) -> Scorer:
+        vectors, bias = self.mapper.transform(candidates)
+        slot = np.full(split.index.n_items, -1)
+        slot[split.candidates] = np.arange(split.candidates.size)
+
+        def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+            rows = slot[items]
+            return (self.users[users] @ vectors[rows].T + bias[rows]).astype(np.float32)
+
+        return score
+
+
+def fit_stand_ins(dataset: Dataset, split: ProtocolSplit, titles: np.ndarray, cf_dir: Path) -> StandIns:
+    """BPR-MF (ModelSettings().cf, early-stopped on warm_val; loaded from `cf_dir` when saved there) and the
+    ridge mapper from warm items' title embeddings to their BPR-MF vectors and biases."""
+    if (cf_dir / "bprmf.json").is_file():
+        bpr = BPRMF.load(cf_dir)
+    else:
+        started = time.perf_counter()
+        bpr = BPRMF(ModelSettings().cf).fit(dataset.splits["warm_emb"], dataset.splits["warm_val"])
+        bpr.save(cf_dir)
+        log.info("BPR-MF fitted in %.0f s: %s", time.perf_counter() - started, bpr.summary)
+    cf = bpr.embeddings
+    row_of = {item: row for row, item in enumerate(dataset.items[Columns.item].to_list())}
+    mapper = ContentMapper(RIDGE).fit(titles[[row_of[i] for i in cf.item_ids]], cf.item_vectors, cf.item_bias)
+    users = np.zeros((split.index.n_users, cf.item_vectors.shape[1]), dtype=np.float32)
+    index_ids = split.index.user_ids.to_numpy().astype(str)
+    slot = np.searchsorted(cf.user_ids, index_ids).clip(max=cf.user_ids.size - 1)
+    known = cf.user_ids[slot] == index_ids
+    users[known] = cf.user_vectors[slot[known]]
+    return StandIns(users, mapper)
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def score_variants(sample: Sample, scorer_of: Any, k: int) -> dict[str, EvalResult]:
+    return {
+        name: evaluate(sample.split, scorer_of(sample.split, vectors), k) for name, vectors in sample.variants.items()
+    }
+
+
+def compare(variant: EvalResult, title: EvalResult, truth: pl.DataFrame, k: int) -> dict[str, list[float]]:
+    """Mean difference (variant - title only) and its 95% paired bootstrap interval over users, per metric."""
+    ours, base = per_user_accuracy(variant.recs, truth, k), per_user_accuracy(title.recs, truth, k)
+    if ours[Columns.user].to_list() != base[Columns.user].to_list():
+        raise AssertionError("the two rankings were evaluated on different users")
+    return {
+        metric: list(bootstrap_difference(ours[metric].to_numpy(), base[metric].to_numpy()))
+        for metric in ("recall", "ndcg")
+    }
+
+
+def scorer_rows(
+    name: str, choose: dict[str, EvalResult], report: dict[str, EvalResult], truth: pl.DataFrame, k: int
+) -> list[dict[str, Any]]:
+    chosen = max(choose, key=lambda v: choose[v].value("recall"))
+    return [
+        {
+            "scorer": name,
+            "variant": variant,
+            "chosen_on_val": variant == chosen,
+            f"val_recall@{k}": choose[variant].value("recall"),
+            f"recall@{k}": result.value("recall"),
+            f"ndcg@{k}": result.value("ndcg"),
+            "difference_vs_title_only": compare(result, report[TITLE_ONLY], truth, k),
+            "n_users": result.n_users,
+        }
+        for variant, result in report.items()
+    ]
+
+
+def markdown(rows: list[dict[str, Any]], k: int) -> str:
+    lines = [
+        f"| scorer | variant | val Recall@{k} | Recall@{k} | NDCG@{k} | ΔRecall [95% CI] | ΔNDCG [95% CI] |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        diff = row["difference_vs_title_only"]
+        cells = [f"{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]" for d in (diff["recall"], diff["ndcg"])]
+        variant = f"**{row['variant']}** (chosen)" if row["chosen_on_val"] else row["variant"]
+        lines.append(
+            f"| {row['scorer']} | {variant} | {row[f'val_recall@{k}']:.4f} | {row[f'recall@{k}']:.4f} "
+            f"| {row[f'ndcg@{k}']:.4f} | {cells[0]} | {cells[1]} |"
+        )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def make_sample(dataset: Dataset, role: str, name: str, size: int, seed: int) -> Sample:
+    split = restricted_split(dataset, name, size, seed)
+    items = dataset.items.select(Columns.item, Columns.title)[split.candidates]
+    log.info("%s sample from %s: %d items, %d users", role, name, items.height, split.n_users)
+    return Sample(role, split, items)
+
+
+def main(
+    data: Annotated[Path, typer.Option(help="CiteULike-a folder.")] = DEFAULT_DATA,
+    cache: Annotated[Path, typer.Option(help="Cache: embeddings/, llm/, generations/.")] = REPO / ".cache",
+    items: Annotated[int, typer.Option(min=1, help="Cold items sampled from each of cold_item_val and _test.")] = 150,
+    weights: Annotated[str, typer.Option(help="Mixing weights w of the description embedding.")] = "0.25,0.5,1.0",
+    k: Annotated[int, typer.Option(min=1)] = 20,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads of the local LLM.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per LLM batch.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(min=8)] = 96,
+    probe: Annotated[bool, typer.Option(help=f"Only time the LLM on {PROBE_ITEMS} items.")] = False,
+    json: Annotated[Path | None, typer.Option(help="Also write the results to this JSON file.")] = None,
+) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    started = time.perf_counter()
+    dataset = load_citeulike(data)
+    embedding_cache = EmbeddingCache(cache / "embeddings", MODEL_NAME)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return encode_texts(texts, cache=embedding_cache, show_progress=False)
+
+    titles = embed(item_text(dataset.items).to_list())
+    samples = [
+        make_sample(dataset, "choose", "cold_item_val", items, seed),
+        make_sample(dataset, "report", "cold_item_test", items, seed),
+    ]
+    if probe:  # the first items of the real sample, so that the probe's generations are reused from the cache
+        samples = [dataclasses.replace(samples[0], items=samples[0].items.head(PROBE_ITEMS))]
+    backend = LocalBackend.smollm2(cache, batch_size=batch_size, threads=threads)
+    generation_cache = GenerationCache(cache / "generations")
+    llm: dict[str, Any] = {}
+    for sample in samples:
+        neighbours = warm_neighbours(dataset, titles, sample.items, NEIGHBOURS)
+        stats = describe(sample, neighbours, backend, generation_cache, max_new_tokens)
+        llm[sample.role] = {kind: s.as_dict() for kind, s in stats.items()}
+    generated = [s for role in llm.values() for s in role.values()]
+    speed = sum(s["tokens"] for s in generated) / max(sum(s["seconds"] for s in generated if s["generated"]), 1e-9)
+    llm["tokens_per_second"] = speed
+    llm["seconds"] = sum(s["seconds"] for s in generated)
+    if probe:
+        per_item = llm["seconds"] / (2 * PROBE_ITEMS)
+        print(
+            f"{speed:.1f} tokens/s; {per_item:.1f} s an item and prompt; {items} items a split: about "
+            f"{per_item * 4 * items / 60:.0f} min (less what the cache holds)"
+        )
+        return
+
+    grid = [float(w) for w in weights.split(",") if w.strip()]
+    for sample in samples:
+        variant_embeddings(sample, titles[sample.split.candidates], grid, embed)
+    stand_ins = fit_stand_ins(dataset, samples[0].split, titles, cache / "benchmarks" / "descriptions-bprmf")
+    scorers = {
+        "MiniLM kNN (top 3)": lambda split, vectors: knn_scorer(split, titles, vectors),
+        "ridge stand-in (BPR-MF)": stand_ins.scorer,
+    }
+    rows = []
+    for name, scorer_of in scorers.items():
+        choose, report = (score_variants(sample, scorer_of, k) for sample in samples)
+        rows.extend(scorer_rows(name, choose, report, samples[1].split.truth, k))
+    total = time.perf_counter() - started
+    print(markdown(rows, k))
+    sizes = {s.role: {"items": s.items.height, "users": s.split.n_users} for s in samples}
+    print(f"\nsamples {sizes}; LLM {speed:.1f} tokens/s, {llm['seconds']:.0f} s generating; total {total:.0f} s")
+    if json is not None:
+        extra = {"samples": sizes, "llm": llm, "weights": grid, "seed": seed, "rows": rows}
+        write_report(json, "descriptions", data=data, k=k, seconds=total, results=[extra])
+
+
+if __name__ == "__main__":
+    typer.run(main)
