@@ -237,7 +237,8 @@ def compare(variant: EvalResult, title: EvalResult, truth: pl.DataFrame, k: int)
 def scorer_rows(
     name: str, choose: dict[str, EvalResult], report: dict[str, EvalResult], truth: pl.DataFrame, k: int
 ) -> list[dict[str, Any]]:
-    chosen = max(choose, key=lambda v: choose[v].value("recall"))
+    # by Recall@K, ties by NDCG@K; a full tie keeps the first variant tried, title only
+    chosen = max(choose, key=lambda v: (choose[v].value("recall"), choose[v].value("ndcg")))
     return [
         {
             "scorer": name,
