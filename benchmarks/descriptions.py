@@ -7,15 +7,18 @@ similarity). Each cold ranking is restricted to one sample: candidates = the sam
 positive among them in that split, nothing excluded. Text variants of a candidate's MiniLM embedding:
 
 - title only; title + description as one text ("title. description", as flows.augmentation.with_descriptions);
-- mixed: normalised(title embedding + w * description embedding), w in `--weights`.
+- mixed: normalised(title embedding + w * description embedding), w in `--weights`;
+- control without the LLM: normalised(title embedding + w * mean title embedding of the same 5 neighbours the
+  grounded prompt lists), so that a gain of the grounded variant can be told from what the neighbours give.
 
 Scorers: MiniLM kNN (mean of the top 3 similarities to the user's warm_emb items; warm items keep their titles)
 and the ridge stand-in (BPR-MF on warm_emb, early-stopped on warm_val; a ridge mapper, alpha 10, fitted on warm
 items' title embeddings, applied to the candidate's variant embedding; score = user vector . stand-in + bias).
-Each scorer's variant is chosen on the cold_item_val sample by Recall@K; every variant is reported on the
-cold_item_test sample, with a 95% paired bootstrap over users of its difference against title only.
+Each scorer's variant is chosen on the cold_item_val sample by Recall@K (ties: NDCG@K); every variant is reported on the
+cold_item_test sample, with a 95% paired bootstrap over users of its difference against title only, and the
+best LLM variant against the best control (each chosen on val).
 
-    .venv/bin/python benchmarks/descriptions.py [--items 150] [--json OUT] [--probe]
+    .venv/bin/python benchmarks/descriptions.py [--items 120] [--cache DIR] [--json OUT] [--probe]
 
 `--probe` only times the LLM on 8 items and prints the estimated time of the full run. Generations go through
 the generation cache (a rerun costs nothing); BPR-MF is saved under the cache and reused.
@@ -61,6 +64,7 @@ log = logging.getLogger("benchmarks.descriptions")
 
 DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
 TITLE_ONLY = "title only"
+CONTROL = "mix neighbour titles (no LLM)"
 PROBE_ITEMS = 8
 NEIGHBOURS = 5
 KNN_TOP = 3  # benchmarks/cold_start.py's best MiniLM kNN on cold_item_val: mean of the top 3 similarities
@@ -75,6 +79,7 @@ class Sample:
     role: str  # "choose" or "report"
     split: ProtocolSplit
     items: pl.DataFrame  # item_id, title of the sampled items, in index order
+    neighbours: np.ndarray  # (items, NEIGHBOURS) rows of each item's nearest warm items
     descriptions: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)  # prompt kind -> frame
     variants: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # variant -> (n items, 384)
 
@@ -106,16 +111,19 @@ def restricted_split(dataset: Dataset, name: str, chosen: np.ndarray) -> Protoco
     return dataclasses.replace(full, truth=truth, exclude=exclude, candidates=candidates, name=f"{name} sample")
 
 
-def warm_neighbours(dataset: Dataset, titles: np.ndarray, items: pl.DataFrame, k: int) -> pl.DataFrame:
-    """(item_id, titles): the titles of each item's `k` most similar warm items (MiniLM title cosine)."""
+def nearest_warm(dataset: Dataset, titles: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """(len(candidates), k) item rows: each candidate's `k` most similar warm_emb items (MiniLM title cosine)."""
     row_of = {item: row for row, item in enumerate(dataset.items[Columns.item].to_list())}
     warm = np.array(sorted(row_of[i] for i in dataset.splits["warm_emb"][Columns.item].unique().to_list()))
-    rows = np.array([row_of[i] for i in items[Columns.item].to_list()])
-    similarity = titles[rows] @ titles[warm].T
-    top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    similarity = titles[candidates] @ titles[warm].T
+    return warm[np.argsort(-similarity, axis=1, kind="stable")[:, :k]]
+
+
+def neighbour_titles(dataset: Dataset, items: pl.DataFrame, neighbours: np.ndarray) -> pl.DataFrame:
+    """(item_id, titles) for grounded_description_prompts, the most similar neighbour first."""
     all_titles = np.asarray(dataset.items[Columns.title].to_list(), dtype=object)
     return pl.DataFrame(
-        {Columns.item: items[Columns.item], TITLES: [all_titles[warm[picked]].tolist() for picked in top]},
+        {Columns.item: items[Columns.item], TITLES: [all_titles[rows].tolist() for rows in neighbours]},
         schema={Columns.item: pl.String, TITLES: pl.List(pl.String)},
     )
 
@@ -145,11 +153,22 @@ def describe(
 # ------------------------------------------------------------------------------------------------ text variants
 
 
-def variant_embeddings(sample: Sample, title_vectors: np.ndarray, weights: list[float], embed: Any) -> None:
+def mixed(titles: np.ndarray, other: np.ndarray, weight: float) -> np.ndarray:
+    """normalised(title embedding + weight * other embedding), row by row."""
+    vectors = titles + weight * other
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def variant_embeddings(sample: Sample, all_titles: np.ndarray, weights: list[float], embed: Any) -> None:
     """Fill `sample.variants`: the candidate embedding of each text variant (items without an accepted
-    description keep their title embedding, as with_descriptions keeps their text)."""
-    titles = title_vectors
+    description keep their title embedding, as with_descriptions keeps their text). The control mixes in the
+    mean title embedding of the same 5 neighbours the grounded prompt lists: what the neighbours alone give,
+    without the LLM."""
+    titles = all_titles[sample.split.candidates]
     sample.variants[TITLE_ONLY] = titles
+    context = all_titles[sample.neighbours].mean(axis=1)
+    for weight in weights:
+        sample.variants[f"{CONTROL}, w={weight:g}"] = mixed(titles, context, weight)
     for kind, frame in sample.descriptions.items():
         joined = with_descriptions(sample.items.select(Columns.item, Columns.title), frame)
         sample.variants[f"title + {kind} description"] = embed(item_text(joined).to_list())
@@ -159,9 +178,7 @@ def variant_embeddings(sample: Sample, title_vectors: np.ndarray, weights: list[
         if has.any():
             alone[has] = embed(text.filter(text.is_not_null()).to_list())
         for weight in weights:
-            mixed = titles + weight * alone
-            mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
-            sample.variants[f"mix {kind}, w={weight:g}"] = mixed
+            sample.variants[f"mix {kind}, w={weight:g}"] = mixed(titles, alone, weight)
 
 
 # ------------------------------------------------------------------------------------------------ scorers
@@ -234,11 +251,26 @@ def compare(variant: EvalResult, title: EvalResult, truth: pl.DataFrame, k: int)
     }
 
 
+def best_on_val(choose: dict[str, EvalResult], names: list[str]) -> str:
+    """The variant of `names` with the best validation Recall@K, ties by NDCG@K, then the first."""
+    return max(names, key=lambda v: (choose[v].value("recall"), choose[v].value("ndcg")))
+
+
+def llm_against_control(
+    name: str, choose: dict[str, EvalResult], report: dict[str, EvalResult], truth: pl.DataFrame, k: int
+) -> dict[str, Any]:
+    """The best LLM variant against the best no-LLM neighbour control (each chosen on val), on the report
+    sample: does the LLM add anything beyond the neighbour titles its grounded prompt reads?"""
+    llm = best_on_val(choose, [v for v in choose if v != TITLE_ONLY and not v.startswith(CONTROL)])
+    control = best_on_val(choose, [v for v in choose if v.startswith(CONTROL)])
+    difference = compare(report[llm], report[control], truth, k)
+    return {"scorer": name, "llm_variant": llm, "control_variant": control, "difference": difference}
+
+
 def scorer_rows(
     name: str, choose: dict[str, EvalResult], report: dict[str, EvalResult], truth: pl.DataFrame, k: int
 ) -> list[dict[str, Any]]:
-    # by Recall@K, ties by NDCG@K; a full tie keeps the first variant tried, title only
-    chosen = max(choose, key=lambda v: (choose[v].value("recall"), choose[v].value("ndcg")))
+    chosen = best_on_val(choose, list(choose))  # a full tie keeps the first variant tried, title only
     return [
         {
             "scorer": name,
@@ -273,11 +305,11 @@ def markdown(rows: list[dict[str, Any]], k: int) -> str:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def make_sample(dataset: Dataset, role: str, name: str, chosen: np.ndarray) -> Sample:
+def make_sample(dataset: Dataset, titles: np.ndarray, role: str, name: str, chosen: np.ndarray) -> Sample:
     split = restricted_split(dataset, name, chosen)
     items = dataset.items.select(Columns.item, Columns.title)[split.candidates]
     log.info("%s sample from %s: %d items, %d users", role, name, items.height, split.n_users)
-    return Sample(role, split, items)
+    return Sample(role, split, items, nearest_warm(dataset, titles, split.candidates, NEIGHBOURS))
 
 
 def main(
@@ -307,48 +339,59 @@ def main(
     titles = embed(item_text(dataset.items).to_list())
     drawn = sampled_items(dataset, {"cold_item_val": items, "cold_item_test": items}, seed)
     samples = [
-        make_sample(dataset, "choose", "cold_item_val", drawn["cold_item_val"]),
-        make_sample(dataset, "report", "cold_item_test", drawn["cold_item_test"]),
+        make_sample(dataset, titles, "choose", "cold_item_val", drawn["cold_item_val"]),
+        make_sample(dataset, titles, "report", "cold_item_test", drawn["cold_item_test"]),
     ]
     if probe:  # the first items of the real sample, so that the probe's generations are reused from the cache
-        samples = [dataclasses.replace(samples[0], items=samples[0].items.head(PROBE_ITEMS))]
+        first = samples[0]
+        samples = [
+            dataclasses.replace(first, items=first.items.head(PROBE_ITEMS), neighbours=first.neighbours[:PROBE_ITEMS])
+        ]
     backend = LocalBackend.smollm2(cache, batch_size=batch_size, threads=threads)
     generation_cache = GenerationCache(cache / "generations")
     llm: dict[str, Any] = {}
     for sample in samples:
-        neighbours = warm_neighbours(dataset, titles, sample.items, NEIGHBOURS)
+        neighbours = neighbour_titles(dataset, sample.items, sample.neighbours)
         stats = describe(sample, neighbours, backend, generation_cache, max_new_tokens)
         llm[sample.role] = {kind: s.as_dict() for kind, s in stats.items()}
     generated = [s for role in llm.values() for s in role.values()]
-    speed = sum(s["tokens"] for s in generated) / max(sum(s["seconds"] for s in generated if s["generated"]), 1e-9)
+    seconds_generating = sum(s["seconds"] for s in generated if s["generated"])
+    # None when the cache answered everything: the speed of that run is in the first run's report
+    speed = sum(s["tokens"] for s in generated) / seconds_generating if seconds_generating else None
     llm["tokens_per_second"] = speed
     llm["seconds"] = sum(s["seconds"] for s in generated)
+    rate = "LLM: all from the cache" if speed is None else f"LLM {speed:.1f} tokens/s"
     if probe:
         per_item = llm["seconds"] / (2 * PROBE_ITEMS)
         print(
-            f"{speed:.1f} tokens/s; {per_item:.1f} s an item and prompt; {items} items a split: about "
+            f"{rate}; {per_item:.1f} s an item and prompt; {items} items a split: about "
             f"{per_item * 4 * items / 60:.0f} min (less what the cache holds)"
         )
         return
 
     grid = [float(w) for w in weights.split(",") if w.strip()]
     for sample in samples:
-        variant_embeddings(sample, titles[sample.split.candidates], grid, embed)
+        variant_embeddings(sample, titles, grid, embed)
     stand_ins = fit_stand_ins(dataset, samples[0].split, titles, cache / "benchmarks" / "descriptions-bprmf")
     scorers = {
         "MiniLM kNN (top 3)": lambda split, vectors: knn_scorer(split, titles, vectors),
         "ridge stand-in (BPR-MF)": stand_ins.scorer,
     }
-    rows = []
+    rows, controls = [], []
+    truth = samples[1].split.truth
     for name, scorer_of in scorers.items():
         choose, report = (score_variants(sample, scorer_of, k) for sample in samples)
-        rows.extend(scorer_rows(name, choose, report, samples[1].split.truth, k))
+        rows.extend(scorer_rows(name, choose, report, truth, k))
+        controls.append(llm_against_control(name, choose, report, truth, k))
     total = time.perf_counter() - started
     print(markdown(rows, k))
+    for row in controls:
+        diff = ", ".join(f"{m} {d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]" for m, d in row["difference"].items())
+        print(f"{row['scorer']}: {row['llm_variant']} - {row['control_variant']}: {diff}")
     sizes = {s.role: {"items": s.items.height, "users": s.split.n_users} for s in samples}
-    print(f"\nsamples {sizes}; LLM {speed:.1f} tokens/s, {llm['seconds']:.0f} s generating; total {total:.0f} s")
+    print(f"\nsamples {sizes}; {rate}, {llm['seconds']:.0f} s generating; total {total:.0f} s")
     if json is not None:
-        extra = {"samples": sizes, "llm": llm, "weights": grid, "seed": seed, "rows": rows}
+        extra = {"samples": sizes, "llm": llm, "weights": grid, "seed": seed, "rows": rows, "llm_vs_control": controls}
         write_report(json, "descriptions", data=data, k=k, seconds=total, results=[extra])
 
 
