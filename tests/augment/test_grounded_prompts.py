@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 import polars as pl
 import pytest
 
-from augment import ITEM_DESCRIPTION, ITEM_DESCRIPTION_GROUNDED, description_prompts, grounded_description_prompts
+from augment import (
+    ITEM_DESCRIPTION,
+    ITEM_DESCRIPTION_GROUNDED,
+    Generation,
+    GenerationCache,
+    Messages,
+    describe_items,
+    description_prompts,
+    grounded_description_prompts,
+)
 from catalog import DataError
 
 ITEMS = pl.DataFrame({"item_id": ["a", "b"], "title": ["Topic models", "Graph kernels"]})
@@ -36,3 +49,32 @@ def test_repeated_neighbour_rows_are_refused() -> None:
     neighbours = pl.DataFrame({"item_id": ["a", "a"], "titles": [["x"], ["y"]]})
     with pytest.raises(DataError, match="more than once"):
         grounded_description_prompts(ITEMS, neighbours)
+
+
+class EchoBackend:
+    """A stand-in model that answers with a fixed description and keeps the prompts it saw."""
+
+    model_name = "echo"
+
+    def __init__(self) -> None:
+        self.seen: list[Messages] = []
+
+    def generate(
+        self, prompts: Sequence[Messages], *, max_new_tokens: int, seed: int = 0, temperature: float = 0.0
+    ) -> list[Generation]:
+        self.seen.extend(prompts)
+        return [Generation("A study of probabilistic models of text for readers in machine learning.", 12)] * len(
+            prompts
+        )
+
+    def yes_probability(self, prompts: Sequence[Messages]) -> np.ndarray:
+        return np.full(len(prompts), np.nan)
+
+
+def test_describe_items_with_neighbours_uses_the_grounded_template(tmp_path: Path) -> None:
+    backend, neighbours = EchoBackend(), pl.DataFrame({"item_id": ["a"], "titles": [["LDA"]]})
+    frame, stats = describe_items(ITEMS, backend, GenerationCache(tmp_path), neighbours=neighbours, show_progress=False)
+    assert frame["prompt_version"].to_list() == [ITEM_DESCRIPTION_GROUNDED.id] * 2 and stats.generated == 2
+    assert "Related titles:\n- LDA" in backend.seen[0][1]["content"]
+    plain, _ = describe_items(ITEMS, backend, GenerationCache(tmp_path), show_progress=False)
+    assert plain["prompt_version"].to_list() == [ITEM_DESCRIPTION.id] * 2 and not plain["cached"].any()
