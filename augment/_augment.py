@@ -22,9 +22,11 @@ from augment._cache import GenerationCache, input_hash
 from augment._prompts import (
     INTERACTION_JUDGE,
     ITEM_DESCRIPTION,
+    ITEM_DESCRIPTION_GROUNDED,
     USER_PROFILE,
     Messages,
     PromptTemplate,
+    grounded_item_data,
     item_data,
     judge_messages,
     user_profile_messages,
@@ -202,6 +204,28 @@ def description_prompts(items: pl.DataFrame, template: PromptTemplate = ITEM_DES
     ]
 
 
+def grounded_description_prompts(
+    items: pl.DataFrame,
+    neighbours: pl.DataFrame,
+    template: PromptTemplate = ITEM_DESCRIPTION_GROUNDED,
+    *,
+    max_neighbours: int = 5,
+) -> list[Messages]:
+    """One description prompt per row of `items` (item_id, title) whose data block also lists related titles:
+    `neighbours` holds (item_id, titles), the titles most similar first; an item without a row gets none."""
+    _require(items, [Columns.item, Columns.title], "items")
+    _require(neighbours, [Columns.item, TITLES], "neighbours")
+    if neighbours[Columns.item].is_duplicated().any():
+        raise DataError("neighbours holds an item_id more than once; give each item one list of titles.")
+    rows = items.select(Columns.item, Columns.title).join(
+        neighbours.select(Columns.item, TITLES), on=Columns.item, how="left", maintain_order="left"
+    )
+    return [
+        template.messages(grounded_item_data(title, related or [], max_neighbours=max_neighbours))
+        for title, related in rows.select(Columns.title, TITLES).iter_rows()
+    ]
+
+
 def profile_prompts(
     histories: pl.DataFrame, template: PromptTemplate = USER_PROFILE, *, max_items: int = 10
 ) -> list[Messages]:
@@ -249,7 +273,8 @@ def describe_items(
     backend: Backend,
     cache: GenerationCache,
     *,
-    template: PromptTemplate = ITEM_DESCRIPTION,
+    template: PromptTemplate | None = None,
+    neighbours: pl.DataFrame | None = None,
     max_new_tokens: int = 96,
     max_attempts: int = 3,
     rules: OutputRules | None = None,
@@ -258,10 +283,17 @@ def describe_items(
 ) -> tuple[pl.DataFrame, AugmentStats]:
     """An LLM-written description for each item (title, and categories and text when present).
 
+    With `neighbours` (item_id, titles) each prompt also lists related catalog titles (grounded_description_prompts)
+    and the template defaults to ITEM_DESCRIPTION_GROUNDED, else to ITEM_DESCRIPTION.
     Returns (item_id, description, model, prompt_version, input_hash, tokens, attempts, cached); items whose
     every attempt was rejected are left out (counted in `stats.rejected`).
     """
-    prompts = description_prompts(items, template)
+    if neighbours is None:
+        template = template or ITEM_DESCRIPTION
+        prompts = description_prompts(items, template)
+    else:
+        template = template or ITEM_DESCRIPTION_GROUNDED
+        prompts = grounded_description_prompts(items, neighbours, template)
     results, stats = _generate_validated(
         prompts,
         backend,

@@ -77,6 +77,17 @@ ITEM_DESCRIPTION = PromptTemplate(
         "who would be interested in it. Write only the description."
     ),
 )
+# The same task with the titles of the item's nearest catalog neighbours in the data block: a 135M model knows
+# little about most paper titles, and neighbours show which field the item belongs to (issue 12).
+ITEM_DESCRIPTION_GROUNDED = PromptTemplate(
+    name="item_description_grounded",
+    version="1",
+    instruction=(
+        "Write a short description of this item in two or three sentences: its topic, what it covers, and "
+        "who would be interested in it. The related titles are similar items from the same catalog; use them "
+        "only to understand the item's field. Write only the description."
+    ),
+)
 USER_PROFILE = PromptTemplate(
     name="user_profile",
     version="1",
@@ -90,7 +101,9 @@ INTERACTION_JUDGE = PromptTemplate(
     instruction="Would this user save the candidate item? Answer yes or no.",
 )
 
-PROMPTS: dict[str, PromptTemplate] = {t.name: t for t in (ITEM_DESCRIPTION, USER_PROFILE, INTERACTION_JUDGE)}
+PROMPTS: dict[str, PromptTemplate] = {
+    t.name: t for t in (ITEM_DESCRIPTION, ITEM_DESCRIPTION_GROUNDED, USER_PROFILE, INTERACTION_JUDGE)
+}
 
 
 def item_data(title: object, categories: object = None, text: object = None, *, max_chars: int = 600) -> str:
@@ -101,6 +114,16 @@ def item_data(title: object, categories: object = None, text: object = None, *, 
     if clean_field(text, max_chars):
         lines.append(f"Details: {clean_field(text, max_chars)}")
     return "\n".join(lines)
+
+
+def grounded_item_data(
+    title: object, neighbours: Sequence[object], *, max_neighbours: int = 5, max_chars: int = 120
+) -> str:
+    """The data block of one item followed by the titles of related catalog items, one a line."""
+    lines = [f"- {clean_field(other, max_chars)}" for other in list(neighbours)[:max_neighbours]]
+    related = [line for line in lines if line != "- "]
+    block = item_data(title)
+    return f"{block}\nRelated titles:\n" + "\n".join(related) if related else block
 
 
 def history_data(titles: Sequence[object], *, max_items: int = 10, max_chars: int = 120) -> str:
