@@ -206,6 +206,14 @@ class LightGBMRanker(RankerBase):
 
         return score
 
+    def with_cold_slots(self, slots: int) -> Self:
+        """Keep `slots` places of each top eval_k for the best-scored cold items from now on (saved with the
+        model); chosen on a validation split that ranks cold and warm items together."""
+        self.config = self.config.model_copy(update={"cold_slots": slots})
+        if self.metadata:
+            self.metadata["config"] = self.config.model_dump()
+        return self
+
     def _payload(self) -> bytes:
         return self.booster.model_to_string().encode("utf-8")
 

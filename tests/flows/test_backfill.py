@@ -107,8 +107,8 @@ def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml
     assert product.height == 2  # 1997-09-20 + 90 d and + 180 d, each evaluated on the following window
     assert "recall@20 per segment" in result.output
     # Every window's product and reference figures are printed, side by side.
-    assert "┃ product ┃ popularity ┃ recent_popularity ┃ tail_calibrated ┃" in result.output
-    assert overall.height == 8
+    assert "┃ product ┃ popularity ┃ recent_popularity ┃ tail_calibrated ┃ without_augmentation ┃" in result.output
+    assert overall.height == 10
     for value in overall["value"]:
         assert f"{value:.4f}" in result.output
     # The language model's budget: one new item per window described, its synthetic pairs scored against
@@ -117,3 +117,7 @@ def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml
     assert augmentation["items_augmented"].to_list() == [1, 1]
     assert augmentation["synthetic_precision"].null_count() == 0
     assert "augmentation" in result.output
+    # Each window's model trained on synthetic interactions: the cold items they warmed, the simulator's
+    # precision, and cold and tail recall with and without them, printed from the store.
+    assert (augmentation["cold_items_warmed"] > 0).all() and augmentation["simulator_precision"].null_count() == 0
+    assert "cold recall@20 with and without augmentation" in result.output

@@ -13,9 +13,18 @@ import pytest
 
 from catalog import Columns, Dataset
 from encoders import BPRConfig, WarmingConfig
-from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings, fit_ranker, holdout_plan, synthetic_precision
+from flows.pipeline import (
+    EvaluationPlan,
+    FittedRanker,
+    ModelSettings,
+    choose_cold_slots,
+    fit_ranker,
+    holdout_plan,
+    synthetic_precision,
+)
 from ranker.evaluate import ProtocolSplit, interaction_matrix, temporal_split
 from ranker.features import RankingTask
+from ranker.registry import load_ranker
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +112,18 @@ def test_synthetic_precision_counts_the_judge_and_the_simulator_apart(
     precision = synthetic_precision(fitted.served.warming, interaction_matrix(split.truth, split.index))
     assert precision["judge"] == 1.0  # the oracle's pairs are the truth itself
     assert precision["simulator"] is not None and 0.0 <= precision["simulator"] < 1.0
+
+
+def test_cold_places_are_chosen_on_a_split_and_saved_with_the_model(
+    judged: tuple[FittedRanker, pl.DataFrame], split: ProtocolSplit, tmp_path: Path
+) -> None:
+    fitted, _ = judged
+    chosen = choose_cold_slots(fitted, split, grid=(0, 3))
+    try:
+        ndcg = chosen["ndcg@20"]
+        assert chosen["chosen"] == max((0, 3), key=lambda slots: (ndcg[str(slots)], -slots))
+        assert fitted.evaluate(split, 20).value("ndcg") == pytest.approx(ndcg[str(chosen["chosen"])], abs=5e-5)
+        fitted.ranker.save(tmp_path / "model")
+        assert load_ranker(tmp_path / "model").config.cold_slots == chosen["chosen"]  # type: ignore[attr-defined]
+    finally:
+        fitted.ranker.with_cold_slots(0)  # type: ignore[attr-defined]
