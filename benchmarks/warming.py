@@ -42,12 +42,12 @@ from ranker.evaluate import EvalResult, cold_item_split, hybrid_split, warm_spli
 from ranker.metrics import bootstrap_difference, per_user_accuracy  # noqa: E402
 
 TOLERANCE = 0.002
-GRID = (
-    WarmingConfig(per_item=5),
-    WarmingConfig(per_item=20),
-    WarmingConfig(per_item=50),
-    WarmingConfig(per_item=20, weight=5.0),
-    WarmingConfig(per_item=20, prior=0.1),
+GRID = (  # the grid of 2026-11-30 (docs/benchmarks.md); it chose per_item 20, weight 5, the default since
+    WarmingConfig(per_item=5, weight=1.0, prior=0.01),
+    WarmingConfig(per_item=20, weight=1.0, prior=0.01),
+    WarmingConfig(per_item=50, weight=1.0, prior=0.01),
+    WarmingConfig(per_item=20, weight=5.0, prior=0.01),
+    WarmingConfig(per_item=20, weight=1.0, prior=0.1),
 )
 
 

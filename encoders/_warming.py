@@ -18,14 +18,15 @@ from catalog import DataError
 
 
 class WarmingConfig(BaseModel):
-    """How synthetic interactions warm items. `per_item` and `weight` are chosen on validation
-    (benchmarks/warming.py); the fold-in's optimiser settings mirror the user fold-in's."""
+    """How synthetic interactions warm items. `per_item` 20 and `weight` 5 were chosen on CiteULike's hybrid_val
+    from per_item {5, 20, 50} x weight {1, 5} x prior {0.01, 0.1} (benchmarks/warming.py, docs/benchmarks.md); the
+    fold-in's optimiser settings mirror the user fold-in's."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     per_item: int = Field(20, ge=1)
     """Synthetic users the embedding simulator proposes per item (and the judge keeps at most)."""
-    weight: float = Field(1.0, gt=0)
+    weight: float = Field(5.0, gt=0)
     """Weight of each synthetic interaction's BPR term against the pull back to the stand-in."""
     prior: float = Field(0.01, ge=0)
     """L2 weight pulling the warmed vector (and bias) back toward the item's stand-in."""
