@@ -61,8 +61,10 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     assert set(metrics["segment"]) >= {"overall", "head", "tail", "cold"}
     # The product's rows and, measured on the same split, the lines it must beat and its tail-calibrated variant.
     lines = {"temporal", "temporal:popularity", "temporal:recent_popularity", "temporal:tail_calibrated"}
-    assert set(metrics["protocol"]) == lines
+    assert set(metrics["protocol"]) == lines | {"temporal:without_augmentation"}
     augmentation = store.augmentation()
+    # Each run's model was warmed by synthetic interactions (the workspace's, then the embedding simulator's).
+    assert (augmentation["cold_items_warmed"] > 0).all()
     assert augmentation["items_augmented"].to_list() == [1, 1]
     # The second run's description came from the generation cache.
     assert augmentation["cache_hits"].to_list()[1] >= 1
