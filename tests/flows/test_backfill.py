@@ -107,8 +107,9 @@ def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml
     assert product.height == 2  # 1997-09-20 + 90 d and + 180 d, each evaluated on the following window
     assert "recall@20 per segment" in result.output
     # Every window's product and reference figures are printed, side by side.
-    assert "┃ product ┃ popularity ┃ recent_popularity ┃ tail_calibrated ┃ without_augmentation ┃" in result.output
-    assert overall.height == 10
+    # (an 80-column console shortens the later headers: the values below are what must be there)
+    assert "┃ product ┃ popularity ┃" in result.output
+    assert overall.height == 10  # the product, popularity, recent popularity, tail-calibrated, without augmentation
     for value in overall["value"]:
         assert f"{value:.4f}" in result.output
     # The language model's budget: one new item per window described, its synthetic pairs scored against
@@ -120,4 +121,4 @@ def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml
     # Each window's model trained on synthetic interactions: the cold items they warmed, the simulator's
     # precision, and cold and tail recall with and without them, printed from the store.
     assert (augmentation["cold_items_warmed"] > 0).all() and augmentation["simulator_precision"].null_count() == 0
-    assert "cold recall@20 with and without augmentation" in result.output
+    assert "cold recall@20 with and without" in result.output and "tail recall@20 with and without" in result.output

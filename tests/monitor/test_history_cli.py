@@ -29,7 +29,8 @@ def test_history_writes_json(fixture_store: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert [run["run_id"] for run in payload["runs"]] == ["run-1", "run-2", "run-3"]
-    assert len(payload["metrics"]) == 3 * (16 + 2)  # 16 product rows and 2 of popularity per run
+    # 16 product rows and 2 of popularity per run; the later two runs also 2 without augmentation
+    assert len(payload["metrics"]) == 3 * (16 + 2) + 2 * 2
     assert {"run_id", "as_of", "protocol", "segment", "metric", "k", "value"} <= set(payload["metrics"][0])
 
 
