@@ -12,7 +12,7 @@ from encoders._text import (
     load_text_model,
     text_hash,
 )
-from encoders._warming import WarmingConfig, simulate_users, warm_items
+from encoders._warming import WarmingConfig, simulate_users, simulated_interactions, warm_items
 
 __all__ = [
     "BPRMF",
@@ -29,6 +29,7 @@ __all__ = [
     "item_text",
     "load_text_model",
     "simulate_users",
+    "simulated_interactions",
     "stand_in_users",
     "text_hash",
     "warm_items",

@@ -80,6 +80,14 @@ def simulate_users(
     return sp.csr_array(matrix)
 
 
+def simulated_interactions(item_vectors: np.ndarray, user_vectors: np.ndarray, per_item: int) -> sp.csr_array:
+    """The embedding simulator's proposals as (items x users) interactions of weight 1: its scores choose the
+    users, they are not confidences (a judge's P(yes) is)."""
+    proposed = simulate_users(item_vectors, user_vectors, per_item)
+    proposed.data = np.ones_like(proposed.data)
+    return proposed
+
+
 def warm_items(
     synthetic: sp.csr_array,
     user_vectors: np.ndarray,

@@ -35,7 +35,7 @@ from encoders import (
     WarmingConfig,
     encode_texts,
     item_text,
-    simulate_users,
+    simulated_interactions,
     warm_items,
 )
 from ranker.base import RankerBase
@@ -215,8 +215,7 @@ def warmed_standins(
     n_items = standins.shape[0]
     is_cold = np.ones(n_items, dtype=bool)
     is_cold[warm] = False
-    simulated = simulate_users(standins, user_cf, config.per_item)
-    simulated.data = np.ones_like(simulated.data)
+    simulated = simulated_interactions(standins, user_cf, config.per_item)
     judged = np.zeros(n_items, dtype=bool)
     if given is not None:
         judged = np.diff(given.indptr) > 0

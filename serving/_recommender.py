@@ -20,7 +20,7 @@ Where a user or item comes from decides how it is served:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from encoders import (
     encode_texts,
     item_text,
     load_text_model,
-    simulate_users,
+    simulated_interactions,
     text_hash,
     warm_items,
 )
@@ -238,8 +238,7 @@ class Recommender:
         standins, n = np.c_[vectors, bias].astype(inputs.item_standin.dtype), items.height
         config = self.warming
         if config is not None:  # warmed as the version warmed its own cold items, so they compete on equal terms
-            proposed = simulate_users(standins, inputs.user_cf, config.per_item)
-            proposed.data = np.ones_like(proposed.data)
+            proposed = simulated_interactions(standins, inputs.user_cf, config.per_item)
             standins = warm_items(proposed, inputs.user_cf, standins, inputs.item_cf[warm], config)
         titles = items[Columns.title].fill_null("")
         extended = RankerInputs(
@@ -258,22 +257,13 @@ class Recommender:
         if log is not None:
             logged = log.select(pl.col(Columns.user).cast(pl.String), pl.col(Columns.item).cast(pl.String))
         seen = sp.csr_array(sp.hstack([self.seen, _matrix(logged, self.user_ids, new_ids)]))
-        return Recommender(
-            ranker=self.ranker,
-            ranker_name=self.ranker_name,
-            version=self.version,
+        return replace(
+            self,
             inputs=extended,
-            user_ids=self.user_ids,
             item_ids=pl.concat([self.item_ids, new_ids]),
-            n_version_users=self.n_version_users,
             seen=seen,
-            cache_dir=self.cache_dir,
-            text_model=self.text_model,
             titles=self.titles | dict(zip(items[Columns.item], titles, strict=True)),
-            sparse_max=self.sparse_max,
             warmed=np.r_[self._warmed_mask(), np.full(n, config is not None)],
-            warming=self.warming,
-            _text=self._text,
         )
 
     def add_users(self, user_ids: list[str] | pl.Series) -> Recommender:
@@ -288,22 +278,11 @@ class Recommender:
         if ids.is_empty():
             return self
         empty = sp.csr_array((ids.len(), self.inputs.n_items), dtype=np.float32)
-        return Recommender(
-            ranker=self.ranker,
-            ranker_name=self.ranker_name,
-            version=self.version,
+        return replace(
+            self,
             inputs=_with_users(self.inputs, empty),
             user_ids=pl.concat([self.user_ids, ids]),
-            item_ids=self.item_ids,
-            n_version_users=self.n_version_users,
             seen=sp.csr_array(sp.vstack([self.seen, empty])),
-            cache_dir=self.cache_dir,
-            text_model=self.text_model,
-            titles=self.titles,
-            sparse_max=self.sparse_max,
-            warmed=self.warmed,
-            warming=self.warming,
-            _text=self._text,
         )
 
     def _embed(self, texts: list[str]) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from catalog import DataError
-from encoders import WarmingConfig, simulate_users, warm_items
+from encoders import WarmingConfig, simulate_users, simulated_interactions, warm_items
 
 
 def _users(rng: np.random.Generator, n: int = 200, dim: int = 8) -> np.ndarray:
@@ -77,3 +77,11 @@ def test_warming_rejects_mismatched_inputs() -> None:
         warm_items(synthetic, users, prior, users[:0], WarmingConfig())
     with pytest.raises(DataError, match="must match"):
         simulate_users(prior[:, :4], users, 3)
+
+
+def test_simulated_interactions_are_the_simulators_users_with_weight_one() -> None:
+    rng = np.random.default_rng(5)
+    users, items = _users(rng), rng.normal(size=(4, 9)).astype(np.float32)
+    proposed, interactions = simulate_users(items, users, 6), simulated_interactions(items, users, 6)
+    np.testing.assert_array_equal(interactions.toarray() > 0, proposed.toarray() != 0)
+    assert set(interactions.data) == {1.0}
