@@ -75,6 +75,7 @@ class Warmed:
     judged: np.ndarray  # mask of those warmed from given (e.g. the judge's) interactions, not the simulator's
     synthetic: sp.csr_array  # (items x users) weights of the interactions that warmed items without history
     report: dict[str, Any]
+    config: WarmingConfig
 
 
 @dataclass
@@ -181,7 +182,7 @@ def encode_inputs(
     )
     report = {"bprmf": cf.summary, "text_cache_hits": cache.hits, "text_cache_misses": cache.misses}
     if warming is not None and warmed is not None:
-        report["warming"] = warming.model_dump() | warmed.report
+        report["warming"] = warmed.config.model_dump() | warmed.report
     return EncodedSplit(inputs=inputs, report=report, warming=warmed)
 
 
@@ -231,7 +232,7 @@ def warmed_standins(
         "synthetic_pairs": int(synthetic.nnz),
         "warm_items_simulated": int(warm.size),
     }
-    return Warmed(warmed, standins, items, judged, synthetic, report)
+    return Warmed(warmed, standins, items, judged, synthetic, report, config)
 
 
 def synthetic_precision(warmed: Warmed, truth: sp.csr_array) -> dict[str, float | None]:

@@ -431,11 +431,7 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> dic
     from serving import save_serving_inputs
 
     warming = fitted.served.warming
-    warmed = warming.items if warming is not None else None
-    from encoders import WarmingConfig
-
-    report = fitted.report["encoders"]["served"].get("warming")  # its settings and what it counted
-    config = {key: report[key] for key in WarmingConfig.model_fields} if report else None
+    warmed, config = (warming.items, warming.config.model_dump()) if warming is not None else (None, None)
     return save_serving_inputs(
         directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config
     )
