@@ -17,7 +17,6 @@ from typing import Any
 import polars as pl
 from prefect import flow, get_run_logger
 
-from augment import WEIGHT
 from catalog import (
     Columns,
     ConfigError,
@@ -112,9 +111,8 @@ def augment_window(
         max_new_tokens=context.settings.llm_max_new_tokens,
     )
     report = refresh.augment_workspace(scratch, context.settings, plan, run_id)
-    judged = None
-    if scratch.exists(Tables.synthetic_interactions):
-        judged = scratch.read(Tables.synthetic_interactions).select(Columns.user, Columns.item, WEIGHT)
+    judged = stages.synthetic_interactions(scratch)  # as a refresh reads its workspace's, provenance included
+    if judged is not None:
         synthetic = judged.select(Columns.user, Columns.item).unique()
         later = dataset.interactions.filter(
             (pl.col(Columns.ts) >= window.end) & (pl.col(Columns.ts) < window.next_end)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -122,3 +123,9 @@ def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml
     # precision, and cold and tail recall with and without them, printed from the store.
     assert (augmentation["cold_items_warmed"] > 0).all() and augmentation["simulator_precision"].null_count() == 0
     assert "cold recall@20 with and without" in result.output and "tail recall@20 with and without" in result.output
+    # Each window's version names the judged synthetic rows it trained on: its own run's, from the scratch tables.
+    for run_id, rows in zip(augmentation["run_id"], augmentation["synthetic_rows"], strict=True):
+        saved = workspace / "backfill" / "models" / "lightgbm" / run_id / "report.json"
+        trained_on = json.loads(saved.read_text())["augmentation"]
+        assert (trained_on["synthetic_rows"], trained_on["synthetic_runs"]) == (rows, [run_id])
+        assert rows > 0
