@@ -15,6 +15,7 @@ class Columns:
     categories = "categories"
     attributes = "attributes"
     first_seen = "first_seen"
+    released = "released"
     score = "score"
     rank = "rank"
     segment = "segment"

@@ -25,6 +25,9 @@ ITEMS_SCHEMA = pl.Schema(
         C.text: pl.String,
         C.categories: pl.List(pl.String),
         C.first_seen: TIMESTAMP,
+        # When the item came out in the world (a film's release, a paper's publication), known before anyone
+        # interacts with it: a cold item's age. Null where the data set does not say.
+        C.released: TIMESTAMP,
     }
 )
 # `attributes` holds a JSON object as text: attribute sets differ between data sets.
@@ -43,6 +46,14 @@ _CONTROL_TEXT = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 # Plausible times: from the Unix epoch to a year from now. Beyond is a unit error (milliseconds read as
 # seconds land in year 56000) or a placeholder (9999-12-31), not an event.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+# Columns whose plausible times start earlier: films and books came out long before any log began.
+_EARLIEST_BY_COLUMN = {C.released: datetime(1800, 1, 1, tzinfo=UTC)}
+
+
+def _earliest(column: str) -> datetime:
+    return _EARLIEST_BY_COLUMN.get(column, EARLIEST)
+
+
 LATEST_AHEAD = timedelta(days=366)
 _ISO_AWARE = ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z")
 _ISO_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")
@@ -104,7 +115,7 @@ def _range_error(source: str, column: str, frame: pl.DataFrame, mask: pl.Expr, h
     latest = datetime.now(UTC) + LATEST_AHEAD
     return DataError(
         f"{source}: column '{column}' has {frame.filter(mask).height} implausible timestamp(s) outside "
-        f"{EARLIEST:%Y-%m-%d}..{latest:%Y-%m-%d}: {_examples(frame, mask)}. {hint}"
+        f"{_earliest(column):%Y-%m-%d}..{latest:%Y-%m-%d}: {_examples(frame, mask)}. {hint}"
     )
 
 
@@ -117,7 +128,7 @@ def _check_epoch_seconds(frame: pl.DataFrame, column: str, source: str, seconds:
             f"{source}: column '{column}' has {frame.filter(not_finite).height} non-finite timestamp(s) (NaN or "
             f"infinity): {_examples(frame, not_finite)}. Leave the time empty or give a real one."
         )
-    low, high = EARLIEST.timestamp(), (datetime.now(UTC) + LATEST_AHEAD).timestamp()
+    low, high = _earliest(column).timestamp(), (datetime.now(UTC) + LATEST_AHEAD).timestamp()
     outside = seconds.is_not_null() & ((seconds < low) | (seconds > high))
     if frame.filter(outside).height:
         in_ms = frame.filter(outside).select(((seconds / 1000 >= low) & (seconds / 1000 <= high)).all()).item()
@@ -131,7 +142,7 @@ def _check_epoch_seconds(frame: pl.DataFrame, column: str, source: str, seconds:
 
 def _check_datetimes(frame: pl.DataFrame, column: str, source: str, parsed: pl.Expr) -> None:
     latest = datetime.now(UTC) + LATEST_AHEAD
-    outside = parsed.is_not_null() & ((parsed < EARLIEST) | (parsed > latest))
+    outside = parsed.is_not_null() & ((parsed < _earliest(column)) | (parsed > latest))
     if frame.filter(outside).height:
         raise _range_error(source, column, frame, outside, "Fix or drop those rows (a placeholder date is not a time).")
 
@@ -281,15 +292,16 @@ def _as_categories(raw: pl.DataFrame, source: str) -> pl.Expr:
 
 
 def conform_items(raw: pl.DataFrame, source: str) -> tuple[pl.DataFrame, ConformReport]:
-    """Items (item_id, title[, text][, categories][, first_seen]) to the contract."""
+    """Items (item_id, title[, text][, categories][, first_seen][, released]) to the contract."""
     _require_columns(raw, [C.item, C.title], source)
     frame = raw.select(
         _as_id(raw, C.item, source).alias(C.item),
         _as_text(raw, C.title, source).fill_null("").alias(C.title),
         (_as_text(raw, C.text, source) if C.text in raw.columns else pl.lit(None, pl.String)).alias(C.text),
         _as_categories(raw, source).fill_null(pl.lit([], pl.List(pl.String))).alias(C.categories),
-        (_as_timestamp(raw, C.first_seen, source) if C.first_seen in raw.columns else pl.lit(None, TIMESTAMP)).alias(
-            C.first_seen
+        *(
+            (_as_timestamp(raw, column, source) if column in raw.columns else pl.lit(None, TIMESTAMP)).alias(column)
+            for column in (C.first_seen, C.released)
         ),
     ).cast(dict(ITEMS_SCHEMA))
     frame, report = _collapse_duplicates(frame, source)

@@ -247,6 +247,8 @@ def load_movielens_100k(data_dir: Path) -> Dataset:
         .then(pl.lit("Released in ") + pl.col("release_year") + pl.lit("."))
         .alias(C.text),
         pl.col("class").str.replace_all(" ", "|").alias(C.categories),
+        # The files give the release year only: the item is taken as out from the year's first day.
+        pl.date(pl.col("release_year").cast(pl.Int32, strict=False), 1, 1).alias(C.released),
     )
     users = _read_atomic_tsv(data_dir / "ml-100k.user")
     return assemble(

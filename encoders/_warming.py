@@ -38,6 +38,9 @@ class WarmingConfig(BaseModel):
     """Warm items drawn per synthetic interaction and step as BPR negatives."""
     seed: int = 0
     """Seeds the negative sampling: equal seeds, equal vectors."""
+    simulate: bool = True
+    """The embedding simulator proposes users for every item without given (judged) pairs, warm items' stand-ins
+    included; off, only items with given pairs are warmed."""
 
 
 def simulate_users(

@@ -92,7 +92,7 @@ class WindowContext:
 def augment_window(
     context: WindowContext, window: Window, segments: pl.DataFrame, run_id: str
 ) -> tuple[dict[str, Any], pl.DataFrame | None]:
-    """Describe the window's new items and simulate who would take to them, as a scheduled run at the window's
+    """Describe the window's new items and simulate who would take to its cold ones, as a scheduled run at the window's
     end would have: from the events before it only. Returns the store's augmentation row and the synthetic pairs
     the window's model trains on. The window's tables (descriptions, synthetic pairs) are kept in
     WORKSPACE/backfill/WINDOW_END for audit. The synthetic pairs' precision is measured against the real
@@ -105,7 +105,9 @@ def augment_window(
     scratch.write(Tables.segments, segments, run_id=run_id, source="backfill")
     plan = stages.AugmentPlan(
         item_segments=(Segments.new,),
-        simulate_segments=(Segments.new,),
+        # Items still without an interaction at the window's end: the only ones the judge's pairs can warm (a new
+        # item already rated in the window trains from its real interactions, which win over synthetic ones).
+        simulate_segments=(Segments.cold,),
         limit=context.augment_limit,
         profile=False,
         max_new_tokens=context.settings.llm_max_new_tokens,

@@ -289,7 +289,11 @@ def backfill(
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
     max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = 150,
     augment_limit: Annotated[
-        int, typer.Option(min=0, help="New items per window the language model describes and simulates (0: none).")
+        int,
+        typer.Option(
+            min=0,
+            help="Items per window the language model describes (new ones) and judges users for (cold ones); 0: none.",
+        ),
     ] = 0,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -346,7 +350,10 @@ def demo(
     every: Annotated[str, typer.Option(help="Window length of the backfill.")] = "30d",
     max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = 150,
     augment_limit: Annotated[
-        int, typer.Option(min=0, help="New items per window the language model describes and simulates.")
+        int,
+        typer.Option(
+            min=0, help="Items per window the language model describes (new ones) and judges users for (cold ones)."
+        ),
     ] = 4,
     workspace: WorkspaceOption = None,
 ) -> None:

@@ -34,6 +34,8 @@ FEATURE_NAMES = (
     "recent_28d",
     "item_age",
     "user_recent",
+    # Days since the item came out in the world (NaN where unknown): known for cold items too.
+    "release_age",
 )
 # Item features read from the log, hidden (zero) when an item is presented as cold: a cold item has none.
 ITEM_LOG_FEATURES = ("log_popularity", "recent_7d", "recent_14d", "recent_28d", "item_age")
@@ -217,6 +219,7 @@ def pair_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, as
             out[:, column[name]] = np.where(shown, np.log1p(inputs.time.recent[items, j]), 0.0)
         out[:, column["item_age"]] = np.where(shown, inputs.time.age_days[items], 0.0)
         out[:, column["user_recent"]] = np.log1p(inputs.time.user_recent[users])
+        out[:, column["release_age"]] = inputs.time.release_age_days[items]
 
     # Similarity to each history item: max and mean of the best three, computed user by user.
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])

@@ -8,14 +8,14 @@ items that only have content. Early stopping uses a validation task (e.g. the co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import lightgbm as lgb
 import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog import NotFittedError
+from catalog import DataError, NotFittedError
 from ranker.base import RankerBase
 from ranker.evaluate import Scorer
 from ranker.features import (
@@ -52,6 +52,14 @@ class LightGBMRankerConfig(BaseModel):
         "training interaction) where the model ranked fewer there. 0: on MovieLens-100K's validation window 1 or 2 "
         "places added no cold recall (benchmarks/ml100k_temporal.py).",
     )
+    prior_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Boosting starts from this weight times the item's recent popularity (log of its share of the "
+        "last `prior_days` days' events, 0 without times or for items shown cold), so the trees learn corrections "
+        "to the line a time-ordered log's recommender must beat rather than relearn it from one cut's labels.",
+    )
+    prior_days: Literal[7, 14, 28] = Field(14, description="Days of the recent popularity boosting starts from.")
     seed: int = Field(0, description="Seed of sampling and of LightGBM.")
     num_threads: int = Field(2, ge=1, description="LightGBM threads.")
 
@@ -150,10 +158,18 @@ class LightGBMRanker(RankerBase):
             "verbosity": -1,
         }
         train_set = lgb.Dataset(
-            fit_groups.features, fit_groups.labels, group=fit_groups.sizes, feature_name=list(FEATURE_NAMES)
+            fit_groups.features,
+            fit_groups.labels,
+            group=fit_groups.sizes,
+            init_score=self._prior(fit_groups.features),
+            feature_name=list(FEATURE_NAMES),
         )
         valid_set = lgb.Dataset(
-            valid_groups.features, valid_groups.labels, group=valid_groups.sizes, reference=train_set
+            valid_groups.features,
+            valid_groups.labels,
+            group=valid_groups.sizes,
+            init_score=self._prior(valid_groups.features),
+            reference=train_set,
         )
         evaluations: dict[str, Any] = {}
         self._booster = lgb.train(
@@ -186,7 +202,12 @@ class LightGBMRanker(RankerBase):
         booster = self.booster
         groups = _groups(inputs, task, self.config.per_source, inputs.is_cold, np.random.default_rng(0))
         scores = booster.predict(groups.features, num_iteration=booster.best_iteration or None)
-        return groups.users, groups.items, np.asarray(scores, dtype=np.float32)
+        return groups.users, groups.items, np.asarray(scores + self._prior(groups.features), dtype=np.float32)
+
+    def _prior(self, features: np.ndarray) -> np.ndarray:
+        """Where boosting starts for each pair (`prior_weight`); the trees add to it."""
+        column = FEATURE_NAMES.index(f"recent_{self.config.prior_days}d")
+        return self.config.prior_weight * features[:, column].astype(np.float64)
 
     def _scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None) -> Scorer:
         """Candidates get the model's score, every other item -inf."""
@@ -219,6 +240,14 @@ class LightGBMRanker(RankerBase):
 
     @classmethod
     def _from_payload(cls, payload: bytes, metadata: dict[str, Any]) -> Self:
+        trained_on = metadata.get("features", list(FEATURE_NAMES))
+        if trained_on != list(FEATURE_NAMES):
+            # Scored with other columns, its trees would read one feature's values as another's.
+            missing = sorted(set(FEATURE_NAMES) - set(trained_on)) or sorted(set(trained_on) - set(FEATURE_NAMES))
+            raise DataError(
+                f"this LightGBM ranker was trained on {len(trained_on)} features and this warmstart computes "
+                f"{len(FEATURE_NAMES)} (differing in {missing}); retrain it (`warmstart refresh`)."
+            )
         ranker = cls(LightGBMRankerConfig(**metadata["config"]))
         ranker._booster = lgb.Booster(model_str=payload.decode("utf-8"))
         ranker.metadata = metadata

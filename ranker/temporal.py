@@ -8,7 +8,7 @@ it will at serving time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -27,13 +27,31 @@ class TimeFeatures:
     `recent[i, w]` is item i's share (in thousandths) of all events of the last RECENT_DAYS[w] days: a share, not
     a count, so that a ranker trained at a quieter or busier moment of the log reads it on the same scale at
     serving time. `age_days[i]` is the days since item i's first event (0 for an item never seen);
-    `user_recent[u]` counts user u's events in the last RECENT_DAYS[0] days.
+    `user_recent[u]` counts user u's events in the last RECENT_DAYS[0] days. `release_age_days[i]` is the days
+    since item i came out in the world (its `released` attribute), NaN where unknown: unlike the log's arrays it
+    is known for an item nobody has touched yet, so it ranks new items too.
     """
 
     now: datetime
     recent: np.ndarray
     age_days: np.ndarray
     user_recent: np.ndarray
+    release_age_days: np.ndarray
+
+    def with_items(self, released: pl.Series) -> TimeFeatures:
+        """These arrays with items appended that nobody has touched yet (no recent share, no age in the log),
+        `released` their release times (nulls allowed)."""
+        n = released.len()
+        return replace(
+            self,
+            recent=np.vstack([self.recent, np.zeros((n, self.recent.shape[1]), self.recent.dtype)]),
+            age_days=np.r_[self.age_days, np.zeros(n, self.age_days.dtype)],
+            release_age_days=np.r_[self.release_age_days, _release_age_days(released, self.now, n)],
+        )
+
+    def with_users(self, n: int) -> TimeFeatures:
+        """These arrays with `n` users appended who have no event yet."""
+        return replace(self, user_recent=np.r_[self.user_recent, np.zeros(n, self.user_recent.dtype)])
 
 
 def _positions(ids: pl.Series, wanted: pl.Series) -> np.ndarray:
@@ -46,10 +64,16 @@ def _positions(ids: pl.Series, wanted: pl.Series) -> np.ndarray:
 
 
 def time_features(
-    history: pl.DataFrame, user_ids: pl.Series, item_ids: pl.Series, *, now: datetime | None = None
+    history: pl.DataFrame,
+    user_ids: pl.Series,
+    item_ids: pl.Series,
+    *,
+    now: datetime | None = None,
+    released: pl.Series | None = None,
 ) -> TimeFeatures:
     """Recent popularity, age and recent user activity from a (user_id, item_id, ts) log, as of `now` (default:
-    just after the latest event); events at or after `now` are ignored."""
+    just after the latest event); events at or after `now` are ignored. `released` (release times in the order of
+    `item_ids`, nulls allowed) gives each item's release age."""
     if Columns.ts not in history.columns or history[Columns.ts].null_count() == history.height:
         raise ValueError(f"time_features needs a '{Columns.ts}' column with times.")
     log = history.drop_nulls(Columns.ts)
@@ -69,4 +93,20 @@ def time_features(
     np.maximum.at(oldest, items, age_seconds)
     inside = age_seconds < RECENT_DAYS[0] * 86400
     user_recent = np.bincount(users[inside], minlength=user_ids.len()).astype(np.float32)
-    return TimeFeatures(now=now, recent=recent, age_days=(oldest / 86400).astype(np.float32), user_recent=user_recent)
+    return TimeFeatures(
+        now=now,
+        recent=recent,
+        age_days=(oldest / 86400).astype(np.float32),
+        user_recent=user_recent,
+        release_age_days=_release_age_days(released, now, item_ids.len()),
+    )
+
+
+def _release_age_days(released: pl.Series | None, now: datetime, n_items: int) -> np.ndarray:
+    """Days from each release to `now` (negative for an item announced ahead of its release), NaN where unknown."""
+    if released is None:
+        return np.full(n_items, np.nan, dtype=np.float32)
+    if released.len() != n_items:
+        raise ValueError(f"released has {released.len()} values for {n_items} items; give one per item, in order.")
+    days = (pl.lit(now, dtype=released.dtype) - released).dt.total_seconds() / 86400
+    return pl.select(days).to_series().fill_null(float("nan")).to_numpy().astype(np.float32)

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import scipy.sparse as sp
 from catalog import Columns, DataError, atomic_write_bytes, verified_bytes
 from encoders import MODEL_NAME
 from ranker.features import RankerInputs
+from ranker.temporal import TimeFeatures
 
 SERVING_ARRAYS = "serving.npz"
 SERVING_MANIFEST = "serving.json"
@@ -33,6 +35,9 @@ FORMAT_VERSION = 1
 _DENSE = ("text", "user_cf", "item_cf", "item_standin", "popularity", "title_words")
 _SPARSE = ("history", "tfidf", "categories")
 WARMED = "warmed"
+# The recency arrays of a time-ordered log, as of the version's cut (`TimeFeatures`); `time.now` in microseconds.
+_TIME = ("recent", "age_days", "user_recent", "release_age_days")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,6 +82,9 @@ def save_serving_inputs(
             f"{name}.indptr": matrix.indptr,
             f"{name}.shape": np.asarray(matrix.shape, dtype=np.int64),
         }
+    if inputs.time is not None:  # the ranker read them in training: serving without them would be another model
+        arrays |= {f"time.{name}": getattr(inputs.time, name) for name in _TIME}
+        arrays["time.now"] = np.asarray((inputs.time.now - _EPOCH) // timedelta(microseconds=1), dtype=np.int64)
     # Fixed-width unicode arrays load without pickle (np.load(allow_pickle=False)).
     if warmed is not None:
         arrays[WARMED] = np.asarray(warmed, dtype=bool)
@@ -128,7 +136,11 @@ def load_serving_inputs(directory: Path) -> ServingInputs:
             continue
         parts = (arrays[f"{name}.data"], arrays[f"{name}.indices"], arrays[f"{name}.indptr"])
         matrices[name] = sp.csr_array(parts, shape=tuple(int(n) for n in arrays[f"{name}.shape"]))
-    inputs = RankerInputs(**{name: arrays[name] for name in _DENSE}, **matrices)  # type: ignore[arg-type]
+    time = None
+    if "time.now" in arrays:
+        now = _EPOCH + timedelta(microseconds=int(arrays["time.now"]))
+        time = TimeFeatures(now=now, **{name: arrays[f"time.{name}"] for name in _TIME})
+    inputs = RankerInputs(**{name: arrays[name] for name in _DENSE}, **matrices, time=time)  # type: ignore[arg-type]
     return ServingInputs(
         inputs=inputs,
         user_ids=pl.Series(Columns.user, arrays[Columns.user], dtype=pl.String),

@@ -236,8 +236,10 @@ class Recommender:
         mapper.fit(inputs.text[warm], inputs.item_cf[warm, :-1], inputs.item_cf[warm, -1])
         vectors, bias = mapper.transform(text)
         standins, n = np.c_[vectors, bias].astype(inputs.item_standin.dtype), items.height
-        config = self.warming
-        if config is not None:  # warmed as the version warmed its own cold items, so they compete on equal terms
+        # Warmed as the version warmed its own cold items, so they compete on equal terms (an added item has no
+        # judged pairs: only the embedding simulator can warm it, where the version used it).
+        config = self.warming if self.warming is not None and self.warming.simulate else None
+        if config is not None:
             proposed = simulated_interactions(standins, inputs.user_cf, config.per_item)
             standins = warm_items(proposed, inputs.user_cf, standins, inputs.item_cf[warm], config)
         titles = items[Columns.title].fill_null("")
@@ -251,6 +253,7 @@ class Recommender:
             title_words=np.r_[inputs.title_words, titles.str.split(" ").list.len().to_numpy().astype(np.float32)],
             tfidf=_pad_rows(inputs.tfidf, n),
             categories=_pad_rows(inputs.categories, n),
+            time=inputs.time.with_items(_released(items)) if inputs.time is not None else None,
         )
         new_ids = items[Columns.item].cast(pl.String).rename(Columns.item)
         logged = pl.DataFrame(schema={Columns.user: pl.String, Columns.item: pl.String})
@@ -516,18 +519,28 @@ def _pad_rows(matrix: sp.csr_array | None, n: int) -> sp.csr_array | None:
 
 def _with_users(inputs: RankerInputs, rows: sp.csr_array) -> RankerInputs:
     """The inputs with users appended: `rows` is their history; no collaborative vector (zero, as for users the
-    encoders never saw)."""
+    encoders never saw, but for the constant that carries the item bias into their scores, as training has it)."""
+    user_cf = np.zeros((rows.shape[0], inputs.user_cf.shape[1]), inputs.user_cf.dtype)
+    user_cf[:, -1] = 1.0
     return RankerInputs(
         history=sp.csr_array(sp.vstack([inputs.history, rows])),
         text=inputs.text,
-        user_cf=np.vstack([inputs.user_cf, np.zeros((rows.shape[0], inputs.user_cf.shape[1]), inputs.user_cf.dtype)]),
+        user_cf=np.vstack([inputs.user_cf, user_cf]),
         item_cf=inputs.item_cf,
         item_standin=inputs.item_standin,
         popularity=inputs.popularity,
         title_words=inputs.title_words,
         tfidf=inputs.tfidf,
         categories=inputs.categories,
+        time=inputs.time.with_users(rows.shape[0]) if inputs.time is not None else None,
     )
+
+
+def _released(items: pl.DataFrame) -> pl.Series:
+    """The items' release times (null where the frame does not say)."""
+    if Columns.released in items.columns:
+        return items[Columns.released]
+    return pl.Series(Columns.released, [None] * items.height, dtype=pl.Datetime("us", "UTC"))
 
 
 __all__ = ["CONTENT_STANDIN", "ID_EMBEDDING", "STATED_TEXT", "SYNTHETIC_WARMED", "Recommender"]

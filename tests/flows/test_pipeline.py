@@ -28,6 +28,16 @@ def test_seeded_settings_keep_the_defaults_and_seed_every_model() -> None:
     assert seeded.deepfm.seed == 7 and seeded.deepfm.model_copy(update={"seed": 0}) == defaults.deepfm
 
 
+def test_a_log_with_times_gets_the_choices_made_on_a_time_window() -> None:
+    settings = ModelSettings.seeded(3)
+    timed = settings.for_log(True)
+    assert timed.ranker.prior_weight == 2.0 and timed.ranker.cold_slots == 1 and timed.ranker.seed == 3
+    assert timed.warming is not None and timed.warming.simulate is False and timed.timed is None
+    assert timed.for_log(True) == timed  # applied once
+    assert settings.for_log(False) is settings and settings.ranker.prior_weight == 0.0
+    assert settings.without_augmentation().for_log(True).warming is None  # the ablation stays an ablation
+
+
 def test_settings_choose_the_ranker() -> None:
     assert ModelSettings().ranker_name == "lightgbm"
     assert isinstance(ModelSettings().new_ranker(), LightGBMRanker)

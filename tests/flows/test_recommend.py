@@ -125,8 +125,8 @@ def test_items_for_items_and_users_for_a_cold_item(served: Path, recommender: Re
     similar = recommender.similar_items([cold_item, "1"], k=5)
     assert similar.height == 10 and cold_item not in similar.filter(pl.col("seed_item_id") == cold_item)["item_id"]
     audience = recommender.users_for_item(cold_item, k=7)
-    # The refresh's synthetic interactions (the embedding simulator's) warmed every item without history.
-    assert audience.height == 7 and set(audience["source"]) == {SYNTHETIC_WARMED}
+    # A log with times: only judged pairs warm stand-ins (ModelSettings.timed), and this refresh judged nothing.
+    assert audience.height == 7 and set(audience["source"]) == {CONTENT_STANDIN}
     assert audience[Columns.user].n_unique() == 7
     logged_it = _logged(served).filter(pl.col(Columns.item) == cold_item)[Columns.user]
     assert not set(audience[Columns.user]) & set(logged_it)
@@ -211,7 +211,8 @@ def test_an_added_item_is_served_at_once_without_retraining(served: Path, cache_
     assert recommender.version == Workspace(served).models.current("lightgbm")  # the same version, not retrained
     audience = recommender.users_for_item("new-1", k=5)
     assert (
-        audience.height == 5 and set(audience["source"]) == {SYNTHETIC_WARMED} and set(audience["segment"]) == {"cold"}
+        # No judged pairs for it, and on a log with times the embedding simulator warms nothing: its stand-in.
+        audience.height == 5 and set(audience["source"]) == {CONTENT_STANDIN} and set(audience["segment"]) == {"cold"}
     )
     assert recommender.recommend_text("an alien monster in outer space", k=3)[Columns.item][0] == "new-1"
     similar = recommender.similar_items(["new-1"], k=3)

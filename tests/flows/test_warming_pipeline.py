@@ -17,6 +17,7 @@ from flows.pipeline import (
     EvaluationPlan,
     FittedRanker,
     ModelSettings,
+    TimedChoices,
     choose_cold_slots,
     fit_ranker,
     holdout_plan,
@@ -25,6 +26,7 @@ from flows.pipeline import (
 from ranker.evaluate import ProtocolSplit, interaction_matrix, temporal_split
 from ranker.features import RankingTask
 from ranker.registry import load_ranker
+from serving import load_serving_inputs, save_serving_inputs
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,9 @@ def split(ml100k: Dataset) -> ProtocolSplit:
 @pytest.fixture(scope="module")
 def settings() -> ModelSettings:
     defaults = ModelSettings.seeded(0)
-    return replace(defaults, cf=BPRConfig(dim=32, epochs=20, seed=0), warming=WarmingConfig(per_item=10))
+    # timed=None: the simulator warms every item here, as on a log without times (the defaults for logs with
+    # times warm judged items only: tested below).
+    return replace(defaults, cf=BPRConfig(dim=32, epochs=20, seed=0), warming=WarmingConfig(per_item=10), timed=None)
 
 
 def _cold_items(plan: EvaluationPlan) -> np.ndarray:
@@ -127,3 +131,34 @@ def test_cold_places_are_chosen_on_a_split_and_saved_with_the_model(
         assert load_ranker(tmp_path / "model").config.cold_slots == chosen["chosen"]  # type: ignore[attr-defined]
     finally:
         fitted.ranker.with_cold_slots(0)  # type: ignore[attr-defined]
+
+
+def test_on_a_log_with_times_only_the_judged_items_are_warmed_by_default(
+    judged: tuple[FittedRanker, pl.DataFrame],
+    split: ProtocolSplit,
+    settings: ModelSettings,
+    cache_dir: Path,
+    tmp_path: Path,
+) -> None:
+    # The defaults for logs with times (ModelSettings.timed, chosen on MovieLens-100K's validation window) turn the
+    # embedding simulator off: the judge's pairs still reach the model, nothing else is warmed.
+    _, oracle = judged
+    synthetic = oracle.with_columns(pl.lit(0.9).alias("weight"))
+    fitted = fit_ranker(
+        replace(holdout_plan(split), synthetic=synthetic),
+        cache_dir=cache_dir,
+        settings=replace(settings, timed=TimedChoices()),
+    )
+    warming = fitted.report["encoders"]["served"]["warming"]
+    assert warming["simulate"] is False and warming["warm_items_simulated"] == 0
+    assert warming["cold_items_warmed"] == warming["cold_items_judged"] == oracle[Columns.item].n_unique()
+    assert fitted.served.warming is not None
+    assert synthetic_precision(fitted.served.warming, interaction_matrix(split.truth, split.index))["simulator"] is None
+    assert fitted.ranker.config.prior_weight == 2.0 and fitted.ranker.config.cold_slots == 1  # type: ignore[attr-defined]
+    # A saved version marks the judged items as warmed, so serving names their source (synthetic-warmed embedding).
+    index = split.index
+    save_serving_inputs(
+        tmp_path, fitted.served.inputs, index.user_ids, index.item_ids, warmed=fitted.served.warming.items
+    )
+    warmed_ids = set(index.item_ids.filter(pl.Series(load_serving_inputs(tmp_path).warmed)).to_list())
+    assert warmed_ids == set(oracle[Columns.item].to_list())

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
-from catalog import NotFittedError
+from catalog import DataError, NotFittedError
 from ranker.features import RankerInputs, RankingTask
 from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
+from ranker.temporal import TimeFeatures
 from tests.ranker.contract import RankerContract
 
 CONFIG = LightGBMRankerConfig(per_source=20, n_estimators=60, early_stopping_rounds=20, min_child_samples=20)
@@ -102,6 +107,44 @@ def test_cold_slots_give_the_best_cold_items_places_in_the_top_k(slice_inputs: t
         assert set(top_after[~cold[top_after]].tolist()) <= top_before
         if cold[list(top_before)].sum() >= 3:
             assert set(top_after.tolist()) == top_before
+
+
+def _with_recent_shares(inputs: RankerInputs, rng: np.random.Generator) -> RankerInputs:
+    """The slice as if it were a time-ordered log: random recent shares for the warm items (cold ones have none)."""
+    recent = np.where(inputs.is_cold[:, None], 0.0, rng.gamma(1.0, 5.0, size=(inputs.n_items, 3))).astype(np.float32)
+    time = TimeFeatures(
+        now=datetime(2024, 1, 1, tzinfo=UTC),
+        recent=recent,
+        age_days=np.zeros(inputs.n_items, np.float32),
+        user_recent=np.zeros(inputs.n_users, np.float32),
+        release_age_days=np.full(inputs.n_items, np.nan, np.float32),
+    )
+    return dataclasses.replace(inputs, time=time)
+
+
+def test_boosting_starts_from_recent_popularity(slice_inputs: tuple, tasks: tuple) -> None:
+    # With a heavy prior and a single small step, the ranker orders every user's candidates nearly as their share
+    # of the last 14 days does; without the prior, far from it.
+    inputs = _with_recent_shares(slice_inputs[0], np.random.default_rng(0))
+    train, valid, _ = tasks
+    config = CONFIG.model_copy(update={"cold_share": 0.0, "n_estimators": 1, "learning_rate": 1e-4})
+    task = RankingTask(np.arange(20), train.pool)
+    agreement = {}
+    for weight in (5.0, 0.0):
+        ranker = LightGBMRanker(config.model_copy(update={"prior_weight": weight})).fit(inputs, train, valid)
+        users, items, scores = ranker.score_task(inputs, task)
+        share = inputs.time.recent[items, 1]
+        agreement[weight] = np.mean([spearmanr(scores[users == u], share[users == u])[0] for u in np.unique(users)])
+    assert agreement[5.0] > 0.9 and agreement[0.0] < 0.5, agreement
+
+
+def test_a_version_trained_on_other_features_refuses_to_load(fitted: LightGBMRanker, tmp_path: Path) -> None:
+    directory = fitted.save(tmp_path / "model")
+    metadata = json.loads((directory / "metadata.json").read_text())
+    metadata["features"] = metadata["features"][:-1]  # as saved before a feature was added
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match="retrain"):
+        LightGBMRanker.load(directory)
 
 
 @pytest.fixture(scope="module")

@@ -85,3 +85,27 @@ def test_recent_popularity_is_a_candidate_source_in_the_warm_view() -> None:
     np.testing.assert_allclose(warm["recent_week"], [[1000, 0, 0, 0], [1000, 0, 0, 0]])  # and of the last 7
     assert "recent" not in timed.source_scores(users, pool, as_cold=True)  # a cold item has no history
     assert "recent" not in inputs.source_scores(users, pool, as_cold=False)
+
+
+def test_release_age_is_read_for_cold_items_too_and_unknown_is_missing() -> None:
+    inputs = tiny_inputs()  # items 0, 1 warm, 2, 3 cold
+    history = log([("0", "0", 20), ("1", "1", 2)])
+    released = pl.Series([NOW - timedelta(days=400), None, NOW - timedelta(days=30), NOW + timedelta(days=2)])
+    time = time_features(history, pl.Series(["0", "1"]), pl.Series(["0", "1", "2", "3"]), now=NOW, released=released)
+    np.testing.assert_allclose(time.release_age_days, [400, np.nan, 30, -2])
+    out = pair_features(
+        dataclasses.replace(inputs, time=time), np.array([0, 0, 0]), np.array([0, 1, 2]), np.ones(3, bool)
+    )
+    # A release is what a new item has before anyone rates it: the cold view keeps it (LightGBM reads NaN as missing).
+    np.testing.assert_allclose(out[:, F["release_age"]], [400, np.nan, 30])
+    with pytest.raises(ValueError, match="one per item"):
+        time_features(history, pl.Series(["0", "1"]), pl.Series(["0", "1", "2", "3"]), now=NOW, released=released[:2])
+
+
+def test_items_and_users_added_later_have_no_log_but_their_release() -> None:
+    history = log([("u0", "a", 3)])
+    time = time_features(history, pl.Series(["u0"]), pl.Series(["a"]), now=NOW)
+    grown = time.with_items(pl.Series([NOW - timedelta(days=10), None])).with_users(2)
+    assert grown.recent.shape == (3, 3) and not grown.recent[1:].any() and grown.age_days.tolist() == [3, 0, 0]
+    np.testing.assert_allclose(grown.release_age_days, [np.nan, 10, np.nan])
+    assert grown.user_recent.tolist() == [1, 0, 0] and grown.now == NOW

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,9 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from catalog import DataError
+from catalog import Columns, DataError
 from ranker.features import RankerInputs
+from ranker.temporal import time_features
 from serving import SERVING_ARRAYS, SERVING_MANIFEST, load_serving_inputs, save_serving_inputs
 
 
@@ -48,6 +51,22 @@ def test_round_trip_restores_every_array_and_the_ids(tmp_path: Path, with_sparse
         assert (before is None) == (after is None)
         if before is not None:
             np.testing.assert_allclose(after.toarray(), before.toarray(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_time_ordered_logs_recency_arrays_are_saved_with_the_version(tmp_path: Path) -> None:
+    # The ranker trained on them: a version served without them would score with those features at zero.
+    inputs = _inputs(np.random.default_rng(0), with_sparse=False)
+    now = datetime(1998, 3, 7, 2, 21, 12, 345678, tzinfo=UTC)
+    log = pl.DataFrame(
+        {Columns.user: ["u1", "u3"], Columns.item: ["i1", "i2"], Columns.ts: [now - timedelta(days=2)] * 2}
+    )
+    released = pl.Series([now - timedelta(days=900), None, now, None], dtype=pl.Datetime("us", "UTC"))
+    timed = dataclasses.replace(inputs, time=time_features(log, USERS, ITEMS, now=now, released=released))
+    save_serving_inputs(tmp_path, timed, USERS, ITEMS)
+    loaded = load_serving_inputs(tmp_path).inputs.time
+    assert loaded is not None and loaded.now == now
+    for name in ("recent", "age_days", "user_recent", "release_age_days"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(timed.time, name))
 
 
 def test_a_version_without_serving_inputs_says_how_to_get_them(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from catalog import Columns, Tables, Workspace
 from flows.cli import app as cli
-from serving import API_KEY_HEADER, STATED_TEXT, SYNTHETIC_WARMED, Recommender, create_app
+from serving import API_KEY_HEADER, CONTENT_STANDIN, STATED_TEXT, Recommender, create_app
 
 KEY = "test-key-4f1c"
 NEW_ITEM = {
@@ -135,7 +135,7 @@ def test_an_item_posted_is_served_at_once_and_stored(client: httpx.Client, works
     # Stored through the items contract: a fresh load of the workspace serves it to users too.
     recommender = Recommender.load(workspace, cache_dir=cache_dir)
     audience = recommender.users_for_item("new-1", k=5)
-    assert audience.height == 5 and set(audience["source"]) == {SYNTHETIC_WARMED}
+    assert audience.height == 5 and set(audience["source"]) == {CONTENT_STANDIN}  # a timed log warms judged items only
     everything = recommender.recommend(recommender.user_ids, k=recommender.inputs.n_items)
     assert everything.filter(pl.col(Columns.item) == "new-1").height > 0
     # A second post of the same id is refused and stores nothing twice.
