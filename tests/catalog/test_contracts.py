@@ -110,6 +110,16 @@ def test_unparseable_timestamps_name_the_rows(tmp_path: Path, items_csv: Path) -
         load_files(inter, items_csv)
 
 
+def test_release_times_may_predate_logs_but_not_the_implausible(tmp_path: Path) -> None:
+    inter = write(tmp_path / "inter.csv", "user_id,item_id\nu1,i1\n")
+    items = write(tmp_path / "items.csv", "item_id,title,released\ni1,Metropolis,1927-01-10\ni2,New,\n")
+    released = dict(load_files(inter, items).items.select(Columns.item, Columns.released).iter_rows())
+    assert released["i1"].year == 1927 and released["i2"] is None
+    write(items, "item_id,title,released\ni1,Metropolis,1027-01-10\n")
+    with pytest.raises(DataError, match=r"column 'released' has 1 implausible timestamp\(s\) outside 1800-01-01"):
+        load_files(inter, items)
+
+
 def test_non_utf8_text_names_the_line(tmp_path: Path) -> None:
     items = write(tmp_path / "items.csv", "item_id,title\ni1,Alpha\ni2,Caf\xe9 Society\n".encode("latin-1"))
     inter = write(tmp_path / "inter.csv", "user_id,item_id\nu1,i1\n")

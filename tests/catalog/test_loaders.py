@@ -33,6 +33,9 @@ def test_movielens_100k_is_complete(ml100k: Dataset) -> None:
     toy_story = ml100k.items.filter(pl.col(Columns.item) == "1").row(0, named=True)
     assert toy_story[Columns.title] == "Toy Story"
     assert toy_story[Columns.categories] == ["Animation", "Children's", "Comedy"]
+    assert toy_story[Columns.released].year == 1995  # from the release year: what a film has before its first rating
+    snow_white = ml100k.items.filter(pl.col(Columns.item) == "99").row(0, named=True)
+    assert snow_white[Columns.released].year == 1937  # release times may predate any log
     assert all(report.duplicates_collapsed == 0 for report in ml100k.reports.values())
 
 
