@@ -1,18 +1,25 @@
 """Speed of the local LLM backend (SmolLM2-135M-Instruct, CPU) per precision: generated tokens/s against batch
 size, judged pairs/s with and without prefix reuse, and how far each precision's outputs are from fp32's.
 
-    .venv/bin/python benchmarks/augment_speed.py [--precisions fp32,bf16] [--threads 2] [--repeat 3] [--json OUT]
+    .venv/bin/python benchmarks/augment_speed.py [--precisions fp32,bf16,ct2-int8] [--threads 2] [--repeat 3]
+        [--json OUT]
 
 Prompts are built from CiteULike-a titles: descriptions of the first titles; judge pairs of `--users` users
 (their first `--history` saved titles) times `--items-per-user` cold items. Each configuration runs `--repeat`
 times after one warm-up call; medians of wall and process CPU seconds are reported with the one-minute load
 average before and after, since the machine is shared. The first precision is the reference: each other
 one reports its largest |P(yes) difference| and how many greedy texts differ from the reference's.
+
+A precision `ct2-TYPE` runs the same checkpoint in CTranslate2 (`pip install ctranslate2`; not a project
+dependency) with compute type TYPE (float32, int8_float32, int8; this CPU build has no bfloat16), converted once
+under CACHE/llm/ct2-HASH (HASH of the checkpoint's files). It is measured here only, not offered as a backend:
+see docs/benchmarks.md (issue 15) for why.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -30,8 +37,11 @@ from _report import write_report  # noqa: E402
 
 from augment import (  # noqa: E402
     ITEM_DESCRIPTION,
+    Generation,
     LocalBackend,
+    Messages,
     OutputRules,
+    convert_smollm2,
     item_description_messages,
     judge_messages,
     rejection_reason,
@@ -42,10 +52,13 @@ from catalog import Columns, load_citeulike  # noqa: E402
 DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
 
 
-def timed(function: Any, repeat: int = 1) -> tuple[Any, float, float]:
-    """(last result, median wall seconds, median process CPU seconds) over `repeat` runs."""
+def timed(function: Any, repeat: int = 1, setup: Any = None) -> tuple[Any, float, float]:
+    """(last result, median wall seconds, median process CPU seconds) over `repeat` runs, each after `setup`
+    (untimed) when given."""
     walls, cpus = [], []
     for _ in range(repeat):
+        if setup is not None:
+            setup()
         wall, cpu = time.perf_counter(), time.process_time()
         result = function()
         walls.append(time.perf_counter() - wall)
@@ -82,6 +95,110 @@ def lengths(backend: LocalBackend, titles: list[str], precision: str, longest: i
     }
 
 
+def ct2_checkpoint(cache: Path) -> Path:
+    """The converted fp32 checkpoint as a CTranslate2 model (float32 weights, so every compute type can load it),
+    converted once under CACHE/llm/ct2-HASH, HASH of the checkpoint's file names and contents."""
+    from ctranslate2.converters import TransformersConverter
+
+    source = convert_smollm2(cache)
+    digest = hashlib.sha256()
+    for file in sorted(source.iterdir()):
+        digest.update(file.name.encode())
+        with file.open("rb") as handle:
+            while chunk := handle.read(1 << 24):
+                digest.update(chunk)
+    target = Path(cache) / "llm" / f"ct2-{source.name}-{digest.hexdigest()[:16]}"
+    if not (target / "model.bin").is_file():
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        TransformersConverter(str(source), low_cpu_mem_usage=True).convert(str(temporary), force=True)
+        os.replace(temporary, target)
+    return target
+
+
+class Ct2Runner:
+    """SmolLM2 in CTranslate2 behind the calls this benchmark makes of LocalBackend (generate, yes_probability).
+
+    Judge: each prompt's next-token logits come from `generate_batch(max_length=1, return_logits_vocab=True)`
+    over a static prompt (CTranslate2's prefix cache, kept between calls): the common prefix, or a user's
+    history when `reuse_prefix` (the groups of LocalBackend's plan); every candidate runs alone, since in a batch
+    of unequal lengths CTranslate2 feeds the tokens past the shortest one through its decoding loop and the first
+    returned logits are then not the answer's (measured: P(yes) off by 0.47). Generation: batches of prompts fed
+    at once (`include_prompt_in_result=False`); its repetition penalty then covers generated tokens only, where
+    transformers' also covers the prompt, so greedy texts differ from LocalBackend's by that alone.
+    """
+
+    def __init__(self, cache: Path, compute_type: str, *, threads: int, repetition_penalty: float = 1.1) -> None:
+        import ctranslate2
+
+        reference = LocalBackend.smollm2(cache, threads=threads)  # tokenizer, answer tokens and the plan
+        self.tokenizer = reference.tokenizer
+        self._reference = reference
+        self._yes_ids, self._no_ids = reference._yes_ids, reference._no_ids
+        self._load = lambda: ctranslate2.Generator(
+            str(ct2_checkpoint(cache)), device="cpu", compute_type=compute_type, inter_threads=1, intra_threads=threads
+        )
+        self.generator = self._load()
+        self.batch_size = 16
+        self.reuse_prefix = True
+        self.repetition_penalty = repetition_penalty
+        self.prompt_tokens = 0
+
+    def reset(self) -> None:
+        """A fresh generator: CTranslate2 keeps every static prompt's cache between calls, so a judged call after
+        another with the same users would skip their histories (LocalBackend computes them in every call)."""
+        self.generator = self._load()
+
+    def _tokens(self, row: list[int]) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(row)
+
+    def generate(self, prompts: list[Messages], *, max_new_tokens: int) -> list[Generation]:
+        rows = [self._reference._render(prompt) for prompt in prompts]
+        results = self.generator.generate_batch(
+            [self._tokens(row) for row in rows],
+            max_batch_size=self.batch_size,
+            max_length=max_new_tokens,
+            include_prompt_in_result=False,
+            repetition_penalty=self.repetition_penalty,
+            end_token=self.tokenizer.eos_token,
+            return_end_token=True,
+        )
+        return [
+            Generation(
+                text=self.tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True), tokens=len(r.sequences_ids[0])
+            )
+            for r in results
+        ]
+
+    def yes_probability(self, prompts: list[Messages]) -> np.ndarray:
+        rows = [self._reference._render(prompt) for prompt in prompts]
+        self._reference.reuse_prefix = self.reuse_prefix
+        common, groups = self._reference._plan(rows)
+        margins = np.zeros(len(rows))
+        self.prompt_tokens += common if self.reuse_prefix else 0
+        for shared, members in groups:
+            # (an unplanned prompt still runs after the first token, which every chat template shares)
+            start = shared if self.reuse_prefix else 1
+            for member in members:
+                row = rows[member]
+                result = self.generator.generate_batch(
+                    [self._tokens(row[start:])],
+                    static_prompt=self._tokens(row[:start]),
+                    max_length=1,
+                    include_prompt_in_result=False,
+                    return_logits_vocab=True,
+                )[0]
+                logits = np.asarray(result.logits[0], dtype=np.float64).reshape(-1)
+                margins[member] = _logsumexp(logits[self._yes_ids]) - _logsumexp(logits[self._no_ids])
+                self.prompt_tokens += len(row) - start if self.reuse_prefix else len(row)
+            self.prompt_tokens += (shared - common) if self.reuse_prefix and len(members) > 1 else 0
+        return 1.0 / (1.0 + np.exp(-margins))
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    top = float(values.max())
+    return top + float(np.log(np.exp(values - top).sum()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -96,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3, help="runs per configuration (medians reported)")
     parser.add_argument("--only", choices=("generate", "judge"), default=None, help="run one half only")
+    parser.add_argument("--no-plain", action="store_true", help="skip the judge's plain batches (slow)")
     parser.add_argument(
         "--lengths",
         type=int,
@@ -135,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
 
     for precision in args.precisions.split(","):
         options = {} if precision == "fp32" else {"precision": precision}  # (runs on older backends too)
-        backend = LocalBackend.smollm2(args.cache, threads=args.threads, **options)
+        backend: Any
+        if precision.startswith("ct2-"):
+            backend = Ct2Runner(args.cache, precision.removeprefix("ct2-"), threads=args.threads)
+        else:
+            backend = LocalBackend.smollm2(args.cache, threads=args.threads, **options)
 
         # --- generation: tokens/s against batch size; greedy text against the reference precision ----------
         backend.generate([item_description_messages(titles[0])], max_new_tokens=4)  # warm-up
@@ -179,10 +301,14 @@ def main(argv: list[str] | None = None) -> int:
             ("judge, prefix reuse (grouped by user)", True, np.arange(len(pairs))),
             ("judge, prefix reuse (shuffled)", True, shuffle),
         ):
+            if args.no_plain and not reuse:
+                continue
             backend.reuse_prefix = reuse
             ordered = [pairs[i] for i in order]
             before, load_before = backend.prompt_tokens, load()
-            scores, wall, cpu = timed(lambda o=ordered, b=backend: b.yes_probability(o), args.repeat)
+            scores, wall, cpu = timed(
+                lambda o=ordered, b=backend: b.yes_probability(o), args.repeat, getattr(backend, "reset", None)
+            )
             scores = scores[np.argsort(order)]
             reference_scores = scores if reference_scores is None else reference_scores
             report(
