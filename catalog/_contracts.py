@@ -46,17 +46,15 @@ _CONTROL_TEXT = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 # Plausible times: from the Unix epoch to a year from now. Beyond is a unit error (milliseconds read as
 # seconds land in year 56000) or a placeholder (9999-12-31), not an event.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_AHEAD = timedelta(days=366)
+_ISO_AWARE = ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z")
+_ISO_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")
 # Columns whose plausible times start earlier: films and books came out long before any log began.
 _EARLIEST_BY_COLUMN = {C.released: datetime(1800, 1, 1, tzinfo=UTC)}
 
 
 def _earliest(column: str) -> datetime:
     return _EARLIEST_BY_COLUMN.get(column, EARLIEST)
-
-
-LATEST_AHEAD = timedelta(days=366)
-_ISO_AWARE = ("%Y-%m-%dT%H:%M:%S%.f%:z", "%Y-%m-%dT%H:%M%:z")
-_ISO_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")
 
 
 @dataclass(frozen=True)

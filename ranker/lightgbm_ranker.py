@@ -49,8 +49,8 @@ class LightGBMRankerConfig(BaseModel):
         0,
         ge=0,
         description="Places of the scorer's top eval_k kept for the best-scored cold items (items without a "
-        "training interaction) where the model ranked fewer there. 0: on MovieLens-100K's validation window 1 or 2 "
-        "places added no cold recall (benchmarks/ml100k_temporal.py).",
+        "training interaction) where the model ranked fewer there. Chosen per data set on validation: CiteULike's "
+        "calibration split (flows.pipeline.choose_cold_slots), MovieLens-100K's validation window (TimedChoices).",
     )
     prior_weight: float = Field(
         0.0,
