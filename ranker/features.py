@@ -9,6 +9,7 @@ warm items through the cold view too (DropoutNet's idea), so the ranker learns w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,6 +50,13 @@ def _normalise_rows(matrix: np.ndarray) -> np.ndarray:
 def _normalise_sparse_rows(matrix: sp.csr_array) -> sp.csr_array:
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
     return sp.csr_array(sp.diags_array(1.0 / np.maximum(norms, 1e-12)) @ matrix)
+
+
+@dataclass(frozen=True)
+class _CatalogArrays:
+    views: dict[bool, np.ndarray]  # item_view of every item, warm (False) and as cold (True)
+    tfidf_t: sp.csr_array | None
+    log_popularity: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,17 +133,36 @@ class RankerInputs:
         as_cold = as_cold | self.is_cold[items]
         return np.where(as_cold[:, None], self.item_standin[items], self.item_cf[items])
 
+    def is_full(self, pool: np.ndarray) -> bool:
+        """Whether `pool` is every item in index order (serving's pool): then the per-item arrays below, computed
+        once per inputs, stand for the pool's rows, with the very same values."""
+        return pool.size == self.n_items and bool(np.array_equal(pool, np.arange(self.n_items)))
+
+    @cached_property
+    def _catalog(self) -> _CatalogArrays:
+        """Per-item arrays of the whole catalog that source_scores would otherwise build on every call."""
+        everything = np.arange(self.n_items)
+        return _CatalogArrays(
+            views={cold: self.item_view(everything, np.full(everything.size, cold)) for cold in (False, True)},
+            # What `tfidf[pool].T` becomes in a product with a CSR matrix: scipy converts it to CSR.
+            tfidf_t=sp.csr_array(self.tfidf.T) if self.tfidf is not None else None,
+            log_popularity=np.log1p(self.popularity),
+        )
+
     def source_scores(self, users: np.ndarray, pool: np.ndarray, as_cold: bool) -> dict[str, np.ndarray]:
         """Dense (users x pool) scores of each candidate source."""
-        view = self.item_view(pool, np.full(pool.size, as_cold))
+        full = self.is_full(pool)
+        view = self._catalog.views[as_cold] if full else self.item_view(pool, np.full(pool.size, as_cold))
         scores = {
             "cf": self.user_cf[users] @ view.T,
-            "text": self.text_profiles[users] @ self.text[pool].T,
+            "text": self.text_profiles[users] @ (self.text if full else self.text[pool]).T,
         }
         if self.tfidf is not None and self.tfidf_profiles is not None:
-            scores["tfidf"] = (self.tfidf_profiles[users] @ self.tfidf[pool].T).toarray()
+            columns = self._catalog.tfidf_t if full else self.tfidf[pool].T
+            scores["tfidf"] = (self.tfidf_profiles[users] @ columns).toarray()
         if not as_cold:
-            scores["popularity"] = np.broadcast_to(np.log1p(self.popularity[pool]), (users.size, pool.size))
+            log_popularity = self._catalog.log_popularity if full else np.log1p(self.popularity[pool])
+            scores["popularity"] = np.broadcast_to(log_popularity, (users.size, pool.size))
             if self.time is not None:
                 # What the population rates now: the candidates a user without history is best served by.
                 scores["recent"] = np.broadcast_to(self.time.recent[pool, -1], (users.size, pool.size))
@@ -164,6 +191,11 @@ def _top_columns(scores: np.ndarray, n: int) -> np.ndarray:
     return mask & np.isfinite(scores)
 
 
+def _pool_columns(rows: sp.csr_array, pool: np.ndarray, full: bool) -> sp.csr_array:
+    """`rows[:, pool]`; the rows themselves when the pool is every item (column indexing copies them slowly)."""
+    return rows if full else rows[:, pool]
+
+
 def generate_candidates(
     inputs: RankerInputs,
     users: np.ndarray,
@@ -180,11 +212,12 @@ def generate_candidates(
     candidate pairs, grouped by user in the order of `users`.
     """
     pair_users, pair_items = [], []
+    full = inputs.is_full(pool)
     for start in range(0, users.size, batch_size):
         batch = users[start : start + batch_size]
-        known = inputs.history[batch][:, pool].toarray() > 0
+        known = _pool_columns(inputs.history[batch], pool, full).toarray() > 0
         if exclude is not None:
-            known |= exclude[batch][:, pool].toarray() > 0
+            known |= _pool_columns(exclude[batch], pool, full).toarray() > 0
         chosen = np.zeros((batch.size, pool.size), dtype=bool)
         for as_cold in views:
             for scores in inputs.source_scores(batch, pool, as_cold).values():
