@@ -372,7 +372,7 @@ class Recommender:
         for start in range(0, users.size, block):
             chunk = users[start : start + block]
             matrix = score(chunk, pool)
-            rows, items = top_k(matrix, pool, k)
+            rows, items = _top_k_of_candidates(matrix, pool, k)
             ranks = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") + 1
             parts.append((chunk[rows], items, ranks, matrix[rows, items]))
         if not parts:
@@ -515,6 +515,18 @@ class Recommender:
             Columns.title,
             USER_SEGMENT,
         )
+
+
+def _top_k_of_candidates(scores: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`ranker.base.top_k` (rows' top k, equal scores to the lower item, never -inf, inf or NaN) for a score matrix
+    that is -inf outside a few candidates per row: only the finite entries are sorted, not every item."""
+    rows, columns = np.nonzero(~np.isnan(scores) & (scores != -np.inf))
+    values = scores[rows, columns]
+    order = np.lexsort((pool[columns], -values, rows))
+    rows, columns, values = rows[order], columns[order], values[order]
+    # As top_k: an inf takes a place among the first k, then is dropped with the rest that is not finite.
+    keep = (np.arange(rows.size) - np.searchsorted(rows, rows, side="left") < k) & np.isfinite(values)
+    return rows[keep], pool[columns[keep]]
 
 
 def _rows(ids: pl.Series) -> dict[str, int]:
