@@ -130,8 +130,11 @@ class RankerInputs:
 
     def item_view(self, items: np.ndarray, as_cold: np.ndarray) -> np.ndarray:
         """Collaborative vectors of items as seen by the ranker: stand-ins where cold (or presented as cold)."""
-        as_cold = as_cold | self.is_cold[items]
-        return np.where(as_cold[:, None], self.item_standin[items], self.item_cf[items])
+        as_cold = np.flatnonzero(as_cold | self.is_cold[items])
+        # np.where(as_cold, stand-ins, item_cf) without gathering both tables for every item (half the time).
+        view = self.item_cf[items].astype(np.result_type(self.item_standin, self.item_cf), copy=False)
+        view[as_cold] = self.item_standin[items[as_cold]]
+        return view
 
     def is_full(self, pool: np.ndarray) -> bool:
         """Whether `pool` is every item in index order (serving's pool): then the per-item arrays below, computed

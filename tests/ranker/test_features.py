@@ -119,3 +119,12 @@ def test_the_whole_catalog_scores_as_any_pool_of_its_items(as_cold: bool) -> Non
         for pool in (everything, shuffled)
     ]
     assert pairs[0] == pairs[1]
+
+
+def test_item_view_is_the_stand_in_where_cold_and_the_id_embedding_elsewhere() -> None:
+    inputs = random_inputs()
+    rng = np.random.default_rng(3)
+    items, as_cold = rng.integers(0, inputs.n_items, 500), rng.random(500) < 0.3
+    shown_cold = as_cold | inputs.is_cold[items]
+    expected = np.where(shown_cold[:, None], inputs.item_standin[items], inputs.item_cf[items])
+    np.testing.assert_array_equal(inputs.item_view(items, as_cold), expected)
