@@ -270,10 +270,57 @@ def pair_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, as
         # Rank of the item among this user's candidates by text profile similarity (0 = best).
         profile = out[start:end, column["text_profile"]]
         out[start:end, column["text_rank"]] = np.argsort(np.argsort(-profile)) / max(end - start, 1)
-        if inputs.tfidf is not None:
-            tf = (inputs.tfidf[history] @ inputs.tfidf[targets].T).toarray()
-            out[start:end, column["tfidf_max"]] = tf.max(axis=0)
+    if inputs.tfidf is not None:
+        out[:, column["tfidf_max"]] = _tfidf_max(inputs.tfidf, inputs.history, users, items, starts, ends)
     if inputs.tfidf is not None and inputs.tfidf_profiles is not None:
         pairs = inputs.tfidf_profiles[users].multiply(inputs.tfidf[items])
         out[:, column["tfidf_profile"]] = np.asarray(pairs.sum(axis=1)).ravel()
     return out
+
+
+def _tfidf_max(
+    tfidf: sp.csr_array,
+    history: sp.csr_array,
+    users: np.ndarray,
+    items: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    chunk_columns: int = 4_000_000,
+) -> np.ndarray:
+    """Per pair (grouped by user: group g is pairs starts[g]:ends[g]): the item's largest TF-IDF product with one of
+    the user's history items, 0 without history. What `(tfidf[history] @ tfidf[targets].T).toarray().max(axis=0)`
+    gives user by user, for many users per scipy call: about `chunk_columns` / terms users at a time."""
+    best = np.zeros(items.size, dtype=tfidf.dtype)
+    per_chunk = max(1, chunk_columns // max(tfidf.shape[1], 1))
+    for first in range(0, starts.size, per_chunk):
+        begin, stop = starts[first : first + per_chunk], ends[first : first + per_chunk]
+        pairs = slice(begin[0], stop[-1])
+        best[pairs] = _tfidf_max_of_groups(tfidf, history, users[begin], items[pairs], stop - begin)
+    return best
+
+
+def _tfidf_max_of_groups(
+    tfidf: sp.csr_array, history: sp.csr_array, group_users: np.ndarray, items: np.ndarray, sizes: np.ndarray
+) -> np.ndarray:
+    """`_tfidf_max` for consecutive groups, in one product of block-diagonal matrices: group g's history rows and
+    candidate rows use the terms' columns of block g, so the product holds only pairs of one group, and each entry
+    is the very sum the user's own product computes (scipy's CSR product adds a row's terms in stored order)."""
+    n_terms, groups = tfidf.shape[1], np.arange(group_users.size)
+    histories = history[group_users]
+    lengths = np.diff(histories.indptr)
+    left = _in_blocks(tfidf[histories.indices], np.repeat(groups, lengths), n_terms, groups.size)
+    right = _in_blocks(tfidf[items], np.repeat(groups, sizes), n_terms, groups.size)
+    product = sp.csc_array(left @ right.T)  # (history rows x pairs); absent entries are 0
+    stored = np.diff(product.indptr)
+    best = np.zeros(items.size, dtype=product.dtype)
+    has = stored > 0
+    if has.any():
+        best[has] = np.maximum.reduceat(product.data, product.indptr[:-1][has])
+    # A pair with fewer stored products than the user has history items also has a 0 among them.
+    return np.where(stored < np.repeat(lengths, sizes), np.maximum(best, 0), best)
+
+
+def _in_blocks(matrix: sp.csr_array, block_of_row: np.ndarray, width: int, blocks: int) -> sp.csr_array:
+    """`matrix` (width columns) with row r moved to the columns of block `block_of_row[r]` of `blocks`."""
+    offsets = np.repeat(block_of_row.astype(np.int64) * width, np.diff(matrix.indptr))
+    return sp.csr_array((matrix.data, matrix.indices + offsets, matrix.indptr), shape=(matrix.shape[0], width * blocks))

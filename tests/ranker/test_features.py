@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ranker.features import FEATURE_NAMES, RankerInputs, generate_candidates, pair_features
+from ranker.features import FEATURE_NAMES, RankerInputs, _tfidf_max, generate_candidates, pair_features
 
 F = {name: j for j, name in enumerate(FEATURE_NAMES)}
 
@@ -128,3 +128,29 @@ def test_item_view_is_the_stand_in_where_cold_and_the_id_embedding_elsewhere() -
     shown_cold = as_cold | inputs.is_cold[items]
     expected = np.where(shown_cold[:, None], inputs.item_standin[items], inputs.item_cf[items])
     np.testing.assert_array_equal(inputs.item_view(items, as_cold), expected)
+
+
+def test_tfidf_max_of_all_users_at_once_is_each_users_own_product() -> None:
+    inputs = random_inputs(n_users=40)
+    rng = np.random.default_rng(4)
+    # Unsorted term indices within rows, as a fitted vectoriser may leave them.
+    tfidf = sp.csr_array(inputs.tfidf)
+    for row in range(tfidf.shape[0]):
+        span = slice(tfidf.indptr[row], tfidf.indptr[row + 1])
+        order = rng.permutation(span.stop - span.start)
+        tfidf.indices[span], tfidf.data[span] = tfidf.indices[span][order], tfidf.data[span][order]
+    history = sp.csr_array(inputs.history.multiply((np.arange(inputs.n_users) != 5)[:, None]))  # 5: no history
+    history.eliminate_zeros()
+    users = np.repeat(rng.permutation(inputs.n_users)[:25], rng.integers(1, 30, 25))
+    users = np.r_[users, users[:7]]  # a user again, later: a group of its own
+    items = rng.integers(0, inputs.n_items, users.size)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], users.size]
+    expected = np.zeros(users.size, dtype=np.float32)
+    for start, end in zip(starts, ends, strict=True):
+        seen = history.indices[history.indptr[users[start]] : history.indptr[users[start] + 1]]
+        if seen.size:
+            expected[start:end] = (tfidf[seen] @ tfidf[items[start:end]].T).toarray().max(axis=0)
+    for chunk_columns in (1, 100, 4_000_000):  # one user, a few, all per product
+        got = _tfidf_max(tfidf, history, users, items, starts, ends, chunk_columns=chunk_columns)
+        np.testing.assert_array_equal(got, expected)
