@@ -12,12 +12,13 @@ breaks a data contract 422 (FastAPI's own body and query checks too), a bad opti
 the X-API-Key header (401 otherwise). Settings are the caller's business: this module reads none.
 
 Given a `follow` function (`warmstart api` passes `serving.WorkspaceFollower.update`), the app follows its
-workspace while it runs: items and users added by the CLI, and a newly promoted version, are served from the first
-request at least `follow_every` seconds after the last check (1 s by default).
+workspace while it runs: a request at least `follow_every` seconds (1 s by default) after the last check starts
+it in a thread, and items and users added by the CLI, or a newly promoted version, are served once it is done.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 import time
@@ -41,6 +42,8 @@ from catalog import (
     redact,
 )
 from serving._recommender import Recommender
+
+_log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
 MAX_K = 1_000
@@ -97,8 +100,8 @@ class NewItems(_Strict):
 class _Live:
     """The recommender being served. Readers take `get()` once per request; writers swap `current` under the lock,
     so a request sees one consistent version of the catalog. With `follow`, a request at least `every` seconds
-    after the last check asks it for an up-to-date recommender first (under the lock, not waiting for it: a
-    request that finds another one updating is answered by the current recommender)."""
+    after the last check starts a thread that asks it for an up-to-date recommender and swaps it in; the request
+    itself, and every request until the swap, is answered by the current recommender, so none waits for a load."""
 
     def __init__(self, recommender: Recommender, follow: Follow | None = None, every: float = 1.0) -> None:
         self.current = recommender
@@ -109,14 +112,20 @@ class _Live:
 
     def get(self) -> Recommender:
         if self.follow is not None and time.monotonic() >= self._next_check and self.lock.acquire(blocking=False):
-            try:
-                updated = self.follow(self.current)
-                if updated is not None:
-                    self.current = updated
-            finally:
-                self._next_check = time.monotonic() + self.every
-                self.lock.release()
+            threading.Thread(target=self._update, args=(self.follow,), name="warmstart-follow", daemon=True).start()
         return self.current
+
+    def _update(self, follow: Follow) -> None:
+        """In its own thread, holding the lock `get` took (a writer waits for it, then extends the new catalog)."""
+        try:
+            updated = follow(self.current)
+            if updated is not None:
+                self.current = updated
+        except Exception:  # a thread's failure would otherwise only print; the server goes on serving
+            _log.exception("could not follow the workspace; still serving %s", self.current.version)
+        finally:
+            self._next_check = time.monotonic() + self.every
+            self.lock.release()
 
 
 def _answer(recommender: Recommender, frame: pl.DataFrame) -> dict[str, Any]:
@@ -158,8 +167,8 @@ def create_app(
     """The HTTP API over `recommender`. With `api_key`, every endpoint but /health requires it (X-API-Key).
     `store_items(items)` persists items added through POST /items before they are served; without it the
     endpoint is not offered (items added only in memory would vanish at the next start). `follow` (e.g.
-    `WorkspaceFollower.update`) is asked at most every `follow_every` seconds, by a request, whether the
-    workspace changed: items and users added, a version promoted."""
+    `WorkspaceFollower.update`) is asked at most every `follow_every` seconds, in a thread a request starts,
+    whether the workspace changed: items and users added, a version promoted."""
     live = _Live(recommender, follow, follow_every)
     app = FastAPI(
         title="warmstart",
