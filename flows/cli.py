@@ -993,14 +993,18 @@ def api(
     ] = None,
     version: Annotated[str | None, typer.Option(help="Model version \\[default: the promoted one].")] = None,
     ranker: ServeRankerOption = None,
+    follow_every: Annotated[
+        float, typer.Option(min=0, help="Seconds between checks for items, users and versions the CLI adds.")
+    ] = 1.0,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Serve recommendations over HTTP (FastAPI under uvicorn) from the promoted version: GET /health, GET and POST
-    /recommend, POST /items (stored in the workspace like `add-items`, served at once). OpenAPI at /docs. Stop with
-    Ctrl-C."""
+    /recommend, POST /items (stored in the workspace like `add-items`, served at once). OpenAPI at /docs. Items and
+    users added by `warmstart add-items` / `add-users` and a newly promoted version are served without a restart
+    (checked at most every --follow-every seconds). Stop with Ctrl-C."""
     import uvicorn
 
-    from serving import API_KEY_HEADER, Recommender, create_app
+    from serving import API_KEY_HEADER, WorkspaceFollower, create_app
 
     settings = _settings()
     key = api_key if api_key is not None else (settings.api_key.get_secret_value() if settings.api_key else None)
@@ -1012,18 +1016,24 @@ def api(
             f"clients must send it in the {API_KEY_HEADER} header, or bind 127.0.0.1."
         )
     space = _workspace(workspace, settings)
-    recommender = Recommender.load(
-        space,
+    follower = WorkspaceFollower(
+        space.root,
         version,
         ranker=ranker.value if ranker else None,
         cache_dir=settings.cache_dir,
         sparse_max=settings.sparse_max,
     )
+    recommender = follower.load()
 
     def store_items(items: pl.DataFrame) -> None:
-        stages.add_items(space, items, new_run_id(), cache_dir=settings.cache_dir, source="api POST /items")
+        # A new Workspace each time: one pins the generation current when first used, and ingest may switch it.
+        stages.add_items(
+            Workspace(space.root), items, new_run_id(), cache_dir=settings.cache_dir, source="api POST /items"
+        )
 
-    server = create_app(recommender, api_key=key, store_items=store_items)
+    server = create_app(
+        recommender, api_key=key, store_items=store_items, follow=follower.update, follow_every=follow_every
+    )
     guarded = f", {API_KEY_HEADER} required" if key else ""
     console.print(f"{recommender.ranker_name} {recommender.version} on http://{host}:{port} (docs at /docs{guarded})")
     uvicorn.run(server, host=host, port=port, log_level="info")

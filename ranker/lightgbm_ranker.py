@@ -217,7 +217,8 @@ class LightGBMRanker(RankerBase):
         def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
             pair_users, pair_items, scores = self.score_task(inputs, RankingTask(users, items, exclude=exclude))
             matrix = np.full((users.size, items.size), -np.inf, dtype=np.float32)
-            matrix[_positions(users, pair_users), _positions(items, pair_items)] = scores
+            columns = pair_items if inputs.is_full(items) else _positions(items, pair_items)
+            matrix[_positions(users, pair_users), columns] = scores
             if slots:
                 # New items arrive all the time in a log, and the booster, trained mostly on known items, ranks
                 # them low: their best few get places (excluded pairs are not candidates, so stay -inf).

@@ -10,12 +10,18 @@ Errors are JSON `{"detail": message}` with the message the CLI would print: an u
 breaks a data contract 422 (FastAPI's own body and query checks too), a bad option 400, an item id already served
 409, a workspace that cannot be read or written 503. With an API key, every endpoint but /health requires it in
 the X-API-Key header (401 otherwise). Settings are the caller's business: this module reads none.
+
+Given a `follow` function (`warmstart api` passes `serving.WorkspaceFollower.update`), the app follows its
+workspace while it runs: a request at least `follow_every` seconds (1 s by default) after the last check starts
+it in a thread, and items and users added by the CLI, or a newly promoted version, are served once it is done.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -37,6 +43,8 @@ from catalog import (
 )
 from serving._recommender import Recommender
 
+_log = logging.getLogger(__name__)
+
 API_KEY_HEADER = "X-API-Key"
 MAX_K = 1_000
 MAX_ITEMS_PER_REQUEST = 10_000
@@ -44,6 +52,8 @@ MAX_TEXT_CHARS = 10_000
 
 # Persists conformed new items (the CLI passes the workspace's `add-items` stage); raises WarmstartError to refuse.
 ItemStore = Callable[[pl.DataFrame], Any]
+# Brings a served recommender up to date with its workspace (None: nothing changed); `WorkspaceFollower.update`.
+Follow = Callable[[Recommender], Recommender | None]
 
 _STATUS = (  # most specific first: UnknownIdError is a DataError
     (UnknownIdError, status.HTTP_404_NOT_FOUND),
@@ -88,12 +98,34 @@ class NewItems(_Strict):
 
 
 class _Live:
-    """The recommender being served. Readers take `current` once per request; writers swap it under the lock,
-    so a request sees one consistent version of the catalog."""
+    """The recommender being served. Readers take `get()` once per request; writers swap `current` under the lock,
+    so a request sees one consistent version of the catalog. With `follow`, a request at least `every` seconds
+    after the last check starts a thread that asks it for an up-to-date recommender and swaps it in; the request
+    itself, and every request until the swap, is answered by the current recommender, so none waits for a load."""
 
-    def __init__(self, recommender: Recommender) -> None:
+    def __init__(self, recommender: Recommender, follow: Follow | None = None, every: float = 1.0) -> None:
         self.current = recommender
         self.lock = threading.Lock()
+        self.follow = follow
+        self.every = every
+        self._next_check = time.monotonic() + every
+
+    def get(self) -> Recommender:
+        if self.follow is not None and time.monotonic() >= self._next_check and self.lock.acquire(blocking=False):
+            threading.Thread(target=self._update, args=(self.follow,), name="warmstart-follow", daemon=True).start()
+        return self.current
+
+    def _update(self, follow: Follow) -> None:
+        """In its own thread, holding the lock `get` took (a writer waits for it, then extends the new catalog)."""
+        try:
+            updated = follow(self.current)
+            if updated is not None:
+                self.current = updated
+        except Exception:  # a thread's failure would otherwise only print; the server goes on serving
+            _log.exception("could not follow the workspace; still serving %s", self.current.version)
+        finally:
+            self._next_check = time.monotonic() + self.every
+            self.lock.release()
 
 
 def _answer(recommender: Recommender, frame: pl.DataFrame) -> dict[str, Any]:
@@ -125,12 +157,19 @@ def _warmstart_error(_: Request, error: Exception) -> JSONResponse:
 
 
 def create_app(
-    recommender: Recommender, *, api_key: str | None = None, store_items: ItemStore | None = None
+    recommender: Recommender,
+    *,
+    api_key: str | None = None,
+    store_items: ItemStore | None = None,
+    follow: Follow | None = None,
+    follow_every: float = 1.0,
 ) -> FastAPI:
     """The HTTP API over `recommender`. With `api_key`, every endpoint but /health requires it (X-API-Key).
     `store_items(items)` persists items added through POST /items before they are served; without it the
-    endpoint is not offered (items added only in memory would vanish at the next start)."""
-    live = _Live(recommender)
+    endpoint is not offered (items added only in memory would vanish at the next start). `follow` (e.g.
+    `WorkspaceFollower.update`) is asked at most every `follow_every` seconds, in a thread a request starts,
+    whether the workspace changed: items and users added, a version promoted."""
+    live = _Live(recommender, follow, follow_every)
     app = FastAPI(
         title="warmstart",
         summary="Recommendations from the promoted model version, for known users, stated interests and new items.",
@@ -142,7 +181,7 @@ def create_app(
 
     @app.get("/health", summary="Model version and counts")
     def health() -> dict[str, Any]:
-        current = live.current
+        current = live.get()
         return {
             "status": "ok",
             "model_version": current.version,
@@ -158,12 +197,12 @@ def create_app(
         k: Annotated[int, Query(ge=1, le=MAX_K, description="Recommendations to return.")] = 20,
         include_seen: Annotated[bool, Query(description="Also items logged since the version.")] = False,
     ) -> dict[str, Any]:
-        current = live.current
+        current = live.get()
         return _answer(current, current.recommend([user_id], k, exclude_seen=not include_seen))
 
     @app.post("/recommend", dependencies=guarded, summary="Top k for stated interests and/or a user")
     def recommend_stated(query: StatedInterests) -> dict[str, Any]:
-        current = live.current
+        current = live.get()
         if query.text is None:
             assert query.user_id is not None  # the model's validator asks for one of the two
             frame = current.recommend([query.user_id], query.k, exclude_seen=not query.include_seen)

@@ -20,7 +20,9 @@ Where a user or item comes from decides how it is served:
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +69,7 @@ RECOMMENDATION_COLUMNS = (
 _EXAMPLES = 5
 
 
-def _unknown(ids: list[str], known: set[str], kind: str, version: str) -> None:
+def _unknown(ids: list[str], known: Container[str], kind: str, version: str) -> None:
     missing = sorted({i for i in ids if i not in known})
     if missing:
         raise UnknownIdError(
@@ -303,27 +305,50 @@ class Recommender:
 
     # ------------------------------------------------------------------------------------------------ lookups
 
+    # Built once per Recommender (each add_items / add_users makes a new one), not on every request.
+    @cached_property
+    def _user_rows(self) -> dict[str, int]:
+        return _rows(self.user_ids)
+
+    @cached_property
+    def _item_rows(self) -> dict[str, int]:
+        return _rows(self.item_ids)
+
+    @cached_property
+    def _head(self) -> np.ndarray:
+        return _head_mask(self.inputs.popularity, 0.8)
+
     def _user_index(self, ids: list[str]) -> np.ndarray:
-        _unknown(ids, set(self.user_ids.to_list()), "user", self.version)
-        return _positions(self.user_ids, ids)
+        _unknown(ids, self._user_rows, "user", self.version)
+        return _positions(self._user_rows, ids)
 
     def _item_index(self, ids: list[str]) -> np.ndarray:
-        _unknown(ids, set(self.item_ids.to_list()), "item", self.version)
-        return _positions(self.item_ids, ids)
+        _unknown(ids, self._item_rows, "item", self.version)
+        return _positions(self._item_rows, ids)
 
     def _item_columns(self, items: np.ndarray) -> dict[str, Any]:
         cold = self.inputs.is_cold[items]
-        head = _head_mask(self.inputs.popularity, 0.8)[items]
+        head = self._head[items]
         segment = np.where(cold, Segments.cold, np.where(head, Segments.head, Segments.tail))
-        ids = self.item_ids.gather(items)
         warmed = self._warmed_mask()[items]
         source = np.where(cold, np.where(warmed, SYNTHETIC_WARMED, CONTENT_STANDIN), ID_EMBEDDING)
+        ids, titles = self._item_labels
         return {
-            Columns.item: ids,
+            Columns.item: pl.Series(Columns.item, ids[items], dtype=pl.String),
             "source": source,
             Columns.segment: segment,
-            Columns.title: [self.titles.get(item, "") for item in ids],
+            Columns.title: pl.Series(Columns.title, titles[items], dtype=pl.String),
         }
+
+    @cached_property
+    def _item_labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids and titles by item row, as object arrays (indexing them is cheaper than a polars gather)."""
+        ids = self.item_ids.to_list()
+        return np.array(ids, dtype=object), np.array([self.titles.get(i, "") for i in ids], dtype=object)
+
+    @cached_property
+    def _user_labels(self) -> np.ndarray:
+        return np.array(self.user_ids.to_list(), dtype=object)
 
     def _warmed_mask(self) -> np.ndarray:
         """Per served item: did synthetic interactions warm it (all False for a version saved without)."""
@@ -350,7 +375,7 @@ class Recommender:
         for start in range(0, users.size, block):
             chunk = users[start : start + block]
             matrix = score(chunk, pool)
-            rows, items = top_k(matrix, pool, k)
+            rows, items = _top_k_of_candidates(matrix, pool, k)
             ranks = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") + 1
             parts.append((chunk[rows], items, ranks, matrix[rows, items]))
         if not parts:
@@ -375,15 +400,16 @@ class Recommender:
         )
 
     def _frame(self, users: np.ndarray, items: np.ndarray, ranks: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
-        return pl.DataFrame(
-            {
-                Columns.user: self.user_ids.gather(users),
-                **self._item_columns(items),
-                Columns.rank: ranks.astype(np.int32),
-                Columns.score: scores.astype(np.float32),
-                USER_SEGMENT: self._user_segments(users),
-            }
-        ).select(*RECOMMENDATION_COLUMNS)
+        item = self._item_columns(items)
+        columns = {
+            Columns.user: pl.Series(Columns.user, self._user_labels[users], dtype=pl.String),
+            Columns.item: item[Columns.item],
+            Columns.rank: ranks.astype(np.int32),
+            Columns.score: scores.astype(np.float32),
+            **{name: item[name] for name in ("source", Columns.segment, Columns.title)},
+            USER_SEGMENT: self._user_segments(users),
+        }
+        return pl.DataFrame(columns)  # in RECOMMENDATION_COLUMNS order
 
     def _because(self, users: np.ndarray, items: np.ndarray, most: int = 2) -> list[list[str]]:
         """For each (user, item): the user's logged items closest to the item in text embedding."""
@@ -494,9 +520,24 @@ class Recommender:
         )
 
 
-def _positions(known: pl.Series, ids: list[str]) -> np.ndarray:
-    lookup = {value: row for row, value in enumerate(known.to_list())}
-    return np.fromiter((lookup[i] for i in ids), dtype=np.int64, count=len(ids))
+def _top_k_of_candidates(scores: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`ranker.base.top_k` (rows' top k, equal scores to the lower item, never -inf, inf or NaN) for a score matrix
+    that is -inf outside a few candidates per row: only the finite entries are sorted, not every item."""
+    rows, columns = np.nonzero(~np.isnan(scores) & (scores != -np.inf))
+    values = scores[rows, columns]
+    order = np.lexsort((pool[columns], -values, rows))
+    rows, columns, values = rows[order], columns[order], values[order]
+    # As top_k: an inf takes a place among the first k, then is dropped with the rest that is not finite.
+    keep = (np.arange(rows.size) - np.searchsorted(rows, rows, side="left") < k) & np.isfinite(values)
+    return rows[keep], pool[columns[keep]]
+
+
+def _rows(ids: pl.Series) -> dict[str, int]:
+    return {value: row for row, value in enumerate(ids.to_list())}
+
+
+def _positions(rows: dict[str, int], ids: list[str]) -> np.ndarray:
+    return np.fromiter((rows[i] for i in ids), dtype=np.int64, count=len(ids))
 
 
 def _matrix(pairs: pl.DataFrame, user_ids: pl.Series, item_ids: pl.Series) -> sp.csr_array:

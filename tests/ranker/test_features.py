@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ranker.features import FEATURE_NAMES, RankerInputs, generate_candidates, pair_features
+from ranker.features import FEATURE_NAMES, RankerInputs, _tfidf_max, generate_candidates, pair_features
 
 F = {name: j for j, name in enumerate(FEATURE_NAMES)}
 
@@ -81,3 +81,76 @@ def test_candidates_take_each_sources_top_n() -> None:
     # Cold view for user 0 (cf (1, 2)): stand-ins give item 2 -> 2, item 3 -> 6, so cf picks 3;
     # text profile (1, 0) gives item 2 -> 0.6, item 3 -> 1.0, so text picks 3 as well.
     assert items.tolist() == [3]
+
+
+def random_inputs(n_users: int = 30, n_items: int = 200, seed: int = 0) -> RankerInputs:
+    """Continuous random arrays (no ties) with TF-IDF; about a third of the items cold."""
+    rng = np.random.default_rng(seed)
+    warm = np.arange(n_items) >= n_items // 3  # the first third of the items cold
+    history = sp.csr_array(sp.random_array((n_users, n_items), density=0.05, rng=rng, format="csr").multiply(warm))
+    popularity = np.asarray((history > 0).sum(axis=0)).ravel().astype(np.float64)
+    return RankerInputs(
+        history=history,
+        text=rng.normal(size=(n_items, 8)).astype(np.float32),
+        user_cf=rng.normal(size=(n_users, 5)).astype(np.float32),
+        item_cf=rng.normal(size=(n_items, 5)).astype(np.float32),
+        item_standin=rng.normal(size=(n_items, 5)).astype(np.float32),
+        popularity=popularity + rng.random(n_items) * (popularity > 0),
+        title_words=rng.integers(1, 9, n_items).astype(np.float32),
+        tfidf=sp.random_array((n_items, 40), density=0.2, rng=rng, format="csr"),
+    )
+
+
+@pytest.mark.parametrize("as_cold", [False, True])
+def test_the_whole_catalog_scores_as_any_pool_of_its_items(as_cold: bool) -> None:
+    # Serving's pool (every item, in order) reads arrays computed once per inputs; another order of the same items
+    # indexes them per call. Same scores, same candidates.
+    inputs = random_inputs()
+    users, everything = np.arange(inputs.n_users), np.arange(inputs.n_items)
+    shuffled = np.random.default_rng(1).permutation(everything)
+    assert inputs.is_full(everything) and not inputs.is_full(shuffled) and not inputs.is_full(everything[:-1])
+    full, mixed = inputs.source_scores(users, everything, as_cold), inputs.source_scores(users, shuffled, as_cold)
+    assert full.keys() == mixed.keys() and "tfidf" in full
+    for source, scores in full.items():
+        np.testing.assert_allclose(scores[:, shuffled], mixed[source], rtol=1e-6, err_msg=source)
+    exclude = sp.random_array((inputs.n_users, inputs.n_items), density=0.05, rng=2, format="csr")
+    pairs = [
+        set(zip(*generate_candidates(inputs, users, pool, per_source=7, exclude=exclude), strict=True))
+        for pool in (everything, shuffled)
+    ]
+    assert pairs[0] == pairs[1]
+
+
+def test_item_view_is_the_stand_in_where_cold_and_the_id_embedding_elsewhere() -> None:
+    inputs = random_inputs()
+    rng = np.random.default_rng(3)
+    items, as_cold = rng.integers(0, inputs.n_items, 500), rng.random(500) < 0.3
+    shown_cold = as_cold | inputs.is_cold[items]
+    expected = np.where(shown_cold[:, None], inputs.item_standin[items], inputs.item_cf[items])
+    np.testing.assert_array_equal(inputs.item_view(items, as_cold), expected)
+
+
+def test_tfidf_max_of_all_users_at_once_is_each_users_own_product() -> None:
+    inputs = random_inputs(n_users=40)
+    rng = np.random.default_rng(4)
+    # Unsorted term indices within rows, as a fitted vectoriser may leave them.
+    tfidf = sp.csr_array(inputs.tfidf)
+    for row in range(tfidf.shape[0]):
+        span = slice(tfidf.indptr[row], tfidf.indptr[row + 1])
+        order = rng.permutation(span.stop - span.start)
+        tfidf.indices[span], tfidf.data[span] = tfidf.indices[span][order], tfidf.data[span][order]
+    history = sp.csr_array(inputs.history.multiply((np.arange(inputs.n_users) != 5)[:, None]))  # 5: no history
+    history.eliminate_zeros()
+    users = np.repeat(rng.permutation(inputs.n_users)[:25], rng.integers(1, 30, 25))
+    users = np.r_[users, users[:7]]  # a user again, later: a group of its own
+    items = rng.integers(0, inputs.n_items, users.size)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    ends = np.r_[starts[1:], users.size]
+    expected = np.zeros(users.size, dtype=np.float32)
+    for start, end in zip(starts, ends, strict=True):
+        seen = history.indices[history.indptr[users[start]] : history.indptr[users[start] + 1]]
+        if seen.size:
+            expected[start:end] = (tfidf[seen] @ tfidf[items[start:end]].T).toarray().max(axis=0)
+    for chunk_columns in (1, 100, 4_000_000):  # one user, a few, all per product
+        got = _tfidf_max(tfidf, history, users, items, starts, ends, chunk_columns=chunk_columns)
+        np.testing.assert_array_equal(got, expected)
