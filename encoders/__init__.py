@@ -12,7 +12,7 @@ from encoders._text import (
     load_text_model,
     text_hash,
 )
-from encoders._warming import WarmingConfig, simulate_users, simulated_interactions, warm_items
+from encoders._warming import WarmingConfig, prepare_warming, simulate_users, simulated_interactions, warm_items
 
 __all__ = [
     "BPRMF",
@@ -28,6 +28,7 @@ __all__ = [
     "encode_texts",
     "item_text",
     "load_text_model",
+    "prepare_warming",
     "simulate_users",
     "simulated_interactions",
     "stand_in_users",

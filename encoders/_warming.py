@@ -144,3 +144,11 @@ def warm_items(
         optimizer.step()
     warmed[touched] = vectors.detach().numpy()
     return warmed
+
+
+def prepare_warming() -> None:
+    """Fold in one tiny item, once: the fold-in's first run in a process pays about a second of torch's one-time
+    set-up (autograd and the optimiser's first step), which a long-running server pays at start rather than on
+    the first item it is asked to add."""
+    one = np.ones((1, 2), dtype=np.float32)
+    warm_items(sp.csr_array(one[:, :1]), one, one, one, WarmingConfig(steps=1))

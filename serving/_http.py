@@ -41,6 +41,7 @@ from catalog import (
     conform_items,
     redact,
 )
+from encoders import prepare_warming
 from serving._recommender import Recommender
 
 _log = logging.getLogger(__name__)
@@ -170,6 +171,8 @@ def create_app(
     `WorkspaceFollower.update`) is asked at most every `follow_every` seconds, in a thread a request starts,
     whether the workspace changed: items and users added, a version promoted."""
     live = _Live(recommender, follow, follow_every)
+    if recommender.warming is not None and recommender.warming.simulate:
+        prepare_warming()  # items added later are warmed: pay torch's first-run set-up now, not on the first one
     app = FastAPI(
         title="warmstart",
         summary="Recommendations from the promoted model version, for known users, stated interests and new items.",

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from catalog import DataError
-from encoders import WarmingConfig, simulate_users, simulated_interactions, warm_items
+from encoders import WarmingConfig, prepare_warming, simulate_users, simulated_interactions, warm_items
 
 
 def _users(rng: np.random.Generator, n: int = 200, dim: int = 8) -> np.ndarray:
@@ -85,3 +85,9 @@ def test_simulated_interactions_are_the_simulators_users_with_weight_one() -> No
     proposed, interactions = simulate_users(items, users, 6), simulated_interactions(items, users, 6)
     np.testing.assert_array_equal(interactions.toarray() > 0, proposed.toarray() != 0)
     assert set(interactions.data) == {1.0}
+
+
+def test_prepare_warming_runs_the_fold_in_once_on_a_tiny_item() -> None:
+    # A server calls it at start so its first added item does not pay torch's first-run set-up; it must not need
+    # any data of the version to do so.
+    assert prepare_warming() is None
