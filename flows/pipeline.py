@@ -279,19 +279,7 @@ def category_matrix(items: pl.DataFrame) -> sp.csr_array | None:
 
 def with_history(encoded: EncodedSplit, history: sp.csr_array) -> EncodedSplit:
     """The same encoders' arrays serving from another (users x items) history; popularity follows it."""
-    old = encoded.inputs
-    inputs = RankerInputs(
-        history=history,
-        text=old.text,
-        user_cf=old.user_cf,
-        item_cf=old.item_cf,
-        item_standin=old.item_standin,
-        popularity=np.asarray(history.sum(axis=0)).ravel(),
-        title_words=old.title_words,
-        tfidf=old.tfidf,
-        categories=old.categories,
-        time=old.time,
-    )
+    inputs = replace(encoded.inputs, history=history, popularity=np.asarray(history.sum(axis=0)).ravel())
     return EncodedSplit(inputs, encoded.report, encoded.warming)
 
 

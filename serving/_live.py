@@ -14,9 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
-
-from catalog import Columns, Tables, WarmstartError, Workspace
+from catalog import Tables, WarmstartError, Workspace
 from serving._recommender import Recommender
 
 _log = logging.getLogger(__name__)
@@ -103,28 +101,12 @@ class WorkspaceFollower:
             if marks.needs_load(since, pinned=self.version is not None):
                 return self.load()
             self._marks = marks
-            return _with_additions(current, Workspace(self.root))
+            updated = current.with_additions(Workspace(self.root))
+            return updated if updated is not current else None
         except WarmstartError as error:
             self._marks = marks
             _log.warning("kept serving %s %s: %s", current.ranker_name, current.version, error)
             return None
-
-
-def _with_additions(current: Recommender, space: Workspace) -> Recommender | None:
-    """`current` serving too the items and users the workspace's tables list and it does not serve yet."""
-    updated = current
-    if not updated.ranker.tied_to_encoders and space.exists(Tables.items):
-        items = space.read(Tables.items)
-        added = items.join(pl.DataFrame({Columns.item: updated.item_ids}), on=Columns.item, how="anti")
-        if added.height:
-            log = space.read(Tables.interactions) if space.exists(Tables.interactions) else None
-            updated = updated.add_items(added, log=log)
-    if not updated.ranker.tied_to_encoders and space.exists(Tables.users):
-        listed = space.read(Tables.users)[Columns.user].cast(pl.String)
-        new = listed.filter(~listed.is_in(updated.user_ids.implode()))
-        if new.len():
-            updated = updated.add_users(new)
-    return updated if updated is not current else None
 
 
 __all__ = ["Marks", "WorkspaceFollower"]

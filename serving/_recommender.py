@@ -162,17 +162,31 @@ class Recommender:
             dict(zip(items[Columns.item], items[Columns.title].fill_null(""), strict=True)) if items is not None else {}
         )
         recommender = cls._assemble(model, ranker, version, served, log, cache_dir, titles, sparse_max)
-        if model.tied_to_encoders:
-            return recommender
+        return recommender.with_additions(space, items=items, log=log)
+
+    def with_additions(
+        self, space: Workspace, *, items: pl.DataFrame | None = None, log: pl.DataFrame | None = None
+    ) -> Recommender:
+        """This recommender serving too the items and users `space` lists and it does not serve yet (itself when
+        there are none, or when its ranker cannot fold them in). `items` and `log` are the workspace's tables when
+        the caller has read them already."""
+        updated = self
+        if self.ranker.tied_to_encoders:
+            return updated
+        items = items if items is not None or not space.exists(Tables.items) else space.read(Tables.items)
         if items is not None:
-            added = items.join(pl.DataFrame({Columns.item: served.item_ids}), on=Columns.item, how="anti")
+            added = items.join(pl.DataFrame({Columns.item: self.item_ids}), on=Columns.item, how="anti")
             if added.height:
-                recommender = recommender.add_items(added, log=log)
+                if log is None and space.exists(Tables.interactions):
+                    log = space.read(Tables.interactions)
+                updated = updated.add_items(added, log=log)
         if space.exists(Tables.users):
             # Users known only by their attributes (`warmstart add-users`, or a users file with idle users).
             listed = space.read(Tables.users)[Columns.user].cast(pl.String)
-            recommender = recommender.add_users(listed.filter(~listed.is_in(recommender.user_ids.implode())))
-        return recommender
+            new = listed.filter(~listed.is_in(updated.user_ids.implode()))
+            if new.len():
+                updated = updated.add_users(new)
+        return updated
 
     @classmethod
     def _assemble(
@@ -560,19 +574,14 @@ def _pad_rows(matrix: sp.csr_array | None, n: int) -> sp.csr_array | None:
 
 def _with_users(inputs: RankerInputs, rows: sp.csr_array) -> RankerInputs:
     """The inputs with users appended: `rows` is their history; no collaborative vector (zero, as for users the
-    encoders never saw, but for the constant that carries the item bias into their scores, as training has it)."""
+    encoders never saw, but for the constant that carries the item bias into their scores, as training has it).
+    Every item array stays as it is (`replace`: a field added to RankerInputs is carried along, not dropped)."""
     user_cf = np.zeros((rows.shape[0], inputs.user_cf.shape[1]), inputs.user_cf.dtype)
     user_cf[:, -1] = 1.0
-    return RankerInputs(
+    return replace(
+        inputs,
         history=sp.csr_array(sp.vstack([inputs.history, rows])),
-        text=inputs.text,
         user_cf=np.vstack([inputs.user_cf, user_cf]),
-        item_cf=inputs.item_cf,
-        item_standin=inputs.item_standin,
-        popularity=inputs.popularity,
-        title_words=inputs.title_words,
-        tfidf=inputs.tfidf,
-        categories=inputs.categories,
         time=inputs.time.with_users(rows.shape[0]) if inputs.time is not None else None,
     )
 
