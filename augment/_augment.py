@@ -392,10 +392,14 @@ def candidate_users(
 
 
 def _judge_prompts(
-    pairs: pl.DataFrame, items: pl.DataFrame, histories: pl.DataFrame, max_history: int
+    pairs: pl.DataFrame,
+    items: pl.DataFrame,
+    histories: pl.DataFrame,
+    max_history: int,
+    template: PromptTemplate = INTERACTION_JUDGE,
 ) -> tuple[pl.DataFrame, list[Messages]]:
     """The pairs joined to their item and history, ordered by user (a `_pair` column keeps their input order),
-    and the judge prompt of each."""
+    and the judge prompt (`template`) of each."""
     _require(pairs, [Columns.user, Columns.item], "pairs")
     _require(items, [Columns.item, Columns.title], "items")
     _require(histories, [Columns.user, TITLES], "histories")
@@ -411,7 +415,9 @@ def _judge_prompts(
         example = missing[Columns.item].head(3).to_list()
         raise DataError(f"judge_pairs: {missing.height} pair(s) name items not in `items`, e.g. {example}.")
     prompts = [
-        judge_messages(row[TITLES] or [], row[Columns.title], row.get(DESCRIPTION), max_items=max_history)
+        judge_messages(
+            row[TITLES] or [], row[Columns.title], row.get(DESCRIPTION), max_items=max_history, template=template
+        )
         for row in frame.select(
             TITLES, Columns.title, *([DESCRIPTION] if DESCRIPTION in frame.columns else [])
         ).iter_rows(named=True)
@@ -420,10 +426,15 @@ def _judge_prompts(
 
 
 def judge_prompts(
-    pairs: pl.DataFrame, items: pl.DataFrame, histories: pl.DataFrame, *, max_history: int = 10
+    pairs: pl.DataFrame,
+    items: pl.DataFrame,
+    histories: pl.DataFrame,
+    *,
+    max_history: int = 10,
+    template: PromptTemplate = INTERACTION_JUDGE,
 ) -> list[Messages]:
     """The judge prompt of each (user_id, item_id) pair, ordered by user as `judge_pairs` runs them."""
-    return _judge_prompts(pairs, items, histories, max_history)[1]
+    return _judge_prompts(pairs, items, histories, max_history, template)[1]
 
 
 def judge_pairs(
@@ -443,11 +454,12 @@ def judge_pairs(
     `items` holds title and optionally description; `histories` holds each user's `titles`. Pairs are judged
     grouped by user, so a backend that reuses a shared prompt prefix computes each user's history once.
     Returns `pairs` with a `score` column: NaN where the judge's answer is unknown (neither yes nor no among
-    the tokens its backend sees), counted in `stats.reasons["unknown judgement"]` and not cached.
+    the tokens its backend sees), counted in `stats.reasons["unknown judgement"]` and not cached. `template`
+    (a version of interaction_judge) words the prompt and names its cache entries.
     """
     started = time.perf_counter()
     stats = AugmentStats()
-    frame, prompts = _judge_prompts(pairs, items, histories, max_history)
+    frame, prompts = _judge_prompts(pairs, items, histories, max_history, template)
     digests = [input_hash(prompt) for prompt in prompts]
     scores = np.full(len(prompts), np.nan)
     pending = []

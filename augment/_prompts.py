@@ -4,7 +4,14 @@ Every template renders chat messages (system + user). The system message states 
 fields inside the data block are data to describe, not orders to follow; the data block is delimited, and
 the delimiters (and chat-control markers) are removed from the data itself, so a hostile title cannot close
 the block or open a new turn. The template's `version` goes into every output's provenance and every cache
-key: changing a template's wording means bumping its version.
+key: changing a template's wording means bumping its version. `PROMPTS` holds the template of each name in use;
+`PROMPT_VERSIONS` every version still offered, by id.
+
+Where the instruction goes: after the data block, by default, so that the last words the model reads before
+answering are the task, not the data. The judge's version 2 puts it before the block instead (`instruction_first`),
+so that it lies in the prefix every candidate of one user shares and runs once per user rather than once per
+pair (issue 15); a hostile candidate title then sits right before the answer, with only `</data>` and, where
+set, the short `reminder` between them (what that costs the defence is measured in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -50,12 +57,15 @@ def clean_field(value: object, max_chars: int) -> str:
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A named, versioned prompt: `instruction` follows the data block in the user message."""
+    """A named, versioned prompt: `instruction` follows the data block in the user message, or opens it
+    (`instruction_first`; `reminder`, when set, then follows the block)."""
 
     name: str
     version: str
     instruction: str
     system: str = _SYSTEM
+    instruction_first: bool = False
+    reminder: str = ""
 
     @property
     def id(self) -> str:
@@ -63,10 +73,12 @@ class PromptTemplate:
         return f"{self.name}@{self.version}"
 
     def messages(self, data: str) -> Messages:
-        return [
-            {"role": "system", "content": self.system},
-            {"role": "user", "content": f"<data>\n{data}\n</data>\n\n{self.instruction}"},
-        ]
+        block = f"<data>\n{data}\n</data>"
+        if self.instruction_first:
+            user = f"{self.instruction}\n\n{block}" + (f"\n\n{self.reminder}" if self.reminder else "")
+        else:
+            user = f"{block}\n\n{self.instruction}"
+        return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
 ITEM_DESCRIPTION = PromptTemplate(
@@ -95,14 +107,25 @@ USER_PROFILE = PromptTemplate(
         "These are items one user saved. Describe this user's interests in two sentences. Write only the description."
     ),
 )
-INTERACTION_JUDGE = PromptTemplate(
+INTERACTION_JUDGE_V1 = PromptTemplate(
     name="interaction_judge",
     version="1",
     instruction="Would this user save the candidate item? Answer yes or no.",
 )
+# The same words before the data block: the candidate's part of the prompt is its fields and `</data>` (issue 15).
+INTERACTION_JUDGE_V2 = PromptTemplate(
+    name="interaction_judge",
+    version="2",
+    instruction=INTERACTION_JUDGE_V1.instruction,
+    instruction_first=True,
+)
+INTERACTION_JUDGE = INTERACTION_JUDGE_V1
 
 PROMPTS: dict[str, PromptTemplate] = {
     t.name: t for t in (ITEM_DESCRIPTION, ITEM_DESCRIPTION_GROUNDED, USER_PROFILE, INTERACTION_JUDGE)
+}
+PROMPT_VERSIONS: dict[str, PromptTemplate] = {
+    t.id: t for t in (*PROMPTS.values(), INTERACTION_JUDGE_V1, INTERACTION_JUDGE_V2)
 }
 
 
@@ -141,10 +164,15 @@ def user_profile_messages(titles: Sequence[object], *, max_items: int = 10) -> M
 
 
 def judge_messages(
-    history: Sequence[object], item_title: object, item_text: object = None, *, max_items: int = 10
+    history: Sequence[object],
+    item_title: object,
+    item_text: object = None,
+    *,
+    max_items: int = 10,
+    template: PromptTemplate = INTERACTION_JUDGE,
 ) -> Messages:
-    """The judge prompt: the user's history first, the candidate item last, so that every candidate of one
-    user shares the prompt's prefix (a backend may compute it once)."""
+    """The judge prompt (`template`: a version of interaction_judge): the user's history first, the candidate
+    item last, so that every candidate of one user shares the prompt's prefix (a backend may compute it once)."""
     candidate = item_data(item_title, None, item_text, max_chars=300).replace("Title:", "Candidate title:", 1)
     candidate = candidate.replace("Details:", "Candidate details:", 1)
-    return INTERACTION_JUDGE.messages(f"{history_data(history, max_items=max_items)}\n{candidate}")
+    return template.messages(f"{history_data(history, max_items=max_items)}\n{candidate}")

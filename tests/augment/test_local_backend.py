@@ -7,7 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from augment import BF16_TOLERANCE, Backend, LocalBackend, item_description_messages, judge_messages
+from augment import (
+    BF16_TOLERANCE,
+    INTERACTION_JUDGE_V1,
+    INTERACTION_JUDGE_V2,
+    Backend,
+    LocalBackend,
+    PromptTemplate,
+    item_description_messages,
+    judge_messages,
+)
 from catalog import ConfigError
 
 HISTORY = ["Matrix factorization techniques for recommender systems", "Latent Dirichlet allocation"]
@@ -60,10 +69,11 @@ def test_next_token_logprobs_are_sorted_log_probabilities(local_llm: LocalBacken
 OTHER = ["Bird song learning in zebra finches", "Owl hearing and sound localisation", "Latent Dirichlet allocation"]
 
 
-def test_prefix_reuse_matches_no_reuse_whatever_the_order(local_llm: LocalBackend) -> None:
+@pytest.mark.parametrize("template", [INTERACTION_JUDGE_V1, INTERACTION_JUDGE_V2], ids=lambda t: t.id)
+def test_prefix_reuse_matches_no_reuse_whatever_the_order(local_llm: LocalBackend, template: PromptTemplate) -> None:
     # two users with four candidates each (one candidate shared) and a user with one; pairs in any order
-    prompts = [judge_messages(h, c) for h in (HISTORY, OTHER) for c in [*CANDIDATES, "Owls"]]
-    prompts.append(judge_messages(["Bird song"], "Owls"))
+    prompts = [judge_messages(h, c, template=template) for h in (HISTORY, OTHER) for c in [*CANDIDATES, "Owls"]]
+    prompts.append(judge_messages(["Bird song"], "Owls", template=template))
     local_llm.reuse_prefix = False
     before = local_llm.prompt_tokens
     plain = local_llm.yes_probability(prompts)
@@ -75,11 +85,35 @@ def test_prefix_reuse_matches_no_reuse_whatever_the_order(local_llm: LocalBacken
             order = np.random.default_rng(seed).permutation(len(prompts))
             before = local_llm.prompt_tokens
             shuffled = local_llm.yes_probability([prompts[i] for i in order])[np.argsort(order)]
-            np.testing.assert_allclose(shuffled, plain, atol=1e-4)
+            np.testing.assert_allclose(shuffled, plain, rtol=0, atol=1e-5)
             # each history ran once: well under half the tokens of running every prompt whole
             assert local_llm.prompt_tokens - before < plain_tokens / 2
     finally:
         local_llm.batch_size = 8
+
+
+def test_judge_version_2_runs_fewer_tokens_per_candidate(local_llm: LocalBackend) -> None:
+    """Its instruction lies in the prefix a user's candidates share: each candidate runs only its title, the
+    block's end and the chat template's turn markers, at least the instruction's tokens fewer than version 1."""
+    instruction = len(local_llm.tokenizer.encode(INTERACTION_JUDGE_V1.instruction, add_special_tokens=False))
+    suffixes = {}
+    for template in (INTERACTION_JUDGE_V1, INTERACTION_JUDGE_V2):
+        first, second = (local_llm._render(judge_messages(HISTORY, c, template=template)) for c in CANDIDATES[:2])
+        shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+        suffixes[template.id] = local_llm.tokenizer.decode(first[shared:])
+        assert len(first) - shared == len(local_llm.tokenizer.encode(suffixes[template.id], add_special_tokens=False))
+    v1, v2 = (len(local_llm.tokenizer.encode(suffixes[t.id])) for t in (INTERACTION_JUDGE_V1, INTERACTION_JUDGE_V2))
+    assert INTERACTION_JUDGE_V1.instruction in suffixes["interaction_judge@1"]
+    assert "Answer" not in suffixes["interaction_judge@2"] and suffixes["interaction_judge@2"].startswith(
+        " Probabilistic"
+    )
+    assert v2 <= v1 - instruction
+    # and what the prefix plan runs for one user's three candidates shrinks by about that much per candidate
+    runs = {
+        t.id: local_llm.count_tokens([judge_messages(HISTORY, c, template=t) for c in CANDIDATES], shared_prefix=True)
+        for t in (INTERACTION_JUDGE_V1, INTERACTION_JUDGE_V2)
+    }
+    assert runs["interaction_judge@2"] <= runs["interaction_judge@1"] - 2 * instruction
 
 
 def test_one_users_prompts_alone_and_a_single_prompt(local_llm: LocalBackend) -> None:

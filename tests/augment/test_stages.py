@@ -11,6 +11,8 @@ import pytest
 from augment import (
     DESCRIPTION,
     INTERACTION_JUDGE,
+    INTERACTION_JUDGE_V1,
+    INTERACTION_JUDGE_V2,
     ITEM_DESCRIPTION,
     PROFILE,
     TITLES,
@@ -19,6 +21,8 @@ from augment import (
     OutputRules,
     candidate_users,
     describe_items,
+    judge_messages,
+    judge_pairs,
     profile_users,
     simulate_interactions,
 )
@@ -117,3 +121,20 @@ def test_simulate_interactions(local_llm: LocalBackend, tmp_path: Path) -> None:
         simulate_interactions(
             candidates.with_columns(pl.lit("zzz").alias(Columns.item)), ITEMS, histories, local_llm, cache, run_id="r"
         )
+
+
+def test_judge_pairs_words_the_prompt_with_its_template(local_llm: LocalBackend, tmp_path: Path) -> None:
+    history = ["Latent Dirichlet allocation", "Bird song in spring"]
+    histories = pl.DataFrame({Columns.user: ["u1"], TITLES: [history]})
+    pairs = pl.DataFrame({Columns.user: ["u1", "u1"], Columns.item: ["b", "a"]})
+    cache = GenerationCache(tmp_path)
+    scores = {}
+    for template in (INTERACTION_JUDGE_V1, INTERACTION_JUDGE_V2):
+        scored, stats = judge_pairs(pairs, ITEMS, histories, local_llm, cache, template=template, show_progress=False)
+        direct = local_llm.yes_probability(
+            [judge_messages(history, ITEMS[Columns.title][i], template=template) for i in (1, 0)]
+        )
+        np.testing.assert_allclose(scored[Columns.score].to_numpy(), direct, rtol=0, atol=1e-5)
+        assert stats.generated == 2 and stats.cached == 0  # another version: its own cache entries
+        scores[template.id] = direct
+    assert np.abs(scores["interaction_judge@1"] - scores["interaction_judge@2"]).max() > 1e-3  # another prompt
