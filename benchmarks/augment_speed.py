@@ -2,13 +2,15 @@
 size, judged pairs/s with and without prefix reuse, and how far each precision's outputs are from fp32's.
 
     .venv/bin/python benchmarks/augment_speed.py [--precisions fp32,bf16,ct2-int8] [--threads 2] [--repeat 3]
-        [--json OUT]
+        [--judge-templates interaction_judge@1,interaction_judge@2] [--json OUT]
 
 Prompts are built from CiteULike-a titles: descriptions of the first titles; judge pairs of `--users` users
 (their first `--history` saved titles) times `--items-per-user` cold items. Each configuration runs `--repeat`
 times after one warm-up call; medians of wall and process CPU seconds are reported with the one-minute load
 average before and after, since the machine is shared. The first precision is the reference: each other
-one reports its largest |P(yes) difference| and how many greedy texts differ from the reference's.
+one reports how many greedy texts differ from the reference's, and every judge run its largest |P(yes)
+difference| from the first precision's plain batches (every prompt run whole) of the same judge template (with
+`--no-plain`, that reference runs once, untimed). `--judge-templates` names the judge prompt's versions to time.
 
 A precision `ct2-TYPE` runs the same checkpoint in CTranslate2 (`pip install ctranslate2`; not a project
 dependency) with compute type TYPE (float32, int8_float32, int8; this CPU build has no bfloat16), converted once
@@ -36,7 +38,9 @@ sys.path.insert(0, str(REPO))
 from _report import write_report  # noqa: E402
 
 from augment import (  # noqa: E402
+    INTERACTION_JUDGE,
     ITEM_DESCRIPTION,
+    PROMPT_VERSIONS,
     Generation,
     LocalBackend,
     Messages,
@@ -207,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gen-batches", default="1,8,32", help="batch sizes of the generation runs")
     parser.add_argument("--judge-batch", type=int, default=8, help="batch size of the judge runs")
+    parser.add_argument(
+        "--judge-templates",
+        default=INTERACTION_JUDGE.id,
+        help="judge prompt versions to time, comma-separated (e.g. interaction_judge@1,interaction_judge@2)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--items-per-user", type=int, default=8)
@@ -237,15 +246,26 @@ def main(argv: list[str] | None = None) -> int:
         .sort(Columns.user)
         .head(args.users)
     )
-    pairs = [
-        judge_messages([titles[int(i)] for i in items[: args.history]], titles[int(cold[(u * 37 + j) % len(cold)])])
-        for u, items in enumerate(users[Columns.item].to_list())
-        for j in range(args.items_per_user)
-    ]  # grouped by user
-    shuffle = np.random.default_rng(0).permutation(len(pairs))
+    unknown = sorted(set(args.judge_templates.split(",")) - set(PROMPT_VERSIONS))
+    if unknown:
+        parser.error(f"unknown judge template(s) {unknown}; choose from {sorted(PROMPT_VERSIONS)}")
+    templates = [PROMPT_VERSIONS[name] for name in args.judge_templates.split(",")]
+    judged = {
+        template.id: [
+            judge_messages(
+                [titles[int(i)] for i in items[: args.history]],
+                titles[int(cold[(u * 37 + j) % len(cold)])],
+                template=template,
+            )
+            for u, items in enumerate(users[Columns.item].to_list())
+            for j in range(args.items_per_user)
+        ]  # grouped by user
+        for template in templates
+    }
+    shuffle = np.random.default_rng(0).permutation(args.users * args.items_per_user)
     results: list[dict[str, Any]] = []
     reference_texts: dict[int, list[str]] = {}
-    reference_scores: np.ndarray | None = None
+    reference_scores: dict[str, np.ndarray] = {}  # per template: the first precision's prompts run whole
 
     def report(row: dict[str, Any]) -> None:
         results.append(row)
@@ -294,45 +314,65 @@ def main(argv: list[str] | None = None) -> int:
         if args.only == "generate":
             continue
         backend.batch_size = args.judge_batch
-        backend.reuse_prefix = False
-        backend.yes_probability(pairs[:2])  # warm-up
-        for label, reuse, order in (
-            ("judge, plain batches", False, np.arange(len(pairs))),
-            ("judge, prefix reuse (grouped by user)", True, np.arange(len(pairs))),
-            ("judge, prefix reuse (shuffled)", True, shuffle),
-        ):
-            if args.no_plain and not reuse:
-                continue
-            backend.reuse_prefix = reuse
-            ordered = [pairs[i] for i in order]
-            before, load_before = backend.prompt_tokens, load()
-            scores, wall, cpu = timed(
-                lambda o=ordered, b=backend: b.yes_probability(o), args.repeat, getattr(backend, "reset", None)
-            )
-            scores = scores[np.argsort(order)]
-            reference_scores = scores if reference_scores is None else reference_scores
-            report(
-                {
-                    "figure": label,
-                    "precision": precision,
-                    "batch_size": args.judge_batch,
-                    "pairs": len(pairs),
-                    "prompt_tokens_run": (backend.prompt_tokens - before) // args.repeat,
-                    "seconds": round(wall, 2),
-                    "cpu_seconds": round(cpu, 2),
-                    "pairs_per_s": round(len(pairs) / wall, 2),
-                    "pairs_per_cpu_s": round(len(pairs) / cpu, 2),
-                    "load": [load_before, load()],
-                    "max_abs_diff_vs_reference": float(np.abs(scores - reference_scores).max()),
-                    "pairs_over_0.02": int((np.abs(scores - reference_scores) > 0.02).sum()),
-                }
-            )
+        for template_id, pairs in judged.items():
+            if template_id not in reference_scores and args.no_plain:  # the reference, untimed
+                backend.reuse_prefix = False
+                reference_scores[template_id] = backend.yes_probability(pairs)
+            judge(backend, precision, template_id, pairs, shuffle, reference_scores, args, report)
 
     total = time.perf_counter() - started
     print(f"total {total:.0f} s")
     if args.json is not None:
         write_report(args.json, "augment_speed", data=args.data, k=0, seconds=total, results=results)
     return 0
+
+
+def judge(
+    backend: Any,
+    precision: str,
+    template_id: str,
+    pairs: list[Messages],
+    shuffle: np.ndarray,
+    reference_scores: dict[str, np.ndarray],
+    args: argparse.Namespace,
+    report: Any,
+) -> None:
+    """The judge's runs on `pairs`: plain batches (unless `--no-plain`), prefix reuse with pairs grouped by user
+    and shuffled; each against the first precision's plain batches of the same template."""
+    backend.reuse_prefix = False
+    backend.yes_probability(pairs[:2])  # warm-up
+    for label, reuse, order in (
+        ("judge, plain batches", False, np.arange(len(pairs))),
+        ("judge, prefix reuse (grouped by user)", True, np.arange(len(pairs))),
+        ("judge, prefix reuse (shuffled)", True, shuffle),
+    ):
+        if args.no_plain and not reuse:
+            continue
+        backend.reuse_prefix = reuse
+        ordered = [pairs[i] for i in order]
+        before, load_before = backend.prompt_tokens, load()
+        scores, wall, cpu = timed(
+            lambda o=ordered, b=backend: b.yes_probability(o), args.repeat, getattr(backend, "reset", None)
+        )
+        scores = scores[np.argsort(order)]
+        reference = reference_scores.setdefault(template_id, scores)
+        report(
+            {
+                "figure": label,
+                "precision": precision,
+                "template": template_id,
+                "batch_size": args.judge_batch,
+                "pairs": len(pairs),
+                "prompt_tokens_run": (backend.prompt_tokens - before) // args.repeat,
+                "seconds": round(wall, 2),
+                "cpu_seconds": round(cpu, 2),
+                "pairs_per_s": round(len(pairs) / wall, 2),
+                "pairs_per_cpu_s": round(len(pairs) / cpu, 2),
+                "load": [load_before, load()],
+                "max_abs_diff_vs_reference": float(np.abs(scores - reference).max()),
+                "pairs_over_0.02": int((np.abs(scores - reference) > 0.02).sum()),
+            }
+        )
 
 
 if __name__ == "__main__":
