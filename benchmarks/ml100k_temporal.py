@@ -48,7 +48,7 @@ SEGMENTS = (Segments.overall, Segments.head, Segments.tail, Segments.cold, COLD_
 # cold items' stand-ins by synthetic interactions (the default chosen on CiteULike) x tail re-ranking x cold places.
 # (cold_user_share 0.3 lost to 0 on this window in the previous run of this script: dropped.)
 RANKER_GRID: tuple[dict[str, Any], ...] = tuple(
-    {"prior_weight": weight, "warming": warming} for weight in (0.0, 1.0, 2.0) for warming in (False, True)
+    {"prior_weight": weight, "warming": warming} for weight in (0.0, 1.0, 2.0, 4.0, 8.0) for warming in (False, True)
 )
 TAIL_STRENGTHS = (0.0, 0.5)
 COLD_SLOTS = (0, 1, 2)

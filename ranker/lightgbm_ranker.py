@@ -60,6 +60,15 @@ class LightGBMRankerConfig(BaseModel):
         "to the line a time-ordered log's recommender must beat rather than relearn it from one cut's labels.",
     )
     prior_days: Literal[7, 14, 28] = Field(14, description="Days of the recent popularity boosting starts from.")
+    max_delta_step: float = Field(
+        20.0,
+        ge=0,
+        description="Largest leaf output before shrinkage (0: none), so a tree moves a score by at most "
+        "learning_rate x this. LambdaRank's Newton step divides a pair's gradient by its hessian, which vanishes "
+        "where the start (a strong prior) already separates a pair by many units: uncapped, prior_weight 8 gave a "
+        "first leaf of 1,270 and collapsed MovieLens-100K's validation NDCG@20 to 0.017; capped at 20, 0.354. At the "
+        "chosen weight 2 the cap changes nothing measured (docs/benchmarks.md).",
+    )
     seed: int = Field(0, description="Seed of sampling and of LightGBM.")
     num_threads: int = Field(2, ge=1, description="LightGBM threads.")
 
@@ -151,6 +160,7 @@ class LightGBMRanker(RankerBase):
             "num_leaves": config.num_leaves,
             "learning_rate": config.learning_rate,
             "min_child_samples": config.min_child_samples,
+            "max_delta_step": config.max_delta_step,
             "seed": config.seed,
             "deterministic": True,
             "force_row_wise": True,

@@ -138,6 +138,36 @@ def test_boosting_starts_from_recent_popularity(slice_inputs: tuple, tasks: tupl
     assert agreement[5.0] > 0.9 and agreement[0.0] < 0.5, agreement
 
 
+def _leaf_values(ranker: LightGBMRanker) -> np.ndarray:
+    """Every leaf output of the booster's trees (shrinkage applied)."""
+
+    def leaves(node: dict) -> list[float]:
+        if "leaf_value" in node:
+            return [node["leaf_value"]]
+        return leaves(node["left_child"]) + leaves(node["right_child"])
+
+    return np.array([v for tree in ranker.booster.dump_model()["tree_info"] for v in leaves(tree["tree_structure"])])
+
+
+def test_a_strong_prior_does_not_blow_up_the_trees(slice_inputs: tuple, tasks: tuple) -> None:
+    # Items shown cold start the prior's full weight below warm ones; their misranked pairs have vanishing
+    # hessians, and LambdaRank's Newton step (gradient over hessian) then jumps. The default cap bounds each leaf.
+    inputs = _with_recent_shares(slice_inputs[0], np.random.default_rng(0))
+    train, _, _ = tasks
+    config = CONFIG.model_copy(update={"prior_weight": 8.0, "n_estimators": 20})
+    # Scored on the warm training pairs, which the prior orders (cold validation items all start at 0).
+    bound = config.learning_rate * config.max_delta_step
+    fitted = {
+        cap: LightGBMRanker(config.model_copy(update={"max_delta_step": cap})).fit(inputs, train, train)
+        for cap in (0.0, config.max_delta_step)
+    }
+    uncapped, capped = (np.abs(_leaf_values(fitted[cap])).max() for cap in (0.0, config.max_delta_step))
+    assert uncapped > 10 * bound, "the defect: without a cap, a leaf moves scores by far more than any prior step"
+    assert capped <= bound + 1e-9
+    ndcg = {cap: ranker.metadata["valid_ndcg@20"] for cap, ranker in fitted.items()}
+    assert ndcg[config.max_delta_step] > ndcg[0.0] + 0.05, ndcg  # 0.32 against 0.17 here
+
+
 def test_a_version_trained_on_other_features_refuses_to_load(fitted: LightGBMRanker, tmp_path: Path) -> None:
     directory = fitted.save(tmp_path / "model")
     metadata = json.loads((directory / "metadata.json").read_text())
