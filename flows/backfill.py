@@ -33,7 +33,7 @@ from catalog import (
 from flows import cycle, refresh, stages, tasks
 from flows.augmentation import backend_label
 from flows.settings import WarmstartSettings
-from monitor import ActiveRun, GateDecision, MetricsStore
+from monitor import ActiveRun, GateDecision, MetricsStore, reference_protocol
 
 FLOW_NAME = "backfill"
 PROTOCOL = "temporal"
@@ -164,16 +164,50 @@ def history_windows(dataset: Dataset, start: datetime | None, end: datetime | No
     return time_windows(first, last, parse_every(every))
 
 
-def replay_window(context: WindowContext, window: Window, store: MetricsStore, identity: dict[str, Any]) -> str:
-    """One window as a recorded run, gated against the backfill's current model; returns what happened."""
-    ranker = context.config.models.ranker_name
+def rolling_choice(previous: pl.DataFrame | None, names: list[str], *, k: int) -> tuple[str, str]:
+    """(name, why): the timed alternative with the best overall NDCG@k among `previous`'s lines (the metric rows of
+    the window before, measured on data that all precede this window's end), the first name when none was
+    measured; ties go to the earlier name."""
+    if not names:
+        raise ConfigError("a rolling choice needs at least one timed alternative.")
+    scores: dict[str, float] = {}
+    if previous is not None and previous.height:
+        overall = (pl.col("segment") == Segments.overall) & (pl.col("metric") == "ndcg") & (pl.col("k") == k)
+        rows = previous.filter(overall)
+        for name in names:
+            found = rows.filter(pl.col("protocol") == reference_protocol(PROTOCOL, name))["value"]
+            if found.len():
+                scores[name] = float(found[0])
+    if not scores:
+        return names[0], f"{names[0]} (no earlier window measured the alternatives)"
+    best = max(scores, key=lambda name: (scores[name], -names.index(name)))
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+    return best, f"{best} (overall NDCG@{k} on the window before: {shown})"
+
+
+def replay_window(
+    context: WindowContext,
+    window: Window,
+    store: MetricsStore,
+    identity: dict[str, Any],
+    previous: pl.DataFrame | None = None,
+) -> str:
+    """One window as a recorded run, gated against the backfill's current model; returns what happened. With timed
+    alternatives, the window trains the one that scored best on `previous` (the window before's metric rows)."""
+    config = context.config
+    ranker = config.models.ranker_name
+    chose = ""
+    if config.alternatives:
+        name, chose = rolling_choice(previous, list(config.alternatives), k=config.k)
+        config = replace(config, models=config.models.with_timed(config.alternatives[name]))
+        chose = f"serves {chose}; "
     current = context.registry.current(ranker)
     recorded = store.run_metrics(current) if current else None
     bounds = {"window_start": window.start, "window_end": window.end}
     with store.run(new_run_id(), flow=FLOW_NAME, dataset=context.dataset.name, parameters=identity, **bounds) as run:
-        decision = run_window(context, window, run, recorded)
+        decision = run_window(replace(context, config=config), window, run, recorded)
     cycle.promote(context.registry, ranker, decision, run.run_id)
-    return f"recorded run {run.run_id} ({decision.reason})"
+    return f"recorded run {run.run_id} ({chose}{decision.reason})"
 
 
 @flow(name=FLOW_NAME, log_prints=True)
@@ -195,9 +229,12 @@ def backfill(
     sparse_max: int = 5,
     head_share: float = 0.8,
     augment_limit: int = 0,
+    choose_timed: bool = True,
 ) -> pl.DataFrame:
     """Replay `dataset` window by window (see the module doc); returns the store's metric rows of this backfill.
     `augment_limit` bounds the language model's work per window (new items described and simulated); 0 skips it.
+    `choose_timed` trains every timed alternative (pipeline.TIMED_ALTERNATIVES) in each window and serves, from the
+    second window on, the one that scored best on the window before (`rolling_choice`); off, the default choices.
     Unset paths and the store URL come from the WARMSTART_* settings. The windows' models live in their own
     registry (WORKSPACE/backfill/models): a replay of history never changes the workspace's current model."""
     from flows import pipeline
@@ -215,21 +252,27 @@ def backfill(
         protocol=PROTOCOL,
         gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
         cache_dir=cache_dir,
+        alternatives=dict(pipeline.TIMED_ALTERNATIVES) if choose_timed else {},
     )
     registry = ModelRegistry(space.root / "backfill" / "models")
     context = WindowContext(loaded, space, registry, settings, config, sparse_max, head_share, augment_limit)
     # What makes two backfill runs the same unit of work (the window end is keyed separately).
     identity = dict(every=every, k=k, seed=seed, max_epochs=max_epochs, sparse_max=sparse_max, head_share=head_share)
     identity |= {"augment_limit": augment_limit, "ranker": settings.ranker, "gate": config.gate.model_dump()}
+    if config.alternatives:  # absent when off, so that runs recorded before the option keep their key
+        identity["timed_alternatives"] = {name: c.model_dump() for name, c in config.alternatives.items()}
     cycle.reconcile(context.registry, store, flow=FLOW_NAME, dataset=loaded.name, ranker=settings.ranker)
     logger.info(f"{len(windows)} windows of {every} from {windows[0].start:%Y-%m-%d} to {windows[-1].end:%Y-%m-%d}")
+    previous: pl.DataFrame | None = None
     for number, window in enumerate(windows, start=1):
         label = f"window {number}/{len(windows)} ending {window.end:%Y-%m-%d}"
         done = store.completed_run(flow=FLOW_NAME, dataset=loaded.name, window_end=window.end, parameters=identity)
         if done is not None:
             logger.info(f"{label}: done in run {done}, skipped")
-            continue
-        logger.info(f"{label}: {replay_window(context, window, store, identity)}")
+        else:
+            logger.info(f"{label}: {replay_window(context, window, store, identity, previous)}")
+            done = store.completed_run(flow=FLOW_NAME, dataset=loaded.name, window_end=window.end, parameters=identity)
+        previous = store.run_metrics(done) if done is not None else None
     rows = store.metrics(protocol=PROTOCOL).filter(pl.col("flow") == FLOW_NAME)
     store.close()
     return rows

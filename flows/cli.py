@@ -208,8 +208,16 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
         _print_frame(trend, f"{title}: {metric}@{k} per segment")
     for metric in ("recall", "ndcg"):
         versus = versus_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
-        if versus.width > 2:  # the product and at least one reference line
-            _print_frame(versus, f"{title}: overall {metric}@{k}, the product beside popularity (same split)")
+        alternatives = [c for c in versus.columns if c.startswith(stages.ALTERNATIVE_PREFIX)]
+        if versus.width - len(alternatives) > 2:  # the product and at least one reference line
+            shown = versus.drop(alternatives)
+            _print_frame(shown, f"{title}: overall {metric}@{k}, the product beside popularity (same split)")
+        if alternatives and metric == "ndcg":  # what a backfill's rolling choice read (flows.backfill)
+            choices = versus.select("as_of", "product", *alternatives).rename(
+                {name: name.removeprefix(stages.ALTERNATIVE_PREFIX) for name in alternatives}
+            )
+            what = "of each timed choice (the next window serves the best)"
+            _print_frame(choices, f"{title}: overall {metric}@{k} {what}")
     if rows["protocol"].str.ends_with(f":{stages.WITHOUT_AUGMENTATION}").any():
         for segment in (Segments.cold, Segments.tail):  # what synthetic interactions did where they act
             versus = versus_trend(rows, metric="recall", k=k, segment=segment)
@@ -236,6 +244,13 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
         _print_frame(shown, f"{title}: language-model augmentation per run")
 
 
+ChooseTimedOption = Annotated[
+    bool,
+    typer.Option(
+        help="Train each timed alternative per window and serve, from the second window on, the one that scored best "
+        "on the window before.",
+    ),
+]
 DateOption = Annotated[datetime | None, typer.Option(help="UTC date or time, e.g. 1998-01-01.")]
 
 
@@ -252,6 +267,7 @@ def _run_backfill(
     seed: int,
     max_epochs: int,
     augment_limit: int,
+    choose_timed: bool,
 ) -> MetricsStore:
     from flows.backfill import backfill as backfill_flow
     from flows.backfill import parse_every
@@ -273,6 +289,7 @@ def _run_backfill(
         sparse_max=settings.sparse_max,
         head_share=settings.head_share,
         augment_limit=augment_limit,
+        choose_timed=choose_timed,
     )
     return MetricsStore.for_workspace(space.root, settings.metrics_url, read_only=True)
 
@@ -295,6 +312,7 @@ def backfill(
             help="Items per window the language model describes (new ones) and judges users for (cold ones); 0: none.",
         ),
     ] = 0,
+    choose_timed: ChooseTimedOption = True,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Replay history window by window: train on events up to each window's end, evaluate on the next window
@@ -316,6 +334,7 @@ def backfill(
         seed=seed,
         max_epochs=max_epochs,
         augment_limit=augment_limit,
+        choose_timed=choose_timed,
     )
     _show_trends(store, k, f"{dataset} backfill")
 
@@ -355,6 +374,7 @@ def demo(
             min=0, help="Items per window the language model describes (new ones) and judges users for (cold ones)."
         ),
     ] = 4,
+    choose_timed: ChooseTimedOption = True,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Backfill MovieLens-100K window by window, then print the long-tail metric trends per segment.
@@ -393,6 +413,7 @@ def demo(
         seed=0,
         max_epochs=max_epochs,
         augment_limit=augment_limit,
+        choose_timed=choose_timed,
     )
     _show_trends(store, 20, "MovieLens-100K backfill, read back from the metrics store")
 

@@ -11,7 +11,7 @@ after that record is written does `promote` make the candidate current in the mo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from flows import stages, tasks
 from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore
 
 if TYPE_CHECKING:
-    from flows.pipeline import EvaluationPlan, ModelSettings
+    from flows.pipeline import EvaluationPlan, ModelSettings, TimedChoices
 
 DEFAULT_GATE_METRICS = ("overall/ndcg@20", "cold/recall@20")
 
@@ -53,6 +53,9 @@ class CycleConfig:
     protocol: str
     gate: GateConfig
     cache_dir: Path
+    # Timed choices trained beside the candidate on the same encoders and recorded as lines (a backfill's next
+    # window serves the best of them: flows.backfill.rolling_choice); none by default.
+    alternatives: dict[str, TimedChoices] = field(default_factory=dict)
 
 
 def train_evaluate_gate(
@@ -69,7 +72,9 @@ def train_evaluate_gate(
     data, and save the candidate as version `run.run_id` (with report.json); fills the run's record."""
     record, ranker = run.record, config.models.ranker_name
     with record.timed("retrain"):
-        fitted = tasks.retrain_task(plan, cache_dir=config.cache_dir, models=config.models)
+        fitted = tasks.retrain_task(
+            plan, cache_dir=config.cache_dir, models=config.models, alternatives=config.alternatives
+        )
     with record.timed("evaluate"):
         metrics = tasks.evaluate_task(fitted, plan.split, k=config.k, protocol=config.protocol)
         current = registry.current(ranker)
@@ -87,9 +92,16 @@ def train_evaluate_gate(
             tasks.reference_lines_task(plan.split, k=config.k, protocol=config.protocol),
             tasks.tail_calibrated_task(fitted, plan.split, k=config.k, protocol=config.protocol),
             tasks.without_augmentation_task(fitted, plan.split, k=config.k, protocol=config.protocol),
+            tasks.alternative_lines_task(fitted, metrics, plan.split, k=config.k, protocol=config.protocol),
         ]
         references = pl.concat([line for line in lines if line.height])
-    decision = tasks.gate_task(metrics, incumbent, config.gate, stages.gate_reference(references, config.protocol))
+    reference = stages.gate_reference(references, config.protocol)
+    decision = tasks.gate_task(metrics, incumbent, config.gate, reference)
+    if not decision.promoted and config.gate.confidence is not None:
+        # A refusal must show in the data: bootstrap each drop over users, and decide again with that evidence.
+        with record.timed("evaluate"):
+            evidence = tasks.gate_evidence_task(fitted, incumbent, plan.split, config.gate, k=config.k)
+        decision = tasks.gate_task(metrics, incumbent, config.gate, reference, evidence)
     # A version exists once its metadata.json does, and the ranker writes that last: what it serves from and its
     # report go first, so a run killed while saving leaves no half version behind.
     directory = registry.path(ranker, run.run_id)

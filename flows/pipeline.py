@@ -9,7 +9,7 @@ import functools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -407,11 +407,23 @@ class TimedChoices(BaseModel):
 
     prior_weight: float = Field(2.0, ge=0)
     """The LightGBM ranker boosts from recent popularity with this weight."""
+    prior_days: Literal[7, 14, 28] = 14
+    """Over how many days that recent popularity is counted."""
     cold_slots: int = Field(1, ge=0)
     """Places of the top k the best-scored new items keep."""
     simulate: bool = False
     """Whether the embedding simulator warms stand-ins (it cost validation NDCG@20 0.3732 -> 0.3624); pairs the
     language-model judge wrote still warm their items."""
+
+
+# The timed choices a backfill chooses among window by window (flows.backfill.rolling_choice): every window trains
+# each of them on the same encoders and scores it on its held-out data, and the next window serves the one that
+# scored best there. The first is the validation window's choice (above, the default); the second boosts from the
+# line the gate holds the product to (recent popularity over 28 days) and keeps no place for new items.
+TIMED_ALTERNATIVES: dict[str, TimedChoices] = {
+    "choice_recent14_place1": TimedChoices(),
+    "choice_recent28": TimedChoices(prior_days=28, cold_slots=0),
+}
 
 
 @dataclass(frozen=True)
@@ -463,9 +475,13 @@ class ModelSettings:
         if not has_times or self.timed is None:
             return self
         choices = self.timed
-        ranker = self.ranker.model_copy(update={"prior_weight": choices.prior_weight, "cold_slots": choices.cold_slots})
+        ranker = self.ranker.model_copy(update=choices.model_dump(include={"prior_weight", "prior_days", "cold_slots"}))
         warming = self.warming.model_copy(update={"simulate": choices.simulate}) if self.warming else None
         return replace(self, ranker=ranker, warming=warming, timed=None)
+
+    def with_timed(self, choices: TimedChoices) -> ModelSettings:
+        """The same settings with `choices` for logs with times."""
+        return replace(self, timed=choices)
 
     def without_augmentation(self) -> ModelSettings:
         """The same settings training without synthetic interactions (the ablation)."""
@@ -493,6 +509,8 @@ class FittedRanker:
     ranker: RankerBase
     served: EncodedSplit
     report: dict[str, Any]
+    # Rankers trained on the same encoders with other timed choices (fit_ranker's `alternatives`), by name.
+    alternatives: dict[str, FittedRanker] = field(default_factory=dict)
 
     def without_warming(self) -> FittedRanker:
         """The same ranker serving cold items through their content stand-ins: what synthetic interactions add."""
@@ -516,11 +534,22 @@ def train_ranker(plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSett
     )
 
 
-def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings) -> FittedRanker:
+def fit_ranker(
+    plan: EvaluationPlan,
+    *,
+    cache_dir: Path,
+    settings: ModelSettings,
+    alternatives: dict[str, TimedChoices] | None = None,
+) -> FittedRanker:
     """Fit encoders and the ranker `settings.ranker_name` names as the plan says (with `settings.timed`'s choices
-    where the training log has times)."""
+    where the training log has times). On a log with times, each of `alternatives` is trained too, on the same
+    encoders (`FittedRanker.alternatives`; one whose ranker equals the main one is the main one)."""
     started = time.perf_counter()
-    settings = settings.for_log(_has_times(plan.split.train))
+    has_times = _has_times(plan.split.train)
+    others = {name: settings.with_timed(choices).for_log(has_times) for name, choices in (alternatives or {}).items()}
+    settings = settings.for_log(has_times)
+    if any(other.warming != settings.warming for other in others.values()):
+        raise ConfigError("timed alternatives must warm stand-ins as the main settings do (they share its encoders).")
     split, index = plan.split, plan.split.index
     encode = functools.partial(
         encode_inputs,
@@ -560,7 +589,18 @@ def fit_ranker(plan: EvaluationPlan, *, cache_dir: Path, settings: ModelSettings
         "cold_slots": calibrated,
         "fit_seconds": round(time.perf_counter() - started, 1),
     }
-    return FittedRanker(ranker, served, report)
+    main = FittedRanker(ranker, served, report)
+    for name, other in others.items() if has_times else ():
+        if _ranker_config(other) == _ranker_config(settings):
+            main.alternatives[name] = main
+        else:
+            trained = train_ranker(plan, fitted, other)
+            main.alternatives[name] = FittedRanker(trained, served, report | {other.ranker_name: trained.metadata})
+    return main
+
+
+def _ranker_config(settings: ModelSettings) -> BaseModel:
+    return settings.deepfm if settings.ranker_name == "deepfm" else settings.ranker
 
 
 def train_and_evaluate(

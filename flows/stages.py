@@ -34,11 +34,12 @@ from catalog import (
     segments_as_of,
     summarize_segments,
 )
-from monitor import GateConfig, GateDecision, decide, reference_protocol
+from monitor import Evidence, GateConfig, GateDecision, GateMetric, decide, reference_protocol
 
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
     from augment import Backend
-    from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings, Warmed
+    from flows.pipeline import EvaluationPlan, FittedRanker, ModelSettings, TimedChoices, Warmed
+    from ranker.baselines import PopularityScorer
     from ranker.evaluate import EvalIndex, ProtocolSplit
 
 DATASETS = ("ml-100k", "citeulike")
@@ -338,11 +339,18 @@ def embedding_cache(cache_dir: Path) -> Path:
 # ------------------------------------------------------------------------------------------ retrain, evaluate
 
 
-def retrain(plan: EvaluationPlan, *, cache_dir: Path, models: ModelSettings) -> FittedRanker:
-    """Fit the encoders and the ranker `models.ranker_name` names as the plan says."""
+def retrain(
+    plan: EvaluationPlan,
+    *,
+    cache_dir: Path,
+    models: ModelSettings,
+    alternatives: dict[str, TimedChoices] | None = None,
+) -> FittedRanker:
+    """Fit the encoders and the ranker `models.ranker_name` names as the plan says (and, on a log with times, a
+    ranker per timed alternative on the same encoders)."""
     from flows.pipeline import fit_ranker
 
-    return fit_ranker(plan, cache_dir=cache_dir, settings=models)
+    return fit_ranker(plan, cache_dir=cache_dir, settings=models, alternatives=alternatives)
 
 
 def synthetic_interactions(workspace: Workspace) -> pl.DataFrame | None:
@@ -462,6 +470,8 @@ class Incumbent:
     version: str | None
     metrics: pl.DataFrame | None
     note: str | None = None
+    # The current model serving from the candidate's inputs, where it was re-scored (gate_evidence scores it again).
+    fitted: FittedRanker | None = None
 
 
 def incumbent_on_same_data(
@@ -486,7 +496,7 @@ def incumbent_on_same_data(
         return Incumbent(version, recorded, f"compared with the recorded figures of {version}")
     try:
         current = FittedRanker(load_ranker(directory), fitted.served, {})
-        return Incumbent(version, evaluate(current, split, k=k, protocol=protocol))
+        return Incumbent(version, evaluate(current, split, k=k, protocol=protocol), fitted=current)
     except (WarmstartError, ValueError, IndexError, RuntimeError) as error:
         note = f"{version} cannot score this data ({type(error).__name__}: {error}); compared with its recorded figures"
         return Incumbent(version, recorded, note)
@@ -504,20 +514,26 @@ TAIL_CALIBRATED, TAIL_STRENGTH = "tail_calibrated", 1.0
 def reference_lines(split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
     """Popularity and, for a log with times, recent popularity fitted on the split's training data and scored on
     its held-out data: the lines the product must beat, measured exactly as the product is."""
-    from ranker.baselines import PopularityScorer, RecentPopularityScorer
     from ranker.evaluate import evaluate as evaluate_split
+
+    frames = [
+        evaluate_split(split, scorer, k=k).metrics.with_columns(
+            pl.lit(reference_protocol(protocol, name)).alias("protocol")
+        )
+        for name, scorer in _reference_scorers(split).items()
+    ]
+    return pl.concat(frames)
+
+
+def _reference_scorers(split: ProtocolSplit) -> dict[str, PopularityScorer]:
+    """Popularity, and recent popularity where the training log has times, fitted on the split's training data."""
+    from ranker.baselines import PopularityScorer, RecentPopularityScorer
 
     scorers: dict[str, PopularityScorer] = {POPULARITY: PopularityScorer()}
     train = split.train
     if Columns.ts in train.columns and train[Columns.ts].null_count() < train.height:
         scorers[RECENT_POPULARITY] = RecentPopularityScorer()
-    frames = [
-        evaluate_split(split, scorer.fit(train, split.index), k=k).metrics.with_columns(
-            pl.lit(reference_protocol(protocol, name)).alias("protocol")
-        )
-        for name, scorer in scorers.items()
-    ]
-    return pl.concat(frames)
+    return {name: scorer.fit(train, split.index) for name, scorer in scorers.items()}
 
 
 def tail_calibrated(
@@ -565,6 +581,28 @@ def without_augmentation(fitted: FittedRanker, split: ProtocolSplit, *, k: int, 
     return metrics.with_columns(pl.lit(reference_protocol(protocol, WITHOUT_AUGMENTATION)).alias("protocol"))
 
 
+# The lines of timed alternatives are named with this prefix (pipeline.TIMED_ALTERNATIVES' names carry it).
+ALTERNATIVE_PREFIX = "choice_"
+
+
+def alternative_lines(
+    fitted: FittedRanker, metrics: pl.DataFrame, split: ProtocolSplit, *, k: int, protocol: str
+) -> pl.DataFrame:
+    """Each timed alternative trained beside the candidate, scored on the same split as the line 'PROTOCOL:NAME'
+    (the candidate's own `metrics` where the alternative is the candidate): what a backfill's next window chooses
+    from. No rows without alternatives."""
+    if any(not name.startswith(ALTERNATIVE_PREFIX) for name in fitted.alternatives):
+        names = list(fitted.alternatives)
+        raise ValueError(f"timed alternatives' names must start with {ALTERNATIVE_PREFIX!r}: {names}")
+    frames = [
+        (metrics if other is fitted else other.evaluate(split, k).metrics).with_columns(
+            pl.lit(reference_protocol(protocol, name)).alias("protocol")
+        )
+        for name, other in fitted.alternatives.items()
+    ]
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
 @dataclass(frozen=True)
 class Reference:
     """The line the gate holds the candidate to (its metric rows and its name), or none."""
@@ -582,12 +620,70 @@ def gate_reference(references: pl.DataFrame, protocol: str) -> Reference:
     return Reference()
 
 
+def gate_user_values(recs: pl.DataFrame, split: ProtocolSplit, gate: GateMetric) -> pl.DataFrame:
+    """(user_id, value) of one gate metric for each user it averages over: those with a held-out positive in the
+    gate's segment (an item segment: head, tail, cold; a user segment; or overall). Their mean is the metric."""
+    from ranker.metrics import per_user_accuracy
+
+    truth = split.truth
+    if gate.segment in (Segments.head, Segments.tail, Segments.cold):
+        items = split.item_segments.filter(pl.col(Columns.segment) == gate.segment).select(Columns.item)
+        truth = truth.join(items, on=Columns.item, how="semi")
+    elif gate.segment != Segments.overall:
+        users = split.user_segments if split.user_segments is not None else pl.DataFrame({Columns.segment: []})
+        members = users.filter(pl.col(Columns.segment) == gate.segment).select(Columns.user)
+        truth, recs = (frame.join(members, on=Columns.user, how="semi") for frame in (truth, recs))
+    if truth.is_empty():
+        return pl.DataFrame({Columns.user: [], "value": []}, schema={Columns.user: pl.String, "value": pl.Float64})
+    values = per_user_accuracy(recs, truth, gate.k)
+    return values.select(Columns.user, pl.col(gate.metric).cast(pl.Float64).alias("value"))
+
+
+def gate_evidence(
+    fitted: FittedRanker, incumbent: Incumbent, split: ProtocolSplit, config: GateConfig, *, k: int
+) -> Evidence:
+    """Paired bootstrap intervals over users (at `config.confidence`) of the candidate minus the incumbent (where it
+    was scored on this data) on each gate metric, and minus the reference line (recent popularity, else
+    popularity) on each reference metric: the evidence `monitor.decide` asks of a drop before it refuses."""
+    from ranker.evaluate import evaluate as evaluate_split
+    from ranker.metrics import bootstrap_difference
+
+    if config.confidence is None:
+        return {}
+    scorers = _reference_scorers(split)
+    reference = scorers.get(RECENT_POPULARITY, scorers[POPULARITY])
+    recs = {"candidate": fitted.evaluate(split, k).recs, "reference": evaluate_split(split, reference, k=k).recs}
+    if incumbent.fitted is not None:
+        recs["incumbent"] = incumbent.fitted.evaluate(split, k).recs
+    evidence: Evidence = {}
+    for comparison, gates in (("incumbent", config.metrics), ("reference", config.reference_metrics)):
+        if comparison not in recs:
+            continue
+        for gate_metric in gates:
+            mine = gate_user_values(recs["candidate"], split, gate_metric)
+            theirs = gate_user_values(recs[comparison], split, gate_metric)
+            both = mine.join(theirs, on=Columns.user, suffix="_other")
+            if both.is_empty():
+                continue
+            _, low, high = bootstrap_difference(
+                both["value"].to_numpy(), both["value_other"].to_numpy(), level=config.confidence
+            )
+            evidence.setdefault(comparison, {})[gate_metric.name] = (low, high)
+    return evidence
+
+
 def gate(
-    candidate: pl.DataFrame, incumbent: Incumbent, config: GateConfig, reference: Reference | None = None
+    candidate: pl.DataFrame,
+    incumbent: Incumbent,
+    config: GateConfig,
+    reference: Reference | None = None,
+    evidence: Evidence | None = None,
 ) -> GateDecision:
     """Promote or refuse the candidate against the current model and the reference line (see `monitor.decide`)."""
     reference = reference or Reference()
-    decision = decide(candidate, incumbent.metrics, config, reference.metrics, reference.name or "the reference")
+    decision = decide(
+        candidate, incumbent.metrics, config, reference.metrics, reference.name or "the reference", evidence
+    )
     if incumbent.note:
         decision = decision.model_copy(update={"reason": f"{decision.reason} ({incumbent.note})"})
     return decision

@@ -108,6 +108,8 @@ POLICIES: dict[str, StagePolicy] = {
     "reference_lines": StagePolicy(),
     "tail_calibrated": StagePolicy(),
     "without_augmentation": StagePolicy(),
+    "alternative_lines": StagePolicy(),
+    "gate_evidence": StagePolicy(),
     "gate": StagePolicy(publish=publish_decision),
 }
 
@@ -200,4 +202,6 @@ evaluate_task = as_task(stages.evaluate)
 reference_lines_task = as_task(stages.reference_lines)
 tail_calibrated_task = as_task(stages.tail_calibrated)
 without_augmentation_task = as_task(stages.without_augmentation)
+alternative_lines_task = as_task(stages.alternative_lines)
+gate_evidence_task = as_task(stages.gate_evidence)
 gate_task = as_task(stages.gate)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from monitor.gate import GateConfig, GateDecision, GateMetric, decide, gate_values
+from monitor.gate import Evidence, GateConfig, GateDecision, GateMetric, decide, gate_values
 from monitor.store import (
     COMPLETED,
     DASHBOARD_STORE_ENV,
@@ -36,6 +36,7 @@ __all__ = [
     "RUNNING",
     "SCHEMA_VERSION",
     "ActiveRun",
+    "Evidence",
     "GateConfig",
     "GateDecision",
     "GateMetric",

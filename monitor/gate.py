@@ -1,5 +1,7 @@
 """The quality gate: a retrained ranker replaces the current one only if its gate metrics do not regress and it
-does not lose to the reference line (recent popularity) measured on the same held-out data."""
+does not lose to the reference line (recent popularity) measured on the same held-out data. Where the point
+estimates say it would refuse, the caller may bring evidence (paired bootstrap intervals over users of each
+difference): a drop whose interval reaches zero is noise, not a regression, and is reported as such."""
 
 from __future__ import annotations
 
@@ -50,6 +52,19 @@ class GateConfig(BaseModel):
         description="Metrics on which the candidate must reach the reference line (e.g. recent popularity) "
         "measured on the same held-out data; a candidate below it is refused.",
     )
+    confidence: float | None = Field(
+        0.95,
+        gt=0,
+        lt=1,
+        description="Level of the paired bootstrap interval over users that a drop must clear to refuse: a "
+        "candidate below the incumbent (beyond the tolerance) or the reference is refused only when the interval "
+        "of the difference lies wholly below zero. None: the point estimates alone decide.",
+    )
+
+
+# Evidence for `decide`: per comparison ('incumbent', 'reference'), per gate metric name, the (lower, upper) bounds
+# of the paired bootstrap interval of candidate minus the other (flows.stages.gate_evidence measures them).
+Evidence = dict[str, dict[str, tuple[float, float]]]
 
 
 class GateDecision(BaseModel):
@@ -95,13 +110,24 @@ def decide(
     config: GateConfig,
     reference: pl.DataFrame | None = None,
     reference_name: str = "recent popularity",
+    evidence: Evidence | None = None,
 ) -> GateDecision:
     """Promote the candidate unless a gate metric measured for both falls more than `tolerance` below the
     incumbent's on the same held-out data, or a reference metric falls below `reference`'s (a baseline such as
-    recent popularity scored on the same data: a ranker that loses to it should not serve). With no incumbent
-    and no reference, the candidate is promoted."""
+    recent popularity scored on the same data: a ranker that loses to it should not serve). A drop with
+    `evidence` whose interval reaches zero does not refuse (it is named in the reason as within noise). With no
+    incumbent and no reference, the candidate is promoted."""
     mine = gate_values(candidate, config)
-    losses, checked_reference = [], []
+    evidence = evidence or {}
+
+    def shown(comparison: str, name: str) -> tuple[bool, str]:
+        """Whether the evidence (if any) shows the drop, and its interval as text."""
+        interval = evidence.get(comparison, {}).get(name)
+        if interval is None or config.confidence is None:
+            return True, ""
+        return interval[1] < 0, f" ({config.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}])"
+
+    losses, checked_reference, noise = [], [], []
     theirs_reference: dict[str, float | None] | None = None
     if reference is not None:
         ours = _values(product_rows(candidate), config.reference_metrics)
@@ -110,9 +136,12 @@ def decide(
             baseline = theirs_reference[name]
             if value is None or baseline is None:
                 continue
-            checked_reference.append(f"{name} {value:.4f} >= {baseline:.4f}")
             if value < baseline:
-                losses.append(f"{name} {value:.4f} < {reference_name}'s {baseline:.4f}")
+                real, interval = shown("reference", name)
+                below = f"{name} {value:.4f} < {reference_name}'s {baseline:.4f}{interval}"
+                (losses if real else noise).append(below)
+            else:
+                checked_reference.append(f"{name} {value:.4f} >= {baseline:.4f}")
     regressions, compared = [], []
     theirs = gate_values(incumbent, config) if incumbent is not None else None
     for name, value in mine.items():
@@ -121,7 +150,9 @@ def decide(
             continue
         compared.append(name)
         if value < previous - config.tolerance:
-            regressions.append(f"{name} {value:.4f} < {previous:.4f} - {config.tolerance:g}")
+            real, interval = shown("incumbent", name)
+            drop = f"{name} {value:.4f} < {previous:.4f} - {config.tolerance:g}{interval}"
+            (regressions if real else noise).append(drop)
     refusals = ([f"loses to {reference_name}: " + "; ".join(losses)] if losses else []) + (
         ["regressed: " + "; ".join(regressions)] if regressions else []
     )
@@ -137,4 +168,6 @@ def decide(
         reason = f"no regression beyond {config.tolerance:g} on " + ", ".join(compared)
     if checked_reference:
         reason += f"; beats {reference_name} ({', '.join(checked_reference)})"
+    if noise:
+        reason += "; drops within noise: " + "; ".join(noise)
     return GateDecision(promoted=True, reason=reason, candidate=mine, incumbent=theirs, reference=theirs_reference)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from catalog import Workspace, WorkspaceError
 from flows.cli import app
+from flows.pipeline import TIMED_ALTERNATIVES, TimedChoices
 from monitor import COMPLETED, FAILED, MetricsStore
 
 # Two 10-day windows at the end of MovieLens-100K (last rating 1998-04-22); few epochs keep each window short.
@@ -80,9 +81,23 @@ def test_backfill_killed_midway_resumes_without_duplicates(
     assert set(metrics["run_id"]) == set(completed["run_id"])
     assert metrics.select("as_of", "protocol", "segment", "metric", "k").is_duplicated().sum() == 0
     assert metrics.filter(pl.col("segment") == "overall")["as_of"].n_unique() == 2
-    # The product, popularity, recent popularity, tail-calibrated, and the product without augmentation.
-    assert metrics["protocol"].n_unique() == 5
+    # The product, popularity, recent popularity, tail-calibrated, the product without augmentation, and a line per
+    # timed alternative.
+    assert metrics["protocol"].n_unique() == 5 + len(TIMED_ALTERNATIVES)
     assert store.promotions().height == 2
+    # Rolling choice: the first window serves the default timed choices, the second the alternative that scored
+    # best on the first (ties to the earlier name), the resumed run reading the killed run's rows.
+    first_run, second_run = completed.sort("window_end")["run_id"]
+    names = list(TIMED_ALTERNATIVES)
+    lines = store.run_metrics(first_run).filter(
+        (pl.col("segment") == "overall") & (pl.col("metric") == "ndcg") & (pl.col("k") == 20)
+    )
+    scores = {name: lines.filter(pl.col("protocol") == f"temporal:{name}")["value"].item() for name in names}
+    best = max(names, key=lambda name: (scores[name], -names.index(name)))
+    for run_id, choices in ((first_run, TimedChoices()), (second_run, TIMED_ALTERNATIVES[best])):
+        metadata = workspace / "backfill" / "models" / "lightgbm" / run_id / "metadata.json"
+        config = json.loads(metadata.read_text())["config"]
+        assert (config["prior_days"], config["cold_slots"]) == (choices.prior_days, choices.cold_slots)
     rows_after = metrics.height
 
     again = subprocess.run(_cli(workspace, ml100k_dir), env=env, capture_output=True, text=True, timeout=900)
@@ -110,8 +125,17 @@ def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml
     # Every window's product and reference figures are printed, side by side.
     # (an 80-column console shortens the later headers: the values below are what must be there)
     assert "┃ product ┃ popularity ┃" in result.output
-    assert overall.height == 10  # the product, popularity, recent popularity, tail-calibrated, without augmentation
-    for value in overall["value"]:
+    # the product, popularity, recent popularity, tail-calibrated, without augmentation, the timed alternatives
+    assert overall.height == 2 * (5 + len(TIMED_ALTERNATIVES))
+    for value in overall.filter(~pl.col("protocol").str.contains(":choice_"))["value"]:
+        assert f"{value:.4f}" in result.output
+    # Each timed alternative's NDCG, which the next window's rolling choice reads, in a table of its own.
+    assert "of each timed choice" in result.output
+    choices = store.metrics().filter(
+        (pl.col("segment") == "overall") & (pl.col("metric") == "ndcg") & pl.col("protocol").str.contains(":choice_")
+    )
+    assert choices.height == 2 * len(TIMED_ALTERNATIVES)
+    for value in choices["value"]:
         assert f"{value:.4f}" in result.output
     # The language model's budget: one new item per window described, its synthetic pairs scored against
     # the next window.

@@ -6,12 +6,16 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from catalog import Dataset
 from encoders import BPRConfig
-from flows.pipeline import ModelSettings, fit_ranker, holdout_plan
-from ranker.baselines import PopularityScorer
+from flows.pipeline import TIMED_ALTERNATIVES, FittedRanker, ModelSettings, fit_ranker, holdout_plan
+from flows.stages import Incumbent, alternative_lines, gate_evidence, gate_user_values
+from flows.stages import evaluate as stages_evaluate
+from monitor import GateConfig, GateMetric
+from ranker.baselines import PopularityScorer, RecentPopularityScorer
 from ranker.evaluate import COLD_USER, evaluate, temporal_split
 
 
@@ -24,11 +28,16 @@ def window(ml100k: Dataset) -> object:
     return temporal_split(ml100k.interactions, ml100k.items, cut=end, end=end + timedelta(days=30))
 
 
-def test_the_retrained_ranker_serves_users_without_history(window: object, cache_dir: Path) -> None:
-    split = window
+@pytest.fixture(scope="module")
+def fitted(window: object, cache_dir: Path) -> FittedRanker:
+    """The window's ranker with small encoders, and the timed alternatives trained beside it."""
     defaults = ModelSettings.seeded(0)
     settings = ModelSettings(cf=BPRConfig(dim=32, epochs=20, seed=0), mapper=defaults.mapper, ranker=defaults.ranker)
-    fitted = fit_ranker(holdout_plan(split), cache_dir=cache_dir, settings=settings)
+    return fit_ranker(holdout_plan(window), cache_dir=cache_dir, settings=settings, alternatives=TIMED_ALTERNATIVES)
+
+
+def test_the_retrained_ranker_serves_users_without_history(window: object, fitted: FittedRanker) -> None:
+    split = window
     ranker = fitted.evaluate(split, 20)
     popularity = evaluate(split, PopularityScorer().fit(split.train, split.index), k=20)
     # 127 of the window's 219 users have no rating before it. Before the fix the booster never saw such a user
@@ -36,3 +45,43 @@ def test_the_retrained_ranker_serves_users_without_history(window: object, cache
     # encoders reach about 0.36).
     assert ranker.value("ndcg", COLD_USER) >= 0.6 * popularity.value("ndcg", COLD_USER)
     assert ranker.value("ndcg") >= 0.6 * popularity.value("ndcg")
+
+
+def test_timed_alternatives_train_on_the_same_encoders_and_rank_differently(
+    window: object, fitted: FittedRanker
+) -> None:
+    split = window
+    assert list(fitted.alternatives) == list(TIMED_ALTERNATIVES)
+    first, second = (fitted.alternatives[name] for name in TIMED_ALTERNATIVES)
+    assert first is fitted  # the default choices are the candidate itself, not trained twice
+    assert second.served is fitted.served  # one set of encoders
+    config = second.ranker.config
+    choices = TIMED_ALTERNATIVES["choice_recent28"]
+    assert (config.prior_days, config.cold_slots) == (choices.prior_days, choices.cold_slots)
+    metrics = stages_evaluate(fitted, split, k=20, protocol="temporal")
+    lines = alternative_lines(fitted, metrics, split, k=20, protocol="temporal")
+    ndcg = lines.filter((pl.col("segment") == "overall") & (pl.col("metric") == "ndcg")).sort("protocol")
+    assert ndcg["protocol"].to_list() == sorted(f"temporal:{name}" for name in TIMED_ALTERNATIVES)
+    assert ndcg["value"].n_unique() == 2  # another prior and no new-item place rank differently
+
+
+def test_gate_evidence_bootstraps_the_metrics_the_gate_reads(window: object, fitted: FittedRanker) -> None:
+    split = window
+    result = fitted.evaluate(split, 20)
+    # Each gate metric is the mean of its per-user values (users with a held-out positive in its segment).
+    for text in ("overall/ndcg@20", "cold/recall@20", "tail/recall@20", f"{COLD_USER}/ndcg@20"):
+        gate_metric = GateMetric.parse(text)
+        values = gate_user_values(result.recs, split, gate_metric)
+        assert values["value"].mean() == pytest.approx(result.value(gate_metric.metric, gate_metric.segment))
+    # The other timed choice stands in for the incumbent; recent popularity is the reference.
+    other = fitted.alternatives["choice_recent28"]
+    config = GateConfig()
+    evidence = gate_evidence(fitted, Incumbent("v0", None, fitted=other), split, config, k=20)
+    assert set(evidence) == {"incumbent", "reference"}
+    assert set(evidence["incumbent"]) == {"overall/ndcg@20", "cold/recall@20"}
+    reference = evaluate(split, RecentPopularityScorer().fit(split.train, split.index), k=20)
+    for comparison, theirs in (("incumbent", other.evaluate(split, 20)), ("reference", reference)):
+        low, high = evidence[comparison]["overall/ndcg@20"]
+        assert low <= result.value("ndcg") - theirs.value("ndcg") <= high and low < high
+    point_estimates_only = config.model_copy(update={"confidence": None})
+    assert gate_evidence(fitted, Incumbent(None, None), split, point_estimates_only, k=20) == {}

@@ -68,3 +68,23 @@ def test_reference_rows_in_a_runs_metrics_are_not_the_products() -> None:
     reference = _frame(0.12, 0.0).with_columns(protocol=pl.lit("temporal:recent_popularity"))
     refused = decide(product, None, GateConfig(), reference=reference)
     assert not refused.promoted and refused.reference == {"overall/ndcg@20": 0.12}
+
+
+def test_a_drop_the_evidence_does_not_show_is_noise_not_a_refusal() -> None:
+    # Point estimates refuse on both counts; bootstrap intervals over users decide which drops are real.
+    candidate, incumbent, reference = _frame(0.10, 0.03), _frame(0.10, 0.05), _frame(0.12, 0.0)
+    noisy = {"incumbent": {"cold/recall@20": (-0.05, 0.01)}, "reference": {"overall/ndcg@20": (-0.04, 0.002)}}
+    passed = decide(candidate, incumbent, GateConfig(), reference=reference, evidence=noisy)
+    assert passed.promoted
+    assert "drops within noise: overall/ndcg@20 0.1000 < recent popularity's 0.1200 (95% interval" in passed.reason
+    assert "cold/recall@20 0.0300 < 0.0500 - 0.005 (95% interval [-0.0500, +0.0100])" in passed.reason
+    # An interval wholly below zero refuses, and the reason gives it.
+    shown = {"incumbent": {"cold/recall@20": (-0.05, -0.001)}, "reference": {"overall/ndcg@20": (-0.04, 0.002)}}
+    refused = decide(candidate, incumbent, GateConfig(), reference=reference, evidence=shown)
+    assert not refused.promoted
+    assert refused.reason == "regressed: cold/recall@20 0.0300 < 0.0500 - 0.005 (95% interval [-0.0500, -0.0010])"
+    # Without a confidence level the point estimates alone decide, evidence or not.
+    assert not decide(candidate, incumbent, GateConfig(confidence=None), reference=reference, evidence=noisy).promoted
+    # A metric without evidence refuses on its point estimate.
+    partial = {"reference": {"overall/ndcg@20": (-0.04, 0.002)}}
+    assert not decide(candidate, incumbent, GateConfig(), reference=reference, evidence=partial).promoted
