@@ -57,8 +57,9 @@ class GateConfig(BaseModel):
         gt=0,
         lt=1,
         description="Level of the paired bootstrap interval over users that a drop must clear to refuse: a "
-        "candidate below the incumbent (beyond the tolerance) or the reference is refused only when the interval "
-        "of the difference lies wholly below zero. None: the point estimates alone decide.",
+        "candidate below the incumbent by more than the tolerance is refused only when the interval of the "
+        "difference lies wholly below minus the tolerance, one below the reference only when it lies wholly below "
+        "zero. None: the point estimates alone decide.",
     )
 
 
@@ -120,12 +121,14 @@ def decide(
     mine = gate_values(candidate, config)
     evidence = evidence or {}
 
-    def shown(comparison: str, name: str) -> tuple[bool, str]:
-        """Whether the evidence (if any) shows the drop, and its interval as text."""
+    def shown(comparison: str, name: str, allowed: float) -> tuple[bool, str]:
+        """Whether the evidence (if any) shows a drop beyond `allowed` (its interval wholly below -allowed), and the
+        interval as text."""
         interval = evidence.get(comparison, {}).get(name)
         if interval is None or config.confidence is None:
             return True, ""
-        return interval[1] < 0, f" ({config.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}])"
+        text = f" ({config.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}])"
+        return interval[1] < -allowed, text
 
     losses, checked_reference, noise = [], [], []
     theirs_reference: dict[str, float | None] | None = None
@@ -137,7 +140,7 @@ def decide(
             if value is None or baseline is None:
                 continue
             if value < baseline:
-                real, interval = shown("reference", name)
+                real, interval = shown("reference", name, 0.0)
                 below = f"{name} {value:.4f} < {reference_name}'s {baseline:.4f}{interval}"
                 (losses if real else noise).append(below)
             else:
@@ -150,7 +153,7 @@ def decide(
             continue
         compared.append(name)
         if value < previous - config.tolerance:
-            real, interval = shown("incumbent", name)
+            real, interval = shown("incumbent", name, config.tolerance)
             drop = f"{name} {value:.4f} < {previous:.4f} - {config.tolerance:g}{interval}"
             (regressions if real else noise).append(drop)
     refusals = ([f"loses to {reference_name}: " + "; ".join(losses)] if losses else []) + (

@@ -78,11 +78,18 @@ def test_a_drop_the_evidence_does_not_show_is_noise_not_a_refusal() -> None:
     assert passed.promoted
     assert "drops within noise: overall/ndcg@20 0.1000 < recent popularity's 0.1200 (95% interval" in passed.reason
     assert "cold/recall@20 0.0300 < 0.0500 - 0.005 (95% interval [-0.0500, +0.0100])" in passed.reason
-    # An interval wholly below zero refuses, and the reason gives it.
-    shown = {"incumbent": {"cold/recall@20": (-0.05, -0.001)}, "reference": {"overall/ndcg@20": (-0.04, 0.002)}}
+    # An interval wholly below minus the tolerance refuses, and the reason gives it; one that reaches into the
+    # tolerance does not.
+    shown = {"incumbent": {"cold/recall@20": (-0.05, -0.01)}, "reference": {"overall/ndcg@20": (-0.04, 0.002)}}
     refused = decide(candidate, incumbent, GateConfig(), reference=reference, evidence=shown)
     assert not refused.promoted
-    assert refused.reason == "regressed: cold/recall@20 0.0300 < 0.0500 - 0.005 (95% interval [-0.0500, -0.0010])"
+    assert refused.reason == "regressed: cold/recall@20 0.0300 < 0.0500 - 0.005 (95% interval [-0.0500, -0.0100])"
+    within = {"incumbent": {"cold/recall@20": (-0.05, -0.001)}, "reference": {"overall/ndcg@20": (-0.04, 0.002)}}
+    assert decide(candidate, incumbent, GateConfig(), reference=reference, evidence=within).promoted
+    # A negative tolerance asks the candidate to beat the incumbent by that much: a tie, however certain, refuses.
+    tie = {"incumbent": {"overall/ndcg@20": (0.0, 0.0)}}
+    demanding = GateConfig(tolerance=-0.5, reference_metrics=[])
+    assert not decide(_frame(0.10, 0.05), _frame(0.10, 0.05), demanding, evidence=tie).promoted
     # Without a confidence level the point estimates alone decide, evidence or not.
     assert not decide(candidate, incumbent, GateConfig(confidence=None), reference=reference, evidence=noisy).promoted
     # A metric without evidence refuses on its point estimate.
