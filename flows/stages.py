@@ -630,11 +630,13 @@ def gate_user_values(recs: pl.DataFrame, split: ProtocolSplit, gate: GateMetric)
         items = split.item_segments.filter(pl.col(Columns.segment) == gate.segment).select(Columns.item)
         truth = truth.join(items, on=Columns.item, how="semi")
     elif gate.segment != Segments.overall:
-        users = split.user_segments if split.user_segments is not None else pl.DataFrame({Columns.segment: []})
-        members = users.filter(pl.col(Columns.segment) == gate.segment).select(Columns.user)
-        truth, recs = (frame.join(members, on=Columns.user, how="semi") for frame in (truth, recs))
+        if split.user_segments is None:  # a split without user segments measures none of them
+            truth = truth.clear()
+        else:
+            members = split.user_segments.filter(pl.col(Columns.segment) == gate.segment).select(Columns.user)
+            truth, recs = (frame.join(members, on=Columns.user, how="semi") for frame in (truth, recs))
     if truth.is_empty():
-        return pl.DataFrame({Columns.user: [], "value": []}, schema={Columns.user: pl.String, "value": pl.Float64})
+        return pl.DataFrame(schema={Columns.user: pl.String, "value": pl.Float64})
     values = per_user_accuracy(recs, truth, gate.k)
     return values.select(Columns.user, pl.col(gate.metric).cast(pl.Float64).alias("value"))
 

@@ -3,6 +3,7 @@ users without history (most of its users) about as well as popularity does, not 
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
@@ -73,6 +74,9 @@ def test_gate_evidence_bootstraps_the_metrics_the_gate_reads(window: object, fit
         gate_metric = GateMetric.parse(text)
         values = gate_user_values(result.recs, split, gate_metric)
         assert values["value"].mean() == pytest.approx(result.value(gate_metric.metric, gate_metric.segment))
+    # A split without user segments has no users in one: no values, not an error.
+    no_segments = dataclasses.replace(split, user_segments=None)
+    assert gate_user_values(result.recs, no_segments, GateMetric.parse(f"{COLD_USER}/ndcg@20")).is_empty()
     # The other timed choice stands in for the incumbent; recent popularity is the reference.
     other = fitted.alternatives["choice_recent28"]
     config = GateConfig()
