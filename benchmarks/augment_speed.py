@@ -45,13 +45,14 @@ from augment import (  # noqa: E402
     LocalBackend,
     Messages,
     OutputRules,
+    PromptTemplate,
     convert_smollm2,
     item_description_messages,
     judge_messages,
     rejection_reason,
     tidy,
 )
-from catalog import Columns, load_citeulike  # noqa: E402
+from catalog import Columns, Dataset, load_citeulike  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
 
@@ -68,6 +69,35 @@ def timed(function: Any, repeat: int = 1, setup: Any = None) -> tuple[Any, float
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return result, float(np.median(walls)), float(np.median(cpus))
+
+
+def judge_workload(
+    dataset: Dataset,
+    *,
+    users: int = 8,
+    items_per_user: int = 8,
+    history: int = 10,
+    template: PromptTemplate = INTERACTION_JUDGE,
+) -> list[Messages]:
+    """The judge prompts timed here, grouped by user: the first `users` warm users with at least `history` saved
+    titles (their first `history` titles) times `items_per_user` cold test items each."""
+    titles = dataset.items[Columns.title].to_list()
+    cold = dataset.splits["cold_item_test"][Columns.item].unique().sort().to_list()
+    chosen = (
+        dataset.splits["warm_emb"]
+        .group_by(Columns.user)
+        .agg(Columns.item)
+        .filter(pl.col(Columns.item).list.len() >= history)
+        .sort(Columns.user)
+        .head(users)
+    )
+    return [
+        judge_messages(
+            [titles[int(i)] for i in items[:history]], titles[int(cold[(u * 37 + j) % len(cold)])], template=template
+        )
+        for u, items in enumerate(chosen[Columns.item].to_list())
+        for j in range(items_per_user)
+    ]
 
 
 def load() -> float:
@@ -237,29 +267,14 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = load_citeulike(args.data)
     titles = dataset.items[Columns.title].to_list()
-    warm = dataset.splits["warm_emb"]
-    cold = dataset.splits["cold_item_test"][Columns.item].unique().sort().to_list()
-    users = (
-        warm.group_by(Columns.user)
-        .agg(Columns.item)
-        .filter(pl.col(Columns.item).list.len() >= args.history)
-        .sort(Columns.user)
-        .head(args.users)
-    )
     unknown = sorted(set(args.judge_templates.split(",")) - set(PROMPT_VERSIONS))
     if unknown:
         parser.error(f"unknown judge template(s) {unknown}; choose from {sorted(PROMPT_VERSIONS)}")
     templates = [PROMPT_VERSIONS[name] for name in args.judge_templates.split(",")]
     judged = {
-        template.id: [
-            judge_messages(
-                [titles[int(i)] for i in items[: args.history]],
-                titles[int(cold[(u * 37 + j) % len(cold)])],
-                template=template,
-            )
-            for u, items in enumerate(users[Columns.item].to_list())
-            for j in range(args.items_per_user)
-        ]  # grouped by user
+        template.id: judge_workload(
+            dataset, users=args.users, items_per_user=args.items_per_user, history=args.history, template=template
+        )
         for template in templates
     }
     shuffle = np.random.default_rng(0).permutation(args.users * args.items_per_user)

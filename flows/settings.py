@@ -43,7 +43,12 @@ class WarmstartSettings(BaseSettings):
     llm_retries: int = Field(3, ge=0, description="Retries of a failed HTTP request, with exponential backoff.")
     llm_concurrency: int = Field(4, ge=1, description="HTTP requests to the LLM server in flight at once.")
     llm_batch_size: int = Field(16, ge=1, description="Prompts per batch of the local model.")
-    llm_threads: int = Field(1, ge=1, description="Torch threads of the local model (the machine is shared).")
+    llm_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Torch threads of the local model; unset, one per CPU core (torch's default). The judge is bound "
+        "by arithmetic: one thread of two cores runs it at about half speed. Set 1 where other jobs share the cores.",
+    )
     llm_precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="Arithmetic of the local model: fp32 (the reference) or bf16 (faster on AVX-512 BF16 CPUs and "
