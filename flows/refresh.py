@@ -74,7 +74,10 @@ def describe_in_batches(
     started = time.perf_counter()
     items = describe_targets(space, plan.item_segments, plan.limit)
     chunks = [items.slice(offset, batch) for offset in range(0, items.height, batch)]
-    results = [future.result() for future in tasks.describe_batch_task.map(chunks, unmapped(settings))]
+    if concurrent_llm_steps(settings):
+        results = [future.result() for future in tasks.describe_batch_task.map(chunks, unmapped(settings))]
+    else:
+        results = [tasks.describe_batch_task(chunk, settings) for chunk in chunks]
     report: dict[str, Any] = {name: sum(int(stats[name]) for _, stats in results) for name in COUNTS}
     report |= {"requested": items.height, "batches": len(chunks), "seconds": round(time.perf_counter() - started, 3)}
     frame = pl.concat([frame for frame, _ in results]) if results else pl.DataFrame()
@@ -104,12 +107,26 @@ def augment_new(workspace: Path | None = None, limit: int = 16, batch: int = 8) 
     return dict(run.record.augmentation) | {"run_id": run.run_id}
 
 
+def concurrent_llm_steps(settings: WarmstartSettings) -> bool:
+    """Whether language-model tasks run side by side: on Dask, where each worker process has its own model. In the
+    flow's process the model lock runs them one at a time anyway, and torch work on a second thread is slower:
+    describing 4 items with two torch threads took 1.4x as long on a task thread as on the thread that loaded the
+    model (docs/benchmarks.md; likely libgomp spinning less once its threads outnumber the cores). So there they
+    run on the calling thread."""
+    return settings.task_runner == "dask"
+
+
 def augment_workspace(
     space: Workspace, settings: WarmstartSettings, plan: stages.AugmentPlan, run_id: str
 ) -> stages.AugmentReport:
-    """The plan's augmentation as tasks: descriptions and profiles (different tables) side by side on the task
-    runner; simulation reads the descriptions, so it waits for them."""
+    """The plan's augmentation as tasks: descriptions and profiles (different tables) side by side on Dask, in
+    turn otherwise (`concurrent_llm_steps`); simulation reads the descriptions, so it waits for them."""
     report = stages.AugmentReport()
+    if not concurrent_llm_steps(settings):
+        for step, wanted in (("describe", plan.describe), ("simulate", plan.simulate), ("profile", plan.profile)):
+            if wanted:
+                report.steps[step] = tasks.augment_step_task(step, space.root, settings, plan, run_id)
+        return report
     submitted = {
         step: tasks.augment_step_task.submit(step, space.root, settings, plan, run_id)
         for step, wanted in (("describe", plan.describe), ("profile", plan.profile))
