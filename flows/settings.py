@@ -47,7 +47,7 @@ class WarmstartSettings(BaseSettings):
         None,
         ge=1,
         description="Torch threads of the local model; unset, one per CPU core (torch's default). The judge is bound "
-        "by arithmetic: one thread of two cores runs it at about half speed. Set 1 where other jobs share the cores.",
+        "by arithmetic: one thread of two cores ran it at about 60% of its two-thread speed. Set 1 on shared cores.",
     )
     llm_precision: Literal["fp32", "bf16"] = Field(
         "fp32",
