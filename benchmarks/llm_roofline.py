@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -101,8 +102,6 @@ def achieved(path: Path | None, precision: str) -> dict[str, Any]:
     """The medians an augment_speed.py report holds for `precision`: judge pairs/s, new tokens/s per batch."""
     if path is None:
         return {}
-    import json
-
     rows = [row for row in json.loads(path.read_text())["results"] if row.get("precision") == precision]
     judge = {row["figure"]: row["pairs_per_s"] for row in rows if row["figure"].startswith("judge")}
     generation = {row["batch_size"]: row["tokens_per_s"] for row in rows if row["figure"] == "generate"}

@@ -121,22 +121,23 @@ def augment_workspace(
 ) -> stages.AugmentReport:
     """The plan's augmentation as tasks: descriptions and profiles (different tables) side by side on Dask, in
     turn otherwise (`concurrent_llm_steps`); simulation reads the descriptions, so it waits for them."""
-    report = stages.AugmentReport()
-    if not concurrent_llm_steps(settings):
-        for step, wanted in (("describe", plan.describe), ("simulate", plan.simulate), ("profile", plan.profile)):
-            if wanted:
-                report.steps[step] = tasks.augment_step_task(step, space.root, settings, plan, run_id)
-        return report
-    submitted = {
-        step: tasks.augment_step_task.submit(step, space.root, settings, plan, run_id)
-        for step, wanted in (("describe", plan.describe), ("profile", plan.profile))
+    steps = [
+        s
+        for s, wanted in (("describe", plan.describe), ("simulate", plan.simulate), ("profile", plan.profile))
         if wanted
-    }
-    if "describe" in submitted:
-        report.steps["describe"] = submitted.pop("describe").result()
-    if plan.simulate:
-        report.steps["simulate"] = tasks.augment_step_task("simulate", space.root, settings, plan, run_id)
-    report.steps |= {step: future.result() for step, future in submitted.items()}
+    ]
+    # on Dask, descriptions and profiles start together; the steps are then collected (or run) in order
+    started = (
+        {s: tasks.augment_step_task.submit(s, space.root, settings, plan, run_id) for s in steps if s != "simulate"}
+        if concurrent_llm_steps(settings)
+        else {}
+    )
+    report = stages.AugmentReport()
+    for step in steps:
+        running = started.get(step)
+        report.steps[step] = (
+            running.result() if running else tasks.augment_step_task(step, space.root, settings, plan, run_id)
+        )
     return report
 
 
