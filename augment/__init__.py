@@ -1,6 +1,7 @@
 """Language-model augmentation: item descriptions, user profiles and synthetic interactions.
 
-Backends (a local transformers model, or any OpenAI-compatible HTTP server) share the `Backend` protocol;
+Backends (a local model run by llama.cpp or by transformers, or any OpenAI-compatible HTTP server) share the
+`Backend` protocol;
 prompts are versioned templates; outputs are validated and cached by (model, prompt version, input hash).
 """
 
@@ -25,14 +26,18 @@ from augment._augment import (
 )
 from augment._backends import (
     BF16_TOLERANCE,
+    LLAMACPP_NAME,
     PRECISIONS,
     SMOLLM2_NAME,
     Backend,
     Generation,
     HttpBackend,
+    InProcessBackend,
+    LlamaCppBackend,
     LocalBackend,
     Precision,
     convert_smollm2,
+    smollm2_f16_gguf,
     smollm2_name,
 )
 from augment._cache import GenerationCache, input_hash
@@ -75,6 +80,7 @@ __all__ = [
     "ITEM_DESCRIPTION",
     "ITEM_DESCRIPTION_GROUNDED",
     "LABEL",
+    "LLAMACPP_NAME",
     "PRECISIONS",
     "PROFILE",
     "PROMPTS",
@@ -90,7 +96,9 @@ __all__ = [
     "Generation",
     "GenerationCache",
     "HttpBackend",
+    "InProcessBackend",
     "JudgeTuning",
+    "LlamaCppBackend",
     "LocalBackend",
     "Messages",
     "OutputRules",
@@ -118,6 +126,7 @@ __all__ = [
     "profile_users",
     "rejection_reason",
     "simulate_interactions",
+    "smollm2_f16_gguf",
     "smollm2_name",
     "tidy",
     "tuned_judge",

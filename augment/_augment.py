@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from augment._backends import Backend, LocalBackend
+from augment._backends import Backend, InProcessBackend
 from augment._cache import GenerationCache, input_hash
 from augment._prompts import (
     INTERACTION_JUDGE,
@@ -261,7 +261,7 @@ def estimate_cost(
     """Count the prompts the cache does not answer and their tokens: exactly with a local backend's tokenizer
     (`shared_prefix`: as the judge runs them, each shared prefix once), else about 4 characters a token."""
     pending = [p for p in prompts if cache.get(backend.model_name, template.id, input_hash(p)) is None]
-    if isinstance(backend, LocalBackend):
+    if isinstance(backend, InProcessBackend):
         tokens = backend.count_tokens(pending, shared_prefix=shared_prefix)
     else:
         tokens = sum(len(message["content"]) for prompt in pending for message in prompt) // 4
@@ -470,7 +470,7 @@ def judge_pairs(
             stats.cached += 1
         else:
             pending.append(index)
-    tokens_before = backend.prompt_tokens if isinstance(backend, LocalBackend) else 0
+    tokens_before = backend.prompt_tokens if isinstance(backend, InProcessBackend) else 0
     with _progress(show_progress) as progress:
         task = progress.add_task(f"judging pairs ({backend.model_name})", total=len(pending), speed="")
         for todo in _whole_users(pending, frame[Columns.user].to_list(), chunk):
@@ -482,7 +482,7 @@ def judge_pairs(
                 else:
                     cache.put(backend.model_name, template.id, digests[index], float(probability))
             stats.generated += len(todo)
-            if isinstance(backend, LocalBackend):  # a server does not say how many prompt tokens it read
+            if isinstance(backend, InProcessBackend):  # a server does not say how many prompt tokens it read
                 stats.tokens = backend.prompt_tokens - tokens_before
             rate = _speed(stats.tokens, started) if stats.tokens else _speed(stats.generated, started, "pairs")
             progress.update(task, advance=len(todo), speed=rate)

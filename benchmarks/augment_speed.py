@@ -1,7 +1,7 @@
 """Speed of the local LLM backend (SmolLM2-135M-Instruct, CPU) per precision: generated tokens/s against batch
 size, judged pairs/s with and without prefix reuse, and how far each precision's outputs are from fp32's.
 
-    .venv/bin/python benchmarks/augment_speed.py [--precisions fp32,bf16,ct2-int8] [--threads 2] [--repeat 3]
+    .venv/bin/python benchmarks/augment_speed.py [--precisions fp32,bf16,llamacpp] [--threads 2] [--repeat 3]
         [--judge-templates interaction_judge@1,interaction_judge@2] [--json OUT]
 
 Prompts are built from CiteULike-a titles: descriptions of the first titles; judge pairs of `--users` users
@@ -12,6 +12,7 @@ one reports how many greedy texts differ from the reference's, and every judge r
 difference| from the first precision's plain batches (every prompt run whole) of the same judge template (with
 `--no-plain`, that reference runs once, untimed). `--judge-templates` names the judge prompt's versions to time.
 
+A precision `llamacpp` runs the product's default backend (LlamaCppBackend: llama.cpp, F16 weights).
 A precision `ct2-TYPE` runs the same checkpoint in CTranslate2 (`pip install ctranslate2`; not a project
 dependency) with compute type TYPE (float32, int8_float32, int8; this CPU build has no bfloat16), converted once
 under CACHE/llm/ct2-HASH (HASH of the checkpoint's files). It is measured here only, not offered as a backend:
@@ -42,6 +43,7 @@ from augment import (  # noqa: E402
     ITEM_DESCRIPTION,
     PROMPT_VERSIONS,
     Generation,
+    LlamaCppBackend,
     LocalBackend,
     Messages,
     OutputRules,
@@ -291,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         backend: Any
         if precision.startswith("ct2-"):
             backend = Ct2Runner(args.cache, precision.removeprefix("ct2-"), threads=args.threads)
+        elif precision == "llamacpp":  # (its sequences are fixed when it loads: room for the largest batch)
+            largest = max([args.judge_batch, *(int(b) for b in args.gen_batches.split(","))])
+            backend = LlamaCppBackend.smollm2(args.cache, threads=args.threads, batch_size=largest)
         else:
             backend = LocalBackend.smollm2(args.cache, threads=args.threads, **options)
 

@@ -20,12 +20,14 @@ from augment import (
     DESCRIPTION,
     INTERACTION_JUDGE,
     ITEM_DESCRIPTION,
+    LLAMACPP_NAME,
     TITLES,
     USER_PROFILE,
     AugmentStats,
     Backend,
     GenerationCache,
     HttpBackend,
+    LlamaCppBackend,
     LocalBackend,
     candidate_users,
     describe_items,
@@ -49,7 +51,8 @@ PROFILE_MAX_NEW_TOKENS = 80  # a profile is two sentences
 
 
 def make_backend(settings: WarmstartSettings) -> Backend:
-    """The backend the settings name: the local SmolLM2 (converted into the cache once) or an HTTP server."""
+    """The backend the settings name: the local SmolLM2 by llama.cpp or transformers (converted into the cache
+    once), or an HTTP server."""
     if settings.llm_backend == "http":
         if not settings.llm_model:
             raise ConfigError("WARMSTART_LLM_BACKEND=http needs WARMSTART_LLM_MODEL (the model the server serves).")
@@ -61,6 +64,10 @@ def make_backend(settings: WarmstartSettings) -> Backend:
             retries=settings.llm_retries,
             concurrency=settings.llm_concurrency,
             allow_insecure=settings.llm_allow_insecure,
+        )
+    if settings.llm_backend == "llamacpp":
+        return LlamaCppBackend.smollm2(
+            settings.cache_dir, batch_size=settings.llm_batch_size, threads=settings.llm_threads
         )
     return LocalBackend.smollm2(
         settings.cache_dir,
@@ -74,6 +81,8 @@ def backend_label(settings: WarmstartSettings) -> str:
     """What runs the language model, as the metrics store records it: kind, precision and model."""
     if settings.llm_backend == "http":
         return f"http:{settings.llm_model}"
+    if settings.llm_backend == "llamacpp":
+        return f"llamacpp/f16:{LLAMACPP_NAME}"
     return f"local/{settings.llm_precision}:{smollm2_name(settings.llm_precision)}"
 
 

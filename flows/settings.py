@@ -28,10 +28,12 @@ class WarmstartSettings(BaseSettings):
         description="SQLAlchemy URL of the metrics history (e.g. postgresql+psycopg://user@host/db); "
         "default: SQLite at WORKSPACE/metrics.sqlite.",
     )
-    llm_backend: Literal["local", "http"] = Field(
-        "local",
-        description="Language model for augmentation: 'local' (SmolLM2-135M-Instruct in-process) or 'http' "
-        "(an OpenAI-compatible server: vLLM, Ollama, TGI, llama.cpp).",
+    llm_backend: Literal["llamacpp", "local", "http"] = Field(
+        "llamacpp",
+        description="Language model for augmentation: 'llamacpp' (SmolLM2-135M-Instruct in-process by llama.cpp, "
+        "F16 weights: the fastest here whose P(yes) stays within 0.02 of fp32's), 'local' (the same model by "
+        "transformers, at llm_precision; needed on a GPU) or 'http' (an OpenAI-compatible server: vLLM, Ollama, "
+        "TGI, llama.cpp).",
     )
     llm_base_url: str = Field("http://localhost:8000/v1", description="Base URL of the OpenAI-compatible server.")
     llm_model: str = Field("", description="Model name the HTTP server serves (required with llm_backend=http).")
@@ -46,13 +48,14 @@ class WarmstartSettings(BaseSettings):
     llm_threads: int | None = Field(
         None,
         ge=1,
-        description="Torch threads of the local model; unset, one per CPU core (torch's default). The judge is bound "
-        "by arithmetic: one thread of two cores ran it at about 60% of its two-thread speed. Set 1 on shared cores.",
+        description="Threads of the in-process model (llama.cpp's or torch's); unset, one per CPU core. The judge is "
+        "bound by arithmetic: one thread of two cores ran it at about 60% of its two-thread speed. Set 1 on shared "
+        "cores (llama.cpp's threads spin: on busy cores they slow everything down).",
     )
     llm_precision: Literal["fp32", "bf16"] = Field(
         "fp32",
-        description="Arithmetic of the local model: fp32 (the reference) or bf16 (faster on AVX-512 BF16 CPUs and "
-        "GPUs; its P(yes) and texts differ slightly from fp32's, see docs/benchmarks.md).",
+        description="Arithmetic of the transformers model (llm_backend=local): fp32 (the reference) or bf16 (faster "
+        "on AVX-512 BF16 CPUs and GPUs; its P(yes) and texts differ slightly from fp32's, see docs/benchmarks.md).",
     )
     llm_max_new_tokens: int = Field(96, ge=8, description="Token limit of one description or profile.")
     task_runner: Literal["threads", "dask"] = Field(

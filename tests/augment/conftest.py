@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from augment import LocalBackend
+from augment import LlamaCppBackend, LocalBackend
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +27,12 @@ def llm_cache() -> Path:
 @pytest.fixture(scope="session")
 def local_llm(llm_cache: Path) -> LocalBackend:
     return LocalBackend.smollm2(llm_cache, batch_size=8, threads=1)
+
+
+@pytest.fixture(scope="session")
+def llamacpp_llm(llm_cache: Path) -> LlamaCppBackend:
+    """The same model run by llama.cpp with F16 weights (re-encoded into the cache on first use, about 3 s)."""
+    return LlamaCppBackend.smollm2(llm_cache, batch_size=8, threads=1)
 
 
 class ChatServer:

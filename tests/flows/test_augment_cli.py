@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+from augment import LlamaCppBackend
 from catalog import Workspace
 from flows import augmentation
 from flows.cli import app
@@ -69,6 +70,7 @@ def test_augment_writes_tables_and_a_rerun_generates_nothing(workspace: Path, tm
     assert not space.exists("item_descriptions") and not space.exists("synthetic_interactions")
     settings = WarmstartSettings()
     backend = augmentation.make_backend(settings)
+    assert isinstance(backend, LlamaCppBackend)  # the default: the fastest runtime within the judge's tolerance
     options = {"cache_dir": settings.cache_dir, "max_new_tokens": 96}
     plan = augmentation.estimate_step("describe", space, backend, **options)
     assert plan["prompts"] == 5 and plan["cached"] == 0 and plan["max_new_tokens"] == 5 * 96

@@ -83,7 +83,7 @@ def test_augment_new_describes_items_and_records_volume(prefect_api: str, worksp
     assert store.segment_counts().filter(pl.col("kind") == "item")["count"].sum() > 0
     # the cost ledger: tokens, seconds and what ran them
     (ledger,) = store.augmentation().to_dicts()
-    assert ledger["backend"] == "local/fp32:smollm2-135m-instruct-fp32"
+    assert ledger["backend"] == "llamacpp/f16:smollm2-135m-instruct-f16-llamacpp"  # the default backend
     assert ledger["seconds"] > 0 and (ledger["tokens"] > 0 or ledger["cache_hits"] == 2)  # (a cache kept by a rerun)
 
 
