@@ -16,9 +16,12 @@ B. Ablation of cold Recall@20 / NDCG@20 on a sample of `cold_item_test` items, r
    validation sample (by NDCG@K, then Recall@K); the test sample is read once. Every user with a positive
    among the sampled items is evaluated, ranking only the sampled items.
 
-    .venv/bin/python benchmarks/augment.py [--val-items 80] [--test-items 80] [--top-m 8] [--json OUT]
+    .venv/bin/python benchmarks/augment.py [--val-items 80] [--test-items 80] [--top-m 8] [--backend local]
+        [--json OUT]
 
-Generated texts and judge scores are cached under .cache/generations (a rerun generates nothing).
+Generated texts and judge scores are cached under .cache/generations by model (a rerun generates nothing). The
+model is the product's default, SmolLM2 in llama.cpp with F16 weights; `--backend local` runs the transformers
+fp32 reference (the runs before 2026-12-01 used it).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from augment import (  # noqa: E402
     DESCRIPTION,
     TITLES,
     GenerationCache,
+    LlamaCppBackend,
     LocalBackend,
     candidate_users,
     describe_items,
@@ -183,9 +187,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         chosen = np.sort(rng.choice(pool.size, size=size, replace=False))
         samples[name] = Sample(splits[split_name], pool[chosen], warm, position)
 
-    backend = LocalBackend.smollm2(args.cache, batch_size=args.batch_size, threads=args.threads)
+    backend: LlamaCppBackend | LocalBackend = (
+        LlamaCppBackend.smollm2(args.cache, batch_size=args.batch_size, threads=args.threads)
+        if args.backend == "llamacpp"
+        else LocalBackend.smollm2(args.cache, batch_size=args.batch_size, threads=args.threads)
+    )
     cache = GenerationCache(args.cache / "generations")
-    report: dict[str, Any] = {"sample": {}, "llm": {}, "pairs": {}, "ablation": {}}
+    report: dict[str, Any] = {"sample": {}, "llm": {"model": backend.model_name}, "pairs": {}, "ablation": {}}
 
     # --- descriptions of every sampled item --------------------------------------------------------------
     sampled = np.concatenate([samples["val"].items, samples["test"].items])
@@ -345,7 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=5, help="titles of the user's history in the judge prompt")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="token limit of a description")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per batch of the local model")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=2, help="threads of the language model")
+    parser.add_argument(
+        "--backend", choices=("llamacpp", "local"), default="llamacpp", help="llama.cpp F16, or transformers fp32"
+    )
     parser.add_argument(
         "--test-judge",
         choices=("chosen", "both"),
