@@ -583,7 +583,8 @@ class LlamaCppBackend(InProcessBackend):
         params.n_ubatch = 512
         params.n_seq_max = self._sequences
         params.kv_unified = True  # sequences share the prefix's cells instead of copying them
-        params.n_threads = params.n_threads_batch = threads or os.cpu_count() or 1
+        # (the cores this process may use, which a container's CPU set can make fewer than the machine's)
+        params.n_threads = params.n_threads_batch = threads or len(os.sched_getaffinity(0))
         params.no_perf = True
         self._context = llama_cpp.llama_init_from_model(self._model, params)
         if not self._context:
