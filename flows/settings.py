@@ -50,7 +50,7 @@ class WarmstartSettings(BaseSettings):
         ge=1,
         description="Threads of the in-process model (llama.cpp's or torch's); unset, one per CPU core. The judge is "
         "bound by arithmetic: one thread of two cores ran it at about 60% of its two-thread speed. Set 1 on shared "
-        "cores (llama.cpp's threads spin: on busy cores they slow everything down).",
+        "cores.",
     )
     llm_precision: Literal["fp32", "bf16"] = Field(
         "fp32",
