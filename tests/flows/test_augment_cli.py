@@ -145,6 +145,17 @@ def test_make_backend_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         augmentation.make_backend(WarmstartSettings(llm_backend="http"))
 
 
+def test_the_transformers_backend_stays_a_setting_away() -> None:
+    from augment import LocalBackend
+    from flows.settings import WarmstartSettings
+
+    settings = WarmstartSettings(llm_backend="local", llm_batch_size=4)
+    backend = augmentation.make_backend(settings)
+    assert isinstance(backend, LocalBackend) and backend.batch_size == 4
+    assert augmentation.backend_label(settings) == "local/fp32:smollm2-135m-instruct-fp32"
+    assert augmentation.backend_label(WarmstartSettings()) == "llamacpp/f16:smollm2-135m-instruct-f16-llamacpp"
+
+
 def test_augment_help() -> None:
     result = runner.invoke(app, ["augment", "--help"])
     assert result.exit_code == 0 and "--segment" in result.output and "--json" in result.output
