@@ -204,6 +204,12 @@ class InProcessBackend:
             for shared, members in groups
         )
 
+    def _generation_prefix(self, rendered: Sequence[list[int]]) -> int:
+        """Tokens every prompt of a `generate` call shares, run once (0 without `reuse_prefix`); each prompt
+        keeps at least one token of its own to run."""
+        common = min(_common_length(rendered[0], row) for row in rendered) if self.reuse_prefix else 0
+        return min(common, min(len(row) for row in rendered) - 1)
+
     def _plan(self, rendered: Sequence[list[int]]) -> tuple[int, list[tuple[int, list[int]]]]:
         """(length of the prefix every prompt shares, groups as (shared prefix length, member indices)).
 
@@ -318,8 +324,7 @@ class LocalBackend(InProcessBackend):
             return []
         # the prefix every prompt shares (system prompt, the data block's opening) runs once, as a cache that
         # each batch continues from; the rest of each prompt is left-padded after it
-        common = min(_common_length(rendered[0], row) for row in rendered) if self.reuse_prefix else 0
-        common = min(common, min(len(row) for row in rendered) - 1)
+        common = self._generation_prefix(rendered)
         base = self._extend([rendered[0][:common]], None, count=False)[1] if common > 0 else None
         order = np.argsort([len(row) for row in rendered], kind="stable")
         eos = self.tokenizer.eos_token_id  # the chat template's end of turn (<|im_end|>): generation stops there
@@ -677,8 +682,7 @@ class LlamaCppBackend(InProcessBackend):
         if not rendered:
             return []
         self._fits([len(row) + max_new_tokens for row in rendered])
-        common = min(_common_length(rendered[0], row) for row in rendered) if self.reuse_prefix else 0
-        common = min(common, min(len(row) for row in rendered) - 1)
+        common = self._generation_prefix(rendered)
         api = self._api
         api.llama_memory_clear(self._memory, True)
         if common:
