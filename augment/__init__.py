@@ -39,6 +39,7 @@ from augment._backends import (
     convert_smollm2,
     smollm2_f16_gguf,
     smollm2_name,
+    smollm2_tokenizer,
 )
 from augment._cache import GenerationCache, input_hash
 from augment._finetune import (
@@ -128,6 +129,7 @@ __all__ = [
     "simulate_interactions",
     "smollm2_f16_gguf",
     "smollm2_name",
+    "smollm2_tokenizer",
     "tidy",
     "tuned_judge",
     "tuned_model_name",

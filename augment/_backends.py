@@ -12,7 +12,7 @@ import shutil
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_NAME = "smollm2-135m-instruct-fp32"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_TOKENIZER = "smollm2-135m-instruct-tokenizer"
 YES_WORDS = ("yes",)
 NO_WORDS = ("no",)
 
@@ -90,38 +91,60 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def convert_smollm2(cache_dir: Path) -> Path:
-    """SmolLM2-135M-Instruct as an fp32 transformers checkpoint under CACHE/llm/, converted from the GGUF once.
-
-    The conversion writes into a temporary directory that is renamed into place, so a crash or a concurrent
-    conversion never leaves a half checkpoint.
-    """
-    target = Path(cache_dir) / "llm" / SMOLLM2_NAME
-    if (target / "config.json").is_file():
+def _made_once(target: Path, write: Callable[[Path], None]) -> Path:
+    """`target`, a directory that `write` fills, made once: written into a temporary directory that is renamed
+    into place, so a crash or a concurrent writer never leaves half of it (`config.json` or `tokenizer.json`
+    marks it done)."""
+    done = [target / "config.json", target / "tokenizer.json"]
+    if any(path.is_file() for path in done):
         return target
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = smollm2_gguf()
-    log.info("converting %s to fp32 under %s (once, about 30 s)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model.hf_quantizer = None  # dequantized to fp32 on load: save it as a plain checkpoint
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(temporary)
-        tokenizer.save_pretrained(temporary)
+        write(temporary)
         try:
             os.replace(temporary, target)
         except OSError:  # another process finished first
-            if not (target / "config.json").is_file():
+            if not any(path.is_file() for path in done):
                 raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return target
+
+
+def convert_smollm2(cache_dir: Path) -> Path:
+    """SmolLM2-135M-Instruct as an fp32 transformers checkpoint (with its tokenizer) under CACHE/llm/, converted
+    from the GGUF once (about 30 s)."""
+
+    def write(directory: Path) -> None:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        log.info("converting %s to fp32 (once, about 30 s)", gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer = None  # dequantized to fp32 on load: save it as a plain checkpoint
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(directory)
+        _save_tokenizer(gguf, directory)
+
+    gguf = smollm2_gguf()
+    return _made_once(Path(cache_dir) / "llm" / SMOLLM2_NAME, write)
+
+
+def smollm2_tokenizer(cache_dir: Path) -> Path:
+    """SmolLM2's tokenizer and chat template alone under CACHE/llm/, read from the GGUF once (about 6 s): all that
+    the llama.cpp backend needs of transformers, without converting a model it never runs."""
+    gguf = smollm2_gguf()
+    return _made_once(Path(cache_dir) / "llm" / SMOLLM2_TOKENIZER, lambda directory: _save_tokenizer(gguf, directory))
+
+
+def _save_tokenizer(gguf: Path, directory: Path) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(directory)
 
 
 Precision = Literal["fp32", "bf16"]
@@ -603,9 +626,8 @@ class LlamaCppBackend(InProcessBackend):
 
     @classmethod
     def smollm2(cls, cache_dir: Path, **options: Any) -> LlamaCppBackend:
-        """The default local model in F16, re-encoded into `cache_dir` on first use (the tokenizer comes from the
-        converted transformers checkpoint)."""
-        return cls(smollm2_f16_gguf(cache_dir), convert_smollm2(cache_dir), **options)
+        """The default local model in F16 with its tokenizer, both made in `cache_dir` on first use."""
+        return cls(smollm2_f16_gguf(cache_dir), smollm2_tokenizer(cache_dir), **options)
 
     def close(self) -> None:
         self._finalizer()

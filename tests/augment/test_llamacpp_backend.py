@@ -17,6 +17,7 @@ from augment import (
     item_description_messages,
     judge_messages,
     smollm2_f16_gguf,
+    smollm2_tokenizer,
 )
 from catalog import BackendError, ConfigError
 
@@ -130,8 +131,24 @@ def test_the_f16_file_is_made_once(llm_cache: Path, tmp_path: Path) -> None:
     assert not list(path.parent.glob(".*.tmp"))  # written through a temporary file renamed into place
 
 
+def test_a_fresh_cache_gets_the_tokenizer_alone_and_the_same_tokens(
+    llm_cache: Path, tmp_path: Path, local_llm: LocalBackend
+) -> None:
+    directory = smollm2_tokenizer(tmp_path)
+    assert (directory / "tokenizer.json").is_file()
+    assert not list(directory.glob("*.safetensors"))  # no fp32 model converted that llama.cpp would never run
+    stamp = (directory / "tokenizer.json").stat().st_mtime_ns
+    assert smollm2_tokenizer(tmp_path) == directory
+    assert (directory / "tokenizer.json").stat().st_mtime_ns == stamp
+    assert not list(directory.parent.glob(".*.tmp"))
+    backend = LlamaCppBackend(smollm2_f16_gguf(llm_cache), directory, threads=1)
+    prompts = [*judge_prompts(), item_description_messages("Owls & larks: 日本の鳥")]
+    assert [backend._render(p) for p in prompts] == [local_llm._render(p) for p in prompts]
+    backend.close()
+
+
 def test_bad_files_and_batch_sizes_are_clear_errors(llm_cache: Path, tmp_path: Path) -> None:
-    tokenizer = llm_cache / "llm" / "smollm2-135m-instruct-fp32"
+    tokenizer = smollm2_tokenizer(llm_cache)
     with pytest.raises(ConfigError, match="not a GGUF file"):
         LlamaCppBackend(tmp_path / "missing.gguf", tokenizer)
     broken = tmp_path / "broken.gguf"
