@@ -37,7 +37,7 @@ from augment._backends import (
     LocalBackend,
     Precision,
     convert_smollm2,
-    smollm2_f16_gguf,
+    smollm2_llamacpp_gguf,
     smollm2_name,
     smollm2_tokenizer,
 )
@@ -127,7 +127,7 @@ __all__ = [
     "profile_users",
     "rejection_reason",
     "simulate_interactions",
-    "smollm2_f16_gguf",
+    "smollm2_llamacpp_gguf",
     "smollm2_name",
     "smollm2_tokenizer",
     "tidy",

@@ -12,7 +12,7 @@ import shutil
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -498,14 +498,15 @@ class LocalBackend(InProcessBackend):
 LLAMACPP_NAME = "smollm2-135m-instruct-f16-llamacpp"
 
 
-def smollm2_f16_gguf(cache_dir: Path) -> Path:
-    """The shipped Q4_1 GGUF re-encoded with F16 weights under CACHE/llm/, once (about 3 s), by llama.cpp's own
-    quantiser (written to a temporary file that is renamed into place).
+def smollm2_llamacpp_gguf(cache_dir: Path, weights: Literal["f16", "q8_0"] = "f16") -> Path:
+    """The shipped Q4_1 GGUF re-encoded with F16 (or, for benchmarks, Q8_0) weights under CACHE/llm/, once (about
+    3 s), by llama.cpp's own quantiser (written to a temporary file that is renamed into place).
 
     Why not run the Q4_1 file itself: llama.cpp's Q4_1 kernels round the activations to 8 bits, which moved
-    P(yes) by up to 0.04 from the fp32 reference, and ran slower than F16 on an AVX2 CPU (docs/benchmarks.md).
+    P(yes) by up to 0.04 from the fp32 reference, and ran slower than F16 on an AVX2 CPU (docs/benchmarks.md);
+    Q8_0 rounds them too.
     """
-    target = Path(cache_dir) / "llm" / f"{LLAMACPP_NAME}.gguf"
+    target = Path(cache_dir) / "llm" / f"{LLAMACPP_NAME.replace('-f16-', f'-{weights}-')}.gguf"
     if target.is_file():
         return target
     llama_cpp = _import_llama_cpp()
@@ -513,13 +514,13 @@ def smollm2_f16_gguf(cache_dir: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
-    params.allow_requantize = True  # Q4_1 tensors are dequantised, then stored as F16
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{weights.upper()}")
+    params.allow_requantize = True  # Q4_1 tensors are dequantised, then stored anew
     try:
         _quiet(llama_cpp)
         failed = llama_cpp.llama_model_quantize(str(source).encode(), str(temporary).encode(), params)
         if failed:
-            raise BackendError(f"llama.cpp could not re-encode {source.name} as F16 (code {failed}).")
+            raise BackendError(f"llama.cpp could not re-encode {source.name} as {weights} (code {failed}).")
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
@@ -556,7 +557,7 @@ def _quiet(llama_cpp: Any) -> None:
 
 class LlamaCppBackend(InProcessBackend):
     """A GGUF model run in-process by llama.cpp (llama-cpp-python): by default SmolLM2-135M-Instruct with F16
-    weights (`smollm2_f16_gguf`), on the CPU.
+    weights (`smollm2_llamacpp_gguf`), on the CPU.
 
     Prompts are rendered by the same transformers tokenizer as LocalBackend's, so both read the same tokens.
     One llama.cpp context holds many sequences over a shared key/value cache: the prefix every prompt shares
@@ -579,7 +580,10 @@ class LlamaCppBackend(InProcessBackend):
         threads: int | None = None,
         reuse_prefix: bool = True,
         context: int = 8192,
+        context_params: Mapping[str, Any] | None = None,
     ) -> None:
+        """`context_params` overrides fields of llama.cpp's `llama_context_params` (benchmarks try other
+        settings with it, e.g. `flash_attn_type`)."""
         os.environ["HF_HUB_OFFLINE"] = "1"
         from transformers import AutoTokenizer
 
@@ -607,18 +611,24 @@ class LlamaCppBackend(InProcessBackend):
             raise ConfigError(f"llama.cpp could not load {gguf}.")
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = context
-        params.n_batch = self._step = 2048  # tokens per llama_decode call
+        params.n_batch = 2048  # tokens per llama_decode call (llama.cpp lowers it to a smaller context)
         params.n_ubatch = 512
         params.n_seq_max = self._sequences
         params.kv_unified = True  # sequences share the prefix's cells instead of copying them
         # (the cores this process may use, which a container's CPU set can make fewer than the machine's)
         params.n_threads = params.n_threads_batch = threads or len(os.sched_getaffinity(0))
         params.no_perf = True
+        for field, value in (context_params or {}).items():
+            if not hasattr(params, field):
+                llama_cpp.llama_model_free(self._model)
+                raise ConfigError(f"llama.cpp's context has no parameter {field!r}.")
+            setattr(params, field, value)
         self._context = llama_cpp.llama_init_from_model(self._model, params)
         if not self._context:
             llama_cpp.llama_model_free(self._model)
             raise ConfigError(f"llama.cpp could not make a context of {context} tokens for {gguf}.")
         self.context = int(llama_cpp.llama_n_ctx(self._context))  # (llama.cpp may round it up)
+        self._step = int(llama_cpp.llama_n_batch(self._context))  # a larger call would abort the process
         self._memory = llama_cpp.llama_get_memory(self._context)
         self._vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model))
         self._batch = llama_cpp.llama_batch_init(self._step, 0, self._sequences)
@@ -627,7 +637,7 @@ class LlamaCppBackend(InProcessBackend):
     @classmethod
     def smollm2(cls, cache_dir: Path, **options: Any) -> LlamaCppBackend:
         """The default local model in F16 with its tokenizer, both made in `cache_dir` on first use."""
-        return cls(smollm2_f16_gguf(cache_dir), smollm2_tokenizer(cache_dir), **options)
+        return cls(smollm2_llamacpp_gguf(cache_dir), smollm2_tokenizer(cache_dir), **options)
 
     def close(self) -> None:
         self._finalizer()
@@ -802,13 +812,10 @@ class LlamaCppBackend(InProcessBackend):
 
 def _margins(logits: np.ndarray, yes: Sequence[int], no: Sequence[int]) -> np.ndarray:
     """log P(yes) - log P(no) of each row of next-token logits (the softmax's normaliser cancels)."""
+    from scipy.special import logsumexp
+
     rows = logits.astype(np.float64)
-    return _logsumexp(rows[:, yes]) - _logsumexp(rows[:, no])
-
-
-def _logsumexp(values: np.ndarray) -> np.ndarray:
-    top = values.max(axis=1)
-    return top + np.log(np.exp(values - top[:, None]).sum(axis=1))
+    return logsumexp(rows[:, yes], axis=1) - logsumexp(rows[:, no], axis=1)
 
 
 def _free_llama_cpp(api: Any, batch: Any, context: Any, model: Any) -> None:

@@ -12,7 +12,10 @@ one reports how many greedy texts differ from the reference's, and every judge r
 difference| from the first precision's plain batches (every prompt run whole) of the same judge template (with
 `--no-plain`, that reference runs once, untimed). `--judge-templates` names the judge prompt's versions to time.
 
-A precision `llamacpp` runs the product's default backend (LlamaCppBackend: llama.cpp, F16 weights).
+A precision `llamacpp` runs the product's default backend (LlamaCppBackend: llama.cpp, F16 weights);
+`llamacpp-noflash` the same without flash attention, `llamacpp-streams` with a key/value cache stream per
+sequence (the shared prefix copied into each, 512 cells each) instead of the unified cache, and `llamacpp-q8_0`
+with Q8_0 weights written once by llama.cpp's quantiser from the F16 file (settings the product does not use).
 A precision `ct2-TYPE` runs the same checkpoint in CTranslate2 (`pip install ctranslate2`; not a project
 dependency) with compute type TYPE (float32, int8_float32, int8; this CPU build has no bfloat16), converted once
 under CACHE/llm/ct2-HASH (HASH of the checkpoint's files). It is measured here only, not offered as a backend:
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+from scipy.special import logsumexp
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -52,11 +56,20 @@ from augment import (  # noqa: E402
     item_description_messages,
     judge_messages,
     rejection_reason,
+    smollm2_llamacpp_gguf,
+    smollm2_tokenizer,
     tidy,
 )
 from catalog import Columns, Dataset, load_citeulike  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
+# llama.cpp's settings measured beside the product's: fields of llama_context_params to override
+LLAMACPP_VARIANTS: dict[str, dict[str, Any]] = {
+    "llamacpp": {},
+    "llamacpp-noflash": {"flash_attn_type": 0},  # LLAMA_FLASH_ATTN_TYPE_DISABLED
+    "llamacpp-streams": {"kv_unified": False},
+    "llamacpp-q8_0": {},
+}
 
 
 def timed(function: Any, repeat: int = 1, setup: Any = None) -> tuple[Any, float, float]:
@@ -151,6 +164,21 @@ def ct2_checkpoint(cache: Path) -> Path:
     return target
 
 
+def llamacpp_backend(cache: Path, variant: str, *, threads: int, batch_size: int) -> LlamaCppBackend:
+    """The llama.cpp backend in one of LLAMACPP_VARIANTS, with room for `batch_size` rows."""
+    gguf = smollm2_llamacpp_gguf(cache, "q8_0" if variant == "llamacpp-q8_0" else "f16")
+    # without a unified cache, llama.cpp gives each sequence an equal share of the context
+    context = (batch_size + 2) * 512 if variant == "llamacpp-streams" else 8192
+    return LlamaCppBackend(
+        gguf,
+        smollm2_tokenizer(cache),
+        threads=threads,
+        batch_size=batch_size,
+        context=context,
+        context_params=LLAMACPP_VARIANTS[variant],
+    )
+
+
 class Ct2Runner:
     """SmolLM2 in CTranslate2 behind the calls this benchmark makes of LocalBackend (generate, yes_probability).
 
@@ -224,15 +252,10 @@ class Ct2Runner:
                     return_logits_vocab=True,
                 )[0]
                 logits = np.asarray(result.logits[0], dtype=np.float64).reshape(-1)
-                margins[member] = _logsumexp(logits[self._yes_ids]) - _logsumexp(logits[self._no_ids])
+                margins[member] = logsumexp(logits[self._yes_ids]) - logsumexp(logits[self._no_ids])
                 self.prompt_tokens += len(row) - start if self.reuse_prefix else len(row)
             self.prompt_tokens += (shared - common) if self.reuse_prefix and len(members) > 1 else 0
         return 1.0 / (1.0 + np.exp(-margins))
-
-
-def _logsumexp(values: np.ndarray) -> float:
-    top = float(values.max())
-    return top + float(np.log(np.exp(values - top).sum()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,9 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         backend: Any
         if precision.startswith("ct2-"):
             backend = Ct2Runner(args.cache, precision.removeprefix("ct2-"), threads=args.threads)
-        elif precision == "llamacpp":  # (its sequences are fixed when it loads: room for the largest batch)
+        elif precision in LLAMACPP_VARIANTS:  # (its sequences are fixed when it loads: room for the largest batch)
             largest = max([args.judge_batch, *(int(b) for b in args.gen_batches.split(","))])
-            backend = LlamaCppBackend.smollm2(args.cache, threads=args.threads, batch_size=largest)
+            backend = llamacpp_backend(args.cache, precision, threads=args.threads, batch_size=largest)
         else:
             backend = LocalBackend.smollm2(args.cache, threads=args.threads, **options)
 

@@ -16,7 +16,7 @@ from augment import (
     LocalBackend,
     item_description_messages,
     judge_messages,
-    smollm2_f16_gguf,
+    smollm2_llamacpp_gguf,
     smollm2_tokenizer,
 )
 from catalog import BackendError, ConfigError
@@ -116,7 +116,12 @@ def test_a_prompt_longer_than_the_context_is_refused(llm_cache: Path) -> None:
         small.yes_probability([long])
     with pytest.raises(BackendError, match=r"exceeds the llama\.cpp context"):
         small.generate([item_description_messages("Owls")], max_new_tokens=400)
-    # rows that fit the context one at a time but not all at once are run in turn, with the same answers
+    # past those guards, more tokens than the key/value cache holds are a clear error, not an abort (a call of
+    # more tokens than llama.cpp's batch, which it lowers to a small context, aborts the process)
+    with pytest.raises(BackendError, match=r"could not run a batch of \d+ tokens \(code 1\)"):
+        small._run([(list(range(300)), 2, 0)])
+    # the next call starts from a clear cache; rows that fit the context one at a time but not all at once run
+    # in turn, with the same answers
     prompts = [judge_messages(HISTORY, c) for c in CANDIDATES]
     roomy = LlamaCppBackend.smollm2(llm_cache, batch_size=8, threads=1)
     np.testing.assert_allclose(small.yes_probability(prompts), roomy.yes_probability(prompts), atol=SHAPE_NOISE)
@@ -125,9 +130,9 @@ def test_a_prompt_longer_than_the_context_is_refused(llm_cache: Path) -> None:
 
 
 def test_the_f16_file_is_made_once(llm_cache: Path, tmp_path: Path) -> None:
-    path = smollm2_f16_gguf(llm_cache)
+    path = smollm2_llamacpp_gguf(llm_cache)
     stamp = path.stat().st_mtime_ns
-    assert smollm2_f16_gguf(llm_cache) == path and path.stat().st_mtime_ns == stamp
+    assert smollm2_llamacpp_gguf(llm_cache) == path and path.stat().st_mtime_ns == stamp
     assert not list(path.parent.glob(".*.tmp"))  # written through a temporary file renamed into place
 
 
@@ -141,7 +146,7 @@ def test_a_fresh_cache_gets_the_tokenizer_alone_and_the_same_tokens(
     assert smollm2_tokenizer(tmp_path) == directory
     assert (directory / "tokenizer.json").stat().st_mtime_ns == stamp
     assert not list(directory.parent.glob(".*.tmp"))
-    backend = LlamaCppBackend(smollm2_f16_gguf(llm_cache), directory, threads=1)
+    backend = LlamaCppBackend(smollm2_llamacpp_gguf(llm_cache), directory, threads=1)
     prompts = [*judge_prompts(), item_description_messages("Owls & larks: 日本の鳥")]
     assert [backend._render(p) for p in prompts] == [local_llm._render(p) for p in prompts]
     backend.close()
@@ -156,4 +161,6 @@ def test_bad_files_and_batch_sizes_are_clear_errors(llm_cache: Path, tmp_path: P
     with pytest.raises(ConfigError, match="could not load"):
         LlamaCppBackend(broken, tokenizer)
     with pytest.raises(ConfigError, match="at most"):
-        LlamaCppBackend(smollm2_f16_gguf(llm_cache), tokenizer, batch_size=100_000)
+        LlamaCppBackend(smollm2_llamacpp_gguf(llm_cache), tokenizer, batch_size=100_000)
+    with pytest.raises(ConfigError, match="no parameter 'flash_attention'"):
+        LlamaCppBackend(smollm2_llamacpp_gguf(llm_cache), tokenizer, context_params={"flash_attention": 1})
