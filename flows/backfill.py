@@ -33,7 +33,7 @@ from catalog import (
 from flows import cycle, refresh, stages, tasks
 from flows.augmentation import backend_label
 from flows.settings import WarmstartSettings
-from monitor import ActiveRun, GateDecision, MetricsStore, reference_protocol
+from monitor import ActiveRun, GateDecision, MetricsStore
 
 FLOW_NAME = "backfill"
 PROTOCOL = "temporal"
@@ -164,27 +164,6 @@ def history_windows(dataset: Dataset, start: datetime | None, end: datetime | No
     return time_windows(first, last, parse_every(every))
 
 
-def rolling_choice(previous: pl.DataFrame | None, names: list[str], *, k: int) -> tuple[str, str]:
-    """(name, why): the timed alternative with the best overall NDCG@k among `previous`'s lines (the metric rows of
-    the window before, measured on data that all precede this window's end), the first name when none was
-    measured; ties go to the earlier name."""
-    if not names:
-        raise ConfigError("a rolling choice needs at least one timed alternative.")
-    scores: dict[str, float] = {}
-    if previous is not None and previous.height:
-        overall = (pl.col("segment") == Segments.overall) & (pl.col("metric") == "ndcg") & (pl.col("k") == k)
-        rows = previous.filter(overall)
-        for name in names:
-            found = rows.filter(pl.col("protocol") == reference_protocol(PROTOCOL, name))["value"]
-            if found.len():
-                scores[name] = float(found[0])
-    if not scores:
-        return names[0], f"{names[0]} (no earlier window measured the alternatives)"
-    best = max(scores, key=lambda name: (scores[name], -names.index(name)))
-    shown = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
-    return best, f"{best} (overall NDCG@{k} on the window before: {shown})"
-
-
 def replay_window(
     context: WindowContext,
     window: Window,
@@ -198,7 +177,7 @@ def replay_window(
     ranker = config.models.ranker_name
     chose = ""
     if config.alternatives:
-        name, chose = rolling_choice(previous, list(config.alternatives), k=config.k)
+        name, chose = cycle.rolling_choice(previous, list(config.alternatives), k=config.k)
         config = replace(config, models=config.models.with_timed(config.alternatives[name]))
         chose = f"serves {chose}; "
     current = context.registry.current(ranker)
@@ -234,7 +213,7 @@ def backfill(
     """Replay `dataset` window by window (see the module doc); returns the store's metric rows of this backfill.
     `augment_limit` bounds the language model's work per window (new items described and simulated); 0 skips it.
     `choose_timed` trains every timed alternative (pipeline.TIMED_ALTERNATIVES) in each window and serves, from the
-    second window on, the one that scored best on the window before (`rolling_choice`); off, the default choices.
+    second window on, the one that scored best on the window before (`cycle.rolling_choice`); off, the default choices.
     Unset paths and the store URL come from the WARMSTART_* settings. The windows' models live in their own
     registry (WORKSPACE/backfill/models): a replay of history never changes the workspace's current model."""
     from flows import pipeline

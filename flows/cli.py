@@ -580,6 +580,13 @@ ReferenceGateOption = Annotated[
         help="Refuse a candidate that loses to recent popularity (measured on the same data) on the first gate metric."
     ),
 ]
+ChooseTimedRunOption = Annotated[
+    bool,
+    typer.Option(
+        help="On the temporal protocol, train each timed alternative and serve the one that scored best in the "
+        "workspace's last refresh.",
+    ),
+]
 ProtocolOption = Annotated[
     Protocol | None,
     typer.Option(help="Protocol of the evaluation [default: cold-item for CiteULike's split, else temporal]."),
@@ -610,6 +617,8 @@ def _refresh(
         values = rows.filter((pl.col("segment") == "overall") & pl.col("metric").is_in(["recall", "ndcg"]))
         shown = ", ".join(f"{m}@{k} {v:.4f}" for m, k, v in values.select("metric", "k", "value").iter_rows())
         console.print(f"beside it, {protocol}: overall {shown}", markup=False)
+    if outcome["timed_choice"]:
+        console.print(f"timed choice: {outcome['timed_choice']}", markup=False)
     promotion = outcome["promotion"]
     verdict = "promoted: now current" if promotion["promoted"] else "refused: the current model stays"
     console.print(f"{name} {promotion['candidate_version']} {verdict} ({promotion['reason']})", markup=False)
@@ -630,6 +639,7 @@ def refresh(
     gate_metric: GateMetricOption = None,
     gate_tolerance: GateToleranceOption = 0.005,
     reference_gate: ReferenceGateOption = True,
+    choose_timed: ChooseTimedRunOption = True,
     workspace: WorkspaceOption = None,
 ) -> None:
     """One gated, recorded refresh cycle on the workspace (what the nightly deployment runs): detect, augment,
@@ -652,6 +662,7 @@ def refresh(
         gate_metrics=tuple(gate_metric or default_gate_metrics(k)),
         gate_tolerance=gate_tolerance,
         reference_gate=reference_gate,
+        choose_timed=choose_timed,
     )
 
 
@@ -664,6 +675,7 @@ def retrain(
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
     gate_tolerance: GateToleranceOption = 0.005,
     reference_gate: ReferenceGateOption = True,
+    choose_timed: ChooseTimedRunOption = True,
     workspace: WorkspaceOption = None,
 ) -> None:
     """`warmstart refresh --augment-limit 0`: retrain on the workspace's data without augmenting, still gated
@@ -684,6 +696,7 @@ def retrain(
         gate_metrics=default_gate_metrics(k),
         gate_tolerance=gate_tolerance,
         reference_gate=reference_gate,
+        choose_timed=choose_timed,
     )
 
 

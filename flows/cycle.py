@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from catalog import Columns, ModelRegistry, atomic_write_bytes
+from catalog import Columns, ConfigError, ModelRegistry, Segments, atomic_write_bytes
 from flows import stages, tasks
-from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore
+from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore, reference_protocol
 
 if TYPE_CHECKING:
     from flows.pipeline import EvaluationPlan, ModelSettings, TimedChoices
@@ -53,9 +53,32 @@ class CycleConfig:
     protocol: str
     gate: GateConfig
     cache_dir: Path
-    # Timed choices trained beside the candidate on the same encoders and recorded as lines (a backfill's next
-    # window serves the best of them: flows.backfill.rolling_choice); none by default.
+    # Timed choices trained beside the candidate on the same encoders and recorded as lines (the next backfill
+    # window, or the next refresh, serves the best of them: rolling_choice); none by default.
     alternatives: dict[str, TimedChoices] = field(default_factory=dict)
+
+
+def rolling_choice(
+    previous: pl.DataFrame | None, names: list[str], *, k: int, protocol: str = "temporal"
+) -> tuple[str, str]:
+    """(name, why): the timed alternative with the best overall NDCG@k among `previous`'s lines (the metric rows of
+    the run before: a backfill's window before, a workspace's last refresh; data that all precede this run's), the
+    first name when none was measured; ties go to the earlier name."""
+    if not names:
+        raise ConfigError("a rolling choice needs at least one timed alternative.")
+    scores: dict[str, float] = {}
+    if previous is not None and previous.height:
+        overall = (pl.col("segment") == Segments.overall) & (pl.col("metric") == "ndcg") & (pl.col("k") == k)
+        rows = previous.filter(overall)
+        for name in names:
+            found = rows.filter(pl.col("protocol") == reference_protocol(protocol, name))["value"]
+            if found.len():
+                scores[name] = float(found[0])
+    if not scores:
+        return names[0], f"{names[0]} (no earlier run measured the alternatives)"
+    best = max(scores, key=lambda name: (scores[name], -names.index(name)))
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+    return best, f"{best} (overall NDCG@{k} in the run before: {shown})"
 
 
 def train_evaluate_gate(

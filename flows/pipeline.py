@@ -416,10 +416,11 @@ class TimedChoices(BaseModel):
     language-model judge wrote still warm their items."""
 
 
-# The timed choices a backfill chooses among window by window (flows.backfill.rolling_choice): every window trains
-# each of them on the same encoders and scores it on its held-out data, and the next window serves the one that
-# scored best there. The first is the validation window's choice (above, the default); the second boosts from the
-# line the gate holds the product to (recent popularity over 28 days) and keeps no place for new items.
+# The timed choices a backfill (window by window) and a refresh (run by run) choose among
+# (flows.cycle.rolling_choice): each run trains each of them on the same encoders and scores it on its held-out
+# data, and the next run serves the one that scored best there. The first is the validation window's choice (above,
+# the default); the second boosts from the line the gate holds the product to (recent popularity over 28 days) and
+# keeps no place for new items.
 TIMED_ALTERNATIVES: dict[str, TimedChoices] = {
     "choice_recent14_place1": TimedChoices(),
     "choice_recent28": TimedChoices(prior_days=28, cold_slots=0),

@@ -162,9 +162,13 @@ def refresh(
     reference_gate: bool = True,
     protocol: str | None = None,
     ranker: str | None = None,
+    choose_timed: bool = True,
 ) -> dict[str, Any]:
     """One nightly cycle over the workspace (see the module doc); `augment_limit` 0 retrains without augmenting;
-    `ranker` defaults to the settings'. Returns the run id, metrics and the gate's decision."""
+    `ranker` defaults to the settings'. On the temporal protocol, `choose_timed` trains every timed alternative
+    (pipeline.TIMED_ALTERNATIVES) and serves the one that scored best in the workspace's last refresh
+    (`cycle.rolling_choice`; the default choices on the first); off, the default choices. Returns the run id,
+    metrics, the gate's decision and the timed choice served (why, or None)."""
     from flows import pipeline
 
     settings = WarmstartSettings()
@@ -173,15 +177,27 @@ def refresh(
     store = MetricsStore.for_workspace(space.root, settings.metrics_url)
     dataset = stages.workspace_dataset(space)
     protocol = protocol or ("cold-item" if dataset.splits else "temporal")
+    models = pipeline.ModelSettings.capped(seed, max_epochs, ranker)
+    parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
+    parameters |= {"ranker": ranker, "protocol": protocol}
+    alternatives = dict(pipeline.TIMED_ALTERNATIVES) if choose_timed and protocol == "temporal" else {}
+    why = None
+    if alternatives:
+        last = store.last_completed_run(flow="refresh", dataset=dataset.name)
+        name, why = cycle.rolling_choice(
+            store.run_metrics(last) if last else None, list(alternatives), k=k, protocol=protocol
+        )
+        models = models.with_timed(alternatives[name])
+        parameters["timed_choice"] = name
+        get_run_logger().info(f"serves {why}")
     config = cycle.CycleConfig(
-        models=pipeline.ModelSettings.capped(seed, max_epochs, ranker),
+        models=models,
         k=k,
         protocol=protocol,
         gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
         cache_dir=settings.cache_dir,
+        alternatives=alternatives,
     )
-    parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
-    parameters |= {"ranker": ranker, "protocol": protocol}
     registry = space.models
     cycle.reconcile(registry, store, flow="refresh", dataset=dataset.name, ranker=ranker)
     current = registry.current(ranker)
@@ -206,4 +222,5 @@ def refresh(
         rows = stages.publish_recommendations(space, ranker, run.run_id, run.run_id, k=k)
         get_run_logger().info(f"recommendations: {rows:,} rows from {ranker} {run.run_id}")
     get_run_logger().info(f"refresh {run.run_id}: {decision.reason}")
-    return {"run_id": run.run_id, "promotion": run.record.promotion, "metrics": run.record.metrics}
+    outcome = {"run_id": run.run_id, "promotion": run.record.promotion, "metrics": run.record.metrics}
+    return outcome | {"timed_choice": why}

@@ -433,6 +433,15 @@ class MetricsStore:
                 select(Run.id).where(Run.key == key, Run.status == COMPLETED).order_by(Run.started_at)
             ).first()
 
+    def last_completed_run(self, *, flow: str, dataset: str) -> str | None:
+        """The id of the latest completed run of `flow` on `dataset`, if any."""
+        with Session(self.engine) as session:
+            return session.scalars(
+                select(Run.id)
+                .where(Run.flow == flow, Run.dataset == dataset, Run.status == COMPLETED)
+                .order_by(Run.started_at.desc(), Run.id.desc())
+            ).first()
+
     def run_metrics(self, run_id: str) -> pl.DataFrame:
         """(protocol, segment, metric, k, value) of one run."""
         statement = select(Metric.protocol, Metric.segment, Metric.metric, Metric.k, Metric.value).where(

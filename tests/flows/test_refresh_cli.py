@@ -31,8 +31,11 @@ def test_refresh_twice_gates_the_second_against_the_first_and_promote_rolls_back
     warmstart: Warmstart, slice_copy: Callable[[], Path], cache_dir: Path, prefect_api: str
 ) -> None:
     workspace = slice_copy()
-    assert "promoted: now current" in warmstart("refresh", *FAST, "-w", str(workspace)).stdout
-    assert "promoted: now current" in warmstart("refresh", *FAST, "-w", str(workspace)).stdout
+    output = warmstart("refresh", *FAST, "-w", str(workspace)).stdout
+    assert "promoted: now current" in output
+    assert "timed choice: choice_recent14_place1 (no earlier run measured the alternatives)" in output
+    output = warmstart("refresh", *FAST, "-w", str(workspace)).stdout
+    assert "promoted: now current" in output
     registry = Workspace(workspace).models
     first, second = (version.version for version in registry.versions("lightgbm"))
     assert registry.current("lightgbm") == second and registry.previous("lightgbm") == first
@@ -41,6 +44,18 @@ def test_refresh_twice_gates_the_second_against_the_first_and_promote_rolls_back
     assert promotions["incumbent_version"].to_list() == [None, first]  # the second run was gated against the first
     runs = store.runs()
     assert runs["flow"].to_list() == ["refresh", "refresh"] and set(runs["status"]) == {"completed"}
+
+    # The second run served the timed alternative that scored best in the first, and its model is that one.
+    def overall_ndcg(run: str) -> dict[str, float]:
+        rows = store.run_metrics(run).filter((pl.col("segment") == "overall") & (pl.col("metric") == "ndcg"))
+        return dict(zip(rows["protocol"], rows["value"], strict=True))
+
+    before, after = overall_ndcg(first), overall_ndcg(second)
+    lines = {name: before[f"temporal:{name}"] for name in ("choice_recent14_place1", "choice_recent28")}
+    best = max(lines, key=lambda name: (lines[name], name == "choice_recent14_place1"))
+    assert json.loads(runs["parameters"][1])["timed_choice"] == best
+    assert f"timed choice: {best} (overall NDCG@10 in the run before" in output
+    assert after["temporal"] == after[f"temporal:{best}"]
     report = json.loads((registry.path("lightgbm", second) / "report.json").read_text())
     assert report["parent"] == first and report["metrics"]
 
