@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from catalog import Columns, ConfigError, ModelRegistry, Segments, atomic_write_bytes
+from catalog import Columns, ConfigError, ModelRegistry, atomic_write_bytes
 from flows import stages, tasks
 from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore, reference_protocol
 
@@ -59,26 +59,37 @@ class CycleConfig:
 
 
 def rolling_choice(
-    previous: pl.DataFrame | None, names: list[str], *, k: int, protocol: str = "temporal"
+    previous: pl.DataFrame | None, names: list[str], gate: GateConfig, *, protocol: str = "temporal"
 ) -> tuple[str, str]:
-    """(name, why): the timed alternative with the best overall NDCG@k among `previous`'s lines (the metric rows of
-    the run before: a backfill's window before, a workspace's last refresh; data that all precede this run's), the
-    first name when none was measured; ties go to the earlier name."""
+    """(name, why): the timed alternative to serve, read from `previous`'s lines (the metric rows of the run before:
+    a backfill's window before, or a workspace's last refresh). `names[0]` is the default; the choice is the best on
+    the gate's first metric among the alternatives that fall below the default by no more than the gate's tolerance
+    on its other metrics (what the gate asks of a candidate against its incumbent: a choice that wins overall NDCG by
+    giving up the new items' place would be refused). The default when the run before did not measure it; ties go
+    to the earlier name."""
     if not names:
         raise ConfigError("a rolling choice needs at least one timed alternative.")
-    scores: dict[str, float] = {}
+    lines: dict[str, dict[str, float]] = {}
     if previous is not None and previous.height:
-        overall = (pl.col("segment") == Segments.overall) & (pl.col("metric") == "ndcg") & (pl.col("k") == k)
-        rows = previous.filter(overall)
         for name in names:
-            found = rows.filter(pl.col("protocol") == reference_protocol(protocol, name))["value"]
-            if found.len():
-                scores[name] = float(found[0])
-    if not scores:
-        return names[0], f"{names[0]} (no earlier run measured the alternatives)"
-    best = max(scores, key=lambda name: (scores[name], -names.index(name)))
-    shown = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
-    return best, f"{best} (overall NDCG@{k} in the run before: {shown})"
+            rows = previous.filter(pl.col("protocol") == reference_protocol(protocol, name))
+            values = {f"{s}/{m}@{k}": v for s, m, k, v in rows.select("segment", "metric", "k", "value").iter_rows()}
+            if all(metric.name in values for metric in gate.metrics):
+                lines[name] = {metric.name: values[metric.name] for metric in gate.metrics}
+    default = names[0]
+    if default not in lines:
+        return default, f"{default} (no earlier run measured the alternatives)"
+    first, *others = (metric.name for metric in gate.metrics)
+    falls = {  # the other gate metrics on which each alternative fell below the default
+        name: [o for o in others if line[o] < lines[default][o] - gate.tolerance]
+        for name, line in lines.items()
+        if name != default
+    }
+    kept = [default, *(name for name, fell in falls.items() if not fell)]
+    best = max(kept, key=lambda name: (lines[name][first], -names.index(name)))
+    shown = "; ".join(f"{name} " + ", ".join(f"{m} {v:.4f}" for m, v in line.items()) for name, line in lines.items())
+    fell = "".join(f"; {name} fell below {default} on {', '.join(on)}" for name, on in falls.items() if on)
+    return best, f"{best} (in the run before: {shown}{fell})"
 
 
 def train_evaluate_gate(

@@ -180,23 +180,18 @@ def refresh(
     models = pipeline.ModelSettings.capped(seed, max_epochs, ranker)
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
     parameters |= {"ranker": ranker, "protocol": protocol}
+    gate = cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate)
     alternatives = dict(pipeline.TIMED_ALTERNATIVES) if choose_timed and protocol == "temporal" else {}
     why = None
     if alternatives:
         last = store.last_completed_run(flow="refresh", dataset=dataset.name)
-        name, why = cycle.rolling_choice(
-            store.run_metrics(last) if last else None, list(alternatives), k=k, protocol=protocol
-        )
+        previous = store.run_metrics(last) if last else None
+        name, why = cycle.rolling_choice(previous, list(alternatives), gate, protocol=protocol)
         models = models.with_timed(alternatives[name])
         parameters["timed_choice"] = name
         get_run_logger().info(f"serves {why}")
     config = cycle.CycleConfig(
-        models=models,
-        k=k,
-        protocol=protocol,
-        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
-        cache_dir=settings.cache_dir,
-        alternatives=alternatives,
+        models=models, k=k, protocol=protocol, gate=gate, cache_dir=settings.cache_dir, alternatives=alternatives
     )
     registry = space.models
     cycle.reconcile(registry, store, flow="refresh", dataset=dataset.name, ranker=ranker)

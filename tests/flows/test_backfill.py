@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from catalog import Workspace, WorkspaceError
 from flows.cli import app
+from flows.cycle import gate_config, rolling_choice
 from flows.pipeline import TIMED_ALTERNATIVES, TimedChoices
 from monitor import COMPLETED, FAILED, MetricsStore
 
@@ -85,15 +86,12 @@ def test_backfill_killed_midway_resumes_without_duplicates(
     # timed alternative.
     assert metrics["protocol"].n_unique() == 5 + len(TIMED_ALTERNATIVES)
     assert store.promotions().height == 2
-    # Rolling choice: the first window serves the default timed choices, the second the alternative that scored
-    # best on the first (ties to the earlier name), the resumed run reading the killed run's rows.
+    # Rolling choice (its rule: tests/flows/test_rolling_choice.py): the first window serves the default timed
+    # choices, the second the choice its rule reads from the first window's lines, the resumed run reading the
+    # killed run's rows.
     first_run, second_run = completed.sort("window_end")["run_id"]
-    names = list(TIMED_ALTERNATIVES)
-    lines = store.run_metrics(first_run).filter(
-        (pl.col("segment") == "overall") & (pl.col("metric") == "ndcg") & (pl.col("k") == 20)
-    )
-    scores = {name: lines.filter(pl.col("protocol") == f"temporal:{name}")["value"].item() for name in names}
-    best = max(names, key=lambda name: (scores[name], -names.index(name)))
+    gate = gate_config(("overall/ndcg@20", "cold/recall@20"))
+    best, _ = rolling_choice(store.run_metrics(first_run), list(TIMED_ALTERNATIVES), gate)
     for run_id, choices in ((first_run, TimedChoices()), (second_run, TIMED_ALTERNATIVES[best])):
         metadata = workspace / "backfill" / "models" / "lightgbm" / run_id / "metadata.json"
         config = json.loads(metadata.read_text())["config"]
