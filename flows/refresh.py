@@ -166,8 +166,8 @@ def refresh(
 ) -> dict[str, Any]:
     """One nightly cycle over the workspace (see the module doc); `augment_limit` 0 retrains without augmenting;
     `ranker` defaults to the settings'. On the temporal protocol, `choose_timed` trains every timed alternative
-    (pipeline.TIMED_ALTERNATIVES) and serves the one that scored best in the workspace's last refresh
-    (`cycle.rolling_choice`; the default choices on the first); off, the default choices. Returns the run id,
+    (pipeline.TIMED_ALTERNATIVES) and serves the one `cycle.rolling_choice` reads from the workspace's last
+    completed refresh (the default choices on the first); off, the default choices. Returns the run id,
     metrics, the gate's decision and the timed choice served (why, or None)."""
     from flows import pipeline
 
