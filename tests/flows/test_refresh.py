@@ -34,8 +34,9 @@ PRODUCT_AND_REFERENCE = ("temporal", "temporal:recent_popularity")
 
 
 def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace: Path) -> None:
-    first = refresh(max_epochs=3, augment_limit=1, simulate=True)
-    second = refresh(max_epochs=3, augment_limit=1, simulate=True)
+    # (the defaults, not the rolling choice: tests/flows/test_refresh_cli.py; here both runs train the same model)
+    first = refresh(max_epochs=3, augment_limit=1, simulate=True, choose_timed=False)
+    second = refresh(max_epochs=3, augment_limit=1, simulate=True, choose_timed=False)
     store = MetricsStore.for_workspace(workspace, read_only=True)
     runs = store.runs()
     assert runs["flow"].to_list() == ["refresh", "refresh"]

@@ -50,6 +50,7 @@ def test_refresh_twice_gates_the_second_against_the_first_and_promote_rolls_back
     # The second run served the timed alternative its rule (tests/flows/test_rolling_choice.py) reads from the
     # first run's lines, and its model is that alternative's.
     gate = gate_config(default_gate_metrics(10))
+    assert {f"temporal:{name}" for name in TIMED_ALTERNATIVES} <= set(store.run_metrics(first)["protocol"])
     chosen, why = rolling_choice(store.run_metrics(first), list(TIMED_ALTERNATIVES), gate)
     assert json.loads(runs["parameters"][1])["timed_choice"] == chosen
     assert " ".join(f"timed choice: {why}".split()) in " ".join(output.split())  # (as printed, lines wrapped)
