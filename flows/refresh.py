@@ -184,7 +184,8 @@ def refresh(
     alternatives = dict(pipeline.TIMED_ALTERNATIVES) if choose_timed and protocol == "temporal" else {}
     why = None
     if alternatives:
-        last = store.last_completed_run(flow="refresh", dataset=dataset.name)
+        same = {"ranker": ranker, "protocol": protocol}  # (another ranker's or protocol's lines are not these)
+        last = store.last_completed_run(flow="refresh", dataset=dataset.name, parameters=same)
         previous = store.run_metrics(last) if last else None
         name, why = cycle.rolling_choice(previous, list(alternatives), gate, protocol=protocol)
         models = models.with_timed(alternatives[name])

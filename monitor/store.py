@@ -433,14 +433,19 @@ class MetricsStore:
                 select(Run.id).where(Run.key == key, Run.status == COMPLETED).order_by(Run.started_at)
             ).first()
 
-    def last_completed_run(self, *, flow: str, dataset: str) -> str | None:
-        """The id of the latest completed run of `flow` on `dataset`, if any."""
+    def last_completed_run(self, *, flow: str, dataset: str, parameters: Mapping[str, Any] | None = None) -> str | None:
+        """The id of the latest completed run of `flow` on `dataset` whose parameters include `parameters`, if any."""
+        wanted = dict(parameters or {})
+        statement = (
+            select(Run.id, Run.parameters)
+            .where(Run.flow == flow, Run.dataset == dataset, Run.status == COMPLETED)
+            .order_by(Run.started_at.desc(), Run.id.desc())
+        )
         with Session(self.engine) as session:
-            return session.scalars(
-                select(Run.id)
-                .where(Run.flow == flow, Run.dataset == dataset, Run.status == COMPLETED)
-                .order_by(Run.started_at.desc(), Run.id.desc())
-            ).first()
+            for run_id, given in session.execute(statement):
+                if all((given or {}).get(name) == value for name, value in wanted.items()):
+                    return run_id
+        return None
 
     def run_metrics(self, run_id: str) -> pl.DataFrame:
         """(protocol, segment, metric, k, value) of one run."""

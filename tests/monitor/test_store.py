@@ -115,6 +115,24 @@ def test_finishing_twice_replaces_rows_instead_of_doubling_them(store: MetricsSt
     assert overall["value"].to_list() == [0.4]
 
 
+def test_the_last_completed_run_is_the_latest_with_those_parameters(store: MetricsStore) -> None:
+    for run_id, ranker in (("a", "lightgbm"), ("b", "deepfm"), ("c", "lightgbm")):
+        store.start_run(run_id, flow="refresh", dataset="ml-100k", parameters={"ranker": ranker, "k": 20})
+        store.finish_run(run_id, RunRecord(metrics=_metrics(), as_of=WHEN))
+    store.start_run("d", flow="refresh", dataset="ml-100k", parameters={"ranker": "deepfm", "k": 20})
+    store.fail_run("d", ValueError("killed"))
+
+    def last(**parameters: object) -> str | None:
+        return store.last_completed_run(flow="refresh", dataset="ml-100k", parameters=parameters)
+
+    assert last() == "c"
+    assert last(ranker="deepfm") == "b"  # (the failed "d" is no completed run)
+    assert last(ranker="lightgbm", k=20) == "c"
+    assert last(ranker="lightgbm", k=10) is None
+    assert store.last_completed_run(flow="refresh", dataset="other") is None
+    assert store.last_completed_run(flow="backfill", dataset="ml-100k") is None
+
+
 def test_unknown_runs_and_naive_times_are_refused(store: MetricsStore) -> None:
     with pytest.raises(WorkspaceError, match="never started"):
         store.finish_run("nope", RunRecord())
