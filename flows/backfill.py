@@ -177,8 +177,7 @@ def replay_window(
     ranker = config.models.ranker_name
     chose = ""
     if config.alternatives:
-        name, chose = cycle.rolling_choice(previous, list(config.alternatives), config.gate)
-        config = replace(config, models=config.models.with_timed(config.alternatives[name]))
+        config, _, chose = cycle.serving_rolling_choice(config, previous)
         chose = f"serves {chose}; "
     current = context.registry.current(ranker)
     recorded = store.run_metrics(current) if current else None

@@ -11,7 +11,7 @@ after that record is written does `promote` make the candidate current in the mo
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +90,13 @@ def rolling_choice(
     shown = "; ".join(f"{name} " + ", ".join(f"{m} {v:.4f}" for m, v in line.items()) for name, line in lines.items())
     fell = "".join(f"; {name} fell below {default} on {', '.join(on)}" for name, on in falls.items() if on)
     return best, f"{best} (in the run before: {shown}{fell})"
+
+
+def serving_rolling_choice(config: CycleConfig, previous: pl.DataFrame | None) -> tuple[CycleConfig, str, str]:
+    """(config, name, why): `config` with the timed choices of the alternative `rolling_choice` reads from
+    `previous` (the run before's metric rows) as its models' own."""
+    name, why = rolling_choice(previous, list(config.alternatives), config.gate, protocol=config.protocol)
+    return replace(config, models=config.models.with_timed(config.alternatives[name])), name, why
 
 
 def train_evaluate_gate(

@@ -177,23 +177,24 @@ def refresh(
     store = MetricsStore.for_workspace(space.root, settings.metrics_url)
     dataset = stages.workspace_dataset(space)
     protocol = protocol or ("cold-item" if dataset.splits else "temporal")
-    models = pipeline.ModelSettings.capped(seed, max_epochs, ranker)
+    config = cycle.CycleConfig(
+        models=pipeline.ModelSettings.capped(seed, max_epochs, ranker),
+        k=k,
+        protocol=protocol,
+        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
+        cache_dir=settings.cache_dir,
+        alternatives=dict(pipeline.TIMED_ALTERNATIVES) if choose_timed and protocol == "temporal" else {},
+    )
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
     parameters |= {"ranker": ranker, "protocol": protocol}
-    gate = cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate)
-    alternatives = dict(pipeline.TIMED_ALTERNATIVES) if choose_timed and protocol == "temporal" else {}
     why = None
-    if alternatives:
+    if config.alternatives:
         same = {"ranker": ranker, "protocol": protocol}  # (another ranker's or protocol's lines are not these)
         last = store.last_completed_run(flow="refresh", dataset=dataset.name, parameters=same)
-        previous = store.run_metrics(last) if last else None
-        name, why = cycle.rolling_choice(previous, list(alternatives), gate, protocol=protocol)
-        models = models.with_timed(alternatives[name])
-        parameters["timed_choice"] = name
+        config, parameters["timed_choice"], why = cycle.serving_rolling_choice(
+            config, store.run_metrics(last) if last else None
+        )
         get_run_logger().info(f"serves {why}")
-    config = cycle.CycleConfig(
-        models=models, k=k, protocol=protocol, gate=gate, cache_dir=settings.cache_dir, alternatives=alternatives
-    )
     registry = space.models
     cycle.reconcile(registry, store, flow="refresh", dataset=dataset.name, ranker=ranker)
     current = registry.current(ranker)
@@ -218,5 +219,4 @@ def refresh(
         rows = stages.publish_recommendations(space, ranker, run.run_id, run.run_id, k=k)
         get_run_logger().info(f"recommendations: {rows:,} rows from {ranker} {run.run_id}")
     get_run_logger().info(f"refresh {run.run_id}: {decision.reason}")
-    outcome = {"run_id": run.run_id, "promotion": run.record.promotion, "metrics": run.record.metrics}
-    return outcome | {"timed_choice": why}
+    return {"run_id": run.run_id, "promotion": run.record.promotion, "metrics": run.record.metrics, "timed_choice": why}
