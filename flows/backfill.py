@@ -172,7 +172,7 @@ def replay_window(
     previous: pl.DataFrame | None = None,
 ) -> str:
     """One window as a recorded run, gated against the backfill's current model; returns what happened. With timed
-    alternatives, the window trains the one that scored best on `previous` (the window before's metric rows)."""
+    alternatives, the window trains the one `cycle.rolling_choice` reads from `previous` (the window before's rows)."""
     config = context.config
     ranker = config.models.ranker_name
     chose = ""
@@ -212,7 +212,7 @@ def backfill(
     """Replay `dataset` window by window (see the module doc); returns the store's metric rows of this backfill.
     `augment_limit` bounds the language model's work per window (new items described and simulated); 0 skips it.
     `choose_timed` trains every timed alternative (pipeline.TIMED_ALTERNATIVES) in each window and serves, from the
-    second window on, the one that scored best on the window before (`cycle.rolling_choice`); off, the default choices.
+    second window on, the one `cycle.rolling_choice` reads from the window before; off, the default choices.
     Unset paths and the store URL come from the WARMSTART_* settings. The windows' models live in their own
     registry (WORKSPACE/backfill/models): a replay of history never changes the workspace's current model."""
     from flows import pipeline

@@ -247,8 +247,9 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
 ChooseTimedOption = Annotated[
     bool,
     typer.Option(
-        help="Train each timed alternative per window and serve, from the second window on, the one that scored best "
-        "on the window before.",
+        help="Train each timed alternative per window and serve, from the second window on, the one with the best "
+        "overall NDCG on the window before among those that keep the default's cold recall (within the gate's "
+        "tolerance).",
     ),
 ]
 DateOption = Annotated[datetime | None, typer.Option(help="UTC date or time, e.g. 1998-01-01.")]
@@ -583,8 +584,9 @@ ReferenceGateOption = Annotated[
 ChooseTimedRunOption = Annotated[
     bool,
     typer.Option(
-        help="On the temporal protocol, train each timed alternative and serve the one that scored best in the "
-        "workspace's last refresh.",
+        help="On the temporal protocol, train each timed alternative and serve the one with the best overall NDCG "
+        "in the workspace's last refresh among those that keep the default's cold recall (within the gate's "
+        "tolerance).",
     ),
 ]
 ProtocolOption = Annotated[
