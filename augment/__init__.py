@@ -24,23 +24,7 @@ from augment._augment import (
     profile_users,
     simulate_interactions,
 )
-from augment._backends import (
-    BF16_TOLERANCE,
-    LLAMACPP_NAME,
-    PRECISIONS,
-    SMOLLM2_NAME,
-    Backend,
-    Generation,
-    HttpBackend,
-    InProcessBackend,
-    LlamaCppBackend,
-    LocalBackend,
-    Precision,
-    convert_smollm2,
-    smollm2_llamacpp_gguf,
-    smollm2_name,
-    smollm2_tokenizer,
-)
+from augment._backend import Backend, Generation
 from augment._cache import GenerationCache, input_hash
 from augment._finetune import (
     LABEL,
@@ -53,6 +37,11 @@ from augment._finetune import (
     tuned_judge,
     tuned_model_name,
 )
+from augment._http import HttpBackend
+from augment._inprocess import InProcessBackend
+from augment._llamacpp import LLAMACPP_NAME, LlamaCppBackend, smollm2_llamacpp_gguf
+from augment._local import BF16_TOLERANCE, PRECISIONS, LocalBackend, Precision
+from augment._models import SMOLLM2_NAME, convert_smollm2, smollm2_name, smollm2_tokenizer
 from augment._prompts import (
     INTERACTION_JUDGE,
     INTERACTION_JUDGE_V1,

@@ -17,8 +17,9 @@ import numpy as np
 import polars as pl
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from augment._backends import Backend, InProcessBackend
+from augment._backend import Backend
 from augment._cache import GenerationCache, input_hash
+from augment._inprocess import InProcessBackend
 from augment._prompts import (
     INTERACTION_JUDGE,
     ITEM_DESCRIPTION,

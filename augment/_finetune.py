@@ -34,8 +34,8 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from augment._augment import TITLES, _judge_prompts, _progress, _whole_users, candidate_users
-from augment._backends import LocalBackend
 from augment._cache import GenerationCache, input_hash
+from augment._local import LocalBackend
 from augment._prompts import INTERACTION_JUDGE, Messages
 from catalog import Columns, DataError
 

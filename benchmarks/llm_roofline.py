@@ -41,7 +41,7 @@ from _report import write_report  # noqa: E402
 from augment_speed import DEFAULT_DATA, judge_workload, load  # noqa: E402
 
 from augment import LocalBackend, item_description_messages  # noqa: E402
-from augment._backends import _common_length  # noqa: E402
+from augment._inprocess import _common_length  # noqa: E402
 from catalog import Columns, load_citeulike  # noqa: E402
 
 
