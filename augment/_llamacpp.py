@@ -134,6 +134,20 @@ class LlamaCppBackend(InProcessBackend):
         self._model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), llama_cpp.llama_model_default_params())
         if not self._model:
             raise ConfigError(f"llama.cpp could not load {gguf}.")
+        self._context = self._new_context(gguf, context, threads, context_params)
+        self.context = int(llama_cpp.llama_n_ctx(self._context))  # (llama.cpp may round it up)
+        self._step = int(llama_cpp.llama_n_batch(self._context))  # a larger call would abort the process
+        self._memory = llama_cpp.llama_get_memory(self._context)
+        self._vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model))
+        self._batch = llama_cpp.llama_batch_init(self._step, 0, self._sequences)
+        self._finalizer = weakref.finalize(self, _free_llama_cpp, llama_cpp, self._batch, self._context, self._model)
+
+    def _new_context(
+        self, gguf: Path, context: int, threads: int | None, context_params: Mapping[str, Any] | None
+    ) -> Any:
+        """A llama.cpp context of `context` tokens and `_sequences` sequences over the loaded model, with the
+        fields of `context_params` set over the defaults; the model is freed when no context can be made."""
+        llama_cpp = self._api
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = context
         params.n_batch = 2048  # tokens per llama_decode call (llama.cpp lowers it to a smaller context)
@@ -148,16 +162,11 @@ class LlamaCppBackend(InProcessBackend):
                 llama_cpp.llama_model_free(self._model)
                 raise ConfigError(f"llama.cpp's context has no parameter {field!r}.")
             setattr(params, field, value)
-        self._context = llama_cpp.llama_init_from_model(self._model, params)
-        if not self._context:
+        made = llama_cpp.llama_init_from_model(self._model, params)
+        if not made:
             llama_cpp.llama_model_free(self._model)
             raise ConfigError(f"llama.cpp could not make a context of {context} tokens for {gguf}.")
-        self.context = int(llama_cpp.llama_n_ctx(self._context))  # (llama.cpp may round it up)
-        self._step = int(llama_cpp.llama_n_batch(self._context))  # a larger call would abort the process
-        self._memory = llama_cpp.llama_get_memory(self._context)
-        self._vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model))
-        self._batch = llama_cpp.llama_batch_init(self._step, 0, self._sequences)
-        self._finalizer = weakref.finalize(self, _free_llama_cpp, llama_cpp, self._batch, self._context, self._model)
+        return made
 
     @classmethod
     def smollm2(cls, cache_dir: Path, **options: Any) -> LlamaCppBackend:
