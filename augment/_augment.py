@@ -84,6 +84,28 @@ def _speed(count: int, started: float, unit: str = "tokens") -> str:
     return f"{count / max(time.perf_counter() - started, 1e-9):,.1f} {unit}/s"
 
 
+def _result(text: str, tokens: int, attempts: int, *, cached: bool, digest: str) -> dict[str, Any]:
+    """One prompt's validated text with how it was obtained (new tokens, attempts, from the cache or not)."""
+    return {"text": text, "tokens": tokens, "attempts": attempts, "cached": cached, "hash": digest}
+
+
+def _cached_results(
+    digests: Sequence[str], backend: Backend, cache: GenerationCache, template: PromptTemplate, stats: AugmentStats
+) -> tuple[list[dict[str, Any] | None], list[int]]:
+    """The cached text of each prompt (by its input `digests`) that the cache holds, None for the others, and the
+    indices of those others: the prompts left to generate."""
+    results: list[dict[str, Any] | None] = [None] * len(digests)
+    pending = []
+    for index, digest in enumerate(digests):
+        entry = cache.get(backend.model_name, template.id, digest)
+        if entry is not None:
+            results[index] = _result(entry["value"], 0, 0, cached=True, digest=digest)
+            stats.cached += 1
+        else:
+            pending.append(index)
+    return results, pending
+
+
 def _generate_validated(
     prompts: Sequence[Messages],
     backend: Backend,
@@ -104,15 +126,7 @@ def _generate_validated(
     stats = AugmentStats()
     reasons: Counter[str] = Counter()
     digests = [input_hash(prompt) for prompt in prompts]
-    results: list[dict[str, Any] | None] = [None] * len(prompts)
-    pending = []
-    for index, digest in enumerate(digests):
-        entry = cache.get(backend.model_name, template.id, digest)
-        if entry is not None:
-            results[index] = {"text": entry["value"], "tokens": 0, "attempts": 0, "cached": True, "hash": digest}
-            stats.cached += 1
-        else:
-            pending.append(index)
+    results, pending = _cached_results(digests, backend, cache, template, stats)
     with _progress(show_progress) as progress:
         task = progress.add_task(f"{label} ({backend.model_name})", total=len(pending), speed="")
         for start in range(0, len(pending), chunk):
@@ -135,13 +149,7 @@ def _generate_validated(
                     reason = rejection_reason(text, template, rules)
                     if reason is None:
                         cache.put(backend.model_name, template.id, digests[index], text, tokens=output.tokens)
-                        results[index] = {
-                            "text": text,
-                            "tokens": output.tokens,
-                            "attempts": attempt + 1,
-                            "cached": False,
-                            "hash": digests[index],
-                        }
+                        results[index] = _result(text, output.tokens, attempt + 1, cached=False, digest=digests[index])
                         stats.generated += 1
                     else:
                         reasons[reason] += 1
