@@ -1,8 +1,8 @@
 """Language-model augmentation: item descriptions, user profiles and synthetic interactions.
 
 Backends (a local model run by llama.cpp or by transformers, or any OpenAI-compatible HTTP server) share the
-`Backend` protocol;
-prompts are versioned templates; outputs are validated and cached by (model, prompt version, input hash).
+`Backend` protocol, and `make_backend` builds one by its kind; prompts are versioned templates; outputs are
+validated and cached by (model, prompt version, input hash).
 """
 
 from augment._augment import (
@@ -26,6 +26,7 @@ from augment._augment import (
 )
 from augment._backend import Backend, Generation
 from augment._cache import GenerationCache, input_hash
+from augment._factory import make_backend
 from augment._finetune import (
     LABEL,
     JudgeTuning,
@@ -112,6 +113,7 @@ __all__ = [
     "judge_states",
     "judge_training_pairs",
     "later_pairs",
+    "make_backend",
     "profile_prompts",
     "profile_users",
     "rejection_reason",

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+import augment
 from augment import (
     DESCRIPTION,
     INTERACTION_JUDGE,
@@ -26,9 +27,6 @@ from augment import (
     AugmentStats,
     Backend,
     GenerationCache,
-    HttpBackend,
-    LlamaCppBackend,
-    LocalBackend,
     candidate_users,
     describe_items,
     description_prompts,
@@ -53,27 +51,21 @@ PROFILE_MAX_NEW_TOKENS = 80  # a profile is two sentences
 def make_backend(settings: WarmstartSettings) -> Backend:
     """The backend the settings name: the local SmolLM2 by llama.cpp or transformers (converted into the cache
     once), or an HTTP server."""
-    if settings.llm_backend == "http":
-        if not settings.llm_model:
-            raise ConfigError("WARMSTART_LLM_BACKEND=http needs WARMSTART_LLM_MODEL (the model the server serves).")
-        return HttpBackend(
-            settings.llm_base_url,
-            settings.llm_model,
-            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
-            timeout=settings.llm_timeout,
-            retries=settings.llm_retries,
-            concurrency=settings.llm_concurrency,
-            allow_insecure=settings.llm_allow_insecure,
-        )
-    if settings.llm_backend == "llamacpp":
-        return LlamaCppBackend.smollm2(
-            settings.cache_dir, batch_size=settings.llm_batch_size, threads=settings.llm_threads
-        )
-    return LocalBackend.smollm2(
-        settings.cache_dir,
+    if settings.llm_backend == "http" and not settings.llm_model:
+        raise ConfigError("WARMSTART_LLM_BACKEND=http needs WARMSTART_LLM_MODEL (the model the server serves).")
+    return augment.make_backend(
+        settings.llm_backend,
+        cache_dir=settings.cache_dir,
         batch_size=settings.llm_batch_size,
         threads=settings.llm_threads,
         precision=settings.llm_precision,
+        base_url=settings.llm_base_url,
+        model=settings.llm_model,
+        api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+        timeout=settings.llm_timeout,
+        retries=settings.llm_retries,
+        concurrency=settings.llm_concurrency,
+        allow_insecure=settings.llm_allow_insecure,
     )
 
 
