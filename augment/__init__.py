@@ -2,7 +2,8 @@
 
 Backends (a local model run by llama.cpp or by transformers, or any OpenAI-compatible HTTP server) share the
 `Backend` protocol, and `make_backend` builds one by its kind; prompts are versioned templates; outputs are
-validated and cached by (model, prompt version, input hash).
+validated and cached by (model, prompt version, input hash). Fine-tuning the judge is research code, in
+`augment.experimental`.
 """
 
 from augment._augment import (
@@ -27,17 +28,6 @@ from augment._augment import (
 from augment._backend import Backend, Generation
 from augment._cache import GenerationCache, input_hash
 from augment._factory import make_backend
-from augment._finetune import (
-    LABEL,
-    JudgeTuning,
-    finetune_judge,
-    fit_head,
-    judge_states,
-    judge_training_pairs,
-    later_pairs,
-    tuned_judge,
-    tuned_model_name,
-)
 from augment._http import HttpBackend
 from augment._inprocess import InProcessBackend
 from augment._llamacpp import LLAMACPP_NAME, LlamaCppBackend, smollm2_llamacpp_gguf
@@ -70,7 +60,6 @@ __all__ = [
     "INTERACTION_JUDGE_V2",
     "ITEM_DESCRIPTION",
     "ITEM_DESCRIPTION_GROUNDED",
-    "LABEL",
     "LLAMACPP_NAME",
     "PRECISIONS",
     "PROFILE",
@@ -88,7 +77,6 @@ __all__ = [
     "GenerationCache",
     "HttpBackend",
     "InProcessBackend",
-    "JudgeTuning",
     "LlamaCppBackend",
     "LocalBackend",
     "Messages",
@@ -101,8 +89,6 @@ __all__ = [
     "describe_items",
     "description_prompts",
     "estimate_cost",
-    "finetune_judge",
-    "fit_head",
     "grounded_description_prompts",
     "grounded_item_data",
     "input_hash",
@@ -110,9 +96,6 @@ __all__ = [
     "judge_messages",
     "judge_pairs",
     "judge_prompts",
-    "judge_states",
-    "judge_training_pairs",
-    "later_pairs",
     "make_backend",
     "profile_prompts",
     "profile_users",
@@ -122,7 +105,5 @@ __all__ = [
     "smollm2_name",
     "smollm2_tokenizer",
     "tidy",
-    "tuned_judge",
-    "tuned_model_name",
     "user_profile_messages",
 ]

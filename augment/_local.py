@@ -217,8 +217,8 @@ class LocalBackend(InProcessBackend):
         """(margin, state) of each prompt: the answer's log-odds log P(yes) - log P(no), and the final hidden
         state (after the last norm) at the answer position that the next-token logits are read from.
 
-        A judge tuned on its output layer alone (`augment.finetune_judge`, method "head") learns from these:
-        its margin is the base margin plus a linear function of the state, so one pass serves both judges.
+        A judge tuned on its output layer alone (`augment.experimental.finetune_judge`, method "head") learns from
+        these: its margin is the base margin plus a linear function of the state, so one pass serves both judges.
         """
         import torch
 

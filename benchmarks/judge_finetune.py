@@ -10,10 +10,10 @@ zero-shot SmolLM2 judge's P(yes), the fine-tuned judge's P(yes), and the rank av
 judge within each item. Reported: mean per-item ROC AUC among the candidates, pooled ROC AUC, and precision of
 the top 5 kept per item, with 95% bootstrap intervals over report items for the differences.
 
-The fine-tuned judge is the method "head" (augment.finetune_judge): it learns on the base model's final hidden
-state at the answer position, so one pass of the base model per pair gives the zero-shot score and every grid
-point's score. The chosen setting is then trained by finetune_judge, saved, reloaded by LocalBackend, and its
-P(yes) on a sample of report pairs is checked against the scores used here.
+The fine-tuned judge is the method "head" (augment.experimental.finetune_judge): it learns on the base model's
+final hidden state at the answer position, so one pass of the base model per pair gives the zero-shot score and
+every grid point's score. The chosen setting is then trained by finetune_judge, saved, reloaded by LocalBackend,
+and its P(yes) on a sample of report pairs is checked against the scores used here.
 
     .venv/bin/python benchmarks/judge_finetune.py [--train-positives 80] [--tune-items 30] [--report-items 60]
 
@@ -41,16 +41,18 @@ sys.path.insert(0, str(REPO))
 from _report import write_report  # noqa: E402
 
 from augment import (  # noqa: E402
-    LABEL,
     SIMILARITY,
     TITLES,
     GenerationCache,
-    JudgeTuning,
     LocalBackend,
     candidate_users,
+    judge_pairs,
+)
+from augment.experimental import (  # noqa: E402
+    LABEL,
+    JudgeTuning,
     finetune_judge,
     fit_head,
-    judge_pairs,
     judge_states,
     judge_training_pairs,
 )

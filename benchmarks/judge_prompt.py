@@ -43,7 +43,6 @@ from _report import write_report  # noqa: E402
 
 from augment import (  # noqa: E402
     INTERACTION_JUDGE_V2,
-    LABEL,
     PROMPT_VERSIONS,
     SIMILARITY,
     GenerationCache,
@@ -52,6 +51,7 @@ from augment import (  # noqa: E402
     judge_messages,
     judge_pairs,
 )
+from augment.experimental import LABEL  # noqa: E402
 from benchmarks.judge_finetune import Inputs, per_item  # noqa: E402
 from catalog import Columns  # noqa: E402
 from ranker.metrics import bootstrap_difference  # noqa: E402

@@ -8,15 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from augment import (
+from augment import TITLES, GenerationCache, LocalBackend, judge_pairs, judge_prompts
+from augment.experimental import (
     LABEL,
-    TITLES,
-    GenerationCache,
     JudgeTuning,
-    LocalBackend,
     finetune_judge,
-    judge_pairs,
-    judge_prompts,
     judge_training_pairs,
     later_pairs,
     tuned_judge,
