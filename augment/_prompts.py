@@ -10,7 +10,7 @@ key: changing a template's wording means bumping its version. `PROMPTS` holds th
 Where the instruction goes: after the data block, by default, so that the last words the model reads before
 answering are the task, not the data. The judge's version 2 puts it before the block instead (`instruction_first`),
 so that it lies in the prefix every candidate of one user shares and runs once per user rather than once per
-pair (issue 15); a hostile candidate title then sits right before the answer, with only `</data>` and, where
+pair; a hostile candidate title then sits right before the answer, with only `</data>` and, where
 set, the short `reminder` between them (what that costs the defence is measured in docs/benchmarks.md).
 """
 
@@ -90,7 +90,7 @@ ITEM_DESCRIPTION = PromptTemplate(
     ),
 )
 # The same task with the titles of the item's nearest catalog neighbours in the data block: a 135M model knows
-# little about most paper titles, and neighbours show which field the item belongs to (issue 12).
+# little about most paper titles, and neighbours show which field the item belongs to.
 ITEM_DESCRIPTION_GROUNDED = PromptTemplate(
     name="item_description_grounded",
     version="1",
@@ -112,7 +112,8 @@ INTERACTION_JUDGE_V1 = PromptTemplate(
     version="1",
     instruction="Would this user save the candidate item? Answer yes or no.",
 )
-# The same words before the data block: the candidate's part of the prompt is its fields and `</data>` (issue 15).
+# The same words before the data block: the candidate's part of the prompt is only its fields and `</data>`, so the
+# instruction joins the prefix that all of one user's candidates share (run once per user by in-process backends).
 INTERACTION_JUDGE_V2 = PromptTemplate(
     name="interaction_judge",
     version="2",
