@@ -30,7 +30,6 @@ from _report import write_report  # noqa: E402
 
 from catalog import Columns, Dataset, load_citeulike  # noqa: E402
 from encoders import MODEL_NAME, EmbeddingCache, encode_texts  # noqa: E402
-from flows.pipeline import ModelSettings, citeulike_plan, fit_ranker  # noqa: E402
 from ranker.baselines import ContentKNNScorer, PopularityScorer, RandomScorer, tfidf_item_vectors  # noqa: E402
 from ranker.evaluate import (  # noqa: E402
     COLD_ITEM,
@@ -42,6 +41,7 @@ from ranker.evaluate import (  # noqa: E402
     hybrid_split,
     warm_split,
 )
+from training import ModelSettings, aldi_plan, fit_ranker  # noqa: E402
 
 log = logging.getLogger("benchmarks.cold_start")
 
@@ -171,7 +171,7 @@ def ranker_rows(
     """warmstart's LightGBM ranker, trained once (labels warm_val, early stopping on cold_item_val), on every
     protocol. Its val figures are optimistic for cold: early stopping read cold_item_val."""
     started = time.perf_counter()
-    fitted = fit_ranker(citeulike_plan(dataset, COLD_ITEM), cache_dir=cache_dir, settings=ModelSettings())
+    fitted = fit_ranker(aldi_plan(dataset, COLD_ITEM), cache_dir=cache_dir, settings=ModelSettings())
     log.info("ranker fitted seconds=%.1f metadata=%s", time.perf_counter() - started, fitted.ranker.metadata)
     config = (
         f"BPR-MF + ridge mapper stand-ins + MiniLM/TF-IDF features; {fitted.ranker.metadata['best_iteration']} trees"

@@ -31,15 +31,6 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installi
 from _report import write_report  # noqa: E402
 
 from catalog import fetch_movielens_100k, load_citeulike, load_movielens_100k  # noqa: E402
-from flows.pipeline import (  # noqa: E402
-    FittedRanker,
-    ModelSettings,
-    citeulike_plan,
-    encode_inputs,
-    fit_ranker,
-    holdout_plan,
-    train_ranker,
-)
 from ranker.evaluate import (  # noqa: E402
     COLD_ITEM,
     EvalResult,
@@ -49,6 +40,15 @@ from ranker.evaluate import (  # noqa: E402
     temporal_split,
     warm_split,
 )
+from training import (  # noqa: E402
+    FittedRanker,
+    ModelSettings,
+    aldi_plan,
+    encode_inputs,
+    fit_ranker,
+    holdout_plan,
+    train_ranker,
+)
 
 log = logging.getLogger("benchmarks.deepfm")
 DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
@@ -57,11 +57,10 @@ DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
 def _without_standins(settings: ModelSettings) -> ModelSettings:
     return ModelSettings(
         cf=settings.cf,
-        mapper=settings.mapper,
+        standins=settings.standins,
         ranker=settings.ranker,
         deepfm=settings.deepfm.model_copy(update={"use_standins": False}),
         ranker_name="deepfm",
-        folds=settings.folds,
         seed=settings.seed,
     )
 
@@ -93,7 +92,7 @@ def row(model: str, protocol: str, result: EvalResult, extra: dict[str, Any]) ->
 
 def citeulike(data: Path, cache: Path, k: int, models: dict[str, ModelSettings]) -> list[dict[str, Any]]:
     dataset = load_citeulike(data)
-    plan = citeulike_plan(dataset, COLD_ITEM)
+    plan = aldi_plan(dataset, COLD_ITEM)
     first = next(iter(models.values()))
     started = time.perf_counter()
     encoded = encode_inputs(
@@ -102,10 +101,8 @@ def citeulike(data: Path, cache: Path, k: int, models: dict[str, ModelSettings])
         plan.fit_history,
         cache_dir=cache,
         cf_config=first.cf,
-        mapper_config=first.mapper,
-        folds=first.folds,
+        standin_config=first.standins,
         cf_validation=plan.cf_validation,
-        seed=first.seed,
     )
     log.info("encoded in %.1f s", time.perf_counter() - started)
     splits = {

@@ -55,10 +55,10 @@ from augment import (  # noqa: E402
 from catalog import Columns, Dataset, load_citeulike  # noqa: E402
 from encoders import BPRMF, MODEL_NAME, ContentMapper, EmbeddingCache, MapperConfig, encode_texts, item_text  # noqa: E402
 from flows.augmentation import with_descriptions  # noqa: E402
-from flows.pipeline import ModelSettings  # noqa: E402
 from ranker.baselines import ContentKNNScorer  # noqa: E402
 from ranker.evaluate import EvalResult, ProtocolSplit, Scorer, cold_item_split, evaluate  # noqa: E402
 from ranker.metrics import bootstrap_difference, per_user_accuracy  # noqa: E402
+from training import ModelSettings  # noqa: E402
 
 log = logging.getLogger("benchmarks.descriptions")
 
@@ -68,7 +68,7 @@ CONTROL = "mix neighbour titles (no LLM)"
 PROBE_ITEMS = 8
 NEIGHBOURS = 5
 KNN_TOP = 3  # benchmarks/cold_start.py's best MiniLM kNN on cold_item_val: mean of the top 3 similarities
-RIDGE = MapperConfig(kind="ridge", alpha=10.0)  # the product's mapper (flows.pipeline.ModelSettings().mapper)
+RIDGE = MapperConfig(kind="ridge", alpha=10.0)  # the product's mapper (training.StandInConfig().mapper)
 PROMPTS = {"plain": ITEM_DESCRIPTION, "grounded": ITEM_DESCRIPTION_GROUNDED}
 
 

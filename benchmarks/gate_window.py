@@ -19,8 +19,8 @@ import typer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installing the package
 
+import training  # noqa: E402
 from catalog import Columns, fetch_movielens_100k, load_movielens_100k  # noqa: E402
-from flows import pipeline  # noqa: E402
 from flows.backfill import parse_every, time_windows  # noqa: E402
 from ranker.baselines import PopularityScorer, RecentPopularityScorer  # noqa: E402
 from ranker.evaluate import COLD_USER, WARM_USER, EvalResult, evaluate, temporal_split  # noqa: E402
@@ -47,12 +47,12 @@ def main(
     dataset = load_movielens_100k(fetch_movielens_100k(cache))
     times = dataset.interactions[Columns.ts]
     windows = time_windows(times.min(), times.max(), parse_every(every))
-    models = pipeline.ModelSettings.capped(0, max_epochs)
+    models = training.ModelSettings.capped(0, max_epochs)
     fitted = {}
     for position in (window - 1, window):
         w = windows[position]
         split = temporal_split(dataset.interactions, dataset.items, cut=w.end, end=w.next_end)
-        fitted[position] = (split, pipeline.fit_ranker(pipeline.holdout_plan(split), cache_dir=cache, settings=models))
+        fitted[position] = (split, training.fit_ranker(training.holdout_plan(split), cache_dir=cache, settings=models))
     split, candidate = fitted[window]
     earlier = fitted[window - 1][1]
     end, before = windows[window].end, windows[window - 1].end
@@ -62,7 +62,7 @@ def main(
     print("| model (Recall@20 / NDCG@20) | " + " | ".join(SEGMENTS) + " |")
     print("| --- |" + " --- |" * len(SEGMENTS))
     print(row(f"candidate trained for {end:%Y-%m-%d}", candidate.evaluate(split, 20)))
-    incumbent = pipeline.FittedRanker(earlier.ranker, candidate.served, {})
+    incumbent = training.FittedRanker(earlier.ranker, candidate.served)
     print(row(f"incumbent of {before:%Y-%m-%d} on the same features", incumbent.evaluate(split, 20)))
     print(row("popularity", evaluate(split, PopularityScorer().fit(split.train, split.index), k=20)))
     print(

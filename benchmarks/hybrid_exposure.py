@@ -29,8 +29,8 @@ from benchmarks.cf_mapper import cf_scorer  # noqa: E402
 from benchmarks.warming import _differences, _figures, _row  # noqa: E402
 from catalog import load_citeulike  # noqa: E402
 from encoders import BPRMF  # noqa: E402
-from flows.pipeline import FittedRanker, ModelSettings, citeulike_plan, fit_ranker  # noqa: E402
 from ranker.evaluate import EvalResult, evaluate, hybrid_split, warm_split  # noqa: E402
+from training import FittedRanker, ModelSettings, aldi_plan, fit_ranker  # noqa: E402
 
 SLOTS = (0, 2, 4, 6, 8)
 
@@ -49,7 +49,7 @@ def main(
 ) -> None:
     started = time.perf_counter()
     dataset = load_citeulike(data)
-    plan = citeulike_plan(dataset, "hybrid")
+    plan = aldi_plan(dataset, "hybrid")
     fitted = fit_ranker(plan, cache_dir=cache, settings=ModelSettings.seeded(0))
     print(f"fitted in {time.perf_counter() - started:.0f} s", flush=True)
     valid = hybrid_split(dataset, "val")
@@ -73,7 +73,7 @@ def main(
 
     warm = warm_split(dataset, "warm_test")
     ranker_warm = _with_slots(fitted, 0).evaluate(warm, k)
-    epochs = max(int(fitted.report["encoders"]["fit"]["bprmf"]["best_epoch"]), 1)
+    epochs = max(int(fitted.report.fit.bprmf["best_epoch"]), 1)
     refit = BPRMF(ModelSettings.seeded(0).cf.model_copy(update={"epochs": epochs}))
     refit.fit(pl.concat([dataset.splits["warm_emb"], dataset.splits["warm_val"]]), show_progress=True)
     bpr_warm = evaluate(warm, cf_scorer(refit.embeddings, warm.index), k=k)

@@ -27,7 +27,6 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installi
 
 from benchmarks._report import write_report  # noqa: E402
 from catalog import Columns, Segments, fetch_movielens_100k, load_movielens_100k  # noqa: E402
-from flows.pipeline import FittedRanker, ModelSettings, fit_ranker, holdout_plan  # noqa: E402
 from ranker.baselines import PopularityScorer, RecentPopularityScorer  # noqa: E402
 from ranker.evaluate import (  # noqa: E402
     COLD_USER,
@@ -42,6 +41,7 @@ from ranker.evaluate import (  # noqa: E402
 from ranker.lightgbm_ranker import LightGBMRanker  # noqa: E402
 from ranker.metrics import bootstrap_difference, per_user_accuracy  # noqa: E402
 from ranker.rerank import tail_rerank_scorer, tail_share_targets  # noqa: E402
+from training import FittedRanker, ModelSettings, fit_ranker, holdout_plan  # noqa: E402
 
 SEGMENTS = (Segments.overall, Segments.head, Segments.tail, Segments.cold, COLD_USER, WARM_USER)
 # The grid, scored on the validation window only: where boosting starts (recent popularity's weight) x warming
@@ -87,7 +87,7 @@ def settings_for(update: dict[str, Any]) -> ModelSettings:
     warming = defaults.warming if update.pop("warming", True) else None
     ranker = defaults.ranker.model_copy(update=update)
     # timed=None: every setting is the grid's, not the product's choice for logs with times.
-    return ModelSettings(cf=defaults.cf, mapper=defaults.mapper, ranker=ranker, warming=warming, timed=None)
+    return ModelSettings(cf=defaults.cf, standins=defaults.standins, ranker=ranker, warming=warming, timed=None)
 
 
 def interval(first: EvalResult, second: EvalResult, split: ProtocolSplit, k: int, metric: str) -> str:

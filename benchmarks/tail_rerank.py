@@ -25,10 +25,10 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installi
 
 from benchmarks._report import write_report  # noqa: E402
 from catalog import Columns, Segments, fetch_movielens_100k, load_movielens_100k  # noqa: E402
-from flows.pipeline import ModelSettings, fit_ranker, holdout_plan  # noqa: E402
 from ranker.evaluate import EvalResult, ProtocolSplit, evaluate, interaction_matrix, temporal_split  # noqa: E402
 from ranker.metrics import bootstrap_difference, per_user_accuracy  # noqa: E402
 from ranker.rerank import tail_rerank_scorer, tail_share_targets  # noqa: E402
+from training import ModelSettings, fit_ranker, holdout_plan  # noqa: E402
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 TOLERANCE = 0.005
@@ -58,7 +58,7 @@ def _runs(split: ProtocolSplit, cache: Path, k: int, strengths: tuple[float, ...
     base = fitted.ranker.scorer(fitted.served.inputs, exclude=exclude)
     is_tail, is_cold = _mask(split, Segments.tail), _mask(split, Segments.cold)
     targets = tail_share_targets(interaction_matrix(split.train, split.index), is_tail)
-    return {  # tail items displace head items only, as in flows.stages.tail_calibrated
+    return {  # tail items displace head items only, as in training.tail_calibrated
         strength: evaluate(
             split, tail_rerank_scorer(base, is_tail, targets, k=k, strength=strength, protect=is_cold), k=k
         )

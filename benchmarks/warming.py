@@ -1,7 +1,7 @@
 """Synthetic interactions warming cold items on CiteULike's ALDI split: what each lever buys, chosen on validation.
 
 The encoders (MiniLM, BPR-MF on warm_emb, out-of-fold ridge stand-ins) are fitted once; each warming setting of
-the grid then warms the stand-ins (flows.pipeline.warmed_standins: the embedding simulator proposes users, the
+the grid then warms the stand-ins (training.warmed_standins: the embedding simulator proposes users, the
 fold-in trains each item's ID embedding from them) and the LightGBM ranker is refitted. Settings are compared on
 `hybrid_val` (truth warm_val + cold_item_val; warm_val is also the ranker's labels, so its warm part is
 optimistic alike for every setting): the chosen setting has the best cold-segment Recall@K among those whose
@@ -29,17 +29,17 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere, without installi
 from benchmarks._report import write_report  # noqa: E402
 from catalog import Columns, Segments, load_citeulike  # noqa: E402
 from encoders import WarmingConfig  # noqa: E402
-from flows.pipeline import (  # noqa: E402
+from ranker.evaluate import EvalResult, cold_item_split, hybrid_split, warm_split  # noqa: E402
+from ranker.metrics import bootstrap_difference, per_user_accuracy  # noqa: E402
+from training import (  # noqa: E402
     EncodedSplit,
     FittedRanker,
     ModelSettings,
-    citeulike_plan,
+    aldi_plan,
     encode_inputs,
     train_ranker,
     warmed_standins,
 )
-from ranker.evaluate import EvalResult, cold_item_split, hybrid_split, warm_split  # noqa: E402
-from ranker.metrics import bootstrap_difference, per_user_accuracy  # noqa: E402
 
 TOLERANCE = 0.002
 GRID = (  # the grid of 2026-11-30 (docs/benchmarks.md); it chose per_item 20, weight 5, the default since
@@ -72,7 +72,8 @@ def _warmed(base: EncodedSplit, config: WarmingConfig | None) -> EncodedSplit:
     inputs = base.inputs
     warm = np.flatnonzero(inputs.popularity > 0)
     warmed = warmed_standins(inputs.item_standin, inputs.user_cf, inputs.item_cf, warm, None, config)
-    return EncodedSplit(replace(inputs, item_standin=warmed.standins), base.report | {"warming": warmed.report}, warmed)
+    report = replace(base.report, warming=warmed.report.as_dict())
+    return EncodedSplit(replace(inputs, item_standin=warmed.standins), report, base.standins, warmed)
 
 
 def _differences(before: EvalResult, after: EvalResult, truth: pl.DataFrame, k: int) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def main(
 ) -> None:
     started = time.perf_counter()
     dataset = load_citeulike(data)
-    plan = citeulike_plan(dataset, "hybrid")
+    plan = aldi_plan(dataset, "hybrid")
     settings = ModelSettings.seeded(0)
     base = encode_inputs(
         plan.split.index,
@@ -102,10 +103,8 @@ def main(
         plan.fit_history,
         cache_dir=cache,
         cf_config=settings.cf,
-        mapper_config=settings.mapper,
-        folds=settings.folds,
+        standin_config=settings.standins,
         cf_validation=plan.cf_validation,
-        seed=settings.seed,
     )
     print(f"encoders fitted in {time.perf_counter() - started:.0f} s")
     valid = hybrid_split(dataset, "val")

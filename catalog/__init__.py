@@ -11,22 +11,17 @@ from catalog._contracts import (
     conform_interactions,
     conform_items,
     conform_users,
+    fully_timed,
+    has_times,
     with_first_seen,
 )
-from catalog._loaders import (
-    CITEULIKE_SPLITS,
-    Dataset,
-    check_utf8,
-    fetch_movielens_100k,
-    load_citeulike,
-    load_files,
-    load_movielens_100k,
-    read_table,
-)
+from catalog._loaders import ALDI_SPLITS, Dataset, check_utf8, load_files, read_table
 from catalog._registry import ModelRegistry, ModelVersion, Tables
 from catalog._segments import (
+    HEAD_SHARE,
     detect_segments,
     entity_segments,
+    head_items,
     popularity_segments,
     segment_counts,
     segment_transitions,
@@ -34,6 +29,15 @@ from catalog._segments import (
     summarize_segments,
 )
 from catalog._workspace import Workspace, atomic_write_bytes, new_run_id, verified_bytes
+from catalog.datasets import (
+    DATASETS,
+    BuiltinDataset,
+    builtin_dataset,
+    fetch_movielens_100k,
+    load_citeulike,
+    load_dataset,
+    load_movielens_100k,
+)
 from catalog.errors import (
     BackendError,
     ConfigError,
@@ -46,12 +50,15 @@ from catalog.errors import (
 )
 
 __all__ = [
-    "CITEULIKE_SPLITS",
+    "ALDI_SPLITS",
+    "DATASETS",
+    "HEAD_SHARE",
     "INTERACTIONS_SCHEMA",
     "ITEMS_SCHEMA",
     "TIMESTAMP",
     "USERS_SCHEMA",
     "BackendError",
+    "BuiltinDataset",
     "Columns",
     "ConfigError",
     "ConformReport",
@@ -67,6 +74,7 @@ __all__ = [
     "Workspace",
     "WorkspaceError",
     "atomic_write_bytes",
+    "builtin_dataset",
     "check_references",
     "check_utf8",
     "conform_interactions",
@@ -75,7 +83,11 @@ __all__ = [
     "detect_segments",
     "entity_segments",
     "fetch_movielens_100k",
+    "fully_timed",
+    "has_times",
+    "head_items",
     "load_citeulike",
+    "load_dataset",
     "load_files",
     "load_movielens_100k",
     "new_run_id",

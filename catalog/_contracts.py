@@ -53,6 +53,18 @@ _ISO_NAIVE = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M")
 _EARLIEST_BY_COLUMN = {C.released: datetime(1800, 1, 1, tzinfo=UTC)}
 
 
+def has_times(log: pl.DataFrame) -> bool:
+    """Whether an interaction log is time-ordered: it has a `ts` column with a time on at least one row. Such a log
+    gets recency features, recent popularity and the timed defaults; a time cut (temporal split, held-out labels)
+    needs a time on every row, which `fully_timed` says."""
+    return C.ts in log.columns and log[C.ts].null_count() < log.height
+
+
+def fully_timed(log: pl.DataFrame) -> bool:
+    """Whether every row of a non-empty log has a time (what a time cut needs)."""
+    return C.ts in log.columns and log.height > 0 and log[C.ts].null_count() == 0
+
+
 def _earliest(column: str) -> datetime:
     return _EARLIEST_BY_COLUMN.get(column, EARLIEST)
 

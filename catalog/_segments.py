@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
 import polars as pl
 
 from catalog._columns import Columns as C
@@ -24,6 +25,23 @@ from catalog._contracts import TIMESTAMP, with_first_seen
 
 SEGMENT_ORDER = (S.cold, S.sparse, S.tail, S.head)
 ENTITY = "entity_id"
+
+
+HEAD_SHARE = 0.8
+"""Head items are the most popular ones that together hold this share of the training interactions."""
+
+
+def head_items(popularity: np.ndarray, head_share: float = HEAD_SHARE) -> np.ndarray:
+    """Mask of the head among entities with these interaction counts: the same rule as the `head` segment
+    (`_head_mask`), ties in count taken in the order given (entities sorted by id give the segments' order)."""
+    order = np.argsort(-popularity, kind="stable")
+    total = popularity.sum()
+    cumulative = np.cumsum(popularity[order])
+    head = np.zeros(popularity.size, dtype=bool)
+    if total > 0:
+        # An entity is head while the share before it is still below head_share.
+        head[order] = (cumulative - popularity[order]) < head_share * total
+    return head & (popularity > 0)
 
 
 def _head_mask(count: pl.Expr, head_share: float) -> pl.Expr:
@@ -42,7 +60,7 @@ def entity_segments(
     key: str,
     kind: str,
     sparse_max: int = 5,
-    head_share: float = 0.8,
+    head_share: float = HEAD_SHARE,
     watermark: datetime | None = None,
 ) -> pl.DataFrame:
     """Segment every entity of `entities` (keyed by `key`) from its count in `interactions`.
@@ -95,7 +113,7 @@ def detect_segments(
     users: pl.LazyFrame | pl.DataFrame,
     *,
     sparse_max: int = 5,
-    head_share: float = 0.8,
+    head_share: float = HEAD_SHARE,
     watermark: datetime | None = None,
 ) -> pl.DataFrame:
     """Segments of every item and user: one table, `kind` telling which is which."""
@@ -116,7 +134,7 @@ def segments_as_of(
     before: datetime | None,
     since: datetime | None,
     sparse_max: int = 5,
-    head_share: float = 0.8,
+    head_share: float = HEAD_SHARE,
 ) -> pl.DataFrame:
     """Segments as they were at `before` (events strictly earlier; None: every event), `new` meaning first seen
     after `since`. As of a past time, an entity whose first event is still to come is not new yet, only cold."""
@@ -153,7 +171,7 @@ def summarize_segments(segments: pl.DataFrame) -> pl.DataFrame:
 
 
 def popularity_segments(
-    train: pl.LazyFrame | pl.DataFrame, items: pl.LazyFrame | pl.DataFrame, *, head_share: float = 0.8
+    train: pl.LazyFrame | pl.DataFrame, items: pl.LazyFrame | pl.DataFrame, *, head_share: float = HEAD_SHARE
 ) -> pl.DataFrame:
     """The metric segments of brief section 4 for items: head, tail (other warm) or cold (no training row).
 

@@ -77,12 +77,22 @@ def _model_dirname(model_name: str) -> str:
     return f"{slug}-{text_hash(model_name)[:12]}"
 
 
+CACHE_SUBDIR = "embeddings"
+"""Where the embedding cache lives inside a warmstart cache directory."""
+
+
 class EmbeddingCache:
     """Embeddings of one model, keyed by text hash, stored as Parquet shards under `root/<model>/`.
 
     Shards written by other processes are picked up on the next `get_many`/`put_many`. `hits` and `misses`
     count the hashes that `get_many` found and did not find since the cache was opened.
     """
+
+    @classmethod
+    def in_cache_dir(cls, cache_dir: Path) -> EmbeddingCache:
+        """The one text-embedding cache of a warmstart cache directory (CACHE/embeddings): encoding, retraining
+        and serving all read and fill it."""
+        return cls(Path(cache_dir) / CACHE_SUBDIR)
 
     def __init__(
         self, root: Path, model_name: str = MODEL_NAME, *, dim: int = EMBEDDING_DIM, max_shards: int = 64

@@ -221,7 +221,7 @@ def _simulation_inputs(
 
     items = workspace.read(Tables.items)
     interactions = workspace.read(Tables.interactions).select(Columns.user, Columns.item).unique()
-    embeddings = EmbeddingCache(Path(cache_dir) / "embeddings")
+    embeddings = EmbeddingCache.in_cache_dir(cache_dir)
     vectors = _unit_rows(encode_texts(item_text(items).to_list(), cache=embeddings, show_progress=show_progress))
     position = {item: row for row, item in enumerate(items[Columns.item].to_list())}
     users = interactions.group_by(Columns.user).agg(pl.col(Columns.item)).sort(Columns.user)

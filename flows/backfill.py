@@ -26,6 +26,7 @@ from catalog import (
     Segments,
     Tables,
     Workspace,
+    load_dataset,
     new_run_id,
     segment_counts,
     segment_transitions,
@@ -126,7 +127,7 @@ def augment_window(
 
 def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded: pl.DataFrame | None) -> GateDecision:
     """One window through the cycle as of its end: detect, augment, retrain, evaluate, gate; fills the run's record."""
-    from flows import pipeline
+    import training
     from ranker.evaluate import temporal_split
 
     dataset, record = context.dataset, run.record
@@ -146,7 +147,7 @@ def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded:
     split = temporal_split(dataset.interactions, dataset.items, cut=window.end, end=window.next_end)
     if split.truth.height == 0:
         raise DataError(f"no new interaction between {window.end} and {window.next_end} to evaluate on.")
-    plan = replace(pipeline.holdout_plan(split), synthetic=judged)  # the window's model trains on its augmentation
+    plan = replace(training.holdout_plan(split), synthetic=judged)  # the window's model trains on its augmentation
     decision = cycle.train_evaluate_gate(
         plan, context.config, run, context.registry, recorded=recorded, dataset=dataset.name
     )
@@ -211,26 +212,26 @@ def backfill(
 ) -> pl.DataFrame:
     """Replay `dataset` window by window (see the module doc); returns the store's metric rows of this backfill.
     `augment_limit` bounds the language model's work per window (new items described and simulated); 0 skips it.
-    `choose_timed` trains every timed alternative (pipeline.TIMED_ALTERNATIVES) in each window and serves, from the
+    `choose_timed` trains every timed alternative (training.TIMED_ALTERNATIVES) in each window and serves, from the
     second window on, the one `cycle.rolling_choice` reads from the window before; off, the default choices.
     Unset paths and the store URL come from the WARMSTART_* settings. The windows' models live in their own
     registry (WORKSPACE/backfill/models): a replay of history never changes the workspace's current model."""
-    from flows import pipeline
+    import training
 
     logger = get_run_logger()
     settings = WarmstartSettings()
     workspace, cache_dir = workspace or settings.workspace, cache_dir or settings.cache_dir
-    loaded = stages.load_named_dataset(dataset, data_dir, cache_dir)
+    loaded = load_dataset(dataset, data_dir, cache_dir)
     windows = history_windows(loaded, start, end, every)
     space = Workspace(workspace)
     store = MetricsStore.for_workspace(space.root, store_url or settings.metrics_url)
     config = cycle.CycleConfig(
-        models=pipeline.ModelSettings.capped(seed, max_epochs, settings.ranker),
+        models=training.ModelSettings.capped(seed, max_epochs, settings.ranker),
         k=k,
         protocol=PROTOCOL,
         gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
         cache_dir=cache_dir,
-        alternatives=dict(pipeline.TIMED_ALTERNATIVES) if choose_timed else {},
+        alternatives=dict(training.TIMED_ALTERNATIVES) if choose_timed else {},
     )
     registry = ModelRegistry(space.root / "backfill" / "models")
     context = WindowContext(loaded, space, registry, settings, config, sparse_max, head_share, augment_limit)

@@ -27,13 +27,14 @@ from catalog import (
     Workspace,
     WorkspaceError,
     atomic_write_bytes,
+    load_dataset,
     load_files,
     new_run_id,
     redact,
 )
 from flows import stages
 from flows.settings import WarmstartSettings
-from monitor import MetricsStore, beyond_accuracy_trend, metric_trend, product_rows, versus_trend
+from monitor import Lines, MetricsStore, beyond_accuracy_trend, metric_trend, product_rows, versus_trend
 
 if TYPE_CHECKING:
     from augment import Backend
@@ -134,7 +135,7 @@ def ingest(
         raise ConfigError("give either --dataset NAME or --interactions FILE --items FILE.")
     if dataset is not None:
         with console.status(f"loading {dataset}..."):
-            loaded = stages.load_named_dataset(dataset, data, settings.cache_dir)
+            loaded = load_dataset(dataset, data, settings.cache_dir)
     else:
         if items is None:
             raise ConfigError("--interactions needs --items FILE too.")
@@ -208,20 +209,20 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
         _print_frame(trend, f"{title}: {metric}@{k} per segment")
     for metric in ("recall", "ndcg"):
         versus = versus_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
-        alternatives = [c for c in versus.columns if c.startswith(stages.ALTERNATIVE_PREFIX)]
+        alternatives = [c for c in versus.columns if c.startswith(Lines.alternative_prefix)]
         if versus.width - len(alternatives) > 2:  # the product and at least one reference line
             shown = versus.drop(alternatives)
             _print_frame(shown, f"{title}: overall {metric}@{k}, the product beside popularity (same split)")
         if alternatives and metric == "ndcg":  # what a backfill's rolling choice read (flows.backfill)
             choices = versus.select("as_of", "product", *alternatives).rename(
-                {name: name.removeprefix(stages.ALTERNATIVE_PREFIX) for name in alternatives}
+                {name: name.removeprefix(Lines.alternative_prefix) for name in alternatives}
             )
             what = "of each timed choice (the next window serves the best)"
             _print_frame(choices, f"{title}: overall {metric}@{k} {what}")
-    if rows["protocol"].str.ends_with(f":{stages.WITHOUT_AUGMENTATION}").any():
+    if rows["protocol"].str.ends_with(f":{Lines.without_augmentation}").any():
         for segment in (Segments.cold, Segments.tail):  # what synthetic interactions did where they act
             versus = versus_trend(rows, metric="recall", k=k, segment=segment)
-            shown = [c for c in versus.columns if c in ("product", stages.WITHOUT_AUGMENTATION)]
+            shown = [c for c in versus.columns if c in ("product", Lines.without_augmentation)]
             versus = versus.select(pl.col("as_of").dt.strftime("%Y-%m-%d"), *shown)
             _print_frame(versus, f"{title}: {segment} recall@{k} with and without augmentation (same model, split)")
     beyond = beyond_accuracy_trend(rows, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
@@ -385,7 +386,7 @@ def demo(
     settings = _settings()
     space = _workspace(workspace, settings)
     with console.status("fetching and loading MovieLens-100K..."):
-        dataset = stages.load_named_dataset("ml-100k", data, settings.cache_dir)
+        dataset = load_dataset("ml-100k", data, settings.cache_dir)
     run_id = new_run_id()
     stages.ingest(space, dataset, run_id)
     last_event = dataset.interactions[Columns.ts].max()
@@ -519,7 +520,7 @@ def evaluate(
     Give --dataset citeulike --data DIR (ALDI split), --dataset ml-100k (temporal), or a split as files:
     --train F --test F --items F [--valid F] [--users F]. Test users or items without training rows are cold.
     """
-    from flows import pipeline  # torch and the models load only for the commands that need them
+    import training  # torch and the models load only for the commands that need them
 
     settings = _settings()
     ranker_name = (ranker or RankerName(settings.ranker)).value
@@ -527,23 +528,24 @@ def evaluate(
         raise ConfigError("give either --dataset NAME or --train FILE --test FILE --items FILE.")
     if dataset is not None:
         with console.status(f"loading {dataset}..."):
-            loaded = stages.load_named_dataset(dataset, data, settings.cache_dir)
-        plan = pipeline.dataset_plan(loaded, pipeline.PROTOCOLS[protocol.value])
+            loaded = load_dataset(dataset, data, settings.cache_dir)
+        plan = training.dataset_plan(loaded, training.PROTOCOLS[protocol.value])
     else:
         if test is None or items is None:
             raise ConfigError("--train needs --test FILE and --items FILE too.")
         assert train is not None
-        plan = pipeline.files_plan(
-            pipeline.PROTOCOLS[protocol.value], train=train, test=test, items=items, valid=valid, users=users
+        plan = training.files_plan(
+            training.PROTOCOLS[protocol.value], train=train, test=test, items=items, valid=valid, users=users
         )
     run_id = new_run_id()
     model_dir = _workspace(workspace, settings).models.path(ranker_name, run_id)
-    models = pipeline.ModelSettings.seeded(seed, ranker_name)
+    models = training.ModelSettings.seeded(seed, ranker_name)
     if not augment:
         models = models.without_augmentation()
-    report = pipeline.train_and_evaluate(plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir)
-    report["protocol"] = protocol.value
-    report["models"]["saved_to"] = str(model_dir)
+    evaluation = training.train_and_evaluate(
+        plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir
+    )
+    report = evaluation.as_dict() | {"protocol": protocol.value}
     _print_metrics(report, f"{protocol.value} @ {k} ({report['n_users']:,} users, {report['seconds']:.0f} s)")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,26 +13,23 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
+import training
 from catalog import Columns, ConfigError, ModelRegistry, atomic_write_bytes
 from flows import stages, tasks
 from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore, reference_protocol
+from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE
 
 if TYPE_CHECKING:
-    from flows.pipeline import EvaluationPlan, ModelSettings, TimedChoices
-
-DEFAULT_GATE_METRICS = ("overall/ndcg@20", "cold/recall@20")
+    from training import EvaluationPlan, ModelSettings, TimedChoices
 
 
 def default_gate_metrics(k: int) -> tuple[str, ...]:
     """The default gate metrics at cut-off `k` (a run measured at another k would compare nothing)."""
     return tuple(text.replace("@20", f"@{k}") for text in DEFAULT_GATE_METRICS)
-
-
-DEFAULT_GATE_TOLERANCE = 0.005
 
 
 def gate_config(
@@ -113,13 +110,13 @@ def train_evaluate_gate(
     data, and save the candidate as version `run.run_id` (with report.json); fills the run's record."""
     record, ranker = run.record, config.models.ranker_name
     with record.timed("retrain"):
-        fitted = tasks.retrain_task(
-            plan, cache_dir=config.cache_dir, models=config.models, alternatives=config.alternatives
+        fitted = tasks.fit_ranker_task(
+            plan, cache_dir=config.cache_dir, settings=config.models, alternatives=config.alternatives
         )
     with record.timed("evaluate"):
         metrics = tasks.evaluate_task(fitted, plan.split, k=config.k, protocol=config.protocol)
         current = registry.current(ranker)
-        incumbent = stages.incumbent_on_same_data(
+        incumbent = training.incumbent_on_same_data(
             fitted,
             registry.path(ranker, current) if current else None,
             plan.split,
@@ -136,7 +133,7 @@ def train_evaluate_gate(
             tasks.alternative_lines_task(fitted, metrics, plan.split, k=config.k, protocol=config.protocol),
         ]
         references = pl.concat([line for line in lines if line.height])
-    reference = stages.gate_reference(references, config.protocol)
+    reference = training.gate_reference(references, config.protocol)
     decision = tasks.gate_task(metrics, incumbent, config.gate, reference)
     if not decision.promoted and config.gate.confidence is not None:
         # A refusal must show in the data: bootstrap each drop over users, and decide again with that evidence.
@@ -150,26 +147,29 @@ def train_evaluate_gate(
     _write_report(directory, fitted.report, plan, metrics, parent=current, dataset=dataset)
     fitted.ranker.save(directory)
     if fitted.served.warming is not None:  # the store keeps, per run, what synthetic interactions warmed
-        record.augmentation = (record.augmentation or {}) | stages.warming_row(fitted.served.warming, plan.split)
+        record.augmentation = (record.augmentation or {}) | training.warming_row(fitted.served.warming, plan.split)
     record.model_version = run.run_id
     record.metrics = pl.concat([metrics, references.select(metrics.columns)])
-    record.as_of = stages.as_of(plan.split)
+    record.as_of = training.as_of(plan.split)
     record.promotion = decision.record(run.run_id, incumbent.version, config.gate)
     return decision
 
 
 def _write_report(
     directory: Path,
-    models: dict[str, Any],
+    models: training.FitReport,
     plan: EvaluationPlan,
     metrics: pl.DataFrame,
     *,
     parent: str | None,
     dataset: str,
 ) -> None:
-    """report.json beside the saved version: data window, metrics on real held-out data, parent, models."""
+    """report.json beside the saved version: data window, metrics on real held-out data, parent, models, and the
+    augmentation it trained on (the synthetic rows given, the runs that wrote them, what warming did)."""
     train = plan.split.train
     times = train[Columns.ts] if Columns.ts in train.columns else None
+    synthetic = plan.synthetic
+    runs = sorted(synthetic["run_id"].unique().to_list()) if synthetic is not None and "run_id" in synthetic else []
     report = {
         "version": directory.name,
         "parent": parent,
@@ -177,22 +177,14 @@ def _write_report(
         "protocol": plan.split.protocol,
         "data_window": {"start": str(times.min()), "end": str(times.max())} if times is not None else None,
         "metrics": metrics.to_dicts(),
-        "models": models,
-        "augmentation": _augmentation_report(plan, models),
+        "models": models.as_dict(),
+        "augmentation": {
+            "synthetic_rows": synthetic.height if synthetic is not None else 0,
+            "synthetic_runs": runs,
+            "warming": models.served_warming,
+        },
     }
     atomic_write_bytes(directory / "report.json", json.dumps(report, indent=2, default=str).encode())
-
-
-def _augmentation_report(plan: EvaluationPlan, models: dict[str, Any]) -> dict[str, Any]:
-    """What augmentation the version trained on: the synthetic rows given (and the runs that wrote them) and
-    the cold items their (or the embedding simulator's) interactions warmed."""
-    synthetic = plan.synthetic
-    runs = sorted(synthetic["run_id"].unique().to_list()) if synthetic is not None and "run_id" in synthetic else []
-    return {
-        "synthetic_rows": synthetic.height if synthetic is not None else 0,
-        "synthetic_runs": runs,
-        "warming": models.get("encoders", {}).get("served", {}).get("warming"),
-    }
 
 
 def promote(registry: ModelRegistry, ranker: str, decision: GateDecision, run_id: str) -> None:

@@ -52,9 +52,8 @@ def encode_items(workspace: Path | None = None, batch_size: int | None = None) -
     settings = WarmstartSettings()
     space = Workspace(workspace or settings.workspace)
     ids, texts = stages.item_texts(space)
-    cache_root = stages.embedding_cache(settings.cache_dir)
     batches = _batches(texts, batch_size or settings.encode_batch_size)
-    parts = [future.result() for future in tasks.encode_batch_task.map(batches, unmapped(cache_root))]
+    parts = [future.result() for future in tasks.encode_batch_task.map(batches, unmapped(settings.cache_dir))]
     if not parts:
         from encoders import EMBEDDING_DIM
 
@@ -166,10 +165,10 @@ def refresh(
 ) -> dict[str, Any]:
     """One nightly cycle over the workspace (see the module doc); `augment_limit` 0 retrains without augmenting;
     `ranker` defaults to the settings'. On the temporal protocol, `choose_timed` trains every timed alternative
-    (pipeline.TIMED_ALTERNATIVES) and serves the one `cycle.rolling_choice` reads from the workspace's last
+    (training.TIMED_ALTERNATIVES) and serves the one `cycle.rolling_choice` reads from the workspace's last
     completed refresh (the default choices on the first); off, the default choices. Returns the run id,
     metrics, the gate's decision and the timed choice served (why, or None)."""
-    from flows import pipeline
+    import training
 
     settings = WarmstartSettings()
     ranker = ranker or settings.ranker
@@ -178,12 +177,12 @@ def refresh(
     dataset = stages.workspace_dataset(space)
     protocol = protocol or ("cold-item" if dataset.splits else "temporal")
     config = cycle.CycleConfig(
-        models=pipeline.ModelSettings.capped(seed, max_epochs, ranker),
+        models=training.ModelSettings.capped(seed, max_epochs, ranker),
         k=k,
         protocol=protocol,
         gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
         cache_dir=settings.cache_dir,
-        alternatives=dict(pipeline.TIMED_ALTERNATIVES) if choose_timed and protocol == "temporal" else {},
+        alternatives=dict(training.TIMED_ALTERNATIVES) if choose_timed and protocol == "temporal" else {},
     )
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
     parameters |= {"ranker": ranker, "protocol": protocol}
@@ -205,7 +204,7 @@ def refresh(
         with run.record.timed("encode"):
             with_runner(encode_items, settings)(space.root)
         # The model trains on the workspace's augmentation: its synthetic interactions warm their cold items.
-        plan = pipeline.dataset_plan(dataset, pipeline.PROTOCOLS[protocol])
+        plan = training.dataset_plan(dataset, training.PROTOCOLS[protocol])
         decision = cycle.train_evaluate_gate(
             replace(plan, synthetic=stages.synthetic_interactions(space)),
             config,

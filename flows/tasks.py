@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.tasks import exponential_backoff
 
+import training
 from augment import Backend
 from flows import stages
 from flows.settings import WarmstartSettings
@@ -103,8 +104,8 @@ POLICIES: dict[str, StagePolicy] = {
     "encode_batch": StagePolicy(cache_policy=INPUTS + TASK_SOURCE, persist_result=True),
     "augment_step": StagePolicy(retries=3, retry_delay_seconds=LLM_BACKOFF, publish=publish_augmentation),
     "describe_batch": StagePolicy(retries=3, retry_delay_seconds=LLM_BACKOFF),
-    "retrain": StagePolicy(),
-    "evaluate": StagePolicy(publish=publish_metrics),
+    "fit_ranker": StagePolicy(),
+    "evaluate_metrics": StagePolicy(publish=publish_metrics),
     "reference_lines": StagePolicy(),
     "tail_calibrated": StagePolicy(),
     "without_augmentation": StagePolicy(),
@@ -139,11 +140,11 @@ def as_task(stage: Callable[P, R]) -> Task[P, R]:
 # ------------------------------------------------------------------------------------------------ stage tasks
 
 
-def encode_batch(texts: list[str], cache_root: Path) -> np.ndarray:
+def encode_batch(texts: list[str], cache_dir: Path) -> np.ndarray:
     """Embeddings of one batch of texts (cached by Prefect on the texts, and by the embedding cache per text)."""
     from encoders import EmbeddingCache, encode_texts
 
-    return encode_texts(texts, cache=EmbeddingCache(cache_root), show_progress=False)
+    return encode_texts(texts, cache=EmbeddingCache.in_cache_dir(cache_dir), show_progress=False)
 
 
 # One language model per process: it loads once, and tasks sharing a process take turns on it (two threads
@@ -197,11 +198,11 @@ detect_as_of_task = as_task(stages.detect_as_of)
 encode_batch_task = as_task(encode_batch)
 augment_step_task = as_task(augment_step)
 describe_batch_task = as_task(describe_batch)
-retrain_task = as_task(stages.retrain)
-evaluate_task = as_task(stages.evaluate)
-reference_lines_task = as_task(stages.reference_lines)
-tail_calibrated_task = as_task(stages.tail_calibrated)
-without_augmentation_task = as_task(stages.without_augmentation)
-alternative_lines_task = as_task(stages.alternative_lines)
-gate_evidence_task = as_task(stages.gate_evidence)
-gate_task = as_task(stages.gate)
+fit_ranker_task = as_task(training.fit_ranker)
+evaluate_task = as_task(training.evaluate_metrics)
+reference_lines_task = as_task(training.reference_lines)
+tail_calibrated_task = as_task(training.tail_calibrated)
+without_augmentation_task = as_task(training.without_augmentation)
+alternative_lines_task = as_task(training.alternative_lines)
+gate_evidence_task = as_task(training.gate_evidence)
+gate_task = as_task(training.gate)

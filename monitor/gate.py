@@ -64,7 +64,7 @@ class GateConfig(BaseModel):
 
 
 # Evidence for `decide`: per comparison ('incumbent', 'reference'), per gate metric name, the (lower, upper) bounds
-# of the paired bootstrap interval of candidate minus the other (flows.stages.gate_evidence measures them).
+# of the paired bootstrap interval of candidate minus the other (training.gate_evidence measures them).
 Evidence = dict[str, dict[str, tuple[float, float]]]
 
 

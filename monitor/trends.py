@@ -16,6 +16,16 @@ REFERENCE_SEPARATOR = ":"
 PRODUCT = "product"
 
 
+class Lines:
+    """Names of the lines every run records beside the product (rows of protocol 'PROTOCOL:NAME')."""
+
+    popularity = "popularity"
+    recent_popularity = "recent_popularity"  # the gate holds the product to it where the log has times
+    tail_calibrated = "tail_calibrated"  # the candidate re-ranked for calibrated tail exposure (ranker.rerank)
+    without_augmentation = "without_augmentation"  # the candidate serving content stand-ins, not warmed ones
+    alternative_prefix = "choice_"  # timed alternatives trained beside the candidate (training.TIMED_ALTERNATIVES)
+
+
 def reference_protocol(protocol: str, reference: str) -> str:
     """The protocol name under which a reference line's rows are stored, e.g. 'temporal:popularity'."""
     if REFERENCE_SEPARATOR in protocol or not reference:

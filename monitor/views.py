@@ -8,7 +8,7 @@ from datetime import datetime
 import polars as pl
 
 from monitor.store import MetricsStore
-from monitor.trends import BEYOND_ACCURACY, PRODUCT, REFERENCE_SEPARATOR, product_rows, series_of
+from monitor.trends import BEYOND_ACCURACY, PRODUCT, REFERENCE_SEPARATOR, Lines, product_rows, series_of
 
 ACCURACY = ("recall", "ndcg")
 WARM_SEGMENTS = ("sparse", "tail", "head")
@@ -92,7 +92,7 @@ def lines_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:
     return _in_range(rows, "as_of", filters).select("as_of", "line", "metric", "value").sort("as_of", "line")
 
 
-WITHOUT_AUGMENTATION = "without_augmentation"  # the line flows.stages records: the model without synthetic data
+WITHOUT_AUGMENTATION = Lines.without_augmentation
 
 
 def augmentation_effect_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:

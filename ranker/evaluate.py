@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from catalog import CITEULIKE_SPLITS, Columns, DataError, Dataset, Segments, popularity_segments
+from catalog import ALDI_SPLITS, Columns, DataError, Dataset, Segments, popularity_segments
 from ranker.metrics import MetricInputError, accuracy_metrics, evaluate_ranking
 
 __all__ = [
@@ -241,13 +241,13 @@ def _aldi_split(
 ) -> ProtocolSplit:
     """Shared body of the ALDI builders: train on warm_emb, hold out the `truth` splits, rank the items of the
     `candidates` splits (every item when None); every other known positive is excluded."""
-    missing = [s for s in CITEULIKE_SPLITS if s not in dataset.splits]
+    missing = [s for s in ALDI_SPLITS if s not in dataset.splits]
     if missing:
         raise DataError(
-            f"dataset '{dataset.name}' lacks split(s) {missing}; the ALDI protocols need {list(CITEULIKE_SPLITS)} "
+            f"dataset '{dataset.name}' lacks split(s) {missing}; the ALDI protocols need {list(ALDI_SPLITS)} "
             "(load it with catalog.load_citeulike)."
         )
-    parts = {s: _pairs(dataset.splits[s]) for s in CITEULIKE_SPLITS}
+    parts = {s: _pairs(dataset.splits[s]) for s in ALDI_SPLITS}
     pool = (
         dataset.items[Columns.item]
         if candidates is None

@@ -50,7 +50,7 @@ class LightGBMRankerConfig(BaseModel):
         ge=0,
         description="Places of the scorer's top eval_k kept for the best-scored cold items (items without a "
         "training interaction) where the model ranked fewer there. Chosen per data set on validation: CiteULike's "
-        "calibration split (flows.pipeline.choose_cold_slots), MovieLens-100K's validation window (TimedChoices).",
+        "calibration split (training.choose_cold_slots), MovieLens-100K's validation window (TimedChoices).",
     )
     prior_weight: float = Field(
         0.0,

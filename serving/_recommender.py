@@ -12,9 +12,10 @@ Where a user or item comes from decides how it is served:
   an item without any through the stand-in the content mapper made from its text, trained further on synthetic
   interactions where the version was warmed ("synthetic-warmed embedding"; else "content stand-in");
 - an item added to the workspace after the version was trained (`warmstart add-items`) is folded in at load: its
-  text is embedded (MiniLM, the embedding cache), a ridge content mapper fit on the version's warm items gives
-  it a stand-in, warmed by the embedding simulator's users as the version's own cold items were, so it is
-  recommendable at once with no retraining (rankers not tied to their encoders only);
+  text is embedded (MiniLM, the embedding cache), the stand-in builder saved with the version (training's own,
+  fitted on the version's warm items) gives it a stand-in, warmed by the embedding simulator's users as the
+  version's own cold items were, so it is recommendable at once with no retraining (rankers not tied to their
+  encoders only);
 - stated interests in words are matched by MiniLM to the items' text embeddings (`source` "stated text").
 """
 
@@ -30,24 +31,23 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from catalog import Columns, ConfigError, DataError, Segments, Tables, UnknownIdError, Workspace, WorkspaceError
-from encoders import (
-    MODEL_NAME,
-    ContentMapper,
-    EmbeddingCache,
-    MapperConfig,
-    WarmingConfig,
-    encode_texts,
-    item_text,
-    load_text_model,
-    simulated_interactions,
-    text_hash,
-    warm_items,
+from catalog import (
+    Columns,
+    ConfigError,
+    DataError,
+    Segments,
+    Tables,
+    UnknownIdError,
+    Workspace,
+    WorkspaceError,
+    head_items,
 )
+from encoders import MODEL_NAME, EmbeddingCache, WarmingConfig, encode_texts, item_text, load_text_model, text_hash
 from ranker.base import RankerBase, top_k
 from ranker.features import RankerInputs
 from ranker.registry import load_ranker
 from serving._artifacts import ServingInputs, load_serving_inputs
+from training import StandInBuilder, fitted_on_inputs, title_words, warm_added
 
 ID_EMBEDDING = "id embedding"
 SYNTHETIC_WARMED = "synthetic-warmed embedding"
@@ -76,18 +76,6 @@ def _unknown(ids: list[str], known: Container[str], kind: str, version: str) -> 
             f"{len(missing)} unknown {kind} id(s) for model version {version}: {missing[:_EXAMPLES]}. "
             f"Use ids of the workspace's {kind}s (add new ones with `warmstart add-{kind}s FILE`)."
         )
-
-
-def _head_mask(popularity: np.ndarray, head_share: float) -> np.ndarray:
-    """The most popular items that together hold `head_share` of the interactions (brief section 4)."""
-    order = np.argsort(-popularity, kind="stable")
-    total = popularity.sum()
-    cumulative = np.cumsum(popularity[order])
-    head = np.zeros(popularity.size, dtype=bool)
-    if total > 0:
-        # An item is head while the share before it is still below head_share.
-        head[order] = (cumulative - popularity[order]) < head_share * total
-    return head & (popularity > 0)
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:
@@ -119,6 +107,9 @@ class Recommender:
     # how: items added later are warmed the same way.
     warmed: np.ndarray | None = None
     warming: WarmingConfig | None = None
+    # The builder that gives items added later their stand-ins (saved with the version; None for versions saved
+    # before builders were kept, which get training's fit on their warm items when an item is added).
+    standins: StandInBuilder | None = None
     # The text model and its cache, loaded on the first stated text and kept (loading MiniLM takes ~1 s).
     _text: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -162,6 +153,8 @@ class Recommender:
             dict(zip(items[Columns.item], items[Columns.title].fill_null(""), strict=True)) if items is not None else {}
         )
         recommender = cls._assemble(model, ranker, version, served, log, cache_dir, titles, sparse_max)
+        if StandInBuilder.saved_in(directory):
+            recommender = replace(recommender, standins=StandInBuilder.load(directory))
         return recommender.with_additions(space, items=items, log=log)
 
     def with_additions(
@@ -233,10 +226,10 @@ class Recommender:
             warming=WarmingConfig(**served.manifest["warming"]) if served.manifest.get("warming") else None,
         )
 
-    def add_items(self, items: pl.DataFrame, *, log: pl.DataFrame | None = None, alpha: float = 10.0) -> Recommender:
+    def add_items(self, items: pl.DataFrame, *, log: pl.DataFrame | None = None) -> Recommender:
         """This version serving `items` too (item_id, title[, text, categories]; already conformed): each gets its
-        MiniLM text embedding and a stand-in from a ridge mapper (penalty `alpha`, the refresh's default) fit on the
-        version's warm items, so it is recommendable at once. No TF-IDF or category features (the version's
+        MiniLM text embedding and a stand-in from the version's stand-in builder, warmed as the version warmed its
+        own cold items, so it is recommendable at once. No TF-IDF or category features (the version's
         vocabularies are not saved): those are zero for them. Pairs of `log` (user_id, item_id) with them are seen."""
         if self.ranker.tied_to_encoders:
             raise ConfigError(f"{self.ranker_name} scores a fixed item table; retrain to serve new items.")
@@ -248,16 +241,11 @@ class Recommender:
         text = self._embed(item_text(items).to_list())
         inputs = self.inputs
         warm = np.flatnonzero(inputs.popularity > 0)
-        mapper = ContentMapper(MapperConfig(kind="ridge", alpha=alpha))
-        mapper.fit(inputs.text[warm], inputs.item_cf[warm, :-1], inputs.item_cf[warm, -1])
-        vectors, bias = mapper.transform(text)
-        standins, n = np.c_[vectors, bias].astype(inputs.item_standin.dtype), items.height
-        # Warmed as the version warmed its own cold items, so they compete on equal terms (an added item has no
-        # judged pairs: only the embedding simulator can warm it, where the version used it).
-        config = self.warming if self.warming is not None and self.warming.simulate else None
-        if config is not None:
-            proposed = simulated_interactions(standins, inputs.user_cf, config.per_item)
-            standins = warm_items(proposed, inputs.user_cf, standins, inputs.item_cf[warm], config)
+        builder = self.standins or fitted_on_inputs(inputs)
+        standins, n = builder.transform(text).astype(inputs.item_standin.dtype), items.height
+        # Warmed as the version warmed its own cold items, so they compete on equal terms.
+        standins = warm_added(standins, inputs.user_cf, inputs.item_cf[warm], self.warming)
+        warmed = self.warming is not None and self.warming.simulate
         titles = items[Columns.title].fill_null("")
         extended = RankerInputs(
             history=sp.csr_array(sp.hstack([inputs.history, sp.csr_array((inputs.n_users, n), dtype=np.float32)])),
@@ -266,7 +254,7 @@ class Recommender:
             item_cf=np.vstack([inputs.item_cf, np.zeros((n, inputs.item_cf.shape[1]), inputs.item_cf.dtype)]),
             item_standin=np.vstack([inputs.item_standin, standins]),
             popularity=np.r_[inputs.popularity, np.zeros(n, inputs.popularity.dtype)],
-            title_words=np.r_[inputs.title_words, titles.str.split(" ").list.len().to_numpy().astype(np.float32)],
+            title_words=np.r_[inputs.title_words, title_words(titles)],
             tfidf=_pad_rows(inputs.tfidf, n),
             categories=_pad_rows(inputs.categories, n),
             time=inputs.time.with_items(_released(items)) if inputs.time is not None else None,
@@ -282,7 +270,7 @@ class Recommender:
             item_ids=pl.concat([self.item_ids, new_ids]),
             seen=seen,
             titles=self.titles | dict(zip(items[Columns.item], titles, strict=True)),
-            warmed=np.r_[self._warmed_mask(), np.full(n, config is not None)],
+            warmed=np.r_[self._warmed_mask(), np.full(n, warmed)],
         )
 
     def add_users(self, user_ids: list[str] | pl.Series) -> Recommender:
@@ -311,7 +299,7 @@ class Recommender:
         if self.text_model != MODEL_NAME:
             raise ConfigError(f"version {self.version} embedded items with {self.text_model}, not {MODEL_NAME}.")
         if "cache" not in self._text:
-            self._text["cache"] = EmbeddingCache(Path(self.cache_dir) / "embeddings")
+            self._text["cache"] = EmbeddingCache.in_cache_dir(self.cache_dir)
         cache = self._text["cache"]
         if "model" not in self._text and not cache.get_many([text_hash(t) for t in texts])[0].all():
             self._text["model"] = load_text_model()  # kept: loading MiniLM takes about a second
@@ -330,7 +318,7 @@ class Recommender:
 
     @cached_property
     def _head(self) -> np.ndarray:
-        return _head_mask(self.inputs.popularity, 0.8)
+        return head_items(self.inputs.popularity)
 
     def _user_index(self, ids: list[str]) -> np.ndarray:
         _unknown(ids, self._user_rows, "user", self.version)

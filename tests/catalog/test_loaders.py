@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from catalog import (
-    CITEULIKE_SPLITS,
+    ALDI_SPLITS,
     INTERACTIONS_SCHEMA,
     ITEMS_SCHEMA,
     USERS_SCHEMA,
@@ -75,7 +75,7 @@ def test_citeulike_matches_its_provenance(citeulike: Dataset) -> None:
         "cold_item_val": 19_802,
         "cold_item_test": 20_158,
     }
-    assert set(citeulike.splits) == set(CITEULIKE_SPLITS)
+    assert set(citeulike.splits) == set(ALDI_SPLITS)
     assert citeulike.splits["cold_item_test"][Columns.item].n_unique() == 1_698
     # Cold items of the split never appear in the warm training split.
     cold = citeulike.splits["cold_item_test"].select(Columns.item).unique()

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from catalog import Workspace, WorkspaceError
 from flows.cli import app
 from flows.cycle import gate_config, rolling_choice
-from flows.pipeline import TIMED_ALTERNATIVES, TimedChoices
 from monitor import COMPLETED, FAILED, MetricsStore
+from training import TIMED_ALTERNATIVES, TimedChoices
 
 # Two 10-day windows at the end of MovieLens-100K (last rating 1998-04-22); few epochs keep each window short.
 WINDOWS = ["--start", "1998-03-31", "--every", "10d", "--max-epochs", "5"]

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from catalog import Columns, Dataset, conform_interactions, conform_items
 from flows.cli import app
-from flows.pipeline import EvaluationPlan, holdout_plan
 from ranker.evaluate import frames_split
+from training import EvaluationPlan, holdout_plan
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""The evaluation plans and model settings of flows.pipeline, on hand-made frames."""
+"""The evaluation plans and model settings of training, on hand-made frames."""
 
 from __future__ import annotations
 
@@ -10,19 +10,20 @@ import pytest
 import scipy.sparse as sp
 
 from catalog import Columns, ConfigError
-from flows.pipeline import EncodedSplit, ModelSettings, category_matrix, holdout_plan, with_history
 from ranker.deepfm import DeepFMRanker
 from ranker.evaluate import frames_split
 from ranker.features import RankerInputs
 from ranker.lightgbm_ranker import LightGBMRanker
 from ranker.registry import ranker_class
+from training import EncodedSplit, EncoderReport, ModelSettings, StandInBuilder, category_matrix, holdout_plan
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def test_seeded_settings_keep_the_defaults_and_seed_every_model() -> None:
     seeded, defaults = ModelSettings.seeded(7), ModelSettings()
-    assert (seeded.cf.seed, seeded.mapper.seed, seeded.ranker.seed, seeded.seed) == (7, 7, 7, 7)
+    standins = seeded.standins
+    assert (seeded.cf.seed, standins.mapper.seed, standins.seed, seeded.ranker.seed, seeded.seed) == (7, 7, 7, 7, 7)
     assert seeded.cf.model_copy(update={"seed": 0}) == defaults.cf
     assert seeded.ranker.model_copy(update={"seed": 0}) == defaults.ranker
     assert seeded.deepfm.seed == 7 and seeded.deepfm.model_copy(update={"seed": 0}) == defaults.deepfm
@@ -74,7 +75,8 @@ def test_with_history_keeps_the_encoders_and_follows_the_new_history() -> None:
         popularity=np.array([1, 1, 0]),
         title_words=np.ones(3),
     )
-    served = with_history(EncodedSplit(inputs, {"bprmf": {}}), new).inputs
+    encoded = EncodedSplit(inputs, EncoderReport(bprmf={}, text_cache_hits=0, text_cache_misses=0), StandInBuilder())
+    served = encoded.with_history(new).inputs
     assert served.popularity.tolist() == [1, 1, 2]
     assert not served.is_cold.any()
     np.testing.assert_array_equal(served.item_standin, inputs.item_standin)

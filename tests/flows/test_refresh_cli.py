@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from catalog import Workspace
 from flows.cli import app
 from flows.cycle import default_gate_metrics, gate_config, rolling_choice
-from flows.pipeline import TIMED_ALTERNATIVES
 from monitor import MetricsStore
+from training import TIMED_ALTERNATIVES
 
 runner = CliRunner()
 # Without the reference gate: these tests are about the registry and the gate against the current model.

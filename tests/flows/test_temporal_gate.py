@@ -12,12 +12,21 @@ import pytest
 
 from catalog import Dataset
 from encoders import BPRConfig
-from flows.pipeline import TIMED_ALTERNATIVES, FittedRanker, ModelSettings, fit_ranker, holdout_plan
-from flows.stages import Incumbent, alternative_lines, gate_evidence, gate_user_values
-from flows.stages import evaluate as stages_evaluate
 from monitor import GateConfig, GateMetric
 from ranker.baselines import PopularityScorer, RecentPopularityScorer
 from ranker.evaluate import COLD_USER, evaluate, temporal_split
+from training import (
+    TIMED_ALTERNATIVES,
+    FittedRanker,
+    Incumbent,
+    ModelSettings,
+    alternative_lines,
+    evaluate_metrics,
+    fit_ranker,
+    gate_evidence,
+    gate_user_values,
+    holdout_plan,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +42,9 @@ def window(ml100k: Dataset) -> object:
 def fitted(window: object, cache_dir: Path) -> FittedRanker:
     """The window's ranker with small encoders, and the timed alternatives trained beside it."""
     defaults = ModelSettings.seeded(0)
-    settings = ModelSettings(cf=BPRConfig(dim=32, epochs=20, seed=0), mapper=defaults.mapper, ranker=defaults.ranker)
+    settings = ModelSettings(
+        cf=BPRConfig(dim=32, epochs=20, seed=0), standins=defaults.standins, ranker=defaults.ranker
+    )
     return fit_ranker(holdout_plan(window), cache_dir=cache_dir, settings=settings, alternatives=TIMED_ALTERNATIVES)
 
 
@@ -59,7 +70,7 @@ def test_timed_alternatives_train_on_the_same_encoders_and_rank_differently(
     config = second.ranker.config
     choices = TIMED_ALTERNATIVES["choice_recent28"]
     assert (config.prior_days, config.cold_slots) == (choices.prior_days, choices.cold_slots)
-    metrics = stages_evaluate(fitted, split, k=20, protocol="temporal")
+    metrics = evaluate_metrics(fitted, split, k=20, protocol="temporal")
     lines = alternative_lines(fitted, metrics, split, k=20, protocol="temporal")
     ndcg = lines.filter((pl.col("segment") == "overall") & (pl.col("metric") == "ndcg")).sort("protocol")
     assert ndcg["protocol"].to_list() == sorted(f"temporal:{name}" for name in TIMED_ALTERNATIVES)

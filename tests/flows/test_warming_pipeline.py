@@ -13,7 +13,11 @@ import pytest
 
 from catalog import Columns, Dataset
 from encoders import BPRConfig, WarmingConfig
-from flows.pipeline import (
+from ranker.evaluate import ProtocolSplit, interaction_matrix, temporal_split
+from ranker.features import RankingTask
+from ranker.registry import load_ranker
+from serving import load_serving_inputs, save_serving_inputs
+from training import (
     EvaluationPlan,
     FittedRanker,
     ModelSettings,
@@ -23,10 +27,6 @@ from flows.pipeline import (
     holdout_plan,
     synthetic_precision,
 )
-from ranker.evaluate import ProtocolSplit, interaction_matrix, temporal_split
-from ranker.features import RankingTask
-from ranker.registry import load_ranker
-from serving import load_serving_inputs, save_serving_inputs
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_synthetic_interactions_never_enter_history_truth_or_exclusions(
 
 def test_the_model_report_names_what_warmed_it(judged: tuple[FittedRanker, pl.DataFrame]) -> None:
     fitted, oracle = judged
-    warming = fitted.report["encoders"]["served"]["warming"]
+    warming = fitted.report.served_warming
     # Every cold item the oracle named was judged; the warm item's synthetic pair was left out (real data wins).
     assert warming["cold_items_judged"] == oracle[Columns.item].n_unique()
     assert warming["cold_items_warmed"] >= warming["cold_items_judged"]
@@ -149,7 +149,7 @@ def test_on_a_log_with_times_only_the_judged_items_are_warmed_by_default(
         cache_dir=cache_dir,
         settings=replace(settings, timed=TimedChoices()),
     )
-    warming = fitted.report["encoders"]["served"]["warming"]
+    warming = fitted.report.served_warming
     assert warming["simulate"] is False and warming["warm_items_simulated"] == 0
     assert warming["cold_items_warmed"] == warming["cold_items_judged"] == oracle[Columns.item].n_unique()
     assert fitted.served.warming is not None

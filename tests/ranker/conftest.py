@@ -19,8 +19,8 @@ from ranker.features import RankerInputs, RankingTask
 def slice_inputs(citeulike: Dataset, cache_dir: Path) -> tuple[RankerInputs, dict[str, sp.csr_array]]:
     """300 users with cold positives in both cold splits; their items; real MiniLM text and BPR-MF."""
     from encoders import BPRConfig, MapperConfig
-    from flows.pipeline import encode_inputs
     from ranker.evaluate import interaction_matrix
+    from training import StandInConfig, encode_inputs
 
     splits = citeulike.splits
     both = (
@@ -41,8 +41,7 @@ def slice_inputs(citeulike: Dataset, cache_dir: Path) -> tuple[RankerInputs, dic
         parts["warm_emb"],
         cache_dir=cache_dir,
         cf_config=BPRConfig(dim=16, epochs=5),
-        mapper_config=MapperConfig(kind="ridge", alpha=10.0),
-        folds=3,
+        standin_config=StandInConfig(mapper=MapperConfig(kind="ridge", alpha=10.0), folds=3),
     )
     matrices = {name: interaction_matrix(frame, index) for name, frame in parts.items()}
     return encoded.inputs, matrices

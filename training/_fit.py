@@ -1,0 +1,262 @@
+"""Fitting: the encoders and the chosen ranker as a plan says, the ranker's cold places chosen on validation, and
+the typed report of what fitting measured (written into each version's report.json)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from catalog import Columns, ConfigError, has_times
+from encoders import BPRConfig
+from ranker.base import RankerBase
+from ranker.evaluate import EvalIndex, EvalResult, ProtocolSplit, evaluate, interaction_matrix
+from ranker.features import RankingTask
+from ranker.lightgbm_ranker import LightGBMRanker
+from ranker.registry import ranker_class
+from training._inputs import EncodedSplit, EncoderReport, encode_inputs
+from training._plans import EvaluationPlan
+from training._settings import ModelSettings, StandInConfig, TimedChoices
+from training.defaults import COLD_SLOTS_GRID
+
+JSON = dict[str, object]
+
+
+@dataclass(frozen=True)
+class ColdSlotChoice:
+    """The cold places chosen on validation, and the NDCG at the ranker's cut-off of every value tried."""
+
+    chosen: int
+    k: int
+    ndcg: dict[int, float]
+
+    def as_dict(self) -> JSON:
+        return {"chosen": self.chosen, f"ndcg@{self.k}": {str(s): round(v, 4) for s, v in self.ndcg.items()}}
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What fitting one ranker measured: its metadata, both encoders' reports and the settings they ran with."""
+
+    ranker: str
+    ranker_metadata: JSON
+    fit: EncoderReport  # the encoders the ranker learned from
+    served: EncoderReport  # the encoders it serves from (refitted on the whole training history where labels
+    # were cut out of it)
+    standins: StandInConfig
+    bprmf: BPRConfig
+    cold_slots: ColdSlotChoice | None
+    seconds: float
+
+    @property
+    def served_warming(self) -> JSON | None:
+        """What synthetic interactions warmed in the served inputs (None without warming)."""
+        return self.served.warming
+
+    def as_dict(self) -> JSON:
+        """The JSON form (report.json's `models`, `warmstart evaluate --json`'s `models`)."""
+        return {
+            "ranker": self.ranker,
+            self.ranker: self.ranker_metadata,
+            "encoders": {"fit": self.fit.as_dict(), "served": self.served.as_dict()},
+            "standins": self.standins.model_dump(),
+            "bprmf": self.bprmf.model_dump(),
+            "cold_slots": self.cold_slots.as_dict() if self.cold_slots is not None else {},
+            "fit_seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class FittedRanker:
+    """A ranker trained for a plan, with the inputs it serves from and what fitting it measured."""
+
+    ranker: RankerBase
+    served: EncodedSplit
+    report: FitReport | None = None  # None for a ranker re-scored on another run's inputs (the incumbent)
+    # Rankers trained on the same encoders with other timed choices (fit_ranker's `alternatives`), by name.
+    alternatives: dict[str, FittedRanker] = field(default_factory=dict)
+
+    def without_warming(self) -> FittedRanker:
+        """The same ranker serving cold items through their content stand-ins: what synthetic interactions add."""
+        return FittedRanker(self.ranker, self.served.without_warming(), self.report)
+
+    def evaluate(self, split: ProtocolSplit, k: int) -> EvalResult:
+        """Evaluate on any split that shares the plan's index and training interactions."""
+        exclude = interaction_matrix(split.exclude, split.index)
+        return evaluate(split, self.ranker.scorer(self.served.inputs, exclude=exclude), k=k)
+
+
+def choose_cold_slots(
+    fitted: FittedRanker, split: ProtocolSplit, grid: tuple[int, ...] = COLD_SLOTS_GRID
+) -> ColdSlotChoice | None:
+    """Set the LightGBM ranker's cold places to the value of `grid` with the best NDCG at its eval_k on `split`
+    (ties to fewer places). Rankers without cold places are left as they are (None)."""
+    ranker = fitted.ranker
+    if not isinstance(ranker, LightGBMRanker):
+        return None
+    k, ndcg = ranker.config.eval_k, {}
+    for slots in grid:
+        ranker.with_cold_slots(slots)
+        ndcg[slots] = fitted.evaluate(split, k).value("ndcg")
+    best = max(grid, key=lambda slots: (ndcg[slots], -slots))
+    ranker.with_cold_slots(best)
+    return ColdSlotChoice(best, k, ndcg)
+
+
+def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:
+    return RankingTask(
+        users=np.unique(index.users(users_from[Columns.user])),
+        pool=pool,
+        positives=interaction_matrix(users_from, index),
+        exclude=interaction_matrix(exclude, index) if exclude is not None else None,
+    )
+
+
+def train_ranker(plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings) -> RankerBase:
+    """The chosen ranker fitted on inputs encoded from `plan.fit_history`: labels `plan.fit_labels` among the warm
+    items, early stopping on `plan.valid_labels` among `plan.valid_pool`."""
+    index = plan.split.index
+    warm_pool = np.flatnonzero(fitted.inputs.popularity > 0)
+    return settings.new_ranker().fit(
+        fitted.inputs,
+        _task(plan.fit_labels, index, warm_pool, None),
+        _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude),
+    )
+
+
+def encode_plan(
+    plan: EvaluationPlan,
+    history: pl.DataFrame,
+    settings: ModelSettings,
+    *,
+    cache_dir: Path,
+    cf: BPRConfig | None = None,
+    validate: bool = True,
+) -> EncodedSplit:
+    """The plan's inputs encoded from `history` with `settings` (BPR-MF's config replaced by `cf` where given;
+    stopped early on the plan's validation pairs when `validate`)."""
+    return encode_inputs(
+        plan.split.index,
+        plan.split.items,
+        history,
+        cache_dir=cache_dir,
+        cf_config=cf or settings.cf,
+        standin_config=settings.standins,
+        cf_validation=plan.cf_validation if validate else None,
+        warming=settings.warming,
+        synthetic=plan.synthetic,
+    )
+
+
+def served_inputs(
+    plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings, *, cache_dir: Path
+) -> EncodedSplit:
+    """What the ranker serves from: the whole training history. Where the ranker's labels came out of it, the
+    encoders are refitted on it for as many BPR epochs as early stopping chose (the labels are training pairs now,
+    so no validation). A ranker tied to its encoders (DeepFM learned projections of their coordinates, which a
+    refitted BPR-MF would rotate) keeps them and serves from the whole history, its labels included."""
+    if not plan.refit_for_serving:
+        return fitted
+    if ranker_class(settings.ranker_name).tied_to_encoders:
+        return fitted.with_history(interaction_matrix(plan.split.train, plan.split.index))
+    epochs = max(int(fitted.report.bprmf["best_epoch"] or 0), 1)
+    cf = settings.cf.model_copy(update={"epochs": epochs})
+    return encode_plan(plan, plan.split.train, settings, cache_dir=cache_dir, cf=cf, validate=False)
+
+
+def fit_ranker(
+    plan: EvaluationPlan,
+    *,
+    cache_dir: Path,
+    settings: ModelSettings,
+    alternatives: dict[str, TimedChoices] | None = None,
+) -> FittedRanker:
+    """Fit encoders and the ranker `settings.ranker_name` names as the plan says (with `settings.timed`'s choices
+    where the training log has times). On a log with times, each of `alternatives` is trained too, on the same
+    encoders (`FittedRanker.alternatives`; one whose ranker equals the main one is the main one)."""
+    started = time.perf_counter()
+    timed = has_times(plan.split.train)
+    others = {name: settings.with_timed(choices).for_log(timed) for name, choices in (alternatives or {}).items()}
+    settings = settings.for_log(timed)
+    if any(other.warming != settings.warming for other in others.values()):
+        raise ConfigError("timed alternatives must warm stand-ins as the main settings do (they share its encoders).")
+    fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir)
+    ranker = train_ranker(plan, fitted, settings)
+    served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
+    # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
+    calibrated = None
+    if plan.calibration is not None:
+        calibrated = choose_cold_slots(FittedRanker(ranker, served), plan.calibration)
+    report = FitReport(
+        ranker=settings.ranker_name,
+        ranker_metadata=ranker.metadata,
+        fit=fitted.report,
+        served=served.report,
+        standins=settings.standins,
+        bprmf=settings.cf,
+        cold_slots=calibrated,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    main = FittedRanker(ranker, served, report)
+    for name, other in others.items() if timed else ():
+        if other.ranker_config() == settings.ranker_config():
+            main.alternatives[name] = main
+        else:
+            trained = train_ranker(plan, fitted, other)
+            main.alternatives[name] = FittedRanker(trained, served, replace(report, ranker_metadata=trained.metadata))
+    return main
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """One evaluation: the protocol and split, the metrics on real held-out data, what fitting measured."""
+
+    protocol: str
+    split: str
+    k: int
+    n_users: int
+    metrics: pl.DataFrame
+    models: FitReport
+    seconds: float
+    saved_to: Path | None = None
+
+    def as_dict(self) -> JSON:
+        """The JSON form `warmstart evaluate --json` writes."""
+        models = self.models.as_dict()
+        if self.saved_to is not None:
+            models["saved_to"] = str(self.saved_to)
+        return {
+            "protocol": self.protocol,
+            "split": self.split,
+            "k": self.k,
+            "n_users": self.n_users,
+            "metrics": self.metrics.to_dicts(),
+            "models": models,
+            "seconds": self.seconds,
+        }
+
+
+def train_and_evaluate(
+    plan: EvaluationPlan, *, k: int, cache_dir: Path, settings: ModelSettings, model_dir: Path | None = None
+) -> EvaluationReport:
+    """Fit as the plan says, evaluate on its split (and save the ranker under `model_dir` where given)."""
+    started = time.perf_counter()
+    fitted = fit_ranker(plan, cache_dir=cache_dir, settings=settings)
+    if model_dir is not None:
+        fitted.ranker.save(model_dir)
+    result = fitted.evaluate(plan.split, k)
+    if fitted.report is None:
+        raise TypeError("fit_ranker returned a ranker without its report.")
+    return EvaluationReport(
+        protocol=plan.split.protocol,
+        split=plan.split.name,
+        k=k,
+        n_users=result.n_users,
+        metrics=result.metrics,
+        models=fitted.report,
+        seconds=round(time.perf_counter() - started, 1),
+        saved_to=model_dir,
+    )

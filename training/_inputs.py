@@ -1,0 +1,170 @@
+"""The ranker's inputs for one split: text embeddings, BPR-MF, stand-ins (warmed by synthetic interactions where
+asked), TF-IDF, categories and recency, all aligned to the split's index."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from catalog import Columns, has_times
+from encoders import BPRMF, BPRConfig, EmbeddingCache, WarmingConfig, encode_texts, item_text
+from ranker.baselines import tfidf_item_vectors
+from ranker.evaluate import EvalIndex, interaction_matrix
+from ranker.features import RankerInputs
+from ranker.temporal import TimeFeatures, time_features
+from training._settings import StandInConfig
+from training._standins import StandInBuilder, Warmed, synthetic_matrix, warmed_standins
+
+
+@dataclass(frozen=True)
+class EncoderReport:
+    """What producing one split's inputs measured."""
+
+    bprmf: dict[str, float | int | None]  # BPRMF.summary: epochs run, best epoch, validation scores
+    text_cache_hits: int
+    text_cache_misses: int
+    warming: dict[str, object] | None = None  # the warming config and what it warmed, when warming ran
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "bprmf": self.bprmf,
+            "text_cache_hits": self.text_cache_hits,
+            "text_cache_misses": self.text_cache_misses,
+        }
+        if self.warming is not None:
+            out["warming"] = self.warming
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class EncodedSplit:
+    """The ranker's inputs for one split, the stand-in builder that made them, and what producing them measured."""
+
+    inputs: RankerInputs
+    report: EncoderReport
+    standins: StandInBuilder
+    # What synthetic interactions warmed (serving's source, the line without augmentation); None without them.
+    warming: Warmed | None = None
+
+    def without_warming(self) -> EncodedSplit:
+        """The same inputs serving the content stand-ins (itself when nothing was warmed)."""
+        if self.warming is None:
+            return self
+        return EncodedSplit(replace(self.inputs, item_standin=self.warming.content), self.report, self.standins)
+
+    def with_history(self, history: sp.csr_array) -> EncodedSplit:
+        """The same encoders' arrays serving from another (users x items) history; popularity follows it."""
+        inputs = replace(self.inputs, history=history, popularity=np.asarray(history.sum(axis=0)).ravel())
+        return replace(self, inputs=inputs)
+
+
+def _aligned(ids: np.ndarray, vectors: np.ndarray, wanted: pl.Series, width: int) -> np.ndarray:
+    """Rows of `vectors` (keyed by sorted `ids`) in the order of `wanted`; zero rows for ids it lacks."""
+    out = np.zeros((wanted.len(), width), dtype=np.float32)
+    if ids.size == 0:
+        return out
+    names = wanted.to_numpy().astype(str)
+    positions = np.minimum(np.searchsorted(ids, names), ids.size - 1)
+    found = ids[positions] == names
+    out[found] = vectors[positions[found]]
+    return out
+
+
+def encode_inputs(
+    index: EvalIndex,
+    items: pl.DataFrame,
+    history: pl.DataFrame,
+    *,
+    cache_dir: Path,
+    cf_config: BPRConfig,
+    standin_config: StandInConfig,
+    cf_validation: pl.DataFrame | None = None,
+    warming: WarmingConfig | None = None,
+    synthetic: pl.DataFrame | None = None,
+) -> EncodedSplit:
+    """Text embeddings, BPR-MF on `history`, out-of-fold stand-ins and TF-IDF: the ranker's inputs.
+
+    `items` holds one row per index item, in index order. Users and items absent from `history` get zero
+    collaborative vectors; items then serve through their stand-ins. With `warming`, stand-ins are warmed by
+    synthetic interactions (`warmed_standins`): `synthetic` (user_id, item_id, weight) where given for an item
+    without history, the embedding simulator's proposals elsewhere.
+    """
+    cache = EmbeddingCache.in_cache_dir(cache_dir)
+    text = encode_texts(item_text(items).to_list(), cache=cache, show_progress=True)
+    matrix = interaction_matrix(history, index)
+    cf = BPRMF(cf_config).fit(history.select(Columns.user, Columns.item), cf_validation, show_progress=True)
+    item_cf, user_cf = _collaborative(cf, index)
+    popularity = np.asarray(matrix.sum(axis=0)).ravel()
+    warm = np.flatnonzero(popularity > 0)
+    builder = StandInBuilder(standin_config)
+    standins = builder.fit_out_of_fold(text, item_cf, warm)
+    warmed = None
+    if warming is not None:
+        given = synthetic_matrix(synthetic, index, warm) if synthetic is not None else None
+        warmed = warmed_standins(standins, user_cf, item_cf, warm, given, warming)
+        standins = warmed.standins
+    titles = items[Columns.title].fill_null("")
+    inputs = RankerInputs(
+        history=matrix,
+        text=text,
+        user_cf=user_cf,
+        item_cf=item_cf,
+        item_standin=standins,
+        popularity=popularity,
+        title_words=title_words(titles),
+        tfidf=tfidf_item_vectors(titles.to_list(), min_df=1 if titles.len() < 50 else 2),
+        categories=category_matrix(items),
+        time=_time_features(history, index, items),
+    )
+    report = EncoderReport(
+        bprmf=cf.summary,
+        text_cache_hits=cache.hits,
+        text_cache_misses=cache.misses,
+        warming=warmed.config.model_dump() | warmed.report.as_dict() if warmed is not None else None,
+    )
+    return EncodedSplit(inputs=inputs, report=report, standins=builder, warming=warmed)
+
+
+def _collaborative(cf: BPRMF, index: EvalIndex) -> tuple[np.ndarray, np.ndarray]:
+    """(item [vector | bias], user [vector | 1]) rows in index order: the item bias rides along as one more
+    dimension, the user side holding a 1."""
+    emb = cf.embeddings
+    width = emb.dim + 1
+    item_cf = _aligned(emb.item_ids, np.c_[emb.item_vectors, emb.item_bias], index.item_ids, width)
+    user_cf = _aligned(emb.user_ids, np.c_[emb.user_vectors, np.ones(emb.user_ids.size)], index.user_ids, width)
+    # The user side's constant 1 carries the item bias into every score, for users BPR-MF never saw as well:
+    # without it a user without history scores 0 for every item instead of each item's learned bias.
+    user_cf[:, -1] = 1.0
+    return item_cf, user_cf
+
+
+def title_words(titles: pl.Series) -> np.ndarray:
+    """Words per title (a ranker feature), for training and for items added later alike."""
+    return titles.fill_null("").str.split(" ").list.len().to_numpy().astype(np.float32)
+
+
+def _time_features(history: pl.DataFrame, index: EvalIndex, items: pl.DataFrame) -> TimeFeatures | None:
+    """Recency arrays as of the history's end, for logs with times (`items` in index order)."""
+    if not has_times(history):
+        return None
+    released = items[Columns.released] if Columns.released in items.columns else None
+    return time_features(history, index.user_ids, index.item_ids, released=released)
+
+
+def category_matrix(items: pl.DataFrame) -> sp.csr_array | None:
+    """Multi-hot (items x distinct categories, sorted by name) in the row order of `items`; None without any."""
+    if Columns.categories not in items.columns:
+        return None
+    rows = items.select(pl.col(Columns.categories).fill_null([])).with_row_index("_row").explode(Columns.categories)
+    rows = rows.drop_nulls(Columns.categories)
+    if rows.height == 0:
+        return None
+    names = rows[Columns.categories].unique().sort()
+    columns = np.searchsorted(names.to_numpy(), rows[Columns.categories].to_numpy())
+    data = np.ones(rows.height, dtype=np.float32)
+    matrix = sp.csr_array((data, (rows["_row"].to_numpy(), columns)), shape=(items.height, names.len()))
+    return sp.csr_array(matrix > 0, dtype=np.float32)

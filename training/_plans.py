@@ -1,0 +1,176 @@
+"""Evaluation plans: how the ranker is trained, early-stopped and evaluated on one split. One plan per kind of
+split: predefined splits in ALDI's layout, a held-out split of any log (temporal or given as files)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from catalog import (
+    Columns,
+    ConfigError,
+    DataError,
+    Dataset,
+    check_references,
+    conform_interactions,
+    conform_items,
+    conform_users,
+    fully_timed,
+    read_table,
+)
+from ranker.evaluate import (
+    COLD_ITEM,
+    HYBRID,
+    TEMPORAL,
+    WARM,
+    ProtocolSplit,
+    cold_item_split,
+    frames_split,
+    hold_out_labels,
+    hybrid_split,
+    split_validation,
+    temporal_split,
+    warm_split,
+)
+from training.defaults import CALIBRATION_USERS
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationPlan:
+    """How the ranker is trained and early-stopped for one evaluated split.
+
+    The ranker learns from `fit_labels` (held-out positives of warm items) with encoders fitted on
+    `fit_history`, stops early on `valid_labels` ranked against `valid_pool`, and is evaluated on `split`,
+    with the encoders refitted on `split.train` when `refit_for_serving` (the labels were cut out of it).
+    """
+
+    split: ProtocolSplit
+    fit_history: pl.DataFrame
+    fit_labels: pl.DataFrame
+    valid_labels: pl.DataFrame
+    valid_pool: np.ndarray
+    valid_exclude: pl.DataFrame | None = None
+    cf_validation: pl.DataFrame | None = None
+    refit_for_serving: bool = False
+    # Synthetic interactions (user_id, item_id, weight) for items without history, e.g. the judge's.
+    synthetic: pl.DataFrame | None = None
+    # A validation split ranking cold and warm items together, on which the ranker's cold places are chosen.
+    calibration: ProtocolSplit | None = None
+
+
+def sampled_users(split: ProtocolSplit, n: int, *, seed: int) -> ProtocolSplit:
+    """The split restricted to a seeded sample of `n` of its evaluated users (all of them when fewer)."""
+    users = split.truth.select(Columns.user).unique().sort(Columns.user)
+    if users.height <= n:
+        return split
+    chosen = users.sample(n, seed=seed)
+    truth = split.truth.join(chosen, on=Columns.user, how="semi")
+    return replace(split, truth=truth, exclude=split.exclude.join(chosen, on=Columns.user, how="semi"))
+
+
+def aldi_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
+    """A data set with splits in ALDI's layout (catalog.ALDI_SPLITS: CiteULike's): encoders on warm_emb, ranker labels
+    warm_val, early stopping on cold_item_val (cold items only), cold places chosen on the hybrid validation split."""
+    builders = {
+        COLD_ITEM: lambda: cold_item_split(dataset, "cold_item_test"),
+        WARM: lambda: warm_split(dataset, "warm_test"),
+        HYBRID: lambda: hybrid_split(dataset, "test"),
+    }
+    if protocol not in builders:
+        raise ConfigError(
+            f"protocol {protocol!r} does not apply to {dataset.name}'s predefined splits: "
+            "use cold-item, warm or hybrid."
+        )
+    split = builders[protocol]()
+    splits = dataset.splits
+    cold_pool = cold_item_split(dataset, "cold_item_val").candidates
+    # The model is the same whatever protocol evaluates it, and it serves cold and warm items together.
+    calibration = sampled_users(hybrid_split(dataset, "val"), CALIBRATION_USERS, seed=0)
+    return EvaluationPlan(
+        split=split,
+        fit_history=splits["warm_emb"],
+        fit_labels=splits["warm_val"],
+        valid_labels=splits["cold_item_val"],
+        valid_pool=cold_pool,
+        valid_exclude=splits["cold_item_test"],
+        cf_validation=splits["warm_val"],
+        calibration=calibration,
+    )
+
+
+def holdout_plan(
+    split: ProtocolSplit, valid: pl.DataFrame | None = None, *, share: float = 0.2, seed: int = 0
+) -> EvaluationPlan:
+    """Labels and early stopping for a split without predefined ones (ranker.evaluate.hold_out_labels chooses:
+    on a log with times, one time cut for every user, so the ranker learns to serve users without history too).
+
+    Validation pairs of warm users and items are the labels, and training keeps the whole history; without
+    them, each user's latest (or random) `share` of training interactions is held out of the encoders'
+    history. Validation pairs of cold items (or users) stop the ranker early, ranked among the items cold in
+    history; without them, a fifth of the label users' pairs do, ranked among all items."""
+    warm, other = split_validation(valid, split.train) if valid is not None else (None, None)
+    if warm is not None and warm.height:
+        labels, history = warm, split.train
+    else:
+        history, labels = hold_out_labels(split.train, share=share, seed=seed)
+    if other is not None and other.height:
+        fit_labels, valid_labels = labels, other
+        cold = np.setdiff1d(np.arange(split.index.n_items), split.index.items(history[Columns.item].unique()))
+        pool = cold if other.join(history, on=Columns.item, how="semi").is_empty() else np.arange(split.index.n_items)
+    else:
+        stop_users = labels.select(Columns.user).unique().sort(Columns.user).sample(fraction=0.2, seed=seed)
+        fit_labels = labels.join(stop_users, on=Columns.user, how="anti")
+        valid_labels = labels.join(stop_users, on=Columns.user, how="semi")
+        pool = np.arange(split.index.n_items)
+    return EvaluationPlan(
+        split=split,
+        fit_history=history,
+        fit_labels=fit_labels,
+        valid_labels=valid_labels,
+        valid_pool=pool,
+        cf_validation=labels,
+        refit_for_serving=history is not split.train,
+    )
+
+
+PROTOCOLS = {"cold-item": COLD_ITEM, "warm": WARM, "hybrid": HYBRID, "temporal": TEMPORAL}
+
+
+def _read_pairs(path: Path) -> pl.DataFrame:
+    frame, _ = conform_interactions(read_table(path), str(path))
+    return frame
+
+
+def files_plan(
+    protocol: str, *, train: Path, test: Path, items: Path, valid: Path | None = None, users: Path | None = None
+) -> EvaluationPlan:
+    """A split given as files (CSV or Parquet; interactions: user_id, item_id[, ts, value]; items: item_id,
+    title[, text, categories]). `temporal` needs times: the test file's first event is the cut."""
+    item_frame, _ = conform_items(read_table(items), str(items))
+    train_frame, test_frame = _read_pairs(train), _read_pairs(test)
+    valid_frame = _read_pairs(valid) if valid is not None else None
+    user_frame = conform_users(read_table(users), str(users))[0] if users is not None else None
+    for frame, path in ((train_frame, train), (test_frame, test), (valid_frame, valid)):
+        if frame is not None:
+            check_references(frame, item_frame, user_frame, str(path))
+    user_ids = user_frame[Columns.user].sort() if user_frame is not None else None
+    if protocol == TEMPORAL:
+        if not (fully_timed(test_frame) and fully_timed(train_frame)):
+            raise DataError(f"--protocol temporal needs a 'ts' on every row of {train} and {test}.")
+        log = pl.concat([train_frame, test_frame])
+        split = temporal_split(log, item_frame, cut=test_frame[Columns.ts].min())
+    else:
+        split = frames_split(train_frame, test_frame, item_frame, protocol=protocol, valid=valid_frame, users=user_ids)
+    return holdout_plan(split, valid_frame)
+
+
+def dataset_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
+    """The plan for a data set: its predefined splits where it has them (ALDI's layout), else its temporal split."""
+    if dataset.splits:
+        return aldi_plan(dataset, protocol)
+    if protocol != TEMPORAL:
+        raise ConfigError(f"{dataset.name} has no predefined split: use --protocol temporal.")
+    return holdout_plan(temporal_split(dataset.interactions, dataset.items))

@@ -1,0 +1,45 @@
+"""Every default the product trains, gates and augments with: the gate, the cut-off, the segments the language
+model works on, the ranker's calibration grid; the models' hyperparameters are `ModelSettings` (training._settings),
+whose fields' defaults are the product's. The flows, the CLI's help and the benchmarks read them here, so changing
+one changes what runs. This module stays light (no torch): the CLI imports it at start-up.
+
+Each value was chosen on a validation split; the script that measured it is named beside it and its figures are in
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+from catalog import HEAD_SHARE as HEAD_SHARE  # the head segment's share, defined beside the rule
+from catalog import Segments
+from monitor import GateConfig
+
+# ------------------------------------------------------------------------------------------------ gate
+
+GATE = GateConfig()
+"""The gate every refresh, retrain and backfill window passes (metrics, tolerance, reference, confidence)."""
+DEFAULT_GATE_METRICS: tuple[str, ...] = tuple(metric.name for metric in GATE.metrics)
+DEFAULT_GATE_TOLERANCE: float = GATE.tolerance
+DEFAULT_K = 20
+"""Cut-off of every reported metric."""
+SPARSE_MAX = 5
+"""Entities with 1..SPARSE_MAX interactions are sparse."""
+
+# ------------------------------------------------------------------------------------------------ augmentation
+
+ITEM_SEGMENTS = (Segments.new, Segments.cold, Segments.sparse)
+"""Item segments the language model describes."""
+USER_SEGMENTS = (Segments.new, Segments.sparse)
+"""User segments the language model profiles."""
+SIMULATE_SEGMENTS = (Segments.cold,)
+"""Item segments whose candidate users the language model judges (synthetic interactions)."""
+
+# ------------------------------------------------------------------------------------------------ ranking
+
+CALIBRATION_USERS = 2000
+"""Users of the split on which the ranker's cold places are chosen: enough to tell 2 places apart, fast to rank."""
+COLD_SLOTS_GRID = (0, 4, 8, 10, 12, 16)
+"""Cold places tried on that split (on CiteULike's hybrid_val NDCG@20 rose from 0 to 8 places,
+benchmarks/hybrid_exposure.py)."""
+TAIL_STRENGTH = 1.0
+"""The calibrated tail exposure line re-ranks each user's top k to hold this multiple of their historical share of
+tail items (the best validation tail Recall@20 on MovieLens-100K, benchmarks/tail_rerank.py)."""
