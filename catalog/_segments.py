@@ -173,7 +173,7 @@ def summarize_segments(segments: pl.DataFrame) -> pl.DataFrame:
 def popularity_segments(
     train: pl.LazyFrame | pl.DataFrame, items: pl.LazyFrame | pl.DataFrame, *, head_share: float = HEAD_SHARE
 ) -> pl.DataFrame:
-    """The metric segments of brief section 4 for items: head, tail (other warm) or cold (no training row).
+    """Item segments as metrics report them (docs/metrics.md): head, tail (other warm) or cold (no training row).
 
     Returns (item_id, segment). Unlike `entity_segments` there is no sparse segment: sparse items are tail.
     """

@@ -26,6 +26,7 @@ from catalog import (
     Segments,
     Tables,
     Workspace,
+    has_times,
     load_dataset,
     new_run_id,
     segment_counts,
@@ -157,9 +158,9 @@ def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded:
 
 def history_windows(dataset: Dataset, start: datetime | None, end: datetime | None, every: str) -> list[Window]:
     """The windows to replay, from `start` (default: the first event) to `end` (default: the last)."""
-    times = dataset.interactions[Columns.ts]
-    if times.null_count() == times.len():
+    if not has_times(dataset.interactions):
         raise DataError(f"{dataset.name} has no timestamps: backfill replays history by time.")
+    times = dataset.interactions[Columns.ts]
     first, last = start or times.min(), end or times.max()
     assert isinstance(first, datetime) and isinstance(last, datetime)
     return time_windows(first, last, parse_every(every))

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from catalog import Columns, ConfigError, NotFittedError
+from catalog import Columns, ConfigError, NotFittedError, has_times
 from ranker.evaluate import EvalIndex, interaction_matrix
 
 __all__ = ["ContentKNNScorer", "PopularityScorer", "RandomScorer", "RecentPopularityScorer", "tfidf_item_vectors"]
@@ -94,7 +94,7 @@ class RecentPopularityScorer(PopularityScorer):
         self.days = days
 
     def fit(self, train: pl.DataFrame, index: EvalIndex) -> Self:
-        if Columns.ts not in train.columns or train[Columns.ts].null_count() == train.height:
+        if not has_times(train):
             raise ConfigError("RecentPopularityScorer needs training interactions with a 'ts'; use PopularityScorer.")
         latest = train[Columns.ts].max()
         recent = train.filter(pl.col(Columns.ts) > latest - timedelta(days=self.days))  # type: ignore[operator]

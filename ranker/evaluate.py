@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from catalog import ALDI_SPLITS, Columns, DataError, Dataset, Segments, popularity_segments
+from catalog import ALDI_SPLITS, Columns, DataError, Dataset, Segments, fully_timed, popularity_segments
 from ranker.metrics import MetricInputError, accuracy_metrics, evaluate_ranking
 
 __all__ = [
@@ -367,13 +367,13 @@ def hold_out_labels(train: pl.DataFrame, *, share: float = 0.2, seed: int = 0) -
 
     With a time on every row, the events of the latest `share` of the training period are the labels (one cut for
     every user, like a temporal split's own), so users first seen after the cut are users without history, as
-    most of a temporal test window's users are (holding out each user's latest events showed the ranker no such
-    user: issue 13). Without times, each user with two or more interactions gives up max(1, floor(`share` x n))
+    most of a temporal test window's users are (holding out each user's latest events instead showed the ranker no
+    such user). Without times, each user with two or more interactions gives up max(1, floor(`share` x n))
     of them, random (seeded) among pairs of items others have too; an item never gives up its last training
     interaction (a label on an item the encoders never saw teaches the ranker nothing and cannot validate
     BPR-MF). Raises DataError when nothing can be held out (every user has a single interaction).
     """
-    if Columns.ts in train.columns and train.height > 0 and train[Columns.ts].null_count() == 0:
+    if fully_timed(train):
         return _hold_out_after_cut(train, share)
     n_user, n_item = pl.len().over(Columns.user), pl.len().over(Columns.item)
     # Random, with the pairs of shared items last, so that they are the ones held out.

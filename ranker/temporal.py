@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 
-from catalog import Columns
+from catalog import Columns, has_times
 
 # Windows (days before `now`) of the recent-popularity counts.
 RECENT_DAYS = (7, 14, 28)
@@ -74,7 +74,7 @@ def time_features(
     """Recent popularity, age and recent user activity from a (user_id, item_id, ts) log, as of `now` (default:
     just after the latest event); events at or after `now` are ignored. `released` (release times in the order of
     `item_ids`, nulls allowed) gives each item's release age."""
-    if Columns.ts not in history.columns or history[Columns.ts].null_count() == history.height:
+    if not has_times(history):
         raise ValueError(f"time_features needs a '{Columns.ts}' column with times.")
     log = history.drop_nulls(Columns.ts)
     latest = log[Columns.ts].max()

@@ -124,11 +124,13 @@ def test_cold_places_are_chosen_on_a_split_and_saved_with_the_model(
     fitted, _ = judged
     chosen = choose_cold_slots(fitted, split, grid=(0, 3))
     try:
-        ndcg = chosen["ndcg@20"]
-        assert chosen["chosen"] == max((0, 3), key=lambda slots: (ndcg[str(slots)], -slots))
-        assert fitted.evaluate(split, 20).value("ndcg") == pytest.approx(ndcg[str(chosen["chosen"])], abs=5e-5)
+        assert chosen is not None and chosen.k == 20
+        ndcg = chosen.ndcg
+        assert chosen.chosen == max((0, 3), key=lambda slots: (ndcg[slots], -slots))
+        assert fitted.evaluate(split, 20).value("ndcg") == pytest.approx(ndcg[chosen.chosen], abs=5e-5)
+        assert chosen.as_dict()["ndcg@20"] == {str(slots): round(value, 4) for slots, value in ndcg.items()}
         fitted.ranker.save(tmp_path / "model")
-        assert load_ranker(tmp_path / "model").config.cold_slots == chosen["chosen"]  # type: ignore[attr-defined]
+        assert load_ranker(tmp_path / "model").config.cold_slots == chosen.chosen  # type: ignore[attr-defined]
     finally:
         fitted.ranker.with_cold_slots(0)  # type: ignore[attr-defined]
 
