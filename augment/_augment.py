@@ -65,6 +65,24 @@ class AugmentStats:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def total(cls, parts: Sequence[AugmentStats]) -> AugmentStats:
+        """The stats of several calls (e.g. the batches of one step) added up."""
+        reasons: dict[str, int] = {}
+        for part in parts:
+            for reason, count in part.reasons.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        return cls(
+            generated=sum(part.generated for part in parts),
+            cached=sum(part.cached for part in parts),
+            rejected=sum(part.rejected for part in parts),
+            synthetic_rows=sum(part.synthetic_rows for part in parts),
+            tokens=sum(part.tokens for part in parts),
+            attempts=sum(part.attempts for part in parts),
+            seconds=sum(part.seconds for part in parts),
+            reasons=reasons,
+        )
+
 
 def _progress(enabled: bool) -> Progress:
     """A bar with count, model speed (the `speed` field, see `_speed`) and ETA."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
@@ -39,12 +39,12 @@ from augment import (
 )
 from catalog import Columns, ConfigError, Segments, Tables, Workspace, WorkspaceError
 from flows.settings import WarmstartSettings
+from flows.stages import AugmentPlan, StepReport
 
 ITEM_DESCRIPTIONS = Tables.item_descriptions
 USER_PROFILES = Tables.user_profiles
 SYNTHETIC_INTERACTIONS = Tables.synthetic_interactions
 SEGMENT_CHOICES = (Segments.cold, Segments.sparse, Segments.tail, Segments.head, Segments.new)
-REPORT_KEYS = ("generated", "cached", "rejected", "synthetic_rows", "tokens", "seconds")
 PROFILE_MAX_NEW_TOKENS = 80  # a profile is two sentences
 
 
@@ -105,10 +105,8 @@ def segment_ids(workspace: Workspace, kind: str, segments: Sequence[str], limit:
     return ids[:limit] if limit is not None else ids
 
 
-def _report(stats: AugmentStats, started: float, **extra: Any) -> dict[str, Any]:
-    report = stats.as_dict() | extra
-    report["seconds"] = round(time.perf_counter() - started, 3)
-    return report
+def _report(stats: AugmentStats, started: float, requested: int, **sizes: int) -> StepReport:
+    return StepReport(stats, requested, round(time.perf_counter() - started, 3), **sizes)
 
 
 def _merge(workspace: Workspace, table: str, new: pl.DataFrame, key: str) -> pl.DataFrame:
@@ -127,17 +125,17 @@ def describe_step(
     *,
     cache_dir: Path,
     run_id: str,
-    segments: Sequence[str] = (Segments.cold, Segments.sparse),
+    segments: Sequence[str],
     limit: int | None = None,
     max_new_tokens: int = 96,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> StepReport:
     """Describe the items of `segments` (at most `limit`) into the `item_descriptions` table."""
     started = time.perf_counter()
     items = describe_targets(workspace, segments, limit)
     cache = generation_cache(cache_dir)
     frame, stats = describe_items(items, backend, cache, max_new_tokens=max_new_tokens, show_progress=show_progress)
-    report = _report(stats, started, requested=items.height)
+    report = _report(stats, started, items.height)
     return store_descriptions(workspace, frame, report, run_id=run_id, model=backend.model_name, segments=segments)
 
 
@@ -150,18 +148,18 @@ def describe_targets(workspace: Workspace, segments: Sequence[str], limit: int |
 def store_descriptions(
     workspace: Workspace,
     frame: pl.DataFrame,
-    report: dict[str, Any],
+    report: StepReport,
     *,
     run_id: str,
     model: str,
     segments: Sequence[str],
-) -> dict[str, Any]:
+) -> StepReport:
     """Merge one run's descriptions into the `item_descriptions` table (one write, however many batches made
     them); returns the run's report with the request and table sizes."""
     frame = frame.with_columns(pl.lit(run_id).alias("run_id"))
     table = _merge(workspace, ITEM_DESCRIPTIONS, frame, Columns.item)
-    report = report | {"rows": table.height}
-    parameters = {"model": model, "prompt": ITEM_DESCRIPTION.id, "segments": list(segments)} | report
+    report = replace(report, rows=table.height)
+    parameters = {"model": model, "prompt": ITEM_DESCRIPTION.id, "segments": list(segments)} | report.as_dict()
     workspace.write(ITEM_DESCRIPTIONS, table, run_id=run_id, source="augment.describe", parameters=parameters)
     return report
 
@@ -186,12 +184,12 @@ def profile_step(
     *,
     cache_dir: Path,
     run_id: str,
-    segments: Sequence[str] = (Segments.sparse,),
+    segments: Sequence[str],
     limit: int | None = None,
     max_items: int = 10,
     max_new_tokens: int = PROFILE_MAX_NEW_TOKENS,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> StepReport:
     """Profile the users of `segments` from their items' titles into the `user_profiles` table. Users with no
     interaction (cold) have nothing to profile and are skipped (counted as `skipped`)."""
     started = time.perf_counter()
@@ -203,8 +201,8 @@ def profile_step(
     )
     frame = frame.with_columns(pl.lit(run_id).alias("run_id"))
     table = _merge(workspace, USER_PROFILES, frame, Columns.user)
-    report = _report(stats, started, requested=len(ids), skipped=len(ids) - histories.height, rows=table.height)
-    parameters = {"model": backend.model_name, "prompt": USER_PROFILE.id, "segments": list(segments)} | report
+    report = _report(stats, started, len(ids), skipped=len(ids) - histories.height, rows=table.height)
+    parameters = {"model": backend.model_name, "prompt": USER_PROFILE.id, "segments": list(segments)} | report.as_dict()
     workspace.write(USER_PROFILES, table, run_id=run_id, source="augment.profile", parameters=parameters)
     return report
 
@@ -251,13 +249,13 @@ def simulate_step(
     *,
     cache_dir: Path,
     run_id: str,
-    segments: Sequence[str] = (Segments.cold,),
+    segments: Sequence[str],
     limit: int | None = None,
     top_m: int = 20,
     keep_top: int = 5,
     min_score: float = 0.0,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> StepReport:
     """Synthetic interactions for the items of `segments` into the `synthetic_interactions` table.
 
     Candidate users: the `top_m` users whose mean MiniLM title embedding (over their real interactions) is
@@ -280,7 +278,7 @@ def simulate_step(
         show_progress=show_progress,
     )
     table = _merge(workspace, SYNTHETIC_INTERACTIONS, frame, Columns.item)
-    report = _report(stats, started, requested=len(ids), candidates=candidates.height, rows=table.height)
+    report = _report(stats, started, len(ids), candidates=candidates.height, rows=table.height)
     parameters = {
         "model": backend.model_name,
         "prompt": INTERACTION_JUDGE.id,
@@ -288,7 +286,7 @@ def simulate_step(
         "top_m": top_m,
         "keep_top": keep_top,
         "min_score": min_score,
-    } | report
+    } | report.as_dict()
     workspace.write(SYNTHETIC_INTERACTIONS, table, run_id=run_id, source="augment.simulate", parameters=parameters)
     return report
 
@@ -310,45 +308,50 @@ def recorded_speed(workspace: Workspace, step: str, model: str) -> float | None:
     return sum(int(run.get("tokens", 0)) for run in runs) / seconds if seconds > 0 else None
 
 
+@dataclass(frozen=True)
+class StepEstimate:
+    """What a step would cost now, without running the model: its prompts, those the cache answers, the prompt
+    tokens, at most the new tokens, and seconds at the speed the model showed in the workspace's earlier runs of
+    the step (None when it has none)."""
+
+    step: str
+    prompts: int
+    cached: int
+    prompt_tokens: int
+    max_new_tokens: int
+    recorded_tokens_per_s: float | None
+    estimated_seconds: float | None
+
+
 def estimate_step(
-    step: str,
-    workspace: Workspace,
-    backend: Backend,
-    *,
-    cache_dir: Path,
-    segments: Sequence[str] | None = None,
-    limit: int | None = None,
-    max_new_tokens: int = 96,
-    top_m: int = 20,
-) -> dict[str, Any]:
-    """What `step` (describe, profile or simulate, with that step's default segments) would cost now, without
-    running the model: prompts, cached, prompt tokens, at most new tokens, and seconds at the speed the model
-    showed in this workspace's earlier runs of the step (None when it has none)."""
+    step: str, workspace: Workspace, backend: Backend, plan: AugmentPlan, *, cache_dir: Path, top_m: int = 20
+) -> StepEstimate:
+    """What `step` (describe, profile or simulate) of `plan` would cost now, without running the model."""
     cache = generation_cache(cache_dir)
     if step == "describe":
-        ids = segment_ids(workspace, "item", segments or (Segments.cold, Segments.sparse), limit)
-        items = workspace.read("items").filter(pl.col(Columns.item).is_in(ids))
-        prompts, template, new = description_prompts(items), ITEM_DESCRIPTION, max_new_tokens
+        ids = segment_ids(workspace, "item", plan.item_segments, plan.limit)
+        items = workspace.read(Tables.items).filter(pl.col(Columns.item).is_in(ids))
+        prompts, template, new = description_prompts(items), ITEM_DESCRIPTION, plan.max_new_tokens
     elif step == "profile":
-        ids = segment_ids(workspace, "user", segments or (Segments.sparse,), limit)
+        ids = segment_ids(workspace, "user", plan.user_segments, plan.limit)
         prompts = profile_prompts(user_histories(workspace, ids))
         template, new = USER_PROFILE, PROFILE_MAX_NEW_TOKENS
     else:
-        ids = segment_ids(workspace, "item", segments or (Segments.cold,), limit)
+        ids = segment_ids(workspace, "item", plan.simulate_segments, plan.limit)
         candidates, items, histories = _simulation_inputs(workspace, ids, cache_dir, top_m, False)
         prompts, template, new = judge_prompts(candidates, items, histories), INTERACTION_JUDGE, 0
     cost = estimate_cost(prompts, backend, cache, template, max_new_tokens=new, shared_prefix=step == "simulate")
     speed = recorded_speed(workspace, step, backend.model_name)
     tokens = cost.prompt_tokens if step == "simulate" else cost.max_new_tokens
-    return {
-        "step": step,
-        "prompts": cost.prompts,
-        "cached": cost.cached,
-        "prompt_tokens": cost.prompt_tokens,
-        "max_new_tokens": cost.max_new_tokens,
-        "recorded_tokens_per_s": round(speed, 1) if speed else None,
-        "estimated_seconds": round(tokens / speed, 1) if speed else None,
-    }
+    return StepEstimate(
+        step=step,
+        prompts=cost.prompts,
+        cached=cost.cached,
+        prompt_tokens=cost.prompt_tokens,
+        max_new_tokens=cost.max_new_tokens,
+        recorded_tokens_per_s=round(speed, 1) if speed else None,
+        estimated_seconds=round(tokens / speed, 1) if speed else None,
+    )
 
 
 def with_descriptions(items: pl.DataFrame, descriptions: pl.DataFrame) -> pl.DataFrame:

@@ -93,7 +93,7 @@ class WindowContext:
 
 def augment_window(
     context: WindowContext, window: Window, segments: pl.DataFrame, run_id: str
-) -> tuple[dict[str, Any], pl.DataFrame | None]:
+) -> tuple[dict[str, str | int | float | None], pl.DataFrame | None]:
     """Describe the window's new items and simulate who would take to its cold ones, as a scheduled run at the window's
     end would have: from the events before it only. Returns the store's augmentation row and the synthetic pairs
     the window's model trains on. The window's tables (descriptions, synthetic pairs) are kept in
@@ -122,7 +122,8 @@ def augment_window(
             (pl.col(Columns.ts) >= window.end) & (pl.col(Columns.ts) < window.next_end)
         ).select(Columns.user, Columns.item)
         hits = synthetic.join(later.unique(), on=[Columns.user, Columns.item], how="semi").height
-        report.steps["simulate"]["synthetic_precision"] = hits / synthetic.height if synthetic.height else None
+        precision = hits / synthetic.height if synthetic.height else None
+        report.steps["simulate"] = replace(report.steps["simulate"], synthetic_precision=precision)
     return report.store_row(backend_label(context.settings)), judged
 
 

@@ -35,6 +35,7 @@ from catalog import (
 from flows import stages
 from flows.settings import WarmstartSettings
 from monitor import Lines, MetricsStore, beyond_accuracy_trend, metric_trend, product_rows, versus_trend
+from training.defaults import ITEM_SEGMENTS, SIMULATE_SEGMENTS, USER_SEGMENTS
 
 if TYPE_CHECKING:
     from augment import Backend
@@ -613,19 +614,19 @@ def _refresh(
         raise WorkspaceError(f"workspace {space.root} holds no data: run `warmstart ingest --workspace {space.root}`.")
     name = (ranker or RankerName(settings.ranker)).value
     outcome = with_runner(refresh_flow, settings)(workspace=space.root, ranker=name, **options)
-    metrics = outcome["metrics"]
+    metrics = outcome.metrics
     product = product_rows(metrics)
-    _print_metrics({"metrics": product.to_dicts()}, f"{title} {outcome['run_id']}: {product['protocol'][0]}")
+    _print_metrics({"metrics": product.to_dicts()}, f"{title} {outcome.run_id}: {product['protocol'][0]}")
     lines = metrics.filter(pl.col("protocol") != product["protocol"][0])  # the reference lines, on the same data
     for (protocol,), rows in lines.group_by("protocol", maintain_order=True):
         values = rows.filter((pl.col("segment") == "overall") & pl.col("metric").is_in(["recall", "ndcg"]))
         shown = ", ".join(f"{m}@{k} {v:.4f}" for m, k, v in values.select("metric", "k", "value").iter_rows())
         console.print(f"beside it, {protocol}: overall {shown}", markup=False)
-    if outcome["timed_choice"]:
-        console.print(f"timed choice: {outcome['timed_choice']}", markup=False)
-    promotion = outcome["promotion"]
-    verdict = "promoted: now current" if promotion["promoted"] else "refused: the current model stays"
-    console.print(f"{name} {promotion['candidate_version']} {verdict} ({promotion['reason']})", markup=False)
+    if outcome.timed_choice:
+        console.print(f"timed choice: {outcome.timed_choice}", markup=False)
+    decision = outcome.decision
+    verdict = "promoted: now current" if decision.promoted else "refused: the current model stays"
+    console.print(f"{name} {outcome.run_id} {verdict} ({decision.reason})", markup=False)
 
 
 @app.command()
@@ -771,10 +772,11 @@ def _augment_plan(
     items: bool, users: bool, segment: list[str] | None, limit: int | None, simulate: bool, max_new_tokens: int
 ) -> stages.AugmentPlan:
     """The steps and segments `warmstart augment` runs: both sides unless --items or --users; without --segment,
-    the segments this command has always augmented (a refresh adds the new ones)."""
+    a refresh's segments but the new ones (this command works on what detect labelled, not on what just arrived)."""
     do_items, do_users = (items or not users), (users or not items)
     keys = ("item_segments", "user_segments", "simulate_segments")
-    defaults = ((Segments.cold, Segments.sparse), (Segments.sparse,), (Segments.cold,))
+    refresh = (ITEM_SEGMENTS, USER_SEGMENTS, SIMULATE_SEGMENTS)
+    defaults = [tuple(s for s in segments if s != Segments.new) for segments in refresh]
     chosen = dict(zip(keys, [tuple(segment)] * 3 if segment else defaults, strict=True))
     return stages.AugmentPlan(
         limit=limit,
@@ -786,19 +788,13 @@ def _augment_plan(
     )
 
 
-def _augment_dry_run(
-    space: Workspace, backend: Backend, plan: stages.AugmentPlan, settings: WarmstartSettings, segment: list[str] | None
-) -> None:
+def _augment_dry_run(space: Workspace, backend: Backend, plan: stages.AugmentPlan, settings: WarmstartSettings) -> None:
     """Print what the plan's steps would cost (prompts, cached, tokens, seconds) without generating anything."""
     from flows import augmentation
 
     names = [name for name, wanted in (("describe", plan.describe), ("simulate", plan.simulate)) if wanted]
     names += ["profile"] if plan.profile else []
-    options = {"cache_dir": settings.cache_dir, "segments": segment, "limit": plan.limit}
-    rows = [
-        augmentation.estimate_step(name, space, backend, max_new_tokens=settings.llm_max_new_tokens, **options)
-        for name in names
-    ]
+    rows = [augmentation.estimate_step(name, space, backend, plan, cache_dir=settings.cache_dir) for name in names]
     _print_frame(pl.DataFrame(rows), f"augment --dry-run (model {backend.model_name}): nothing generated")
 
 
@@ -840,18 +836,17 @@ def augment(
     with console.status(f"loading the {settings.llm_backend} language model..."):
         backend = augmentation.make_backend(settings)
     if dry_run:
-        _augment_dry_run(space, backend, plan, settings, segment)
+        _augment_dry_run(space, backend, plan, settings)
         return
     run_id = new_run_id()
     report = stages.augment(space, backend, plan, cache_dir=settings.cache_dir, run_id=run_id)
     rows = [
-        {"step": name} | {key: step[key] for key in augmentation.REPORT_KEYS} for name, step in report.steps.items()
+        {"step": name} | {key: step.as_dict()[key] for key in stages.REPORT_KEYS} for name, step in report.steps.items()
     ]
     _print_frame(pl.DataFrame(rows), f"augment (run {run_id}, model {backend.model_name})")
     if json_out is not None:
-        totals: dict[str, float] = {key: int(report.total(key)) for key in augmentation.REPORT_KEYS}
-        totals["seconds"] = round(report.total("seconds"), 1)
-        payload = totals | {"run_id": run_id, "model": backend.model_name, "steps": report.steps}
+        steps = {name: step.as_dict() for name, step in report.steps.items()}
+        payload = report.totals() | {"run_id": run_id, "model": backend.model_name, "steps": steps}
         atomic_write_bytes(json_out, json.dumps(payload, indent=2, default=str).encode())
         console.print(f"report written to {json_out}")
 

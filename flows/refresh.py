@@ -12,22 +12,20 @@ stages are flows/stages.py's, run as the tasks of flows/tasks.py and composed by
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import polars as pl
 from prefect import flow, get_run_logger, unmapped
 
+from augment import AugmentStats
 from catalog import Tables, Workspace, new_run_id, segment_counts, segment_transitions
 from flows import cycle, stages, tasks
 from flows.augmentation import backend_label
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings
-from monitor import ActiveRun, MetricsStore
-
-COUNTS = ("generated", "cached", "rejected", "tokens", "attempts")
+from monitor import ActiveRun, GateDecision, MetricsStore
 
 
 def _detect(space: Workspace, run: ActiveRun, settings: WarmstartSettings) -> None:
@@ -46,7 +44,7 @@ def _batches(values: list[str], size: int) -> list[list[str]]:
 
 
 @flow(name="encode-items", log_prints=True)
-def encode_items(workspace: Path | None = None, batch_size: int | None = None) -> dict[str, Any]:
+def encode_items(workspace: Path | None = None, batch_size: int | None = None) -> stages.Encoded:
     """Embed every item's text into `item_embeddings`, one task per batch: they run in parallel on the flow's task
     runner (a Dask cluster with task_runner=dask) and Prefect caches each on its texts."""
     settings = WarmstartSettings()
@@ -60,12 +58,12 @@ def encode_items(workspace: Path | None = None, batch_size: int | None = None) -
         parts = [np.zeros((0, EMBEDDING_DIM), dtype=np.float32)]
     encoded = stages.store_item_embeddings(space, ids, np.vstack(parts), new_run_id(), {"batches": len(batches)})
     get_run_logger().info(f"item_embeddings: {encoded.items:,} items in {len(batches)} batches")
-    return {"model": encoded.model, "items": encoded.items, "dim": encoded.dim, "batches": len(batches)}
+    return encoded
 
 
 def describe_in_batches(
     space: Workspace, settings: WarmstartSettings, plan: stages.AugmentPlan, run_id: str, batch: int
-) -> dict[str, Any]:
+) -> stages.StepReport:
     """Describe the plan's items, one task per `batch` items on the flow's task runner (a Dask cluster with
     task_runner=dask), then write the table once."""
     from flows.augmentation import describe_targets, store_descriptions
@@ -77,8 +75,9 @@ def describe_in_batches(
         results = [future.result() for future in tasks.describe_batch_task.map(chunks, unmapped(settings))]
     else:
         results = [tasks.describe_batch_task(chunk, settings) for chunk in chunks]
-    report: dict[str, Any] = {name: sum(int(stats[name]) for _, stats in results) for name in COUNTS}
-    report |= {"requested": items.height, "batches": len(chunks), "seconds": round(time.perf_counter() - started, 3)}
+    stats = AugmentStats.total([part for _, part in results])
+    seconds = round(time.perf_counter() - started, 3)
+    report = stages.StepReport(stats, items.height, seconds, batches=len(chunks))
     frame = pl.concat([frame for frame, _ in results]) if results else pl.DataFrame()
     if frame.is_empty():
         return report
@@ -87,7 +86,7 @@ def describe_in_batches(
 
 
 @flow(name="augment-new", log_prints=True)
-def augment_new(workspace: Path | None = None, limit: int = 16, batch: int = 8) -> dict[str, Any]:
+def augment_new(workspace: Path | None = None, limit: int = 16, batch: int = 8) -> dict[str, str | int | float | None]:
     """Detect newly arrived items and users and augment them (at most `limit` of each) with the language model;
     descriptions are written in batches of `batch` items, one task each."""
     settings = WarmstartSettings()
@@ -148,6 +147,17 @@ def _augment_into(run: ActiveRun, space: Workspace, settings: WarmstartSettings,
     run.record.augmentation = report.store_row(backend_label(settings))
 
 
+@dataclass(frozen=True)
+class RefreshResult:
+    """What one refresh did: its run, the gate's decision on its candidate (version = the run id), the metrics it
+    recorded (the product's and the reference lines') and the timed choice it served (why; None without one)."""
+
+    run_id: str
+    decision: GateDecision
+    metrics: pl.DataFrame
+    timed_choice: str | None
+
+
 @flow(name="refresh", log_prints=True)
 def refresh(
     workspace: Path | None = None,
@@ -162,7 +172,7 @@ def refresh(
     protocol: str | None = None,
     ranker: str | None = None,
     choose_timed: bool = True,
-) -> dict[str, Any]:
+) -> RefreshResult:
     """One nightly cycle over the workspace (see the module doc); `augment_limit` 0 retrains without augmenting;
     `ranker` defaults to the settings'. On the temporal protocol, `choose_timed` trains every timed alternative
     (training.TIMED_ALTERNATIVES) and serves the one `cycle.rolling_choice` reads from the workspace's last
@@ -218,4 +228,4 @@ def refresh(
         rows = stages.publish_recommendations(space, ranker, run.run_id, run.run_id, k=k)
         get_run_logger().info(f"recommendations: {rows:,} rows from {ranker} {run.run_id}")
     get_run_logger().info(f"refresh {run.run_id}: {decision.reason}")
-    return {"run_id": run.run_id, "promotion": run.record.promotion, "metrics": run.record.metrics, "timed_choice": why}
+    return RefreshResult(run.run_id, decision, run.record.metrics, why)

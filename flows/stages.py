@@ -13,12 +13,12 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from augment import WEIGHT
+from augment import WEIGHT, AugmentStats
 from catalog import (
     Columns,
     ConfigError,
@@ -177,34 +177,70 @@ class AugmentPlan:
     max_new_tokens: int = 96
 
 
+@dataclass(frozen=True)
+class StepReport:
+    """What one augmentation step (describe, simulate or profile) did over a workspace: the language model's
+    counts, how many entities it was asked for, its wall time and the step's table size after the run."""
+
+    stats: AugmentStats
+    requested: int
+    seconds: float
+    rows: int | None = None  # the step's table after merging this run's rows (None when nothing was written)
+    skipped: int | None = None  # profile: users with no history to profile
+    candidates: int | None = None  # simulate: candidate pairs the judge saw
+    batches: int | None = None  # describe in batches: how many tasks
+    synthetic_precision: float | None = None  # a backfill window's pairs found among the next window's events
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON form: the model's counts, then the step's own sizes (the ones that apply)."""
+        counts: dict[str, object] = self.stats.as_dict() | {"seconds": self.seconds, "requested": self.requested}
+        sizes = {
+            "rows": self.rows,
+            "skipped": self.skipped,
+            "candidates": self.candidates,
+            "batches": self.batches,
+            "synthetic_precision": self.synthetic_precision,
+        }
+        return counts | {name: value for name, value in sizes.items() if value is not None}
+
+
+REPORT_KEYS = ("generated", "cached", "rejected", "synthetic_rows", "tokens", "seconds")
+"""The counts a run's augmentation report totals over its steps."""
+
+
 @dataclass
 class AugmentReport:
-    """Each step's report (generated, cached, rejected, synthetic_rows, tokens, seconds, ...)."""
+    """Each step's report, by step name."""
 
-    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    steps: dict[str, StepReport] = field(default_factory=dict)
 
-    def total(self, key: str) -> float:
-        return sum(float(step.get(key, 0)) for step in self.steps.values())
+    def _total(self, count: str) -> int:
+        return sum(int(getattr(step.stats, count)) for step in self.steps.values())
 
-    def store_row(self, backend: str | None = None) -> dict[str, Any]:
+    def _touched(self, step: str) -> int:
+        report = self.steps.get(step)
+        return report.stats.generated + report.stats.cached if report is not None else 0
+
+    def totals(self) -> dict[str, int | float]:
+        """The run's `REPORT_KEYS` over its steps (seconds to 0.1 s)."""
+        counts: dict[str, int | float] = {name: self._total(name) for name in REPORT_KEYS if name != "seconds"}
+        return counts | {"seconds": round(sum(step.seconds for step in self.steps.values()), 1)}
+
+    def store_row(self, backend: str | None = None) -> dict[str, str | int | float | None]:
         """The metrics store's augmentation row of this run (`backend`: what ran the language model)."""
-
-        def touched(step: str) -> int:
-            report = self.steps.get(step, {})
-            return int(report.get("generated", 0)) + int(report.get("cached", 0))
-
-        row = {
+        simulate = self.steps.get("simulate")
+        row: dict[str, str | int | float | None] = {
             "backend": backend,
-            "items_augmented": touched("describe"),
-            "users_augmented": touched("profile"),
-            "synthetic_rows": int(self.steps.get("simulate", {}).get("synthetic_rows", 0)),
-            "cache_hits": int(self.total("cached")),
-            "rejected": int(self.total("rejected")),
-            "tokens": int(self.total("tokens")),
-            "seconds": round(self.total("seconds"), 3),
+            "items_augmented": self._touched("describe"),
+            "users_augmented": self._touched("profile"),
+            "synthetic_rows": simulate.stats.synthetic_rows if simulate is not None else 0,
+            "cache_hits": self._total("cached"),
+            "rejected": self._total("rejected"),
+            "tokens": self._total("tokens"),
+            "seconds": round(sum(step.seconds for step in self.steps.values()), 3),
         }
-        if "synthetic_precision" in self.steps.get("simulate", {}):
-            row["synthetic_precision"] = self.steps["simulate"]["synthetic_precision"]
+        if simulate is not None and simulate.synthetic_precision is not None:
+            row["synthetic_precision"] = simulate.synthetic_precision
         return row
 
 
@@ -220,7 +256,7 @@ def augment_step(
     cache_dir: Path,
     run_id: str,
     show_progress: bool = True,
-) -> dict[str, Any]:
+) -> StepReport:
     """One augmentation step (describe, simulate or profile) over the workspace's segments, as the plan says."""
     from flows import augmentation
 
@@ -266,7 +302,7 @@ class Encoded:
     model: str
     items: int
     dim: int
-    stats: dict[str, Any]
+    stats: dict[str, int]  # embedding cache hits and misses, or the batches of a flow's encoding
 
 
 def item_texts(workspace: Workspace) -> tuple[pl.Series, list[str]]:
@@ -278,7 +314,7 @@ def item_texts(workspace: Workspace) -> tuple[pl.Series, list[str]]:
 
 
 def store_item_embeddings(
-    workspace: Workspace, ids: pl.Series, vectors: np.ndarray, run_id: str, stats: dict[str, Any]
+    workspace: Workspace, ids: pl.Series, vectors: np.ndarray, run_id: str, stats: dict[str, int]
 ) -> Encoded:
     """Write the `item_embeddings` table (item_id, embedding)."""
     from encoders import MODEL_NAME
@@ -384,17 +420,16 @@ def _attribute_names(users: pl.DataFrame, source: str) -> set[str]:
     return names
 
 
-def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> dict[str, Any]:
+def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> None:
     """Beside a saved version: the inputs its ranker serves from and their ids (serving.npz + serving.json), so the
-    version can serve on its own (`serving.Recommender.load`). Returns the manifest."""
+    version can serve on its own (`serving.Recommender.load`), and the stand-in builder that gives items added
+    later their stand-ins."""
     from serving import save_serving_inputs
 
     warming = fitted.served.warming
     warmed, config = (warming.items, warming.config.model_dump()) if warming is not None else (None, None)
     fitted.served.standins.save(directory)  # items added later get their stand-ins from the same builder
-    return save_serving_inputs(
-        directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config
-    )
+    save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config)
 
 
 def publish_recommendations(workspace: Workspace, ranker: str, version: str, run_id: str, *, k: int) -> int:

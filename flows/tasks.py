@@ -23,7 +23,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE, CachePolicy
 from prefect.tasks import exponential_backoff
 
 import training
-from augment import Backend
+from augment import AugmentStats, Backend
 from flows import stages
 from flows.settings import WarmstartSettings
 from monitor import GateDecision
@@ -75,8 +75,9 @@ def publish_decision(decision: GateDecision) -> None:
     )
 
 
-def publish_augmentation(report: dict[str, Any]) -> None:
-    create_table_artifact(key="augment", table=[report], description="one augmentation step's report")
+def publish_augmentation(report: stages.StepReport) -> None:
+    row = {name: value for name, value in report.as_dict().items() if name != "reasons"}
+    create_table_artifact(key="augment", table=[row], description="one augmentation step's report")
 
 
 # ------------------------------------------------------------------------------------------------ policies
@@ -165,7 +166,7 @@ def backend(settings: WarmstartSettings) -> Backend:
 
 def augment_step(
     step: str, workspace: Path, settings: WarmstartSettings, plan: stages.AugmentPlan, run_id: str
-) -> dict[str, Any]:
+) -> stages.StepReport:
     """One augmentation step on the process's language model (see stages.augment_step)."""
     from catalog import Workspace
 
@@ -176,7 +177,7 @@ def augment_step(
         )
 
 
-def describe_batch(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl.DataFrame, dict[str, Any]]:
+def describe_batch(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl.DataFrame, AugmentStats]:
     """LLM descriptions of one batch of items (no write: the flow merges every batch into the table once).
     A module-level function, so that Dask ships this task by reference, not the process's lock."""
     from augment import describe_items
@@ -190,7 +191,7 @@ def describe_batch(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl
             max_new_tokens=settings.llm_max_new_tokens,
             show_progress=False,
         )
-    return frame, stats.as_dict()
+    return frame, stats
 
 
 detect_task = as_task(stages.detect)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from augment import LlamaCppBackend
 from catalog import Workspace
-from flows import augmentation
+from flows import augmentation, stages
 from flows.cli import app
 from flows.settings import WarmstartSettings
 
@@ -71,17 +71,20 @@ def test_augment_writes_tables_and_a_rerun_generates_nothing(workspace: Path, tm
     settings = WarmstartSettings()
     backend = augmentation.make_backend(settings)
     assert isinstance(backend, LlamaCppBackend)  # the default: the fastest runtime within the judge's tolerance
-    options = {"cache_dir": settings.cache_dir, "max_new_tokens": 96}
-    plan = augmentation.estimate_step("describe", space, backend, **options)
-    assert plan["prompts"] == 5 and plan["cached"] == 0 and plan["max_new_tokens"] == 5 * 96
-    assert plan["prompt_tokens"] > 5 * 50 and plan["estimated_seconds"] is None  # no earlier run to go by
-    judge = augmentation.estimate_step("simulate", space, backend, **options)
-    assert judge["prompts"] == 6 and judge["max_new_tokens"] == 0
+    # what `warmstart augment` runs without --segment
+    augment_plan = stages.AugmentPlan(
+        item_segments=("cold", "sparse"), user_segments=("sparse",), simulate_segments=("cold",), max_new_tokens=96
+    )
+    plan = augmentation.estimate_step("describe", space, backend, augment_plan, cache_dir=settings.cache_dir)
+    assert plan.prompts == 5 and plan.cached == 0 and plan.max_new_tokens == 5 * 96
+    assert plan.prompt_tokens > 5 * 50 and plan.estimated_seconds is None  # no earlier run to go by
+    judge = augmentation.estimate_step("simulate", space, backend, augment_plan, cache_dir=settings.cache_dir)
+    assert judge.prompts == 6 and judge.max_new_tokens == 0
     out = tmp_path / "run1.json"
     result = runner.invoke(app, ["augment", "-w", str(workspace), "--json", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert set(augmentation.REPORT_KEYS) <= set(report)
+    assert set(stages.REPORT_KEYS) <= set(report)
     assert set(report["steps"]) == {"describe", "simulate", "profile"}
     describe, simulate, profile = (report["steps"][s] for s in ("describe", "simulate", "profile"))
     assert describe["requested"] == 5 and describe["generated"] + describe["rejected"] == 5
@@ -98,8 +101,9 @@ def test_augment_writes_tables_and_a_rerun_generates_nothing(workspace: Path, tm
     assert descriptions.height == describe["generated"] and descriptions["description"].dtype == pl.String
     assert space.read("user_profiles").height == profile["generated"]
     assert space.read("interactions").equals(interactions_before)  # synthetic rows never enter real data
-    plan = augmentation.estimate_step("describe", space, backend, **options)
-    assert plan["cached"] == describe["generated"] and plan["recorded_tokens_per_s"] > 0
+    plan = augmentation.estimate_step("describe", space, backend, augment_plan, cache_dir=settings.cache_dir)
+    assert plan.cached == describe["generated"] and plan.recorded_tokens_per_s is not None
+    assert plan.recorded_tokens_per_s > 0
 
     out2 = tmp_path / "run2.json"
     result = runner.invoke(app, ["augment", "-w", str(workspace), "--json", str(out2)])

@@ -41,9 +41,9 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     runs = store.runs()
     assert runs["flow"].to_list() == ["refresh", "refresh"]
     assert runs["status"].to_list() == ["completed", "completed"]
-    assert set(runs["model_version"]) == {first["run_id"], second["run_id"]}
+    assert set(runs["model_version"]) == {first.run_id, second.run_id}
     promotions = store.promotions()
-    metrics = store.metrics().filter(pl.col("run_id") == first["run_id"])
+    metrics = store.metrics().filter(pl.col("run_id") == first.run_id)
     ndcg = metrics.filter((pl.col("segment") == "overall") & (pl.col("metric") == "ndcg") & (pl.col("k") == 20))
     product, reference = (ndcg.filter(pl.col("protocol") == p)["value"].item() for p in PRODUCT_AND_REFERENCE)
     # Each candidate is held to recent popularity on the same held-out data; the reason says how it fared.
@@ -52,11 +52,11 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     # reference line can refuse it, and it refuses both or neither.
     beats = product >= reference
     assert promotions["promoted"].to_list() == [beats, beats]
-    assert promotions["incumbent_version"].to_list() == [None, first["run_id"] if beats else None]
+    assert promotions["incumbent_version"].to_list() == [None, first.run_id if beats else None]
     if beats:
         # (up to the last bits: the incumbent's booster went through LightGBM's text format)
         assert second["promotion"]["candidate_metrics"] == pytest.approx(second["promotion"]["incumbent_metrics"])
-        assert Workspace(workspace).models.current("lightgbm") == second["run_id"]
+        assert Workspace(workspace).models.current("lightgbm") == second.run_id
     else:
         assert Workspace(workspace).models.current("lightgbm") is None
     assert set(metrics["segment"]) >= {"overall", "head", "tail", "cold"}
@@ -71,7 +71,7 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     assert augmentation["items_augmented"].to_list() == [1, 1]
     # The second run's description came from the generation cache.
     assert augmentation["cache_hits"].to_list()[1] >= 1
-    assert (workspace / "models" / "lightgbm" / second["run_id"] / "model.txt").is_file()
+    assert (workspace / "models" / "lightgbm" / second.run_id / "model.txt").is_file()
 
 
 def test_augment_new_describes_items_and_records_volume(prefect_api: str, workspace: Path) -> None:
@@ -103,7 +103,7 @@ def test_encoding_a_batch_again_is_a_prefect_cache_hit(prefect_api: str, tmp_pat
 def test_encode_items_on_a_dask_local_cluster_matches_threads(prefect_api: str, workspace: Path) -> None:
     settings = WarmstartSettings(task_runner="dask", dask_workers=2)
     stats = with_runner(encode_items, settings)(workspace, batch_size=400)
-    assert stats["batches"] == 5 and stats["items"] == 1682
+    assert stats.stats["batches"] == 5 and stats.items == 1682
     on_dask = np.stack(Workspace(workspace).read("item_embeddings")["embedding"].to_numpy())
     encode_items(workspace, batch_size=1682)
     in_threads = np.stack(Workspace(workspace).read("item_embeddings")["embedding"].to_numpy())
