@@ -19,6 +19,7 @@ from catalog._loaders import ALDI_SPLITS, Dataset, check_utf8, load_files, read_
 from catalog._registry import ModelRegistry, ModelVersion, Tables
 from catalog._segments import (
     HEAD_SHARE,
+    SPARSE_MAX,
     detect_segments,
     entity_segments,
     head_items,
@@ -55,6 +56,7 @@ __all__ = [
     "HEAD_SHARE",
     "INTERACTIONS_SCHEMA",
     "ITEMS_SCHEMA",
+    "SPARSE_MAX",
     "TIMESTAMP",
     "USERS_SCHEMA",
     "BackendError",

@@ -29,6 +29,8 @@ ENTITY = "entity_id"
 
 HEAD_SHARE = 0.8
 """Head items are the most popular ones that together hold this share of the training interactions."""
+SPARSE_MAX = 5
+"""Entities with 1..SPARSE_MAX interactions are sparse."""
 
 
 def head_items(popularity: np.ndarray, head_share: float = HEAD_SHARE) -> np.ndarray:
@@ -59,7 +61,7 @@ def entity_segments(
     *,
     key: str,
     kind: str,
-    sparse_max: int = 5,
+    sparse_max: int = SPARSE_MAX,
     head_share: float = HEAD_SHARE,
     watermark: datetime | None = None,
 ) -> pl.DataFrame:
@@ -112,7 +114,7 @@ def detect_segments(
     items: pl.LazyFrame | pl.DataFrame,
     users: pl.LazyFrame | pl.DataFrame,
     *,
-    sparse_max: int = 5,
+    sparse_max: int = SPARSE_MAX,
     head_share: float = HEAD_SHARE,
     watermark: datetime | None = None,
 ) -> pl.DataFrame:
@@ -133,7 +135,7 @@ def segments_as_of(
     *,
     before: datetime | None,
     since: datetime | None,
-    sparse_max: int = 5,
+    sparse_max: int = SPARSE_MAX,
     head_share: float = HEAD_SHARE,
 ) -> pl.DataFrame:
     """Segments as they were at `before` (events strictly earlier; None: every event), `new` meaning first seen

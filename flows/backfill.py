@@ -36,6 +36,7 @@ from flows import cycle, refresh, stages, tasks
 from flows.augmentation import backend_label
 from flows.settings import WarmstartSettings
 from monitor import ActiveRun, GateDecision, MetricsStore
+from training.defaults import DEFAULT_GATE_TOLERANCE, DEFAULT_K, HEAD_SHARE, SPARSE_MAX
 
 FLOW_NAME = "backfill"
 PROTOCOL = "temporal"
@@ -200,15 +201,15 @@ def backfill(
     start: datetime | None = None,
     end: datetime | None = None,
     every: str = "7d",
-    k: int = 20,
+    k: int = DEFAULT_K,
     seed: int = 0,
     max_epochs: int = 150,
     store_url: str | None = None,
     gate_metrics: tuple[str, ...] | None = None,
-    gate_tolerance: float = cycle.DEFAULT_GATE_TOLERANCE,
+    gate_tolerance: float = DEFAULT_GATE_TOLERANCE,
     reference_gate: bool = True,
-    sparse_max: int = 5,
-    head_share: float = 0.8,
+    sparse_max: int = SPARSE_MAX,
+    head_share: float = HEAD_SHARE,
     augment_limit: int = 0,
     choose_timed: bool = True,
 ) -> pl.DataFrame:

@@ -21,7 +21,7 @@ import training
 from catalog import Columns, ConfigError, ModelRegistry, atomic_write_bytes
 from flows import stages, tasks
 from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore, reference_protocol
-from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE
+from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, GATE
 
 if TYPE_CHECKING:
     from training import EvaluationPlan, ModelSettings, TimedChoices
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def default_gate_metrics(k: int) -> tuple[str, ...]:
     """The default gate metrics at cut-off `k` (a run measured at another k would compare nothing)."""
-    return tuple(text.replace("@20", f"@{k}") for text in DEFAULT_GATE_METRICS)
+    return tuple(metric.model_copy(update={"k": k}).name for metric in GATE.metrics)
 
 
 def gate_config(

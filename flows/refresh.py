@@ -26,6 +26,7 @@ from flows.augmentation import backend_label
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings
 from monitor import ActiveRun, GateDecision, MetricsStore
+from training.defaults import DEFAULT_GATE_TOLERANCE, DEFAULT_K
 
 
 def _detect(space: Workspace, run: ActiveRun, settings: WarmstartSettings) -> None:
@@ -161,13 +162,13 @@ class RefreshResult:
 @flow(name="refresh", log_prints=True)
 def refresh(
     workspace: Path | None = None,
-    k: int = 20,
+    k: int = DEFAULT_K,
     seed: int = 0,
     max_epochs: int = 150,
     augment_limit: int = 16,
     simulate: bool = True,
     gate_metrics: tuple[str, ...] | None = None,
-    gate_tolerance: float = cycle.DEFAULT_GATE_TOLERANCE,
+    gate_tolerance: float = DEFAULT_GATE_TOLERANCE,
     reference_gate: bool = True,
     protocol: str | None = None,
     ranker: str | None = None,

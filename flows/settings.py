@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from training.defaults import HEAD_SHARE, SPARSE_MAX
+
 
 class WarmstartSettings(BaseSettings):
     """Where warmstart keeps its data and how it detects segments."""
@@ -19,9 +21,9 @@ class WarmstartSettings(BaseSettings):
         Path.home() / ".cache" / "warmstart",
         description="Cache for fetched data sets (MovieLens-100K) and converted models.",
     )
-    sparse_max: int = Field(5, ge=0, description="Entities with 1..sparse_max interactions are sparse.")
+    sparse_max: int = Field(SPARSE_MAX, ge=0, description="Entities with 1..sparse_max interactions are sparse.")
     head_share: float = Field(
-        0.8, gt=0, le=1, description="Share of interactions held by the head (the most popular entities)."
+        HEAD_SHARE, gt=0, le=1, description="Share of interactions held by the head (the most popular entities)."
     )
     metrics_url: str | None = Field(
         None,

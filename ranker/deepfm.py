@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress
 from torch import nn
 
-from catalog import DataError, NotFittedError
+from catalog import HEAD_SHARE, DataError, NotFittedError
 from ranker.base import RankerBase, check_task
 from ranker.evaluate import Scorer
 from ranker.features import RankerInputs, RankingTask
@@ -87,7 +87,7 @@ class DeepFMConfig(BaseModel):
         description="Start the ID tables and the stand-in and text projections from the encoders' vectors, "
         "mapped by their top principal directions; False: random starts.",
     )
-    head_share: float = Field(0.8, gt=0, le=1, description="Share of interactions the head items hold.")
+    head_share: float = Field(HEAD_SHARE, gt=0, le=1, description="Share of interactions the head items hold.")
     negatives: int = Field(8, ge=1, description="Items sampled from the pool against each positive.")
     epochs: int = Field(8, ge=1, description="Most passes over the training positives.")
     patience: int = Field(2, ge=1, description="Epochs without a better validation NDCG before stopping.")

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog import Tables, WarmstartError, Workspace
+from catalog import SPARSE_MAX, Tables, WarmstartError, Workspace
 from serving._recommender import Recommender
 
 _log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class WorkspaceFollower:
         *,
         ranker: str | None = None,
         cache_dir: Path | None = None,
-        sparse_max: int = 5,
+        sparse_max: int = SPARSE_MAX,
     ) -> None:
         self.root = Path(root)
         self.version = version  # a pinned version stays served whatever is promoted

@@ -32,6 +32,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from catalog import (
+    SPARSE_MAX,
     Columns,
     ConfigError,
     DataError,
@@ -102,7 +103,7 @@ class Recommender:
     cache_dir: Path | None
     text_model: str
     titles: dict[str, str]
-    sparse_max: int = 5
+    sparse_max: int = SPARSE_MAX
     # Items without history whose ID embedding synthetic interactions trained (source "synthetic-warmed"), and
     # how: items added later are warmed the same way.
     warmed: np.ndarray | None = None
@@ -123,7 +124,7 @@ class Recommender:
         *,
         ranker: str | None = None,
         cache_dir: Path | None = None,
-        sparse_max: int = 5,
+        sparse_max: int = SPARSE_MAX,
     ) -> Recommender:
         """The promoted version of `ranker` (the only ranker with a promoted version by default), or `version`.
         `cache_dir` holds the text-embedding cache (CACHE/embeddings), needed only for stated text."""

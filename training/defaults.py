@@ -9,8 +9,7 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-from catalog import HEAD_SHARE as HEAD_SHARE  # the head segment's share, defined beside the rule
-from catalog import Segments
+from catalog import HEAD_SHARE, SPARSE_MAX, Segments  # the segments' rules live with them (catalog), shown here
 from monitor import GateConfig
 
 # ------------------------------------------------------------------------------------------------ gate
@@ -21,8 +20,21 @@ DEFAULT_GATE_METRICS: tuple[str, ...] = tuple(metric.name for metric in GATE.met
 DEFAULT_GATE_TOLERANCE: float = GATE.tolerance
 DEFAULT_K = 20
 """Cut-off of every reported metric."""
-SPARSE_MAX = 5
-"""Entities with 1..SPARSE_MAX interactions are sparse."""
+
+__all__ = [
+    "CALIBRATION_USERS",
+    "COLD_SLOTS_GRID",
+    "DEFAULT_GATE_METRICS",
+    "DEFAULT_GATE_TOLERANCE",
+    "DEFAULT_K",
+    "GATE",
+    "HEAD_SHARE",
+    "ITEM_SEGMENTS",
+    "SIMULATE_SEGMENTS",
+    "SPARSE_MAX",
+    "TAIL_STRENGTH",
+    "USER_SEGMENTS",
+]
 
 # ------------------------------------------------------------------------------------------------ augmentation
 
