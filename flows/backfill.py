@@ -219,22 +219,23 @@ def backfill(
     second window on, the one `cycle.rolling_choice` reads from the window before; off, the default choices.
     Unset paths and the store URL come from the WARMSTART_* settings. The windows' models live in their own
     registry (WORKSPACE/backfill/models): a replay of history never changes the workspace's current model."""
-    import training
-
-    logger = get_run_logger()
     settings = WarmstartSettings()
     workspace, cache_dir = workspace or settings.workspace, cache_dir or settings.cache_dir
     loaded = load_dataset(dataset, data_dir, cache_dir)
     windows = history_windows(loaded, start, end, every)
     space = Workspace(workspace)
     store = MetricsStore.for_workspace(space.root, store_url or settings.metrics_url)
-    config = cycle.CycleConfig(
-        models=training.ModelSettings.capped(seed, max_epochs, settings.ranker),
+    config = cycle.cycle_config(
+        seed=seed,
+        max_epochs=max_epochs,
+        ranker=settings.ranker,
         k=k,
         protocol=PROTOCOL,
-        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
+        gate_metrics=gate_metrics,
+        gate_tolerance=gate_tolerance,
+        reference_gate=reference_gate,
         cache_dir=cache_dir,
-        alternatives=dict(training.TIMED_ALTERNATIVES) if choose_timed else {},
+        choose_timed=choose_timed,
     )
     registry = ModelRegistry(space.root / "backfill" / "models")
     context = WindowContext(loaded, space, registry, settings, config, sparse_max, head_share, augment_limit)
@@ -244,17 +245,26 @@ def backfill(
     if config.alternatives:  # absent when off, so that runs recorded before the option keep their key
         identity["timed_alternatives"] = {name: c.model_dump() for name, c in config.alternatives.items()}
     cycle.reconcile(context.registry, store, flow=FLOW_NAME, dataset=loaded.name, ranker=settings.ranker)
+    _replay(context, windows, store, identity, every)
+    rows = store.metrics(protocol=PROTOCOL).filter(pl.col("flow") == FLOW_NAME)
+    store.close()
+    return rows
+
+
+def _replay(
+    context: WindowContext, windows: list[Window], store: MetricsStore, identity: dict[str, object], every: str
+) -> None:
+    """Replay each window not yet completed under `identity` (a rerun resumes), each reading the window before's
+    metrics for its rolling choice."""
+    logger, name = get_run_logger(), context.dataset.name
     logger.info(f"{len(windows)} windows of {every} from {windows[0].start:%Y-%m-%d} to {windows[-1].end:%Y-%m-%d}")
     previous: pl.DataFrame | None = None
     for number, window in enumerate(windows, start=1):
         label = f"window {number}/{len(windows)} ending {window.end:%Y-%m-%d}"
-        done = store.completed_run(flow=FLOW_NAME, dataset=loaded.name, window_end=window.end, parameters=identity)
+        done = store.completed_run(flow=FLOW_NAME, dataset=name, window_end=window.end, parameters=identity)
         if done is not None:
             logger.info(f"{label}: done in run {done}, skipped")
         else:
             logger.info(f"{label}: {replay_window(context, window, store, identity, previous)}")
-            done = store.completed_run(flow=FLOW_NAME, dataset=loaded.name, window_end=window.end, parameters=identity)
+            done = store.completed_run(flow=FLOW_NAME, dataset=name, window_end=window.end, parameters=identity)
         previous = store.run_metrics(done) if done is not None else None
-    rows = store.metrics(protocol=PROTOCOL).filter(pl.col("flow") == FLOW_NAME)
-    store.close()
-    return rows

@@ -55,6 +55,33 @@ class CycleConfig:
     alternatives: dict[str, TimedChoices] = field(default_factory=dict)
 
 
+def cycle_config(
+    *,
+    seed: int,
+    max_epochs: int,
+    ranker: str,
+    k: int,
+    protocol: str,
+    gate_metrics: tuple[str, ...] | None,
+    gate_tolerance: float,
+    reference_gate: bool,
+    cache_dir: Path,
+    choose_timed: bool,
+) -> CycleConfig:
+    """A scheduled cycle's configuration: the seeded defaults with BPR-MF capped at `max_epochs`, the gate (its
+    default metrics at `k` unless `gate_metrics`), and on the temporal protocol with `choose_timed` every timed
+    alternative trained beside the candidate."""
+    timed = choose_timed and protocol == "temporal"
+    return CycleConfig(
+        models=training.ModelSettings.capped(seed, max_epochs, ranker),
+        k=k,
+        protocol=protocol,
+        gate=gate_config(gate_metrics or default_gate_metrics(k), gate_tolerance, reference_gate),
+        cache_dir=cache_dir,
+        alternatives=dict(training.TIMED_ALTERNATIVES) if timed else {},
+    )
+
+
 def rolling_choice(
     previous: pl.DataFrame | None, names: list[str], gate: GateConfig, *, protocol: str = "temporal"
 ) -> tuple[str, str]:

@@ -20,7 +20,7 @@ import polars as pl
 from prefect import flow, get_run_logger, unmapped
 
 from augment import AugmentStats
-from catalog import Tables, Workspace, new_run_id, segment_counts, segment_transitions
+from catalog import Dataset, Tables, Workspace, new_run_id, segment_counts, segment_transitions
 from flows import cycle, stages, tasks
 from flows.augmentation import backend_label
 from flows.runners import with_runner
@@ -148,6 +148,23 @@ def _augment_into(run: ActiveRun, space: Workspace, settings: WarmstartSettings,
     run.record.augmentation = report.store_row(backend_label(settings))
 
 
+def _served_choice(
+    config: cycle.CycleConfig, store: MetricsStore, dataset: str, parameters: dict[str, object]
+) -> tuple[cycle.CycleConfig, str | None]:
+    """(config, why): with timed alternatives, `config` serving the one the workspace's last completed refresh of
+    the same ranker and protocol scored best (another ranker's or protocol's lines are not these); the choice is
+    recorded in `parameters`. Without alternatives, `config` as it is."""
+    if not config.alternatives:
+        return config, None
+    same = {"ranker": parameters["ranker"], "protocol": parameters["protocol"]}
+    last = store.last_completed_run(flow="refresh", dataset=dataset, parameters=same)
+    config, parameters["timed_choice"], why = cycle.serving_rolling_choice(
+        config, store.run_metrics(last) if last else None
+    )
+    get_run_logger().info(f"serves {why}")
+    return config, why
+
+
 @dataclass(frozen=True)
 class RefreshResult:
     """What one refresh did: its run, the gate's decision on its candidate (version = the run id), the metrics it
@@ -176,57 +193,60 @@ def refresh(
 ) -> RefreshResult:
     """One nightly cycle over the workspace (see the module doc); `augment_limit` 0 retrains without augmenting;
     `ranker` defaults to the settings'. On the temporal protocol, `choose_timed` trains every timed alternative
-    (training.TIMED_ALTERNATIVES) and serves the one `cycle.rolling_choice` reads from the workspace's last
-    completed refresh (the default choices on the first); off, the default choices. Returns the run id,
-    metrics, the gate's decision and the timed choice served (why, or None)."""
-    import training
-
+    and serves the one `cycle.rolling_choice` reads from the workspace's last completed refresh (the defaults on
+    the first); off, the default choices."""
     settings = WarmstartSettings()
     ranker = ranker or settings.ranker
     space = Workspace(workspace or settings.workspace)
     store = MetricsStore.for_workspace(space.root, settings.metrics_url)
     dataset = stages.workspace_dataset(space)
     protocol = protocol or ("cold-item" if dataset.splits else "temporal")
-    config = cycle.CycleConfig(
-        models=training.ModelSettings.capped(seed, max_epochs, ranker),
+    config = cycle.cycle_config(
+        seed=seed,
+        max_epochs=max_epochs,
+        ranker=ranker,
         k=k,
         protocol=protocol,
-        gate=cycle.gate_config(gate_metrics or cycle.default_gate_metrics(k), gate_tolerance, reference_gate),
+        gate_metrics=gate_metrics,
+        gate_tolerance=gate_tolerance,
+        reference_gate=reference_gate,
         cache_dir=settings.cache_dir,
-        alternatives=dict(training.TIMED_ALTERNATIVES) if choose_timed and protocol == "temporal" else {},
+        choose_timed=choose_timed,
     )
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
     parameters |= {"ranker": ranker, "protocol": protocol}
-    why = None
-    if config.alternatives:
-        same = {"ranker": ranker, "protocol": protocol}  # (another ranker's or protocol's lines are not these)
-        last = store.last_completed_run(flow="refresh", dataset=dataset.name, parameters=same)
-        config, parameters["timed_choice"], why = cycle.serving_rolling_choice(
-            config, store.run_metrics(last) if last else None
-        )
-        get_run_logger().info(f"serves {why}")
-    registry = space.models
-    cycle.reconcile(registry, store, flow="refresh", dataset=dataset.name, ranker=ranker)
-    current = registry.current(ranker)
+    config, why = _served_choice(config, store, dataset.name, parameters)
+    cycle.reconcile(space.models, store, flow="refresh", dataset=dataset.name, ranker=ranker)
+    current = space.models.current(ranker)
+    recorded = store.run_metrics(current) if current else None
     with store.run(new_run_id(), flow="refresh", dataset=dataset.name, parameters=parameters) as run:
         _detect(space, run, settings)
         if augment_limit:
             _augment_into(run, space, settings, stages.AugmentPlan(limit=augment_limit, simulate=simulate))
         with run.record.timed("encode"):
             with_runner(encode_items, settings)(space.root)
-        # The model trains on the workspace's augmentation: its synthetic interactions warm their cold items.
-        plan = training.dataset_plan(dataset, training.PROTOCOLS[protocol])
-        decision = cycle.train_evaluate_gate(
-            replace(plan, synthetic=stages.synthetic_interactions(space)),
-            config,
-            run,
-            registry,
-            recorded=store.run_metrics(current) if current else None,
-            dataset=dataset.name,
-        )
-    cycle.promote(registry, ranker, decision, run.run_id)
-    if decision.promoted:  # a refused candidate leaves the current version's table in place
-        rows = stages.publish_recommendations(space, ranker, run.run_id, run.run_id, k=k)
-        get_run_logger().info(f"recommendations: {rows:,} rows from {ranker} {run.run_id}")
-    get_run_logger().info(f"refresh {run.run_id}: {decision.reason}")
+        decision = _train_evaluate_gate(run, space, dataset, config, recorded)
+    _promote_and_publish(space, ranker, decision, run.run_id, k=k)
     return RefreshResult(run.run_id, decision, run.record.metrics, why)
+
+
+def _train_evaluate_gate(
+    run: ActiveRun, space: Workspace, dataset: Dataset, config: cycle.CycleConfig, recorded: pl.DataFrame | None
+) -> GateDecision:
+    """The cycle's second half on the workspace's data set, the model training on the workspace's augmentation
+    (its synthetic interactions warm their cold items)."""
+    import training
+
+    plan = training.dataset_plan(dataset, training.PROTOCOLS[config.protocol])
+    plan = replace(plan, synthetic=stages.synthetic_interactions(space))
+    return cycle.train_evaluate_gate(plan, config, run, space.models, recorded=recorded, dataset=dataset.name)
+
+
+def _promote_and_publish(space: Workspace, ranker: str, decision: GateDecision, run_id: str, *, k: int) -> None:
+    """After the run's record: promote the candidate if the gate let it through and publish its recommendations
+    (a refused candidate leaves the current version and its table in place)."""
+    cycle.promote(space.models, ranker, decision, run_id)
+    if decision.promoted:
+        rows = stages.publish_recommendations(space, ranker, run_id, run_id, k=k)
+        get_run_logger().info(f"recommendations: {rows:,} rows from {ranker} {run_id}")
+    get_run_logger().info(f"refresh {run_id}: {decision.reason}")
