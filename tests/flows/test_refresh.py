@@ -66,7 +66,7 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     augmentation = store.augmentation()
     # Each run records what synthetic interactions warmed. On a log with times only the judge's pairs warm (the
     # embedding simulator is off: ModelSettings.timed), and here they name items already rated: nothing to warm.
-    # (Judged pairs warming cold items: tests/flows/test_backfill.py and test_warming_pipeline.py.)
+    # (Judged pairs warming cold items: tests/flows/test_backfill.py and tests/training/test_warming.py.)
     assert augmentation["cold_items_warmed"].to_list() == [0, 0]
     assert augmentation["items_augmented"].to_list() == [1, 1]
     # The second run's description came from the generation cache.
