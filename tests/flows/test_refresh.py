@@ -55,7 +55,7 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     assert promotions["incumbent_version"].to_list() == [None, first.run_id if beats else None]
     if beats:
         # (up to the last bits: the incumbent's booster went through LightGBM's text format)
-        assert second["promotion"]["candidate_metrics"] == pytest.approx(second["promotion"]["incumbent_metrics"])
+        assert second.decision.candidate == pytest.approx(second.decision.incumbent)
         assert Workspace(workspace).models.current("lightgbm") == second.run_id
     else:
         assert Workspace(workspace).models.current("lightgbm") is None
