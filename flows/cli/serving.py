@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import polars as pl
 import typer
@@ -21,7 +21,11 @@ from flows.cli._common import (
     open_workspace,
     print_frame,
 )
+from flows.settings import WarmstartSettings
 from monitor import MetricsStore
+
+if TYPE_CHECKING:
+    from serving import Recommender
 
 ServeRankerOption = Annotated[
     RankerName | None, typer.Option("--ranker", help="Ranker to serve \\[default: the one with a promoted version].")
@@ -39,6 +43,27 @@ def _users_file(path: Path) -> list[str]:
     if ids.is_empty():
         raise DataError(f"{path}: no user ids in column '{Columns.user}'.")
     return ids.to_list()
+
+
+def _requested_ids(user: list[str] | None, users: Path | None, text: str | None) -> list[str]:
+    """The user ids of --user and --users FILE, checked against --text (which serves one person)."""
+    ids = list(user or []) + (_users_file(users) if users is not None else [])
+    if text is None and not ids:
+        raise ConfigError("say whom to recommend for: --user ID, --users FILE or --text '...'.")
+    if text is not None and len(ids) > 1:
+        raise ConfigError("--text serves one person: give it alone or with a single --user.")
+    return ids
+
+
+def _recommend_in_batches(
+    recommender: Recommender, ids: list[str], k: int, *, batch: int, exclude_seen: bool, explain: bool
+) -> pl.DataFrame:
+    """Recommendations for the users, `batch` at a time, with a progress bar on stderr when there are several."""
+    from rich.progress import track
+
+    batches = [ids[start : start + batch] for start in range(0, len(ids), batch)]
+    steps = track(batches, description="recommending", console=errors) if len(batches) > 1 else batches
+    return pl.concat([recommender.recommend(chunk, k, exclude_seen=exclude_seen, explain=explain) for chunk in steps])
 
 
 def _show_recommendations(frame: pl.DataFrame, titles: dict[str, str], model: str, text: str | None) -> None:
@@ -79,17 +104,11 @@ def recommend(
 ) -> None:
     """Recommend items from a saved model version (the promoted one by default): to users by id (--user,
     --users FILE), or from interests stated in words (--text, alone or blended with one --user)."""
-    from rich.progress import track
-
     from serving import Recommender
 
     settings = load_settings()
     space = open_workspace(workspace, settings)
-    ids = list(user or []) + (_users_file(users) if users is not None else [])
-    if text is None and not ids:
-        raise ConfigError("say whom to recommend for: --user ID, --users FILE or --text '...'.")
-    if text is not None and len(ids) > 1:
-        raise ConfigError("--text serves one person: give it alone or with a single --user.")
+    ids = _requested_ids(user, users, text)
     recommender = Recommender.load(
         space,
         version,
@@ -102,11 +121,7 @@ def recommend(
             text, k, user_id=ids[0] if ids else None, weight=weight, exclude_seen=not include_seen
         )
     else:
-        batches = [ids[start : start + batch] for start in range(0, len(ids), batch)]
-        steps = track(batches, description="recommending", console=errors) if len(batches) > 1 else batches
-        frame = pl.concat(
-            [recommender.recommend(chunk, k, exclude_seen=not include_seen, explain=explain) for chunk in steps]
-        )
+        frame = _recommend_in_batches(recommender, ids, k, batch=batch, exclude_seen=not include_seen, explain=explain)
     frame = frame.with_columns(
         pl.lit(recommender.version).alias("model_version"), pl.lit(recommender.ranker_name).alias("ranker")
     )
@@ -128,6 +143,21 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: it may resolve anywhere
         return False
+
+
+def _api_key(api_key: str | None, host: str, settings: WarmstartSettings) -> str | None:
+    """The key clients must send (--api-key, else WARMSTART_API_KEY): none only on loopback, never an empty one."""
+    from serving import API_KEY_HEADER
+
+    key = api_key if api_key is not None else (settings.api_key.get_secret_value() if settings.api_key else None)
+    if key is not None and not key.strip():
+        raise ConfigError("the API key is empty; give a real one (--api-key or WARMSTART_API_KEY) or none on loopback.")
+    if not _is_loopback(host) and not key:
+        raise ConfigError(
+            f"--host {host} exposes the API beyond this machine: set WARMSTART_API_KEY (or --api-key) so that "
+            f"clients must send it in the {API_KEY_HEADER} header, or bind 127.0.0.1."
+        )
+    return key
 
 
 @friendly_errors
@@ -158,14 +188,7 @@ def api(
     from serving import API_KEY_HEADER, WorkspaceFollower, create_app
 
     settings = load_settings()
-    key = api_key if api_key is not None else (settings.api_key.get_secret_value() if settings.api_key else None)
-    if key is not None and not key.strip():
-        raise ConfigError("the API key is empty; give a real one (--api-key or WARMSTART_API_KEY) or none on loopback.")
-    if not _is_loopback(host) and not key:
-        raise ConfigError(
-            f"--host {host} exposes the API beyond this machine: set WARMSTART_API_KEY (or --api-key) so that "
-            f"clients must send it in the {API_KEY_HEADER} header, or bind 127.0.0.1."
-        )
+    key = _api_key(api_key, host, settings)
     space = open_workspace(workspace, settings)
     follower = WorkspaceFollower(
         space.root,

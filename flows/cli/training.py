@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import polars as pl
 import typer
@@ -25,10 +25,42 @@ from flows.cli._common import (
 from flows.settings import WarmstartSettings
 from monitor import MetricsStore, product_rows
 
+if TYPE_CHECKING:
+    from flows import pipeline
+
 RankerOption = Annotated[
     RankerName | None, typer.Option(help="Ranker to train \\[default: lightgbm or $WARMSTART_RANKER].")
 ]
 FileOption = Annotated[Path | None, typer.Option(help="CSV or Parquet file.", dir_okay=False)]
+
+
+def _evaluation_plan(
+    protocol: Protocol,
+    settings: WarmstartSettings,
+    *,
+    dataset: str | None,
+    data: Path | None,
+    train: Path | None,
+    test: Path | None,
+    items: Path | None,
+    valid: Path | None,
+    users: Path | None,
+) -> pipeline.EvaluationPlan:
+    """The split `warmstart evaluate` trains and evaluates on: a built-in data set's, or one given as files."""
+    from flows import pipeline  # torch and the models load only for the commands that need them
+
+    if (dataset is None) == (train is None):
+        raise ConfigError("give either --dataset NAME or --train FILE --test FILE --items FILE.")
+    if dataset is not None:
+        with console.status(f"loading {dataset}..."):
+            loaded = stages.load_named_dataset(dataset, data, settings.cache_dir)
+        return pipeline.dataset_plan(loaded, pipeline.PROTOCOLS[protocol.value])
+    if test is None or items is None:
+        raise ConfigError("--train needs --test FILE and --items FILE too.")
+    assert train is not None
+    return pipeline.files_plan(
+        pipeline.PROTOCOLS[protocol.value], train=train, test=test, items=items, valid=valid, users=users
+    )
 
 
 @friendly_errors
@@ -65,19 +97,9 @@ def evaluate(
 
     settings = load_settings()
     ranker_name = (ranker or RankerName(settings.ranker)).value
-    if (dataset is None) == (train is None):
-        raise ConfigError("give either --dataset NAME or --train FILE --test FILE --items FILE.")
-    if dataset is not None:
-        with console.status(f"loading {dataset}..."):
-            loaded = stages.load_named_dataset(dataset, data, settings.cache_dir)
-        plan = pipeline.dataset_plan(loaded, pipeline.PROTOCOLS[protocol.value])
-    else:
-        if test is None or items is None:
-            raise ConfigError("--train needs --test FILE and --items FILE too.")
-        assert train is not None
-        plan = pipeline.files_plan(
-            pipeline.PROTOCOLS[protocol.value], train=train, test=test, items=items, valid=valid, users=users
-        )
+    plan = _evaluation_plan(
+        protocol, settings, dataset=dataset, data=data, train=train, test=test, items=items, valid=valid, users=users
+    )
     run_id = new_run_id()
     model_dir = open_workspace(workspace, settings).models.path(ranker_name, run_id)
     models = pipeline.ModelSettings.seeded(seed, ranker_name)
