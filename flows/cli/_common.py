@@ -1,0 +1,106 @@
+"""What every command group shares: the consoles, settings and workspace access, the error handler, the table
+printers and the option types used across groups."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import polars as pl
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from catalog import ConfigError, WarmstartError, Workspace, redact
+from flows import stages
+from flows.settings import WarmstartSettings
+
+console = Console()
+errors = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace directory \\[default: ./workspace or $WARMSTART_WORKSPACE]."),
+]
+
+
+def load_settings() -> WarmstartSettings:
+    try:
+        return WarmstartSettings()
+    except ValidationError as error:
+        raise ConfigError(f"invalid WARMSTART_* environment setting: {error}") from None
+
+
+def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn warmstart's own errors into one line on stderr and exit code 1, with no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (WarmstartError, OSError) as error:  # OSError: a disk or permission failure is the user's to fix
+            # The message is data: never parsed as markup (a value like `[/x]` would break or restyle it).
+            line = " ".join(redact(str(error)).split()) or type(error).__name__
+            line = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)  # no terminal escapes
+            errors.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def open_workspace(option: Path | None, settings: WarmstartSettings) -> Workspace:
+    return Workspace(option or settings.workspace)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def print_frame(frame: pl.DataFrame, title: str) -> None:
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(column, justify="right" if frame.schema[column].is_numeric() else "left")
+    for row in frame.iter_rows():
+        table.add_row(*(_cell(value) for value in row))
+    console.print(table)
+
+
+def print_metrics(report: dict, title: str) -> None:
+    """One row per metric, one column per segment: fits a terminal where the long form would not."""
+    table = pl.DataFrame(report["metrics"]).pivot(on="segment", index="metric", values="value")
+    print_frame(table, title)
+
+
+def show_detection(detection: stages.Detection, title: str) -> None:
+    print_frame(detection.summary, title)
+    since = detection.watermark.isoformat() if detection.watermark else "never (first run: nothing is new)"
+    console.print(f"new = first seen after {since}")
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+class Protocol(StrEnum):
+    cold_item = "cold-item"
+    warm = "warm"
+    hybrid = "hybrid"
+    temporal = "temporal"
+
+
+class RankerName(StrEnum):
+    lightgbm = "lightgbm"
+    deepfm = "deepfm"

@@ -1,0 +1,165 @@
+"""Commands that change the workspace's data: ingest, detect, rollback, encode, add-items, add-users."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import polars as pl
+import typer
+
+from catalog import DATASETS, ConfigError, load_dataset, load_files, new_run_id
+from flows import stages
+from flows.cli._common import (
+    WorkspaceOption,
+    as_utc,
+    console,
+    friendly_errors,
+    load_settings,
+    open_workspace,
+    print_frame,
+    show_detection,
+)
+
+
+@friendly_errors
+def ingest(
+    dataset: Annotated[str | None, typer.Option(help=f"Built-in data set: {' or '.join(DATASETS)}.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder holding the data set's files.")] = None,
+    interactions: Annotated[Path | None, typer.Option(help="Interactions file (CSV, TSV or Parquet).")] = None,
+    items: Annotated[Path | None, typer.Option(help="Items file (CSV, TSV or Parquet).")] = None,
+    users: Annotated[Path | None, typer.Option(help="Users file (CSV, TSV or Parquet), optional.")] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Column mapping CONTRACT=FILE_COLUMN, repeatable (e.g. --map user_id=uid)."),
+    ] = None,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Store files with no rows (refused by default: data would be lost).")
+    ] = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Load a data set, check it against the contracts and store it in the workspace.
+
+    The tables are written as a new generation and switched in at once: a failed ingest changes nothing, and
+    `warmstart rollback` restores the previous data (with its segments and watermark).
+    """
+    settings = load_settings()
+    if (dataset is None) == (interactions is None):
+        raise ConfigError("give either --dataset NAME or --interactions FILE --items FILE.")
+    if dataset is not None:
+        with console.status(f"loading {dataset}..."):
+            loaded = load_dataset(dataset, data, settings.cache_dir)
+    else:
+        if items is None:
+            raise ConfigError("--interactions needs --items FILE too.")
+        assert interactions is not None
+        mapping = stages.parse_mapping(map_ or [])
+        loaded = load_files(interactions, items, users, mapping=mapping, allow_empty=allow_empty)
+    run_id = new_run_id()
+    written = stages.ingest(open_workspace(workspace, settings), loaded, run_id)
+    reports = loaded.reports.items()
+    report = pl.DataFrame(
+        {
+            "table": [name for name, _ in reports],
+            "rows read": [r.rows_read for _, r in reports],
+            "duplicates collapsed": [r.duplicates_collapsed for _, r in reports],
+            "rows kept": [r.rows_kept for _, r in reports],
+        }
+    )
+    print_frame(report, f"ingest {loaded.name} (run {run_id})")
+    console.print("tables written: " + ", ".join(f"{name} ({rows:,})" for name, rows in written.items()))
+
+
+@friendly_errors
+def detect(
+    sparse_max: Annotated[int | None, typer.Option(help="Entities with 1..N interactions are sparse.")] = None,
+    head_share: Annotated[float | None, typer.Option(help="Share of interactions the head holds.")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Count as new what was first seen after this time \\[default: last run].")
+    ] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Classify items and users into new / cold / sparse / tail / head segments."""
+    settings = load_settings()
+    detection = stages.detect(
+        open_workspace(workspace, settings),
+        new_run_id(),
+        sparse_max=settings.sparse_max if sparse_max is None else sparse_max,
+        head_share=settings.head_share if head_share is None else head_share,
+        since=as_utc(since),
+    )
+    show_detection(detection, "segments")
+
+
+@friendly_errors
+def rollback(workspace: WorkspaceOption = None) -> None:
+    """Make the previous generation of the workspace's data current again: the tables of the ingest before
+    the last, with their segments, derived tables and watermark. A second rollback undoes the first."""
+    space = open_workspace(workspace, load_settings())
+    pointer = space.rollback()
+    console.print(f"current generation: {pointer['current']} (previous: {pointer['previous']})")
+
+
+@friendly_errors
+def encode(workspace: WorkspaceOption = None) -> None:
+    """Embed every item's text with all-MiniLM-L6-v2 into the `item_embeddings` table.
+
+    Texts already in the embedding cache (CACHE/embeddings, keyed by model and text hash) are not encoded again.
+    """
+    settings = load_settings()
+    encoded = stages.encode(open_workspace(workspace, settings), new_run_id(), cache_dir=settings.cache_dir)
+    console.print(
+        f"item_embeddings: {encoded.items:,} items x {encoded.dim} ({encoded.model}); "
+        f"{encoded.stats['cache_hits']:,} texts from the cache, {encoded.stats['cache_misses']:,} encoded"
+    )
+
+
+@friendly_errors
+def add_items(
+    file: Annotated[Path, typer.Argument(help="CSV/TSV/Parquet: item_id, title[, text, categories].", dir_okay=False)],
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Append new items to the workspace through the items contract and embed their text: the promoted version
+    serves them at once (a stand-in from their text), with no retraining; the next refresh warms them properly."""
+    from catalog import conform_items, read_table
+
+    settings = load_settings()
+    space = open_workspace(workspace, settings)
+    added, _ = conform_items(read_table(file), str(file))
+    run_id = new_run_id()
+    count = stages.add_items(space, added, run_id, cache_dir=settings.cache_dir, source=f"add-items {file}")
+    console.print(f"{count:,} item(s) added to {space.root} (run {run_id}); `warmstart recommend` serves them now")
+
+
+@friendly_errors
+def add_users(
+    file: Annotated[
+        Path, typer.Argument(help="CSV/TSV/Parquet: user_id[, first_seen], other columns attributes.", dir_okay=False)
+    ],
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Column mapping CONTRACT=FILE_COLUMN, repeatable (e.g. --map user_id=uid)."),
+    ] = None,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Append new users to the workspace through the users contract (every column but user_id and first_seen is an
+    attribute): the promoted version serves them at once as cold users, with no retraining. Ids already in the
+    workspace, repeated ids and attribute columns its users lack are refused, and then nothing is written."""
+    from catalog import DataError, conform_users, read_table
+
+    space = open_workspace(workspace, load_settings())
+    raw = read_table(file)
+    mapping = stages.parse_mapping(map_ or [])
+    unused = sorted(source for source in mapping.values() if source not in raw.columns)
+    if unused:
+        raise DataError(f"{file}: --map names column(s) {unused} that the file lacks; it has {raw.columns}.")
+    added, report = conform_users(raw.rename({source: target for target, source in mapping.items()}), str(file))
+    run_id = new_run_id()
+    count = stages.add_users(space, added, run_id, source=f"add-users {file}")
+    collapsed = (
+        f", {report.duplicates_collapsed:,} exact duplicate row(s) collapsed" if report.duplicates_collapsed else ""
+    )
+    console.print(
+        f"{count:,} user(s) added to {space.root} (run {run_id}{collapsed}); `warmstart recommend` serves them now"
+    )

@@ -1,0 +1,324 @@
+"""Commands that train, evaluate and manage model versions: evaluate, refresh, retrain, models, promote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import polars as pl
+import typer
+
+from catalog import (
+    DATASETS,
+    ConfigError,
+    Tables,
+    Workspace,
+    WorkspaceError,
+    atomic_write_bytes,
+    load_dataset,
+    new_run_id,
+)
+from flows.cli._common import (
+    Protocol,
+    RankerName,
+    WorkspaceOption,
+    console,
+    friendly_errors,
+    load_settings,
+    open_workspace,
+    print_frame,
+    print_metrics,
+)
+from flows.settings import WarmstartSettings
+from monitor import MetricsStore, product_rows
+from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, DEFAULT_K
+
+if TYPE_CHECKING:
+    from training import EvaluationPlan
+
+RankerOption = Annotated[
+    RankerName | None, typer.Option(help="Ranker to train \\[default: lightgbm or $WARMSTART_RANKER].")
+]
+FileOption = Annotated[Path | None, typer.Option(help="CSV or Parquet file.", dir_okay=False)]
+
+
+def _evaluation_plan(
+    protocol: Protocol,
+    settings: WarmstartSettings,
+    *,
+    dataset: str | None,
+    data: Path | None,
+    train: Path | None,
+    test: Path | None,
+    items: Path | None,
+    valid: Path | None,
+    users: Path | None,
+) -> EvaluationPlan:
+    """The split `warmstart evaluate` trains and evaluates on: a built-in data set's, or one given as files."""
+    import training  # torch and the models load only for the commands that need them
+
+    if (dataset is None) == (train is None):
+        raise ConfigError("give either --dataset NAME or --train FILE --test FILE --items FILE.")
+    if dataset is not None:
+        with console.status(f"loading {dataset}..."):
+            loaded = load_dataset(dataset, data, settings.cache_dir)
+        return training.dataset_plan(loaded, training.PROTOCOLS[protocol.value])
+    if test is None or items is None:
+        raise ConfigError("--train needs --test FILE and --items FILE too.")
+    assert train is not None
+    return training.files_plan(
+        training.PROTOCOLS[protocol.value], train=train, test=test, items=items, valid=valid, users=users
+    )
+
+
+@friendly_errors
+def evaluate(
+    protocol: Annotated[Protocol, typer.Option(help="Evaluation protocol.")] = Protocol.cold_item,
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = DEFAULT_K,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON here.")] = None,
+    dataset: Annotated[str | None, typer.Option(help=f"Built-in data set: {' or '.join(DATASETS)}.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder holding the data set's files.")] = None,
+    train: FileOption = None,
+    test: FileOption = None,
+    items: FileOption = None,
+    valid: FileOption = None,
+    users: FileOption = None,
+    ranker: RankerOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    workspace: WorkspaceOption = None,
+    augment: Annotated[
+        bool,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Warm cold items with synthetic interactions (the embedding simulator's) as the product does; "
+            "--no-augment is the ablation.",
+        ),
+    ] = True,
+) -> None:
+    """Train the encoders and the ranker on a split's training part and evaluate on its held-out part: the whole
+    chain as the product runs it, synthetic interactions included (--no-augment leaves them out).
+
+    Give --dataset citeulike --data DIR (ALDI split), --dataset ml-100k (temporal), or a split as files:
+    --train F --test F --items F [--valid F] [--users F]. Test users or items without training rows are cold.
+    """
+    import training  # torch and the models load only for the commands that need them
+
+    settings = load_settings()
+    ranker_name = (ranker or RankerName(settings.ranker)).value
+    plan = _evaluation_plan(
+        protocol, settings, dataset=dataset, data=data, train=train, test=test, items=items, valid=valid, users=users
+    )
+    run_id = new_run_id()
+    model_dir = open_workspace(workspace, settings).models.path(ranker_name, run_id)
+    models = training.ModelSettings.seeded(seed, ranker_name)
+    if not augment:
+        models = models.without_augmentation()
+    evaluation = training.train_and_evaluate(
+        plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir
+    )
+    report = evaluation.as_dict() | {"protocol": protocol.value}
+    print_metrics(report, f"{protocol.value} @ {k} ({report['n_users']:,} users, {report['seconds']:.0f} s)")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(json_out, json.dumps(report, indent=2, default=str).encode())
+        console.print(f"report written to {json_out}")
+
+
+GateMetricOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--gate-metric",
+        help=f"Gate metric SEGMENT/METRIC@K, repeatable \\[default: {', '.join(DEFAULT_GATE_METRICS)}].",
+    ),
+]
+GateToleranceOption = Annotated[
+    float, typer.Option(help="Largest drop of a gate metric that still promotes (negative: must improve by that much).")
+]
+ReferenceGateOption = Annotated[
+    bool,
+    typer.Option(
+        help="Refuse a candidate that loses to recent popularity (measured on the same data) on the first gate metric."
+    ),
+]
+ChooseTimedRunOption = Annotated[
+    bool,
+    typer.Option(
+        help="On the temporal protocol, train each timed alternative and serve the one with the best overall NDCG "
+        "in the workspace's last refresh among those that keep the default's cold recall (within the gate's "
+        "tolerance).",
+    ),
+]
+ProtocolOption = Annotated[
+    Protocol | None,
+    typer.Option(
+        help="Protocol of the evaluation "
+        "\\[default: cold-item for a data set with predefined (ALDI) splits, else temporal]."
+    ),
+]
+
+
+def _refresh(
+    space: Workspace,
+    settings: WarmstartSettings,
+    *,
+    title: str,
+    ranker: RankerName | None,
+    **options: Any,
+) -> None:
+    """Run the refresh flow on the workspace, then print its metrics and the gate's decision."""
+    from flows.refresh import refresh as refresh_flow
+    from flows.runners import with_runner
+
+    if not space.exists(Tables.interactions):  # say so before Prefect starts
+        raise WorkspaceError(f"workspace {space.root} holds no data: run `warmstart ingest --workspace {space.root}`.")
+    name = (ranker or RankerName(settings.ranker)).value
+    outcome = with_runner(refresh_flow, settings)(workspace=space.root, ranker=name, **options)
+    metrics = outcome.metrics
+    product = product_rows(metrics)
+    print_metrics({"metrics": product.to_dicts()}, f"{title} {outcome.run_id}: {product['protocol'][0]}")
+    lines = metrics.filter(pl.col("protocol") != product["protocol"][0])  # the reference lines, on the same data
+    for (protocol,), rows in lines.group_by("protocol", maintain_order=True):
+        values = rows.filter((pl.col("segment") == "overall") & pl.col("metric").is_in(["recall", "ndcg"]))
+        shown = ", ".join(f"{m}@{k} {v:.4f}" for m, k, v in values.select("metric", "k", "value").iter_rows())
+        console.print(f"beside it, {protocol}: overall {shown}", markup=False)
+    if outcome.timed_choice:
+        console.print(f"timed choice: {outcome.timed_choice}", markup=False)
+    decision = outcome.decision
+    verdict = "promoted: now current" if decision.promoted else "refused: the current model stays"
+    console.print(f"{name} {outcome.run_id} {verdict} ({decision.reason})", markup=False)
+
+
+@friendly_errors
+def refresh(
+    augment_limit: Annotated[
+        int, typer.Option(min=0, help="Entities per step the language model augments (0: no augmentation).")
+    ] = 16,
+    simulate: Annotated[bool, typer.Option(help="Simulate interactions for cold items.")] = True,
+    protocol: ProtocolOption = None,
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = DEFAULT_K,
+    ranker: RankerOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs.")] = 150,
+    gate_metric: GateMetricOption = None,
+    gate_tolerance: GateToleranceOption = DEFAULT_GATE_TOLERANCE,
+    reference_gate: ReferenceGateOption = True,
+    choose_timed: ChooseTimedRunOption = True,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """One gated, recorded refresh cycle on the workspace (what the nightly deployment runs): detect, augment,
+    encode, retrain, evaluate on real held-out data, gate against the current model on the same data, record the
+    run in the metrics history and promote the candidate if the gate lets it through."""
+    from flows.cycle import default_gate_metrics
+
+    settings = load_settings()
+    _refresh(
+        open_workspace(workspace, settings),
+        settings,
+        title="refresh",
+        ranker=ranker,
+        augment_limit=augment_limit,
+        simulate=simulate,
+        protocol=protocol.value if protocol else None,
+        k=k,
+        seed=seed,
+        max_epochs=max_epochs,
+        gate_metrics=tuple(gate_metric or default_gate_metrics(k)),
+        gate_tolerance=gate_tolerance,
+        reference_gate=reference_gate,
+        choose_timed=choose_timed,
+    )
+
+
+@friendly_errors
+def retrain(
+    protocol: ProtocolOption = None,
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = DEFAULT_K,
+    ranker: RankerOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    gate_tolerance: GateToleranceOption = DEFAULT_GATE_TOLERANCE,
+    reference_gate: ReferenceGateOption = True,
+    choose_timed: ChooseTimedRunOption = True,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """`warmstart refresh --augment-limit 0`: retrain on the workspace's data without augmenting, still gated
+    against the current model and recorded. The version (WORKSPACE/models/RANKER/RUN_ID/) holds the model, its
+    metadata and report.json: the data window, the metrics on real held-out interactions, the parent version."""
+    from flows.cycle import default_gate_metrics
+
+    settings = load_settings()
+    _refresh(
+        open_workspace(workspace, settings),
+        settings,
+        title="retrained",
+        ranker=ranker,
+        augment_limit=0,
+        protocol=protocol.value if protocol else None,
+        k=k,
+        seed=seed,
+        gate_metrics=default_gate_metrics(k),
+        gate_tolerance=gate_tolerance,
+        reference_gate=reference_gate,
+        choose_timed=choose_timed,
+    )
+
+
+@friendly_errors
+def models(
+    ranker: RankerOption = None,
+    k: Annotated[int, typer.Option(min=1, help="Cut-off of the metrics shown.")] = DEFAULT_K,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """List the saved model versions with their held-out metrics; `*` marks the current (promoted) one."""
+    space = open_workspace(workspace, load_settings())
+    versions = space.models.versions(ranker.value if ranker else None)
+    if not versions:
+        console.print(f"no model versions in {space.models.root}: run `warmstart refresh` first.")
+        return
+    rows = []
+    for version in versions:
+        report = version.report()
+        values = {
+            f"{row['segment']}/{row['metric']}@{row['k']}": row["value"]
+            for row in report.get("metrics", [])
+            if row["k"] == k and row["metric"] in ("recall", "ndcg") and row["segment"] in ("overall", "cold", "tail")
+        }
+        rows.append(
+            {"current": "*" if version.current else "", "ranker": version.ranker, "version": version.version}
+            | {"parent": report.get("parent") or "", "dataset": report.get("dataset") or ""}
+            | values
+        )
+    print_frame(pl.DataFrame(rows, infer_schema_length=None), f"model versions in {space.models.root}")
+
+
+@friendly_errors
+def promote(
+    version: Annotated[str | None, typer.Argument(help="Version to make current (a run id).")] = None,
+    previous: Annotated[bool, typer.Option("--previous", help="Roll back to the version current before.")] = False,
+    ranker: RankerOption = None,
+    reason: Annotated[str, typer.Option(help="Why, for the record.")] = "by hand",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Make a saved version the current model by hand (or roll back with --previous); recorded in the registry's
+    promotion log and in the metrics history."""
+    settings = load_settings()
+    space = open_workspace(workspace, settings)
+    name = (ranker or RankerName(settings.ranker)).value
+    if (version is None) == (not previous):
+        raise ConfigError("give either a VERSION or --previous.")
+    registry = space.models
+    chosen = registry.previous(name) if previous else version
+    if chosen is None:
+        raise ConfigError(f"{name} has no previous version to roll back to.")
+    incumbent = registry.current(name)
+    entry = registry.promote(name, chosen, reason=reason)
+    store = MetricsStore.for_workspace(space.root, settings.metrics_url)
+    store.record_promotion(
+        new_run_id(),
+        dataset=str(space.state().get("dataset", "workspace")),
+        candidate=chosen,
+        incumbent=incumbent,
+        reason=f"{'rollback' if previous else 'promoted'} by hand: {reason}",
+    )
+    store.close()
+    console.print(f"{name} {entry['version']} is now current (was {entry['previous']})", markup=False)
