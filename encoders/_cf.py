@@ -17,11 +17,11 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import numpy as np
 import polars as pl
@@ -246,6 +246,27 @@ def recall_at_k(
 # --- the model ------------------------------------------------------------------------------------------------------
 
 
+_Weights = TypeVar("_Weights")
+
+
+@dataclass
+class BestEpoch(Generic[_Weights]):
+    """Early stopping's state (here and in the content mapper): the best validation score so far, its epoch, a
+    copy of the weights then, and how many checks since have not beaten it. `score` stays None until a check."""
+
+    score: float | None = None
+    epoch: int = 0
+    weights: _Weights | None = None
+    stale: int = 0
+
+    def check(self, score: float, epoch: int, snapshot: Callable[[], _Weights]) -> None:
+        """Record a validation score; `snapshot` copies the weights, called only when they are the new best."""
+        if self.score is None or score > self.score:
+            self.score, self.epoch, self.weights, self.stale = score, epoch, snapshot(), 0
+        else:
+            self.stale += 1
+
+
 class BPRConfig(BaseModel):
     """Hyperparameters of `BPRMF`. lr and reg defaults: best on CiteULike's warm_val (benchmarks/cf_mapper.py)."""
 
@@ -331,65 +352,63 @@ class BPRMF:
             raise DataError("interactions has a single item: BPR needs at least two items to sample negatives.")
         users = _index_of(user_ids, pairs[Columns.user], "user")
         items = _index_of(item_ids, pairs[Columns.item], "item")
-        n_users, n_items, n_pairs = user_ids.size, item_ids.size, users.size
-        positive_keys = users * n_items + items  # sorted, since pairs and ids are sorted
-
         truth = self._validation_rows(validation, user_ids, item_ids) if validation is not None else None
 
+        tables, best = self._train(user_ids, item_ids, users, items, truth, show_progress)
+        self._embeddings = self._as_embeddings(user_ids, item_ids, *tables)
+        self.summary = {
+            "n_users": int(user_ids.size),
+            "n_items": int(item_ids.size),
+            "n_pairs": int(users.size),
+            "epochs_run": len(self.history),
+            "best_epoch": best.epoch if best.score is not None else len(self.history),
+            f"best_val_recall@{config.k}": best.score,
+        }
+        return self
+
+    def _train(
+        self,
+        user_ids: np.ndarray,
+        item_ids: np.ndarray,
+        users: np.ndarray,
+        items: np.ndarray,
+        truth: tuple[np.ndarray, np.ndarray] | None,
+        show_progress: bool,
+    ) -> tuple[list[torch.Tensor], BestEpoch[list[torch.Tensor]]]:
+        """Epochs of Adam on the (users, items) pairs, filling `history`: the last epoch's (user, item, bias)
+        tables, or with `truth` the best epoch's, and the early-stopping state."""
+        config = self.config
+        n_users, n_items, n_pairs = user_ids.size, item_ids.size, users.size
+        positive_keys = users * n_items + items  # sorted, since pairs and ids are sorted
         generator = torch.Generator().manual_seed(config.seed)
         rng = np.random.default_rng(config.seed)
         user_table = (torch.randn(n_users, config.dim, generator=generator) * config.init_std).requires_grad_()
         item_table = (torch.randn(n_items, config.dim, generator=generator) * config.init_std).requires_grad_()
-        bias = torch.zeros(n_items, requires_grad=True)
+        tables = [user_table, item_table, torch.zeros(n_items, requires_grad=True)]
         # fused: one kernel for the whole update, about 6x faster steps on CPU than the default.
-        optimizer = torch.optim.Adam([user_table, item_table, bias], lr=config.lr, fused=True)
+        optimizer = torch.optim.Adam(tables, lr=config.lr, fused=True)
         users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
 
         self.history = []
-        best: tuple[float, int, list[torch.Tensor]] | None = None
-        stale = 0
+        best: BestEpoch[list[torch.Tensor]] = BestEpoch()
         with Progress(disable=not show_progress, transient=True) as progress:
             task = progress.add_task("BPR-MF epochs", total=config.epochs)
             for epoch in range(1, config.epochs + 1):
                 order = torch.from_numpy(rng.permutation(n_pairs))
                 negatives = torch.from_numpy(_sample_negatives(rng, users, positive_keys, n_items))
-                total = 0.0
-                for start in range(0, n_pairs, config.batch_size):
-                    batch = order[start : start + config.batch_size]
-                    loss = _bpr_loss(
-                        (user_table, item_table, bias), users_t[batch], items_t[batch], negatives[batch], config.reg
-                    )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * batch.numel()
+                total = _bpr_epoch(tables, optimizer, (users_t, items_t, negatives), order, config)
                 record = {"epoch": float(epoch), "loss": total / n_pairs}
                 if truth is not None:
-                    current = self._as_embeddings(user_ids, item_ids, user_table, item_table, bias)
+                    current = self._as_embeddings(user_ids, item_ids, *tables)
                     recall = recall_at_k(current, truth, (users, items), config.k)
                     record[f"val_recall@{config.k}"] = recall
-                    if best is None or recall > best[0]:
-                        best = (recall, epoch, [t.detach().clone() for t in (user_table, item_table, bias)])
-                        stale = 0
-                    else:
-                        stale += 1
+                    best.check(recall, epoch, lambda: [t.detach().clone() for t in tables])
                 self.history.append(record)
                 log.info("bprmf epoch %s", " ".join(f"{key}={value:.5g}" for key, value in record.items()))
                 progress.update(task, advance=1, description=f"BPR-MF epoch {epoch} loss {record['loss']:.4f}")
-                if truth is not None and stale >= config.patience:
+                if truth is not None and best.stale >= config.patience:
                     break
-
-        tables = best[2] if best is not None else [user_table, item_table, bias]
-        self._embeddings = self._as_embeddings(user_ids, item_ids, *tables)
-        self.summary = {
-            "n_users": int(n_users),
-            "n_items": int(n_items),
-            "n_pairs": int(n_pairs),
-            "epochs_run": len(self.history),
-            "best_epoch": best[1] if best is not None else len(self.history),
-            f"best_val_recall@{config.k}": best[0] if best is not None else None,
-        }
-        return self
+        return (best.weights if best.weights is not None else tables), best
 
     @staticmethod
     def _validation_rows(
@@ -442,7 +461,7 @@ class BPRMF:
 
 
 def _bpr_loss(
-    tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tables: Sequence[torch.Tensor],
     users: torch.Tensor,
     positives: torch.Tensor,
     negatives: torch.Tensor,
@@ -458,6 +477,27 @@ def _bpr_loss(
     margin = (u * (i - j)).sum(dim=1) + b_i - b_j
     norms = sum(t.square().sum() for t in (u, i, j, b_i, b_j))
     return -torch.nn.functional.logsigmoid(margin).mean() + reg * norms / users.numel()
+
+
+def _bpr_epoch(
+    tables: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    triples: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    order: torch.Tensor,
+    config: BPRConfig,
+) -> float:
+    """One pass over the (user, positive, negative) `triples` in `order`, an Adam step per minibatch; returns
+    the loss summed over the triples."""
+    users, positives, negatives = triples
+    total = 0.0
+    for start in range(0, order.numel(), config.batch_size):
+        batch = order[start : start + config.batch_size]
+        loss = _bpr_loss(tables, users[batch], positives[batch], negatives[batch], config.reg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * batch.numel()
+    return total
 
 
 def _sample_negatives(

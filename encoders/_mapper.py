@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import Progress
 
 from catalog import Columns, ConfigError, DataError, NotFittedError
-from encoders._cf import CFEmbeddings, check_pairs, load_arrays, save_arrays
+from encoders._cf import BestEpoch, CFEmbeddings, check_pairs, load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +200,8 @@ class ContentMapper:
         distilling = users is not None and config.distill_weight > 0
         rng = np.random.default_rng(config.seed)
         x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
-        users_t = torch.from_numpy(users) if users is not None else torch.zeros(0, y.shape[1] - 1)
-        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-        stale = 0
+        teachers = torch.from_numpy(users) if distilling and users is not None else None
+        best: BestEpoch[dict[str, torch.Tensor]] = BestEpoch()
         # fork_rng: seed initialisation and dropout without touching the caller's global torch RNG.
         with torch.random.fork_rng(devices=[]), Progress(disable=not show_progress, transient=True) as progress:
             torch.manual_seed(config.seed)
@@ -210,46 +209,70 @@ class ContentMapper:
             optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
             task = progress.add_task("mapper epochs", total=config.epochs)
             for epoch in range(1, config.epochs + 1):
-                net.train()
-                order = torch.from_numpy(rng.permutation(x.shape[0]))
-                totals = np.zeros(2)
-                for start in range(0, x.shape[0], config.batch_size):
-                    batch = order[start : start + config.batch_size]
-                    predicted = net(x_t[batch])
-                    regression = torch.nn.functional.mse_loss(predicted, y_t[batch])
-                    distill = torch.zeros(())
-                    if distilling and batch.numel() > 1:  # a softmax over one item carries no ranking signal
-                        chosen = (
-                            sampler.users_of(batch.numpy(), rng)
-                            if sampler is not None
-                            else rng.integers(len(users_t), size=config.distill_users)
-                        )
-                        if chosen.size:  # none when no item of the step has a training positive
-                            distill = _distillation(
-                                users_t[torch.from_numpy(chosen)], predicted, y_t[batch], config.temperature
-                            )
-                    loss = regression + config.distill_weight * distill
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    totals += np.array([float(regression.detach()), float(distill.detach())]) * batch.numel()
+                totals = self._mlp_epoch(net, optimizer, (x_t, y_t, teachers), sampler, rng)
                 record = {"epoch": float(epoch), "mse": float(totals[0] / len(x)), "distill": float(totals[1] / len(x))}
                 if validation is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
                     net.eval()
                     record["validation"] = float(validation(functools.partial(_predict, net)))
-                    if best is None or record["validation"] > best[0]:
-                        best, stale = (record["validation"], epoch, copy.deepcopy(net.state_dict())), 0
-                    else:
-                        stale += 1
+                    best.check(record["validation"], epoch, lambda: copy.deepcopy(net.state_dict()))
                 self.history.append(record)
                 log.info("mapper epoch %s", " ".join(f"{key}={value:.5g}" for key, value in record.items()))
                 progress.update(task, advance=1, description=f"mapper epoch {epoch} mse {record['mse']:.4f}")
-                if stale >= config.patience:
+                if best.stale >= config.patience:
                     break
-        if best is not None:
-            net.load_state_dict(best[2])
-            self.best_epoch = best[1]
+        if best.weights is not None:
+            net.load_state_dict(best.weights)
+            self.best_epoch = best.epoch
         return net.eval()
+
+    def _mlp_epoch(
+        self,
+        net: _MLP,
+        optimizer: torch.optim.Optimizer,
+        tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+        sampler: _PositiveSampler | None,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """One pass over the items (features, targets, and the teacher's users when distilling) in an order drawn
+        from `rng`, an Adam step per minibatch; returns the (regression, distillation) losses summed over items."""
+        config = self.config
+        x_t, y_t, teachers = tensors
+        net.train()
+        order = torch.from_numpy(rng.permutation(x_t.shape[0]))
+        totals = np.zeros(2)
+        for start in range(0, x_t.shape[0], config.batch_size):
+            batch = order[start : start + config.batch_size]
+            predicted = net(x_t[batch])
+            regression = torch.nn.functional.mse_loss(predicted, y_t[batch])
+            distill = self._step_distillation(teachers, sampler, batch, predicted, y_t[batch], rng)
+            loss = regression + config.distill_weight * distill
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals += np.array([float(regression.detach()), float(distill.detach())]) * batch.numel()
+        return totals
+
+    def _step_distillation(
+        self,
+        teachers: torch.Tensor | None,
+        sampler: _PositiveSampler | None,
+        batch: torch.Tensor,
+        predicted: torch.Tensor,
+        target: torch.Tensor,
+        rng: np.random.Generator,
+    ) -> torch.Tensor:
+        """The distillation term of one step, over teacher users drawn from `rng` (the items' own positives with a
+        sampler, else uniformly); zero when not distilling."""
+        if teachers is None or batch.numel() <= 1:  # a softmax over one item carries no ranking signal
+            return torch.zeros(())
+        chosen = (
+            sampler.users_of(batch.numpy(), rng)
+            if sampler is not None
+            else rng.integers(len(teachers), size=self.config.distill_users)
+        )
+        if not chosen.size:  # no item of the step has a training positive
+            return torch.zeros(())
+        return _distillation(teachers[torch.from_numpy(chosen)], predicted, target, self.config.temperature)
 
     def transform(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stand-in (vectors, bias) for the items whose text embeddings are the rows of `features`."""

@@ -5,6 +5,7 @@ difference): a drop whose interval reaches zero is noise, not a regression, and 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -119,58 +120,92 @@ def decide(
     `evidence` whose interval reaches zero does not refuse (it is named in the reason as within noise). With no
     incumbent and no reference, the candidate is promoted."""
     mine = gate_values(candidate, config)
-    evidence = evidence or {}
-
-    def shown(comparison: str, name: str, allowed: float) -> tuple[bool, str]:
-        """Whether the evidence (if any) shows a drop beyond `allowed` (its interval wholly below -allowed), and the
-        interval as text."""
-        interval = evidence.get(comparison, {}).get(name)
-        if interval is None or config.confidence is None:
-            return True, ""
-        text = f" ({config.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}])"
-        return interval[1] < -allowed, text
-
-    losses, checked_reference, noise = [], [], []
+    found = _Findings(evidence or {}, config.confidence)
     theirs_reference: dict[str, float | None] | None = None
     if reference is not None:
-        ours = _values(product_rows(candidate), config.reference_metrics)
-        theirs_reference = _values(reference, config.reference_metrics)
-        for name, value in ours.items():
-            baseline = theirs_reference[name]
-            if value is None or baseline is None:
-                continue
-            if value < baseline:
-                real, interval = shown("reference", name, 0.0)
-                below = f"{name} {value:.4f} < {reference_name}'s {baseline:.4f}{interval}"
-                (losses if real else noise).append(below)
-            else:
-                checked_reference.append(f"{name} {value:.4f} >= {baseline:.4f}")
-    regressions, compared = [], []
+        theirs_reference = found.against_reference(candidate, reference, reference_name, config.reference_metrics)
     theirs = gate_values(incumbent, config) if incumbent is not None else None
-    for name, value in mine.items():
-        previous = theirs[name] if theirs is not None else None
-        if value is None or previous is None:
-            continue
-        compared.append(name)
-        if value < previous - config.tolerance:
-            real, interval = shown("incumbent", name, config.tolerance)
-            drop = f"{name} {value:.4f} < {previous:.4f} - {config.tolerance:g}{interval}"
-            (regressions if real else noise).append(drop)
-    refusals = ([f"loses to {reference_name}: " + "; ".join(losses)] if losses else []) + (
-        ["regressed: " + "; ".join(regressions)] if regressions else []
-    )
+    if theirs is not None:
+        found.against_incumbent(mine, theirs, config.tolerance)
+    refusals = found.refusals(reference_name)
     if refusals:
         return GateDecision(
             promoted=False, reason="; ".join(refusals), candidate=mine, incumbent=theirs, reference=theirs_reference
         )
-    if incumbent is None:
-        reason = "no current model"
-    elif not compared:
-        reason = "no gate metric measured for both models"
-    else:
-        reason = f"no regression beyond {config.tolerance:g} on " + ", ".join(compared)
-    if checked_reference:
-        reason += f"; beats {reference_name} ({', '.join(checked_reference)})"
-    if noise:
-        reason += "; drops within noise: " + "; ".join(noise)
+    reason = found.promotion_reason(incumbent is not None, config.tolerance, reference_name)
     return GateDecision(promoted=True, reason=reason, candidate=mine, incumbent=theirs, reference=theirs_reference)
+
+
+@dataclass
+class _Findings:
+    """What `decide`'s comparisons found, each list in the order the reason names it. A drop refuses (`losses`,
+    `regressions`) unless the evidence leaves it within noise (`noise`)."""
+
+    evidence: Evidence
+    confidence: float | None
+    losses: list[str] = field(default_factory=list)
+    checked_reference: list[str] = field(default_factory=list)
+    regressions: list[str] = field(default_factory=list)
+    compared: list[str] = field(default_factory=list)
+    noise: list[str] = field(default_factory=list)
+
+    def shown(self, comparison: str, name: str, allowed: float) -> tuple[bool, str]:
+        """Whether the evidence (if any) shows a drop beyond `allowed` (its interval wholly below -allowed), and the
+        interval as text."""
+        interval = self.evidence.get(comparison, {}).get(name)
+        if interval is None or self.confidence is None:
+            return True, ""
+        text = f" ({self.confidence:.0%} interval [{interval[0]:+.4f}, {interval[1]:+.4f}])"
+        return interval[1] < -allowed, text
+
+    def against_reference(
+        self, candidate: pl.DataFrame, reference: pl.DataFrame, reference_name: str, metrics: list[GateMetric]
+    ) -> dict[str, float | None]:
+        """Each of `metrics` measured for both the candidate's own rows and the reference line: below the line, a
+        loss (or noise); at or above it, checked. Returns the line's values."""
+        ours = _values(product_rows(candidate), metrics)
+        theirs = _values(reference, metrics)
+        for name, value in ours.items():
+            baseline = theirs[name]
+            if value is None or baseline is None:
+                continue
+            if value < baseline:
+                real, interval = self.shown("reference", name, 0.0)
+                below = f"{name} {value:.4f} < {reference_name}'s {baseline:.4f}{interval}"
+                (self.losses if real else self.noise).append(below)
+            else:
+                self.checked_reference.append(f"{name} {value:.4f} >= {baseline:.4f}")
+        return theirs
+
+    def against_incumbent(
+        self, mine: dict[str, float | None], theirs: dict[str, float | None], tolerance: float
+    ) -> None:
+        """Each gate metric measured for both models is compared; one more than `tolerance` below the incumbent's
+        is a regression (or noise)."""
+        for name, value in mine.items():
+            previous = theirs[name]
+            if value is None or previous is None:
+                continue
+            self.compared.append(name)
+            if value < previous - tolerance:
+                real, interval = self.shown("incumbent", name, tolerance)
+                drop = f"{name} {value:.4f} < {previous:.4f} - {tolerance:g}{interval}"
+                (self.regressions if real else self.noise).append(drop)
+
+    def refusals(self, reference_name: str) -> list[str]:
+        return ([f"loses to {reference_name}: " + "; ".join(self.losses)] if self.losses else []) + (
+            ["regressed: " + "; ".join(self.regressions)] if self.regressions else []
+        )
+
+    def promotion_reason(self, has_incumbent: bool, tolerance: float, reference_name: str) -> str:
+        if not has_incumbent:
+            reason = "no current model"
+        elif not self.compared:
+            reason = "no gate metric measured for both models"
+        else:
+            reason = f"no regression beyond {tolerance:g} on " + ", ".join(self.compared)
+        if self.checked_reference:
+            reason += f"; beats {reference_name} ({', '.join(self.checked_reference)})"
+        if self.noise:
+            reason += "; drops within noise: " + "; ".join(self.noise)
+        return reason

@@ -199,6 +199,29 @@ class _Data:
         )
 
 
+@dataclass(frozen=True)
+class _Pairs:
+    """The (user, item) rows DeepFM trains on: every known positive, from the history and the training labels."""
+
+    users: np.ndarray
+    items: np.ndarray
+    in_history: np.ndarray  # the pair is in the history, so its item is part of the user's text profile
+    known_keys: np.ndarray  # sorted user * n_items + item, which sampled negatives must avoid
+
+    @classmethod
+    def of(cls, inputs: RankerInputs, positives: sp.csr_array) -> _Pairs:
+        history = sp.csr_array(inputs.history > 0, dtype=np.float32)
+        # Every known positive trains: the history (whose own pair leaves the text profile) and the labels.
+        known = sp.csr_array((history + sp.csr_array(positives > 0, dtype=np.float32)) > 0, dtype=np.float32)
+        known = known.tocoo()
+        pair_users, pair_items = known.row.astype(np.int64), known.col.astype(np.int64)
+        in_history = np.asarray(history[pair_users, pair_items]).ravel() > 0
+        known_keys = np.sort(pair_users * inputs.n_items + pair_items)
+        if pair_users.size == 0:
+            raise DataError("DeepFMRanker.fit got no positives: the history and the training task are empty.")
+        return cls(pair_users, pair_items, in_history, known_keys)
+
+
 def head_items(popularity: np.ndarray, head_share: float) -> np.ndarray:
     """Mask of the most popular items that together hold `head_share` of the interactions (the head)."""
     popularity = np.asarray(popularity, dtype=np.float64)
@@ -362,29 +385,9 @@ class DeepFMRanker(RankerBase):
         assert train.positives is not None
         rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
-        history = sp.csr_array(inputs.history > 0, dtype=np.float32)
-        # Every known positive trains: the history (whose own pair leaves the text profile) and the labels.
-        known = sp.csr_array((history + sp.csr_array(train.positives > 0, dtype=np.float32)) > 0, dtype=np.float32)
-        known = known.tocoo()
-        pair_users, pair_items = known.row.astype(np.int64), known.col.astype(np.int64)
-        in_history = np.asarray(history[pair_users, pair_items]).ravel() > 0
-        known_keys = np.sort(pair_users * inputs.n_items + pair_items)
-        if pair_users.size == 0:
-            raise DataError("DeepFMRanker.fit got no positives: the history and the training task are empty.")
-
-        user_counts = np.bincount(pair_users, minlength=inputs.n_users)
-        item_counts = np.bincount(pair_items, minlength=inputs.n_items)
-        self._shapes = _shapes(inputs)
-        self._network = _DeepFMNet(
-            self._shapes,
-            config,
-            trained_users=torch.from_numpy(user_counts > config.sparse_max),
-            trained_items=torch.from_numpy(item_counts > config.sparse_max),
-        )
+        pairs = _Pairs.of(inputs, train.positives)
+        data = self._new_network(inputs, pairs)
         net = self.network
-        data = _Data.of(inputs, config.head_share)
-        if config.init_from_encoders:
-            _start_from_encoders(net, data, np.flatnonzero(item_counts > 0))
         # fused: one kernel for the whole update, much faster steps on CPU (as in encoders' BPR-MF).
         optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
         valid_users = np.asarray(valid.users)
@@ -398,7 +401,7 @@ class DeepFMRanker(RankerBase):
             bar = progress.add_task("DeepFM epochs", total=config.epochs)
             for epoch in range(1, config.epochs + 1):
                 started = time.perf_counter()
-                loss = self._epoch(data, pair_users, pair_items, in_history, pool, known_keys, optimizer, rng)
+                loss = self._epoch(data, pairs, pool, optimizer, rng)
                 train_seconds = time.perf_counter() - started
                 ndcg = self._validation_ndcg(inputs, data, valid, valid_users)
                 epochs.append(
@@ -419,49 +422,67 @@ class DeepFMRanker(RankerBase):
         assert best is not None
         net.load_state_dict(best[2])
         net.eval()
-        self.metadata = {
+        self.metadata = self._training_metadata(best[:2], int(valid_users.size), int(pairs.users.size), epochs)
+        return self
+
+    def _new_network(self, inputs: RankerInputs, pairs: _Pairs) -> _Data:
+        """A fresh network, whose ids with more than `sparse_max` training positives get trained ID embeddings,
+        started from the encoders' vectors when `init_from_encoders`; returns `inputs` as the network reads them."""
+        config = self.config
+        user_counts = np.bincount(pairs.users, minlength=inputs.n_users)
+        item_counts = np.bincount(pairs.items, minlength=inputs.n_items)
+        self._shapes = _shapes(inputs)
+        self._network = _DeepFMNet(
+            self._shapes,
+            config,
+            trained_users=torch.from_numpy(user_counts > config.sparse_max),
+            trained_items=torch.from_numpy(item_counts > config.sparse_max),
+        )
+        data = _Data.of(inputs, config.head_share)
+        if config.init_from_encoders:
+            _start_from_encoders(self._network, data, np.flatnonzero(item_counts > 0))
+        return data
+
+    def _training_metadata(
+        self, best: tuple[float, int], valid_users: int, train_pairs: int, epochs: list[dict[str, float]]
+    ) -> dict[str, Any]:
+        """What a fit records: the config, the fields and shapes, the kept (best) epoch and each epoch's line."""
+        config, net = self.config, self.network
+        ndcg, epoch = best
+        return {
             "config": config.model_dump(),
             "fields": {"user": list(USER_FIELDS), "item": list(ITEM_FIELDS)},
             "shapes": self._shapes,
-            "best_epoch": best[1],
-            f"valid_ndcg@{config.eval_k}": best[0],
-            "valid_users": int(valid_users.size),
-            "train_pairs": int(pair_users.size),
+            "best_epoch": epoch,
+            f"valid_ndcg@{config.eval_k}": ndcg,
+            "valid_users": valid_users,
+            "train_pairs": train_pairs,
             "trained_users": int(net.trained_users.sum()),
             "trained_items": int(net.trained_items.sum()),
             "seconds_per_epoch": round(float(np.mean([e["train_seconds"] for e in epochs])), 2),
             "epochs": epochs,
         }
-        return self
 
     def _epoch(
-        self,
-        data: _Data,
-        pair_users: np.ndarray,
-        pair_items: np.ndarray,
-        in_history: np.ndarray,
-        pool: np.ndarray,
-        known_keys: np.ndarray,
-        optimizer: torch.optim.Optimizer,
-        rng: np.random.Generator,
+        self, data: _Data, pairs: _Pairs, pool: np.ndarray, optimizer: torch.optim.Optimizer, rng: np.random.Generator
     ) -> float:
         config, net = self.config, self.network
         net.train()
         n_items = int(data.text.shape[0])
-        order = rng.permutation(pair_users.size)
-        negatives = _sample_negatives(rng, pair_users, pool, known_keys, n_items, config.negatives)
+        order = rng.permutation(pairs.users.size)
+        negatives = _sample_negatives(rng, pairs.users, pool, pairs.known_keys, n_items, config.negatives)
         total = 0.0
         for start in range(0, order.size, config.batch_size):
             batch = order[start : start + config.batch_size]
-            users = torch.from_numpy(pair_users[batch])
-            items = torch.from_numpy(np.c_[pair_items[batch], negatives[batch]])
+            users = torch.from_numpy(pairs.users[batch])
+            items = torch.from_numpy(np.c_[pairs.items[batch], negatives[batch]])
             cold = torch.from_numpy(rng.random(batch.size) < config.cold_user_share)
             user_standin = torch.from_numpy(rng.random(batch.size) < config.user_dropout)
             # A whole group (positive and its negatives) takes one path, as serving ranks cold items against
             # cold items (cold protocol) and warm against warm.
             item_standin = torch.from_numpy(rng.random((batch.size, 1)) < config.item_dropout).expand(items.shape)
             # The user's profile as if the positive were held out (it is part of the history sum when known).
-            leave_out = torch.from_numpy(in_history[batch].astype(np.float32))[:, None] * data.text[items[:, 0]]
+            leave_out = torch.from_numpy(pairs.in_history[batch].astype(np.float32))[:, None] * data.text[items[:, 0]]
             profiles = _normalised(data.profile_sums[users] - leave_out) * (~cold)[:, None]
             user_side = net.side(self._user_fields(data, users, user_standin, profiles, cold)[:, None], user=True)
             item_side = net.side(self._item_fields(data, items, item_standin), user=False)

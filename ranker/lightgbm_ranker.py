@@ -153,34 +153,8 @@ class LightGBMRanker(RankerBase):
             _groups(inputs, train, config.per_source, config.cold_share, rng, config.cold_user_share)
         )
         valid_groups = _with_positive_groups(_groups(inputs, valid, config.per_source, inputs.is_cold, rng))
-        params = {
-            "objective": "lambdarank",
-            "metric": "ndcg",
-            "eval_at": [config.eval_k],
-            "num_leaves": config.num_leaves,
-            "learning_rate": config.learning_rate,
-            "min_child_samples": config.min_child_samples,
-            "max_delta_step": config.max_delta_step,
-            "seed": config.seed,
-            "deterministic": True,
-            "force_row_wise": True,
-            "num_threads": config.num_threads,
-            "verbosity": -1,
-        }
-        train_set = lgb.Dataset(
-            fit_groups.features,
-            fit_groups.labels,
-            group=fit_groups.sizes,
-            init_score=self._prior(fit_groups.features),
-            feature_name=list(FEATURE_NAMES),
-        )
-        valid_set = lgb.Dataset(
-            valid_groups.features,
-            valid_groups.labels,
-            group=valid_groups.sizes,
-            init_score=self._prior(valid_groups.features),
-            reference=train_set,
-        )
+        params = self._params()
+        train_set, valid_set = self._datasets(fit_groups, valid_groups)
         evaluations: dict[str, Any] = {}
         self._booster = lgb.train(
             params,
@@ -206,6 +180,42 @@ class LightGBMRanker(RankerBase):
             ),
         }
         return self
+
+    def _params(self) -> dict[str, Any]:
+        """LightGBM's parameters: LambdaRank scored by NDCG@eval_k, deterministic for a seed."""
+        config = self.config
+        return {
+            "objective": "lambdarank",
+            "metric": "ndcg",
+            "eval_at": [config.eval_k],
+            "num_leaves": config.num_leaves,
+            "learning_rate": config.learning_rate,
+            "min_child_samples": config.min_child_samples,
+            "max_delta_step": config.max_delta_step,
+            "seed": config.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": config.num_threads,
+            "verbosity": -1,
+        }
+
+    def _datasets(self, fit_groups: _Groups, valid_groups: _Groups) -> tuple[lgb.Dataset, lgb.Dataset]:
+        """(training, validation) sets, each pair starting from its prior; validation bins as training does."""
+        train_set = lgb.Dataset(
+            fit_groups.features,
+            fit_groups.labels,
+            group=fit_groups.sizes,
+            init_score=self._prior(fit_groups.features),
+            feature_name=list(FEATURE_NAMES),
+        )
+        valid_set = lgb.Dataset(
+            valid_groups.features,
+            valid_groups.labels,
+            group=valid_groups.sizes,
+            init_score=self._prior(valid_groups.features),
+            reference=train_set,
+        )
+        return train_set, valid_set
 
     def score_task(self, inputs: RankerInputs, task: RankingTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(user indices, item indices, scores) of every candidate pair of `task`; items seen as the data has them."""

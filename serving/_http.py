@@ -181,7 +181,14 @@ def create_app(
     app.add_exception_handler(WarmstartError, _warmstart_error)
     app.add_exception_handler(OSError, _warmstart_error)  # a disk or permission failure: the message, no traceback
     guarded = [Depends(_key_check(api_key))]
+    _add_health_route(app, live)
+    _add_recommend_routes(app, live, guarded)
+    if store_items is not None:
+        _add_items_route(app, live, store_items, guarded)
+    return app
 
+
+def _add_health_route(app: FastAPI, live: _Live) -> None:
     @app.get("/health", summary="Model version and counts")
     def health() -> dict[str, Any]:
         current = live.get()
@@ -194,6 +201,8 @@ def create_app(
             "version_users": current.n_version_users,
         }
 
+
+def _add_recommend_routes(app: FastAPI, live: _Live, guarded: list[Any]) -> None:
     @app.get("/recommend", dependencies=guarded, summary="A user's top k")
     def recommend_user(
         user_id: Annotated[str, Query(min_length=1, description="A served user id.")],
@@ -214,10 +223,6 @@ def create_app(
                 query.text, query.k, user_id=query.user_id, weight=query.weight, exclude_seen=not query.include_seen
             )
         return _answer(current, frame)
-
-    if store_items is not None:
-        _add_items_route(app, live, store_items, guarded)
-    return app
 
 
 def _add_items_route(app: FastAPI, live: _Live, store_items: ItemStore, guarded: list[Any]) -> None:
