@@ -36,7 +36,7 @@ from flows import cycle, refresh, stages, tasks
 from flows.augmentation import backend_label
 from flows.settings import WarmstartSettings
 from monitor import ActiveRun, GateDecision, MetricsStore
-from training.defaults import DEFAULT_GATE_TOLERANCE, DEFAULT_K, HEAD_SHARE, SPARSE_MAX
+from training.defaults import DEFAULT_GATE_TOLERANCE, DEFAULT_K, HEAD_SHARE, MAX_EPOCHS, SPARSE_MAX
 
 FLOW_NAME = "backfill"
 PROTOCOL = "temporal"
@@ -203,7 +203,7 @@ def backfill(
     every: str = "7d",
     k: int = DEFAULT_K,
     seed: int = 0,
-    max_epochs: int = 150,
+    max_epochs: int = MAX_EPOCHS,
     store_url: str | None = None,
     gate_metrics: tuple[str, ...] | None = None,
     gate_tolerance: float = DEFAULT_GATE_TOLERANCE,

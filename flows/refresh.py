@@ -26,7 +26,7 @@ from flows.augmentation import backend_label
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings
 from monitor import ActiveRun, GateDecision, MetricsStore
-from training.defaults import DEFAULT_GATE_TOLERANCE, DEFAULT_K
+from training.defaults import AUGMENT_LIMIT, DEFAULT_GATE_TOLERANCE, DEFAULT_K, MAX_EPOCHS
 
 
 def _detect(space: Workspace, run: ActiveRun, settings: WarmstartSettings) -> None:
@@ -87,7 +87,9 @@ def describe_in_batches(
 
 
 @flow(name="augment-new", log_prints=True)
-def augment_new(workspace: Path | None = None, limit: int = 16, batch: int = 8) -> dict[str, str | int | float | None]:
+def augment_new(
+    workspace: Path | None = None, limit: int = AUGMENT_LIMIT, batch: int = 8
+) -> dict[str, str | int | float | None]:
     """Detect newly arrived items and users and augment them (at most `limit` of each) with the language model;
     descriptions are written in batches of `batch` items, one task each."""
     settings = WarmstartSettings()
@@ -181,8 +183,8 @@ def refresh(
     workspace: Path | None = None,
     k: int = DEFAULT_K,
     seed: int = 0,
-    max_epochs: int = 150,
-    augment_limit: int = 16,
+    max_epochs: int = MAX_EPOCHS,
+    augment_limit: int = AUGMENT_LIMIT,
     simulate: bool = True,
     gate_metrics: tuple[str, ...] | None = None,
     gate_tolerance: float = DEFAULT_GATE_TOLERANCE,

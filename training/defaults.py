@@ -22,6 +22,8 @@ DEFAULT_GATE_METRICS: tuple[str, ...] = tuple(metric.name for metric in GATE.met
 DEFAULT_GATE_TOLERANCE: float = GATE.tolerance
 DEFAULT_K = 20
 """Cut-off of every reported metric."""
+MAX_EPOCHS = 150
+"""Most BPR-MF epochs of a training run (early stopping on validation pairs ends it well before)."""
 
 # ------------------------------------------------------------------------------------------------ augmentation
 
@@ -31,6 +33,8 @@ USER_SEGMENTS = (Segments.new, Segments.sparse)
 """User segments the language model profiles."""
 SIMULATE_SEGMENTS = (Segments.cold,)
 """Item segments whose candidate users the language model judges (synthetic interactions)."""
+AUGMENT_LIMIT = 16
+"""Most entities per augmentation step of a scheduled refresh (the language model's work per run)."""
 
 # ------------------------------------------------------------------------------------------------ ranking
 

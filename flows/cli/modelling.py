@@ -32,7 +32,7 @@ from flows.cli._common import (
 )
 from flows.settings import WarmstartSettings
 from monitor import MetricsStore, product_rows
-from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, DEFAULT_K
+from training.defaults import AUGMENT_LIMIT, DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, DEFAULT_K, MAX_EPOCHS
 
 if TYPE_CHECKING:
     from training import EvaluationPlan
@@ -193,13 +193,13 @@ def _refresh(
 def refresh(
     augment_limit: Annotated[
         int, typer.Option(min=0, help="Entities per step the language model augments (0: no augmentation).")
-    ] = 16,
+    ] = AUGMENT_LIMIT,
     simulate: Annotated[bool, typer.Option(help="Simulate interactions for cold items.")] = True,
     protocol: ProtocolOption = None,
     k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = DEFAULT_K,
     ranker: RankerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
-    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs.")] = 150,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs.")] = MAX_EPOCHS,
     gate_metric: GateMetricOption = None,
     gate_tolerance: GateToleranceOption = DEFAULT_GATE_TOLERANCE,
     reference_gate: ReferenceGateOption = True,

@@ -24,7 +24,7 @@ from flows.cli._common import (
 )
 from flows.settings import WarmstartSettings
 from monitor import Lines, MetricsStore, beyond_accuracy_trend, metric_trend, versus_trend
-from training.defaults import DEFAULT_K
+from training.defaults import DEFAULT_K, MAX_EPOCHS
 
 
 def _show_trends(store: MetricsStore, k: int, title: str) -> None:
@@ -133,7 +133,7 @@ def backfill(
     every: Annotated[str, typer.Option(help="Window length: a number with d, h or w.")] = "7d",
     k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = DEFAULT_K,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
-    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = 150,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = MAX_EPOCHS,
     augment_limit: Annotated[
         int,
         typer.Option(
@@ -194,7 +194,7 @@ def history(
 def demo(
     data: Annotated[Path | None, typer.Option(help="Folder with ml-100k.{inter,item,user} \\[default: fetch].")] = None,
     every: Annotated[str, typer.Option(help="Window length of the backfill.")] = "30d",
-    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = 150,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = MAX_EPOCHS,
     augment_limit: Annotated[
         int,
         typer.Option(
