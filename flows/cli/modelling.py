@@ -209,8 +209,6 @@ def refresh(
     """One gated, recorded refresh cycle on the workspace (what the nightly deployment runs): detect, augment,
     encode, retrain, evaluate on real held-out data, gate against the current model on the same data, record the
     run in the metrics history and promote the candidate if the gate lets it through."""
-    from flows.cycle import default_gate_metrics
-
     settings = load_settings()
     _refresh(
         open_workspace(workspace, settings),
@@ -223,7 +221,7 @@ def refresh(
         k=k,
         seed=seed,
         max_epochs=max_epochs,
-        gate_metrics=tuple(gate_metric or default_gate_metrics(k)),
+        gate_metrics=tuple(gate_metric) if gate_metric else None,  # None: the default gate metrics at k
         gate_tolerance=gate_tolerance,
         reference_gate=reference_gate,
         choose_timed=choose_timed,
@@ -244,8 +242,6 @@ def retrain(
     """`warmstart refresh --augment-limit 0`: retrain on the workspace's data without augmenting, still gated
     against the current model and recorded. The version (WORKSPACE/models/RANKER/RUN_ID/) holds the model, its
     metadata and report.json: the data window, the metrics on real held-out interactions, the parent version."""
-    from flows.cycle import default_gate_metrics
-
     settings = load_settings()
     _refresh(
         open_workspace(workspace, settings),
@@ -256,7 +252,6 @@ def retrain(
         protocol=protocol.value if protocol else None,
         k=k,
         seed=seed,
-        gate_metrics=default_gate_metrics(k),
         gate_tolerance=gate_tolerance,
         reference_gate=reference_gate,
         choose_timed=choose_timed,
