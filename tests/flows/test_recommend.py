@@ -13,9 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from catalog import Columns, DataError, Tables, Workspace, new_run_id
+from encoders import EmbeddingCache, MapperConfig, encode_texts, item_text
 from flows import stages
 from flows.cli import app
 from serving import CONTENT_STANDIN, ID_EMBEDDING, SERVING_MANIFEST, STATED_TEXT, SYNTHETIC_WARMED, Recommender
+from training import StandInBuilder, StandInConfig, fitted_on_inputs
 
 runner = CliRunner()
 
@@ -228,3 +230,34 @@ def test_an_added_item_is_served_at_once_without_retraining(served: Path, cache_
     # The ranker scores only its candidates (each source's top items per user): the new item is among some users'.
     everything = recommender.recommend(recommender.user_ids, k=recommender.inputs.n_items)
     assert everything.filter(pl.col(Columns.item) == "new-1").height > 0
+
+
+def test_an_added_item_gets_its_stand_in_from_the_builder_saved_with_the_version(
+    served: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+
+    workspace = tmp_path / "ws"
+    shutil.copytree(served, workspace)
+    version = Workspace(workspace).models.path("lightgbm", Workspace(workspace).models.current("lightgbm"))
+    assert StandInBuilder.saved_in(version)  # training saved the builder it used beside the version
+    saved = StandInBuilder.load(version)
+    new = pl.DataFrame({Columns.item: ["new-2"], Columns.title: ["A quiet romance in Paris (2026)"]})
+    text = encode_texts(item_text(new).to_list(), cache=EmbeddingCache.in_cache_dir(cache_dir), show_progress=False)
+
+    def added_standin() -> np.ndarray:
+        recommender = Recommender.load(workspace, cache_dir=cache_dir).add_items(new)
+        assert recommender.item_ids[-1] == "new-2"
+        return recommender.inputs.item_standin[-1]
+
+    # On a log with times the simulator warms nothing by default: the stand-in is the builder's, as training made it.
+    np.testing.assert_allclose(added_standin(), saved.transform(text)[0], rtol=1e-6)
+    # The saved builder is training's fit on the version's warm items (what versions saved without one get).
+    base = Recommender.load(workspace, cache_dir=cache_dir)
+    np.testing.assert_allclose(fitted_on_inputs(base.inputs).transform(text), saved.transform(text), rtol=1e-5)
+    # Serving reads the saved builder: another builder beside the version gives the item another stand-in.
+    warm = np.flatnonzero(base.inputs.popularity > 0)
+    other = StandInBuilder(StandInConfig(mapper=MapperConfig(kind="ridge", alpha=1000.0)))
+    other.fit(base.inputs.text[warm], base.inputs.item_cf[warm]).save(version)
+    changed = added_standin()
+    np.testing.assert_allclose(changed, other.transform(text)[0], rtol=1e-6)
+    assert not np.allclose(changed, saved.transform(text)[0])
