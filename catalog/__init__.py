@@ -1,5 +1,6 @@
 """Data contracts, data-set loaders, the workspace and segment detection, shared by every stage."""
 
+from catalog._append import AppendReport, append
 from catalog._columns import Columns, Segments
 from catalog._contracts import (
     INTERACTIONS_SCHEMA,
@@ -15,7 +16,7 @@ from catalog._contracts import (
     has_times,
     with_first_seen,
 )
-from catalog._loaders import ALDI_SPLITS, Dataset, check_utf8, load_files, read_table
+from catalog._loaders import ALDI_SPLITS, Additions, Dataset, check_utf8, load_additions, load_files, read_table
 from catalog._registry import ModelRegistry, ModelVersion, Tables
 from catalog._segments import (
     HEAD_SHARE,
@@ -59,6 +60,8 @@ __all__ = [
     "SPARSE_MAX",
     "TIMESTAMP",
     "USERS_SCHEMA",
+    "Additions",
+    "AppendReport",
     "BackendError",
     "BuiltinDataset",
     "Columns",
@@ -75,6 +78,7 @@ __all__ = [
     "WarmstartError",
     "Workspace",
     "WorkspaceError",
+    "append",
     "atomic_write_bytes",
     "builtin_dataset",
     "check_references",
@@ -88,6 +92,7 @@ __all__ = [
     "fully_timed",
     "has_times",
     "head_items",
+    "load_additions",
     "load_citeulike",
     "load_dataset",
     "load_files",

@@ -6,7 +6,7 @@ Each loader returns a `Dataset` whose tables already satisfy the contracts in `_
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,22 +144,13 @@ def assemble(
     )
 
 
-def load_files(
-    interactions: Path,
-    items: Path,
-    users: Path | None = None,
-    mapping: Mapping[str, str] | None = None,
-    name: str = "custom",
-    *,
-    allow_empty: bool = False,
-) -> Dataset:
-    """Generic loader for CSV/TSV/Parquet files.
-
-    `mapping` maps contract column names to the files' own (e.g. {"user_id": "customer"}); each file gets
-    the renames whose source column it has, and a source column found in no file is an error. A file with no
-    rows is refused unless `allow_empty`: an empty export replacing good data is a mistake far more often.
-    """
-    raws = {path: read_table(path) for path in (interactions, items, users) if path is not None}
+def _read_inputs(
+    paths: Sequence[Path], mapping: Mapping[str, str] | None, *, allow_empty: bool
+) -> dict[Path, tuple[pl.DataFrame, str]]:
+    """Each file read and renamed by `mapping` (contract column -> the files' own): each file gets the renames whose
+    source column it has; a source column found in no file, or a rename onto a column a file already has, is an
+    error. A file with no rows is refused unless `allow_empty`."""
+    raws = {path: read_table(path) for path in paths}
     if not allow_empty:
         for path, raw in raws.items():
             if raw.is_empty():
@@ -175,9 +166,8 @@ def load_files(
     unused = [s for s in (mapping or {}).values() if not any(s in raw.columns for raw in raws.values())]
     if unused:
         raise DataError(f"column mapping names column(s) {unused} that no input file has.")
-
-    def mapped(path: Path) -> tuple[pl.DataFrame, str]:
-        raw = raws[path]
+    mapped = {}
+    for path, raw in raws.items():
         renames = {s: t for t, s in (mapping or {}).items() if s in raw.columns}
         clashes = [f"{t}={s}" for s, t in renames.items() if t in raw.columns and t != s]
         if clashes:
@@ -185,6 +175,53 @@ def load_files(
                 f"{path}: --map {' '.join(clashes)} would rename a column onto one the file already has. "
                 "Drop the mapping, or remove or rename the existing column."
             )
-        return raw.rename(renames), str(path)
+        mapped[path] = (raw.rename(renames), str(path))
+    return mapped
 
-    return assemble(name, mapped(interactions), mapped(items), mapped(users) if users else None)
+
+def load_files(
+    interactions: Path,
+    items: Path,
+    users: Path | None = None,
+    mapping: Mapping[str, str] | None = None,
+    name: str = "custom",
+    *,
+    allow_empty: bool = False,
+) -> Dataset:
+    """Generic loader for CSV/TSV/Parquet files.
+
+    `mapping` maps contract column names to the files' own (e.g. {"user_id": "customer"}). A file with no rows is
+    refused unless `allow_empty`: an empty export replacing good data is a mistake far more often.
+    """
+    inputs = _read_inputs([p for p in (interactions, items, users) if p is not None], mapping, allow_empty=allow_empty)
+    return assemble(name, inputs[interactions], inputs[items], inputs[users] if users else None)
+
+
+@dataclass
+class Additions:
+    """Conformed rows to append to a data set: interactions, and the items and users files that came with them
+    (None when none did)."""
+
+    interactions: pl.DataFrame
+    items: pl.DataFrame | None = None
+    users: pl.DataFrame | None = None
+    reports: dict[str, ConformReport] = field(default_factory=dict)
+
+
+def load_additions(
+    interactions: Path,
+    items: Path | None = None,
+    users: Path | None = None,
+    mapping: Mapping[str, str] | None = None,
+) -> Additions:
+    """Files to append (`warmstart ingest --append`), each checked against its contract; their ids are checked
+    against the data they extend when they are appended (`catalog.append`)."""
+    paths = [p for p in (interactions, items, users) if p is not None]
+    inputs = _read_inputs(paths, mapping, allow_empty=False)
+    frame, report = conform_interactions(*inputs[interactions])
+    additions = Additions(frame, reports={"interactions": report})
+    if items is not None:
+        additions.items, additions.reports["items"] = conform_items(*inputs[items])
+    if users is not None:
+        additions.users, additions.reports["users"] = conform_users(*inputs[users])
+    return additions

@@ -328,6 +328,24 @@ class Workspace:
                 log.write(json.dumps(record) + "\n")
         return record
 
+    def table_names(self) -> list[str]:
+        """The tables of the pinned generation, sorted."""
+        return sorted(path.stem for path in self.tables.glob("*.parquet"))
+
+    def carry(self, name: str, origin: Workspace) -> None:
+        """Copy table `name` and its provenance from `origin`'s generation into this staged one unchanged: the write
+        that made it is in the history already (an append keeps the tables derived from what it does not change)."""
+        if not self._staged:
+            raise WorkspaceError("carry copies into a staged generation only (inside Workspace.new_generation).")
+        source = origin._table_path(name)
+        try:
+            data, record = source.read_bytes(), source.with_suffix(".json").read_bytes()
+        except OSError as error:
+            raise WorkspaceError(f"{source}: cannot carry table '{name}' ({error.strerror or error}).") from None
+        path = self._table_path(name)
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(path.with_suffix(".json"), record)
+
     def _store(self, name: str, data: bytes, record: dict[str, Any]) -> None:
         directory = self._generation_dir()
         assert directory is not None

@@ -20,6 +20,8 @@ import polars as pl
 
 from augment import WEIGHT, AugmentStats
 from catalog import (
+    Additions,
+    AppendReport,
     Columns,
     ConfigError,
     Dataset,
@@ -29,6 +31,7 @@ from catalog import (
     segments_as_of,
     summarize_segments,
 )
+from catalog import append as append_rows
 from training.defaults import ITEM_SEGMENTS, SIMULATE_SEGMENTS, USER_SEGMENTS
 
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
@@ -52,7 +55,9 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
 
 def ingest(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int]:
     """Write the data set's tables (and splits) into the workspace as a new generation, switched in at once
-    (the tables derived from the old data stay with it); returns rows written per table."""
+    (the tables derived from the old data stay with it, but for the last detection's watermark: what is new stays
+    what was first seen since); returns rows written per table."""
+    carried = _carried_state(workspace)
     written = {}
     tables = {Tables.interactions: dataset.interactions, Tables.items: dataset.items, Tables.users: dataset.users}
     tables |= {f"{Tables.split_prefix}{name}": frame for name, frame in dataset.splits.items()}
@@ -64,8 +69,39 @@ def ingest(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int
                 parameters["duplicates_collapsed"] = report.duplicates_collapsed
             staged.write(name, frame, run_id=run_id, source=dataset.name, parameters=parameters)
             written[name] = frame.height
-        staged.update_state(dataset=dataset.name, ingest_run_id=run_id)
+        staged.update_state(dataset=dataset.name, ingest_run_id=run_id, **carried)
     return written
+
+
+# Kept across generations: the last detection's watermark, so that `new` means first seen since that detection
+# whatever was ingested or appended in between.
+CARRIED_STATE = ("watermark", "detect_run_id")
+# Rebuilt by the next detection from the appended data, never carried over by an append.
+_REBUILT = (*Tables.base, Tables.segments)
+
+
+def _carried_state(workspace: Workspace) -> dict[str, str]:
+    state = workspace.state()
+    return {key: state[key] for key in CARRIED_STATE if key in state}
+
+
+def append(workspace: Workspace, added: Additions, run_id: str, *, source: str) -> AppendReport:
+    """Append events, items and users to the workspace's data as a new generation, switched in at once: a failed
+    append changes nothing, and `rollback` undoes it. The tables derived from ids it leaves unchanged
+    (descriptions, profiles, synthetic interactions, embeddings, recommendations, splits) and the last detection's
+    watermark come along; segments are rebuilt by the next detection."""
+    current = workspace_dataset(workspace)
+    merged, report = append_rows(current, added, source=source)
+    parameters = report.as_dict() | {"source": source}
+    with workspace.new_generation(run_id) as staged:
+        base = {Tables.interactions: merged.interactions, Tables.items: merged.items, Tables.users: merged.users}
+        for name, frame in base.items():
+            staged.write(name, frame, run_id=run_id, source="append", parameters=parameters)
+        for name in workspace.table_names():
+            if name not in _REBUILT:
+                staged.carry(name, workspace)
+        staged.update_state(dataset=current.name, ingest_run_id=run_id, appended=True, **_carried_state(workspace))
+    return report
 
 
 def _check_same_ingest(workspace: Workspace) -> None:
@@ -112,6 +148,24 @@ class Detection:
     summary: pl.DataFrame
     watermark: datetime | None
     next_watermark: datetime | None
+
+    def new_ids(self, kind: str) -> list[str]:
+        """Ids of the items or users (`kind`) first seen after the watermark, sorted."""
+        new = self.segments.filter((pl.col(Columns.kind) == kind) & pl.col("is_new"))
+        return sorted(new["entity_id"].cast(pl.String).to_list())
+
+    def as_dict(self) -> dict[str, object]:
+        """The JSON form `warmstart detect --json` writes: counts per segment, the new ids, the watermarks."""
+        counts = {
+            row[Columns.segment]: {"items": row["items"], "users": row["users"]} for row in self.summary.to_dicts()
+        }
+        return {
+            "counts": counts,
+            "new_items": self.new_ids("item"),
+            "new_users": self.new_ids("user"),
+            "watermark": self.watermark.isoformat() if self.watermark else None,
+            "next_watermark": self.next_watermark.isoformat() if self.next_watermark else None,
+        }
 
 
 def detect(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -9,7 +10,7 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from catalog import DATASETS, ConfigError, load_dataset, load_files, new_run_id
+from catalog import DATASETS, ConfigError, atomic_write_bytes, load_additions, load_dataset, load_files, new_run_id
 from flows import stages
 from flows.cli._common import (
     WorkspaceOption,
@@ -21,6 +22,7 @@ from flows.cli._common import (
     print_frame,
     show_detection,
 )
+from flows.settings import WarmstartSettings
 
 
 @friendly_errors
@@ -37,14 +39,26 @@ def ingest(
     allow_empty: Annotated[
         bool, typer.Option("--allow-empty", help="Store files with no rows (refused by default: data would be lost).")
     ] = False,
+    append: Annotated[
+        bool,
+        typer.Option(
+            "--append",
+            help="Add the --interactions (and any --items, --users) to the current data instead of replacing it.",
+        ),
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Load a data set, check it against the contracts and store it in the workspace.
 
     The tables are written as a new generation and switched in at once: a failed ingest changes nothing, and
-    `warmstart rollback` restores the previous data (with its segments and watermark).
+    `warmstart rollback` restores the previous data (with its segments and watermark). With --append, the files'
+    rows are added to the current data (exact duplicates of rows held are collapsed and counted; the last
+    detection's watermark is kept, so `detect` counts as new what the append brought).
     """
     settings = load_settings()
+    if append:
+        _append(settings, interactions, items, users, map_ or [], workspace, dataset is not None)
+        return
     if (dataset is None) == (interactions is None):
         raise ConfigError("give either --dataset NAME or --interactions FILE --items FILE.")
     if dataset is not None:
@@ -71,12 +85,41 @@ def ingest(
     console.print("tables written: " + ", ".join(f"{name} ({rows:,})" for name, rows in written.items()))
 
 
+def _append(
+    settings: WarmstartSettings,
+    interactions: Path | None,
+    items: Path | None,
+    users: Path | None,
+    map_: list[str],
+    workspace: Path | None,
+    named_dataset: bool,
+) -> None:
+    """`ingest --append`: the files' rows added to the workspace's current data as a new generation."""
+    if named_dataset or interactions is None:
+        raise ConfigError("--append takes --interactions FILE [--items FILE] [--users FILE], not --dataset.")
+    added = load_additions(interactions, items, users, mapping=stages.parse_mapping(map_))
+    run_id = new_run_id()
+    report = stages.append(open_workspace(workspace, settings), added, run_id, source=str(interactions))
+    counts = report.as_dict()
+    table = pl.DataFrame(
+        {
+            "table": ["interactions", "items", "users"],
+            "rows added": [counts[f"{name}_added"] for name in ("interactions", "items", "users")],
+            "duplicates of held rows": [counts[f"{name}_collapsed"] for name in ("interactions", "items", "users")],
+        }
+    )
+    print_frame(table, f"append (run {run_id})")
+
+
 @friendly_errors
 def detect(
     sparse_max: Annotated[int | None, typer.Option(help="Entities with 1..N interactions are sparse.")] = None,
     head_share: Annotated[float | None, typer.Option(help="Share of interactions the head holds.")] = None,
     since: Annotated[
         datetime | None, typer.Option(help="Count as new what was first seen after this time \\[default: last run].")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the counts and the new items' and users' ids as JSON here.")
     ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -90,6 +133,10 @@ def detect(
         since=as_utc(since),
     )
     show_detection(detection, "segments")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(json_out, json.dumps(detection.as_dict(), indent=2).encode())
+        console.print(f"detection written to {json_out}")
 
 
 @friendly_errors
