@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from flows.cli._common import prefect_defaults
 from flows.cli.augmenting import augment
 from flows.cli.data import add_items, add_users, detect, encode, ingest, rollback
 from flows.cli.modelling import evaluate, models, promote, refresh, retrain
@@ -45,6 +46,11 @@ COMMANDS = (
 )
 for _command in COMMANDS:
     app.command()(_command)
+
+
+@app.callback()
+def _defaults() -> None:
+    prefect_defaults()
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ printers and the option types used across groups."""
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -21,8 +23,15 @@ from catalog import ConfigError, WarmstartError, Workspace, redact
 from flows import stages
 from flows.settings import WarmstartSettings
 
-console = Console()
+PIPED_WIDTH = 240
+# Piped or redirected output gets the tables' full width instead of a terminal's 80 columns cut to "cur…".
+console = Console() if sys.stdout.isatty() else Console(width=PIPED_WIDTH)
 errors = Console(stderr=True)
+
+# Prefect's temporary API must start within this many seconds. Its default, 20, fails on a busy two-core machine
+# ("Timed out while attempting to connect to ephemeral Prefect API server").
+EPHEMERAL_STARTUP_SECONDS = 120
+_EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,13 +57,34 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except (WarmstartError, OSError) as error:  # OSError: a disk or permission failure is the user's to fix
-            # The message is data: never parsed as markup (a value like `[/x]` would break or restyle it).
-            line = " ".join(redact(str(error)).split()) or type(error).__name__
-            line = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)  # no terminal escapes
-            errors.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+            _print_error(str(error) or type(error).__name__)
+            raise typer.Exit(1) from None
+        except RuntimeError as error:
+            if _EPHEMERAL_TIMEOUT not in str(error):
+                raise
+            timeout = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_SECONDS)
+            _print_error(
+                f"Prefect's temporary API did not start within {timeout} s (the machine is busy). Run a Prefect "
+                "server (`prefect server start`) and set PREFECT_API_URL to it, or raise "
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS."
+            )
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _print_error(message: str) -> None:
+    """One line on stderr. The message is data: never parsed as markup (a value like `[/x]` would break or restyle
+    it), secrets redacted, no terminal escapes."""
+    line = " ".join(redact(message).split())
+    line = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in line)
+    errors.print(Text.assemble(("error:", "bold red"), " ", line), highlight=False, soft_wrap=True)
+
+
+def prefect_defaults() -> None:
+    """Give Prefect's temporary API the time a busy machine needs to start it, unless the operator set one. Called
+    before Prefect is imported (it reads its settings then)."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_SECONDS))
 
 
 def open_workspace(option: Path | None, settings: WarmstartSettings) -> Workspace:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -130,3 +133,33 @@ def test_rollback_restores_the_previous_ingest_with_its_segments(files: dict[str
     restored = Workspace(files["ws"])
     assert restored.read("interactions").height == 3
     assert restored.exists("segments") and "watermark" in restored.state()
+
+
+def test_a_temporary_prefect_api_that_does_not_start_is_one_line_with_the_fix(files: dict[str, Path]) -> None:
+    args = ["--interactions", str(files["inter"]), "--items", str(files["items"]), "--map", "user_id=customer"]
+    assert runner.invoke(app, ["ingest", *args, "--map", "item_id=sku", "-w", str(files["ws"])]).exit_code == 0
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    # 0 s: the server can never answer in time, as on a machine too busy to start it within the limit.
+    env |= {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "0", "PREFECT_HOME": str(files["ws"].parent / "ph")}
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "retrain", "-w", str(files["ws"])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "error: Prefect's temporary API did not start within 0 s" in done.stderr
+    assert "PREFECT_API_URL" in done.stderr
+
+
+def test_tables_keep_their_full_width_when_piped() -> None:
+    columns = {f"overall/{name}@20": [0.123456] for name in ("recall", "ndcg", "precision", "coverage", "gini")}
+    code = (
+        "import polars as pl; from flows.cli._common import print_frame; "
+        f"print_frame(pl.DataFrame({columns!r} | {{'version': ['20261206T073425Z-0ea0e9']}}), 'versions')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "…" not in done.stdout  # a pipe is no 80-column terminal: nothing is cut
+    assert "overall/coverage@20" in done.stdout and "20261206T073425Z-0ea0e9" in done.stdout
