@@ -194,7 +194,7 @@ def replay_window(
 
 @flow(name=FLOW_NAME, log_prints=True)
 def backfill(
-    dataset: str = "ml-100k",
+    dataset: str | None = None,
     data_dir: Path | None = None,
     workspace: Path | None = None,
     cache_dir: Path | None = None,
@@ -213,7 +213,8 @@ def backfill(
     augment_limit: int = 0,
     choose_timed: bool = True,
 ) -> pl.DataFrame:
-    """Replay `dataset` window by window (see the module doc); returns the store's metric rows of this backfill.
+    """Replay `dataset` (a built-in data set's name; None: the workspace's own log) window by window (see the
+    module doc); returns the store's metric rows of this backfill.
     `augment_limit` bounds the language model's work per window (new items described and simulated); 0 skips it.
     `choose_timed` trains every timed alternative (training.TIMED_ALTERNATIVES) in each window and serves, from the
     second window on, the one `cycle.rolling_choice` reads from the window before; off, the default choices.
@@ -221,9 +222,9 @@ def backfill(
     registry (WORKSPACE/backfill/models): a replay of history never changes the workspace's current model."""
     settings = WarmstartSettings()
     workspace, cache_dir = workspace or settings.workspace, cache_dir or settings.cache_dir
-    loaded = load_dataset(dataset, data_dir, cache_dir)
-    windows = history_windows(loaded, start, end, every)
     space = Workspace(workspace)
+    loaded = load_dataset(dataset, data_dir, cache_dir) if dataset else stages.workspace_dataset(space)
+    windows = history_windows(loaded, start, end, every)
     store = MetricsStore.for_workspace(space.root, store_url or settings.metrics_url)
     config = cycle.cycle_config(
         seed=seed,

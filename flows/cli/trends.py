@@ -86,7 +86,7 @@ DateOption = Annotated[datetime | None, typer.Option(help="UTC date or time, e.g
 
 def _run_backfill(
     *,
-    dataset: str,
+    dataset: str | None,
     data: Path | None,
     space: Workspace,
     settings: WarmstartSettings,
@@ -126,7 +126,10 @@ def _run_backfill(
 
 @friendly_errors
 def backfill(
-    dataset: Annotated[str, typer.Option(help="Built-in data set with timestamps: ml-100k.")] = "ml-100k",
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Built-in data set with timestamps (ml-100k) \\[default: the workspace's own log]."),
+    ] = None,
     data: Annotated[Path | None, typer.Option(help="Folder holding the data set's files \\[default: fetch].")] = None,
     start: DateOption = None,
     end: DateOption = None,
@@ -165,7 +168,7 @@ def backfill(
         augment_limit=augment_limit,
         choose_timed=choose_timed,
     )
-    _show_trends(store, k, f"{dataset} backfill")
+    _show_trends(store, k, f"{dataset or 'workspace'} backfill")
 
 
 @friendly_errors

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -25,7 +26,17 @@ WINDOWS = ["--start", "1998-03-31", "--every", "10d", "--max-epochs", "5"]
 
 def _cli(workspace: Path, data: Path) -> list[str]:
     command = Path(sys.executable).with_name("warmstart")
-    return [str(command), "backfill", "--data", str(data), *WINDOWS, "--workspace", str(workspace)]
+    return [
+        str(command),
+        "backfill",
+        "--dataset",
+        "ml-100k",
+        "--data",
+        str(data),
+        *WINDOWS,
+        "--workspace",
+        str(workspace),
+    ]
 
 
 def _completed(workspace: Path) -> pl.DataFrame:
@@ -152,3 +163,16 @@ def test_demo_backfills_and_prints_the_trend_from_the_store(prefect_api: str, ml
         trained_on = json.loads(saved.read_text())["augmentation"]
         assert (trained_on["synthetic_rows"], trained_on["synthetic_runs"]) == (rows, [run_id])
         assert rows > 0
+
+
+def test_backfill_without_a_data_set_replays_the_workspaces_own_log(
+    slice_copy: Callable[[], Path], warmstart: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    workspace = slice_copy()
+    done = warmstart("backfill", *WINDOWS, "--workspace", str(workspace))
+    assert "workspace backfill" in done.stdout
+    store = MetricsStore.for_workspace(workspace, read_only=True)
+    runs = store.runs().filter(pl.col("flow") == "backfill")
+    store.close()
+    # The slice was ingested from files (data set "custom"): its own two windows, not MovieLens-100K's whole log.
+    assert runs["status"].to_list() == [COMPLETED, COMPLETED] and set(runs["dataset"]) == {"custom"}
