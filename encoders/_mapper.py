@@ -43,17 +43,18 @@ Transform = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class MapperConfig(BaseModel):
-    """Hyperparameters of `ContentMapper`; defaults = the best family on CiteULike's cold_item_val (MLP + distillation).
-
-    Distillation weights 1, 10 and 100 all reached about 0.42 cold-val Recall@20, plateauing after ~100 epochs
-    (benchmarks/cf_mapper.py).
+    """Hyperparameters of `ContentMapper`. The defaults are the product's mapper (`training.StandInConfig`): ridge
+    with penalty 10, the mapper every ranker figure in docs/benchmarks.md was measured with. The MLP fields'
+    defaults are the best MLP family alone on CiteULike's cold_item_val (distillation weights 1, 10 and 100 all
+    reached about 0.42 cold-val Recall@20, plateauing after ~100 epochs; benchmarks/cf_mapper.py), not yet
+    measured inside the ranker.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    kind: Literal["ridge", "mlp"] = "mlp"
+    kind: Literal["ridge", "mlp"] = "ridge"
     """``ridge``: closed-form linear map; ``mlp``: one hidden layer trained with Adam (and optional distillation)."""
-    alpha: float = Field(1.0, ge=0)
+    alpha: float = Field(10.0, ge=0)
     """Ridge penalty (``ridge`` only), on centred features."""
     hidden: int = Field(512, ge=1)
     """Width of the MLP's hidden layer."""

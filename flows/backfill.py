@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 from prefect import flow, get_run_logger
@@ -172,7 +171,7 @@ def replay_window(
     context: WindowContext,
     window: Window,
     store: MetricsStore,
-    identity: dict[str, Any],
+    identity: dict[str, object],
     previous: pl.DataFrame | None = None,
 ) -> str:
     """One window as a recorded run, gated against the backfill's current model; returns what happened. With timed

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENTS_FILE = REPO / "deployments" / "prefect.yaml"
 
 
-def read_deployments(config: Path = DEPLOYMENTS_FILE) -> list[dict[str, Any]]:
+def read_deployments(config: Path = DEPLOYMENTS_FILE) -> list[dict[str, object]]:
     """The `deployments` entries of a prefect.yaml, checked for what serving needs."""
     if not config.is_file():
         raise ConfigError(f"no deployments file at {config}.")

@@ -28,8 +28,8 @@ class StandInConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    mapper: MapperConfig = MapperConfig(kind="ridge", alpha=10.0)
-    """The content-to-ID mapper fitted on warm entities."""
+    mapper: MapperConfig = MapperConfig()
+    """The content-to-ID mapper fitted on warm entities (its defaults: ridge, penalty 10)."""
     folds: int = Field(5, ge=2)
     """Warm entities get out-of-fold stand-ins (a mapper fitted on the other folds), so the ranker learns from
     stand-ins like the ones it is served for new entities."""

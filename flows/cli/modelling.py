@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import polars as pl
 import typer
@@ -164,7 +164,7 @@ def _refresh(
     *,
     title: str,
     ranker: RankerName | None,
-    **options: Any,
+    **options: object,
 ) -> None:
     """Run the refresh flow on the workspace, then print its metrics and the gate's decision."""
     from flows.refresh import refresh as refresh_flow
