@@ -8,7 +8,7 @@ first event, else the time of the append; a held entity listed without any takes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import polars as pl
@@ -33,14 +33,7 @@ class AppendReport:
     users_collapsed: int
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "interactions_added": self.interactions_added,
-            "interactions_collapsed": self.interactions_collapsed,
-            "items_added": self.items_added,
-            "items_collapsed": self.items_collapsed,
-            "users_added": self.users_added,
-            "users_collapsed": self.users_collapsed,
-        }
+        return asdict(self)
 
 
 def _new_entities(held: pl.DataFrame, added: pl.DataFrame | None, key: str, source: str) -> tuple[pl.DataFrame, int]:

@@ -10,7 +10,7 @@ fitted attributes end in `_`; `save` / `load` keep it with a model version.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Self
 
@@ -124,12 +124,7 @@ class WarmingReport:
     warm_items_simulated: int
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "cold_items_warmed": self.cold_items_warmed,
-            "cold_items_judged": self.cold_items_judged,
-            "synthetic_pairs": self.synthetic_pairs,
-            "warm_items_simulated": self.warm_items_simulated,
-        }
+        return asdict(self)
 
 
 def synthetic_matrix(synthetic: pl.DataFrame, index: EvalIndex, warm: np.ndarray) -> sp.csr_array:
