@@ -12,6 +12,7 @@ import typer
 from catalog import (
     DATASETS,
     ConfigError,
+    ModelVersion,
     Tables,
     Workspace,
     WorkspaceError,
@@ -262,28 +263,52 @@ def retrain(
 def models(
     ranker: RankerOption = None,
     k: Annotated[int, typer.Option(min=1, help="Cut-off of the metrics shown.")] = DEFAULT_K,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write every version (data window, parent, all its metrics) as JSON here."),
+    ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """List the saved model versions with their held-out metrics; `*` marks the current (promoted) one."""
+    """List the saved model versions with the data they trained on and their held-out metrics; `*` marks the
+    current (promoted) one."""
     space = open_workspace(workspace, load_settings())
     versions = space.models.versions(ranker.value if ranker else None)
+    if json_out is not None:
+        listed = [_version_entry(version) for version in versions]
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(json_out, json.dumps(listed, indent=2, default=str).encode())
+        console.print(f"{len(listed)} version(s) written to {json_out}")
     if not versions:
         console.print(f"no model versions in {space.models.root}: run `warmstart refresh` first.")
         return
     rows = []
     for version in versions:
-        report = version.report()
+        entry = _version_entry(version)
         values = {
             f"{row['segment']}/{row['metric']}@{row['k']}": row["value"]
-            for row in report.get("metrics", [])
+            for row in version.report().get("metrics", [])
             if row["k"] == k and row["metric"] in ("recall", "ndcg") and row["segment"] in ("overall", "cold", "tail")
         }
-        rows.append(
-            {"current": "*" if version.current else "", "ranker": version.ranker, "version": version.version}
-            | {"parent": report.get("parent") or "", "dataset": report.get("dataset") or ""}
-            | values
-        )
+        shown = {"current": "*" if version.current else "", "ranker": version.ranker, "version": version.version}
+        shown |= {"parent": entry["parent"] or "", "data_end": str(entry["data_end"] or "")}
+        rows.append(shown | values)
     print_frame(pl.DataFrame(rows, infer_schema_length=None), f"model versions in {space.models.root}")
+
+
+def _version_entry(version: ModelVersion) -> dict[str, object]:
+    """One version as `models --json` lists it: the first and last event it trained on, parent and metrics."""
+    report = version.report()
+    window = report.get("data_window") or {}
+    return {
+        "version": version.version,
+        "ranker": version.ranker,
+        "current": version.current,
+        "parent": report.get("parent"),
+        "dataset": report.get("dataset"),
+        "data_start": window.get("start"),
+        "data_end": window.get("end"),
+        "metrics": report.get("metrics", []),
+    }
 
 
 @friendly_errors

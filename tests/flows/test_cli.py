@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -163,3 +164,25 @@ def test_tables_keep_their_full_width_when_piped() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert "…" not in done.stdout  # a pipe is no 80-column terminal: nothing is cut
     assert "overall/coverage@20" in done.stdout and "20261206T073425Z-0ea0e9" in done.stdout
+
+
+def test_models_lists_each_versions_data_window_as_json(tmp_path: Path) -> None:
+    registry = Workspace(tmp_path / "ws").models
+    metrics = [{"segment": "overall", "metric": "ndcg", "k": 20, "value": 0.25, "protocol": "temporal"}]
+    for version, parent, end in (("v1", None, "1998-03-01"), ("v2", "v1", "1998-04-01")):
+        directory = registry.path("lightgbm", version)
+        directory.mkdir(parents=True)
+        (directory / "metadata.json").write_text("{}", encoding="utf-8")
+        report = {"parent": parent, "dataset": "ml-100k", "data_window": {"start": "1997-09-20", "end": end}}
+        (directory / "report.json").write_text(json.dumps(report | {"metrics": metrics}), encoding="utf-8")
+    registry.promote("lightgbm", "v2", reason="test")
+    out = tmp_path / "models.json"
+    result = runner.invoke(app, ["models", "--json", str(out), "-w", str(tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(out.read_text())
+    assert [(v["version"], v["current"], v["parent"], v["data_end"]) for v in listed] == [
+        ("v1", False, None, "1998-03-01"),
+        ("v2", True, "v1", "1998-04-01"),
+    ]
+    assert listed[1]["data_start"] == "1997-09-20" and listed[1]["metrics"] == metrics
+    assert "1998-04-01" in result.output  # the table shows what each version trained up to
