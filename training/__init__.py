@@ -77,7 +77,7 @@ if TYPE_CHECKING:
         warmed_standins,
     )
     from training.defaults import (
-        ALTERNATIVE_PREFIX,
+        AUGMENT_LIMIT,
         CALIBRATION_USERS,
         COLD_SLOTS_GRID,
         DEFAULT_GATE_METRICS,
@@ -86,6 +86,7 @@ if TYPE_CHECKING:
         GATE,
         HEAD_SHARE,
         ITEM_SEGMENTS,
+        MAX_EPOCHS,
         SIMULATE_SEGMENTS,
         SPARSE_MAX,
         TAIL_STRENGTH,
@@ -93,7 +94,7 @@ if TYPE_CHECKING:
     )
 
 _SOURCES = {
-    "ALTERNATIVE_PREFIX": "training.defaults",
+    "AUGMENT_LIMIT": "training.defaults",
     "CALIBRATION_USERS": "training.defaults",
     "COLD_SLOTS_GRID": "training.defaults",
     "DEFAULT_GATE_METRICS": "training.defaults",
@@ -102,6 +103,7 @@ _SOURCES = {
     "GATE": "training.defaults",
     "HEAD_SHARE": "training.defaults",
     "ITEM_SEGMENTS": "training.defaults",
+    "MAX_EPOCHS": "training.defaults",
     "POPULARITY": "training._gate",
     "PROTOCOLS": "training._plans",
     "RECENT_POPULARITY": "training._gate",
@@ -161,7 +163,7 @@ _SOURCES = {
 }
 
 __all__ = [
-    "ALTERNATIVE_PREFIX",
+    "AUGMENT_LIMIT",
     "CALIBRATION_USERS",
     "COLD_SLOTS_GRID",
     "DEFAULT_GATE_METRICS",
@@ -170,6 +172,7 @@ __all__ = [
     "GATE",
     "HEAD_SHARE",
     "ITEM_SEGMENTS",
+    "MAX_EPOCHS",
     "POPULARITY",
     "PROTOCOLS",
     "RECENT_POPULARITY",

@@ -130,3 +130,10 @@ def test_holdout_plan_with_validation_pairs_keeps_the_history_whole() -> None:
     labels = pl.concat([plan.fit_labels, plan.valid_labels]).sort(Columns.user)
     assert labels.rows() == [("u1", "c"), ("u2", "c")]
     assert plan.fit_labels.join(plan.valid_labels, on=Columns.user).height == 0  # stop users are apart
+
+
+def test_every_public_name_of_training_loads() -> None:
+    import training
+
+    # Names load on first use (training.__getattr__): a name listed but gone would fail only when first used.
+    assert all(getattr(training, name) is not None for name in training.__all__)
