@@ -217,7 +217,9 @@ def load_additions(
     """Files to append (`warmstart ingest --append`), each checked against its contract; their ids are checked
     against the data they extend when they are appended (`catalog.append`)."""
     paths = [p for p in (interactions, items, users) if p is not None]
-    inputs = _read_inputs(paths, mapping, allow_empty=False)
+    inputs = _read_inputs(paths, mapping, allow_empty=True)
+    if inputs[interactions][0].is_empty():  # (empty items or users files add nothing and harm nothing)
+        raise DataError(f"{interactions}: no rows (a header only): nothing to append. Nothing was written.")
     frame, report = conform_interactions(*inputs[interactions])
     additions = Additions(frame, reports={"interactions": report})
     if items is not None:

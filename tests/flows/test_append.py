@@ -82,6 +82,10 @@ def test_a_refused_append_changes_nothing_and_rollback_undoes_one(files: dict[st
     assert Workspace(files["ws"]).generation != generation
     _invoke("rollback", *ws)
     assert Workspace(files["ws"]).read(Tables.interactions).height == pl.read_parquet(files["before"]).height
+    empty = tmp_path / "empty.csv"
+    empty.write_text("user_id,item_id\n", encoding="utf-8")
+    nothing = runner.invoke(app, ["ingest", "--append", "--interactions", str(empty), *ws])
+    assert nothing.exit_code == 1 and "nothing to append" in nothing.output and "--allow-empty" not in nothing.output
     with_dataset = runner.invoke(app, ["ingest", "--append", "--dataset", "ml-100k", *ws])
     assert with_dataset.exit_code == 1 and "--append takes --interactions" in with_dataset.output
 
