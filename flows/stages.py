@@ -100,7 +100,7 @@ def append(workspace: Workspace, added: Additions, run_id: str, *, source: str) 
         for name in workspace.table_names():
             if name not in _REBUILT:
                 staged.carry(name, workspace)
-        staged.update_state(dataset=current.name, ingest_run_id=run_id, appended=True, **_carried_state(workspace))
+        staged.update_state(dataset=current.name, ingest_run_id=run_id, **_carried_state(workspace))
     return report
 
 
