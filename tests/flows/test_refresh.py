@@ -49,11 +49,17 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     # Each candidate is held to recent popularity on the same held-out data; the reason says how it fared.
     assert all("recent popularity" in reason for reason in promotions["reason"])
     # Same data, same seed: the second candidate matches the first on the same held-out data, so only the
-    # reference line can refuse it, and it refuses both or neither.
+    # reference line can refuse it, and it refuses both or neither. Below the line, the gate refuses only a drop
+    # its bootstrap interval shows; a drop within noise is promoted and named so in the reason (monitor.decide).
     beats = product >= reference
-    assert promotions["promoted"].to_list() == [beats, beats]
-    assert promotions["incumbent_version"].to_list() == [None, first.run_id if beats else None]
-    if beats:
+    noise = not beats and all(
+        "drops within noise: overall/ndcg@20 " in reason and " < recent popularity's " in reason
+        for reason in promotions["reason"]
+    )
+    promoted = beats or noise
+    assert promotions["promoted"].to_list() == [promoted, promoted]
+    assert promotions["incumbent_version"].to_list() == [None, first.run_id if promoted else None]
+    if promoted:
         # (up to the last bits: the incumbent's booster went through LightGBM's text format)
         assert second.decision.candidate == pytest.approx(second.decision.incumbent)
         assert Workspace(workspace).models.current("lightgbm") == second.run_id
