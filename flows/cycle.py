@@ -131,10 +131,15 @@ def train_evaluate_gate(
     *,
     recorded: pl.DataFrame | None,
     dataset: str,
+    whole_log: EvaluationPlan | None = None,
 ) -> GateDecision:
     """Retrain on the plan, evaluate it and the reference lines (popularity, recent popularity, its tail-calibrated
     variant) on its real held-out data, gate against the registry's current model and the reference on the same
-    data, and save the candidate as version `run.run_id` (with report.json); fills the run's record."""
+    data, and save the candidate as version `run.run_id` (with report.json); fills the run's record.
+
+    With `whole_log` (training.whole_log_plan), a candidate the gate lets through is refit on every event with
+    what it chose (training.refit_ranker) and that is what the version serves; the evaluated ranker is kept in
+    the version's `evaluated/` folder, where the next gate re-scores it (the refit has seen that gate's window)."""
     record, ranker = run.record, config.models.ranker_name
     with record.timed("retrain"):
         fitted = tasks.fit_ranker_task(
@@ -167,12 +172,19 @@ def train_evaluate_gate(
         with record.timed("evaluate"):
             evidence = tasks.gate_evidence_task(fitted, incumbent, plan.split, config.gate, k=config.k)
         decision = tasks.gate_task(metrics, incumbent, config.gate, reference, evidence)
+    served, served_plan = fitted, plan
+    if whole_log is not None and decision.promoted:
+        with record.timed("refit"):
+            served = tasks.refit_ranker_task(whole_log, fitted, cache_dir=config.cache_dir, settings=config.models)
+        served_plan = whole_log
     # A version exists once its metadata.json does, and the ranker writes that last: what it serves from and its
     # report go first, so a run killed while saving leaves no half version behind.
     directory = registry.path(ranker, run.run_id)
-    stages.save_serving(directory, fitted, plan.split.index)  # the version serves on its own
-    _write_report(directory, fitted.report, plan, metrics, parent=current, dataset=dataset)
-    fitted.ranker.save(directory)
+    if served is not fitted:
+        fitted.ranker.save(directory / training.EVALUATED)
+    stages.save_serving(directory, served, served_plan.split.index)  # the version serves on its own
+    _write_report(directory, served, served_plan, metrics, evaluated=plan, parent=current, dataset=dataset)
+    served.ranker.save(directory)
     if fitted.served.warming is not None:  # the store keeps, per run, what synthetic interactions warmed
         record.augmentation = (record.augmentation or {}) | training.warming_row(fitted.served.warming, plan.split)
     record.model_version = run.run_id
@@ -182,33 +194,51 @@ def train_evaluate_gate(
     return decision
 
 
+def _window(frame: pl.DataFrame) -> dict[str, str] | None:
+    """{start, end}: the first and last event time of a frame, None without times."""
+    if Columns.ts not in frame.columns or frame.is_empty():
+        return None
+    return {"start": str(frame[Columns.ts].min()), "end": str(frame[Columns.ts].max())}
+
+
 def _write_report(
     directory: Path,
-    models: training.FitReport,
+    served: training.FittedRanker,
     plan: EvaluationPlan,
     metrics: pl.DataFrame,
     *,
+    evaluated: EvaluationPlan,
     parent: str | None,
     dataset: str,
 ) -> None:
-    """report.json beside the saved version: data window, metrics on real held-out data, parent, models, and the
+    """report.json beside the saved version: the data it serves from (`data_window`: first and last event it
+    trained on), the evaluated candidate's windows and metrics on real held-out data, parent, models, and the
     augmentation it trained on (the synthetic rows given, the runs that wrote them, what warming did)."""
-    train = plan.split.train
-    times = train[Columns.ts] if Columns.ts in train.columns else None
+    if served.report is None:
+        raise TypeError("a saved version needs its fit report.")
     synthetic = plan.synthetic
     runs = sorted(synthetic["run_id"].unique().to_list()) if synthetic is not None and "run_id" in synthetic else []
+    truth = evaluated.split.truth
     report = {
         "version": directory.name,
         "parent": parent,
         "dataset": dataset,
-        "protocol": plan.split.protocol,
-        "data_window": {"start": str(times.min()), "end": str(times.max())} if times is not None else None,
+        "protocol": evaluated.split.protocol,
+        "data_window": _window(plan.split.train),
+        # The candidate the metrics belong to: what it trained on and the held-out window it was judged on. A
+        # refit version (`refit` true) serves the same choices trained on every event up to data_window's end.
+        "evaluated": {
+            "train_window": _window(evaluated.split.train),
+            "test_split": evaluated.split.name,
+            "test_pairs": truth.height,
+            "refit": plan is not evaluated,
+        },
         "metrics": metrics.to_dicts(),
-        "models": models.as_dict(),
+        "models": served.report.as_dict(),
         "augmentation": {
             "synthetic_rows": synthetic.height if synthetic is not None else 0,
             "synthetic_runs": runs,
-            "warming": models.served_warming,
+            "warming": served.report.served_warming,
         },
     }
     atomic_write_bytes(directory / "report.json", json.dumps(report, indent=2, default=str).encode())

@@ -236,12 +236,16 @@ def _train_evaluate_gate(
     run: ActiveRun, space: Workspace, dataset: Dataset, config: cycle.CycleConfig, recorded: pl.DataFrame | None
 ) -> GateDecision:
     """The cycle's second half on the workspace's data set, the model training on the workspace's augmentation
-    (its synthetic interactions warm their cold items)."""
+    (its synthetic interactions warm their cold items). On a time-ordered log the version served is refit on every
+    event once the gate has let the candidate through (`training.whole_log_plan`)."""
     import training
 
     plan = training.dataset_plan(dataset, training.PROTOCOLS[config.protocol])
     plan = replace(plan, synthetic=stages.synthetic_interactions(space))
-    return cycle.train_evaluate_gate(plan, config, run, space.models, recorded=recorded, dataset=dataset.name)
+    whole_log = training.whole_log_plan(dataset, plan)
+    return cycle.train_evaluate_gate(
+        plan, config, run, space.models, recorded=recorded, dataset=dataset.name, whole_log=whole_log
+    )
 
 
 def _promote_and_publish(space: Workspace, ranker: str, decision: GateDecision, run_id: str, *, k: int) -> None:

@@ -106,6 +106,7 @@ POLICIES: dict[str, StagePolicy] = {
     "augment_step": StagePolicy(retries=3, retry_delay_seconds=LLM_BACKOFF, publish=publish_augmentation),
     "describe_batch": StagePolicy(retries=3, retry_delay_seconds=LLM_BACKOFF),
     "fit_ranker": StagePolicy(),
+    "refit_ranker": StagePolicy(),
     "evaluate_metrics": StagePolicy(publish=publish_metrics),
     "reference_lines": StagePolicy(),
     "tail_calibrated": StagePolicy(),
@@ -200,6 +201,7 @@ encode_batch_task = as_task(encode_batch)
 augment_step_task = as_task(augment_step)
 describe_batch_task = as_task(describe_batch)
 fit_ranker_task = as_task(training.fit_ranker)
+refit_ranker_task = as_task(training.refit_ranker)
 evaluate_task = as_task(training.evaluate_metrics)
 reference_lines_task = as_task(training.reference_lines)
 tail_calibrated_task = as_task(training.tail_calibrated)

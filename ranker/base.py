@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
+from pydantic import BaseModel
 
 from catalog import DataError, NotFittedError, atomic_write_bytes, verified_bytes
 from ranker.evaluate import Scorer
@@ -92,14 +93,33 @@ class RankerBase(ABC):
     @abstractmethod
     def _fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self: ...
 
+    @abstractmethod
+    def refit_config(self) -> BaseModel:
+        """The configuration that trains this ranker again on more data for as long as this fit chose to (its
+        early-stopped length fixed, no early stopping): a refit must not tune on what it trains on."""
+
     # ------------------------------------------------------------------------------------------------ serve
 
-    def scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None = None) -> Scorer:
-        """A Scorer for `ranker.evaluate` over `inputs`; training interactions and `exclude` pairs score -inf."""
+    def scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None = None, *, placed: bool = True) -> Scorer:
+        """A Scorer for `ranker.evaluate` over `inputs`; training interactions and `exclude` pairs score -inf.
+        `placed` orders the items as the ranker serves them (`place`); off, the values are the model's own scores
+        (what serving shows beside the placed order)."""
         self._require_fitted()
         if exclude is not None and exclude.shape != (inputs.n_users, inputs.n_items):
             raise DataError(f"exclude has shape {exclude.shape}; the inputs have {(inputs.n_users, inputs.n_items)}.")
-        return self._scorer(inputs, exclude)
+        model = self._scorer(inputs, exclude)
+        if not placed:
+            return model
+
+        def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+            return self.place(model(users, items), inputs, items)
+
+        return score
+
+    def place(self, scores: np.ndarray, inputs: RankerInputs, items: np.ndarray) -> np.ndarray:
+        """A (users x `items`) matrix of this model's scores as values whose order is the one served (a ranker that
+        reserves places, e.g. for new items, reorders; the values are then no longer scores). By default, as is."""
+        return scores
 
     @abstractmethod
     def _scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None) -> Scorer: ...

@@ -90,7 +90,12 @@ class DeepFMConfig(BaseModel):
     head_share: float = Field(HEAD_SHARE, gt=0, le=1, description="Share of interactions the head items hold.")
     negatives: int = Field(8, ge=1, description="Items sampled from the pool against each positive.")
     epochs: int = Field(8, ge=1, description="Most passes over the training positives.")
-    patience: int = Field(2, ge=1, description="Epochs without a better validation NDCG before stopping.")
+    patience: int | None = Field(
+        2,
+        ge=1,
+        description="Epochs without a better validation NDCG before stopping (the best epoch is kept); None runs "
+        "every epoch and keeps the last (a refit with the epoch count an evaluated fit chose).",
+    )
     batch_size: int = Field(4096, ge=1, description="Positives per optimiser step.")
     lr: float = Field(5e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
@@ -325,6 +330,11 @@ class DeepFMRanker(RankerBase):
     def config_dict(self) -> dict[str, Any]:
         return self.config.model_dump()
 
+    def refit_config(self) -> DeepFMConfig:
+        """This configuration with the epoch count early stopping kept, run in full."""
+        epochs = int(self.metadata.get("best_epoch") or self.config.epochs)
+        return self.config.model_copy(update={"epochs": epochs, "patience": None})
+
     @property
     def network(self) -> _DeepFMNet:
         if self._network is None:
@@ -415,7 +425,7 @@ class DeepFMRanker(RankerBase):
                 )
                 log.info("deepfm epoch %d loss %.4f valid ndcg %.4f (%.1f s)", epoch, loss, ndcg, train_seconds)
                 progress.update(bar, advance=1, description=f"DeepFM epoch {epoch} valid NDCG {ndcg:.4f}")
-                if best is None or ndcg > best[0]:
+                if best is None or ndcg > best[0] or config.patience is None:
                     best = (ndcg, epoch, copy.deepcopy(net.state_dict()))
                 elif epoch - best[1] >= config.patience:
                     break

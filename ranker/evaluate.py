@@ -427,6 +427,31 @@ def _default_cut(ts: pl.Series, quantile: float) -> datetime:
     return ordered[min(int(quantile * ordered.len()), ordered.len() - 1)]
 
 
+def whole_log_split(interactions: pl.DataFrame, items: pl.DataFrame, users: pl.Series | None = None) -> ProtocolSplit:
+    """Every event of a timestamped log trains and nothing is held out: the split a model judged on a temporal
+    split is refit on before it serves (its figures are that judgement's). Users: the log's and `users` (known
+    users without an event yet are served as users without history); items and segments as temporal_split's."""
+    if interactions.height == 0 or not fully_timed(interactions):
+        raise DataError(f"a whole-log split needs interactions with a '{Columns.ts}' on every row.")
+    train = interactions.select(Columns.user, Columns.item, Columns.ts)
+    known = train[Columns.user] if users is None else pl.concat([train[Columns.user], users.cast(pl.String)])
+    index = EvalIndex(known.unique().sort(), items[Columns.item])
+    index.items(train[Columns.item])  # every logged item must be a known item
+    empty = train.clear().select(_PAIR)
+    return ProtocolSplit(
+        protocol=TEMPORAL,
+        name=f"whole@{train[Columns.ts].max().isoformat()}",
+        index=index,
+        items=items,
+        train=train,
+        truth=empty,
+        exclude=empty,
+        candidates=np.arange(index.n_items),
+        item_segments=popularity_segments(train, items.select(Columns.item)),
+        user_segments=None,
+    )
+
+
 def temporal_split(
     interactions: pl.DataFrame,
     items: pl.DataFrame,

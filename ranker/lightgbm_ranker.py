@@ -42,7 +42,12 @@ class LightGBMRankerConfig(BaseModel):
     num_leaves: int = Field(31, ge=2, description="Leaves per tree.")
     learning_rate: float = Field(0.05, gt=0, description="Shrinkage.")
     n_estimators: int = Field(600, ge=1, description="Most boosting rounds.")
-    early_stopping_rounds: int = Field(50, ge=1, description="Stop when validation NDCG@k stalls this long.")
+    early_stopping_rounds: int | None = Field(
+        50,
+        ge=1,
+        description="Stop when validation NDCG@k stalls this long; None trains exactly n_estimators rounds (a "
+        "refit with the round count an evaluated fit chose).",
+    )
     min_child_samples: int = Field(50, ge=1, description="Smallest leaf.")
     eval_k: int = Field(20, ge=1, description="K of the validation NDCG used for early stopping.")
     cold_slots: int = Field(
@@ -156,22 +161,24 @@ class LightGBMRanker(RankerBase):
         params = self._params()
         train_set, valid_set = self._datasets(fit_groups, valid_groups)
         evaluations: dict[str, Any] = {}
+        callbacks = [lgb.record_evaluation(evaluations)]
+        if config.early_stopping_rounds is not None:
+            callbacks.append(lgb.early_stopping(config.early_stopping_rounds, verbose=False))
         self._booster = lgb.train(
             params,
             train_set,
             num_boost_round=config.n_estimators,
             valid_sets=[valid_set],
             valid_names=["valid"],
-            callbacks=[
-                lgb.early_stopping(config.early_stopping_rounds, verbose=False),
-                lgb.record_evaluation(evaluations),
-            ],
+            callbacks=callbacks,
         )
+        # Without early stopping every round is kept: the last one is the model.
+        kept = self._booster.best_iteration or self._booster.current_iteration()
         self.metadata = {
             "config": config.model_dump(),
             "features": list(FEATURE_NAMES),
-            "best_iteration": int(self._booster.best_iteration),
-            f"valid_ndcg@{config.eval_k}": float(self._booster.best_score["valid"][f"ndcg@{config.eval_k}"]),
+            "best_iteration": int(kept),
+            f"valid_ndcg@{config.eval_k}": float(evaluations["valid"][f"ndcg@{config.eval_k}"][kept - 1]),
             "train_pairs": int(fit_groups.labels.size),
             "train_groups": int(fit_groups.sizes.size),
             "valid_groups": int(valid_groups.sizes.size),
@@ -232,21 +239,29 @@ class LightGBMRanker(RankerBase):
     def _scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None) -> Scorer:
         """Candidates get the model's score, every other item -inf."""
 
-        slots, k = self.config.cold_slots, self.config.eval_k
-
         def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
             pair_users, pair_items, scores = self.score_task(inputs, RankingTask(users, items, exclude=exclude))
             matrix = np.full((users.size, items.size), -np.inf, dtype=np.float32)
             columns = pair_items if inputs.is_full(items) else _positions(items, pair_items)
             matrix[_positions(users, pair_users), columns] = scores
-            if slots:
-                # New items arrive all the time in a log, and the booster, trained mostly on known items, ranks
-                # them low: their best few get places (excluded pairs are not candidates, so stay -inf).
-                quota = np.full(users.size, slots / k, dtype=np.float32)
-                matrix = tail_quota_rerank(matrix, inputs.is_cold[items], quota, k, strength=1.0)
             return matrix
 
         return score
+
+    def place(self, scores: np.ndarray, inputs: RankerInputs, items: np.ndarray) -> np.ndarray:
+        """The best-scored cold items keep `cold_slots` places of each top eval_k: new items arrive all the time in
+        a log, and the booster, trained mostly on known items, ranks them low (excluded pairs are not candidates,
+        so stay -inf). The values returned order the list; they are rank offsets, not scores."""
+        slots, k = self.config.cold_slots, self.config.eval_k
+        if not slots:
+            return scores
+        quota = np.full(scores.shape[0], slots / k, dtype=np.float32)
+        return tail_quota_rerank(scores, inputs.is_cold[items], quota, k, strength=1.0)
+
+    def refit_config(self) -> LightGBMRankerConfig:
+        """This configuration with the boosting rounds early stopping kept, and no early stopping."""
+        rounds = int(self.metadata.get("best_iteration") or self.config.n_estimators)
+        return self.config.model_copy(update={"n_estimators": rounds, "early_stopping_rounds": None})
 
     def with_cold_slots(self, slots: int) -> Self:
         """Keep `slots` places of each top eval_k for the best-scored cold items from now on (saved with the

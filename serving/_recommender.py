@@ -373,14 +373,15 @@ class Recommender:
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}.")
         pool = np.arange(self.inputs.n_items)
-        score = self.ranker.scorer(self.inputs, self.seen if exclude_seen else None)
+        # The order is the ranker's placed one (cold places); the scores shown are the model's own.
+        score = self.ranker.scorer(self.inputs, self.seen if exclude_seen else None, placed=False)
         parts = []
         for start in range(0, users.size, block):
             chunk = users[start : start + block]
-            matrix = score(chunk, pool)
-            rows, items = _top_k_of_candidates(matrix, pool, k)
+            scores = score(chunk, pool)
+            rows, items = _top_k_of_candidates(self.ranker.place(scores, self.inputs, pool), pool, k)
             ranks = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") + 1
-            parts.append((chunk[rows], items, ranks, matrix[rows, items]))
+            parts.append((chunk[rows], items, ranks, scores[rows, items]))
         if not parts:
             return tuple(np.empty(0, dtype=np.int64) for _ in range(4))  # type: ignore[return-value]
         return tuple(np.concatenate(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
@@ -498,7 +499,8 @@ class Recommender:
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}.")
         item = self._item_index([str(item_id)])
-        score = self.ranker.scorer(self.inputs, self.seen if exclude_seen else None)
+        # One item across users: the model's scores (places are kept within a user's list, not across users).
+        score = self.ranker.scorer(self.inputs, self.seen if exclude_seen else None, placed=False)
         users = np.arange(self.inputs.n_users)
         column = np.concatenate([score(users[s : s + block], item)[:, 0] for s in range(0, users.size, block)])
         _, best = top_k(column[None, :], users, k)

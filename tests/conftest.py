@@ -9,9 +9,11 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
+import polars as pl
 import pytest
 
 from catalog import Columns, Dataset, fetch_movielens_100k, load_citeulike, load_movielens_100k
@@ -100,15 +102,33 @@ def ml100k_slice_workspace(ml100k: Dataset, tmp_path_factory: pytest.TempPathFac
 def served_slice(
     ml100k_slice_workspace: Path, prefect_api: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A copy of the slice with one promoted LightGBM version (and its `recommendations` table, k=10), saved by a
-    real `warmstart refresh` in its own process. Read-only for tests: copy it to change it."""
-    workspace = tmp_path_factory.mktemp("served") / "ws"
-    shutil.copytree(ml100k_slice_workspace, workspace)
+    """The slice as a service holds it: its events before 1998-02-26 (about 80%) ingested with every slice user
+    and item, one promoted LightGBM version (and its `recommendations` table, k=10) saved by a real
+    `warmstart refresh` in its own process, then the later events appended (logged after the version trained;
+    users first seen in them are the version's users without history). Read-only for tests: copy it to change it."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    source = ml100k_slice_workspace.parent  # the slice's files, beside its workspace
+    folder = tmp_path_factory.mktemp("served")
+    log = pl.read_parquet(source / "interactions.parquet")
+    cut = datetime(1998, 2, 26, tzinfo=UTC)
+    log.filter(pl.col(Columns.ts) < cut).write_parquet(folder / "before.parquet")
+    log.filter(pl.col(Columns.ts) >= cut).write_parquet(folder / "after.parquet")
+    log.select(Columns.user).unique().sort(Columns.user).write_parquet(folder / "users.parquet")
+    workspace = folder / "ws"
+    files = ["--interactions", str(folder / "before.parquet"), "--items", str(source / "items.parquet")]
+    ingest = CliRunner().invoke(app, ["ingest", *files, "--users", str(folder / "users.parquet"), "-w", str(workspace)])
+    assert ingest.exit_code == 0, ingest.output
     environment = os.environ | {"PREFECT_API_URL": prefect_api, "WARMSTART_CACHE_DIR": str(cache_dir)}
     command = [sys.executable, "-m", "flows.cli", "refresh", "--augment-limit", "0", "--max-epochs", "3"]
     command += ["--no-reference-gate", "--k", "10", "-w", str(workspace)]
     done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    append = ["ingest", "--append", "--interactions", str(folder / "after.parquet"), "-w", str(workspace)]
+    appended = CliRunner().invoke(app, append)
+    assert appended.exit_code == 0, appended.output
     return workspace
 
 

@@ -20,11 +20,13 @@ if TYPE_CHECKING:
         choose_cold_slots,
         encode_plan,
         fit_ranker,
+        refit_ranker,
         served_inputs,
         train_and_evaluate,
         train_ranker,
     )
     from training._gate import (
+        EVALUATED,
         POPULARITY,
         RECENT_POPULARITY,
         TAIL_CALIBRATED,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
         incumbent_on_same_data,
         reference_lines,
         tail_calibrated,
+        trained_through,
         warming_row,
         without_augmentation,
     )
@@ -59,6 +62,7 @@ if TYPE_CHECKING:
         files_plan,
         holdout_plan,
         sampled_users,
+        whole_log_plan,
     )
     from training._settings import (
         TIMED_ALTERNATIVES,
@@ -100,6 +104,7 @@ _SOURCES = {
     "DEFAULT_GATE_METRICS": "training.defaults",
     "DEFAULT_GATE_TOLERANCE": "training.defaults",
     "DEFAULT_K": "training.defaults",
+    "EVALUATED": "training._gate",
     "GATE": "training.defaults",
     "HEAD_SHARE": "training.defaults",
     "ITEM_SEGMENTS": "training.defaults",
@@ -148,6 +153,7 @@ _SOURCES = {
     "incumbent_on_same_data": "training._gate",
     "reference_lines": "training._gate",
     "sampled_users": "training._plans",
+    "refit_ranker": "training._fit",
     "served_inputs": "training._fit",
     "synthetic_matrix": "training._standins",
     "synthetic_precision": "training._standins",
@@ -155,10 +161,12 @@ _SOURCES = {
     "title_words": "training._inputs",
     "train_and_evaluate": "training._fit",
     "train_ranker": "training._fit",
+    "trained_through": "training._gate",
     "warm_added": "training._standins",
     "warmed_standins": "training._standins",
     "warming_row": "training._gate",
     "fitted_on_inputs": "training._standins",
+    "whole_log_plan": "training._plans",
     "without_augmentation": "training._gate",
 }
 
@@ -169,6 +177,7 @@ __all__ = [
     "DEFAULT_GATE_METRICS",
     "DEFAULT_GATE_TOLERANCE",
     "DEFAULT_K",
+    "EVALUATED",
     "GATE",
     "HEAD_SHARE",
     "ITEM_SEGMENTS",
@@ -217,6 +226,7 @@ __all__ = [
     "holdout_plan",
     "incumbent_on_same_data",
     "reference_lines",
+    "refit_ranker",
     "sampled_users",
     "served_inputs",
     "synthetic_matrix",
@@ -225,9 +235,11 @@ __all__ = [
     "title_words",
     "train_and_evaluate",
     "train_ranker",
+    "trained_through",
     "warm_added",
     "warmed_standins",
     "warming_row",
+    "whole_log_plan",
     "without_augmentation",
 ]
 

@@ -210,6 +210,34 @@ def fit_ranker(
     return main
 
 
+def refit_ranker(
+    plan: EvaluationPlan, candidate: FittedRanker, *, cache_dir: Path, settings: ModelSettings
+) -> FittedRanker:
+    """`candidate` (fitted with `settings` and judged on its own held-out data) trained again as `plan` says (the
+    whole log: `whole_log_plan`) with everything it chose kept: BPR-MF's epochs, the ranker's rounds or epochs, its
+    cold places and timed choices. Nothing is chosen on validation here, so nothing is tuned on the events the
+    candidate was judged on."""
+    if candidate.report is None:
+        raise TypeError("refit_ranker needs the candidate's fit report (its chosen epochs).")
+    started = time.perf_counter()
+    epochs = int(candidate.report.fit.bprmf.get("best_epoch") or settings.cf.epochs)
+    fixed = settings.for_log(has_times(plan.split.train)).refitting(candidate.ranker, epochs)
+    fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False)
+    ranker = train_ranker(plan, fitted, fixed)
+    served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
+    report = FitReport(
+        ranker=fixed.ranker_name,
+        ranker_metadata=ranker.metadata,
+        fit=fitted.report,
+        served=served.report,
+        standins=fixed.standins,
+        bprmf=fixed.cf,
+        cold_slots=candidate.report.cold_slots,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+    return FittedRanker(ranker, served, report)
+
+
 @dataclass(frozen=True)
 class EvaluationReport:
     """One evaluation: the protocol and split, the metrics on real held-out data, what fitting measured."""

@@ -4,6 +4,7 @@ itself without augmentation, the timed alternatives), and the paired bootstrap i
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,12 +60,38 @@ def incumbent_on_same_data(
     version = directory.name
     if fitted.ranker.tied_to_encoders:
         return Incumbent(version, recorded, f"compared with the recorded figures of {version}")
+    # A version refit on its whole log has seen this window's events: its evaluated ranker is re-scored instead.
+    judged = directory / EVALUATED if (directory / EVALUATED).is_dir() else directory
+    trained_to = trained_through(judged)
+    if trained_to is not None and has_times(split.train) and trained_to >= as_of(split):
+        note = f"{version} trained on events up to {trained_to}, inside this window; compared with its recorded figures"
+        return Incumbent(version, recorded, note)
     try:
-        current = FittedRanker(load_ranker(directory), fitted.served)
+        current = FittedRanker(load_ranker(judged), fitted.served)
         return Incumbent(version, evaluate_metrics(current, split, k=k, protocol=protocol), fitted=current)
     except (WarmstartError, ValueError, IndexError, RuntimeError) as error:
         note = f"{version} cannot score this data ({type(error).__name__}: {error}); compared with its recorded figures"
         return Incumbent(version, recorded, note)
+
+
+# Where a refit version keeps the ranker its figures were measured on (flows.cycle writes it).
+EVALUATED = "evaluated"
+
+
+def trained_through(directory: Path) -> datetime | None:
+    """The last event time a saved ranker's training saw, from its version's report.json (the evaluated window
+    for `evaluated/`, the data window otherwise); None where the report does not say."""
+    is_evaluated = directory.name == EVALUATED
+    report_path = (directory.parent if is_evaluated else directory) / "report.json"
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    window = (report.get("evaluated") or {}).get("train_window") if is_evaluated else report.get("data_window")
+    if not window or not window.get("end"):
+        return None
+    end = datetime.fromisoformat(str(window["end"]))
+    return end if end.tzinfo is not None else end.replace(tzinfo=UTC)
 
 
 # The reference lines every run records beside the product; the gate holds the product to the first one measured

@@ -34,6 +34,7 @@ from ranker.evaluate import (
     split_validation,
     temporal_split,
     warm_split,
+    whole_log_split,
 )
 from training.defaults import CALIBRATION_USERS
 
@@ -165,6 +166,18 @@ def files_plan(
     else:
         split = frames_split(train_frame, test_frame, item_frame, protocol=protocol, valid=valid_frame, users=user_ids)
     return holdout_plan(split, valid_frame)
+
+
+def whole_log_plan(dataset: Dataset, plan: EvaluationPlan) -> EvaluationPlan | None:
+    """The plan that refits a judged candidate on every event of a time-ordered log (nothing held out to
+    evaluate on: the candidate's own figures stand for it): labels and history cut as `holdout_plan` cuts them,
+    over the whole log. None where the log is not one (predefined splits, or events without times): the version
+    served is then the evaluated one."""
+    log = dataset.interactions
+    if dataset.splits or not fully_timed(log) or plan.split.protocol != TEMPORAL:
+        return None
+    whole = whole_log_split(log, dataset.items, dataset.users[Columns.user])
+    return replace(holdout_plan(whole), synthetic=plan.synthetic)
 
 
 def dataset_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:

@@ -122,6 +122,18 @@ class ModelSettings:
         """The same settings with `choices` for logs with times."""
         return replace(self, timed=choices)
 
+    def refitting(self, ranker: RankerBase, bpr_epochs: int) -> ModelSettings:
+        """The settings that train `ranker` (fitted with these settings) again on more data: its configuration with
+        its early-stopped length fixed (`RankerBase.refit_config`) and BPR-MF for `bpr_epochs` epochs, with the
+        timed choices already applied (`for_log`)."""
+        fixed = ranker.refit_config()
+        cf = self.cf.model_copy(update={"epochs": max(bpr_epochs, 1)})
+        if isinstance(fixed, DeepFMConfig):
+            return replace(self, cf=cf, deepfm=fixed, timed=None)
+        if isinstance(fixed, LightGBMRankerConfig):
+            return replace(self, cf=cf, ranker=fixed, timed=None)
+        raise ConfigError(f"no settings hold the configuration of {type(ranker).__name__}.")
+
     def without_augmentation(self) -> ModelSettings:
         """The same settings training without synthetic interactions (the ablation)."""
         return replace(self, warming=None)

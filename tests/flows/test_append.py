@@ -4,6 +4,8 @@ a repeated append adds nothing, a refused one changes nothing, and rollback undo
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 
 from catalog import Columns, Dataset, Tables, Workspace
 from flows.cli import app
+from serving import Recommender
 
 runner = CliRunner()
 CUT, END = datetime(1998, 3, 1, tzinfo=UTC), datetime(1998, 4, 1, tzinfo=UTC)
@@ -98,3 +101,42 @@ def test_a_full_re_ingest_keeps_the_last_detections_watermark(files: dict[str, P
     _invoke("ingest", "--interactions", str(files["before"]), "--items", str(files["items"]), *ws)
     assert Workspace(files["ws"]).state()["watermark"] == watermark
     assert f"first seen after {datetime.fromisoformat(watermark).isoformat()}" in _invoke("detect", *ws)
+
+
+def test_after_an_appended_month_the_served_version_has_seen_it(
+    ml100k: Dataset, warmstart: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """A refresh after `ingest --append` serves a version refit on every event: its data ends at the appended
+    month's last event, March's first-seen items are served from their own interactions, and no user active in
+    March is shown an item they took in it (100 users of MovieLens-100K: the smallest slice with March events)."""
+    users = ml100k.interactions.select(Columns.user).unique().sort(Columns.user).head(100)
+    log = ml100k.interactions.join(users, on=Columns.user, how="semi").filter(pl.col(Columns.ts) < END)
+    items = ml100k.items.join(log.select(Columns.item).unique(), on=Columns.item, how="semi").drop(Columns.first_seen)
+    before, march = log.filter(pl.col(Columns.ts) < CUT), log.filter(pl.col(Columns.ts) >= CUT)
+    for name, frame in (("before", before), ("march", march), ("items", items)):
+        frame.write_parquet(tmp_path / f"{name}.parquet")
+    ws = ["--workspace", str(tmp_path / "ws")]
+    _invoke("ingest", "--interactions", str(tmp_path / "before.parquet"), "--items", str(tmp_path / "items.parquet"),
+            *ws)  # fmt: skip
+    _invoke("ingest", "--append", "--interactions", str(tmp_path / "march.parquet"), *ws)
+    warmstart("refresh", "--augment-limit", "0", "--max-epochs", "3", "--k", "20", "--no-reference-gate", *ws)
+
+    space = Workspace(tmp_path / "ws")
+    version = space.models.current("lightgbm")
+    assert version is not None
+    models = tmp_path / "models.json"
+    _invoke("models", "--json", str(models), *ws)
+    listed = {entry["version"]: entry for entry in json.loads(models.read_text())}
+    assert listed[version]["data_end"] == str(march[Columns.ts].max())
+
+    served = Recommender.load(space, version, ranker="lightgbm")
+    first_seen_in_march = _first_seen_in_march(log, Columns.item)
+    assert first_seen_in_march, "the slice has items first seen in March"
+    position = {item: i for i, item in enumerate(served.item_ids.to_list())}
+    popularity = served.inputs.popularity[[position[item] for item in first_seen_in_march]]
+    assert (popularity > 0).all(), "March's new items are served from their own interactions"
+
+    shown = space.read(Tables.recommendations).join(march.select(Columns.user).unique(), on=Columns.user, how="semi")
+    assert shown.height > 0 and shown["model_version"].unique().to_list() == [version]
+    taken = shown.join(march, on=[Columns.user, Columns.item], how="semi")
+    assert taken.is_empty(), f"users were shown items they took in March: {taken.head(5)}"

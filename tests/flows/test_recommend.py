@@ -58,9 +58,28 @@ def test_warm_users_get_k_ranked_unseen_items(served: Path, recommender: Recomme
     assert set(frame["user_segment"]) == {"warm"}
     for _, group in frame.group_by(Columns.user):
         assert group[Columns.rank].to_list() == list(range(1, 11))
-        assert (np.diff(group[Columns.score].to_numpy()) <= 0).all()
     assert set(frame["source"]) <= {ID_EMBEDDING, SYNTHETIC_WARMED, CONTENT_STANDIN}
     assert frame.join(_logged(served), on=[Columns.user, Columns.item], how="semi").is_empty()
+
+
+def test_recommend_shows_the_models_scores_in_the_order_served(recommender: Recommender) -> None:
+    """The version keeps places for new items (cold_slots): the list is in that placed order, and the score beside
+    each item is the model's own, not the placement's rank offsets."""
+    assert recommender.ranker.config.cold_slots > 0  # type: ignore[attr-defined]
+    users = recommender.user_ids.head(40)
+    frame = recommender.recommend(users, k=20)
+    model = recommender.ranker.scorer(recommender.inputs, recommender.seen, placed=False)
+    scores = model(np.arange(40), np.arange(recommender.inputs.n_items))
+    row = {user: i for i, user in enumerate(users.to_list())}
+    column = {item: i for i, item in enumerate(recommender.item_ids.to_list())}
+    expected = [scores[row[u], column[i]] for u, i in frame.select(Columns.user, Columns.item).iter_rows()]
+    np.testing.assert_allclose(frame[Columns.score].to_numpy(), expected, rtol=1e-6)
+    placed = recommender.ranker.place(scores, recommender.inputs, np.arange(recommender.inputs.n_items))
+    offsets = [placed[row[u], column[i]] for u, i in frame.select(Columns.user, Columns.item).iter_rows()]
+    assert not np.allclose(offsets, expected)  # the placement's values are rank offsets, not what is shown
+    for _, group in frame.group_by(Columns.user):
+        known = group.filter(pl.col(Columns.segment) != "cold")[Columns.score].to_numpy()
+        assert (np.diff(known) <= 0).all()  # placed new items aside, the model's order
 
 
 def test_seen_exclusion_covers_what_was_logged_after_training(served: Path, recommender: Recommender) -> None:
@@ -194,7 +213,8 @@ def test_the_refresh_published_the_promoted_versions_recommendations(served: Pat
     assert sorted(table[Columns.user].unique()) == sorted(recommender.user_ids)
     assert set(table.group_by(Columns.user).len()["len"]) == {10}  # the refresh's k
     sample = recommender.user_ids.head(5).to_list()
-    expected = recommender.recommend(sample, k=10).select(Columns.user, Columns.item, Columns.rank)
+    # Published before the later events were appended: what the version served then excluded its own history only.
+    expected = recommender.recommend(sample, k=10, exclude_seen=False).select(Columns.user, Columns.item, Columns.rank)
     published = table.filter(pl.col(Columns.user).is_in(sample)).select(Columns.user, Columns.item, Columns.rank)
     assert published.sort(Columns.user, Columns.rank).equals(expected.sort(Columns.user, Columns.rank))
 

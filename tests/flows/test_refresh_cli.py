@@ -15,11 +15,12 @@ from pathlib import Path
 import polars as pl
 from typer.testing import CliRunner
 
-from catalog import Workspace
+from catalog import Columns, Tables, Workspace
 from flows.cli import app
 from flows.cycle import default_gate_metrics, gate_config, rolling_choice
 from monitor import MetricsStore
-from training import TIMED_ALTERNATIVES
+from ranker.registry import load_ranker
+from training import EVALUATED, TIMED_ALTERNATIVES
 
 runner = CliRunner()
 # Without the reference gate: these tests are about the registry and the gate against the current model.
@@ -59,6 +60,17 @@ def test_refresh_twice_gates_the_second_against_the_first_and_promote_rolls_back
     assert product == line
     report = json.loads((registry.path("lightgbm", second) / "report.json").read_text())
     assert report["parent"] == first and report["metrics"]
+
+    # The version served was refit on every event with what the evaluated candidate chose (its boosting rounds,
+    # without early stopping); the evaluated ranker stays beside it, and the second gate re-scored the first
+    # version's evaluated ranker on its window (the refit had trained on it), not its recorded figures.
+    last_event = Workspace(workspace).read(Tables.interactions)[Columns.ts].max()
+    assert report["evaluated"]["refit"] and report["data_window"]["end"] == str(last_event)
+    assert report["evaluated"]["train_window"]["end"] < report["data_window"]["end"]
+    served, evaluated = (load_ranker(registry.path("lightgbm", second) / part) for part in ("", EVALUATED))
+    assert served.config.early_stopping_rounds is None  # type: ignore[attr-defined]
+    assert served.config.n_estimators == evaluated.metadata["best_iteration"]  # type: ignore[attr-defined]
+    assert "recorded figures" not in promotions["reason"][1]
 
     listing = runner.invoke(app, ["models", "-w", str(workspace)])
     assert listing.exit_code == 0, listing.output

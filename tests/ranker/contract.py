@@ -92,3 +92,15 @@ class RankerContract:
             mine = ranks[users == user]
             assert mine.tolist() == list(range(1, mine.size + 1))
             assert np.unique(items[users == user]).size == mine.size
+
+    def test_a_refit_trains_as_long_as_the_fit_chose_and_chooses_nothing(
+        self, fitted: RankerBase, slice_inputs: tuple, tasks: tuple
+    ) -> None:
+        """A served version is refit on the whole log with its evaluated fit's length fixed: the refit's own
+        configuration for a further refit is the same (no early stopping chose anything on its validation)."""
+        inputs, _ = slice_inputs
+        train, valid, _ = tasks
+        fixed = fitted.refit_config()
+        refit = type(fitted)(fixed).fit(inputs, train, valid)  # type: ignore[call-arg]
+        assert refit.refit_config() == fixed
+        assert fixed.model_dump() != fitted.config_dict  # the length was fixed and early stopping turned off

@@ -4,18 +4,21 @@ users without history (most of its users) about as well as popularity does, not 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from catalog import Dataset
+from catalog import Columns, Dataset
 from encoders import BPRConfig
 from monitor import GateConfig, GateMetric
 from ranker.baselines import PopularityScorer, RecentPopularityScorer
-from ranker.evaluate import COLD_USER, evaluate, temporal_split
+from ranker.evaluate import COLD_USER, ProtocolSplit, evaluate, temporal_split
 from training import (
+    EVALUATED,
     TIMED_ALTERNATIVES,
     FittedRanker,
     Incumbent,
@@ -26,6 +29,8 @@ from training import (
     gate_evidence,
     gate_user_values,
     holdout_plan,
+    incumbent_on_same_data,
+    trained_through,
 )
 
 
@@ -100,3 +105,38 @@ def test_gate_evidence_bootstraps_the_metrics_the_gate_reads(window: object, fit
         assert low <= result.value("ndcg") - theirs.value("ndcg") <= high and low < high
     point_estimates_only = config.model_copy(update={"confidence": None})
     assert gate_evidence(fitted, Incumbent(None, None), split, point_estimates_only, k=20) == {}
+
+
+def test_a_current_version_that_trained_on_the_window_is_not_re_scored_on_it(
+    window: ProtocolSplit, fitted: FittedRanker, tmp_path: Path
+) -> None:
+    """A version refit on its whole log has seen the next run's held-out window: the gate re-scores its evaluated
+    ranker (trained before that window) or, without one, compares the figures recorded for it."""
+    cut = window.train[Columns.ts].max()
+    version = tmp_path / "20000101T000000Z-refit"
+    fitted.ranker.save(version)
+    recorded = pl.DataFrame({"segment": ["overall"], "metric": ["ndcg"], "k": [20], "value": [0.5]})
+
+    def report(data_end: object, evaluated_end: object | None) -> None:
+        windows = {"data_window": {"start": "1997-09-20 00:00:00+00:00", "end": str(data_end)}}
+        if evaluated_end is not None:
+            windows["evaluated"] = {"train_window": {"start": "1997-09-20 00:00:00+00:00", "end": str(evaluated_end)}}
+        (version / "report.json").write_text(json.dumps(windows))
+
+    def incumbent() -> Incumbent:
+        return incumbent_on_same_data(fitted, version, window, k=20, protocol="temporal", recorded=recorded)
+
+    report(cut + timedelta(days=20), None)  # trained into the window, nothing else to re-score
+    assert trained_through(version) == cut + timedelta(days=20)
+    seen = incumbent()
+    assert seen.metrics is recorded and seen.fitted is None and "inside this window" in (seen.note or "")
+
+    fitted.ranker.save(version / EVALUATED)  # its evaluated ranker, trained before the window
+    report(cut + timedelta(days=20), cut - timedelta(days=10))
+    assert trained_through(version / EVALUATED) == cut - timedelta(days=10)
+    rescored = incumbent()
+    assert rescored.note is None and rescored.fitted is not None and rescored.metrics is not recorded
+
+    report(cut - timedelta(days=1), None)  # a version saved before refits: trained before the window
+    shutil.rmtree(version / EVALUATED)
+    assert incumbent().fitted is not None
