@@ -147,13 +147,19 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
 @contextmanager
 def _pointed_at(api_url: str) -> Iterator[None]:
     """This process and the flow runs it spawns (they inherit os.environ) use the Prefect API at `api_url`."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     before = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = api_url
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            yield
+            try:
+                yield
+            finally:  # send the logs and events still queued while the server is there to take them
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
     finally:
         if before is None:
             os.environ.pop("PREFECT_API_URL", None)
