@@ -159,6 +159,9 @@ def test_a_served_schedule_fires_on_the_local_server_serve_starts(
     assert _completed_runs(workspace, "refresh").height == 1
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def _prefect(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The `prefect` CLI of this environment, as an operator runs it."""
     command = [str(Path(sys.executable).with_name("prefect")), "--no-prompt", *args]
@@ -167,30 +170,37 @@ def _prefect(*args: str, env: dict[str, str], timeout: float = 300) -> subproces
     return done
 
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def test_prefect_deploy_all_and_a_process_worker_run_a_deployment(
-    prefect_api: str, ml100k_dir: Path, tmp_path: Path
+def test_prefect_deploy_all_and_a_process_worker_run_the_weekly_backfill(
+    prefect_api: str, ml100k_slice_workspace: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
     """The scheduled path as operators use it: `prefect deploy --all` from prefect.yaml against a real server, a
-    process worker for the `warmstart` pool, and one deployment run to completion by that worker."""
+    process worker for the `warmstart` pool, and weekly-backfill run to completion by that worker on the log of the
+    worker's workspace (a copy of the slice), two 30-day windows of it."""
     workspace = tmp_path / "ws"
-    runner = CliRunner()
-    ingest = runner.invoke(app, ["ingest", "--dataset", "ml-100k", "--data", str(ml100k_dir), "-w", str(workspace)])
-    assert ingest.exit_code == 0, ingest.output
-    assert runner.invoke(app, ["detect", "-w", str(workspace)]).exit_code == 0
-    env = os.environ | {
+    shutil.copytree(ml100k_slice_workspace, workspace)
+    env = _without_prefect_api() | {
         "PREFECT_API_URL": prefect_api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "WARMSTART_WORKSPACE": str(workspace),
+        "WARMSTART_CACHE_DIR": str(cache_dir),
         "WARMSTART_HOME": str(REPO),
     }
     _prefect("work-pool", "create", "warmstart", "--type", "process", "--overwrite", env=env)
     deployed = _prefect("deploy", "--all", "--prefect-file", "deployments/prefect.yaml", env=env)
-    assert "nightly-refresh" in deployed.stdout + deployed.stderr
-    flow_run = run_deployment("augment-new/augment-new", parameters={"limit": 1}, timeout=0)
+    assert "weekly-backfill" in deployed.stdout + deployed.stderr
+    # The slice's log runs from 1997-09 to 1998-04: windows from January, 30 days each, up to 20 March, are two
+    # (each trained on everything before its end and evaluated on the 30 days after, or up to 20 March).
+    parameters = {
+        "start": "1998-01-01T00:00:00+00:00",
+        "end": "1998-03-20T00:00:00+00:00",
+        "every": "30d",
+        "k": 10,
+        "max_epochs": 3,
+        "reference_gate": False,
+        "choose_timed": False,
+    }
+    flow_run = run_deployment("backfill/weekly-backfill", parameters=parameters, timeout=0)
     worker = subprocess.Popen(
         [str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", "warmstart", "--run-once"],
         env=env,
@@ -210,5 +220,6 @@ def test_prefect_deploy_all_and_a_process_worker_run_a_deployment(
 
     state = asyncio.run(final_state())
     assert state is not None and state.is_completed(), f"{state}\n{output[-3000:]}"  # type: ignore[attr-defined]
-    runs = MetricsStore.for_workspace(workspace, read_only=True).runs()
-    assert runs["flow"].to_list() == ["augment-new"] and runs["status"].to_list() == ["completed"]
+    runs = _completed_runs(workspace, "backfill").sort("window_end")
+    assert runs.height == 2, f"{runs}\n{output[-3000:]}"
+    assert [end.date().isoformat() for end in runs["window_end"]] == ["1998-01-31", "1998-03-02"]
