@@ -1,4 +1,5 @@
-"""`warmstart serve`: the deployments of deployments/prefect.yaml, run in one process with `prefect.serve`.
+"""`warmstart serve`: the deployments of deployments/prefect.yaml, run in one process with `prefect.serve`, against
+a real Prefect server (PREFECT_API_URL, or one started here) whose scheduler fires their schedules.
 
 prefect.yaml stays the one place that names deployments, schedules and parameters: `prefect deploy --all`
 reads it for a work-pool setup, and this module reads it to serve the same deployments without a pool.
@@ -6,20 +7,33 @@ reads it for a work-pool setup, and this module reads it to serve the same deplo
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from prefect import Flow
 from prefect.schedules import Cron
 
-from catalog import ConfigError
+from catalog import ConfigError, WarmstartError
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOYMENTS_FILE = REPO / "deployments" / "prefect.yaml"
+# A local Prefect server must answer /health within this many seconds (`warmstart serve --server-timeout`): it
+# migrates its database on first start, which takes about a minute on a busy two-core machine.
+SERVER_STARTUP_SECONDS = 180
 
 
 def read_deployments(config: Path = DEPLOYMENTS_FILE) -> list[dict[str, object]]:
@@ -87,3 +101,123 @@ def runner_deployments(config: Path = DEPLOYMENTS_FILE, only: list[str] | None =
             )
         )
     return deployments
+
+
+def _healthy(api_url: str) -> bool:
+    """Whether the Prefect API at `api_url` (e.g. http://127.0.0.1:4200/api) answers its /health."""
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# The child asks Linux to TERM it when its parent dies (a killed serve then leaves no orphan), then becomes the
+# Prefect server. Run as `python -c` so that no code runs between fork and exec in the (threaded) parent.
+_CHILD = """
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+if sys.platform == "linux":
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        sys.exit(0)
+os.execv(sys.executable, [sys.executable, "-m", "prefect", *sys.argv[2:]])
+"""
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """TERM the server's process group, KILL it if it has not exited within 30 s."""
+    if child.poll() is not None:
+        return
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def _pointed_at(api_url: str) -> Iterator[None]:
+    """This process and the flow runs it spawns (they inherit os.environ) use the Prefect API at `api_url`."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            try:
+                yield
+            finally:  # send the logs and events still queued while the server is there to take them
+                APILogWorker.drain_all(timeout=10)
+                EventsWorker.drain_all(timeout=10)
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
+
+@contextmanager
+def prefect_server(workspace: Path, startup_seconds: float = SERVER_STARTUP_SECONDS) -> Iterator[str]:
+    """The API URL of a Prefect server whose scheduler fires schedules, with this process and the flow runs it spawns
+    pointed at it: Prefect's configured PREFECT_API_URL when set (it must answer /health), else a local
+    `prefect server start` on a free loopback port, its home and SQLite database in WORKSPACE/prefect and its log
+    at WORKSPACE/prefect/server.log, stopped on leaving the block (and TERMed by Linux if this process is killed)."""
+    from prefect.settings import PREFECT_API_URL
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        if not _healthy(configured):
+            raise ConfigError(
+                f"the Prefect API at PREFECT_API_URL={configured} does not answer {configured.rstrip('/')}/health: "
+                "start that server, or unset PREFECT_API_URL to let serve start a local one."
+            )
+        with _pointed_at(configured):
+            yield configured
+        return
+    home = workspace.resolve() / "prefect"
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    environment = os.environ | {"PREFECT_HOME": str(home)}
+    environment.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    arguments = ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    log_path = home / "server.log"
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(os.getpid()), *arguments],
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as a whole, and spared a terminal's Ctrl-C
+        )
+    atexit.register(_stop, child)
+    try:
+        deadline = time.monotonic() + startup_seconds
+        while not _healthy(api_url):
+            if child.poll() is not None:
+                raise WarmstartError(
+                    f"the local Prefect server exited (code {child.returncode}) before it answered; see {log_path}."
+                )
+            if time.monotonic() > deadline:
+                raise WarmstartError(
+                    f"the local Prefect server ({api_url}) did not answer within {startup_seconds:g} s; raise "
+                    f"--server-timeout, or run a server and set PREFECT_API_URL to it (its log: {log_path})."
+                )
+            time.sleep(1)
+        with _pointed_at(api_url):
+            yield api_url
+    finally:
+        _stop(child)
+        atexit.unregister(_stop)

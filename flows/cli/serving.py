@@ -218,19 +218,37 @@ def api(
 def serve(
     config: Annotated[Path | None, typer.Option(help="Deployments file \\[default: deployments/prefect.yaml].")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Serve only this deployment (repeatable).")] = None,
+    server_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=1, help="Seconds a local Prefect server may take to start \\[default: 180].", show_default=False
+        ),
+    ] = None,
+    workspace: WorkspaceOption = None,
 ) -> None:
-    """Run the deployments of prefect.yaml (augment-new, nightly-refresh, weekly-backfill) in this process.
+    """Run the deployments of prefect.yaml (augment-new, nightly-refresh, weekly-backfill) on the workspace, in this
+    process, and fire their schedules.
 
-    Needs a Prefect API (PREFECT_API_URL, e.g. `prefect server start`); their schedules then fire here, and
-    `prefect deployment run NAME` triggers one by hand. Stop with Ctrl-C.
+    Uses the Prefect server at PREFECT_API_URL when set (it must answer); otherwise starts a local one on loopback,
+    its database in WORKSPACE/prefect, and stops it on exit. `prefect deployment run NAME` triggers one by hand.
+    Stop with Ctrl-C.
     """
+    import os
+
     from prefect import serve as prefect_serve
 
-    from flows.serve import DEPLOYMENTS_FILE, runner_deployments
+    from flows.serve import DEPLOYMENTS_FILE, SERVER_STARTUP_SECONDS, prefect_server, runner_deployments
 
+    settings = load_settings()
+    root = (workspace or settings.workspace).resolve()
+    os.environ["WARMSTART_WORKSPACE"] = str(root)  # the flow runs this process spawns read their workspace here
     deployments = runner_deployments(config or DEPLOYMENTS_FILE, only)
-    console.print(f"serving {', '.join(d.name for d in deployments)}")
-    prefect_serve(*deployments)
+    with prefect_server(root, server_timeout or SERVER_STARTUP_SECONDS) as api_url:
+        ui = api_url.removesuffix("/api")
+        console.print(
+            f"serving {', '.join(d.name for d in deployments)} on workspace {root}: Prefect API {api_url}, UI {ui}"
+        )
+        prefect_serve(*deployments, print_starting_message=False)
 
 
 @friendly_errors
