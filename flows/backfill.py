@@ -203,7 +203,6 @@ def backfill(
     k: int = DEFAULT_K,
     seed: int = 0,
     max_epochs: int = MAX_EPOCHS,
-    store_url: str | None = None,
     gate_metrics: tuple[str, ...] | None = None,
     gate_tolerance: float = DEFAULT_GATE_TOLERANCE,
     reference_gate: bool = True,
@@ -217,14 +216,15 @@ def backfill(
     `augment_limit` bounds the language model's work per window (new items described and simulated); 0 skips it.
     `choose_timed` trains every timed alternative (training.TIMED_ALTERNATIVES) in each window and serves, from the
     second window on, the one `cycle.rolling_choice` reads from the window before; off, the default choices.
-    Unset paths and the store URL come from the WARMSTART_* settings. The windows' models live in their own
+    Unset paths come from the WARMSTART_* settings, and the store URL always does: Prefect stores a flow run's
+    parameters in its database, where a URL parameter would keep its password. The windows' models live in their own
     registry (WORKSPACE/backfill/models): a replay of history never changes the workspace's current model."""
     settings = WarmstartSettings()
     workspace, cache_dir = workspace or settings.workspace, cache_dir or settings.cache_dir
     space = Workspace(workspace)
     loaded = load_dataset(dataset, data_dir, cache_dir) if dataset else stages.workspace_dataset(space)
     windows = history_windows(loaded, start, end, every)
-    store = MetricsStore.for_workspace(space.root, store_url or settings.metrics_url)
+    store = MetricsStore.for_workspace(space.root, settings.metrics_url)
     config = cycle.cycle_config(
         seed=seed,
         max_epochs=max_epochs,

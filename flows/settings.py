@@ -73,6 +73,15 @@ class WarmstartSettings(BaseSettings):
         description="Key the HTTP API (`warmstart api`) asks for in the X-API-Key header of every request but "
         "/health; required to bind beyond loopback (WARMSTART_API_KEY).",
     )
+    api_max_body_bytes: int = Field(
+        1_000_000, ge=1_000, description="Largest request body the HTTP API reads; a larger one is refused (413)."
+    )
+    api_scoring_threads: int = Field(
+        2,
+        ge=1,
+        description="Requests the HTTP API scores at once; the others wait. Scoring is CPU-bound: more than the "
+        "cores only makes every request, /health included, wait longer.",
+    )
     ranker: Literal["lightgbm", "deepfm"] = Field(
         "lightgbm", description="Ranker that evaluate and retrain train unless --ranker says otherwise."
     )

@@ -34,6 +34,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    make_url,
     select,
     text,
 )
@@ -228,6 +229,15 @@ def _rows(frame: pl.DataFrame | None, columns: Iterable[str]) -> list[dict[str, 
     return frame.select(list(columns)).to_dicts()
 
 
+def shown_url(url: str) -> str:
+    """`url` as messages may show it: SQLAlchemy's own rendering with the password hidden, or, where SQLAlchemy
+    cannot parse it, `redact`'s."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError, TypeError):
+        return redact(url)
+
+
 class MetricsStore:
     """The metrics history behind one SQLAlchemy URL."""
 
@@ -241,7 +251,7 @@ class MetricsStore:
         try:
             self.engine: Engine = create_engine(url, future=True, **options)
         except (SQLAlchemyError, ImportError) as error:
-            raise ConfigError(redact(f"cannot use metrics store URL {url!r}: {error}")) from None
+            raise ConfigError(redact(f"cannot use metrics store URL {shown_url(url)!r}: {error}")) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._check_schema()

@@ -207,7 +207,13 @@ def api(
         )
 
     server = create_app(
-        recommender, api_key=key, store_items=store_items, follow=follower.update, follow_every=follow_every
+        recommender,
+        api_key=key,
+        store_items=store_items,
+        follow=follower.update,
+        follow_every=follow_every,
+        max_body_bytes=settings.api_max_body_bytes,
+        scoring_threads=settings.api_scoring_threads,
     )
     guarded = f", {API_KEY_HEADER} required" if key else ""
     console.print(f"{recommender.ranker_name} {recommender.version} on http://{host}:{port} (docs at /docs{guarded})")

@@ -115,7 +115,6 @@ def _run_backfill(
         k=k,
         seed=seed,
         max_epochs=max_epochs,
-        store_url=None,  # the flow reads it from the settings: Prefect keeps flow parameters, passwords included
         sparse_max=settings.sparse_max,
         head_share=settings.head_share,
         augment_limit=augment_limit,

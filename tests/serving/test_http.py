@@ -190,11 +190,16 @@ def test_a_missing_or_wrong_key_is_401_everywhere_but_health(api: str, headers: 
     assert httpx.get(f"{api}/health", headers=headers).status_code == 200
 
 
-def test_the_right_key_is_200_and_the_schema_is_at_fastapis_default(api: str) -> None:
+def test_the_right_key_is_200_and_the_docs_and_schema_need_it(api: str) -> None:
     assert httpx.get(f"{api}/recommend?user_id=1&k=2", headers={API_KEY_HEADER: KEY}).status_code == 200
-    schema = httpx.get(f"{api}/openapi.json").json()
+    for path in ("/docs", "/openapi.json"):
+        assert httpx.get(f"{api}{path}").status_code == 401
+        assert httpx.get(f"{api}{path}", headers={API_KEY_HEADER: "wrong"}).status_code == 401
+    assert "swagger" in httpx.get(f"{api}/docs", headers={API_KEY_HEADER: KEY}).text.lower()
+    schema = httpx.get(f"{api}/openapi.json", headers={API_KEY_HEADER: KEY}).json()
     assert {"/health", "/recommend", "/items"} <= set(schema["paths"])
     assert API_KEY_HEADER in str(schema["components"]["securitySchemes"])
+    assert httpx.get(f"{api}/redoc").status_code == 404
 
 
 def test_on_loopback_without_a_key_no_header_is_needed(
@@ -230,3 +235,88 @@ def test_the_cli_refuses_to_expose_the_api_without_a_key(
 ) -> None:
     done = CliRunner().invoke(cli, ["api", "-w", str(served_slice), *options], env={"WARMSTART_API_KEY": None} | env)
     assert done.exit_code == 1 and message in done.output, done.output
+
+
+LONG_ID = "7" * 100_000  # the operator's id: 30.9 s for one request, /health stalled 28.8 s
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "request_options", "field"),
+    [
+        ("POST", "/recommend", {"content": b'{"text": "x", "weight": NaN}'}, "weight"),
+        ("POST", "/recommend", {"content": b'{"text": "x", "weight": Infinity}'}, "weight"),
+        ("POST", "/recommend", {"content": b'{"text": "x", "weight": 1e400}'}, "weight"),
+        ("POST", "/recommend", {"content": b'{"text": "x", "k": 1e400}'}, "k"),
+        ("POST", "/recommend", {"content": b'{"text": "x", "k": NaN}'}, "k"),
+        ("POST", "/recommend", {"content": b'{"text": "space \\ud800 opera"}'}, "text"),
+        ("POST", "/recommend", {"content": b'{"user_id": "\\udc00"}'}, "user_id"),
+        ("POST", "/items", {"content": b'{"items": [{"item_id": "n-2", "title": "\\ud83d"}]}'}, "items.0.title"),
+        (
+            "POST",
+            "/items",
+            {"content": b'{"items": [{"item_id": "n-3", "title": "t", "categories": ["\\ud800"]}]}'},
+            "items.0.categories.0",
+        ),
+        ("GET", "/recommend", {"params": {"user_id": LONG_ID[:10_000]}}, "user_id"),  # a URL holds at most 64 kB
+        ("POST", "/recommend", {"json": {"user_id": LONG_ID}}, "user_id"),
+        ("POST", "/recommend", {"json": {"user_id": "1", LONG_ID: 1}}, "7777"),  # an unknown field named by 100,000
+        ("POST", "/items", {"json": {"items": [{"item_id": LONG_ID, "title": "x"}]}}, "items.0.item_id"),
+    ],
+)
+def test_malformed_numbers_strings_and_huge_ids_are_a_short_422(
+    client: httpx.Client, method: str, path: str, request_options: dict[str, object], field: str
+) -> None:
+    # Each was a 500 (NaN, infinity, a lone surrogate: the 422 reply echoing them could not be encoded) or took
+    # seconds (the id's error message through a quadratic redact).
+    headers = {"content-type": "application/json"}
+    started = time.perf_counter()
+    answer = client.request(method, path, headers=headers, **request_options)  # type: ignore[arg-type]
+    assert answer.status_code == 422, answer.text[:300]
+    assert time.perf_counter() - started < 5
+    detail = answer.json()["detail"]
+    assert field in detail and len(answer.content) <= 600 and "7" * 41 not in detail  # a name is cut at 40
+
+
+def test_a_422_names_the_field_and_does_not_echo_the_body(client: httpx.Client) -> None:
+    items = [{"item_id": f"untitled-{i}", "text": "words " * 10} for i in range(5_000)]  # about 430 kB, no titles
+    answer = client.post("/items", json={"items": items})
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert detail.startswith("invalid request: items.0.title: Field required") and "(and 4995 more)" in detail
+    assert len(answer.content) < 1_000 and "untitled-1" not in detail
+
+
+def test_a_body_over_the_limit_is_413_declared_or_chunked(client: httpx.Client) -> None:
+    big = b'{"text": "' + b"a" * 1_100_000 + b'"}'  # the default limit: 1,000,000 bytes
+    declared = client.post("/recommend", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "1,000,000 bytes" in declared.json()["detail"]
+    chunks = (big[i : i + 65_536] for i in range(0, len(big), 65_536))  # no Content-Length: chunked
+    chunked = client.post("/recommend", content=chunks, headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    assert client.post("/recommend", json={"text": "a" * 9_000, "k": 3}).status_code == 200  # under both limits
+
+
+def test_health_stays_fast_while_requests_score_and_a_hostile_one_arrives(
+    api: str, client: httpx.Client, workspace: Path
+) -> None:
+    users = Workspace(workspace).read(Tables.interactions)[Columns.user].unique().sort().to_list()
+    done: list[int] = []
+
+    def load(worker: int) -> None:
+        with httpx.Client(base_url=api, headers={API_KEY_HEADER: KEY}, timeout=120) as own:
+            for user in users[worker::16][:6]:
+                done.append(own.get("/recommend", params={"user_id": user, "k": 20}).status_code)
+            done.append(own.post("/recommend", json={"user_id": LONG_ID}).status_code)
+
+    workers = [threading.Thread(target=load, args=(w,)) for w in range(16)]
+    for worker in workers:
+        worker.start()
+    waits = []
+    while any(worker.is_alive() for worker in workers):
+        started = time.perf_counter()
+        assert httpx.get(f"{api}/health", timeout=30).status_code == 200
+        waits.append(time.perf_counter() - started)
+        time.sleep(0.02)
+    assert sorted(done) == [200] * 96 + [422] * 16
+    # Before, one 100,000-character id stalled /health for 28.8 s; a generous bound for a shared, busy machine.
+    assert len(waits) >= 5 and max(waits) < 1.0, sorted(waits)[-5:]
