@@ -142,7 +142,7 @@ def test_attribute_popularity_ranks_each_group_by_its_own_popularity_and_small_g
     new = {"nf": '{"gender":"F","age":"33","zip":"1"}', "nm": '{"gender":"M","age":"26","zip":"2"}', "nobody": None}
     users = _users_table(women | men | lone | new)
     # Women all rated a; men all rated b and c; the lone user rated c: overall b and c lead, then a.
-    train = train_of({**dict.fromkeys(women, ["a"]), **dict.fromkeys(men, ["b", "c"]), "old": ["c"]})
+    train = train_of({**{user: ["a"] for user in women}, **{user: ["b", "c"] for user in men}, "old": ["c"]})
     index = EvalIndex(users[USER], pl.Series(["a", "b", "c", "d"]))
     scorer = AttributePopularityScorer(["gender", "age"], min_users=2).fit(train, index, users=users)
     assert scorer.group_sizes == {"gender=F|age=25-35": 3, "gender=F|age=55+": 1, "gender=M|age=25-35": 4}
