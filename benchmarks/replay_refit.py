@@ -10,7 +10,7 @@ Paired 95% bootstrap intervals over users (refit minus evaluated), per month and
 No language model runs (augment_limit 0); settings are the refresh's defaults (ModelSettings.capped, the default
 timed choice).
 
-Run: `.venv/bin/python benchmarks/replay_refit.py [--json results/replay_refit.json]` (about 15 minutes on two cores).
+Run: `.venv/bin/python benchmarks/replay_refit.py [--json results/replay_refit.json]` (about 2 minutes on two cores).
 """
 
 from __future__ import annotations

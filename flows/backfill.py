@@ -133,7 +133,7 @@ def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded:
     from ranker.evaluate import temporal_split
 
     dataset, record = context.dataset, run.record
-    with record.timed("detect"):
+    with cycle.stage(record, "detect", f"segments at the window's start and end ({window.end:%Y-%m-%d})"):
         segments = {
             when: tasks.detect_as_of_task(
                 dataset, before=when, since=window.start, sparse_max=context.sparse_max, head_share=context.head_share
@@ -144,7 +144,7 @@ def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded:
     record.transitions = segment_transitions(segments[window.start], segments[window.end])
     judged = None
     if context.augment_limit > 0:
-        with record.timed("augment"):
+        with cycle.stage(record, "augment", "the window's new items with the language model"):
             record.augmentation, judged = augment_window(context, window, segments[window.end], run.run_id)
     split = temporal_split(
         dataset.interactions, dataset.items, cut=window.end, end=window.next_end, sparse_max=context.sparse_max

@@ -10,21 +10,37 @@ after that record is written does `promote` make the candidate current in the mo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
+from prefect import get_run_logger
 
 import training
 from catalog import Columns, ConfigError, ModelRegistry, atomic_write_bytes
 from flows import stages, tasks
-from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore, reference_protocol
+from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore, RunRecord, reference_protocol
 from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, GATE
 
 if TYPE_CHECKING:
     from training import EvaluationPlan, ModelSettings, TimedChoices
+
+
+@contextlib.contextmanager
+def stage(record: RunRecord, name: str, what: str) -> Iterator[None]:
+    """Time a stage into the run's record, saying in the flow's log (which the CLI prints) what starts and how long
+    it took: a retrain is minutes of silence otherwise."""
+    logger = get_run_logger()
+    logger.info(f"{name}: {what}")
+    started = time.perf_counter()
+    with record.timed(name):
+        yield
+    logger.info(f"{name}: done in {time.perf_counter() - started:.1f} s")
 
 
 def default_gate_metrics(k: int) -> tuple[str, ...]:
@@ -141,11 +157,11 @@ def train_evaluate_gate(
     what it chose (training.refit_ranker) and that is what the version serves; the evaluated ranker is kept in
     the version's `evaluated/` folder, where the next gate re-scores it (the refit has seen that gate's window)."""
     record, ranker = run.record, config.models.ranker_name
-    with record.timed("retrain"):
+    with stage(record, "retrain", f"encoders and the {ranker} ranker on the training window"):
         fitted = tasks.fit_ranker_task(
             plan, cache_dir=config.cache_dir, settings=config.models, alternatives=config.alternatives
         )
-    with record.timed("evaluate"):
+    with stage(record, "evaluate", "the candidate, the current model and the reference lines on held-out events"):
         metrics = tasks.evaluate_task(fitted, plan.split, k=config.k, protocol=config.protocol)
         current = registry.current(ranker)
         incumbent = training.incumbent_on_same_data(
@@ -169,12 +185,12 @@ def train_evaluate_gate(
     decision = tasks.gate_task(metrics, incumbent, config.gate, reference)
     if not decision.promoted and config.gate.confidence is not None:
         # A refusal must show in the data: bootstrap each drop over users, and decide again with that evidence.
-        with record.timed("evaluate"):
+        with stage(record, "evaluate", "bootstrap intervals of the drops the gate saw"):
             evidence = tasks.gate_evidence_task(fitted, incumbent, plan.split, config.gate, k=config.k)
         decision = tasks.gate_task(metrics, incumbent, config.gate, reference, evidence)
     served, served_plan = fitted, plan
     if whole_log is not None and decision.promoted:
-        with record.timed("refit"):
+        with stage(record, "refit", "the promoted candidate's choices on every event of the log"):
             served = tasks.refit_ranker_task(whole_log, fitted, cache_dir=config.cache_dir, settings=config.models)
         served_plan = whole_log
     # A version exists once its metadata.json does, and the ranker writes that last: what it serves from and its

@@ -32,7 +32,7 @@ from training.defaults import AUGMENT_LIMIT, DEFAULT_GATE_TOLERANCE, DEFAULT_K, 
 def _detect(space: Workspace, run: ActiveRun, settings: WarmstartSettings) -> None:
     """Detect segments; the run records their counts and the moves since the previous detection."""
     before = space.read(Tables.segments) if space.exists(Tables.segments) else None
-    with run.record.timed("detect"):
+    with cycle.stage(run.record, "detect", "new, cold and sparse items and users"):
         detection = tasks.detect_task(space, run.run_id, sparse_max=settings.sparse_max, head_share=settings.head_share)
     run.record.segment_counts = segment_counts(detection.segments)
     if before is not None:
@@ -99,7 +99,7 @@ def augment_new(
     dataset = str(space.state().get("dataset", "workspace"))
     with store.run(new_run_id(), flow="augment-new", dataset=dataset, parameters={"limit": limit}) as run:
         _detect(space, run, settings)
-        with run.record.timed("augment"):
+        with cycle.stage(run.record, "augment", "descriptions and profiles of what is new"):
             report = stages.AugmentReport()
             report.steps["describe"] = describe_in_batches(space, settings, plan, run.run_id, batch)
             report.steps["profile"] = tasks.augment_step_task("profile", space.root, settings, plan, run.run_id)
@@ -145,7 +145,7 @@ def augment_workspace(
 def _augment_into(run: ActiveRun, space: Workspace, settings: WarmstartSettings, plan: stages.AugmentPlan) -> None:
     """Augment the workspace as the plan says; the run records the volume and what ran the language model."""
     plan = replace(plan, max_new_tokens=settings.llm_max_new_tokens)
-    with run.record.timed("augment"):
+    with cycle.stage(run.record, "augment", "the language model on the segments the plan names"):
         report = augment_workspace(space, settings, plan, run.run_id)
     run.record.augmentation = report.store_row(backend_label(settings))
 
@@ -225,7 +225,7 @@ def refresh(
         _detect(space, run, settings)
         if augment_limit:
             _augment_into(run, space, settings, stages.AugmentPlan(limit=augment_limit, simulate=simulate))
-        with run.record.timed("encode"):
+        with cycle.stage(run.record, "encode", "item texts into embeddings"):
             with_runner(encode_items, settings)(space.root)
         decision = _train_evaluate_gate(run, space, dataset, config, recorded, sparse_max=settings.sparse_max)
     _promote_and_publish(space, ranker, decision, run.run_id, k=k)

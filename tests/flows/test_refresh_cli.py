@@ -34,8 +34,11 @@ def test_refresh_twice_gates_the_second_against_the_first_and_promote_rolls_back
     warmstart: Warmstart, slice_copy: Callable[[], Path], cache_dir: Path, prefect_api: str
 ) -> None:
     workspace = slice_copy()
-    output = warmstart("refresh", *FAST, "-w", str(workspace)).stdout
+    done = warmstart("refresh", *FAST, "-w", str(workspace))
+    output = done.stdout
     assert "promoted: now current" in output
+    for stage in ("detect", "encode", "retrain", "evaluate", "refit"):  # each stage says when it ends
+        assert f"{stage}: done in" in output + done.stderr
     assert "timed choice: choice_recent14_place1 (no earlier run measured the alternatives)" in output
     output = warmstart("refresh", *FAST, "-w", str(workspace)).stdout
     assert "promoted: now current" in output
