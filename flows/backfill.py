@@ -146,7 +146,9 @@ def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded:
     if context.augment_limit > 0:
         with cycle.stage(record, "augment", "the window's new items with the language model"):
             record.augmentation, judged = augment_window(context, window, segments[window.end], run.run_id)
-    split = temporal_split(dataset.interactions, dataset.items, cut=window.end, end=window.next_end)
+    split = temporal_split(
+        dataset.interactions, dataset.items, cut=window.end, end=window.next_end, sparse_max=context.sparse_max
+    )
     if split.truth.height == 0:
         raise DataError(f"no new interaction between {window.end} and {window.next_end} to evaluate on.")
     plan = replace(training.holdout_plan(split), synthetic=judged)  # the window's model trains on its augmentation

@@ -227,20 +227,26 @@ def refresh(
             _augment_into(run, space, settings, stages.AugmentPlan(limit=augment_limit, simulate=simulate))
         with cycle.stage(run.record, "encode", "item texts into embeddings"):
             with_runner(encode_items, settings)(space.root)
-        decision = _train_evaluate_gate(run, space, dataset, config, recorded)
+        decision = _train_evaluate_gate(run, space, dataset, config, recorded, sparse_max=settings.sparse_max)
     _promote_and_publish(space, ranker, decision, run.run_id, k=k)
     return RefreshResult(run.run_id, decision, run.record.metrics, why)
 
 
 def _train_evaluate_gate(
-    run: ActiveRun, space: Workspace, dataset: Dataset, config: cycle.CycleConfig, recorded: pl.DataFrame | None
+    run: ActiveRun,
+    space: Workspace,
+    dataset: Dataset,
+    config: cycle.CycleConfig,
+    recorded: pl.DataFrame | None,
+    *,
+    sparse_max: int,
 ) -> GateDecision:
     """The cycle's second half on the workspace's data set, the model training on the workspace's augmentation
     (its synthetic interactions warm their cold items). On a time-ordered log the version served is refit on every
     event once the gate has let the candidate through (`training.whole_log_plan`)."""
     import training
 
-    plan = training.dataset_plan(dataset, training.PROTOCOLS[config.protocol])
+    plan = training.dataset_plan(dataset, training.PROTOCOLS[config.protocol], sparse_max=sparse_max)
     plan = replace(plan, synthetic=stages.synthetic_interactions(space))
     whole_log = training.whole_log_plan(dataset, plan)
     return cycle.train_evaluate_gate(

@@ -27,6 +27,7 @@ from monitor.views import (
     filter_choices,
     lines_over_time,
     runs_and_promotions,
+    user_accuracy_over_time,
 )
 
 DEFAULT_SEGMENTS = ("overall", "head", "tail", "cold")
@@ -77,6 +78,19 @@ def accuracy_section(frames: StoreFrames, filters: Filters) -> None:
         st.info("No accuracy rows for these filters.")
         return
     _recall_and_ndcg(rows, filters.k, color="segment")
+
+
+def user_accuracy_section(frames: StoreFrames, filters: Filters) -> None:
+    st.header("Accuracy per user segment")
+    rows = user_accuracy_over_time(frames.metrics, filters)
+    if rows.is_empty():
+        st.info("No user-segment rows for these filters.")
+        return
+    st.caption(
+        "Evaluated users by their training interactions: none (cold_user), 1 to sparse_max (sparse_user), more "
+        "(warm_user)."
+    )
+    _recall_and_ndcg(rows, filters.k, color="segment", suffix=", per user segment")
 
 
 def _recall_and_ndcg(rows: pl.DataFrame, k: int, *, color: str, suffix: str = "") -> None:
@@ -225,6 +239,7 @@ def main() -> None:
         f"protocol {filters.protocol}, K={filters.k}"
     )
     accuracy_section(frames, filters)
+    user_accuracy_section(frames, filters)
     lines_section(frames, filters)
     augmentation_effect_section(frames, filters)
     beyond_accuracy_section(frames, filters)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import polars as pl
 
 ACCURACY_SEGMENTS = ("overall", "head", "tail", "cold")
+# Evaluated users by their training interactions (ranker.evaluate.USER_SEGMENT_ORDER: none, 1..sparse_max, more).
+USER_SEGMENTS = ("cold_user", "sparse_user", "warm_user")
 BEYOND_ACCURACY = ("coverage", "gini", "aplt", "novelty")
 REFERENCE_SEPARATOR = ":"
 PRODUCT = "product"
@@ -24,6 +26,8 @@ class Lines:
     tail_calibrated = "tail_calibrated"  # the candidate re-ranked for calibrated tail exposure (ranker.rerank)
     without_augmentation = "without_augmentation"  # the candidate serving content stand-ins, not warmed ones
     alternative_prefix = "choice_"  # timed alternatives trained beside the candidate (training.TIMED_ALTERNATIVES)
+    attribute_popularity = "attribute_popularity"  # popularity among training users sharing the user's attributes
+    bprmf = "bprmf"  # BPR-MF alone, from the factors its training rows gave each user (the sparse-user protocol)
 
 
 def reference_protocol(protocol: str, reference: str) -> str:

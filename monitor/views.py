@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import polars as pl
 
 from monitor.store import MetricsStore
-from monitor.trends import BEYOND_ACCURACY, PRODUCT, REFERENCE_SEPARATOR, Lines, product_rows, series_of
+from monitor.trends import (
+    BEYOND_ACCURACY,
+    PRODUCT,
+    REFERENCE_SEPARATOR,
+    USER_SEGMENTS,
+    Lines,
+    product_rows,
+    series_of,
+)
 
 ACCURACY = ("recall", "ndcg")
 WARM_SEGMENTS = ("sparse", "tail", "head")
@@ -78,6 +86,13 @@ def accuracy_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:
     if filters.protocol is not None:
         rows = rows.filter(pl.col("protocol") == filters.protocol)
     return _in_range(rows, "as_of", filters).select("as_of", "segment", "metric", "value").sort("as_of", "segment")
+
+
+def user_accuracy_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:
+    """(as_of, segment, metric, value) for Recall@K and NDCG@K of the evaluated users without history, with 1..
+    sparse_max training interactions and with more (cold_user, sparse_user, warm_user): the page draws them apart
+    from the item segments, whatever segments the filters chose."""
+    return accuracy_over_time(metrics, replace(filters, segments=USER_SEGMENTS))
 
 
 def lines_over_time(metrics: pl.DataFrame, filters: Filters) -> pl.DataFrame:

@@ -1,4 +1,5 @@
-"""Baseline scorers: random, popularity and content kNN over item vectors (TF-IDF or sentence embeddings).
+"""Baseline scorers: random, popularity, attribute-group popularity and content kNN over item vectors (TF-IDF or
+sentence embeddings).
 
 Each is a `ranker.evaluate.Scorer` once fitted: `fit(train, index)` reads a split's training interactions
 (user_id, item_id) through its `EvalIndex`, and calling it with (user indices, item indices) returns float32 scores.
@@ -6,7 +7,8 @@ Each is a `ranker.evaluate.Scorer` once fitted: `fit(train, index)` reads a spli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Self
 
@@ -19,7 +21,16 @@ from sklearn.preprocessing import normalize
 from catalog import Columns, ConfigError, NotFittedError, has_times
 from ranker.evaluate import EvalIndex, interaction_matrix
 
-__all__ = ["ContentKNNScorer", "PopularityScorer", "RandomScorer", "RecentPopularityScorer", "tfidf_item_vectors"]
+__all__ = [
+    "AGE_BANDS",
+    "AttributePopularityScorer",
+    "ContentKNNScorer",
+    "PopularityScorer",
+    "RandomScorer",
+    "RecentPopularityScorer",
+    "tfidf_item_vectors",
+    "user_groups",
+]
 
 ItemVectors = np.ndarray | sp.csr_matrix | sp.csr_array
 # Users per similarity block in top-n scoring: bounds memory to about chunk x mean history x candidates floats.
@@ -103,6 +114,133 @@ class RecentPopularityScorer(PopularityScorer):
         # All-time counts only break ties: they stay below one recent event.
         self._counts = counts + overall / (overall.max() + 1.0)
         return self
+
+
+AGE_BANDS = (25.0, 35.0, 45.0, 55.0)
+"""Edges of the age bands users are grouped by: <25, 25-35, 35-45, 45-55, 55+."""
+_GROUP = "_group"
+
+
+def _band_labels(values: pl.Series, edges: Sequence[float]) -> pl.Series:
+    """Each numeric value's band between sorted `edges` ('<25', '25-35', ..., '55+'); null where not a number."""
+    numbers = values.cast(pl.Float64, strict=False)
+    bins = np.searchsorted(np.asarray(edges, dtype=np.float64), numbers.fill_null(np.nan).to_numpy(), side="right")
+    names = [f"<{edges[0]:g}", *(f"{lo:g}-{hi:g}" for lo, hi in itertools.pairwise(edges)), f"{edges[-1]:g}+"]
+    labels = pl.Series(values.name, np.asarray(names, dtype=object)[bins].tolist(), dtype=pl.String)
+    return pl.select(pl.when(numbers.is_null()).then(None).otherwise(labels)).to_series().alias(values.name)
+
+
+def _categorical(frame: pl.DataFrame, max_levels: int) -> list[str]:
+    """Attributes whose values are not all numbers and take at most `max_levels` values (an id-like attribute, a
+    zip code say, would leave every group too small to count)."""
+    chosen = []
+    for name in frame.columns:
+        values = frame[name].drop_nulls().cast(pl.String)
+        numeric = values.cast(pl.Float64, strict=False).null_count() == 0
+        if values.len() and not numeric and values.n_unique() <= max_levels:
+            chosen.append(name)
+    return chosen
+
+
+def user_groups(
+    users: pl.DataFrame,
+    attributes: Sequence[str] | None = None,
+    *,
+    bands: Mapping[str, Sequence[float]] | None = None,
+    max_levels: int = 30,
+) -> pl.DataFrame:
+    """(user_id, group): each user's values of `attributes` (from the users table's JSON `attributes`) as one label,
+    e.g. 'gender=F|age=25-35'; numeric attributes named in `bands` are cut into bands first. Null where a user lacks
+    one of them. `attributes=None` takes every categorical attribute (`_categorical`)."""
+    bands = {"age": AGE_BANDS} if bands is None else bands
+    texts = users[Columns.attributes] if Columns.attributes in users.columns else pl.Series([None] * users.height)
+    known = texts.drop_nulls()
+    parsed = known.str.json_decode(infer_schema_length=None).struct.unnest() if known.len() else pl.DataFrame()
+    # Values back on every user's row (null for users without attributes).
+    rows = pl.DataFrame({Columns.user: users[Columns.user]}).filter(texts.is_not_null())
+    table = pl.concat([rows, parsed.select(pl.all().cast(pl.String))], how="horizontal") if parsed.width else rows
+    chosen = list(attributes) if attributes is not None else _categorical(table.drop(Columns.user), max_levels)
+    missing = [name for name in chosen if name not in table.columns]
+    if missing or not chosen:
+        have = sorted(c for c in table.columns if c != Columns.user)
+        raise ConfigError(
+            f"user attributes {missing or chosen} are not in the users table (it has {have}); "
+            "name attributes it has, or give users with categorical attributes."
+        )
+    table = table.with_columns(_band_labels(table[name], bands[name]) for name in chosen if name in bands)
+    parts = [pl.lit(f"{name}=") + pl.col(name) for name in chosen]
+    grouped = table.select(Columns.user, pl.concat_str(parts, separator="|").alias(_GROUP))
+    return (
+        pl.DataFrame({Columns.user: users[Columns.user]})
+        .join(grouped, on=Columns.user, how="left", maintain_order="left")
+        .rename({_GROUP: "group"})
+    )
+
+
+class AttributePopularityScorer:
+    """The most popular items among the training users who share a user's attribute values (gender x age band, say):
+    what a user without history can be recommended from their attributes alone. A user whose group has fewer than
+    `min_users` training users, or who lacks an attribute, gets overall popularity. Within a group, all-time
+    popularity breaks ties. The reference a stand-in for users without history must beat.
+    """
+
+    def __init__(
+        self,
+        attributes: Sequence[str] | None = None,
+        *,
+        bands: Mapping[str, Sequence[float]] | None = None,
+        min_users: int = 20,
+        max_levels: int = 30,
+    ) -> None:
+        if min_users < 1:
+            raise ConfigError(f"min_users must be >= 1, got {min_users}.")
+        self.attributes = tuple(attributes) if attributes is not None else None
+        self.bands = bands
+        self.min_users = min_users
+        self.max_levels = max_levels
+        self._rows: np.ndarray | None = None  # per index user: its row of `_table` (0: overall popularity)
+        self._table: np.ndarray | None = None
+        self.group_sizes: dict[str, int] = {}
+
+    def fit(self, train: pl.DataFrame, index: EvalIndex, *, users: pl.DataFrame) -> Self:
+        """Count each group's training interactions; `users` is the users table (user_id, attributes)."""
+        matrix = interaction_matrix(train, index)
+        overall = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float32)
+        tie_break = overall / (overall.max() + 1.0)
+        labels = (
+            pl.DataFrame({Columns.user: index.user_ids})
+            .join(
+                user_groups(users, self.attributes, bands=self.bands, max_levels=self.max_levels),
+                on=Columns.user,
+                how="left",
+                maintain_order="left",
+            )["group"]
+            .to_numpy()
+        )
+        trained = np.diff(matrix.indptr) > 0
+        names, codes = np.unique(np.where(labels == None, "", labels).astype(str), return_inverse=True)  # noqa: E711
+        sizes = np.bincount(codes[trained], minlength=names.size)
+        self.group_sizes = {str(name): int(size) for name, size in zip(names, sizes, strict=True) if name}
+        counted = np.flatnonzero((sizes >= self.min_users) & (names != ""))
+        member = sp.csr_array(
+            (np.ones(int(trained.sum()), dtype=np.float32), (codes[trained], np.flatnonzero(trained))),
+            shape=(names.size, index.n_users),
+        )
+        counts = np.asarray((member @ matrix).todense(), dtype=np.float32)[counted]
+        self._table = np.vstack([overall, counts + tie_break[None, :]]).astype(np.float32)
+        row_of_code = np.zeros(names.size, dtype=np.int64)
+        row_of_code[counted] = np.arange(counted.size) + 1
+        self._rows = row_of_code[codes]
+        return self
+
+    def is_fitted(self) -> bool:
+        return self._table is not None
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if self._table is None or self._rows is None:
+            raise NotFittedError("AttributePopularityScorer is not fitted: call fit(train, index, users=...) first.")
+        rows = self._rows[_indices(users, "users")]
+        return self._table[np.ix_(rows, _indices(items, "items"))]
 
 
 class ContentKNNScorer:

@@ -14,6 +14,16 @@ Builders (CiteULike's ALDI split for the first three, any timestamped log for th
 - `hybrid_split`: every item is a candidate; truth is warm_test + cold_item_test (or both val splits).
 - `temporal_split`: train before a cut, test after it; items first seen after the cut are cold, and so are users.
 
+Builders for users without (or with little) history, on any data set with a users table:
+
+- `cold_user_split`: a seeded share of users held out whole; their attributes are known, every interaction of
+  theirs is the truth, none trains.
+- `sparse_user_split`: a seeded share of users keep their first n interactions (by time) in training; the rest are
+  the truth.
+
+Evaluated users are labelled by their training interactions (`user_segments`): cold_user (none), sparse_user
+(1..sparse_max, catalog.SPARSE_MAX by default, the rule segment detection applies to users and items) or warm_user.
+
 Typical use: build a split, fit a model on `split.train` (ids mapped through `split.index`), evaluate it::
 
     split = cold_item_split(dataset, "cold_item_val")
@@ -25,7 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -33,14 +43,27 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from catalog import ALDI_SPLITS, Columns, DataError, Dataset, Segments, fully_timed, popularity_segments
+from catalog import (
+    ALDI_SPLITS,
+    SPARSE_MAX,
+    Columns,
+    DataError,
+    Dataset,
+    Segments,
+    fully_timed,
+    popularity_segments,
+)
 from ranker.metrics import MetricInputError, accuracy_metrics, evaluate_ranking
 
 __all__ = [
     "COLD_ITEM",
     "COLD_USER",
+    "COLD_USERS",
     "HYBRID",
+    "SPARSE_USER",
+    "SPARSE_USERS",
     "TEMPORAL",
+    "USER_SEGMENT_ORDER",
     "WARM",
     "WARM_USER",
     "EvalIndex",
@@ -48,11 +71,13 @@ __all__ = [
     "ProtocolSplit",
     "Scorer",
     "cold_item_split",
+    "cold_user_split",
     "evaluate",
     "frames_split",
     "hold_out_labels",
     "hybrid_split",
     "interaction_matrix",
+    "sparse_user_split",
     "split_validation",
     "temporal_split",
     "warm_split",
@@ -69,9 +94,17 @@ WARM = "warm"
 HYBRID = "hybrid"
 TEMPORAL = "temporal"
 
-# User segments of the temporal protocol (item segments are head/tail/cold from catalog.Segments).
+# Protocols over users: some held out whole (their attributes known), or held out but for their first n events.
+COLD_USERS = "cold_users"
+SPARSE_USERS = "sparse_users"
+
+# User segments of evaluated users (item segments are head/tail/cold from catalog.Segments). Metric rows hold item
+# and user segments in one column, hence the suffix: catalog's detection labels users cold/sparse/tail/head by the
+# same counts, and cold_user/sparse_user are its cold/sparse; warm_user is its tail and head together.
 COLD_USER = "cold_user"
+SPARSE_USER = "sparse_user"
 WARM_USER = "warm_user"
+USER_SEGMENT_ORDER = (COLD_USER, SPARSE_USER, WARM_USER)
 
 _ID = "_id"
 _IDX = "_idx"
@@ -155,7 +188,9 @@ class ProtocolSplit:
 
     `items` has one row per index item, in index order (row i is item i), with its title/text for content models.
     `exclude` holds only pairs of evaluated users and candidate items. `item_segments` labels every index item
-    head/tail/cold by its `train` count; `user_segments`, when set, labels evaluated users (cold_user/warm_user).
+    head/tail/cold by its `train` count; `user_segments`, when set, labels evaluated users (cold_user, sparse_user or
+    warm_user). `users_table`, when the data set has a users table, holds one row per index user in index order
+    (user_id, attributes: a JSON object as text, null where unknown): what is known of a user without history.
     """
 
     protocol: str
@@ -168,6 +203,7 @@ class ProtocolSplit:
     candidates: np.ndarray
     item_segments: pl.DataFrame
     user_segments: pl.DataFrame | None = None
+    users_table: pl.DataFrame | None = None
 
     @property
     def users(self) -> np.ndarray:
@@ -304,14 +340,25 @@ def hybrid_split(dataset: Dataset, eval_split: Literal["test", "val"] = "test") 
     return _aldi_split(dataset, protocol=HYBRID, name=f"hybrid_{eval_split}", truth=truth, candidates=None)
 
 
-def _user_segments(truth: pl.DataFrame, train: pl.DataFrame) -> pl.DataFrame:
-    """Evaluated users labelled warm_user (they have training rows) or cold_user."""
-    trained = train.select(Columns.user).unique().with_columns(pl.lit(WARM_USER).alias(Columns.segment))
+def _user_segments(truth: pl.DataFrame, train: pl.DataFrame, sparse_max: int = SPARSE_MAX) -> pl.DataFrame:
+    """Evaluated users labelled by their training rows, counted as segment detection counts them: cold_user (none),
+    sparse_user (1..`sparse_max`) or warm_user (more)."""
+    if sparse_max < 0:
+        raise DataError(f"sparse_max must be >= 0, got {sparse_max}.")
+    counts = train.group_by(Columns.user).agg(pl.len().alias(Columns.n_interactions))
     return (
         truth.select(Columns.user)
         .unique()
-        .join(trained, on=Columns.user, how="left")
-        .with_columns(pl.col(Columns.segment).fill_null(COLD_USER))
+        .join(counts, on=Columns.user, how="left")
+        .select(
+            Columns.user,
+            pl.when(pl.col(Columns.n_interactions).is_null())
+            .then(pl.lit(COLD_USER))
+            .when(pl.col(Columns.n_interactions) <= sparse_max)
+            .then(pl.lit(SPARSE_USER))
+            .otherwise(pl.lit(WARM_USER))
+            .alias(Columns.segment),
+        )
         .sort(Columns.user)
     )
 
@@ -324,12 +371,14 @@ def frames_split(
     protocol: Literal["cold_item", "warm", "hybrid"] = HYBRID,
     valid: pl.DataFrame | None = None,
     users: pl.Series | None = None,
+    sparse_max: int = SPARSE_MAX,
 ) -> ProtocolSplit:
     """A split given as frames (e.g. files): train, test, items (and validation positives, known but not evaluated).
 
     Items without a training interaction are cold. Candidates: the cold items (`cold_item`), the warm items
     (`warm`) or every item (`hybrid`); test positives outside the candidates are dropped, as ALDI's protocols do.
-    Excluded: the evaluated users' train and validation positives. Users without training rows are cold users.
+    Excluded: the evaluated users' train and validation positives. Users without training rows are cold users, those
+    with 1..`sparse_max` sparse users.
     """
     known = [train, *([valid] if valid is not None else [])]
     log = pl.concat([f.select(_PAIR) for f in [*known, test]])
@@ -357,7 +406,7 @@ def frames_split(
         truth=truth,
         known=pl.concat([f.select(_PAIR) for f in known]),
         candidates=pool,
-        user_segments=_user_segments(truth, train),
+        user_segments=_user_segments(truth, train, sparse_max),
     )
 
 
@@ -459,13 +508,14 @@ def temporal_split(
     cut: datetime | None = None,
     end: datetime | None = None,
     quantile: float = 0.8,
+    sparse_max: int = SPARSE_MAX,
 ) -> ProtocolSplit:
     """Temporal protocol for a timestamped log: train on ts < cut, test on cut <= ts (< end, when given).
 
     `cut` defaults to the time of the event at `quantile` of the log (80%: about 80% of events train). Candidates:
     every item of `items`; items without a training interaction are cold. Truth: test pairs not already in
     training (a repeat cannot be recommended, since training positives are excluded). Users without a training
-    interaction are `cold_user`, others `warm_user` (see `ProtocolSplit.user_segments`).
+    interaction are `cold_user`, with 1..`sparse_max` `sparse_user`, others `warm_user` (`ProtocolSplit.user_segments`).
     """
     if Columns.ts not in interactions.columns or interactions[Columns.ts].null_count():
         raise DataError(
@@ -497,8 +547,94 @@ def temporal_split(
         truth=truth,
         known=train,
         candidates=items[Columns.item],
-        user_segments=_user_segments(truth, train),
+        user_segments=_user_segments(truth, train, sparse_max),
     )
+
+
+# ------------------------------------------------------------------------------------------- user splits
+
+
+def _held_out_users(candidates: pl.Series, share: float, seed: int, name: str) -> pl.DataFrame:
+    """A seeded `share` (at least one, never all) of the distinct `candidates`, drawn from their sorted ids so that
+    the draw depends on the seed and the ids only, never on the order of the log."""
+    if not 0 < share < 1:
+        raise DataError(f"{name}: share must be in (0, 1), got {share}.")
+    ids = candidates.unique().sort()
+    if ids.len() < 2:
+        raise DataError(f"{name}: {ids.len()} user(s) to draw from; holding users out needs at least 2.")
+    n = min(max(round(share * ids.len()), 1), ids.len() - 1)
+    chosen = np.sort(np.random.default_rng(seed).permutation(ids.len())[:n])
+    return pl.DataFrame({Columns.user: ids.gather(chosen)})
+
+
+def _user_protocol_parts(dataset: Dataset) -> tuple[pl.DataFrame, EvalIndex, pl.DataFrame]:
+    """(log, index over every user of the users table and every item, users table in index order)."""
+    columns = [c for c in (Columns.user, Columns.item, Columns.ts) if c in dataset.interactions.columns]
+    log = dataset.interactions.select(columns)
+    if log.height == 0:
+        raise DataError(f"dataset '{dataset.name}' has no interactions to hold users out of.")
+    users = dataset.users.select(Columns.user, Columns.attributes).unique(Columns.user).sort(Columns.user)
+    index = EvalIndex(users[Columns.user], dataset.items[Columns.item])
+    index.users(log[Columns.user])  # every logged user must be in the users table
+    index.items(log[Columns.item])
+    return log, index, users
+
+
+def cold_user_split(
+    dataset: Dataset, share: float = 0.2, seed: int = 0, *, sparse_max: int = SPARSE_MAX
+) -> ProtocolSplit:
+    """Cold-user protocol: a seeded `share` of the users with interactions is held out whole. None of their
+    interactions trains; all of them are the truth; their attributes (the users table) are all a model knows of
+    them (`ProtocolSplit.users_table`). Every item is a candidate (items only they had are cold); nothing is
+    excluded, since they have no known positive. Every evaluated user is a cold_user."""
+    log, index, users = _user_protocol_parts(dataset)
+    held = _held_out_users(log[Columns.user], share, seed, "cold_user_split")
+    split = _make_split(
+        protocol=COLD_USERS,
+        name=f"{COLD_USERS}@{share:g}/seed{seed}",
+        index=index,
+        items=dataset.items,
+        train=log.join(held, on=Columns.user, how="anti"),
+        truth=log.join(held, on=Columns.user, how="semi"),
+        known=log.clear(),
+        candidates=dataset.items[Columns.item],
+    )
+    return replace(split, user_segments=_user_segments(split.truth, split.train, sparse_max), users_table=users)
+
+
+def sparse_user_split(
+    dataset: Dataset, history_n: int, share: float = 0.2, seed: int = 0, *, sparse_max: int = SPARSE_MAX
+) -> ProtocolSplit:
+    """Sparse-user protocol: a seeded `share` of the users with more than `history_n` interactions keep their first
+    `history_n` (by time; ties by item id) in training, beside every interaction of the other users; the rest of
+    theirs is the truth (less repeats of a kept pair), their kept pairs are excluded. With `history_n` <=
+    `sparse_max` every evaluated user is a sparse_user."""
+    if history_n < 1:
+        raise DataError(f"sparse_user_split: history_n must be >= 1, got {history_n} (use cold_user_split for 0).")
+    log, index, users = _user_protocol_parts(dataset)
+    if not fully_timed(log):
+        raise DataError(
+            f"sparse_user_split keeps each user's first {history_n} interactions by time: every interaction of "
+            f"'{dataset.name}' needs a '{Columns.ts}'."
+        )
+    position = pl.int_range(pl.len()).over(Columns.user)
+    ordered = log.sort(Columns.user, Columns.ts, Columns.item).with_columns(position.alias("_position"))
+    eligible = ordered.filter(pl.col("_position") == history_n)[Columns.user]  # users with > history_n rows
+    held = _held_out_users(eligible, share, seed, "sparse_user_split")
+    theirs = ordered.join(held, on=Columns.user, how="semi")
+    kept = theirs.filter(pl.col("_position") < history_n).drop("_position")
+    train = pl.concat([log.join(held, on=Columns.user, how="anti"), kept])
+    split = _make_split(
+        protocol=SPARSE_USERS,
+        name=f"{SPARSE_USERS}@{history_n}/{share:g}/seed{seed}",
+        index=index,
+        items=dataset.items,
+        train=train,
+        truth=_pairs(theirs.filter(pl.col("_position") >= history_n)).join(_pairs(kept), on=_PAIR, how="anti"),
+        known=kept,
+        candidates=dataset.items[Columns.item],
+    )
+    return replace(split, user_segments=_user_segments(split.truth, split.train, sparse_max), users_table=users)
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -603,7 +739,7 @@ def evaluate(split: ProtocolSplit, scorer: Scorer, k: int = 20, *, batch_size: i
 def _user_segment_metrics(recs: pl.DataFrame, truth: pl.DataFrame, user_segments: pl.DataFrame, k: int) -> pl.DataFrame:
     """Overall accuracy restricted to the users of each user segment, labelled with the segment's name."""
     frames = []
-    for segment in (COLD_USER, WARM_USER):
+    for segment in USER_SEGMENT_ORDER:
         members = user_segments.filter(pl.col(Columns.segment) == segment).select(Columns.user)
         if members.height == 0:
             continue

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from catalog import (
+    SPARSE_MAX,
     Columns,
     ConfigError,
     DataError,
@@ -23,20 +24,24 @@ from catalog import (
 )
 from ranker.evaluate import (
     COLD_ITEM,
+    COLD_USERS,
     HYBRID,
+    SPARSE_USERS,
     TEMPORAL,
     WARM,
     ProtocolSplit,
     cold_item_split,
+    cold_user_split,
     frames_split,
     hold_out_labels,
     hybrid_split,
+    sparse_user_split,
     split_validation,
     temporal_split,
     warm_split,
     whole_log_split,
 )
-from training.defaults import CALIBRATION_USERS
+from training.defaults import CALIBRATION_USERS, USER_GROUP_ATTRIBUTES, USER_HOLDOUT_SHARE
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,6 +65,11 @@ class EvaluationPlan:
     synthetic: pl.DataFrame | None = None
     # A validation split ranking cold and warm items together, on which the ranker's cold places are chosen.
     calibration: ProtocolSplit | None = None
+    # The protocols over users: their split drawn again among the training users only, on which the share of users
+    # the ranker is shown without history is chosen (the test users never choose anything).
+    user_validation: EvaluationPlan | None = None
+    # The user attributes attribute-group popularity groups by (None: every categorical attribute).
+    group_attributes: tuple[str, ...] | None = None
 
 
 def sampled_users(split: ProtocolSplit, n: int, *, seed: int) -> ProtocolSplit:
@@ -137,7 +147,50 @@ def holdout_plan(
     )
 
 
-PROTOCOLS = {"cold-item": COLD_ITEM, "warm": WARM, "hybrid": HYBRID, "temporal": TEMPORAL}
+PROTOCOLS = {
+    "cold-item": COLD_ITEM,
+    "warm": WARM,
+    "hybrid": HYBRID,
+    "temporal": TEMPORAL,
+    "cold-user": COLD_USERS,
+    "sparse-user": SPARSE_USERS,
+}
+USER_PROTOCOLS = (COLD_USERS, SPARSE_USERS)
+
+
+def user_plan(
+    dataset: Dataset,
+    protocol: str,
+    *,
+    history_n: int | None = None,
+    share: float = USER_HOLDOUT_SHARE,
+    seed: int = 0,
+    sparse_max: int = SPARSE_MAX,
+) -> EvaluationPlan:
+    """The cold-user (a seeded `share` of users held out whole) or sparse-user (held out but for their first
+    `history_n` events) protocol on any data set with a users table, trained as `holdout_plan` trains. Its
+    `user_validation` is the same protocol drawn again (seed + 1) among the training users alone, with the test
+    users' every row left out: what the ranker's handling of users without history is chosen on."""
+    if protocol == COLD_USERS:
+
+        def build(data: Dataset, draw: int) -> ProtocolSplit:
+            return cold_user_split(data, share, draw, sparse_max=sparse_max)
+    elif protocol == SPARSE_USERS:
+        if history_n is None:
+            raise ConfigError("the sparse-user protocol needs the events each held-out user keeps: --history-n N.")
+
+        def build(data: Dataset, draw: int) -> ProtocolSplit:
+            return sparse_user_split(data, history_n, share, draw, sparse_max=sparse_max)
+    else:
+        raise ConfigError(f"user_plan builds the protocols {list(USER_PROTOCOLS)}, not {protocol!r}.")
+    split = build(dataset, seed)
+    test_users = split.truth.select(Columns.user).unique()
+    training_only = replace(dataset, interactions=dataset.interactions.join(test_users, on=Columns.user, how="anti"))
+    return replace(
+        holdout_plan(split),
+        user_validation=holdout_plan(build(training_only, seed + 1)),
+        group_attributes=USER_GROUP_ATTRIBUTES.get(dataset.name),
+    )
 
 
 def _read_pairs(path: Path) -> pl.DataFrame:
@@ -146,11 +199,33 @@ def _read_pairs(path: Path) -> pl.DataFrame:
 
 
 def files_plan(
-    protocol: str, *, train: Path, test: Path, items: Path, valid: Path | None = None, users: Path | None = None
+    protocol: str,
+    *,
+    train: Path,
+    test: Path | None,
+    items: Path,
+    valid: Path | None = None,
+    users: Path | None = None,
+    history_n: int | None = None,
+    sparse_max: int = SPARSE_MAX,
 ) -> EvaluationPlan:
     """A split given as files (CSV or Parquet; interactions: user_id, item_id[, ts, value]; items: item_id,
-    title[, text, categories]). `temporal` needs times: the test file's first event is the cut."""
+    title[, text, categories]). `temporal` needs times: the test file's first event is the cut. The protocols over
+    users draw their own split from the train and test files' events together (`user_plan`) and need `users`
+    (user_id and attribute columns)."""
     item_frame, _ = conform_items(read_table(items), str(items))
+    if protocol in USER_PROTOCOLS:
+        if users is None:
+            raise ConfigError(f"--protocol {protocol} needs --users FILE: the attributes of users without history.")
+        user_frame = conform_users(read_table(users), str(users))[0]
+        frames = [_read_pairs(path) for path in (train, test) if path is not None]
+        for frame, path in zip(frames, (train, test), strict=False):
+            check_references(frame, item_frame, user_frame, str(path))
+        log = pl.concat(frames, how="diagonal_relaxed")
+        dataset = Dataset(name=f"files:{train.name}", interactions=log, items=item_frame, users=user_frame)
+        return user_plan(dataset, protocol, history_n=history_n, sparse_max=sparse_max)
+    if test is None:
+        raise ConfigError("--train needs --test FILE too (only the protocols over users draw their own test).")
     train_frame, test_frame = _read_pairs(train), _read_pairs(test)
     valid_frame = _read_pairs(valid) if valid is not None else None
     user_frame = conform_users(read_table(users), str(users))[0] if users is not None else None
@@ -162,9 +237,17 @@ def files_plan(
         if not (fully_timed(test_frame) and fully_timed(train_frame)):
             raise DataError(f"--protocol temporal needs a 'ts' on every row of {train} and {test}.")
         log = pl.concat([train_frame, test_frame])
-        split = temporal_split(log, item_frame, cut=test_frame[Columns.ts].min())
+        split = temporal_split(log, item_frame, cut=test_frame[Columns.ts].min(), sparse_max=sparse_max)
     else:
-        split = frames_split(train_frame, test_frame, item_frame, protocol=protocol, valid=valid_frame, users=user_ids)
+        split = frames_split(
+            train_frame,
+            test_frame,
+            item_frame,
+            protocol=protocol,
+            valid=valid_frame,
+            users=user_ids,
+            sparse_max=sparse_max,
+        )
     return holdout_plan(split, valid_frame)
 
 
@@ -180,10 +263,15 @@ def whole_log_plan(dataset: Dataset, plan: EvaluationPlan) -> EvaluationPlan | N
     return replace(holdout_plan(whole), synthetic=plan.synthetic)
 
 
-def dataset_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
-    """The plan for a data set: its predefined splits where it has them (ALDI's layout), else its temporal split."""
+def dataset_plan(
+    dataset: Dataset, protocol: str, *, history_n: int | None = None, sparse_max: int = SPARSE_MAX
+) -> EvaluationPlan:
+    """The plan for a data set: the protocols over users where asked (any data set with a users table), its
+    predefined splits where it has them (ALDI's layout), else its temporal split."""
+    if protocol in USER_PROTOCOLS:
+        return user_plan(dataset, protocol, history_n=history_n, sparse_max=sparse_max)
     if dataset.splits:
         return aldi_plan(dataset, protocol)
     if protocol != TEMPORAL:
-        raise ConfigError(f"{dataset.name} has no predefined split: use --protocol temporal.")
-    return holdout_plan(temporal_split(dataset.interactions, dataset.items))
+        raise ConfigError(f"{dataset.name} has no predefined split: use --protocol temporal, cold-user or sparse-user.")
+    return holdout_plan(temporal_split(dataset.interactions, dataset.items, sparse_max=sparse_max))

@@ -46,3 +46,14 @@ benchmarks/hybrid_exposure.py)."""
 TAIL_STRENGTH = 1.0
 """The calibrated tail exposure line re-ranks each user's top k to hold this multiple of their historical share of
 tail items (the best validation tail Recall@20 on MovieLens-100K, benchmarks/tail_rerank.py)."""
+
+# ------------------------------------------------------------------------------------------------ users
+
+COLD_USER_SHARE_GRID = (0.0, 0.2, 0.5)
+"""Shares of training users the LightGBM ranker is shown without their history, tried on a validation split of the
+training users (the protocol's own split drawn again among them) by the cold-user and sparse-user protocols."""
+USER_HOLDOUT_SHARE = 0.2
+"""Share of users the cold-user and sparse-user protocols hold out (and of training users their validation does)."""
+USER_GROUP_ATTRIBUTES: dict[str, tuple[str, ...]] = {"ml-100k": ("gender", "age")}
+"""The user attributes attribute-group popularity groups by, per data set (age in bands: ranker.baselines.AGE_BANDS);
+a data set not named here groups by all its categorical attributes."""

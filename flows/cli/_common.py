@@ -129,6 +129,8 @@ class Protocol(StrEnum):
     warm = "warm"
     hybrid = "hybrid"
     temporal = "temporal"
+    cold_user = "cold-user"
+    sparse_user = "sparse-user"
 
 
 class RankerName(StrEnum):

@@ -33,7 +33,14 @@ from flows.cli._common import (
 )
 from flows.settings import WarmstartSettings
 from monitor import MetricsStore, product_rows
-from training.defaults import AUGMENT_LIMIT, DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, DEFAULT_K, MAX_EPOCHS
+from training.defaults import (
+    AUGMENT_LIMIT,
+    DEFAULT_GATE_METRICS,
+    DEFAULT_GATE_TOLERANCE,
+    DEFAULT_K,
+    MAX_EPOCHS,
+    SPARSE_MAX,
+)
 
 if TYPE_CHECKING:
     from training import EvaluationPlan
@@ -55,22 +62,37 @@ def _evaluation_plan(
     items: Path | None,
     valid: Path | None,
     users: Path | None,
+    history_n: int | None = None,
+    sparse_max: int = SPARSE_MAX,
 ) -> EvaluationPlan:
     """The split `warmstart evaluate` trains and evaluates on: a built-in data set's, or one given as files."""
     import training  # torch and the models load only for the commands that need them
 
     if (dataset is None) == (train is None):
         raise ConfigError("give either --dataset NAME or --train FILE --test FILE --items FILE.")
+    name = training.PROTOCOLS[protocol.value]
     if dataset is not None:
         with console.status(f"loading {dataset}..."):
             loaded = load_dataset(dataset, data, settings.cache_dir)
-        return training.dataset_plan(loaded, training.PROTOCOLS[protocol.value])
-    if test is None or items is None:
+        return training.dataset_plan(loaded, name, history_n=history_n, sparse_max=sparse_max)
+    if items is None or (test is None and name not in training.USER_PROTOCOLS):
         raise ConfigError("--train needs --test FILE and --items FILE too.")
     assert train is not None
     return training.files_plan(
-        training.PROTOCOLS[protocol.value], train=train, test=test, items=items, valid=valid, users=users
+        name, train=train, test=test, items=items, valid=valid, users=users, history_n=history_n, sparse_max=sparse_max
     )
+
+
+def _print_lines(lines: pl.DataFrame) -> None:
+    """One line per reference line: its overall Recall and NDCG and those of each user segment it measured."""
+    for (protocol,), rows in lines.group_by("protocol", maintain_order=True):
+        values = rows.filter(
+            (pl.col("segment") == "overall") | pl.col("segment").str.ends_with("_user"),
+            pl.col("metric").is_in(["recall", "ndcg"]),
+        )
+        cells = values.select("segment", "metric", "k", "value").rows()
+        shown = ", ".join(f"{segment} {metric}@{k} {value:.4f}" for segment, metric, k, value in cells)
+        console.print(f"beside it, {protocol}: {shown}", markup=False)
 
 
 @friendly_errors
@@ -87,6 +109,22 @@ def evaluate(
     users: FileOption = None,
     ranker: RankerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs.")] = MAX_EPOCHS,
+    history_n: Annotated[
+        int, typer.Option(min=1, help="sparse-user: the first N events (by time) each held-out user keeps.")
+    ] = 1,
+    sparse_max: Annotated[
+        int, typer.Option(min=0, help="Evaluated users with 1..N training interactions are the sparse_user segment.")
+    ] = SPARSE_MAX,
+    cold_user_share: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=1,
+            help="cold-user, sparse-user: share of training users the ranker sees without history \\[default: "
+            "chosen on a validation split of the training users].",
+        ),
+    ] = None,
     workspace: WorkspaceOption = None,
     augment: Annotated[
         bool,
@@ -102,24 +140,57 @@ def evaluate(
 
     Give --dataset citeulike --data DIR (ALDI split), --dataset ml-100k (temporal), or a split as files:
     --train F --test F --items F [--valid F] [--users F]. Test users or items without training rows are cold.
+
+    --protocol cold-user holds out a seeded 20% of users whole (known by their attributes only); sparse-user keeps
+    their first --history-n events. Both need a users table (ml-100k has one; files: --users F, and the train and
+    test files' events are one log to draw from) and print popularity, attribute-group popularity and, for
+    sparse-user, BPR-MF beside the product, each on the same split.
     """
     import training  # torch and the models load only for the commands that need them
 
     settings = load_settings()
     ranker_name = (ranker or RankerName(settings.ranker)).value
     plan = _evaluation_plan(
-        protocol, settings, dataset=dataset, data=data, train=train, test=test, items=items, valid=valid, users=users
+        protocol,
+        settings,
+        dataset=dataset,
+        data=data,
+        train=train,
+        test=test,
+        items=items,
+        valid=valid,
+        users=users,
+        history_n=history_n,
+        sparse_max=sparse_max,
     )
     run_id = new_run_id()
     model_dir = open_workspace(workspace, settings).models.path(ranker_name, run_id)
-    models = training.ModelSettings.seeded(seed, ranker_name)
+    models = training.ModelSettings.capped(seed, max_epochs, ranker_name)
     if not augment:
         models = models.without_augmentation()
-    evaluation = training.train_and_evaluate(
-        plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir
-    )
-    report = evaluation.as_dict() | {"protocol": protocol.value}
+    lines = None
+    if plan.split.protocol in training.USER_PROTOCOLS:
+        users_evaluation = training.evaluate_users(
+            plan,
+            k=k,
+            cache_dir=settings.cache_dir,
+            settings=models,
+            model_dir=model_dir,
+            cold_user_share=cold_user_share,
+        )
+        report = users_evaluation.as_dict() | {"protocol": protocol.value}
+        lines = users_evaluation.lines
+    else:
+        evaluation = training.train_and_evaluate(
+            plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir
+        )
+        report = evaluation.as_dict() | {"protocol": protocol.value}
     print_metrics(report, f"{protocol.value} @ {k} ({report['n_users']:,} users, {report['seconds']:.0f} s)")
+    if lines is not None:
+        _print_lines(lines)
+        choice = report["cold_user_share"]
+        if choice:
+            console.print(f"users shown without history while training: {choice}", markup=False)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(json_out, json.dumps(report, indent=2, default=str).encode())

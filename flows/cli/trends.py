@@ -23,7 +23,7 @@ from flows.cli._common import (
     show_detection,
 )
 from flows.settings import WarmstartSettings
-from monitor import Lines, MetricsStore, beyond_accuracy_trend, metric_trend, versus_trend
+from monitor import USER_SEGMENTS, Lines, MetricsStore, beyond_accuracy_trend, metric_trend, versus_trend
 from training.defaults import DEFAULT_K, MAX_EPOCHS
 
 
@@ -35,6 +35,11 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
     for metric in ("recall", "ndcg"):
         trend = metric_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
         print_frame(trend, f"{title}: {metric}@{k} per segment")
+    for metric in ("recall", "ndcg"):  # the evaluated users by their training interactions: none, 1..sparse_max, more
+        users = metric_trend(rows, metric=metric, k=k, segments=USER_SEGMENTS)
+        if users.width > 1:
+            shown = users.with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
+            print_frame(shown, f"{title}: {metric}@{k} per user segment")
     for metric in ("recall", "ndcg"):
         versus = versus_trend(rows, metric=metric, k=k).with_columns(pl.col("as_of").dt.strftime("%Y-%m-%d"))
         alternatives = [c for c in versus.columns if c.startswith(Lines.alternative_prefix)]

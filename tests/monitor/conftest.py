@@ -23,6 +23,11 @@ RECALL = {
     "tail": [0.031, 0.032, 0.033],
     "cold": [0.041, 0.042, 0.043],
 }
+USER_RECALL = {
+    "cold_user": [0.061, 0.062, 0.063],
+    "sparse_user": [0.071, 0.072, 0.077],
+    "warm_user": [0.151, 0.152, 0.153],
+}
 
 
 def _metrics(point: int) -> pl.DataFrame:
@@ -31,6 +36,9 @@ def _metrics(point: int) -> pl.DataFrame:
         rows.append(("temporal", segment, "recall", 20, values[point]))
         rows.append(("temporal", segment, "ndcg", 20, values[point] / 2))
         rows.append(("temporal", segment, "recall", 10, values[point] / 3))
+    for segment, values in USER_RECALL.items():
+        rows.append(("temporal", segment, "recall", 20, values[point]))
+        rows.append(("temporal", segment, "ndcg", 20, values[point] / 2))
     for metric, value in {"coverage": 0.25, "gini": 0.9, "aplt": 0.05, "novelty": 5.0}.items():
         rows.append(("temporal", "overall", metric, 20, value + point / 100))
     # A reference line recorded beside the product on the same split.

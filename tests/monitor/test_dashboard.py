@@ -22,6 +22,7 @@ from monitor.views import (
     filter_choices,
     lines_over_time,
     runs_and_promotions,
+    user_accuracy_over_time,
 )
 
 ALL = Filters(protocol="temporal", k=20, segments=("overall", "cold"))
@@ -46,6 +47,15 @@ def test_views_filter_by_segment_k_and_time(fixture_store: Path) -> None:
     assert accuracy_over_time(frames.metrics, Filters("temporal", 10, ("head",)))["value"].to_list()[
         0
     ] == pytest.approx(0.07)
+
+
+def test_user_segments_are_drawn_whatever_item_segments_are_chosen(fixture_store: Path) -> None:
+    rows = user_accuracy_over_time(_frames(fixture_store).metrics, ALL)
+    assert set(rows["segment"]) == {"cold_user", "sparse_user", "warm_user"}
+    recall = rows.filter((pl.col("segment") == "sparse_user") & (pl.col("metric") == "recall"))["value"].to_list()
+    assert recall == [0.071, 0.072, 0.077]
+    # The item-segment view keeps to the segments chosen.
+    assert not set(accuracy_over_time(_frames(fixture_store).metrics, ALL)["segment"]) & set(rows["segment"])
 
 
 def test_lines_beside_the_product_and_protocol_choices(fixture_store: Path) -> None:
@@ -96,6 +106,7 @@ def test_page_shows_every_section_of_the_fixture(fixture_store: Path, monkeypatc
     headers = [header.value for header in app.main.header]
     assert headers == [
         "Accuracy per segment",
+        "Accuracy per user segment",
         "The product beside popularity",
         "What augmentation did",
         "Beyond accuracy",

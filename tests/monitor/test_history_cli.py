@@ -21,6 +21,10 @@ def test_history_prints_runs_and_trends(fixture_store: Path) -> None:
     assert "0.2300" in result.output  # head recall@20 of the last point
     assert "┃ product ┃ popularity ┃" in result.output  # the lines side by side: 0.13 and 0.10 at the last point
     assert "0.1300" in result.output and "0.1000" in result.output
+    # The users evaluated by their training interactions, over time like the item segments.
+    assert "recall@20 per user segment" in result.output and "ndcg@20 per user segment" in result.output
+    assert "┃ as_of      ┃ cold_user ┃ sparse_user ┃ warm_user ┃" in result.output
+    assert "0.0770" in result.output  # sparse_user recall@20 of the last point
 
 
 def test_history_writes_json(fixture_store: Path, tmp_path: Path) -> None:
@@ -29,8 +33,9 @@ def test_history_writes_json(fixture_store: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     payload = json.loads(out.read_text())
     assert [run["run_id"] for run in payload["runs"]] == ["run-1", "run-2", "run-3"]
-    # 16 product rows and 2 of popularity per run; the later two runs also 2 without augmentation
-    assert len(payload["metrics"]) == 3 * (16 + 2) + 2 * 2
+    # 16 product rows of items, 6 of user segments and 2 of popularity per run; the later two runs also 2 without
+    # augmentation
+    assert len(payload["metrics"]) == 3 * (16 + 6 + 2) + 2 * 2
     assert {"run_id", "as_of", "protocol", "segment", "metric", "k", "value"} <= set(payload["metrics"][0])
 
 

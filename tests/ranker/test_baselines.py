@@ -11,11 +11,13 @@ import scipy.sparse as sp
 
 from catalog import Columns, ConfigError, NotFittedError
 from ranker.baselines import (
+    AttributePopularityScorer,
     ContentKNNScorer,
     PopularityScorer,
     RandomScorer,
     RecentPopularityScorer,
     tfidf_item_vectors,
+    user_groups,
 )
 from ranker.evaluate import EvalIndex
 
@@ -127,3 +129,31 @@ def test_tfidf_vectors_are_normalised_and_similar_titles_are_close() -> None:
     similarity = (vectors @ vectors.T).toarray()
     assert similarity[0, 1] > 0.3 > similarity[0, 2]
     assert tfidf_item_vectors(pl.Series(titles), min_df=1).shape == vectors.shape
+
+
+def _users_table(attributes: dict[str, str | None]) -> pl.DataFrame:
+    return pl.DataFrame({USER: list(attributes), Columns.attributes: list(attributes.values())})
+
+
+def test_attribute_popularity_ranks_each_group_by_its_own_popularity_and_small_groups_by_all() -> None:
+    women = {f"f{n}": '{"gender":"F","age":"30","zip":"1000' + str(n) + '"}' for n in range(3)}
+    men = {f"m{n}": '{"gender":"M","age":"31","zip":"2000' + str(n) + '"}' for n in range(4)}
+    lone = {"old": '{"gender":"F","age":"70","zip":"30000"}'}  # a group of one: too small to count
+    new = {"nf": '{"gender":"F","age":"33","zip":"1"}', "nm": '{"gender":"M","age":"26","zip":"2"}', "nobody": None}
+    users = _users_table(women | men | lone | new)
+    # Women all rated a; men all rated b and c; the lone user rated c: overall b and c lead, then a.
+    train = train_of({**{user: ["a"] for user in women}, **{user: ["b", "c"] for user in men}, "old": ["c"]})
+    index = EvalIndex(users[USER], pl.Series(["a", "b", "c", "d"]))
+    scorer = AttributePopularityScorer(["gender", "age"], min_users=2).fit(train, index, users=users)
+    assert scorer.group_sizes == {"gender=F|age=25-35": 3, "gender=F|age=55+": 1, "gender=M|age=25-35": 4}
+    rows = index.users(["nf", "nm", "old", "nobody"])
+    scores = scorer(rows, np.arange(4))
+    best = [int(np.argmax(row)) for row in scores]
+    assert best[0] == 0  # a woman of 25-35: her group's favourite, a
+    assert best[1] == 2  # a man of 25-35: b and c tie in his group; all-time popularity (c: 5 users) breaks it
+    popularity = PopularityScorer().fit(train, index)(rows[2:], np.arange(4))
+    assert scores[2:].tolist() == popularity.tolist()  # too small a group, or no attributes: overall popularity
+    # Without names, every categorical attribute (gender; age is numeric, zip has too many values).
+    assert set(user_groups(users, max_levels=5)["group"].drop_nulls()) == {"gender=F", "gender=M"}
+    with pytest.raises(ConfigError, match="not in the users table"):
+        AttributePopularityScorer(["income"]).fit(train, index, users=users)

@@ -17,16 +17,21 @@ from ranker.baselines import PopularityScorer
 from ranker.evaluate import (
     COLD_ITEM,
     COLD_USER,
+    COLD_USERS,
     HYBRID,
+    SPARSE_USER,
+    SPARSE_USERS,
     TEMPORAL,
     WARM,
     WARM_USER,
     EvalIndex,
     ProtocolSplit,
     cold_item_split,
+    cold_user_split,
     evaluate,
     hold_out_labels,
     hybrid_split,
+    sparse_user_split,
     split_validation,
     temporal_split,
     warm_split,
@@ -211,7 +216,7 @@ TEMPORAL_ITEMS = pl.DataFrame({ITEM: ["a", "b", "c", "d", "e"], Columns.title: [
 
 
 def test_temporal_split_with_cut() -> None:
-    split = temporal_split(LOG, TEMPORAL_ITEMS, cut=T0 + timedelta(days=5))
+    split = temporal_split(LOG, TEMPORAL_ITEMS, cut=T0 + timedelta(days=5), sparse_max=1)
     assert split.protocol == TEMPORAL
     assert as_set(split.train) == {("x", "a"), ("x", "b"), ("y", "a"), ("y", "c")}
     assert as_set(split.truth) == {("x", "c"), ("x", "e"), ("z", "d")}  # y's repeat of a dropped, so y is not evaluated
@@ -227,6 +232,16 @@ def test_temporal_split_with_cut() -> None:
     assert metric(result, "recall", WARM_USER) == pytest.approx(1 / 2)
     assert metric(result, "recall", COLD_USER) == 0.0
     assert metric(result, "ndcg", WARM_USER) == pytest.approx(d(1) / (d(1) + d(2)))
+
+
+def test_users_with_at_most_sparse_max_training_rows_are_sparse_users() -> None:
+    # x has 2 training rows: warm above sparse_max 1, sparse from 2 (the default, 5, too); z has none.
+    for sparse_max, x_segment in ((1, WARM_USER), (2, SPARSE_USER), (5, SPARSE_USER)):
+        split = temporal_split(LOG, TEMPORAL_ITEMS, cut=T0 + timedelta(days=5), sparse_max=sparse_max)
+        assert dict(split.user_segments.iter_rows()) == {"x": x_segment, "z": COLD_USER}
+    result = evaluate(split, PopularityScorer().fit(split.train, split.index), k=2)
+    assert metric(result, "recall", SPARSE_USER) == pytest.approx(1 / 2)  # x alone, as warm_user was above
+    assert WARM_USER not in set(result.metrics[Columns.segment])  # a segment without users has no rows
 
 
 def test_temporal_default_cut_is_the_80_percent_event() -> None:
@@ -345,12 +360,51 @@ def test_citeulike_cold_test_has_4846_users(citeulike: Dataset) -> None:
 def test_movielens_temporal_split_with_popularity(ml100k: Dataset) -> None:
     split = temporal_split(ml100k.interactions, ml100k.items)
     assert split.train.height == 79_999  # the 80,000th event's time is the cut; a tie at it goes to test
-    assert set(split.user_segments[Columns.segment]) == {COLD_USER, WARM_USER}
+    assert set(split.user_segments[Columns.segment]) == {COLD_USER, SPARSE_USER, WARM_USER}
     result = evaluate(split, PopularityScorer().fit(split.train, split.index), k=20)
     assert result.n_users == split.n_users > 0
     assert not as_set(result.recs) & as_set(split.train)
     segments = set(result.metrics[Columns.segment])
-    assert {Segments.overall, Segments.head, COLD_USER, WARM_USER} <= segments
+    assert {Segments.overall, Segments.head, COLD_USER, SPARSE_USER, WARM_USER} <= segments
+
+
+def test_cold_user_split_holds_out_whole_users_known_by_their_attributes(ml100k: Dataset) -> None:
+    split = cold_user_split(ml100k, share=0.2, seed=0)
+    held = split.truth.select(USER).unique()
+    assert split.protocol == COLD_USERS and held.height == round(0.2 * 943)
+    assert split.train.join(held, on=USER, how="semi").is_empty()  # none of their interactions trains
+    theirs = ml100k.interactions.join(held, on=USER, how="semi")
+    assert as_set(split.truth) == as_set(theirs)  # all of them are the truth
+    assert split.exclude.is_empty() and set(split.user_segments[Columns.segment]) == {COLD_USER}
+    attributes = split.users_table.join(held, on=USER, how="semi")[Columns.attributes]
+    assert attributes.len() == held.height and attributes.null_count() == 0
+    assert split.users_table[USER].to_list() == split.index.user_ids.to_list()  # one row per index user, in order
+    # Seeded: the same seed draws the same users, another seed others.
+    assert as_set(cold_user_split(ml100k, share=0.2, seed=0).truth) == as_set(split.truth)
+    other = cold_user_split(ml100k, share=0.2, seed=1).truth.select(USER).unique()
+    assert other.height == held.height and not other.equals(held.sort(USER))
+    assert set(other[USER]) != set(held[USER])
+
+
+@pytest.mark.parametrize("history_n", [1, 3])
+def test_sparse_user_split_keeps_exactly_the_first_n_events_by_time(ml100k: Dataset, history_n: int) -> None:
+    split = sparse_user_split(ml100k, history_n, share=0.2, seed=0)
+    held = split.truth.select(USER).unique()
+    assert split.protocol == SPARSE_USERS and held.height == round(0.2 * 943)
+    theirs = ml100k.interactions.join(held, on=USER, how="semi").sort(USER, Columns.ts, ITEM)
+    first = theirs.group_by(USER, maintain_order=True).head(history_n)
+    kept = split.train.join(held, on=USER, how="semi")
+    assert as_set(kept) == as_set(first) and kept.height == history_n * held.height
+    # Every kept event is no later than any of the user's held-out events.
+    last_kept = first.group_by(USER).agg(pl.col(Columns.ts).max().alias("kept"))
+    rest = theirs.join(first, on=[USER, ITEM], how="anti")
+    assert as_set(split.truth) == as_set(rest)
+    assert rest.join(last_kept, on=USER).filter(pl.col(Columns.ts) < pl.col("kept")).is_empty()
+    assert as_set(split.exclude) == as_set(first)  # what they had is known, so never recommended again
+    # Other users train whole; every held-out user is a sparse_user (history_n <= sparse_max).
+    others = ml100k.interactions.join(held, on=USER, how="anti")
+    assert split.train.height == others.height + kept.height
+    assert set(split.user_segments[Columns.segment]) == {SPARSE_USER}
 
 
 def test_hold_out_labels_keeps_every_user_and_item_warm_without_times() -> None:

@@ -9,13 +9,21 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from catalog import Columns, ConfigError
+from catalog import Columns, ConfigError, Dataset
 from ranker.deepfm import DeepFMRanker
-from ranker.evaluate import frames_split
+from ranker.evaluate import COLD_USERS, SPARSE_USERS, frames_split
 from ranker.features import RankerInputs
 from ranker.lightgbm_ranker import LightGBMRanker
 from ranker.registry import ranker_class
-from training import EncodedSplit, EncoderReport, ModelSettings, StandInBuilder, category_matrix, holdout_plan
+from training import (
+    EncodedSplit,
+    EncoderReport,
+    ModelSettings,
+    StandInBuilder,
+    category_matrix,
+    holdout_plan,
+    user_plan,
+)
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -137,3 +145,19 @@ def test_every_public_name_of_training_loads() -> None:
 
     # Names load on first use (training.__getattr__): a name listed but gone would fail only when first used.
     assert all(getattr(training, name) is not None for name in training.__all__)
+
+
+@pytest.mark.parametrize(("protocol", "history_n"), [(COLD_USERS, None), (SPARSE_USERS, 3)])
+def test_user_plans_choose_on_training_users_only(ml100k: Dataset, protocol: str, history_n: int | None) -> None:
+    plan = user_plan(ml100k, protocol, history_n=history_n)
+    test_users = plan.split.truth.select(Columns.user).unique()
+    validation = plan.user_validation
+    assert validation is not None and validation.split.protocol == protocol == plan.split.protocol
+    # No row of a test user reaches the split the ranker's handling of users without history is chosen on.
+    for frame in (validation.split.train, validation.split.truth, validation.fit_history, validation.fit_labels):
+        assert frame.join(test_users, on=Columns.user, how="semi").is_empty()
+    valid_users = validation.split.truth.select(Columns.user).unique()
+    assert valid_users.height == round(0.2 * (943 - test_users.height))
+    assert plan.group_attributes == ("gender", "age")  # MovieLens-100K's groups for attribute-group popularity
+    with pytest.raises(ConfigError, match="--history-n"):
+        user_plan(ml100k, SPARSE_USERS)

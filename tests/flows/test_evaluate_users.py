@@ -1,0 +1,76 @@
+"""`warmstart evaluate --protocol cold-user / sparse-user` end to end on a small real MovieLens slice given as files:
+the product beside popularity, attribute-group popularity (and BPR-MF for sparse users), on the same split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from catalog import Columns, Dataset
+from flows.cli import app
+
+runner = CliRunner()
+BOTH = {"popularity", "attribute_popularity"}
+
+
+@pytest.fixture(scope="module")
+def user_files(ml100k: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """60 MovieLens users' ratings (one log: the protocol draws its own test users), the films they rated, and
+    their attributes as columns (gender, age, occupation, zip_code)."""
+    folder = tmp_path_factory.mktemp("users")
+    users = ml100k.users.sort(Columns.user).head(60)
+    log = ml100k.interactions.join(users, on=Columns.user, how="semi")
+    items = ml100k.items.join(log.select(Columns.item).unique(), on=Columns.item, how="semi")
+    decoded = users[Columns.attributes].str.json_decode(infer_schema_length=None).struct.unnest()
+    attributes = pl.concat([users.select(Columns.user), decoded], how="horizontal")
+    paths = {"train": folder / "log.csv", "items": folder / "items.parquet", "users": folder / "users.csv"}
+    log.write_csv(paths["train"])
+    items.write_parquet(paths["items"])
+    attributes.write_csv(paths["users"])
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("protocol", "options", "lines"),
+    [
+        ("cold-user", [], BOTH),
+        # A share given: nothing chosen, one ranker trained (the choice is the cold-user case's to test).
+        (
+            "sparse-user",
+            ["--history-n", "3", "--cold-user-share", "0.5"],
+            {"popularity", "attribute_popularity", "bprmf"},
+        ),
+    ],
+)
+def test_user_protocols_print_the_product_beside_its_lines(
+    protocol: str, options: list[str], lines: set[str], user_files: dict[str, Path], tmp_path: Path, cache_dir: Path
+) -> None:
+    out = tmp_path / "report.json"
+    args = ["evaluate", "--protocol", protocol, "--k", "10", "--max-epochs", "2", "--json", str(out)]
+    files = [f"--{name}={path}" for name, path in user_files.items()]
+    env = {"WARMSTART_CACHE_DIR": str(cache_dir), "WARMSTART_RANKER": "lightgbm"}
+    result = runner.invoke(app, [*args, *options, "-w", str(tmp_path / "ws"), *files], env=env, terminal_width=240)
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    segment = "cold_user" if protocol == "cold-user" else "sparse_user"
+    product = {(m["segment"], m["metric"]) for m in report["metrics"]}
+    assert {("overall", "ndcg"), (segment, "ndcg"), (segment, "recall")} <= product
+    assert report["n_users"] == 12  # a fifth of the 60 users
+    protocol_name = {"cold-user": "cold_users", "sparse-user": "sparse_users"}[protocol]
+    recorded = {row["protocol"] for row in report["lines"]}
+    assert recorded == {f"{protocol_name}:{line}" for line in lines}
+    for line in lines:  # each line is printed, with its own user segment's figures
+        assert f"beside it, {protocol_name}:{line}: overall recall@10" in result.output
+        assert f"{segment} ndcg@10" in result.output
+    choice = report["cold_user_share"]
+    if "--cold-user-share" in options:
+        assert choice is None and report["models"]["lightgbm"]["config"]["cold_user_share"] == 0.5
+        return
+    # The share of users shown without history was chosen on training users, every share tried recorded.
+    assert set(choice["ndcg@20"]) == {"0", "0.2", "0.5"} and choice["chosen"] in (0.0, 0.2, 0.5)
+    assert choice["validation"]["users"] == 10  # a fifth of the 48 training users
+    assert report["models"]["lightgbm"]["config"]["cold_user_share"] == choice["chosen"]

@@ -1,0 +1,175 @@
+"""Evaluating the product on users without (or with little) history: the cold-user and sparse-user protocols.
+
+The ranker's handling of such users (the share of training users it is shown without their history) is chosen on
+the plan's `user_validation` split, drawn among training users only; then the product is fitted and scored on the
+test users beside the lines it must beat, each on the same split: popularity, attribute-group popularity (what the
+users' attributes alone recommend) and, for sparse users, BPR-MF scoring them from the factors their few events
+gave them (the product's own served encoders).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from catalog import ConfigError, has_times
+from monitor import Lines, reference_protocol
+from ranker.baselines import AttributePopularityScorer, PopularityScorer
+from ranker.evaluate import SPARSE_USERS, EvalResult, ProtocolSplit, Scorer
+from ranker.evaluate import evaluate as evaluate_split
+from ranker.features import RankerInputs
+from ranker.lightgbm_ranker import LightGBMRankerConfig
+from training._fit import EvaluationReport, FittedRanker, encode_plan, fit_ranker, served_inputs, train_ranker
+from training._plans import USER_PROTOCOLS, EvaluationPlan
+from training._settings import ModelSettings
+from training.defaults import COLD_USER_SHARE_GRID
+
+JSON = dict[str, object]
+PRODUCT = "product"
+
+
+@dataclass(frozen=True)
+class ColdUserShareChoice:
+    """The share of training users shown without history, chosen on the training users' validation split, and the
+    NDCG at the ranker's cut-off of every share tried there."""
+
+    chosen: float
+    k: int
+    ndcg: dict[float, float]
+    split: str
+    n_users: int
+
+    def as_dict(self) -> JSON:
+        return {
+            "chosen": self.chosen,
+            "validation": {"split": self.split, "users": self.n_users},
+            f"ndcg@{self.k}": {f"{share:g}": round(value, 4) for share, value in self.ndcg.items()},
+        }
+
+
+def _with_share(settings: ModelSettings, share: float) -> ModelSettings:
+    return replace(settings, ranker=settings.ranker.model_copy(update={"cold_user_share": share}))
+
+
+def choose_cold_user_share(
+    plan: EvaluationPlan,
+    settings: ModelSettings,
+    *,
+    cache_dir: Path,
+    grid: tuple[float, ...] = COLD_USER_SHARE_GRID,
+) -> ColdUserShareChoice:
+    """Fit the encoders once on `plan` (a validation plan: its split's truth are training users) and the LightGBM
+    ranker once per share of `grid`; keep the share with the best validation NDCG at the ranker's eval_k (ties to
+    the smaller share)."""
+    if not isinstance(settings.ranker_config(), LightGBMRankerConfig):
+        name = settings.ranker_name
+        raise ConfigError(f"the share of users shown without history is a LightGBM setting, not {name}'s.")
+    base = settings.for_log(has_times(plan.split.train))
+    fitted = encode_plan(plan, plan.fit_history, base, cache_dir=cache_dir)
+    served = served_inputs(plan, fitted, base, cache_dir=cache_dir)
+    k, ndcg = base.ranker.eval_k, {}
+    for share in grid:
+        ranker = train_ranker(plan, fitted, _with_share(base, share))
+        ndcg[share] = FittedRanker(ranker, served).evaluate(plan.split, k).value("ndcg")
+    best = max(grid, key=lambda share: (ndcg[share], -share))
+    return ColdUserShareChoice(best, k, ndcg, plan.split.name, plan.split.n_users)
+
+
+def bprmf_scorer(inputs: RankerInputs) -> Scorer:
+    """BPR-MF alone: each user's factors dotted with each item's (its bias riding along, `training._inputs`); a
+    user or item BPR-MF never saw has zero factors, so items score by their bias only."""
+
+    def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return (inputs.user_cf[users] @ inputs.item_cf[items].T).astype(np.float32)
+
+    return score
+
+
+def user_reference_scorers(
+    split: ProtocolSplit, *, attributes: tuple[str, ...] | None, served: RankerInputs | None = None
+) -> dict[str, Scorer]:
+    """Popularity, attribute-group popularity (over `attributes`; every categorical one when None) and, where
+    `served` is given, BPR-MF from its factors; fitted on the split's training rows."""
+    if split.users_table is None:
+        raise ConfigError(f"{split.name} has no users table: attribute-group popularity needs the users' attributes.")
+    scorers: dict[str, Scorer] = {
+        Lines.popularity: PopularityScorer().fit(split.train, split.index),
+        Lines.attribute_popularity: AttributePopularityScorer(attributes).fit(
+            split.train, split.index, users=split.users_table
+        ),
+    }
+    if served is not None:
+        scorers[Lines.bprmf] = bprmf_scorer(served)
+    return scorers
+
+
+@dataclass(frozen=True, eq=False)
+class UserEvaluation:
+    """The product on a protocol over users, beside its lines on the same split."""
+
+    split: ProtocolSplit
+    report: EvaluationReport
+    choice: ColdUserShareChoice | None
+    lines: pl.DataFrame  # (segment, metric, k, value, protocol 'PROTOCOL:LINE')
+    results: dict[str, EvalResult]  # 'product' and each line: their top-k lists, for paired intervals over users
+
+    def as_dict(self) -> JSON:
+        """`warmstart evaluate --json`'s report, with the lines and the share chosen on validation."""
+        choice = self.choice.as_dict() if self.choice is not None else None
+        return self.report.as_dict() | {"lines": self.lines.to_dicts(), "cold_user_share": choice}
+
+
+def evaluate_users(
+    plan: EvaluationPlan,
+    *,
+    k: int,
+    cache_dir: Path,
+    settings: ModelSettings,
+    model_dir: Path | None = None,
+    grid: tuple[float, ...] = COLD_USER_SHARE_GRID,
+    cold_user_share: float | None = None,
+) -> UserEvaluation:
+    """Choose the LightGBM ranker's share of users shown without history on `plan.user_validation` (not for
+    other rankers; `cold_user_share`, where given, is used instead and nothing is chosen), fit the product on the
+    plan with it, evaluate on the test users and score the lines there."""
+    split = plan.split
+    if split.protocol not in USER_PROTOCOLS or plan.user_validation is None:
+        raise ConfigError(f"evaluate_users needs a plan of {list(USER_PROTOCOLS)} (training.user_plan).")
+    started = time.perf_counter()
+    choice = None
+    if cold_user_share is not None:
+        settings = _with_share(settings, cold_user_share)
+    elif isinstance(settings.ranker_config(), LightGBMRankerConfig):
+        choice = choose_cold_user_share(plan.user_validation, settings, cache_dir=cache_dir, grid=grid)
+        settings = _with_share(settings, choice.chosen)
+    fitted = fit_ranker(plan, cache_dir=cache_dir, settings=settings)
+    if fitted.report is None:
+        raise TypeError("fit_ranker returned a ranker without its report.")
+    if model_dir is not None:
+        fitted.ranker.save(model_dir)
+    results = {PRODUCT: fitted.evaluate(split, k)}
+    served = fitted.served.inputs if split.protocol == SPARSE_USERS else None
+    for name, scorer in user_reference_scorers(split, attributes=plan.group_attributes, served=served).items():
+        results[name] = evaluate_split(split, scorer, k=k)
+    lines = pl.concat(
+        [
+            result.metrics.with_columns(pl.lit(reference_protocol(split.protocol, name)).alias("protocol"))
+            for name, result in results.items()
+            if name != PRODUCT
+        ]
+    )
+    report = EvaluationReport(
+        protocol=split.protocol,
+        split=split.name,
+        k=k,
+        n_users=results[PRODUCT].n_users,
+        metrics=results[PRODUCT].metrics,
+        models=fitted.report,
+        seconds=round(time.perf_counter() - started, 1),
+        saved_to=model_dir,
+    )
+    return UserEvaluation(split=split, report=report, choice=choice, lines=lines, results=results)
