@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         EncoderReport,
         category_matrix,
         encode_inputs,
+        text_profiles,
         title_words,
     )
     from training._plans import (
@@ -80,6 +81,13 @@ if TYPE_CHECKING:
         warm_added,
         warmed_standins,
     )
+    from training._user_standins import (
+        FOLD_IN_PRIOR,
+        AttributeEncoding,
+        UserStandInBuilder,
+        blend_with_fold_in,
+        user_attributes,
+    )
     from training.defaults import (
         AUGMENT_LIMIT,
         CALIBRATION_USERS,
@@ -98,6 +106,12 @@ if TYPE_CHECKING:
     )
 
 _SOURCES = {
+    "FOLD_IN_PRIOR": "training._user_standins",
+    "AttributeEncoding": "training._user_standins",
+    "UserStandInBuilder": "training._user_standins",
+    "blend_with_fold_in": "training._user_standins",
+    "user_attributes": "training._user_standins",
+    "text_profiles": "training._inputs",
     "AUGMENT_LIMIT": "training.defaults",
     "CALIBRATION_USERS": "training.defaults",
     "COLD_SLOTS_GRID": "training.defaults",
@@ -178,6 +192,7 @@ __all__ = [
     "DEFAULT_GATE_TOLERANCE",
     "DEFAULT_K",
     "EVALUATED",
+    "FOLD_IN_PRIOR",
     "GATE",
     "HEAD_SHARE",
     "ITEM_SEGMENTS",
@@ -192,6 +207,7 @@ __all__ = [
     "TIMED_ALTERNATIVES",
     "USER_SEGMENTS",
     "WITHOUT_AUGMENTATION",
+    "AttributeEncoding",
     "ColdSlotChoice",
     "EncodedSplit",
     "EncoderReport",
@@ -205,11 +221,13 @@ __all__ = [
     "StandInBuilder",
     "StandInConfig",
     "TimedChoices",
+    "UserStandInBuilder",
     "Warmed",
     "WarmingReport",
     "aldi_plan",
     "alternative_lines",
     "as_of",
+    "blend_with_fold_in",
     "category_matrix",
     "choose_cold_slots",
     "dataset_plan",
@@ -232,10 +250,12 @@ __all__ = [
     "synthetic_matrix",
     "synthetic_precision",
     "tail_calibrated",
+    "text_profiles",
     "title_words",
     "train_and_evaluate",
     "train_ranker",
     "trained_through",
+    "user_attributes",
     "warm_added",
     "warmed_standins",
     "warming_row",
