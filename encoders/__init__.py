@@ -2,7 +2,7 @@
 content-to-ID mapper that gives cold items and sparse users stand-in embeddings, warmed by synthetic interactions."""
 
 from encoders._cf import BPRMF, BPRConfig, CFEmbeddings
-from encoders._mapper import ContentMapper, MapperConfig, Transform, stand_in_users
+from encoders._mapper import ContentMapper, MapperConfig, Transform, fold_in_users, stand_in_users
 from encoders._text import (
     EMBEDDING_DIM,
     MODEL_NAME,
@@ -26,6 +26,7 @@ __all__ = [
     "Transform",
     "WarmingConfig",
     "encode_texts",
+    "fold_in_users",
     "item_text",
     "load_text_model",
     "prepare_warming",

@@ -393,19 +393,56 @@ def stand_in_users(
         return user_ids, mean
     if method != "fold_in":
         raise ConfigError(f"unknown stand-in method {method!r}; use 'mean' or 'fold_in'.")
+    folded = fold_in_users(
+        users, items, embeddings.item_vectors, embeddings.item_bias, start=mean, steps=steps, lr=lr, reg=reg, seed=seed
+    )
+    return user_ids, folded
+
+
+def fold_in_users(
+    users: np.ndarray,
+    items: np.ndarray,
+    item_vectors: np.ndarray,
+    item_bias: np.ndarray,
+    *,
+    start: np.ndarray | None = None,
+    steps: int = 100,
+    lr: float = 0.05,
+    reg: float = 0.01,
+    seed: int = 0,
+) -> np.ndarray:
+    """User vectors solved against fixed item vectors: BPR on the user vectors alone (as implicit's
+    `recalculate_user` re-solves one ALS user at request time), `steps` full-batch Adam steps on every (user row
+    `users[p]`, positive `items[p]`, uniform negative) pair, L2 weight `reg`. Users are rows 0..max(users); one
+    without a pair keeps its `start` row (zero by default). Each user weighs the same however many items they took.
+
+    Starting from the mean of the user's item vectors, this is `stand_in_users(method="fold_in")`; serving uses it
+    for users whose interactions arrived after the version was trained, so the list follows them without a retrain.
+    """
+    n_users = int(users.max()) + 1 if users.size else 0
+    dim = item_vectors.shape[1]
+    if start is None:
+        start = np.zeros((n_users, dim), dtype=np.float32)
+        counts = np.bincount(users, minlength=n_users).astype(np.float32)
+        np.add.at(start, users, np.asarray(item_vectors, dtype=np.float32)[items])
+        start /= np.maximum(counts, 1.0)[:, None]
+    if users.size == 0:
+        return np.array(start, dtype=np.float32)
     rng = np.random.default_rng(seed)
-    item_vectors, item_bias = torch.tensor(embeddings.item_vectors), torch.tensor(embeddings.item_bias)
-    users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
-    vectors = torch.from_numpy(mean.copy()).requires_grad_()  # start from the mean: fewer steps to converge
+    vectors_t = torch.tensor(np.asarray(item_vectors, dtype=np.float32))
+    bias_t = torch.tensor(np.asarray(item_bias, dtype=np.float32))
+    counts = np.bincount(users, minlength=start.shape[0]).astype(np.float32)
+    users_t, items_t = torch.from_numpy(np.asarray(users, dtype=np.int64)), torch.from_numpy(np.asarray(items))
+    vectors = torch.tensor(np.asarray(start, dtype=np.float32)).requires_grad_()  # fewer steps from the mean
     optimizer = torch.optim.Adam([vectors], lr=lr)
-    weights = torch.from_numpy(1.0 / counts[users])  # each user weighs the same, however many items they touched
+    weights = torch.from_numpy(1.0 / counts[users])
     for _ in range(steps):
-        negatives = torch.from_numpy(rng.integers(embeddings.item_ids.size, size=users.size))
+        negatives = torch.from_numpy(rng.integers(vectors_t.shape[0], size=users.size))
         u = torch.nn.functional.embedding(users_t, vectors)  # deterministic backward, unlike vectors[users_t]
-        margin = (u * (item_vectors[items_t] - item_vectors[negatives])).sum(dim=1)
-        margin = margin + item_bias[items_t] - item_bias[negatives]
+        margin = (u * (vectors_t[items_t] - vectors_t[negatives])).sum(dim=1)
+        margin = margin + bias_t[items_t] - bias_t[negatives]
         loss = -(torch.nn.functional.logsigmoid(margin) * weights).sum() + reg * vectors.square().sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return user_ids, vectors.detach().numpy().copy()
+    return vectors.detach().numpy().copy()

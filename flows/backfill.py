@@ -153,7 +153,7 @@ def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded:
         raise DataError(f"no new interaction between {window.end} and {window.next_end} to evaluate on.")
     plan = replace(training.holdout_plan(split), synthetic=judged)  # the window's model trains on its augmentation
     decision = cycle.train_evaluate_gate(
-        plan, context.config, run, context.registry, recorded=recorded, dataset=dataset.name
+        plan, context.config, run, context.registry, recorded=recorded, dataset=dataset.name, users=dataset.users
     )
     record.as_of = window.end
     return decision

@@ -476,13 +476,15 @@ def _attribute_names(users: pl.DataFrame, source: str) -> set[str]:
 
 def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> None:
     """Beside a saved version: the inputs its ranker serves from and their ids (serving.npz + serving.json), so the
-    version can serve on its own (`serving.Recommender.load`), and the stand-in builder that gives items added
-    later their stand-ins."""
+    version can serve on its own (`serving.Recommender.load`), and the stand-in builders that give items and users
+    added later their stand-ins."""
     from serving import save_serving_inputs
 
     warming = fitted.served.warming
     warmed, config = (warming.items, warming.config.model_dump()) if warming is not None else (None, None)
     fitted.served.standins.save(directory)  # items added later get their stand-ins from the same builder
+    if fitted.served.user_standins is not None:  # and users added later theirs
+        fitted.served.user_standins.save(directory)
     save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config)
 
 

@@ -3,7 +3,8 @@
 Fields, each an embedding of width `embedding_dim`:
 
 - user side: ``user_id`` (a learned ID embedding; for a sparse or cold user, a learned projection of the
-  encoders' collaborative user vector instead), ``user_text`` (the projected, normalised sum of the titles the
+  encoders' collaborative user vector instead, and for a user without history a projection of their stand-in made
+  from attributes and text), ``user_text`` (the projected, normalised sum of the titles the
   user interacted with), ``user_segment`` (warm / sparse / cold);
 - item side: ``item_id`` (a learned ID embedding; for a cold or sparse item, a learned projection of the item's
   content-to-ID *stand-in* instead, so one network serves warm and cold items), ``item_text`` (the projected
@@ -177,6 +178,7 @@ class _Data:
     text: torch.Tensor
     profile_sums: torch.Tensor
     user_cf: torch.Tensor
+    user_standin: torch.Tensor
     item_cf: torch.Tensor
     item_standin: torch.Tensor
     categories: torch.Tensor
@@ -196,6 +198,7 @@ class _Data:
             text=torch.from_numpy(text),
             profile_sums=torch.from_numpy(np.asarray(inputs.history @ text, dtype=np.float32)),
             user_cf=torch.from_numpy(np.asarray(inputs.user_cf, dtype=np.float32)),
+            user_standin=torch.from_numpy(np.asarray(inputs.user_standin, dtype=np.float32)),
             item_cf=torch.from_numpy(np.asarray(inputs.item_cf, dtype=np.float32)),
             item_standin=torch.from_numpy(np.asarray(inputs.item_standin, dtype=np.float32)),
             categories=torch.from_numpy(categories),
@@ -349,7 +352,8 @@ class DeepFMRanker(RankerBase):
         """(B, user fields, k). `standin`: serve through the stand-in path; `cold`: a user without history."""
         net = self.network
         standin = standin | cold | ~net.trained_users[users]
-        collaborative = data.user_cf[users] * (~cold)[:, None]
+        # A user without history is seen through their stand-in (attributes and text; out-of-fold in training).
+        collaborative = torch.where(cold[:, None], data.user_standin[users], data.user_cf[users])
         identity = torch.where(standin[:, None], net.user_standin(collaborative), net.user_id(users))
         segment = torch.where(cold, USER_COLD, torch.where(standin, USER_SPARSE, USER_WARM))
         return torch.stack([identity, net.text(profiles), net.user_segment(segment)], dim=-2)

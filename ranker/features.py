@@ -17,6 +17,7 @@ import scipy.sparse as sp
 from ranker.temporal import TimeFeatures
 
 FEATURE_NAMES = (
+    # The user's collaborative vector (their stand-in where they have no history) against the item's view.
     "cf_score",
     "text_profile",
     "text_max",
@@ -82,6 +83,10 @@ class RankerInputs:
     categories: sp.csr_array | None = None
     # Recent popularity, item age and recent user activity as of the history's end; None for logs without times.
     time: TimeFeatures | None = None
+    # Each user's stand-in [vector | 1] made from their attributes and text (training.UserStandInBuilder; out-of-fold
+    # for users with history when training): a user without history is scored through it in place of `user_cf`.
+    # None: no stand-ins (a zero vector, so only the item bias, as for a user the encoders never saw).
+    user_standin: np.ndarray | None = None
     # Derived: the normalised sum of each user's item vectors (zero for users without history).
     text_profiles: np.ndarray = field(init=False)
     tfidf_profiles: sp.csr_array | None = field(init=False)
@@ -95,6 +100,7 @@ class RankerInputs:
             ("popularity", self.popularity.shape[0], n_items),
             ("title_words", self.title_words.shape[0], n_items),
             ("user_cf", self.user_cf.shape[0], n_users),
+            ("user_standin", n_users if self.user_standin is None else self.user_standin.shape[0], n_users),
         ):
             if rows != expected:
                 raise ValueError(f"RankerInputs.{name} has {rows} rows; history implies {expected}.")
@@ -109,6 +115,10 @@ class RankerInputs:
             )
         history = sp.csr_array((self.history > 0).astype(np.float32))
         object.__setattr__(self, "history", history)
+        if self.user_standin is None:
+            standin = np.zeros_like(np.asarray(self.user_cf))
+            standin[:, -1] = 1.0
+            object.__setattr__(self, "user_standin", standin)
         object.__setattr__(self, "text", _normalise_rows(np.asarray(self.text, dtype=np.float32)))
         object.__setattr__(self, "text_profiles", _normalise_rows(history @ self.text))
         tfidf_profiles = None
@@ -138,6 +148,17 @@ class RankerInputs:
         view[as_cold] = self.item_standin[items[as_cold]]
         return view
 
+    @cached_property
+    def user_has_history(self) -> np.ndarray:
+        return np.diff(self.history.indptr) > 0
+
+    def user_view(self, users: np.ndarray, as_cold: np.ndarray | None = None) -> np.ndarray:
+        """Collaborative vectors of users as the ranker sees them: the stand-in for a user without history (or one
+        presented as such), their own vector otherwise."""
+        standin = ~self.user_has_history[users] if as_cold is None else as_cold | ~self.user_has_history[users]
+        assert self.user_standin is not None
+        return np.where(standin[:, None], self.user_standin[users], self.user_cf[users])
+
     def is_full(self, pool: np.ndarray) -> bool:
         """Whether `pool` is every item in index order (serving's pool): then the per-item arrays below, computed
         once per inputs, stand for the pool's rows, with the very same values."""
@@ -159,7 +180,7 @@ class RankerInputs:
         full = self.is_full(pool)
         view = self._catalog.views[as_cold] if full else self.item_view(pool, np.full(pool.size, as_cold))
         scores = {
-            "cf": self.user_cf[users] @ view.T,
+            "cf": self.user_view(users) @ view.T,
             "text": self.text_profiles[users] @ (self.text if full else self.text[pool]).T,
         }
         if self.tfidf is not None and self.tfidf_profiles is not None:
@@ -242,7 +263,8 @@ def pair_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, as
     n = users.size
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
     column = {name: j for j, name in enumerate(FEATURE_NAMES)}
-    out[:, column["cf_score"]] = np.einsum("ij,ij->i", inputs.user_cf[users], inputs.item_view(items, as_cold))
+    view = inputs.item_view(items, as_cold)
+    out[:, column["cf_score"]] = np.einsum("ij,ij->i", inputs.user_view(users), view)
     out[:, column["text_profile"]] = np.einsum("ij,ij->i", inputs.text_profiles[users], inputs.text[items])
     out[:, column["log_popularity"]] = np.where(as_cold, 0.0, np.log1p(inputs.popularity[items]))
     out[:, column["as_cold"]] = as_cold

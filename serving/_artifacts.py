@@ -34,6 +34,8 @@ FORMAT_VERSION = 1
 
 _DENSE = ("text", "user_cf", "item_cf", "item_standin", "popularity", "title_words")
 _SPARSE = ("history", "tfidf", "categories")
+# Saved where the inputs have them; a version saved before has none (RankerInputs' default then).
+_OPTIONAL = ("user_standin",)
 WARMED = "warmed"
 # The recency arrays of a time-ordered log, as of the version's cut (`TimeFeatures`); `time.now` in microseconds.
 _TIME = ("recent", "age_days", "user_recent", "release_age_days")
@@ -70,7 +72,7 @@ def save_serving_inputs(
             f"serving ids ({user_ids.len()} users, {item_ids.len()} items) do not match the inputs "
             f"({inputs.n_users} x {inputs.n_items}); save the index the inputs were built on."
         )
-    arrays: dict[str, np.ndarray] = {name: np.asarray(getattr(inputs, name)) for name in _DENSE}
+    arrays: dict[str, np.ndarray] = {name: np.asarray(getattr(inputs, name)) for name in (*_DENSE, *_OPTIONAL)}
     for name in _SPARSE:
         matrix = getattr(inputs, name)
         if matrix is None:
@@ -140,7 +142,8 @@ def load_serving_inputs(directory: Path) -> ServingInputs:
     if "time.now" in arrays:
         now = _EPOCH + timedelta(microseconds=int(arrays["time.now"]))
         time = TimeFeatures(now=now, **{name: arrays[f"time.{name}"] for name in _TIME})
-    inputs = RankerInputs(**{name: arrays[name] for name in _DENSE}, **matrices, time=time)  # type: ignore[arg-type]
+    optional = {name: arrays[name] for name in _OPTIONAL if name in arrays}
+    inputs = RankerInputs(**{name: arrays[name] for name in _DENSE}, **matrices, **optional, time=time)  # type: ignore[arg-type]
     return ServingInputs(
         inputs=inputs,
         user_ids=pl.Series(Columns.user, arrays[Columns.user], dtype=pl.String),

@@ -6,8 +6,12 @@ Where a user or item comes from decides how it is served:
   is ranked by the same ranker with an empty history (its candidates then come from popularity and the items'
   own features);
 - a user who appeared in the workspace after the version was trained (`user_segment` "new") is folded in: their
-  logged interactions become their history (text and TF-IDF profiles) with no collaborative vector. Only rankers
-  not tied to their encoders can do that (DeepFM's user table is fixed: such users are a DataError there);
+  logged interactions become their history (text and TF-IDF profiles) and their collaborative vector is solved
+  from them against the version's fixed item vectors (`encoders.fold_in_users`), blended with their stand-in by
+  how many they are (`training.blend_with_fold_in`). Only rankers not tied to their encoders can do that
+  (DeepFM's user table is fixed: such users are a DataError there);
+- a user without history (the version's own, or added by `warmstart add-users`) is scored through a stand-in made
+  from their attributes (the users table) by the builder saved with the version (`training.UserStandInBuilder`);
 - an item with training interactions is scored through its collaborative ID embedding (`source` "id embedding"),
   an item without any through the stand-in the content mapper made from its text, trained further on synthetic
   interactions where the version was warmed ("synthetic-warmed embedding"; else "content stand-in");
@@ -43,12 +47,30 @@ from catalog import (
     WorkspaceError,
     head_items,
 )
-from encoders import MODEL_NAME, EmbeddingCache, WarmingConfig, encode_texts, item_text, load_text_model, text_hash
+from encoders import (
+    MODEL_NAME,
+    EmbeddingCache,
+    WarmingConfig,
+    encode_texts,
+    fold_in_users,
+    item_text,
+    load_text_model,
+    text_hash,
+)
 from ranker.base import RankerBase, top_k
 from ranker.features import RankerInputs
 from ranker.registry import load_ranker
 from serving._artifacts import ServingInputs, load_serving_inputs
-from training import StandInBuilder, fitted_on_inputs, title_words, warm_added
+from training import (
+    StandInBuilder,
+    UserStandInBuilder,
+    blend_with_fold_in,
+    fitted_on_inputs,
+    text_profiles,
+    title_words,
+    user_attributes,
+    warm_added,
+)
 
 ID_EMBEDDING = "id embedding"
 SYNTHETIC_WARMED = "synthetic-warmed embedding"
@@ -111,6 +133,11 @@ class Recommender:
     # The builder that gives items added later their stand-ins (saved with the version; None for versions saved
     # before builders were kept, which get training's fit on their warm items when an item is added).
     standins: StandInBuilder | None = None
+    # The builder that gives users without history their stand-ins from their attributes (None for versions saved
+    # before user stand-ins: such users are scored with the item bias alone, as those versions were trained).
+    user_standins: UserStandInBuilder | None = None
+    # The workspace's users table (attributes of the users served), when it has one.
+    users: pl.DataFrame | None = None
     # The text model and its cache, loaded on the first stated text and kept (loading MiniLM takes ~1 s).
     _text: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -153,7 +180,11 @@ class Recommender:
         titles = (
             dict(zip(items[Columns.item], items[Columns.title].fill_null(""), strict=True)) if items is not None else {}
         )
-        recommender = cls._assemble(model, ranker, version, served, log, cache_dir, titles, sparse_max)
+        users = space.read(Tables.users) if space.exists(Tables.users) else None
+        user_standins = UserStandInBuilder.load(directory) if UserStandInBuilder.saved_in(directory) else None
+        recommender = cls._assemble(
+            model, ranker, version, served, log, cache_dir, titles, sparse_max, users, user_standins
+        )
         if StandInBuilder.saved_in(directory):
             recommender = replace(recommender, standins=StandInBuilder.load(directory))
         return recommender.with_additions(space, items=items, log=log)
@@ -179,7 +210,7 @@ class Recommender:
             listed = space.read(Tables.users)[Columns.user].cast(pl.String)
             new = listed.filter(~listed.is_in(updated.user_ids.implode()))
             if new.len():
-                updated = updated.add_users(new)
+                updated = updated.add_users(new, users=space.read(Tables.users))
         return updated
 
     @classmethod
@@ -193,6 +224,8 @@ class Recommender:
         cache_dir: Path | None,
         titles: dict[str, str],
         sparse_max: int,
+        users: pl.DataFrame | None = None,
+        user_standins: UserStandInBuilder | None = None,
     ) -> Recommender:
         inputs, user_ids, item_ids = served.inputs, served.user_ids, served.item_ids
         n_version_users = user_ids.len()
@@ -205,7 +238,8 @@ class Recommender:
             if newcomers.height and not model.tied_to_encoders:
                 new_ids = newcomers[Columns.user].unique().sort()
                 rows = _matrix(newcomers, new_ids, item_ids)
-                inputs = _with_users(inputs, rows)
+                standins = _user_standins(inputs, user_standins, user_attributes(users, new_ids), rows)
+                inputs = _with_users(inputs, rows, _folded_in(inputs, rows, standins), standins)
                 user_ids = pl.concat([user_ids, new_ids.rename(Columns.user)])
         seen = _matrix(
             pairs.join(pl.DataFrame({Columns.user: user_ids}), on=Columns.user, how="semi"), user_ids, item_ids
@@ -225,6 +259,8 @@ class Recommender:
             sparse_max=sparse_max,
             warmed=served.warmed,
             warming=WarmingConfig(**served.manifest["warming"]) if served.manifest.get("warming") else None,
+            user_standins=user_standins,
+            users=users,
         )
 
     def add_items(self, items: pl.DataFrame, *, log: pl.DataFrame | None = None) -> Recommender:
@@ -259,6 +295,7 @@ class Recommender:
             tfidf=_pad_rows(inputs.tfidf, n),
             categories=_pad_rows(inputs.categories, n),
             time=inputs.time.with_items(_released(items)) if inputs.time is not None else None,
+            user_standin=inputs.user_standin,
         )
         new_ids = items[Columns.item].cast(pl.String).rename(Columns.item)
         logged = pl.DataFrame(schema={Columns.user: pl.String, Columns.item: pl.String})
@@ -274,9 +311,10 @@ class Recommender:
             warmed=np.r_[self._warmed_mask(), np.full(n, warmed)],
         )
 
-    def add_users(self, user_ids: list[str] | pl.Series) -> Recommender:
+    def add_users(self, user_ids: list[str] | pl.Series, *, users: pl.DataFrame | None = None) -> Recommender:
         """This version serving users it has never seen and who logged nothing yet: each is served as a cold user
-        (the ranker with an empty history and no collaborative vector: popularity and the items' own features)."""
+        (the ranker with an empty history, scored through a stand-in made from their attributes in `users`, the
+        users table; this recommender's own table where not given)."""
         if self.ranker.tied_to_encoders:
             raise ConfigError(f"{self.ranker_name} scores a fixed user table; retrain to serve new users.")
         ids = pl.Series(Columns.user, [str(i) for i in user_ids], dtype=pl.String)
@@ -286,9 +324,12 @@ class Recommender:
         if ids.is_empty():
             return self
         empty = sp.csr_array((ids.len(), self.inputs.n_items), dtype=np.float32)
+        table = users if users is not None else self.users
+        standins = _user_standins(self.inputs, self.user_standins, user_attributes(table, ids), empty)
         return replace(
             self,
-            inputs=_with_users(self.inputs, empty),
+            inputs=_with_users(self.inputs, empty, standins, standins),
+            users=table,
             user_ids=pl.concat([self.user_ids, ids]),
             seen=sp.csr_array(sp.vstack([self.seen, empty])),
         )
@@ -563,18 +604,42 @@ def _pad_rows(matrix: sp.csr_array | None, n: int) -> sp.csr_array | None:
     return sp.csr_array(sp.vstack([matrix, sp.csr_array((n, matrix.shape[1]), dtype=matrix.dtype)]))
 
 
-def _with_users(inputs: RankerInputs, rows: sp.csr_array) -> RankerInputs:
-    """The inputs with users appended: `rows` is their history; no collaborative vector (zero, as for users the
-    encoders never saw, but for the constant that carries the item bias into their scores, as training has it).
-    Every item array stays as it is (`replace`: a field added to RankerInputs is carried along, not dropped)."""
-    user_cf = np.zeros((rows.shape[0], inputs.user_cf.shape[1]), inputs.user_cf.dtype)
-    user_cf[:, -1] = 1.0
+def _with_users(inputs: RankerInputs, rows: sp.csr_array, user_cf: np.ndarray, standins: np.ndarray) -> RankerInputs:
+    """The inputs with users appended: `rows` is their history, `user_cf` their collaborative [vector | 1] rows and
+    `standins` their stand-ins. Every item array stays as it is (`replace`: a field added to RankerInputs is
+    carried along, not dropped)."""
+    assert inputs.user_standin is not None
     return replace(
         inputs,
         history=sp.csr_array(sp.vstack([inputs.history, rows])),
-        user_cf=np.vstack([inputs.user_cf, user_cf]),
+        user_cf=np.vstack([inputs.user_cf, user_cf.astype(inputs.user_cf.dtype)]),
+        user_standin=np.vstack([inputs.user_standin, standins.astype(inputs.user_standin.dtype)]),
         time=inputs.time.with_users(rows.shape[0]) if inputs.time is not None else None,
     )
+
+
+def _user_standins(
+    inputs: RankerInputs, builder: UserStandInBuilder | None, attributes: pl.Series, rows: sp.csr_array
+) -> np.ndarray:
+    """Stand-in [vector | 1] rows of users from their attributes and the text of their `rows` (history); without a
+    builder (a version saved before user stand-ins) a zero vector: the item bias alone, as training had it."""
+    if builder is None:
+        standins = np.zeros((rows.shape[0], inputs.user_cf.shape[1]), dtype=np.float32)
+        standins[:, -1] = 1.0
+        return standins
+    return builder.transform(attributes, text_profiles(rows, inputs.text))
+
+
+def _folded_in(inputs: RankerInputs, rows: sp.csr_array, standins: np.ndarray) -> np.ndarray:
+    """Collaborative [vector | 1] rows of users whose interactions (`rows`) the version never trained on: each
+    solved against the version's fixed item vectors (the items as the ranker sees them: ID embeddings, stand-ins
+    for items without history) and blended with their stand-in by how many interactions they have."""
+    coo = sp.coo_array(rows)
+    view = inputs.item_view(np.arange(inputs.n_items), np.zeros(inputs.n_items, dtype=bool))
+    users, items = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    folded = fold_in_users(users, items, view[:, :-1], view[:, -1])
+    folded = np.vstack([folded, np.zeros((rows.shape[0] - folded.shape[0], folded.shape[1]), folded.dtype)])
+    return blend_with_fold_in(folded, standins, np.diff(sp.csr_array(rows).indptr).astype(np.float32))
 
 
 def _released(items: pl.DataFrame) -> pl.Series:

@@ -100,12 +100,17 @@ def ml100k_slice_workspace(ml100k: Dataset, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def served_slice(
-    ml100k_slice_workspace: Path, prefect_api: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    ml100k: Dataset,
+    ml100k_slice_workspace: Path,
+    prefect_api: str,
+    cache_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """The slice as a service holds it: its events before 1998-02-26 (about 80%) ingested with every slice user
-    and item, one promoted LightGBM version (and its `recommendations` table, k=10) saved by a real
-    `warmstart refresh` in its own process, then the later events appended (logged after the version trained;
-    users first seen in them are the version's users without history). Read-only for tests: copy it to change it."""
+    (and their age, gender, occupation and zip) and item, one promoted LightGBM version (and its `recommendations`
+    table, k=10) saved by a real `warmstart refresh` in its own process, then the later events appended (logged
+    after the version trained; users first seen in them are the version's users without history). Read-only for
+    tests: copy it to change it."""
     from typer.testing import CliRunner
 
     from flows.cli import app
@@ -116,7 +121,8 @@ def served_slice(
     cut = datetime(1998, 2, 26, tzinfo=UTC)
     log.filter(pl.col(Columns.ts) < cut).write_parquet(folder / "before.parquet")
     log.filter(pl.col(Columns.ts) >= cut).write_parquet(folder / "after.parquet")
-    log.select(Columns.user).unique().sort(Columns.user).write_parquet(folder / "users.parquet")
+    users = ml100k.users.drop(Columns.first_seen).join(log.select(Columns.user).unique(), on=Columns.user, how="semi")
+    users.sort(Columns.user).write_parquet(folder / "users.parquet")
     workspace = folder / "ws"
     files = ["--interactions", str(folder / "before.parquet"), "--items", str(source / "items.parquet")]
     ingest = CliRunner().invoke(app, ["ingest", *files, "--users", str(folder / "users.parquet"), "-w", str(workspace)])

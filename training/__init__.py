@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         EncoderReport,
         category_matrix,
         encode_inputs,
+        text_profiles,
         title_words,
     )
     from training._plans import (
@@ -82,6 +83,13 @@ if TYPE_CHECKING:
         warm_added,
         warmed_standins,
     )
+    from training._user_standins import (
+        FOLD_IN_PRIOR,
+        AttributeEncoding,
+        UserStandInBuilder,
+        blend_with_fold_in,
+        user_attributes,
+    )
     from training._users import (
         ColdUserShareChoice,
         UserEvaluation,
@@ -111,6 +119,12 @@ if TYPE_CHECKING:
     )
 
 _SOURCES = {
+    "FOLD_IN_PRIOR": "training._user_standins",
+    "AttributeEncoding": "training._user_standins",
+    "UserStandInBuilder": "training._user_standins",
+    "blend_with_fold_in": "training._user_standins",
+    "user_attributes": "training._user_standins",
+    "text_profiles": "training._inputs",
     "AUGMENT_LIMIT": "training.defaults",
     "CALIBRATION_USERS": "training.defaults",
     "COLD_SLOTS_GRID": "training.defaults",
@@ -203,6 +217,7 @@ __all__ = [
     "DEFAULT_GATE_TOLERANCE",
     "DEFAULT_K",
     "EVALUATED",
+    "FOLD_IN_PRIOR",
     "GATE",
     "HEAD_SHARE",
     "ITEM_SEGMENTS",
@@ -220,6 +235,7 @@ __all__ = [
     "USER_PROTOCOLS",
     "USER_SEGMENTS",
     "WITHOUT_AUGMENTATION",
+    "AttributeEncoding",
     "ColdSlotChoice",
     "ColdUserShareChoice",
     "EncodedSplit",
@@ -235,11 +251,13 @@ __all__ = [
     "StandInConfig",
     "TimedChoices",
     "UserEvaluation",
+    "UserStandInBuilder",
     "Warmed",
     "WarmingReport",
     "aldi_plan",
     "alternative_lines",
     "as_of",
+    "blend_with_fold_in",
     "bprmf_scorer",
     "category_matrix",
     "choose_cold_slots",
@@ -265,10 +283,12 @@ __all__ = [
     "synthetic_matrix",
     "synthetic_precision",
     "tail_calibrated",
+    "text_profiles",
     "title_words",
     "train_and_evaluate",
     "train_ranker",
     "trained_through",
+    "user_attributes",
     "user_plan",
     "user_reference_scorers",
     "warm_added",

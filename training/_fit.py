@@ -135,9 +135,10 @@ def encode_plan(
     cache_dir: Path,
     cf: BPRConfig | None = None,
     validate: bool = True,
+    users: pl.DataFrame | None = None,
 ) -> EncodedSplit:
     """The plan's inputs encoded from `history` with `settings` (BPR-MF's config replaced by `cf` where given;
-    stopped early on the plan's validation pairs when `validate`)."""
+    stopped early on the plan's validation pairs when `validate`); users' stand-ins from `users`' attributes."""
     return encode_inputs(
         plan.split.index,
         plan.split.items,
@@ -148,11 +149,17 @@ def encode_plan(
         cf_validation=plan.cf_validation if validate else None,
         warming=settings.warming,
         synthetic=plan.synthetic,
+        users=users,
     )
 
 
 def served_inputs(
-    plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings, *, cache_dir: Path
+    plan: EvaluationPlan,
+    fitted: EncodedSplit,
+    settings: ModelSettings,
+    *,
+    cache_dir: Path,
+    users: pl.DataFrame | None = None,
 ) -> EncodedSplit:
     """What the ranker serves from: the whole training history. Where the ranker's labels came out of it, the
     encoders are refitted on it for as many BPR epochs as early stopping chose (the labels are training pairs now,
@@ -164,7 +171,7 @@ def served_inputs(
         return fitted.with_history(interaction_matrix(plan.split.train, plan.split.index))
     epochs = max(int(fitted.report.bprmf["best_epoch"] or 0), 1)
     cf = settings.cf.model_copy(update={"epochs": epochs})
-    return encode_plan(plan, plan.split.train, settings, cache_dir=cache_dir, cf=cf, validate=False)
+    return encode_plan(plan, plan.split.train, settings, cache_dir=cache_dir, cf=cf, validate=False, users=users)
 
 
 def fit_ranker(
@@ -173,19 +180,21 @@ def fit_ranker(
     cache_dir: Path,
     settings: ModelSettings,
     alternatives: dict[str, TimedChoices] | None = None,
+    users: pl.DataFrame | None = None,
 ) -> FittedRanker:
     """Fit encoders and the ranker `settings.ranker_name` names as the plan says (with `settings.timed`'s choices
-    where the training log has times). On a log with times, each of `alternatives` is trained too, on the same
-    encoders (`FittedRanker.alternatives`; one whose ranker equals the main one is the main one)."""
+    where the training log has times; users' stand-ins from the attributes of `users`, the users table). On a log
+    with times, each of `alternatives` is trained too, on the same encoders (`FittedRanker.alternatives`; one whose
+    ranker equals the main one is the main one)."""
     started = time.perf_counter()
     timed = has_times(plan.split.train)
     others = {name: settings.with_timed(choices).for_log(timed) for name, choices in (alternatives or {}).items()}
     settings = settings.for_log(timed)
     if any(other.warming != settings.warming for other in others.values()):
         raise ConfigError("timed alternatives must warm stand-ins as the main settings do (they share its encoders).")
-    fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir)
+    fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir, users=users)
     ranker = train_ranker(plan, fitted, settings)
-    served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
+    served = served_inputs(plan, fitted, settings, cache_dir=cache_dir, users=users)
     # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
     calibrated = None
     if plan.calibration is not None:
@@ -211,7 +220,12 @@ def fit_ranker(
 
 
 def refit_ranker(
-    plan: EvaluationPlan, candidate: FittedRanker, *, cache_dir: Path, settings: ModelSettings
+    plan: EvaluationPlan,
+    candidate: FittedRanker,
+    *,
+    cache_dir: Path,
+    settings: ModelSettings,
+    users: pl.DataFrame | None = None,
 ) -> FittedRanker:
     """`candidate` (fitted with `settings` and judged on its own held-out data) trained again as `plan` says (the
     whole log: `whole_log_plan`) with everything it chose kept: BPR-MF's epochs, the ranker's rounds or epochs, its
@@ -222,9 +236,9 @@ def refit_ranker(
     started = time.perf_counter()
     epochs = int(candidate.report.fit.bprmf.get("best_epoch") or settings.cf.epochs)
     fixed = settings.for_log(has_times(plan.split.train)).refitting(candidate.ranker, epochs)
-    fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False)
+    fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False, users=users)
     ranker = train_ranker(plan, fitted, fixed)
-    served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
+    served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir, users=users)
     report = FitReport(
         ranker=fixed.ranker_name,
         ranker_metadata=ranker.metadata,
@@ -268,11 +282,18 @@ class EvaluationReport:
 
 
 def train_and_evaluate(
-    plan: EvaluationPlan, *, k: int, cache_dir: Path, settings: ModelSettings, model_dir: Path | None = None
+    plan: EvaluationPlan,
+    *,
+    k: int,
+    cache_dir: Path,
+    settings: ModelSettings,
+    model_dir: Path | None = None,
+    users: pl.DataFrame | None = None,
 ) -> EvaluationReport:
-    """Fit as the plan says, evaluate on its split (and save the ranker under `model_dir` where given)."""
+    """Fit as the plan says, evaluate on its split (and save the ranker under `model_dir` where given); users'
+    stand-ins from the attributes of `users` (the data set's users table)."""
     started = time.perf_counter()
-    fitted = fit_ranker(plan, cache_dir=cache_dir, settings=settings)
+    fitted = fit_ranker(plan, cache_dir=cache_dir, settings=settings, users=users)
     if model_dir is not None:
         fitted.ranker.save(model_dir)
     result = fitted.evaluate(plan.split, k)

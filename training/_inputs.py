@@ -18,6 +18,7 @@ from ranker.features import RankerInputs
 from ranker.temporal import TimeFeatures, time_features
 from training._settings import StandInConfig
 from training._standins import StandInBuilder, Warmed, synthetic_matrix, warmed_standins
+from training._user_standins import UserStandInBuilder, user_attributes
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,15 @@ class EncodedSplit:
     standins: StandInBuilder
     # What synthetic interactions warmed (serving's source, the line without augmentation); None without them.
     warming: Warmed | None = None
+    # The builder that gave users their stand-ins (serving gives users added later theirs from it).
+    user_standins: UserStandInBuilder | None = None
 
     def without_warming(self) -> EncodedSplit:
         """The same inputs serving the content stand-ins (itself when nothing was warmed)."""
         if self.warming is None:
             return self
-        return EncodedSplit(replace(self.inputs, item_standin=self.warming.content), self.report, self.standins)
+        inputs = replace(self.inputs, item_standin=self.warming.content)
+        return EncodedSplit(inputs, self.report, self.standins, user_standins=self.user_standins)
 
     def with_history(self, history: sp.csr_array) -> EncodedSplit:
         """The same encoders' arrays serving from another (users x items) history; popularity follows it."""
@@ -85,13 +89,16 @@ def encode_inputs(
     cf_validation: pl.DataFrame | None = None,
     warming: WarmingConfig | None = None,
     synthetic: pl.DataFrame | None = None,
+    users: pl.DataFrame | None = None,
 ) -> EncodedSplit:
     """Text embeddings, BPR-MF on `history`, out-of-fold stand-ins and TF-IDF: the ranker's inputs.
 
     `items` holds one row per index item, in index order. Users and items absent from `history` get zero
     collaborative vectors; items then serve through their stand-ins. With `warming`, stand-ins are warmed by
     synthetic interactions (`warmed_standins`): `synthetic` (user_id, item_id, weight) where given for an item
-    without history, the embedding simulator's proposals elsewhere.
+    without history, the embedding simulator's proposals elsewhere. Users get stand-ins from their attributes in
+    `users` (the users table; none given: from their text alone) and the text of their items, out-of-fold for
+    users with history (`UserStandInBuilder`).
     """
     cache = EmbeddingCache.in_cache_dir(cache_dir)
     text = encode_texts(item_text(items).to_list(), cache=cache, show_progress=True)
@@ -107,6 +114,10 @@ def encode_inputs(
         given = synthetic_matrix(synthetic, index, warm) if synthetic is not None else None
         warmed = warmed_standins(standins, user_cf, item_cf, warm, given, warming)
         standins = warmed.standins
+    user_builder = UserStandInBuilder(standin_config)
+    with_history = np.flatnonzero(np.diff(matrix.indptr) > 0)
+    attributes = user_attributes(users, index.user_ids)
+    user_standins = user_builder.fit_out_of_fold(attributes, text_profiles(matrix, text), user_cf, with_history)
     titles = items[Columns.title].fill_null("")
     inputs = RankerInputs(
         history=matrix,
@@ -119,6 +130,7 @@ def encode_inputs(
         tfidf=tfidf_item_vectors(titles.to_list(), min_df=1 if titles.len() < 50 else 2),
         categories=category_matrix(items),
         time=_time_features(history, index, items),
+        user_standin=user_standins,
     )
     report = EncoderReport(
         bprmf=cf.summary,
@@ -126,7 +138,17 @@ def encode_inputs(
         text_cache_misses=cache.misses,
         warming=warmed.config.model_dump() | warmed.report.as_dict() if warmed is not None else None,
     )
-    return EncodedSplit(inputs=inputs, report=report, standins=builder, warming=warmed)
+    return EncodedSplit(inputs=inputs, report=report, standins=builder, warming=warmed, user_standins=user_builder)
+
+
+def text_profiles(history: sp.csr_array, text: np.ndarray) -> np.ndarray:
+    """Each user's normalised mean of their items' normalised text embeddings (zero rows without items): the text
+    part of a user's stand-in, as RankerInputs.text_profiles has it."""
+
+    def normalised(rows: np.ndarray) -> np.ndarray:
+        return (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    return normalised(sp.csr_array(history > 0, dtype=np.float32) @ normalised(np.asarray(text, dtype=np.float32)))
 
 
 def _collaborative(cf: BPRMF, index: EvalIndex) -> tuple[np.ndarray, np.ndarray]:

@@ -102,8 +102,13 @@ def test_cold_users_get_the_ranker_with_an_empty_history(served: Path, recommend
     # (the item-bias constant of the collaborative score included), so the same list.
     # (The version's user has logged items since, which are never recommended to them: compared without that
     # exclusion, which would also move where the new-item place lands in their list.)
-    added = recommender.add_users(["arrived-later"])
-    assert added.inputs.user_cf[-1].tolist() == added.inputs.user_cf[added.user_ids.index_of(cold[0])].tolist()
+    # Given the same attributes, the stand-in that scores them is the same one.
+    theirs_attributes = recommender.users.filter(pl.col(Columns.user) == cold[0])
+    added = recommender.add_users(
+        ["arrived-later"], users=theirs_attributes.with_columns(pl.lit("arrived-later").alias(Columns.user))
+    )
+    views = added.inputs.user_view(np.array([added.user_ids.index_of(u) for u in ("arrived-later", cold[0])]))
+    assert np.allclose(views[0], views[1], atol=1e-6)  # float32 sums in another order
     theirs = added.recommend([cold[0]], k=5, exclude_seen=False)[Columns.item].to_list()
     assert added.recommend(["arrived-later"], k=5)[Columns.item].to_list() == theirs
 

@@ -1,0 +1,77 @@
+"""Users too: on a copy of the served MovieLens slice, users added by `warmstart add-users` are served from stand-ins
+made from their attributes, and a user's interactions appended later are folded in without a retrain."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from catalog import Columns, Workspace
+from flows.cli import app
+from serving import Recommender
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workspace(served_slice: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "ws"
+    shutil.copytree(served_slice, target)
+    return target
+
+
+def _cli(workspace: Path, cache_dir: Path, *args: str) -> None:
+    done = runner.invoke(app, [*args, "-w", str(workspace)], env={"WARMSTART_CACHE_DIR": str(cache_dir)})
+    assert done.exit_code == 0, done.output
+
+
+def test_cold_users_with_different_attributes_get_different_lists(
+    workspace: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,age,gender,occupation\nyoung,25,F,student\nretired,60,M,retired\n")
+    _cli(workspace, cache_dir, "add-users", str(users))
+    recommender = Recommender.load(workspace, cache_dir=cache_dir)
+    assert recommender.user_standins is not None, "the version saved its user stand-in builder"
+    frame = recommender.recommend(["young", "retired"], k=8)
+    lists = {user: group.sort(Columns.rank)[Columns.item].to_list() for (user,), group in frame.group_by(Columns.user)}
+    assert set(frame["user_segment"]) == {"cold"} and len(lists["young"]) == len(lists["retired"]) == 8
+    assert lists["young"] != lists["retired"]
+
+
+def test_two_appended_interactions_move_an_added_users_list_without_a_retrain(
+    workspace: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,age,gender,occupation\nfan,30,M,engineer\n")
+    _cli(workspace, cache_dir, "add-users", str(users))
+    before = Recommender.load(workspace, cache_dir=cache_dir)
+    version = before.version
+    taken = ["176", "183"]  # Aliens, Alien
+    first = before.recommend(["fan"], k=20)[Columns.item].to_list()
+
+    events = tmp_path / "events.parquet"
+    when = datetime(1998, 4, 30, tzinfo=UTC)
+    pl.DataFrame(
+        {Columns.user: ["fan", "fan"], Columns.item: taken, Columns.ts: [when, when], Columns.value: [5.0, 5.0]}
+    ).write_parquet(events)
+    _cli(workspace, cache_dir, "ingest", "--append", "--interactions", str(events))
+    after = Recommender.load(workspace, cache_dir=cache_dir)
+    assert after.version == version == Workspace(workspace).models.current("lightgbm")  # not retrained
+    frame = after.recommend(["fan"], k=20)
+    second = frame[Columns.item].to_list()
+    assert set(frame["user_segment"]) == {"new"} and not set(second) & set(taken)
+    assert second != first
+    # The list follows what they took: its items are closer in text to those two (each item's best cosine).
+    text = after.inputs.text
+    rows = [after.item_ids.index_of(i) for i in taken]
+
+    def closeness(items: list[str]) -> float:
+        return float((text[[after.item_ids.index_of(i) for i in items]] @ text[rows].T).max(axis=1).mean())
+
+    assert closeness(second) > closeness(first) + 0.02, (closeness(first), closeness(second))
