@@ -151,9 +151,10 @@ def run_window(context: WindowContext, window: Window, run: ActiveRun, recorded:
     )
     if split.truth.height == 0:
         raise DataError(f"no new interaction between {window.end} and {window.next_end} to evaluate on.")
-    plan = replace(training.holdout_plan(split), synthetic=judged)  # the window's model trains on its augmentation
+    # The window's model trains on its augmentation, its users' stand-ins on their attributes.
+    plan = replace(training.holdout_plan(split), synthetic=judged, users=dataset.users)
     decision = cycle.train_evaluate_gate(
-        plan, context.config, run, context.registry, recorded=recorded, dataset=dataset.name, users=dataset.users
+        plan, context.config, run, context.registry, recorded=recorded, dataset=dataset.name
     )
     record.as_of = window.end
     return decision

@@ -148,7 +148,6 @@ def train_evaluate_gate(
     recorded: pl.DataFrame | None,
     dataset: str,
     whole_log: EvaluationPlan | None = None,
-    users: pl.DataFrame | None = None,
 ) -> GateDecision:
     """Retrain on the plan, evaluate it and the reference lines (popularity, recent popularity, its tail-calibrated
     variant) on its real held-out data, gate against the registry's current model and the reference on the same
@@ -156,12 +155,11 @@ def train_evaluate_gate(
 
     With `whole_log` (training.whole_log_plan), a candidate the gate lets through is refit on every event with
     what it chose (training.refit_ranker) and that is what the version serves; the evaluated ranker is kept in
-    the version's `evaluated/` folder, where the next gate re-scores it (the refit has seen that gate's window).
-    `users` (the users table) gives users their stand-ins' attributes."""
+    the version's `evaluated/` folder, where the next gate re-scores it (the refit has seen that gate's window)."""
     record, ranker = run.record, config.models.ranker_name
     with stage(record, "retrain", f"encoders and the {ranker} ranker on the training window"):
         fitted = tasks.fit_ranker_task(
-            plan, cache_dir=config.cache_dir, settings=config.models, alternatives=config.alternatives, users=users
+            plan, cache_dir=config.cache_dir, settings=config.models, alternatives=config.alternatives
         )
     with stage(record, "evaluate", "the candidate, the current model and the reference lines on held-out events"):
         metrics = tasks.evaluate_task(fitted, plan.split, k=config.k, protocol=config.protocol)
@@ -193,9 +191,7 @@ def train_evaluate_gate(
     served, served_plan = fitted, plan
     if whole_log is not None and decision.promoted:
         with stage(record, "refit", "the promoted candidate's choices on every event of the log"):
-            served = tasks.refit_ranker_task(
-                whole_log, fitted, cache_dir=config.cache_dir, settings=config.models, users=users
-            )
+            served = tasks.refit_ranker_task(whole_log, fitted, cache_dir=config.cache_dir, settings=config.models)
         served_plan = whole_log
     # A version exists once its metadata.json does, and the ranker writes that last: what it serves from and its
     # report go first, so a run killed while saving leaves no half version behind.

@@ -250,14 +250,7 @@ def _train_evaluate_gate(
     plan = replace(plan, synthetic=stages.synthetic_interactions(space))
     whole_log = training.whole_log_plan(dataset, plan)
     return cycle.train_evaluate_gate(
-        plan,
-        config,
-        run,
-        space.models,
-        recorded=recorded,
-        dataset=dataset.name,
-        whole_log=whole_log,
-        users=dataset.users,
+        plan, config, run, space.models, recorded=recorded, dataset=dataset.name, whole_log=whole_log
     )
 
 

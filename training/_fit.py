@@ -135,10 +135,9 @@ def encode_plan(
     cache_dir: Path,
     cf: BPRConfig | None = None,
     validate: bool = True,
-    users: pl.DataFrame | None = None,
 ) -> EncodedSplit:
     """The plan's inputs encoded from `history` with `settings` (BPR-MF's config replaced by `cf` where given;
-    stopped early on the plan's validation pairs when `validate`); users' stand-ins from `users`' attributes."""
+    stopped early on the plan's validation pairs when `validate`); users' stand-ins from the plan's users table."""
     return encode_inputs(
         plan.split.index,
         plan.split.items,
@@ -149,7 +148,7 @@ def encode_plan(
         cf_validation=plan.cf_validation if validate else None,
         warming=settings.warming,
         synthetic=plan.synthetic,
-        users=users,
+        users=plan.users,
     )
 
 
@@ -159,7 +158,6 @@ def served_inputs(
     settings: ModelSettings,
     *,
     cache_dir: Path,
-    users: pl.DataFrame | None = None,
 ) -> EncodedSplit:
     """What the ranker serves from: the whole training history. Where the ranker's labels came out of it, the
     encoders are refitted on it for as many BPR epochs as early stopping chose (the labels are training pairs now,
@@ -171,7 +169,7 @@ def served_inputs(
         return fitted.with_history(interaction_matrix(plan.split.train, plan.split.index))
     epochs = max(int(fitted.report.bprmf["best_epoch"] or 0), 1)
     cf = settings.cf.model_copy(update={"epochs": epochs})
-    return encode_plan(plan, plan.split.train, settings, cache_dir=cache_dir, cf=cf, validate=False, users=users)
+    return encode_plan(plan, plan.split.train, settings, cache_dir=cache_dir, cf=cf, validate=False)
 
 
 def fit_ranker(
@@ -180,10 +178,9 @@ def fit_ranker(
     cache_dir: Path,
     settings: ModelSettings,
     alternatives: dict[str, TimedChoices] | None = None,
-    users: pl.DataFrame | None = None,
 ) -> FittedRanker:
     """Fit encoders and the ranker `settings.ranker_name` names as the plan says (with `settings.timed`'s choices
-    where the training log has times; users' stand-ins from the attributes of `users`, the users table). On a log
+    where the training log has times; users' stand-ins from the attributes in the plan's users table). On a log
     with times, each of `alternatives` is trained too, on the same encoders (`FittedRanker.alternatives`; one whose
     ranker equals the main one is the main one)."""
     started = time.perf_counter()
@@ -192,9 +189,9 @@ def fit_ranker(
     settings = settings.for_log(timed)
     if any(other.warming != settings.warming for other in others.values()):
         raise ConfigError("timed alternatives must warm stand-ins as the main settings do (they share its encoders).")
-    fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir, users=users)
+    fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir)
     ranker = train_ranker(plan, fitted, settings)
-    served = served_inputs(plan, fitted, settings, cache_dir=cache_dir, users=users)
+    served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
     # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
     calibrated = None
     if plan.calibration is not None:
@@ -225,7 +222,6 @@ def refit_ranker(
     *,
     cache_dir: Path,
     settings: ModelSettings,
-    users: pl.DataFrame | None = None,
 ) -> FittedRanker:
     """`candidate` (fitted with `settings` and judged on its own held-out data) trained again as `plan` says (the
     whole log: `whole_log_plan`) with everything it chose kept: BPR-MF's epochs, the ranker's rounds or epochs, its
@@ -236,9 +232,9 @@ def refit_ranker(
     started = time.perf_counter()
     epochs = int(candidate.report.fit.bprmf.get("best_epoch") or settings.cf.epochs)
     fixed = settings.for_log(has_times(plan.split.train)).refitting(candidate.ranker, epochs)
-    fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False, users=users)
+    fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False)
     ranker = train_ranker(plan, fitted, fixed)
-    served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir, users=users)
+    served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
     report = FitReport(
         ranker=fixed.ranker_name,
         ranker_metadata=ranker.metadata,
@@ -288,12 +284,10 @@ def train_and_evaluate(
     cache_dir: Path,
     settings: ModelSettings,
     model_dir: Path | None = None,
-    users: pl.DataFrame | None = None,
 ) -> EvaluationReport:
-    """Fit as the plan says, evaluate on its split (and save the ranker under `model_dir` where given); users'
-    stand-ins from the attributes of `users` (the data set's users table)."""
+    """Fit as the plan says, evaluate on its split (and save the ranker under `model_dir` where given)."""
     started = time.perf_counter()
-    fitted = fit_ranker(plan, cache_dir=cache_dir, settings=settings, users=users)
+    fitted = fit_ranker(plan, cache_dir=cache_dir, settings=settings)
     if model_dir is not None:
         fitted.ranker.save(model_dir)
     result = fitted.evaluate(plan.split, k)

@@ -65,6 +65,9 @@ class EvaluationPlan:
     synthetic: pl.DataFrame | None = None
     # A validation split ranking cold and warm items together, on which the ranker's cold places are chosen.
     calibration: ProtocolSplit | None = None
+    # The users table (user_id, attributes): users' stand-ins are built from their attributes (none: from the text
+    # of their items alone).
+    users: pl.DataFrame | None = None
     # The protocols over users: their split drawn again among the training users only, on which the share of users
     # the ranker is shown without history is chosen (the test users never choose anything).
     user_validation: EvaluationPlan | None = None
@@ -188,8 +191,9 @@ def user_plan(
     training_only = replace(dataset, interactions=dataset.interactions.join(test_users, on=Columns.user, how="anti"))
     return replace(
         holdout_plan(split),
-        user_validation=holdout_plan(build(training_only, seed + 1)),
+        user_validation=replace(holdout_plan(build(training_only, seed + 1)), users=dataset.users),
         group_attributes=USER_GROUP_ATTRIBUTES.get(dataset.name),
+        users=dataset.users,
     )
 
 
@@ -248,7 +252,7 @@ def files_plan(
             users=user_ids,
             sparse_max=sparse_max,
         )
-    return holdout_plan(split, valid_frame)
+    return replace(holdout_plan(split, valid_frame), users=user_frame)
 
 
 def whole_log_plan(dataset: Dataset, plan: EvaluationPlan) -> EvaluationPlan | None:
@@ -260,7 +264,7 @@ def whole_log_plan(dataset: Dataset, plan: EvaluationPlan) -> EvaluationPlan | N
     if dataset.splits or not fully_timed(log) or plan.split.protocol != TEMPORAL:
         return None
     whole = whole_log_split(log, dataset.items, dataset.users[Columns.user])
-    return replace(holdout_plan(whole), synthetic=plan.synthetic)
+    return replace(holdout_plan(whole), synthetic=plan.synthetic, users=plan.users)
 
 
 def dataset_plan(
@@ -271,7 +275,8 @@ def dataset_plan(
     if protocol in USER_PROTOCOLS:
         return user_plan(dataset, protocol, history_n=history_n, sparse_max=sparse_max)
     if dataset.splits:
-        return aldi_plan(dataset, protocol)
+        return replace(aldi_plan(dataset, protocol), users=dataset.users)
     if protocol != TEMPORAL:
         raise ConfigError(f"{dataset.name} has no predefined split: use --protocol temporal, cold-user or sparse-user.")
-    return holdout_plan(temporal_split(dataset.interactions, dataset.items, sparse_max=sparse_max))
+    split = temporal_split(dataset.interactions, dataset.items, sparse_max=sparse_max)
+    return replace(holdout_plan(split), users=dataset.users)

@@ -82,9 +82,11 @@ def _print_error(message: str) -> None:
 
 
 def prefect_defaults() -> None:
-    """Give Prefect's temporary API the time a busy machine needs to start it, unless the operator set one. Called
-    before Prefect is imported (it reads its settings then)."""
+    """Give Prefect's temporary API the time a busy machine needs to start it, and keep its server from sending
+    usage telemetry (offline, each attempt logged an ERROR line in a refresh's output), unless the operator set
+    them. Called before Prefect is imported (it reads its settings then)."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_SECONDS))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def open_workspace(option: Path | None, settings: WarmstartSettings) -> Workspace:

@@ -66,19 +66,30 @@ def test_scorer_gives_minus_inf_outside_candidates(slice_inputs: tuple, tasks: t
     assert (finite.sum(axis=1) <= 5 * 4).all()  # at most per_source x (sources x views) candidates
 
 
-def test_users_shown_as_cold_teach_item_only_ranking(slice_inputs: tuple, tasks: tuple) -> None:
-    # Every training user shown without history: the model cannot learn from user features, so two users
-    # get the same score for the same item (items presented warm, to keep the item features fixed).
+def test_users_shown_as_cold_teach_ranking_through_their_stand_ins(slice_inputs: tuple, tasks: tuple) -> None:
+    # Every training user shown without history: the model learns what it can know of such a user, their stand-in
+    # (items presented warm, to keep the item features fixed). Two users without history score the same through
+    # the same stand-in, and differently through different ones.
     inputs, _ = slice_inputs
     train, valid, _ = tasks
     config = CONFIG.model_copy(update={"cold_user_share": 1.0, "cold_share": 0.0})
     ranker = LightGBMRanker(config).fit(inputs, train, valid)
-    users, items, scores = ranker.score_task(inputs, RankingTask(np.array([0, 1]), train.pool))
-    first = dict(zip(items[users == 0].tolist(), scores[users == 0].tolist(), strict=True))
-    second = dict(zip(items[users == 1].tolist(), scores[users == 1].tolist(), strict=True))
-    shared = sorted(set(first) & set(second))
-    assert shared
-    np.testing.assert_allclose([first[i] for i in shared], [second[i] for i in shared])
+    history = inputs.history.tolil()
+    history[[0, 1]] = 0
+    standin = inputs.user_standin.copy()
+
+    def scored_without_history() -> tuple[list[float], list[float]]:
+        cold = dataclasses.replace(inputs, history=history.tocsr(), user_standin=standin)
+        users, items, scores = ranker.score_task(cold, RankingTask(np.array([0, 1]), train.pool))
+        first = dict(zip(items[users == 0].tolist(), scores[users == 0].tolist(), strict=True))
+        second = dict(zip(items[users == 1].tolist(), scores[users == 1].tolist(), strict=True))
+        shared = sorted(set(first) & set(second))
+        assert shared
+        return [first[i] for i in shared], [second[i] for i in shared]
+
+    assert not np.allclose(*scored_without_history())
+    standin[1] = standin[0]
+    np.testing.assert_allclose(*scored_without_history())
     # Without it, the same two users' scores differ.
     plain = LightGBMRanker(CONFIG.model_copy(update={"cold_share": 0.0})).fit(inputs, train, valid)
     users, items, scores = plain.score_task(inputs, RankingTask(np.array([0, 1]), train.pool))
