@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from catalog import Columns, Tables, Workspace
+from catalog import Columns, Tables, Workspace, WorkspaceError
 from flows import cycle
 from monitor import GateConfig, GateDecision, MetricsStore
 
@@ -185,4 +186,43 @@ def test_two_refreshes_at_once_never_both_promote(
     decisions = store.promotions().sort("promoted")
     assert decisions["promoted"].to_list() == [False, True]
     assert decisions["candidate_version"][1] == entry["version"]
+    store.close()
+
+
+def test_reconciling_a_recorded_promotion_waits_for_the_writer_and_only_when_it_has_to(
+    slice_copy: Callable[[], Path],
+) -> None:
+    """A refresh starts by promoting what the metrics store recorded but the registry never got (a run killed in
+    between). That is a promotion too, so it takes the writer lock; a refresh with nothing to reconcile must not wait
+    for another writer at its start (it would wait behind a long add-items for nothing)."""
+    workspace = slice_copy()
+    _fake_version(workspace, "killed-run")
+    registry = Workspace(workspace).models
+    store = MetricsStore.for_workspace(workspace)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another thread: its lock is another holder, as another process's would be
+        with Workspace(workspace).writer(HOLDER):
+            held.set()
+            release.wait(60)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(60)
+    try:
+        impatient = Workspace(workspace, writer_wait=0, on_wait=lambda _: None)
+        reconcile = {"flow": "refresh", "dataset": "slice", "ranker": "lightgbm"}
+        cycle.reconcile(registry, store, **reconcile, writer=impatient.writer("refresh"))  # nothing recorded: no wait
+        decision = GateDecision(promoted=True, reason="better", candidate={}, incumbent=None)
+        with store.run("killed-run", flow="refresh", dataset="slice", parameters={}) as run:
+            run.record.model_version = "killed-run"
+            run.record.promotion = decision.record("killed-run", None, GateConfig())
+        with pytest.raises(WorkspaceError, match=f"still held by {HOLDER}"):
+            cycle.reconcile(registry, store, **reconcile, writer=impatient.writer("refresh"))
+        assert registry.current("lightgbm") is None
+    finally:
+        release.set()
+        holder.join()
+    cycle.reconcile(registry, store, **reconcile, writer=impatient.writer("refresh"))
+    assert registry.current("lightgbm") == "killed-run"
     store.close()
