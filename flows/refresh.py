@@ -5,6 +5,10 @@
                  -> gate against the current model on the same data -> record -> promote
                  -> publish the `recommendations` table (top k of every user, when promoted)
 
+From "record" to "publish" the refresh is the workspace's one writer (`Workspace.writer`): it promotes only if the
+version its candidate was gated against is still current, so two refreshes never both promote and a version
+promoted by hand meanwhile stays (`cycle.still_current`).
+
 Each run is a row of the metrics history (`MetricsStore.run` owns its start, timings, failure and finish); the
 stages are flows/stages.py's, run as the tasks of flows/tasks.py and composed by flows/cycle.py.
 """

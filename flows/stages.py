@@ -61,7 +61,8 @@ def ingest(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int
     tables = {Tables.interactions: dataset.interactions, Tables.items: dataset.items, Tables.users: dataset.users}
     tables |= {f"{Tables.split_prefix}{name}": frame for name, frame in dataset.splits.items()}
     # The one writer: the watermark carried is the current one, and no add-items lands in the generation replaced.
-    with workspace.writer(f"ingest {run_id}") as current, current.new_generation(run_id) as staged:
+    # (`workspace` switches, so that the caller's object follows to the new generation, as it always did.)
+    with workspace.writer(f"ingest {run_id}") as current, workspace.new_generation(run_id) as staged:
         carried = _carried_state(current)
         for name, frame in tables.items():
             report = dataset.reports.get(name)
@@ -95,7 +96,7 @@ def append(workspace: Workspace, added: Additions, run_id: str, *, source: str) 
         current = workspace_dataset(space)
         merged, report = append_rows(current, added, source=source)
         parameters = report.as_dict() | {"source": source}
-        with space.new_generation(run_id) as staged:
+        with workspace.new_generation(run_id) as staged:  # the caller's object follows to the new generation
             base = {Tables.interactions: merged.interactions, Tables.items: merged.items, Tables.users: merged.users}
             for name, frame in base.items():
                 staged.write(name, frame, run_id=run_id, source="append", parameters=parameters)

@@ -18,8 +18,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from catalog import Columns, Tables, Workspace, WorkspaceError
-from flows import cycle
+from catalog import Columns, Tables, Workspace, WorkspaceError, load_additions
+from flows import cycle, stages
 from monitor import GateConfig, GateDecision, MetricsStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,3 +226,20 @@ def test_reconciling_a_recorded_promotion_waits_for_the_writer_and_only_when_it_
     cycle.reconcile(registry, store, **reconcile, writer=impatient.writer("refresh"))
     assert registry.current("lightgbm") == "killed-run"
     store.close()
+
+
+def test_the_callers_workspace_follows_an_ingest_or_append_to_its_new_generation(
+    slice_copy: Callable[[], Path], tmp_path: Path
+) -> None:
+    """The writer reads through a workspace pinned when it gets the lock, but the switch is the caller's: a command
+    that ingests then detects (`warmstart trends`) goes on with the data it just wrote."""
+    space = Workspace(slice_copy())
+    old = space.generation
+    stages.ingest(space, stages.workspace_dataset(space), "20990101T000000Z-again")
+    assert space.generation == "20990101T000000Z-again" == Workspace(space.root).generation
+    assert Workspace(space.root).generations()["previous"] == old
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\n1,1,2000-01-01T00:00:00Z\n")
+    report = stages.append(space, load_additions(events, None, None), "20990102T000000Z-append", source=str(events))
+    assert report.as_dict()["interactions_added"] == 1
+    assert space.generation == "20990102T000000Z-append" == Workspace(space.root).generation
