@@ -30,7 +30,7 @@ from catalog._segments import (
     segments_as_of,
     summarize_segments,
 )
-from catalog._workspace import Workspace, atomic_write_bytes, new_run_id, verified_bytes
+from catalog._workspace import DEFAULT_WRITER_WAIT, Workspace, atomic_write_bytes, new_run_id, verified_bytes
 from catalog.datasets import (
     DATASETS,
     BuiltinDataset,
@@ -54,6 +54,7 @@ from catalog.errors import (
 __all__ = [
     "ALDI_SPLITS",
     "DATASETS",
+    "DEFAULT_WRITER_WAIT",
     "HEAD_SHARE",
     "INTERACTIONS_SCHEMA",
     "ITEMS_SCHEMA",

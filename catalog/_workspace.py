@@ -10,6 +10,7 @@ Layout::
       generations/.staging-RUN/        an ingest being written (removed when it fails or is found stale)
       provenance.jsonl                 every committed write, one JSON object a line
       .lock                            fcntl lock: exclusive to switch generations, shared to write a table
+      .writer                          fcntl lock of the one writer (see `Workspace.writer`), naming its holder
 
 An ingest writes a whole new generation beside the current one and switches `generation.json` to it in one
 rename under the exclusive lock, so readers see the old tables or the new ones, never a mix. The new
@@ -18,6 +19,10 @@ augmentation outputs) and its state (the watermark) stay with the old generation
 `previous` for `rollback`; older generations are deleted. Later stages write derived tables into the
 generation they read from (a `Workspace` object is pinned to the generation current when it is first used),
 each through a temporary file and a rename.
+
+Every write that changes the data or the model registry from what it read (ingest, append, add-items, add-users,
+a promotion, rollback) holds the writer lock across its read-modify-write (`Workspace.writer`): two such writers
+one after the other, never interleaved, so the second extends what the first wrote instead of overwriting it.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ import io
 import json
 import os
 import shutil
+import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +55,17 @@ GENERATIONS = "generations"
 LOCK = ".lock"
 STAGING = ".staging-"
 TRASH = ".trash-"
+WRITER = ".writer"
+# How long a writer waits for another to finish before it refuses (WARMSTART_WRITER_WAIT overrides it).
+DEFAULT_WRITER_WAIT = 600.0
+_POLL_SECONDS = 0.05
+# Workspaces whose writer lock this thread holds, by resolved root: a writer calling another writer (a promotion
+# inside a refresh's locked step) must not wait for itself (two opens of one file are two flock holders).
+_held = threading.local()
+
+
+def _say_on_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def new_run_id() -> str:
@@ -100,8 +119,16 @@ def _try_lock(handle: IO[bytes]) -> bool:
 class Workspace:
     """Parquet tables with provenance under one directory, in generations switched atomically by ingest."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        writer_wait: float = DEFAULT_WRITER_WAIT,
+        on_wait: Callable[[str], None] = _say_on_stderr,
+    ) -> None:
         self.root = Path(root)
+        self.writer_wait = writer_wait  # seconds `writer` waits for another writer before it refuses
+        self.on_wait = on_wait  # told once when `writer` has to wait, so that a waiting command is not silent
         self._dir: Path | None = None  # the pinned generation, resolved on first use
         self._staged = False  # a generation being written by `new_generation`: private, no locking
         self._records: list[dict[str, Any]] = []
@@ -156,19 +183,87 @@ class Workspace:
     @contextmanager
     def lock(self, *, shared: bool = False) -> Iterator[None]:
         """Hold the workspace lock: exclusive to switch generations or update state, shared to write a table."""
+        with self._open_lock_file(LOCK, "ab") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+
+    @contextmanager
+    def writer(self, what: str) -> Iterator[Workspace]:
+        """Be the workspace's one writer while the block runs; yields a Workspace pinned to the generation current
+        once the lock is held, to read and change.
+
+        A read-modify-write (read the items, add some, write them back; read the current model, gate, promote)
+        is only correct when nobody writes in between: without this lock the last of two writers silently drops
+        what the first added. The lock is an exclusive fcntl lock on WORKSPACE/.writer (released by the kernel
+        when a holder dies), which records `what`, the pid and the time, so that a writer that has to wait says
+        for whom. It waits at most `writer_wait` seconds, then raises WorkspaceError having changed nothing.
+        Readers take no lock: they still see one whole generation or model version. Reentrant in one thread.
+        """
+        key = os.path.realpath(self.root)
+        roots: set[str] = _held.__dict__.setdefault("roots", set())
+        fresh = Workspace(self.root, writer_wait=self.writer_wait, on_wait=self.on_wait)
+        if key in roots:
+            yield fresh
+            return
+        with self._open_lock_file(WRITER, "r+b") as handle:
+            self._wait_for_writer(handle, what)
+            try:
+                holder = {"what": what, "pid": os.getpid(), "since": datetime.now(UTC).isoformat(timespec="seconds")}
+                handle.seek(0)
+                handle.truncate()
+                handle.write(json.dumps(holder).encode())
+                handle.flush()
+                roots.add(key)
+                yield fresh
+            finally:
+                roots.discard(key)
+                handle.seek(0)
+                handle.truncate()
+                handle.flush()
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _wait_for_writer(self, handle: IO[bytes], what: str) -> None:
+        """Take the writer lock, saying once whom it waits for; refuse after `writer_wait` seconds."""
+        deadline = time.monotonic() + self.writer_wait
+        told = False
+        while not _try_lock(handle):
+            holder = self._writer_holder(handle)
+            if time.monotonic() >= deadline:
+                raise WorkspaceError(
+                    f"workspace {self.root}: {what} refused: the writer lock is still held by {holder} after "
+                    f"{self.writer_wait:g} s; nothing was changed. Run it again once that finishes (or raise "
+                    "WARMSTART_WRITER_WAIT)."
+                )
+            if not told:
+                self.on_wait(
+                    f"{what}: waiting for the workspace's writer lock held by {holder} (at most {self.writer_wait:g} s)"
+                )
+                told = True
+            time.sleep(_POLL_SECONDS)
+
+    @staticmethod
+    def _writer_holder(handle: IO[bytes]) -> str:
+        """'<command>, pid <pid> since <time>' as the holder recorded it (it may be writing it right now)."""
+        handle.seek(0)
+        try:
+            holder = json.loads(handle.read().decode() or "{}")
+            return f"{holder['what']}, pid {holder['pid']} since {holder['since']}"
+        except (ValueError, KeyError, TypeError):
+            return "another process"
+
+    def _open_lock_file(self, name: str, mode: str) -> IO[bytes]:
+        """Open (creating) a lock file in the workspace's root, with a clear error when the root is unusable."""
         if self.root.exists() and not self.root.is_dir():
             raise WorkspaceError(f"workspace {self.root} is a file, not a directory. Pass --workspace DIRECTORY.")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            handle = (self.root / LOCK).open("ab")
+            (self.root / name).touch(exist_ok=True)
+            return (self.root / name).open(mode)
         except OSError as error:
             raise WorkspaceError(
                 f"workspace {self.root} is not writable ({error.strerror or error}). "
                 "Fix its permissions or pass another --workspace."
             ) from None
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
 
     def _writable_generation(self) -> Path:
         """The pinned generation, created empty (under the lock) when the workspace has none yet."""
@@ -271,7 +366,7 @@ class Workspace:
     def rollback(self) -> dict[str, str | None]:
         """Make the previous generation current again (and the current one previous: a second rollback
         undoes the first). Returns the new pointer."""
-        with self.lock():
+        with self.writer("rollback"), self.lock():
             pointer = self._pointer()
             previous = pointer.get("previous") if pointer else None
             if pointer is None or previous is None or not (self.root / GENERATIONS / previous).is_dir():

@@ -266,11 +266,41 @@ def promote(registry: ModelRegistry, ranker: str, decision: GateDecision, run_id
         registry.promote(ranker, run_id, reason=decision.reason, run_id=run_id)
 
 
-def reconcile(registry: ModelRegistry, store: MetricsStore, *, flow: str, dataset: str, ranker: str) -> None:
+def still_current(registry: ModelRegistry, ranker: str, decision: GateDecision, run: ActiveRun) -> GateDecision:
+    """The gate's decision, unless the current version is no longer the one the candidate was gated against:
+    another refresh promoted, or someone promoted by hand, while this run trained. Then the candidate is not
+    promoted (the other's choice stands: two runs never both promote, and a version pinned by hand stays) and the
+    run's record says why. Called by the workspace's one writer, so nobody can promote between this check and the
+    promotion that follows it."""
+    if not decision.promoted or run.record.promotion is None:
+        return decision
+    gated = run.record.promotion["incumbent_version"]
+    now = registry.current(ranker)
+    if now == gated:
+        return decision
+    reason = (
+        f"the current version changed during this run ({gated or 'none'} -> {now}); not promoted; run refresh again"
+    )
+    run.record.promotion = run.record.promotion | {"promoted": False, "reason": reason}
+    return decision.model_copy(update={"promoted": False, "reason": reason})
+
+
+def reconcile(
+    registry: ModelRegistry,
+    store: MetricsStore,
+    *,
+    flow: str,
+    dataset: str,
+    ranker: str,
+    writer: contextlib.AbstractContextManager[object] | None = None,
+) -> None:
     """A run killed between writing its record and promoting leaves the store ahead of the registry: the version
-    the store says was promoted, never promoted in the registry, becomes current."""
+    the store says was promoted, never promoted in the registry, becomes current. `writer` (the workspace's writer
+    lock, not yet entered) is held only when there is something to promote, so that a run that finds nothing to
+    reconcile does not wait for another writer."""
     recorded = store.promoted_version(flow=flow, dataset=dataset)
     if recorded is None or not registry.exists(ranker, recorded):
         return
-    if recorded not in {entry["version"] for entry in registry.promotions()}:
-        registry.promote(ranker, recorded, reason=f"promoted by run {recorded} (recorded in the metrics store)")
+    with writer or contextlib.nullcontext():
+        if recorded not in {entry["version"] for entry in registry.promotions()}:
+            registry.promote(ranker, recorded, reason=f"promoted by run {recorded} (recorded in the metrics store)")

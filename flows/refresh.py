@@ -5,12 +5,17 @@
                  -> gate against the current model on the same data -> record -> promote
                  -> publish the `recommendations` table (top k of every user, when promoted)
 
+From "record" to "publish" the refresh is the workspace's one writer (`Workspace.writer`): it promotes only if the
+version its candidate was gated against is still current, so two refreshes never both promote and a version
+promoted by hand meanwhile stays (`cycle.still_current`).
+
 Each run is a row of the metrics history (`MetricsStore.run` owns its start, timings, failure and finish); the
 stages are flows/stages.py's, run as the tasks of flows/tasks.py and composed by flows/cycle.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -199,7 +204,7 @@ def refresh(
     the first); off, the default choices."""
     settings = WarmstartSettings()
     ranker = ranker or settings.ranker
-    space = Workspace(workspace or settings.workspace)
+    space = Workspace(workspace or settings.workspace, writer_wait=settings.writer_wait)
     store = MetricsStore.for_workspace(space.root, settings.metrics_url)
     dataset = stages.workspace_dataset(space)
     protocol = protocol or ("cold-item" if dataset.splits else "temporal")
@@ -218,17 +223,24 @@ def refresh(
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
     parameters |= {"ranker": ranker, "protocol": protocol}
     config, why = _served_choice(config, store, dataset.name, parameters)
-    cycle.reconcile(space.models, store, flow="refresh", dataset=dataset.name, ranker=ranker)
+    writer = space.writer("refresh (promoting what the metrics store recorded)")
+    cycle.reconcile(space.models, store, flow="refresh", dataset=dataset.name, ranker=ranker, writer=writer)
     current = space.models.current(ranker)
     recorded = store.run_metrics(current) if current else None
-    with store.run(new_run_id(), flow="refresh", dataset=dataset.name, parameters=parameters) as run:
-        _detect(space, run, settings)
-        if augment_limit:
-            _augment_into(run, space, settings, stages.AugmentPlan(limit=augment_limit, simulate=simulate))
-        with cycle.stage(run.record, "encode", "item texts into embeddings"):
-            with_runner(encode_items, settings)(space.root)
-        decision = _train_evaluate_gate(run, space, dataset, config, recorded, sparse_max=settings.sparse_max)
-    _promote_and_publish(space, ranker, decision, run.run_id, k=k)
+    with contextlib.ExitStack() as promotion:
+        with store.run(new_run_id(), flow="refresh", dataset=dataset.name, parameters=parameters) as run:
+            _detect(space, run, settings)
+            if augment_limit:
+                _augment_into(run, space, settings, stages.AugmentPlan(limit=augment_limit, simulate=simulate))
+            with cycle.stage(run.record, "encode", "item texts into embeddings"):
+                with_runner(encode_items, settings)(space.root)
+            decision = _train_evaluate_gate(run, space, dataset, config, recorded, sparse_max=settings.sparse_max)
+            # From here to the published table the run is the workspace's one writer: it re-checks that the version
+            # it was gated against is still current, records the decision, then promotes, and nobody can promote
+            # in between. (Waiting too long fails the run, recorded, with nothing promoted.)
+            promotion.enter_context(space.writer(f"refresh {run.run_id} (promotion)"))
+            decision = cycle.still_current(space.models, ranker, decision, run)
+        _promote_and_publish(space, ranker, decision, run.run_id, k=k)
     return RefreshResult(run.run_id, decision, run.record.metrics, why)
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from catalog import DEFAULT_WRITER_WAIT
 from training.defaults import HEAD_SHARE, SPARSE_MAX
 
 
@@ -22,6 +23,12 @@ class WarmstartSettings(BaseSettings):
         description="Cache for fetched data sets (MovieLens-100K) and converted models.",
     )
     sparse_max: int = Field(SPARSE_MAX, ge=0, description="Entities with 1..sparse_max interactions are sparse.")
+    writer_wait: float = Field(
+        DEFAULT_WRITER_WAIT,
+        ge=0,
+        description="Seconds a command that changes the workspace (ingest, add-items, promote...) waits for the "
+        "one that holds its writer lock before it refuses, having changed nothing.",
+    )
     head_share: float = Field(
         HEAD_SHARE, gt=0, le=1, description="Share of interactions held by the head (the most popular entities)."
     )

@@ -57,11 +57,13 @@ def ingest(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int
     """Write the data set's tables (and splits) into the workspace as a new generation, switched in at once
     (the tables derived from the old data stay with it, but for the last detection's watermark: what is new stays
     what was first seen since); returns rows written per table."""
-    carried = _carried_state(workspace)
     written = {}
     tables = {Tables.interactions: dataset.interactions, Tables.items: dataset.items, Tables.users: dataset.users}
     tables |= {f"{Tables.split_prefix}{name}": frame for name, frame in dataset.splits.items()}
-    with workspace.new_generation(run_id) as staged:
+    # The one writer: the watermark carried is the current one, and no add-items lands in the generation replaced.
+    # (`workspace` switches, so that the caller's object follows to the new generation, as it always did.)
+    with workspace.writer(f"ingest {run_id}") as current, workspace.new_generation(run_id) as staged:
+        carried = _carried_state(current)
         for name, frame in tables.items():
             report = dataset.reports.get(name)
             parameters = {"source": report.source, "rows_read": report.rows_read} if report else {}
@@ -90,17 +92,18 @@ def append(workspace: Workspace, added: Additions, run_id: str, *, source: str) 
     append changes nothing, and `rollback` undoes it. The tables derived from ids it leaves unchanged
     (descriptions, profiles, synthetic interactions, embeddings, recommendations, splits) and the last detection's
     watermark come along; segments are rebuilt by the next detection."""
-    current = workspace_dataset(workspace)
-    merged, report = append_rows(current, added, source=source)
-    parameters = report.as_dict() | {"source": source}
-    with workspace.new_generation(run_id) as staged:
-        base = {Tables.interactions: merged.interactions, Tables.items: merged.items, Tables.users: merged.users}
-        for name, frame in base.items():
-            staged.write(name, frame, run_id=run_id, source="append", parameters=parameters)
-        for name in workspace.table_names():
-            if name not in _REBUILT:
-                staged.carry(name, workspace)
-        staged.update_state(dataset=current.name, ingest_run_id=run_id, **_carried_state(workspace))
+    with workspace.writer(f"ingest --append {run_id}") as space:  # merged with what is current, not overwritten
+        current = workspace_dataset(space)
+        merged, report = append_rows(current, added, source=source)
+        parameters = report.as_dict() | {"source": source}
+        with workspace.new_generation(run_id) as staged:  # the caller's object follows to the new generation
+            base = {Tables.interactions: merged.interactions, Tables.items: merged.items, Tables.users: merged.users}
+            for name, frame in base.items():
+                staged.write(name, frame, run_id=run_id, source="append", parameters=parameters)
+            for name in space.table_names():
+                if name not in _REBUILT:
+                    staged.carry(name, space)
+            staged.update_state(dataset=current.name, ingest_run_id=run_id, **_carried_state(space))
     return report
 
 
@@ -409,21 +412,24 @@ def synthetic_interactions(workspace: Workspace) -> pl.DataFrame | None:
 
 def add_items(workspace: Workspace, added: pl.DataFrame, run_id: str, *, cache_dir: Path, source: str) -> int:
     """Append conformed items (new ids only) to the `items` table and embed their text into the one cache, so the
-    promoted version serves them at once (serving.Recommender folds them in) and the next refresh trains on them."""
+    promoted version serves them at once (serving.Recommender folds them in) and the next refresh trains on them.
+
+    The table is read, checked and written back by the workspace's one writer, so that items another process adds
+    meanwhile are kept; the embedding (slow, and only filling a cache keyed by text) happens before, unlocked."""
     from catalog import DataError
     from encoders import EmbeddingCache, encode_texts, item_text
 
-    existing = workspace.read(Tables.items)
-    repeated = added.filter(
-        pl.col(Columns.item).is_duplicated() | pl.col(Columns.item).is_in(existing[Columns.item].to_list())
-    )
-    if repeated.height:
-        ids = sorted(set(repeated[Columns.item]))
-        raise DataError(f"{source}: {len(ids)} item id(s) already exist or repeat, e.g. {ids[:5]}; use new ids.")
-    added = added.with_columns(pl.col(Columns.first_seen).fill_null(datetime.now(UTC))).select(existing.columns)
+    repeated = added.filter(pl.col(Columns.item).is_duplicated())
     encode_texts(item_text(added).to_list(), cache=EmbeddingCache.in_cache_dir(cache_dir), show_progress=False)
-    parameters = {"added": added.height, "ingest_run_id": _ingest_run(workspace, Tables.items)}
-    workspace.write(Tables.items, pl.concat([existing, added]), run_id=run_id, source=source, parameters=parameters)
+    with workspace.writer(f"{source} (run {run_id})") as space:
+        existing = space.read(Tables.items)
+        repeated = pl.concat([repeated, added.filter(pl.col(Columns.item).is_in(existing[Columns.item].implode()))])
+        if repeated.height:
+            ids = sorted(set(repeated[Columns.item]))
+            raise DataError(f"{source}: {len(ids)} item id(s) already exist or repeat, e.g. {ids[:5]}; use new ids.")
+        added = added.with_columns(pl.col(Columns.first_seen).fill_null(datetime.now(UTC))).select(existing.columns)
+        parameters = {"added": added.height, "ingest_run_id": _ingest_run(space, Tables.items)}
+        space.write(Tables.items, pl.concat([existing, added]), run_id=run_id, source=source, parameters=parameters)
     return added.height
 
 
@@ -436,6 +442,14 @@ def add_users(workspace: Workspace, added: pl.DataFrame, run_id: str, *, source:
 
     if added.is_empty():
         raise DataError(f"{source}: no users (a header only). Nothing was written.")
+    with workspace.writer(f"{source} (run {run_id})") as space:  # users added meanwhile by another are kept
+        return _add_users(space, added, run_id, source=source)
+
+
+def _add_users(workspace: Workspace, added: pl.DataFrame, run_id: str, *, source: str) -> int:
+    """`add_users`' read-modify-write, by the workspace's one writer."""
+    from catalog import DataError
+
     existing = workspace.read(Tables.users)
     repeated = added.filter(
         pl.col(Columns.user).is_duplicated() | pl.col(Columns.user).is_in(existing[Columns.user].implode())

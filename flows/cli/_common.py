@@ -90,7 +90,8 @@ def prefect_defaults() -> None:
 
 
 def open_workspace(option: Path | None, settings: WarmstartSettings) -> Workspace:
-    return Workspace(option or settings.workspace)
+    """The workspace the command names, waiting for another writer as long as the settings say."""
+    return Workspace(option or settings.workspace, writer_wait=settings.writer_wait)
 
 
 def _cell(value: object) -> str:

@@ -397,19 +397,22 @@ def promote(
     name = (ranker or RankerName(settings.ranker)).value
     if (version is None) == (not previous):
         raise ConfigError("give either a VERSION or --previous.")
-    registry = space.models
-    chosen = registry.previous(name) if previous else version
-    if chosen is None:
-        raise ConfigError(f"{name} has no previous version to roll back to.")
-    incumbent = registry.current(name)
-    entry = registry.promote(name, chosen, reason=reason)
-    store = MetricsStore.for_workspace(space.root, settings.metrics_url)
-    store.record_promotion(
-        new_run_id(),
-        dataset=str(space.state().get("dataset", "workspace")),
-        candidate=chosen,
-        incumbent=incumbent,
-        reason=f"{'rollback' if previous else 'promoted'} by hand: {reason}",
-    )
-    store.close()
+    # The one writer: a refresh promoting meanwhile re-checks the current version under the same lock and leaves
+    # this choice in place (and --previous means the version before the current one as it is now).
+    with space.writer("promote --previous" if previous else f"promote {version}") as current:
+        registry = current.models
+        chosen = registry.previous(name) if previous else version
+        if chosen is None:
+            raise ConfigError(f"{name} has no previous version to roll back to.")
+        incumbent = registry.current(name)
+        entry = registry.promote(name, chosen, reason=reason)
+        store = MetricsStore.for_workspace(space.root, settings.metrics_url)
+        store.record_promotion(
+            new_run_id(),
+            dataset=str(current.state().get("dataset", "workspace")),
+            candidate=chosen,
+            incumbent=incumbent,
+            reason=f"{'rollback' if previous else 'promoted'} by hand: {reason}",
+        )
+        store.close()
     console.print(f"{name} {entry['version']} is now current (was {entry['previous']})", markup=False)

@@ -203,7 +203,11 @@ def api(
     def store_items(items: pl.DataFrame) -> None:
         # A new Workspace each time: one pins the generation current when first used, and ingest may switch it.
         stages.add_items(
-            Workspace(space.root), items, new_run_id(), cache_dir=settings.cache_dir, source="api POST /items"
+            Workspace(space.root, writer_wait=settings.writer_wait),
+            items,
+            new_run_id(),
+            cache_dir=settings.cache_dir,
+            source="api POST /items",
         )
 
     server = create_app(

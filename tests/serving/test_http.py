@@ -320,3 +320,51 @@ def test_health_stays_fast_while_requests_score_and_a_hostile_one_arrives(
     assert sorted(done) == [200] * 96 + [422] * 16
     # Before, one 100,000-character id stalled /health for 28.8 s; a generous bound for a shared, busy machine.
     assert len(waits) >= 5 and max(waits) < 1.0, sorted(waits)[-5:]
+
+
+def test_an_item_posted_while_add_items_runs_is_kept_with_its_items(
+    served_slice: Path, cache_dir: Path, free_port: Callable[[], int], tmp_path: Path
+) -> None:
+    """Issue 28's loss: items acknowledged by POST /items (201) vanished when a `warmstart add-items` that had read
+    the table before them wrote it back. Both now wait for the workspace's writer lock (the test holds it until
+    both say so), then each extends what the other wrote."""
+    workspace = tmp_path / "ws"
+    shutil.copytree(served_slice, workspace)
+    port, server_log, cli_log = free_port(), tmp_path / "api.log", tmp_path / "add-items.log"
+    environment = os.environ | {"WARMSTART_CACHE_DIR": str(cache_dir), "WARMSTART_API_KEY": KEY}
+    command = [sys.executable, "-m", "flows.cli", "api", "-w", str(workspace), "--port", str(port)]
+    with server_log.open("w") as log:
+        server = subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    posted: list[httpx.Response] = []
+    file = tmp_path / "one.csv"
+    file.write_text("item_id,title\ncli-1,One More Film (2026)\n")
+    try:
+        _wait_until_up(url, server)
+        with Workspace(workspace).writer("the test holding the lock"):
+            body = {"items": [NEW_ITEM | {"item_id": f"api-{n}"} for n in range(3)]}
+            keyed = {API_KEY_HEADER: KEY}
+            post = threading.Thread(
+                target=lambda: posted.append(httpx.post(f"{url}/items", json=body, headers=keyed, timeout=180))
+            )
+            post.start()
+            with cli_log.open("w") as log:
+                adding = subprocess.Popen(
+                    [sys.executable, "-m", "flows.cli", "add-items", str(file), "-w", str(workspace)],
+                    env=environment,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            deadline = time.monotonic() + 120
+            waiting = "waiting for the workspace's writer lock held by the test holding the lock"
+            while not all(waiting in " ".join(log.read_text().split()) for log in (server_log, cli_log)):
+                assert time.monotonic() < deadline, server_log.read_text()[-2000:] + cli_log.read_text()[-2000:]
+                time.sleep(0.2)
+        post.join(60)
+        assert adding.wait(120) == 0, cli_log.read_text()
+        assert posted and posted[0].status_code == 201, posted
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    items = Workspace(workspace).read(Tables.items)[Columns.item].to_list()
+    assert {"api-0", "api-1", "api-2", "cli-1"} <= set(items) and len(set(items)) == len(items)
