@@ -240,7 +240,7 @@ def refresh(
             # in between. (Waiting too long fails the run, recorded, with nothing promoted.)
             promotion.enter_context(space.writer(f"refresh {run.run_id} (promotion)"))
             decision = cycle.still_current(space.models, ranker, decision, run)
-        _promote_and_publish(space, ranker, decision, run.run_id, k=k)
+        _promote_and_publish(space, ranker, decision, run.run_id, k=k, cache_dir=settings.cache_dir)
     return RefreshResult(run.run_id, decision, run.record.metrics, why)
 
 
@@ -266,11 +266,13 @@ def _train_evaluate_gate(
     )
 
 
-def _promote_and_publish(space: Workspace, ranker: str, decision: GateDecision, run_id: str, *, k: int) -> None:
+def _promote_and_publish(
+    space: Workspace, ranker: str, decision: GateDecision, run_id: str, *, k: int, cache_dir: Path
+) -> None:
     """After the run's record: promote the candidate if the gate let it through and publish its recommendations
     (a refused candidate leaves the current version and its table in place)."""
     cycle.promote(space.models, ranker, decision, run_id)
     if decision.promoted:
-        rows = stages.publish_recommendations(space, ranker, run_id, run_id, k=k)
+        rows = stages.publish_recommendations(space, ranker, run_id, run_id, k=k, cache_dir=cache_dir)
         get_run_logger().info(f"recommendations: {rows:,} rows from {ranker} {run_id}")
     get_run_logger().info(f"refresh {run_id}: {decision.reason}")

@@ -502,12 +502,14 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> Non
     save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config)
 
 
-def publish_recommendations(workspace: Workspace, ranker: str, version: str, run_id: str, *, k: int) -> int:
+def publish_recommendations(
+    workspace: Workspace, ranker: str, version: str, run_id: str, *, k: int, cache_dir: Path
+) -> int:
     """The `recommendations` table: top k for every user the version serves (its users and those logged since),
     with the model version and run id, replaced atomically so a reader sees one version's complete set."""
     from serving import Recommender
 
-    recommender = Recommender.load(workspace, version, ranker=ranker)
+    recommender = Recommender.load(workspace, version, ranker=ranker, cache_dir=cache_dir)
     frame = recommender.recommend(recommender.user_ids, k).with_columns(
         pl.lit(version).alias("model_version"), pl.lit(run_id).alias("run_id")
     )

@@ -405,14 +405,27 @@ def promote(
         if chosen is None:
             raise ConfigError(f"{name} has no previous version to roll back to.")
         incumbent = registry.current(name)
+        published = current.exists(Tables.recommendations)
+        if published:  # the table must name the current version: check the chosen one serves before switching
+            from serving import Recommender
+
+            Recommender.load(current, chosen, ranker=name, cache_dir=settings.cache_dir)
         entry = registry.promote(name, chosen, reason=reason)
+        run_id = new_run_id()
         store = MetricsStore.for_workspace(space.root, settings.metrics_url)
         store.record_promotion(
-            new_run_id(),
+            run_id,
             dataset=str(current.state().get("dataset", "workspace")),
             candidate=chosen,
             incumbent=incumbent,
             reason=f"{'rollback' if previous else 'promoted'} by hand: {reason}",
         )
         store.close()
+        if published:
+            k = int(current.provenance(Tables.recommendations).get("parameters", {}).get("k", DEFAULT_K))
+            from flows import stages
+
+            rows = stages.publish_recommendations(current, name, chosen, run_id, k=k, cache_dir=settings.cache_dir)
     console.print(f"{name} {entry['version']} is now current (was {entry['previous']})", markup=False)
+    if published:
+        console.print(f"recommendations: {rows:,} rows from {name} {chosen}", markup=False)

@@ -83,6 +83,9 @@ def test_refresh_twice_gates_the_second_against_the_first_and_promote_rolls_back
     back = runner.invoke(app, ["promote", "--previous", "-w", str(workspace)])
     assert back.exit_code == 0, back.output
     assert registry.current("lightgbm") == first
+    # The published table follows the current version, at the refresh's k.
+    published = Workspace(workspace).read(Tables.recommendations)
+    assert set(published["model_version"]) == {first} and set(published.group_by(Columns.user).len()["len"]) == {10}
     forward = runner.invoke(app, ["promote", second, "--reason", "checked by hand", "-w", str(workspace)])
     assert forward.exit_code == 0, forward.output
     assert registry.current("lightgbm") == second
