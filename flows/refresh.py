@@ -273,6 +273,9 @@ def _promote_and_publish(
     (a refused candidate leaves the current version and its table in place)."""
     cycle.promote(space.models, ranker, decision, run_id)
     if decision.promoted:
-        rows = stages.publish_recommendations(space, ranker, run_id, run_id, k=k, cache_dir=cache_dir)
+        from serving import Recommender
+
+        served = Recommender.load(space, run_id, ranker=ranker, cache_dir=cache_dir)
+        rows = stages.publish_recommendations(space, served, run_id, k=k)
         get_run_logger().info(f"recommendations: {rows:,} rows from {ranker} {run_id}")
     get_run_logger().info(f"refresh {run_id}: {decision.reason}")

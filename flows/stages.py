@@ -37,6 +37,7 @@ from training.defaults import ITEM_SEGMENTS, SIMULATE_SEGMENTS, USER_SEGMENTS
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
     from augment import Backend
     from ranker.evaluate import EvalIndex
+    from serving import Recommender
     from training import FittedRanker
 
 
@@ -502,14 +503,10 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> Non
     save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config)
 
 
-def publish_recommendations(
-    workspace: Workspace, ranker: str, version: str, run_id: str, *, k: int, cache_dir: Path
-) -> int:
-    """The `recommendations` table: top k for every user the version serves (its users and those logged since),
-    with the model version and run id, replaced atomically so a reader sees one version's complete set."""
-    from serving import Recommender
-
-    recommender = Recommender.load(workspace, version, ranker=ranker, cache_dir=cache_dir)
+def publish_recommendations(workspace: Workspace, recommender: Recommender, run_id: str, *, k: int) -> int:
+    """The `recommendations` table: top k for every user the loaded version serves (its users and those logged
+    since), with the model version and run id, replaced atomically so a reader sees one version's complete set."""
+    version, ranker = recommender.version, recommender.ranker_name
     frame = recommender.recommend(recommender.user_ids, k).with_columns(
         pl.lit(version).alias("model_version"), pl.lit(run_id).alias("run_id")
     )

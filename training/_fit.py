@@ -51,6 +51,30 @@ class FitReport:
     cold_slots: ColdSlotChoice | None
     seconds: float
 
+    @classmethod
+    def measured(
+        cls,
+        settings: ModelSettings,
+        ranker: RankerBase,
+        fitted: EncodedSplit,
+        served: EncodedSplit,
+        cold_slots: ColdSlotChoice | None,
+        *,
+        started: float,
+    ) -> FitReport:
+        """The report of a ranker fitted with `settings` on `fitted`'s inputs and serving from `served`'s, timed
+        from `started` (a `time.perf_counter()` reading)."""
+        return cls(
+            ranker=settings.ranker_name,
+            ranker_metadata=ranker.metadata,
+            fit=fitted.report,
+            served=served.report,
+            standins=settings.standins,
+            bprmf=settings.cf,
+            cold_slots=cold_slots,
+            seconds=round(time.perf_counter() - started, 1),
+        )
+
     @property
     def served_warming(self) -> JSON | None:
         """What synthetic interactions warmed in the served inputs (None without warming)."""
@@ -196,16 +220,7 @@ def fit_ranker(
     calibrated = None
     if plan.calibration is not None:
         calibrated = choose_cold_slots(FittedRanker(ranker, served), plan.calibration)
-    report = FitReport(
-        ranker=settings.ranker_name,
-        ranker_metadata=ranker.metadata,
-        fit=fitted.report,
-        served=served.report,
-        standins=settings.standins,
-        bprmf=settings.cf,
-        cold_slots=calibrated,
-        seconds=round(time.perf_counter() - started, 1),
-    )
+    report = FitReport.measured(settings, ranker, fitted, served, calibrated, started=started)
     main = FittedRanker(ranker, served, report)
     for name, other in others.items() if timed else ():
         if other.ranker_config() == settings.ranker_config():
@@ -235,16 +250,7 @@ def refit_ranker(
     fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False)
     ranker = train_ranker(plan, fitted, fixed)
     served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
-    report = FitReport(
-        ranker=fixed.ranker_name,
-        ranker_metadata=ranker.metadata,
-        fit=fitted.report,
-        served=served.report,
-        standins=fixed.standins,
-        bprmf=fixed.cf,
-        cold_slots=candidate.report.cold_slots,
-        seconds=round(time.perf_counter() - started, 1),
-    )
+    report = FitReport.measured(fixed, ranker, fitted, served, candidate.report.cold_slots, started=started)
     return FittedRanker(ranker, served, report)
 
 

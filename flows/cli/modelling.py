@@ -409,7 +409,7 @@ def promote(
         if published:  # the table must name the current version: check the chosen one serves before switching
             from serving import Recommender
 
-            Recommender.load(current, chosen, ranker=name, cache_dir=settings.cache_dir)
+            served = Recommender.load(current, chosen, ranker=name, cache_dir=settings.cache_dir)
         entry = registry.promote(name, chosen, reason=reason)
         run_id = new_run_id()
         store = MetricsStore.for_workspace(space.root, settings.metrics_url)
@@ -425,7 +425,7 @@ def promote(
             k = int(current.provenance(Tables.recommendations).get("parameters", {}).get("k", DEFAULT_K))
             from flows import stages
 
-            rows = stages.publish_recommendations(current, name, chosen, run_id, k=k, cache_dir=settings.cache_dir)
+            rows = stages.publish_recommendations(current, served, run_id, k=k)
     console.print(f"{name} {entry['version']} is now current (was {entry['previous']})", markup=False)
     if published:
         console.print(f"recommendations: {rows:,} rows from {name} {chosen}", markup=False)
