@@ -234,7 +234,6 @@ def _write_report(
         raise TypeError("a saved version needs its fit report.")
     synthetic = plan.synthetic
     runs = sorted(synthetic["run_id"].unique().to_list()) if synthetic is not None and "run_id" in synthetic else []
-    truth = evaluated.split.truth
     report = {
         "version": directory.name,
         "parent": parent,
@@ -245,8 +244,6 @@ def _write_report(
         # refit version (`refit` true) serves the same choices trained on every event up to data_window's end.
         "evaluated": {
             "train_window": _window(evaluated.split.train),
-            "test_split": evaluated.split.name,
-            "test_pairs": truth.height,
             "refit": plan is not evaluated,
         },
         "metrics": metrics.to_dicts(),
