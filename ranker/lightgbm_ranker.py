@@ -104,12 +104,13 @@ def _groups(
     if cold_user_share > 0:
         # A user without history has every history-derived feature at zero; show the model such users too.
         hidden = np.isin(users, task.users[rng.random(task.users.size) < cold_user_share])
-        standin = np.einsum(
-            "ij,ij->i", inputs.user_standin[users[hidden]], inputs.item_view(items[hidden], cold[hidden])
-        )
         features[np.ix_(hidden, [FEATURE_NAMES.index(f) for f in USER_HISTORY_FEATURES])] = 0.0
         # ...but the collaborative score, which serving takes from the user's stand-in.
-        features[hidden, FEATURE_NAMES.index("cf_score")] = standin
+        rows, column = np.flatnonzero(hidden), FEATURE_NAMES.index("cf_score")
+        for chunk in np.array_split(rows, max(1, rows.size // 32_768)):  # pairs' gathered vectors, bounded
+            features[chunk, column] = np.einsum(
+                "ij,ij->i", inputs.user_standin[users[chunk]], inputs.item_view(items[chunk], cold[chunk])
+            )
     # Candidates come grouped by user, in task order.
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     sizes = np.diff(np.r_[starts, users.size])

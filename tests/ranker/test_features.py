@@ -155,3 +155,15 @@ def test_tfidf_max_of_all_users_at_once_is_each_users_own_product() -> None:
     for chunk_columns in (1, 100, 4_000_000):  # one user, a few, all per product
         got = _tfidf_max(tfidf, history, users, items, starts, ends, chunk_columns=chunk_columns)
         np.testing.assert_array_equal(got, expected)
+
+
+def test_pair_features_built_in_chunks_equal_all_at_once() -> None:
+    inputs = random_inputs(n_users=40)
+    rng = np.random.default_rng(7)
+    users = np.repeat(rng.permutation(inputs.n_users)[:25], rng.integers(1, 30, 25))
+    items = rng.integers(0, inputs.n_items, users.size)
+    as_cold = rng.random(users.size) < 0.3
+    whole = pair_features(inputs, users, items, as_cold, chunk_pairs=users.size)
+    assert np.count_nonzero(whole[:, F["text_rank"]]) > 0  # the group-wise features are exercised
+    for chunk_pairs in (1, 17, 100):  # one group at a time; chunks ending inside a group (kept whole)
+        np.testing.assert_array_equal(pair_features(inputs, users, items, as_cold, chunk_pairs=chunk_pairs), whole)
