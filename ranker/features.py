@@ -158,7 +158,10 @@ class RankerInputs:
         presented as such), their own vector otherwise."""
         standin = ~self.user_has_history[users] if as_cold is None else as_cold | ~self.user_has_history[users]
         assert self.user_standin is not None
-        return np.where(standin[:, None], self.user_standin[users], self.user_cf[users])
+        # Gather one and overwrite the stand-in rows: a per-pair gather of both was a third of pair_features.
+        view = self.user_cf[users].astype(np.result_type(self.user_standin, self.user_cf), copy=False)
+        view[standin] = self.user_standin[users[standin]]
+        return view
 
     def is_full(self, pool: np.ndarray) -> bool:
         """Whether `pool` is every item in index order (serving's pool): then the per-item arrays below, computed
@@ -299,7 +302,8 @@ def _chunk_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, 
     column = {name: j for j, name in enumerate(FEATURE_NAMES)}
     view = inputs.item_view(items, as_cold)
     out[:, column["cf_score"]] = np.einsum("ij,ij->i", inputs.user_view(users), view)
-    out[:, column["text_profile"]] = np.einsum("ij,ij->i", inputs.text_profiles[users], inputs.text[items])
+    item_text = inputs.text[items]
+    out[:, column["text_profile"]] = np.einsum("ij,ij->i", inputs.text_profiles[users], item_text)
     out[:, column["log_popularity"]] = np.where(as_cold, 0.0, np.log1p(inputs.popularity[items]))
     out[:, column["as_cold"]] = as_cold
     activity = np.diff(inputs.history.indptr)
@@ -321,11 +325,12 @@ def _chunk_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, 
         history = inputs.history.indices[inputs.history.indptr[user] : inputs.history.indptr[user + 1]]
         if history.size == 0:
             continue
-        targets = items[start:end]
-        sims = inputs.text[history] @ inputs.text[targets].T
-        out[start:end, column["text_max"]] = sims.max(axis=0)
-        best = -np.sort(-sims, axis=0)[:3]
-        out[start:end, column["text_top3"]] = best.mean(axis=0)
+        # (candidates x history): the same products as history x candidates, in the orientation BLAS computes
+        # 2.5x faster here, and rows to reduce along (contiguous) instead of columns.
+        sims = item_text[start:end] @ inputs.text[history].T
+        out[start:end, column["text_max"]] = sims.max(axis=1)
+        best = -np.sort(-sims, axis=1)[:, :3]
+        out[start:end, column["text_top3"]] = best.mean(axis=1)
         # Rank of the item among this user's candidates by text profile similarity (0 = best).
         profile = out[start:end, column["text_profile"]]
         out[start:end, column["text_rank"]] = np.argsort(np.argsort(-profile)) / max(end - start, 1)
