@@ -13,7 +13,7 @@ import polars as pl
 from catalog import Columns, ConfigError, has_times
 from encoders import BPRConfig
 from ranker.base import RankerBase
-from ranker.evaluate import EvalIndex, EvalResult, ProtocolSplit, evaluate, interaction_matrix
+from ranker.evaluate import EvalIndex, EvalResult, ProtocolSplit, Scorer, evaluate, interaction_matrix
 from ranker.features import RankingTask
 from ranker.lightgbm_ranker import LightGBMRanker
 from ranker.registry import ranker_class
@@ -122,12 +122,37 @@ def choose_cold_slots(
     if not isinstance(ranker, LightGBMRanker):
         return None
     k, ndcg = ranker.config.eval_k, {}
+    inputs = fitted.served.inputs
+    model = _ScoredOnce(ranker.scorer(inputs, interaction_matrix(split.exclude, split.index), placed=False))
     for slots in grid:
+        # The places reorder the model's scores; they do not change them: score the split once.
         ranker.with_cold_slots(slots)
-        ndcg[slots] = fitted.evaluate(split, k).value("ndcg")
+        placed = evaluate(split, lambda users, items: ranker.place(model(users, items), inputs, items), k=k)
+        ndcg[slots] = placed.value("ndcg")
     best = max(grid, key=lambda slots: (ndcg[slots], -slots))
     ranker.with_cold_slots(best)
     return ColdSlotChoice(best, k, ndcg)
+
+
+class _ScoredOnce:
+    """A scorer that scores each (users, items) batch once and answers again from what it kept: the finite scores
+    only (a learned ranker's candidates), so memory grows with the candidates, not with users x items."""
+
+    def __init__(self, model: Scorer) -> None:
+        self._model = model
+        self._kept: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        key = (users.tobytes(), items.tobytes())
+        if key not in self._kept:
+            scores = self._model(users, items)
+            rows, columns = np.nonzero(np.isfinite(scores))
+            self._kept[key] = (rows, columns, scores[rows, columns])
+            return scores
+        rows, columns, values = self._kept[key]
+        scores = np.full((users.size, items.size), -np.inf, dtype=values.dtype)
+        scores[rows, columns] = values
+        return scores
 
 
 def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:
