@@ -7,7 +7,7 @@ items that only have content. Early stopping uses a validation task (e.g. the co
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Self
 
 import lightgbm as lgb
@@ -38,6 +38,13 @@ class LightGBMRankerConfig(BaseModel):
     cold_share: float = Field(0.5, ge=0, le=1, description="Share of training pairs presented as cold items.")
     cold_user_share: float = Field(
         0.0, ge=0, le=1, description="Share of training users presented as users without history."
+    )
+    max_groups: int | None = Field(
+        10_000,
+        ge=1,
+        description="Most users (query groups) whose candidates the model learns from, and as many for early "
+        "stopping: a seeded sample where a task has more (None: all). Each group brings about 1,400 candidate "
+        "pairs, so this bounds training's memory and time on a large log; CiteULike-a has 5,551 users.",
     )
     num_leaves: int = Field(31, ge=2, description="Leaves per tree.")
     learning_rate: float = Field(0.05, gt=0, description="Shrinkage.")
@@ -94,16 +101,27 @@ def _groups(
     as_cold: np.ndarray | float,
     rng: np.random.Generator,
     cold_user_share: float = 0.0,
+    *,
+    positive_only: bool = False,
 ) -> _Groups:
+    """Candidate pairs of the task's users with their features and labels, grouped by user in task order.
+    `positive_only` keeps only the groups with a positive (those without teach LambdaRank nothing), dropped
+    before their features are built."""
     users, items = generate_candidates(inputs, task.users, task.pool, per_source=per_source, exclude=task.exclude)
     labels = np.zeros(users.size, dtype=np.float32)
     if task.positives is not None:
         labels = np.asarray(task.positives[users, items]).ravel().astype(np.float32)
     cold = rng.random(users.size) < as_cold if isinstance(as_cold, float) else as_cold[items]
+    # A user without history has every history-derived feature at zero; show the model such users too.
+    hidden_users = task.users[rng.random(task.users.size) < cold_user_share] if cold_user_share > 0 else None
+    if positive_only:
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else np.zeros(0, np.int64)
+        has_positive = np.add.reduceat(labels, starts) > 0 if starts.size else np.zeros(0, bool)
+        keep = np.repeat(has_positive, np.diff(np.r_[starts, users.size]))
+        users, items, labels, cold = users[keep], items[keep], labels[keep], cold[keep]
     features = pair_features(inputs, users, items, cold)
-    if cold_user_share > 0:
-        # A user without history has every history-derived feature at zero; show the model such users too.
-        hidden = np.isin(users, task.users[rng.random(task.users.size) < cold_user_share])
+    if hidden_users is not None:
+        hidden = np.isin(users, hidden_users)
         features[np.ix_(hidden, [FEATURE_NAMES.index(f) for f in USER_HISTORY_FEATURES])] = 0.0
         # ...but the collaborative score, which serving takes from the user's stand-in.
         rows, column = np.flatnonzero(hidden), FEATURE_NAMES.index("cf_score")
@@ -111,24 +129,9 @@ def _groups(
             features[chunk, column] = np.einsum(
                 "ij,ij->i", inputs.user_standin[users[chunk]], inputs.item_view(items[chunk], cold[chunk])
             )
-    # Candidates come grouped by user, in task order.
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else np.zeros(0, np.int64)
     sizes = np.diff(np.r_[starts, users.size])
     return _Groups(users, items, features, labels, sizes)
-
-
-def _with_positive_groups(groups: _Groups) -> _Groups:
-    """Groups without a positive teach LambdaRank nothing; drop them."""
-    starts = np.r_[0, np.cumsum(groups.sizes)[:-1]]
-    has_positive = np.add.reduceat(groups.labels, starts) > 0 if groups.sizes.size else np.array([], bool)
-    keep_rows = np.repeat(has_positive, groups.sizes)
-    return _Groups(
-        groups.users[keep_rows],
-        groups.items[keep_rows],
-        groups.features[keep_rows],
-        groups.labels[keep_rows],
-        groups.sizes[has_positive],
-    )
 
 
 class LightGBMRanker(RankerBase):
@@ -159,11 +162,12 @@ class LightGBMRanker(RankerBase):
     def _fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
         """Learn from `train` (warm positives, presented cold with probability cold_share); stop on `valid`."""
         config = self.config
+        train, valid = (_sampled(task, config.max_groups, config.seed) for task in (train, valid))
         rng = np.random.default_rng(config.seed)
-        fit_groups = _with_positive_groups(
-            _groups(inputs, train, config.per_source, config.cold_share, rng, config.cold_user_share)
+        fit_groups = _groups(
+            inputs, train, config.per_source, config.cold_share, rng, config.cold_user_share, positive_only=True
         )
-        valid_groups = _with_positive_groups(_groups(inputs, valid, config.per_source, inputs.is_cold, rng))
+        valid_groups = _groups(inputs, valid, config.per_source, inputs.is_cold, rng, positive_only=True)
         params = self._params()
         train_set, valid_set = self._datasets(fit_groups, valid_groups)
         evaluations: dict[str, Any] = {}
@@ -294,6 +298,15 @@ class LightGBMRanker(RankerBase):
         ranker._booster = lgb.Booster(model_str=payload.decode("utf-8"))
         ranker.metadata = metadata
         return ranker
+
+
+def _sampled(task: RankingTask, most: int | None, seed: int) -> RankingTask:
+    """`task` with a seeded sample of `most` of its users where it has more (its own generator, so that a task
+    within the limit draws nothing and trains exactly as without one)."""
+    if most is None or task.users.size <= most:
+        return task
+    users = np.sort(np.random.default_rng([seed, task.users.size]).choice(task.users, most, replace=False))
+    return replace(task, users=users)
 
 
 def _positions(unique_values: np.ndarray, values: np.ndarray) -> np.ndarray:

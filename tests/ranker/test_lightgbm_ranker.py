@@ -188,6 +188,23 @@ def test_a_version_trained_on_other_features_refuses_to_load(fitted: LightGBMRan
         LightGBMRanker.load(directory)
 
 
+def test_a_task_with_more_users_than_max_groups_learns_from_a_seeded_sample(
+    slice_inputs: tuple, tasks: tuple, fitted: LightGBMRanker
+) -> None:
+    inputs, _ = slice_inputs
+    train, valid, test = tasks
+    config = CONFIG.model_copy(update={"n_estimators": 20})
+    assert train.users.size > 40 and valid.users.size > 40
+    sampled = LightGBMRanker(config.model_copy(update={"max_groups": 40})).fit(inputs, train, valid)
+    assert sampled.metadata["train_groups"] <= 40 and sampled.metadata["valid_groups"] <= 40
+    assert fitted.metadata["train_groups"] > 40  # the same tasks without the limit
+    again = LightGBMRanker(config.model_copy(update={"max_groups": 40})).fit(inputs, train, valid)
+    np.testing.assert_array_equal(again.score_task(inputs, test)[2], sampled.score_task(inputs, test)[2])
+    # Within the limit nothing is drawn: exactly the model trained without one.
+    unlimited = LightGBMRanker(config.model_copy(update={"max_groups": None})).fit(inputs, train, valid)
+    np.testing.assert_array_equal(unlimited.score_task(inputs, test)[2], fitted.score_task(inputs, test)[2])
+
+
 @pytest.fixture(scope="module")
 def fitted(slice_inputs: tuple, tasks: tuple) -> LightGBMRanker:
     inputs, _ = slice_inputs
