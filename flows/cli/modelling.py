@@ -25,6 +25,7 @@ from flows.cli._common import (
     RankerName,
     WorkspaceOption,
     console,
+    flow_server,
     friendly_errors,
     load_settings,
     open_workspace,
@@ -245,7 +246,8 @@ def _refresh(
     if not space.exists(Tables.interactions):  # say so before Prefect starts
         raise WorkspaceError(f"workspace {space.root} holds no data: run `warmstart ingest --workspace {space.root}`.")
     name = (ranker or RankerName(settings.ranker)).value
-    outcome = with_runner(refresh_flow, settings)(workspace=space.root, ranker=name, **options)
+    with flow_server():
+        outcome = with_runner(refresh_flow, settings)(workspace=space.root, ranker=name, **options)
     metrics = outcome.metrics
     product = product_rows(metrics)
     print_metrics({"metrics": product.to_dicts()}, f"{title} {outcome.run_id}: {product['protocol'][0]}")
