@@ -558,13 +558,35 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> Non
     save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config)
 
 
-def publish_recommendations(workspace: Workspace, recommender: Recommender, run_id: str, *, k: int) -> int:
-    """The `recommendations` table: top k for every user the loaded version serves (its users and those logged
-    since), with the model version and run id, replaced atomically so a reader sees one version's complete set."""
+@dataclass(frozen=True)
+class Publication:
+    """A `recommendations` table computed and not yet written (`publish`): a refresh computes it before recording
+    its run, so that what can fail fails the run, and writes it after."""
+
+    frame: pl.DataFrame
+    run_id: str
+    parameters: dict[str, object]
+
+    def publish(self, workspace: Workspace) -> int:
+        """Replace the workspace's `recommendations` table with this one, atomically; returns its rows."""
+        workspace.write(
+            Tables.recommendations, self.frame, run_id=self.run_id, source="refresh", parameters=self.parameters
+        )
+        return self.frame.height
+
+
+def recommendations(recommender: Recommender, run_id: str, *, k: int) -> Publication:
+    """Top k for every user the loaded version serves (its users and those logged since), with the model version
+    and run id."""
     version, ranker = recommender.version, recommender.ranker_name
     frame = recommender.recommend(recommender.user_ids, k).with_columns(
         pl.lit(version).alias("model_version"), pl.lit(run_id).alias("run_id")
     )
     parameters = {"ranker": ranker, "model_version": version, "k": k, "users": recommender.user_ids.len()}
-    workspace.write(Tables.recommendations, frame, run_id=run_id, source="refresh", parameters=parameters)
-    return frame.height
+    return Publication(frame, run_id, parameters)
+
+
+def publish_recommendations(workspace: Workspace, recommender: Recommender, run_id: str, *, k: int) -> int:
+    """The `recommendations` table: top k for every user the loaded version serves, replaced atomically so a reader
+    sees one version's complete set."""
+    return recommendations(recommender, run_id, k=k).publish(workspace)

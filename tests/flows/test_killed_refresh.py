@@ -13,6 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from catalog import ModelRegistry
+from flows import cycle
+from monitor import MetricsStore, RunRecord
+
 REPO = Path(__file__).resolve().parents[2]
 FAST_REFRESH = ["--augment-limit", "0", "--max-epochs", "3", "--k", "10", "--no-reference-gate"]
 
@@ -93,3 +97,72 @@ def test_a_killed_refresh_leaves_no_prefect_server(
     finally:
         process.kill()
         process.wait(timeout=30)
+
+
+def _hold_a_guard(registry: Path, version: str, *, whole: bool) -> subprocess.Popen[str]:
+    """Another process that holds `version`'s guard (with metadata.json written when `whole`) until it is killed."""
+    code = (
+        "import sys, time\n"
+        "from catalog import ModelRegistry\n"
+        "saving = ModelRegistry(sys.argv[1]).saving('lightgbm', sys.argv[2])\n"
+        "folder = saving.__enter__()\n"
+        "(folder / 'model.txt').write_text('half')\n"
+        "if sys.argv[3] == 'whole':\n"
+        "    (folder / 'metadata.json').write_text('{}')\n"
+        "print('held', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(registry), version, "whole" if whole else "half"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
+    assert process.stdout is not None and process.stdout.readline() == "held\n"
+    return process
+
+
+def test_the_next_start_sweeps_what_killed_runs_left_and_nothing_else(tmp_path: Path) -> None:
+    """Version folders of runs SIGKILLed before their outcome was recorded (one half-saved, one whole) go and their
+    runs are marked failed; one killed after its record keeps its version; a folder still guarded by a live process,
+    a whole version and an older half folder without a guard are each treated by what they are."""
+    workspace = tmp_path / "ws"
+    registry_root = workspace / "models"
+    store = MetricsStore.for_workspace(workspace)
+    for run in ("killed-half", "killed-whole", "killed-recorded", "alive"):
+        store.start_run(run, flow="refresh", dataset="slice", parameters={"run": run})
+    store.finish_run("killed-recorded", RunRecord(model_version="killed-recorded"))
+    killed = [
+        _hold_a_guard(registry_root, "killed-half", whole=False),
+        _hold_a_guard(registry_root, "killed-whole", whole=True),
+        _hold_a_guard(registry_root, "killed-recorded", whole=True),
+    ]
+    alive = _hold_a_guard(registry_root, "alive", whole=True)
+    for process in killed:
+        process.kill()
+        process.wait(timeout=30)
+    older = registry_root / "lightgbm" / "older-half"
+    older.mkdir()
+    (older / "model.txt").write_text("half")
+    whole = registry_root / "lightgbm" / "whole"
+    whole.mkdir()
+    (whole / "metadata.json").write_text("{}")
+    registry = ModelRegistry(registry_root)
+    assert [v.version for v in registry.versions()] == ["whole"]  # guarded folders are not versions yet
+    try:
+        removed = cycle.sweep_killed_runs(registry, store)
+        assert removed == ["killed-half", "killed-whole", "older-half"]
+        assert sorted(p.name for p in (registry_root / "lightgbm").iterdir()) == ["alive", "killed-recorded", "whole"]
+        assert [v.version for v in registry.versions()] == ["killed-recorded", "whole"]
+        runs = {row["run_id"]: row for row in store.runs().to_dicts()}
+        assert {run: runs[run]["status"] for run in runs} == {
+            "killed-half": "failed",
+            "killed-whole": "failed",
+            "killed-recorded": "completed",
+            "alive": "running",
+        }
+        assert runs["killed-half"]["error"] == "killed before its outcome was recorded; its version folder was removed"
+    finally:
+        alive.kill()
+        alive.wait(timeout=30)
+        store.close()
