@@ -11,11 +11,19 @@ Layout::
 "Current" is the promoted version: the metrics store records each gate decision, and current.json holds its
 outcome so that serving reads it without the store. A version exists once its metadata.json does (rankers write
 it last), so a run killed while saving leaves no version behind.
+
+A run writes its version folder under a guard (`ModelRegistry.saving`): VERSION/.saving, locked by the writing
+process for as long as the run is undecided, and hidden from the listing meanwhile. A run that fails removes its
+folder; a killed one leaves the guard unlocked, and the next start sweeps it (`ModelRegistry.sweep`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +52,8 @@ class Tables:
 
 METADATA = "metadata.json"
 REPORT = "report.json"
+GUARD = ".saving"  # in a version folder whose run is still writing or deciding it (see ModelRegistry.saving)
+LOCK = ".lock"  # the registry's lock: taking a guard and sweeping exclude each other
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,7 @@ class ModelRegistry:
             ModelVersion(name, path.name, path, current.get(name, {}).get("version") == path.name)
             for name in rankers
             for path in sorted((self.root / name).glob("*"))
-            if (path / METADATA).is_file()
+            if (path / METADATA).is_file() and not (path / GUARD).exists()
         ]
 
     def _current(self) -> dict[str, dict[str, Any]]:
@@ -106,7 +116,7 @@ class ModelRegistry:
 
     def promote(self, ranker: str, version: str, *, reason: str, run_id: str | None = None) -> dict[str, Any]:
         """Make `version` the current model of `ranker` (atomically) and log it; returns the log entry."""
-        if not self.exists(ranker, version):
+        if not self.exists(ranker, version) or (self.path(ranker, version) / GUARD).exists():
             known = ", ".join(v.version for v in self.versions(ranker)) or "none"
             raise WorkspaceError(f"no saved version {version!r} of {ranker} under {self.root} (versions: {known}).")
         entries = self._current()
@@ -134,3 +144,60 @@ class ModelRegistry:
     def previous(self, ranker: str) -> str | None:
         """The version that was current before the current one (what a rollback restores)."""
         return self._current().get(ranker, {}).get("previous")
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / LOCK).open("ab") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    @contextmanager
+    def saving(self, ranker: str, version: str) -> Iterator[Path]:
+        """Hold version `version`'s folder while a run writes it and decides on it; yields the folder.
+
+        Its guard file is locked by this process until the block ends: unlisted and unpromotable meanwhile, so a
+        version appears whole with its run's outcome or not at all. When the block raises, the folder is removed
+        (a failed run leaves no version); when this process is killed, the kernel frees the guard and the next
+        `sweep` finds it."""
+        directory = self.path(ranker, version)
+        with self._lock():  # a sweep never sees the folder before its guard is held
+            directory.mkdir(parents=True, exist_ok=True)
+            guard = (directory / GUARD).open("ab")
+            fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            yield directory
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        else:
+            (directory / GUARD).unlink(missing_ok=True)
+        finally:
+            guard.close()
+
+    def sweep(self, committed: Callable[[str, str], bool]) -> list[tuple[str, str]]:
+        """Remove what killed runs left: every version folder whose guard no process holds any more (its run was
+        killed), unless `committed(ranker, version)` says its run's outcome was recorded (then only the guard goes),
+        and every folder without metadata.json nor guard (a run killed while saving, before guards). Returns the
+        (ranker, version) folders removed."""
+        removed: list[tuple[str, str]] = []
+        if not self.root.is_dir():
+            return removed
+        with self._lock():
+            for directory in sorted(path for path in self.root.glob("*/*") if path.is_dir()):
+                ranker, version = directory.parent.name, directory.name
+                guard = directory / GUARD
+                if guard.exists():
+                    with guard.open("ab") as handle:
+                        try:
+                            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        except BlockingIOError:
+                            continue  # its run is alive
+                    if committed(ranker, version):
+                        guard.unlink(missing_ok=True)
+                        continue
+                elif (directory / METADATA).is_file():
+                    continue
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append((ranker, version))
+        return removed

@@ -24,7 +24,16 @@ from prefect import get_run_logger
 import training
 from catalog import Columns, ConfigError, ModelRegistry, atomic_write_bytes
 from flows import stages, tasks
-from monitor import ActiveRun, GateConfig, GateDecision, GateMetric, MetricsStore, RunRecord, reference_protocol
+from monitor import (
+    COMPLETED,
+    ActiveRun,
+    GateConfig,
+    GateDecision,
+    GateMetric,
+    MetricsStore,
+    RunRecord,
+    reference_protocol,
+)
 from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, GATE
 
 if TYPE_CHECKING:
@@ -280,6 +289,16 @@ def still_current(registry: ModelRegistry, ranker: str, decision: GateDecision, 
     )
     run.record.promotion = run.record.promotion | {"promoted": False, "reason": reason}
     return decision.model_copy(update={"promoted": False, "reason": reason})
+
+
+def sweep_killed_runs(registry: ModelRegistry, store: MetricsStore) -> list[str]:
+    """What runs killed before their outcome was recorded left: their version folders are removed and their runs,
+    still `running` in the store, are marked failed. A run killed after its record keeps its version (`reconcile`
+    promotes it when the record says so). Returns the versions removed."""
+    removed = registry.sweep(lambda _ranker, version: store.run_status(version) == COMPLETED)
+    for _ranker, version in removed:
+        store.mark_interrupted(version, "killed before its outcome was recorded; its version folder was removed")
+    return [version for _ranker, version in removed]
 
 
 def reconcile(

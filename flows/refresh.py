@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -223,12 +224,21 @@ def refresh(
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
     parameters |= {"ranker": ranker, "protocol": protocol}
     config, why = _served_choice(config, store, dataset.name, parameters)
-    writer = space.writer("refresh (promoting what the metrics store recorded)")
-    cycle.reconcile(space.models, store, flow="refresh", dataset=dataset.name, ranker=ranker, writer=writer)
+    recover_killed_runs(
+        space, store, dataset=dataset.name, ranker=ranker, cache_dir=settings.cache_dir, say=get_run_logger().info
+    )
     current = space.models.current(ranker)
     recorded = store.run_metrics(current) if current else None
+    run_id = new_run_id()
     with contextlib.ExitStack() as promotion:
-        with store.run(new_run_id(), flow="refresh", dataset=dataset.name, parameters=parameters) as run:
+        # One transaction as seen from outside: the version folder stays guarded (unlisted, unpromotable) until the
+        # store records the run's outcome, the commit; a failure before it marks the run failed and removes the
+        # folder. Everything that reads the data to publish runs before the commit; after it, only the promotion and
+        # the table's replacement, each one atomic file write, which the next start completes if a kill stops them.
+        with (
+            space.models.saving(ranker, run_id),
+            store.run(run_id, flow="refresh", dataset=dataset.name, parameters=parameters) as run,
+        ):
             _detect(space, run, settings)
             if augment_limit:
                 _augment_into(run, space, settings, stages.AugmentPlan(limit=augment_limit, simulate=simulate))
@@ -237,11 +247,50 @@ def refresh(
             decision = _train_evaluate_gate(run, space, dataset, config, recorded, sparse_max=settings.sparse_max)
             # From here to the published table the run is the workspace's one writer: it re-checks that the version
             # it was gated against is still current, records the decision, then promotes, and nobody can promote
-            # in between. (Waiting too long fails the run, recorded, with nothing promoted.)
-            promotion.enter_context(space.writer(f"refresh {run.run_id} (promotion)"))
-            decision = cycle.still_current(space.models, ranker, decision, run)
-        _promote_and_publish(space, ranker, decision, run.run_id, k=k, cache_dir=settings.cache_dir)
+            # in between; nor can an ingest remove the generation it publishes into (the current one, not the one
+            # the run started on). (Waiting too long fails the run, recorded, with nothing promoted.)
+            writer = promotion.enter_context(space.writer(f"refresh {run.run_id} (promotion)"))
+            decision = cycle.still_current(writer.models, ranker, decision, run)
+            publication = _publication(writer, ranker, decision, run.run_id, k=k, cache_dir=settings.cache_dir)
+        _promote_and_publish(writer, ranker, decision, run.run_id, publication)
     return RefreshResult(run.run_id, decision, run.record.metrics, why)
+
+
+def recover_killed_runs(
+    space: Workspace, store: MetricsStore, *, dataset: str, ranker: str, cache_dir: Path, say: Callable[[str], None]
+) -> None:
+    """At the start of a refresh, finish or undo what killed runs left: version folders of runs killed before their
+    outcome was recorded are removed and their runs marked failed; a promotion the store recorded but the registry
+    never got is made; a `recommendations` table naming another version than the current one is published again.
+    `say` is told what was done."""
+    for version in cycle.sweep_killed_runs(space.models, store):
+        say(f"removed the version folder of run {version}, killed before its outcome was recorded")
+    writer = space.writer("refresh (completing what a killed run recorded)")
+    cycle.reconcile(space.models, store, flow="refresh", dataset=dataset, ranker=ranker, writer=writer)
+    if _stale_recommendations(Workspace(space.root), ranker) is None:  # the current generation's table
+        return
+    with space.writer("refresh (publishing the current version's recommendations)") as current:
+        stale = _stale_recommendations(current, ranker)
+        if stale is None:
+            return
+        version, k = stale
+        from serving import Recommender
+
+        served = Recommender.load(current, version, ranker=ranker, cache_dir=cache_dir)
+        rows = stages.recommendations(served, new_run_id(), k=k).publish(current)
+        say(f"recommendations: {rows:,} rows from {ranker} {version}, the current version (a run was killed)")
+
+
+def _stale_recommendations(space: Workspace, ranker: str) -> tuple[str, int] | None:
+    """(current version, k) when the workspace's `recommendations` table was published from `ranker` but names
+    another version than its current one (a run killed between promoting and publishing); else None."""
+    current = space.models.current(ranker)
+    if current is None or not space.exists(Tables.recommendations):
+        return None
+    published = space.provenance(Tables.recommendations).get("parameters", {})
+    if published.get("ranker") != ranker or published.get("model_version") == current:
+        return None
+    return current, int(published.get("k", DEFAULT_K))
 
 
 def _train_evaluate_gate(
@@ -266,16 +315,26 @@ def _train_evaluate_gate(
     )
 
 
-def _promote_and_publish(
+def _publication(
     space: Workspace, ranker: str, decision: GateDecision, run_id: str, *, k: int, cache_dir: Path
+) -> stages.Publication | None:
+    """The promoted candidate's `recommendations` table, computed from the current data before the run's record
+    is written; None when the gate refused it."""
+    if not decision.promoted:
+        return None
+    from serving import Recommender
+
+    served = Recommender.load(space, run_id, ranker=ranker, cache_dir=cache_dir)
+    return stages.recommendations(served, run_id, k=k)
+
+
+def _promote_and_publish(
+    space: Workspace, ranker: str, decision: GateDecision, run_id: str, publication: stages.Publication | None
 ) -> None:
     """After the run's record: promote the candidate if the gate let it through and publish its recommendations
     (a refused candidate leaves the current version and its table in place)."""
     cycle.promote(space.models, ranker, decision, run_id)
-    if decision.promoted:
-        from serving import Recommender
-
-        served = Recommender.load(space, run_id, ranker=ranker, cache_dir=cache_dir)
-        rows = stages.publish_recommendations(space, served, run_id, k=k)
+    if publication is not None:
+        rows = publication.publish(space)
         get_run_logger().info(f"recommendations: {rows:,} rows from {ranker} {run_id}")
     get_run_logger().info(f"refresh {run_id}: {decision.reason}")

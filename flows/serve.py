@@ -15,10 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import yaml
@@ -117,8 +117,9 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-# The child asks Linux to TERM it when its parent dies (a killed serve then leaves no orphan), then becomes the
-# Prefect server. Run as `python -c` so that no code runs between fork and exec in the (threaded) parent.
+# The child asks Linux to TERM it when its parent dies (a killed command then leaves no orphan), then becomes the
+# server (`python ARGUMENTS...`). Run as `python -c` so that no code runs between fork and exec in the (threaded)
+# parent. The signal follows the thread that started the child: start it from the main thread.
 _CHILD = """
 import ctypes, os, signal, sys
 parent = int(sys.argv[1])
@@ -126,8 +127,37 @@ if sys.platform == "linux":
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         sys.exit(0)
-os.execv(sys.executable, [sys.executable, "-m", "prefect", *sys.argv[2:]])
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
+# What Prefect's own temporary server is run with (prefect.server.api.server.SubprocessASGIServer): no UI, and no
+# background services.
+_EPHEMERAL_ENVIRONMENT = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+def _launch(arguments: list[str], environment: dict[str, str], output: IO[bytes] | None) -> subprocess.Popen[bytes]:
+    """`python ARGUMENTS` in its own process group, TERMed by Linux when this process dies, stopped at exit."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(os.getpid()), *arguments],
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT if output is not None else None,
+        start_new_session=True,  # its own process group: stopped as a whole, and spared a terminal's Ctrl-C
+    )
+    atexit.register(_stop, child)
+    return child
+
+
+def _await_health(child: subprocess.Popen[bytes], api_url: str, startup_seconds: float, exited: str, late: str) -> None:
+    """Until the server at `api_url` answers /health; WarmstartError(`exited` with its exit code, or `late`) when it
+    exits first or takes longer than `startup_seconds`."""
+    deadline = time.monotonic() + startup_seconds
+    while not _healthy(api_url):
+        if child.poll() is not None:
+            raise WarmstartError(exited.format(code=child.returncode))
+        if time.monotonic() > deadline:
+            raise WarmstartError(late)
+        time.sleep(0.2)
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
@@ -191,31 +221,63 @@ def prefect_server(workspace: Path, startup_seconds: float = SERVER_STARTUP_SECO
     api_url = f"http://127.0.0.1:{port}/api"
     environment = os.environ | {"PREFECT_HOME": str(home)}
     environment.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    arguments = ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    arguments = ["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     log_path = home / "server.log"
     with log_path.open("ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(os.getpid()), *arguments],
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopped as a whole, and spared a terminal's Ctrl-C
-        )
-    atexit.register(_stop, child)
+        child = _launch(arguments, environment, log)
     try:
-        deadline = time.monotonic() + startup_seconds
-        while not _healthy(api_url):
-            if child.poll() is not None:
-                raise WarmstartError(
-                    f"the local Prefect server exited (code {child.returncode}) before it answered; see {log_path}."
-                )
-            if time.monotonic() > deadline:
-                raise WarmstartError(
-                    f"the local Prefect server ({api_url}) did not answer within {startup_seconds:g} s; raise "
-                    f"--server-timeout, or run a server and set PREFECT_API_URL to it (its log: {log_path})."
-                )
-            time.sleep(1)
+        _await_health(
+            child,
+            api_url,
+            startup_seconds,
+            f"the local Prefect server exited (code {{code}}) before it answered; see {log_path}.",
+            f"the local Prefect server ({api_url}) did not answer within {startup_seconds:g} s; raise "
+            f"--server-timeout, or run a server and set PREFECT_API_URL to it (its log: {log_path}).",
+        )
+        with _pointed_at(api_url):
+            yield api_url
+    finally:
+        _stop(child)
+        atexit.unregister(_stop)
+
+
+@contextmanager
+def flow_server(startup_seconds: float, on_start: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The Prefect API a command's flow runs report to: PREFECT_API_URL when set, else a temporary server that dies
+    with this process.
+
+    Without this, Prefect starts its own temporary server (uvicorn, about 230 MB) on the first flow run, and a
+    `kill -9` of the command left it running, reparented to PID 1. This one is the same app with the same settings
+    and database (Prefect's home), started the way `prefect_server` starts one: Linux TERMs it when this process dies
+    however it dies, and it is stopped on leaving the block. `on_start` is told its URL once it answers."""
+    import prefect
+    from prefect.settings import PREFECT_API_URL, get_current_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    environment = os.environ | get_current_settings().to_environment_variables(exclude_unset=True)
+    environment |= _EPHEMERAL_ENVIRONMENT
+    arguments = ["-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory"]
+    arguments += ["prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port)]
+    child = _launch([*arguments, "--log-level", "error", "--lifespan", "on"], environment, None)
+    try:
+        fix = (
+            "Run a Prefect server (`prefect server start`) and set PREFECT_API_URL to it, or raise "
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS."
+        )
+        _await_health(
+            child,
+            api_url,
+            startup_seconds,
+            f"Prefect's temporary API exited (code {{code}}) before it answered. {fix}",
+            f"Prefect's temporary API did not start within {startup_seconds:g} s (the machine is busy). {fix}",
+        )
+        if on_start is not None:
+            on_start(api_url)
         with _pointed_at(api_url):
             yield api_url
     finally:

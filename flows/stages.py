@@ -54,26 +54,78 @@ def parse_mapping(pairs: list[str]) -> dict[str, str]:
     return mapping
 
 
-def ingest(workspace: Workspace, dataset: Dataset, run_id: str) -> dict[str, int]:
+@dataclass(frozen=True)
+class Ingested:
+    """What an ingest wrote: rows per table, and the ids of items and users added to the workspace since the data
+    before it was ingested (add-items, add-users, POST /items) that it kept because the new data lacks them."""
+
+    written: dict[str, int]
+    kept_items: list[str] = field(default_factory=list)
+    kept_users: list[str] = field(default_factory=list)
+
+
+def ingest(workspace: Workspace, dataset: Dataset, run_id: str, *, drop_additions: bool = False) -> Ingested:
     """Write the data set's tables (and splits) into the workspace as a new generation, switched in at once
     (the tables derived from the old data stay with it, but for the last detection's watermark: what is new stays
-    what was first seen since); returns rows written per table."""
+    what was first seen since).
+
+    Items and users added to the workspace since its data was ingested (`add_items`, `add_users`) are data too: the
+    ones the new data lacks are kept in the new tables unless `drop_additions` (the new data's own row wins for an id
+    it has). A new ingest would otherwise drop what the service acknowledged, silently."""
     written = {}
-    tables = {Tables.interactions: dataset.interactions, Tables.items: dataset.items, Tables.users: dataset.users}
-    tables |= {f"{Tables.split_prefix}{name}": frame for name, frame in dataset.splits.items()}
     # The one writer: the watermark carried is the current one, and no add-items lands in the generation replaced.
     # (`workspace` switches, so that the caller's object follows to the new generation, as it always did.)
     with workspace.writer(f"ingest {run_id}") as current, workspace.new_generation(run_id) as staged:
         carried = _carried_state(current)
+        items, users = (pl.DataFrame(), pl.DataFrame()) if drop_additions else _additions(current, dataset)
+        tables = {
+            Tables.interactions: dataset.interactions,
+            Tables.items: pl.concat([dataset.items, items]) if items.height else dataset.items,
+            Tables.users: pl.concat([dataset.users, users]) if users.height else dataset.users,
+        }
+        tables |= {f"{Tables.split_prefix}{name}": frame for name, frame in dataset.splits.items()}
+        kept = {"items": items[Columns.item].to_list() if items.height else []}
+        kept["users"] = users[Columns.user].to_list() if users.height else []
         for name, frame in tables.items():
             report = dataset.reports.get(name)
             parameters = {"source": report.source, "rows_read": report.rows_read} if report else {}
             if report:
                 parameters["duplicates_collapsed"] = report.duplicates_collapsed
+            if name in (Tables.items, Tables.users):
+                parameters["additions_kept"] = len(kept[name])
             staged.write(name, frame, run_id=run_id, source=dataset.name, parameters=parameters)
             written[name] = frame.height
-        staged.update_state(dataset=dataset.name, ingest_run_id=run_id, **carried)
-    return written
+        additions = {ADDITIONS: kept} if kept["items"] or kept["users"] else {}
+        staged.update_state(dataset=dataset.name, ingest_run_id=run_id, **carried, **additions)
+    return Ingested(written, kept["items"], kept["users"])
+
+
+# State key of the ids of items and users added since the data was ingested (add-items, add-users, POST /items),
+# so that an ingest can tell them from the rows it replaces. Recorded before the table is written, so a killed
+# addition leaves at most an id the table lacks (ignored), never a row without its record.
+ADDITIONS = "additions"
+
+
+def _additions(current: Workspace, dataset: Dataset) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(items, users): the rows `current` holds that were added since its ingest and that `dataset` lacks, in
+    `dataset`'s columns and types."""
+    recorded = current.state().get(ADDITIONS) or {}
+    found = []
+    for table, key, new in ((Tables.items, Columns.item, dataset.items), (Tables.users, Columns.user, dataset.users)):
+        ids = recorded.get(table) or []
+        if not ids or not current.exists(table):
+            found.append(new.clear())
+            continue
+        held = current.read(table).filter(pl.col(key).is_in(ids))
+        found.append(held.join(new.select(key), on=key, how="anti").select(new.columns).cast(new.schema))
+    return found[0], found[1]
+
+
+def _record_additions(space: Workspace, table: str, ids: list[str]) -> None:
+    """Add `ids` to the pinned generation's record of additions (by the workspace's one writer)."""
+    recorded = dict(space.state().get(ADDITIONS) or {})
+    recorded[table] = list(dict.fromkeys([*(recorded.get(table) or []), *ids]))
+    space.update_state(**{ADDITIONS: recorded})
 
 
 # Kept across generations: the last detection's watermark, so that `new` means first seen since that detection
@@ -104,7 +156,8 @@ def append(workspace: Workspace, added: Additions, run_id: str, *, source: str) 
             for name in space.table_names():
                 if name not in _REBUILT:
                     staged.carry(name, space)
-            staged.update_state(dataset=current.name, ingest_run_id=run_id, **_carried_state(space))
+            additions = {ADDITIONS: space.state()[ADDITIONS]} if ADDITIONS in space.state() else {}
+            staged.update_state(dataset=current.name, ingest_run_id=run_id, **_carried_state(space), **additions)
     return report
 
 
@@ -430,6 +483,7 @@ def add_items(workspace: Workspace, added: pl.DataFrame, run_id: str, *, cache_d
             raise DataError(f"{source}: {len(ids)} item id(s) already exist or repeat, e.g. {ids[:5]}; use new ids.")
         added = added.with_columns(pl.col(Columns.first_seen).fill_null(datetime.now(UTC))).select(existing.columns)
         parameters = {"added": added.height, "ingest_run_id": _ingest_run(space, Tables.items)}
+        _record_additions(space, Tables.items, added[Columns.item].to_list())
         space.write(Tables.items, pl.concat([existing, added]), run_id=run_id, source=source, parameters=parameters)
     return added.height
 
@@ -467,6 +521,7 @@ def _add_users(workspace: Workspace, added: pl.DataFrame, run_id: str, *, source
         )
     added = added.with_columns(pl.col(Columns.first_seen).fill_null(datetime.now(UTC))).select(existing.columns)
     parameters = {"added": added.height, "ingest_run_id": _ingest_run(workspace, Tables.users)}
+    _record_additions(workspace, Tables.users, added[Columns.user].to_list())
     workspace.write(Tables.users, pl.concat([existing, added]), run_id=run_id, source=source, parameters=parameters)
     return added.height
 
@@ -503,13 +558,35 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> Non
     save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config)
 
 
-def publish_recommendations(workspace: Workspace, recommender: Recommender, run_id: str, *, k: int) -> int:
-    """The `recommendations` table: top k for every user the loaded version serves (its users and those logged
-    since), with the model version and run id, replaced atomically so a reader sees one version's complete set."""
+@dataclass(frozen=True)
+class Publication:
+    """A `recommendations` table computed and not yet written (`publish`): a refresh computes it before recording
+    its run, so that what can fail fails the run, and writes it after."""
+
+    frame: pl.DataFrame
+    run_id: str
+    parameters: dict[str, object]
+
+    def publish(self, workspace: Workspace) -> int:
+        """Replace the workspace's `recommendations` table with this one, atomically; returns its rows."""
+        workspace.write(
+            Tables.recommendations, self.frame, run_id=self.run_id, source="refresh", parameters=self.parameters
+        )
+        return self.frame.height
+
+
+def recommendations(recommender: Recommender, run_id: str, *, k: int) -> Publication:
+    """Top k for every user the loaded version serves (its users and those logged since), with the model version
+    and run id."""
     version, ranker = recommender.version, recommender.ranker_name
     frame = recommender.recommend(recommender.user_ids, k).with_columns(
         pl.lit(version).alias("model_version"), pl.lit(run_id).alias("run_id")
     )
     parameters = {"ranker": ranker, "model_version": version, "k": k, "users": recommender.user_ids.len()}
-    workspace.write(Tables.recommendations, frame, run_id=run_id, source="refresh", parameters=parameters)
-    return frame.height
+    return Publication(frame, run_id, parameters)
+
+
+def publish_recommendations(workspace: Workspace, recommender: Recommender, run_id: str, *, k: int) -> int:
+    """The `recommendations` table: top k for every user the loaded version serves, replaced atomically so a reader
+    sees one version's complete set."""
+    return recommendations(recommender, run_id, k=k).publish(workspace)

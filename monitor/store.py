@@ -431,7 +431,22 @@ class MetricsStore:
         """Record that a run stopped on `error`: status failed, the error's type and message, no rows."""
         self.finish_run(run_id, RunRecord(status=FAILED, error=f"{type(error).__name__}: {error}"))
 
+    def mark_interrupted(self, run_id: str, reason: str) -> bool:
+        """Record a run left `running` by a killed process as failed, with `reason`; whether it was running."""
+        with Session(self.engine) as session, session.begin():
+            run = session.get(Run, run_id)
+            if run is None or run.status != RUNNING:
+                return False
+            run.status, run.error, run.finished_at = FAILED, reason, datetime.now(UTC)
+            return True
+
     # ------------------------------------------------------------------------------------------ reads
+
+    def run_status(self, run_id: str) -> str | None:
+        """`running`, `completed` or `failed`; None for a run never started here."""
+        with Session(self.engine) as session:
+            run = session.get(Run, run_id)
+            return run.status if run is not None else None
 
     def completed_run(
         self, *, flow: str, dataset: str, window_end: datetime | None, parameters: Mapping[str, Any]

@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -87,6 +88,15 @@ def prefect_defaults() -> None:
     them. Called before Prefect is imported (it reads its settings then)."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_SECONDS))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def flow_server() -> AbstractContextManager[str]:
+    """The Prefect API for a command that runs flows: PREFECT_API_URL, else a temporary server that dies with the
+    command (flows.serve.flow_server), its address said on stderr."""
+    from flows.serve import flow_server as server
+
+    timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_SECONDS))
+    return server(timeout, lambda url: errors.print(f"Prefect: temporary server {url}", markup=False, highlight=False))
 
 
 def open_workspace(option: Path | None, settings: WarmstartSettings) -> Workspace:

@@ -46,6 +46,14 @@ def ingest(
             help="Add the --interactions (and any --items, --users) to the current data instead of replacing it.",
         ),
     ] = False,
+    drop_additions: Annotated[
+        bool,
+        typer.Option(
+            "--drop-additions",
+            help="Leave out the items and users added with add-items, add-users or POST /items that the new data "
+            "lacks (kept by default).",
+        ),
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Load a data set, check it against the contracts and store it in the workspace.
@@ -53,9 +61,13 @@ def ingest(
     The tables are written as a new generation and switched in at once: a failed ingest changes nothing, and
     `warmstart rollback` restores the previous data (with its segments and watermark). With --append, the files'
     rows are added to the current data (exact duplicates of rows held are collapsed and counted; the last
-    detection's watermark is kept, so `detect` counts as new what the append brought).
+    detection's watermark is kept, so `detect` counts as new what the append brought). Items and users added with
+    add-items, add-users or POST /items stay in the data across ingests and appends (--drop-additions leaves them
+    out of a full ingest).
     """
     settings = load_settings()
+    if append and drop_additions:
+        raise ConfigError("--drop-additions applies to a full ingest: --append keeps every item and user held.")
     if append:
         _append(settings, interactions, items, users, map_ or [], workspace, dataset is not None)
         return
@@ -71,7 +83,7 @@ def ingest(
         mapping = stages.parse_mapping(map_ or [])
         loaded = load_files(interactions, items, users, mapping=mapping, allow_empty=allow_empty)
     run_id = new_run_id()
-    written = stages.ingest(open_workspace(workspace, settings), loaded, run_id)
+    ingested = stages.ingest(open_workspace(workspace, settings), loaded, run_id, drop_additions=drop_additions)
     reports = loaded.reports.items()
     report = pl.DataFrame(
         {
@@ -82,7 +94,19 @@ def ingest(
         }
     )
     print_frame(report, f"ingest {loaded.name} (run {run_id})")
-    console.print("tables written: " + ", ".join(f"{name} ({rows:,})" for name, rows in written.items()))
+    console.print("tables written: " + ", ".join(f"{name} ({rows:,})" for name, rows in ingested.written.items()))
+    kept = {"item": ingested.kept_items, "user": ingested.kept_users}
+    if any(kept.values()):
+        shown = " and ".join(
+            f"{len(ids):,} {kind}(s) ({', '.join(ids[:3])}{'...' if len(ids) > 3 else ''})"
+            for kind, ids in kept.items()
+            if ids
+        )
+        console.print(
+            f"kept {shown} added with add-items, add-users or POST /items, which the new data lacks; "
+            "--drop-additions leaves them out",
+            markup=False,
+        )
 
 
 def _append(

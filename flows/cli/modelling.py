@@ -25,6 +25,7 @@ from flows.cli._common import (
     RankerName,
     WorkspaceOption,
     console,
+    flow_server,
     friendly_errors,
     load_settings,
     open_workspace,
@@ -43,7 +44,7 @@ from training.defaults import (
 )
 
 if TYPE_CHECKING:
-    from training import EvaluationPlan
+    from training import EvaluationPlan, ModelSettings
 
 RankerOption = Annotated[
     RankerName | None, typer.Option(help="Ranker to train \\[default: lightgbm or $WARMSTART_RANKER].")
@@ -164,10 +165,36 @@ def evaluate(
         sparse_max=sparse_max,
     )
     run_id = new_run_id()
-    model_dir = open_workspace(workspace, settings).models.path(ranker_name, run_id)
     models = training.ModelSettings.capped(seed, max_epochs, ranker_name)
     if not augment:
         models = models.without_augmentation()
+    # Guarded while it trains: a refresh starting meanwhile does not take the half-written folder for a killed run's.
+    with open_workspace(workspace, settings).models.saving(ranker_name, run_id) as model_dir:
+        report, lines = _train_and_evaluate(plan, models, protocol, k, settings, model_dir, cold_user_share)
+    print_metrics(report, f"{protocol.value} @ {k} ({report['n_users']:,} users, {report['seconds']:.0f} s)")
+    if lines is not None:
+        _print_lines(lines)
+        choice = report["cold_user_share"]
+        if choice:
+            console.print(f"users shown without history while training: {choice}", markup=False)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(json_out, json.dumps(report, indent=2, default=str).encode())
+        console.print(f"report written to {json_out}")
+
+
+def _train_and_evaluate(
+    plan: EvaluationPlan,
+    models: ModelSettings,
+    protocol: Protocol,
+    k: int,
+    settings: WarmstartSettings,
+    model_dir: Path,
+    cold_user_share: float | None,
+) -> tuple[dict[str, object], pl.DataFrame | None]:
+    """(report, reference lines or None): `warmstart evaluate`'s training and evaluation, saving into `model_dir`."""
+    import training
+
     lines = None
     if plan.split.protocol in training.USER_PROTOCOLS:
         users_evaluation = training.evaluate_users(
@@ -185,16 +212,7 @@ def evaluate(
             plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir
         )
         report = evaluation.as_dict() | {"protocol": protocol.value}
-    print_metrics(report, f"{protocol.value} @ {k} ({report['n_users']:,} users, {report['seconds']:.0f} s)")
-    if lines is not None:
-        _print_lines(lines)
-        choice = report["cold_user_share"]
-        if choice:
-            console.print(f"users shown without history while training: {choice}", markup=False)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(json_out, json.dumps(report, indent=2, default=str).encode())
-        console.print(f"report written to {json_out}")
+    return report, lines
 
 
 GateMetricOption = Annotated[
@@ -245,7 +263,8 @@ def _refresh(
     if not space.exists(Tables.interactions):  # say so before Prefect starts
         raise WorkspaceError(f"workspace {space.root} holds no data: run `warmstart ingest --workspace {space.root}`.")
     name = (ranker or RankerName(settings.ranker)).value
-    outcome = with_runner(refresh_flow, settings)(workspace=space.root, ranker=name, **options)
+    with flow_server():
+        outcome = with_runner(refresh_flow, settings)(workspace=space.root, ranker=name, **options)
     metrics = outcome.metrics
     product = product_rows(metrics)
     print_metrics({"metrics": product.to_dicts()}, f"{title} {outcome.run_id}: {product['protocol'][0]}")

@@ -16,6 +16,7 @@ from flows.cli._common import (
     WorkspaceOption,
     as_utc,
     console,
+    flow_server,
     friendly_errors,
     load_settings,
     open_workspace,
@@ -109,22 +110,23 @@ def _run_backfill(
     from flows.runners import with_runner
 
     parse_every(every)  # a bad --every fails here, before Prefect starts
-    with_runner(backfill_flow, settings)(
-        dataset=dataset,
-        data_dir=data,
-        workspace=space.root,
-        cache_dir=settings.cache_dir,
-        start=as_utc(start),
-        end=as_utc(end),
-        every=every,
-        k=k,
-        seed=seed,
-        max_epochs=max_epochs,
-        sparse_max=settings.sparse_max,
-        head_share=settings.head_share,
-        augment_limit=augment_limit,
-        choose_timed=choose_timed,
-    )
+    with flow_server():
+        with_runner(backfill_flow, settings)(
+            dataset=dataset,
+            data_dir=data,
+            workspace=space.root,
+            cache_dir=settings.cache_dir,
+            start=as_utc(start),
+            end=as_utc(end),
+            every=every,
+            k=k,
+            seed=seed,
+            max_epochs=max_epochs,
+            sparse_max=settings.sparse_max,
+            head_share=settings.head_share,
+            augment_limit=augment_limit,
+            choose_timed=choose_timed,
+        )
     return MetricsStore.for_workspace(space.root, settings.metrics_url, read_only=True)
 
 

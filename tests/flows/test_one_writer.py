@@ -165,15 +165,24 @@ def test_two_refreshes_at_once_never_both_promote(
 ) -> None:
     """Both refreshes train and gate against no model at all; the test holds the writer lock until both wait for it
     at their promotion. The one that gets it first promotes; the other finds the current version changed and does
-    not promote over it."""
+    not promote over it.
+
+    Meanwhile two ingests switch generations twice, so the generation both runs started on is removed: the one that
+    promotes publishes into the current generation and exits 0 (it exited 1, "generation ... was removed", after the
+    store had recorded it completed and promoted)."""
     workspace = slice_copy()
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     env = {"PREFECT_API_URL": prefect_api}
     with Workspace(workspace).writer(HOLDER):
+        started_on = Workspace(workspace).generation
         processes = [
             _start(["refresh", *FAST_REFRESH, "-w", str(workspace)], log, cache_dir=cache_dir, env=env) for log in logs
         ]
         _wait_for(logs, f"(promotion): waiting for the workspace's writer lock held by {HOLDER}", processes, 600)
+        for run in ("20990101T000000Z-first", "20990101T000001Z-second"):  # this thread is the writer: no wait
+            ingested = Workspace(workspace)
+            stages.ingest(ingested, stages.workspace_dataset(ingested), run)
+        assert not (workspace / "generations" / str(started_on)).exists()
     outputs = [_finish(process, log, 300) for process, log in zip(processes, logs, strict=True)]
     promoted = [output for output in outputs if "promoted: now current" in output]
     refused = [output for output in outputs if "not promoted; run refresh again" in output]
@@ -186,7 +195,11 @@ def test_two_refreshes_at_once_never_both_promote(
     decisions = store.promotions().sort("promoted")
     assert decisions["promoted"].to_list() == [False, True]
     assert decisions["candidate_version"][1] == entry["version"]
+    assert store.runs("refresh")["status"].to_list() == ["completed", "completed"]
     store.close()
+    published = Workspace(workspace)
+    assert published.generation == "20990101T000001Z-second"
+    assert set(published.read(Tables.recommendations)["model_version"]) == {entry["version"]}
 
 
 def test_reconciling_a_recorded_promotion_waits_for_the_writer_and_only_when_it_has_to(

@@ -142,9 +142,15 @@ def test_a_refresh_killed_while_training_leaves_the_registry_as_it_was(
     assert [version.version for version in registry.versions()] == before
     assert registry.current("lightgbm") == current
     assert store.runs()["status"].to_list() == ["completed", "running"]
-    assert store.run_metrics(store.runs()["run_id"][1]).is_empty()
-    # A rerun of the same job records the killed run as failed and completes.
+    killed = store.runs()["run_id"][1]
+    assert store.run_metrics(killed).is_empty()
+    # Its version folder, guarded from its start, is left without metadata.json (and is no version).
+    assert (registry.path("lightgbm", killed) / ".saving").is_file()
+    assert not (registry.path("lightgbm", killed) / "metadata.json").exists()
+    # A rerun sweeps the folder, records the killed run as failed and completes.
     warmstart("refresh", *slow, "-w", str(workspace))
     assert store.runs()["status"].to_list() == ["completed", "failed", "completed"]
+    assert store.runs()["error"][1] == "killed before its outcome was recorded; its version folder was removed"
+    assert not registry.path("lightgbm", killed).exists()
     promoted = store.promotions().filter(pl.col("promoted"))["candidate_version"]
     assert registry.current("lightgbm") == promoted[-1]  # the gate's last word, whichever it was
