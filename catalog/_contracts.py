@@ -76,10 +76,18 @@ class ConformReport:
     source: str
     rows_read: int
     duplicates_collapsed: int
+    ignored_columns: tuple[str, ...] = ()  # columns the file has and the contract does not: not stored
 
     @property
     def rows_kept(self) -> int:
         return self.rows_read - self.duplicates_collapsed
+
+    def ignored_note(self, table: str) -> str | None:
+        """A line naming the columns that were not stored, and how a time column would be, or None."""
+        if not self.ignored_columns:
+            return None
+        hint = f" (times are read from '{C.ts}': --map {C.ts}=COLUMN)" if table == "interactions" else ""
+        return f"{table}: column(s) {list(self.ignored_columns)} are not part of the contract and were not stored{hint}"
 
 
 def _examples(frame: pl.DataFrame, mask: pl.Expr) -> str:
@@ -258,9 +266,15 @@ def _without_control(text: pl.Expr) -> pl.Expr:
     return text.str.replace_all(_ANSI_ESCAPE, "").str.replace_all(_CONTROL_TEXT, "")
 
 
-def _collapse_duplicates(frame: pl.DataFrame, source: str) -> tuple[pl.DataFrame, ConformReport]:
+def _collapse_duplicates(
+    frame: pl.DataFrame, source: str, ignored: tuple[str, ...] = ()
+) -> tuple[pl.DataFrame, ConformReport]:
     unique = frame.unique(maintain_order=True)
-    return unique, ConformReport(source, frame.height, frame.height - unique.height)
+    return unique, ConformReport(source, frame.height, frame.height - unique.height, ignored)
+
+
+def _ignored(raw: pl.DataFrame, schema: dict[str, object]) -> tuple[str, ...]:
+    return tuple(column for column in raw.columns if column not in schema)
 
 
 def _reject_conflicting_ids(frame: pl.DataFrame, key: str, source: str) -> None:
@@ -282,7 +296,7 @@ def conform_interactions(raw: pl.DataFrame, source: str) -> tuple[pl.DataFrame, 
         (_as_timestamp(raw, C.ts, source) if C.ts in raw.columns else pl.lit(None, TIMESTAMP)).alias(C.ts),
         (_as_float(raw, C.value, source) if C.value in raw.columns else pl.lit(1.0)).alias(C.value),
     ).cast(dict(INTERACTIONS_SCHEMA))
-    return _collapse_duplicates(frame, source)
+    return _collapse_duplicates(frame, source, _ignored(raw, dict(INTERACTIONS_SCHEMA)))
 
 
 def _as_categories(raw: pl.DataFrame, source: str) -> pl.Expr:
@@ -314,7 +328,7 @@ def conform_items(raw: pl.DataFrame, source: str) -> tuple[pl.DataFrame, Conform
             for column in (C.first_seen, C.released)
         ),
     ).cast(dict(ITEMS_SCHEMA))
-    frame, report = _collapse_duplicates(frame, source)
+    frame, report = _collapse_duplicates(frame, source, _ignored(raw, dict(ITEMS_SCHEMA)))
     _reject_conflicting_ids(frame, C.item, source)
     return frame, report
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import polars as pl
 import typer
+from rich.text import Text
 
 from catalog import DATASETS, ConfigError, atomic_write_bytes, load_additions, load_dataset, load_files, new_run_id
 from flows import stages
@@ -16,6 +17,7 @@ from flows.cli._common import (
     WorkspaceOption,
     as_utc,
     console,
+    errors,
     friendly_errors,
     load_settings,
     open_workspace,
@@ -94,6 +96,10 @@ def ingest(
         }
     )
     print_frame(report, f"ingest {loaded.name} (run {run_id})")
+    for name, table_report in reports:
+        if (note := table_report.ignored_note(name)) is not None:
+            # Column names are data: printed literally, never as markup.
+            errors.print(Text(f"note: {note}"), highlight=False, soft_wrap=True)
     console.print("tables written: " + ", ".join(f"{name} ({rows:,})" for name, rows in ingested.written.items()))
     kept = {"item": ingested.kept_items, "user": ingested.kept_users}
     if any(kept.values()):

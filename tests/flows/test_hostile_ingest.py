@@ -315,6 +315,24 @@ def test_odd_but_valid_input_is_accepted_by_its_rule(name: str, tmp_path: Path, 
         assert Workspace(ws).read("items")["item_id"].to_list() == ["g1", "g2", "g3"]
 
 
+def test_columns_outside_the_contract_are_named_on_stderr_not_dropped_silently(tmp_path: Path, template: Path) -> None:
+    # A log whose time column is called 'timestamp' was stored without times, and its repeats collapsed as exact
+    # duplicates, with nothing said.
+    case = Case(inter=("inter.csv", _inter("u1,i1,1700000000", header="user_id,item_id,timestamp")))
+    result, ws = _run(case, tmp_path / "case", template)
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        "note: interactions: column(s) ['timestamp'] are not part of the contract and were not stored (times are "
+        "read from 'ts': --map ts=COLUMN)"
+    ], result.stderr
+    assert Workspace(ws).read("interactions")["ts"].null_count() == 1
+    mapped = Case(inter=case.inter, args=["--map", "ts=timestamp"])
+    result, ws = _run(mapped, tmp_path / "mapped", template)
+    assert result.exit_code == 0 and "note:" not in result.stderr, result.output
+    assert Workspace(ws).read("interactions")["ts"].null_count() == 0
+
+
 def test_the_suite_is_large_enough() -> None:
     assert len(REFUSED) + len(ACCEPTED) >= 60
 
