@@ -41,7 +41,7 @@ from ranker.evaluate import (
     warm_split,
     whole_log_split,
 )
-from training.defaults import CALIBRATION_USERS, USER_GROUP_ATTRIBUTES, USER_HOLDOUT_SHARE
+from training.defaults import CALIBRATION_USERS, EVALUATION_USERS, USER_GROUP_ATTRIBUTES, USER_HOLDOUT_SHARE
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,14 +75,16 @@ class EvaluationPlan:
     group_attributes: tuple[str, ...] | None = None
 
 
-def sampled_users(split: ProtocolSplit, n: int, *, seed: int) -> ProtocolSplit:
-    """The split restricted to a seeded sample of `n` of its evaluated users (all of them when fewer)."""
+def sampled_users(split: ProtocolSplit, n: int, *, seed: int, named: bool = False) -> ProtocolSplit:
+    """The split restricted to a seeded sample of `n` of its evaluated users (all of them when fewer); `named` adds
+    the sample to the split's name ("temporal@...:users=20000of51234"), so no figure passes for the population's."""
     users = split.truth.select(Columns.user).unique().sort(Columns.user)
     if users.height <= n:
         return split
     chosen = users.sample(n, seed=seed)
     truth = split.truth.join(chosen, on=Columns.user, how="semi")
-    return replace(split, truth=truth, exclude=split.exclude.join(chosen, on=Columns.user, how="semi"))
+    name = f"{split.name}:users={n}of{users.height}" if named else split.name
+    return replace(split, name=name, truth=truth, exclude=split.exclude.join(chosen, on=Columns.user, how="semi"))
 
 
 def aldi_plan(dataset: Dataset, protocol: str) -> EvaluationPlan:
@@ -268,10 +270,16 @@ def whole_log_plan(dataset: Dataset, plan: EvaluationPlan) -> EvaluationPlan | N
 
 
 def dataset_plan(
-    dataset: Dataset, protocol: str, *, history_n: int | None = None, sparse_max: int = SPARSE_MAX
+    dataset: Dataset,
+    protocol: str,
+    *,
+    history_n: int | None = None,
+    sparse_max: int = SPARSE_MAX,
+    most_users: int = EVALUATION_USERS,
 ) -> EvaluationPlan:
     """The plan for a data set: the protocols over users where asked (any data set with a users table), its
-    predefined splits where it has them (ALDI's layout), else its temporal split."""
+    predefined splits where it has them (ALDI's layout), else its temporal split, scored for a seeded sample of
+    `most_users` of its test users where it has more."""
     if protocol in USER_PROTOCOLS:
         return user_plan(dataset, protocol, history_n=history_n, sparse_max=sparse_max)
     if dataset.splits:
@@ -279,4 +287,5 @@ def dataset_plan(
     if protocol != TEMPORAL:
         raise ConfigError(f"{dataset.name} has no predefined split: use --protocol temporal, cold-user or sparse-user.")
     split = temporal_split(dataset.interactions, dataset.items, sparse_max=sparse_max)
+    split = sampled_users(split, most_users, seed=0, named=True)
     return replace(holdout_plan(split), users=dataset.users)

@@ -38,6 +38,9 @@ AUGMENT_LIMIT = 16
 
 # ------------------------------------------------------------------------------------------------ ranking
 
+EVALUATION_USERS = 20_000
+"""Most users a time-ordered log's test window is scored for: a seeded sample beyond, named in the split's name (each
+brings about 1,400 candidates to score; ALDI's scripts score 2,000). MovieLens-100K and CiteULike-a have fewer."""
 CALIBRATION_USERS = 2000
 """Users of the split on which the ranker's cold places are chosen: enough to tell 2 places apart, fast to rank."""
 COLD_SLOTS_GRID = (0, 4, 8, 10, 12, 16)

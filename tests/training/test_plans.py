@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from catalog import Columns, ConfigError, Dataset
 from ranker.deepfm import DeepFMRanker
-from ranker.evaluate import COLD_USERS, SPARSE_USERS, frames_split
+from ranker.evaluate import COLD_USERS, SPARSE_USERS, TEMPORAL, frames_split
 from ranker.features import RankerInputs
 from ranker.lightgbm_ranker import LightGBMRanker
 from ranker.registry import ranker_class
@@ -21,6 +21,7 @@ from training import (
     ModelSettings,
     StandInBuilder,
     category_matrix,
+    dataset_plan,
     holdout_plan,
     user_plan,
 )
@@ -161,3 +162,15 @@ def test_user_plans_choose_on_training_users_only(ml100k: Dataset, protocol: str
     assert plan.group_attributes == ("gender", "age")  # MovieLens-100K's groups for attribute-group popularity
     with pytest.raises(ConfigError, match="--history-n"):
         user_plan(ml100k, SPARSE_USERS)
+
+
+def test_a_large_test_window_is_scored_for_a_named_seeded_sample_of_its_users(ml100k: Dataset) -> None:
+    whole = dataset_plan(ml100k, TEMPORAL)
+    population = whole.split.truth[Columns.user].n_unique()
+    sampled = dataset_plan(ml100k, TEMPORAL, most_users=50)
+    assert sampled.split.truth[Columns.user].n_unique() == 50 < population
+    assert sampled.split.name == f"{whole.split.name}:users=50of{population}"
+    assert sampled.split.exclude.join(sampled.split.truth, on=Columns.user, how="anti").is_empty()
+    assert sampled.split.train.equals(whole.split.train)  # training is the same; only who is scored changes
+    again = dataset_plan(ml100k, TEMPORAL, most_users=50)
+    assert again.split.truth.equals(sampled.split.truth)
