@@ -11,6 +11,7 @@ from prefect import flow
 from typer.testing import CliRunner
 
 from catalog import Workspace
+from encoders import MODEL_NAME
 from flows import tasks
 from flows.cli import app
 from flows.refresh import augment_new, encode_items, refresh
@@ -97,8 +98,8 @@ def test_augment_new_describes_items_and_records_volume(prefect_api: str, worksp
 def test_encoding_a_batch_again_is_a_prefect_cache_hit(prefect_api: str, tmp_path: Path) -> None:
     @flow
     def twice(texts: list[str]) -> tuple[str, str, bool]:
-        first = tasks.encode_batch_task(texts, tmp_path / "cache", return_state=True)
-        second = tasks.encode_batch_task(texts, tmp_path / "cache", return_state=True)
+        first = tasks.encode_batch_task(texts, tmp_path / "cache", MODEL_NAME, return_state=True)
+        second = tasks.encode_batch_task(texts, tmp_path / "cache", MODEL_NAME, return_state=True)
         same = bool(np.array_equal(first.result(), second.result()))
         return first.name, second.name, same
 
