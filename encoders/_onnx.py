@@ -148,6 +148,9 @@ class OnnxTextModel:
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle worker threads sleep instead of spinning: on cores shared with other jobs, spinning took 1.6x the
+        # wall time of int8 encoding (169 against 267 titles/s, load average 7-8; docs/benchmarks.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = path
