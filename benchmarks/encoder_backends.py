@@ -1,13 +1,14 @@
 """Text-encoder backends on CiteULike-a titles: throughput and quality of ONNX Runtime fp32 and int8 against torch.
 
     .venv/bin/python benchmarks/encoder_backends.py speed [-n 2000] [--backends torch,onnx,onnx-int8]
-        [--batch-size 64] [--repeats 3]
+        [--batch-size 64[,16,...]] [--repeats 3]
     .venv/bin/python benchmarks/encoder_backends.py quality [--backends onnx,onnx-int8] [--k 20]
 
-speed: `model.encode` of each backend on the first N titles; one warm-up run each, then `--repeats` rounds, the
-order of the backends reversed every other round; medians of the wall time, process CPU time beside them, and the
-cosine between each backend's embeddings and torch's. Other jobs share these cores, so the load average and the
-CPU (model, VNNI) are printed with the figures: compare backends within one run only.
+speed: `model.encode` of each backend (at each batch size) on the first N titles; one warm-up run each, then
+`--repeats` rounds, the order of the variants reversed every other round; medians of the wall time, process CPU
+time beside them, and the cosine between each variant's embeddings and torch's (its first batch size). Other jobs
+share these cores, so the load average and the CPU (model, VNNI) are printed with the figures: compare variants
+within one run only.
 
 quality: every CiteULike-a title encoded by each backend through `encode_texts` and its own embedding cache
 (`--cache`, one directory per backend), then the cold-item protocol (ALDI's cold_item_test, 4,846 users ranked
@@ -60,50 +61,53 @@ def machine() -> str:
 
 def speed(args: argparse.Namespace) -> None:
     lines = (args.data / "titles.txt").read_text(encoding="utf-8").splitlines()
-    titles, warmup = lines[: args.n], lines[args.n : args.n + 2 * args.batch_size]
+    titles, warmup = lines[: args.n], lines[args.n : args.n + 128]
     models = {backend: load_text_model(backend=backend) for backend in args.backends}
+    variants = [(backend, size) for backend in args.backends for size in args.batch_size]
     import onnxruntime
     import torch
 
     print(
-        f"{len(titles)} titles, batch size {args.batch_size}, {args.repeats} rounds; torch {torch.__version__} "
+        f"{len(titles)} titles, batch sizes {args.batch_size}, {args.repeats} rounds; torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
         f"{platform.python_implementation()} {platform.python_version()}\nbefore: {machine()}"
     )
 
-    def encode(backend: str, texts: list[str]) -> np.ndarray:
+    def encode(variant: tuple[str, int], texts: list[str]) -> np.ndarray:
+        backend, size = variant
         return np.asarray(
-            models[backend].encode(
-                texts, batch_size=args.batch_size, show_progress_bar=False, normalize_embeddings=True
-            ),
+            models[backend].encode(texts, batch_size=size, show_progress_bar=False, normalize_embeddings=True),
             dtype=np.float32,
         )
 
-    for backend in args.backends:
-        encode(backend, warmup)
-    wall: dict[str, list[float]] = {backend: [] for backend in args.backends}
-    cpu: dict[str, list[float]] = {backend: [] for backend in args.backends}
-    vectors: dict[str, np.ndarray] = {}
+    for variant in variants:
+        encode(variant, warmup)
+    wall: dict[tuple[str, int], list[float]] = {variant: [] for variant in variants}
+    cpu: dict[tuple[str, int], list[float]] = {variant: [] for variant in variants}
+    vectors: dict[tuple[str, int], np.ndarray] = {}
     for repeat in range(args.repeats):
-        for backend in args.backends if repeat % 2 == 0 else list(reversed(args.backends)):
+        for variant in variants if repeat % 2 == 0 else list(reversed(variants)):
             started, used = time.perf_counter(), time.process_time()
-            vectors[backend] = encode(backend, titles)
-            wall[backend].append(time.perf_counter() - started)
-            cpu[backend].append(time.process_time() - used)
+            vectors[variant] = encode(variant, titles)
+            wall[variant].append(time.perf_counter() - started)
+            cpu[variant].append(time.process_time() - used)
     print(f"after: {machine()}\n")
-    reference = vectors.get("torch")
-    print(f"{'backend':<12}{'median s':>10}{'titles/s':>10}{'CPU s':>8}{'cos min':>9}{'cos mean':>10}   wall runs (s)")
-    for backend in args.backends:
-        median = statistics.median(wall[backend])
+    reference = next((vectors[v] for v in variants if v[0] == "torch"), None)
+    print(
+        f"{'backend':<12}{'batch':>6}{'median s':>10}{'titles/s':>10}{'CPU s':>8}{'cos min':>9}{'cos mean':>10}"
+        "   wall runs (s)"
+    )
+    for variant in variants:
+        median = statistics.median(wall[variant])
         if reference is not None:
-            cosine = (vectors[backend] * reference).sum(axis=1)
+            cosine = (vectors[variant] * reference).sum(axis=1)
             agreement = f"{cosine.min():>9.4f}{cosine.mean():>10.5f}"
         else:
             agreement = f"{'-':>9}{'-':>10}"
-        runs = ", ".join(f"{value:.2f}" for value in wall[backend])
+        runs = ", ".join(f"{value:.2f}" for value in wall[variant])
         print(
-            f"{backend:<12}{median:>10.2f}{len(titles) / median:>10,.0f}{statistics.median(cpu[backend]):>8.2f}"
-            f"{agreement}   {runs}"
+            f"{variant[0]:<12}{variant[1]:>6}{median:>10.2f}{len(titles) / median:>10,.0f}"
+            f"{statistics.median(cpu[variant]):>8.2f}{agreement}   {runs}"
         )
 
 
@@ -156,13 +160,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CiteULike-a folder (titles.txt, splits/)")
     parser.add_argument("--backends", default=",".join(TEXT_BACKENDS), help=f"comma-separated of {TEXT_BACKENDS}")
     parser.add_argument("-n", type=int, default=2000, help="speed: encode the first N titles")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", default="64", help="speed: comma-separated batch sizes, each a variant")
     parser.add_argument("--repeats", type=int, default=3, help="speed: timed rounds (median reported)")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--neighbors", type=int, default=3, help="quality: kNN aggregation, mean of the top N")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache" / "embeddings", help="embedding cache folder")
     args = parser.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    args.batch_size = [int(size) for size in args.batch_size.split(",") if size.strip()]
     unknown = sorted(set(args.backends) - set(TEXT_BACKENDS))
     if unknown:
         parser.error(f"unknown backend(s) {unknown}; choose from {TEXT_BACKENDS}")
