@@ -5,6 +5,9 @@ Cache layout::
     ROOT/                                e.g. CACHE/embeddings, the one cache encoding and retraining share
       <model>/<timestamp>-<uuid>.parquet   one shard per write: text_hash (str), embedding (array[f32, dim])
 
+<model> names the embeddings, backend included (`text_model_name`: all-MiniLM-L6-v2 for torch, ...-onnx-int8), so
+one directory never holds two backends' embeddings.
+
 A write never touches an existing file: it adds a shard, written to a hidden temporary file in the same directory,
 flushed to disk and renamed into place. A crash therefore leaves at most a stray `.*.tmp` file, which readers ignore.
 `compact()` merges the shards into one the same way, then deletes the old ones; a hash that ends up in two shards
