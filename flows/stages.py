@@ -425,16 +425,14 @@ def item_texts(workspace: Workspace) -> tuple[pl.Series, list[str]]:
 
 
 def store_item_embeddings(
-    workspace: Workspace, ids: pl.Series, vectors: np.ndarray, run_id: str, stats: dict[str, int]
+    workspace: Workspace, ids: pl.Series, vectors: np.ndarray, run_id: str, stats: dict[str, int], *, text_model: str
 ) -> Encoded:
-    """Write the `item_embeddings` table (item_id, embedding)."""
-    from encoders import MODEL_NAME
-
+    """Write the `item_embeddings` table (item_id, embedding); `text_model` names the backend that made them."""
     table = pl.DataFrame(
         {Columns.item: ids, "embedding": vectors},
         schema={Columns.item: pl.String, "embedding": pl.Array(pl.Float32, vectors.shape[1])},
     )
-    encoded = Encoded(MODEL_NAME, table.height, int(vectors.shape[1]), stats)
+    encoded = Encoded(text_model, table.height, int(vectors.shape[1]), stats)
     parameters = {"model": encoded.model, "items": encoded.items, "dim": encoded.dim} | stats
     workspace.write(Tables.item_embeddings, table, run_id=run_id, source="encode", parameters=parameters)
     return encoded
@@ -449,7 +447,12 @@ def encode(workspace: Workspace, run_id: str, *, cache_dir: Path) -> Encoded:
     cache = EmbeddingCache.in_cache_dir(cache_dir)
     vectors = encode_texts(texts, cache=cache)
     return store_item_embeddings(
-        workspace, ids, vectors, run_id, {"cache_hits": cache.hits, "cache_misses": cache.misses}
+        workspace,
+        ids,
+        vectors,
+        run_id,
+        {"cache_hits": cache.hits, "cache_misses": cache.misses},
+        text_model=cache.model_name,
     )
 
 
@@ -548,6 +551,7 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> Non
     """Beside a saved version: the inputs its ranker serves from and their ids (serving.npz + serving.json), so the
     version can serve on its own (`serving.Recommender.load`), and the stand-in builders that give items and users
     added later their stand-ins."""
+    from encoders import current_text_model
     from serving import save_serving_inputs
 
     warming = fitted.served.warming
@@ -555,7 +559,16 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> Non
     fitted.served.standins.save(directory)  # items added later get their stand-ins from the same builder
     if fitted.served.user_standins is not None:  # and users added later theirs
         fitted.served.user_standins.save(directory)
-    save_serving_inputs(directory, fitted.served.inputs, index.user_ids, index.item_ids, warmed=warmed, warming=config)
+    # The version serves items added later with the backend its items were embedded with (this process's).
+    save_serving_inputs(
+        directory,
+        fitted.served.inputs,
+        index.user_ids,
+        index.item_ids,
+        text_model=current_text_model(),
+        warmed=warmed,
+        warming=config,
+    )
 
 
 @dataclass(frozen=True)

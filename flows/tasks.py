@@ -142,11 +142,12 @@ def as_task(stage: Callable[P, R]) -> Task[P, R]:
 # ------------------------------------------------------------------------------------------------ stage tasks
 
 
-def encode_batch(texts: list[str], cache_dir: Path) -> np.ndarray:
-    """Embeddings of one batch of texts (cached by Prefect on the texts, and by the embedding cache per text)."""
+def encode_batch(texts: list[str], cache_dir: Path, text_model: str) -> np.ndarray:
+    """Embeddings of one batch of texts (cached by Prefect on the texts and `text_model`, and by the embedding cache
+    per text). `text_model` names the flow's backend: a Dask worker does not read the flow's settings."""
     from encoders import EmbeddingCache, encode_texts
 
-    return encode_texts(texts, cache=EmbeddingCache.in_cache_dir(cache_dir), show_progress=False)
+    return encode_texts(texts, cache=EmbeddingCache.in_cache_dir(cache_dir, text_model), show_progress=False)
 
 
 # One language model per process: it loads once, and tasks sharing a process take turns on it (two threads

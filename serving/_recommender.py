@@ -55,6 +55,7 @@ from encoders import (
     fold_in_users,
     item_text,
     load_text_model,
+    text_backend_of,
     text_hash,
 )
 from ranker.base import RankerBase, top_k
@@ -338,13 +339,13 @@ class Recommender:
         """MiniLM embeddings through the embedding cache (the model loads only for texts the cache lacks)."""
         if self.cache_dir is None:
             raise ConfigError("embedding text needs the embedding cache: load the Recommender with cache_dir=.")
-        if self.text_model != MODEL_NAME:
-            raise ConfigError(f"version {self.version} embedded items with {self.text_model}, not {MODEL_NAME}.")
+        # The version's own backend, whatever this process's: its items' embeddings came from that one.
+        backend = text_backend_of(self.text_model)
         if "cache" not in self._text:
-            self._text["cache"] = EmbeddingCache.in_cache_dir(self.cache_dir)
+            self._text["cache"] = EmbeddingCache.in_cache_dir(self.cache_dir, self.text_model)
         cache = self._text["cache"]
         if "model" not in self._text and not cache.get_many([text_hash(t) for t in texts])[0].all():
-            self._text["model"] = load_text_model()  # kept: loading MiniLM takes about a second
+            self._text["model"] = load_text_model(backend=backend)  # kept: loading MiniLM takes about a second
         return encode_texts(texts, model=self._text.get("model"), cache=cache, show_progress=False)
 
     # ------------------------------------------------------------------------------------------------ lookups

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from catalog import ConfigError, WarmstartError, Workspace, redact
 from flows import stages
-from flows.settings import WarmstartSettings
+from flows.settings import WarmstartSettings, apply_text_backend
 
 PIPED_WIDTH = 240
 # Piped or redirected output gets the tables' full width instead of a terminal's 80 columns cut to "cur…".
@@ -45,9 +45,11 @@ WorkspaceOption = Annotated[
 
 def load_settings() -> WarmstartSettings:
     try:
-        return WarmstartSettings()
+        settings = WarmstartSettings()
     except ValidationError as error:
         raise ConfigError(f"invalid WARMSTART_* environment setting: {error}") from None
+    apply_text_backend(settings)
+    return settings
 
 
 def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from catalog import Workspace
+from encoders import choose_text_backend, text_model_name
 from flows.cli import app
 
 runner = CliRunner()
@@ -37,6 +38,8 @@ def test_encode_writes_item_embeddings_and_reuses_the_cache(workspace: Path, cac
     stats = space.provenance("item_embeddings")["parameters"]
     assert stats["cache_misses"] == 0 and stats["cache_hits"] > 0
     assert "0 encoded" in second.output
+    # WARMSTART_TEXT_BACKEND unset: the backend this CPU gets, whose embeddings and cache the table names
+    assert stats["model"] == text_model_name(choose_text_backend("auto"))
 
 
 def test_retrain_saves_versions_with_parent_and_metrics(warmstart: Callable[..., object], workspace: Path) -> None:
