@@ -110,7 +110,7 @@ def choose_text_backend(requested: str = "auto", *, flags: frozenset[str] | None
     return "onnx-int8" if (cpu_flags() if flags is None else flags) & _VNNI_FLAGS else "torch"
 
 
-_PROCESS: dict[str, str | Path] = {"requested": "auto", "export_dir": DEFAULT_EXPORT_DIR}
+_PROCESS: dict[str, str | Path] = {"requested": "torch", "export_dir": DEFAULT_EXPORT_DIR}
 
 
 def use_text_backend(requested: str, *, export_dir: Path | None = None) -> None:

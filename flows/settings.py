@@ -76,11 +76,13 @@ class WarmstartSettings(BaseSettings):
     dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster when no address is given.")
     encode_batch_size: int = Field(512, ge=1, description="Texts per encoding task.")
     text_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
-        "auto",
-        description="How MiniLM encodes text: 'torch' (sentence-transformers, fp32: the reference), 'onnx' (ONNX "
-        "Runtime, fp32), 'onnx-int8' (ONNX Runtime, int8 dynamic quantization), or 'auto': onnx-int8 where the CPU "
-        "has VNNI, else torch (docs/benchmarks.md). Each backend has its own embedding cache; the ONNX models are "
-        "exported once from the packaged weights into CACHE/text-encoders.",
+        "torch",
+        description="How MiniLM encodes text: 'torch' (sentence-transformers, fp32: the reference every figure was "
+        "measured with), 'onnx' (ONNX Runtime, fp32), 'onnx-int8' (ONNX Runtime, int8 dynamic quantization: 10x "
+        "torch's rate under load here, cold-start quality within noise, docs/benchmarks.md), or 'auto': onnx-int8 "
+        "where the CPU has VNNI, else torch. Not yet the default: the headline figures and the test suite have not "
+        "been measured on int8 embeddings. Each backend has its own embedding cache; the ONNX models are exported "
+        "once from the packaged weights into CACHE/text-encoders.",
     )
     api_key: SecretStr | None = Field(
         None,

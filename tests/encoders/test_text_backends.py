@@ -40,7 +40,7 @@ TITLES = [
 def process_backend() -> Iterator[None]:
     """Restore this process's backend choice after a test that sets it."""
     yield
-    use_text_backend("auto")
+    use_text_backend("torch")  # the default
 
 
 def test_each_backend_has_its_own_cache(tmp_path: Path) -> None:
