@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from catalog import ConfigError
-from encoders import BPRConfig, MapperConfig, WarmingConfig
+from encoders import BPRConfig, CFConfig, MapperConfig, WarmingConfig
 from ranker.base import RankerBase
 from ranker.deepfm import DeepFMConfig
 from ranker.lightgbm_ranker import LightGBMRankerConfig
@@ -71,7 +71,7 @@ class ModelSettings:
 
     # dim 256 scored best of dim 64/128/256 on CiteULike's warm_val (benchmarks/cf_mapper.py); early stopping
     # on the plan's validation pairs ends training well before 150 epochs.
-    cf: BPRConfig = field(default_factory=lambda: BPRConfig(dim=256, epochs=MAX_EPOCHS))
+    cf: CFConfig = field(default_factory=lambda: BPRConfig(dim=256, epochs=MAX_EPOCHS))
     standins: StandInConfig = field(default_factory=StandInConfig)
     ranker: LightGBMRankerConfig = field(default_factory=LightGBMRankerConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
