@@ -249,9 +249,39 @@ def product_part(
     return rows
 
 
+def synthetic_log(n_events: int, n_users: int, n_items: int, seed: int = 0) -> pl.DataFrame:
+    """Distinct (user_id, item_id) pairs of a seeded log of about `n_events` events: Zipf-like item popularity
+    (exponent 1), lognormal user activity (each user at least one event)."""
+    rng = np.random.default_rng(seed)
+    activity = rng.lognormal(0.0, 1.0, n_users)
+    users = rng.choice(n_users, size=n_events, p=activity / activity.sum())
+    popularity = 1.0 / np.arange(1, n_items + 1)
+    items = rng.choice(n_items, size=n_events, p=popularity / popularity.sum())
+    frame = pl.DataFrame({Columns.user: users.astype(str), Columns.item: items.astype(str)})
+    return frame.unique()
+
+
+def scale_part(n_events: int, config: CFConfig) -> dict[str, Any]:
+    """Seconds to fit `config` without validation (its full `epochs`) on a synthetic log of `n_events`, with users
+    and items in the proportions of issue 30's size M (5M events, 200k users, 500k items)."""
+    log_frame = synthetic_log(n_events, n_events // 25, n_events // 10)
+    model = cf_model(config).fit(log_frame)
+    return {
+        "part": "scale",
+        "events": n_events,
+        "pairs": model.summary["n_pairs"],
+        "users": model.summary["n_users"],
+        "items": model.summary["n_items"],
+        "model": config.model_dump(),
+        "fit_seconds": model.summary["seconds"],
+    }
+
+
 def markdown(rows: list[dict[str, Any]], k: int) -> str:
     lines = []
     for row in rows:
+        if row["part"] == "scale":
+            continue
         diff = row.get("minus_bprmf", {})
         cells = [
             f"{row[f'{m}@{k}']:.4f}"
@@ -291,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CiteULike-a folder (titles.txt, splits/)")
     parser.add_argument("--cache", type=Path, default=REPO / ".cache", help="data set and embedding cache")
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--parts", default="cf,product", help="comma-separated: cf, product")
+    parser.add_argument("--parts", default="cf,product", help="comma-separated: cf, product, scale")
     parser.add_argument("--datasets", default="citeulike,ml-100k", help="comma-separated: citeulike, ml-100k")
     parser.add_argument("--models", default=",".join(GRIDS), help="comma-separated model names (product part)")
     parser.add_argument("--chosen", type=Path, default=None, help="a part-cf --json whose choices part product uses")
@@ -300,10 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--scale-events", type=int, default=5_000_000, help="part scale: events of the synthetic log (ALS only)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
+    if parts == {"scale"}:
+        args.datasets = ""
     models = [m.strip() for m in args.models.split(",")]
     loaders = {
         "citeulike": (lambda: load_citeulike(args.data), citeulike_data, COLD_ITEM),
@@ -318,7 +353,12 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - started
             write_report(args.json, "cf_models", data=args.data, k=args.k, seconds=seconds, results=rows)
 
-    for name in args.datasets.split(","):
+    if "scale" in parts:
+        # The product's ALS (its defaults) for the iterations early stopping chose on CiteULike.
+        rows.append(scale_part(args.scale_events, ImplicitConfig(epochs=12)))
+        log.info("%s", rows[-1])
+        save()
+    for name in filter(None, args.datasets.split(",")):
         load, cf_data, protocol = loaders[name]
         dataset = load()
         chosen = chosen_from_file.get(args.chosen_data or name, {})
