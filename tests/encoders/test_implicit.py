@@ -14,8 +14,6 @@ from catalog import Columns, DataError, Dataset
 from encoders import BPRMF, BPRConfig, CFEmbeddings, ImplicitConfig, ImplicitMF, cf_model
 from encoders._cf import check_pairs, recall_at_k
 
-pytest.importorskip("implicit")
-
 N_USERS = 300
 # Small and quick (well under a second each on 2 cores).
 ALS = ImplicitConfig(model="als", dim=32, reg=0.1, alpha=10.0, epochs=8, eval_every=2, patience=2, seed=3)
