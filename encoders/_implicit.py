@@ -40,19 +40,22 @@ log = logging.getLogger(__name__)
 
 class ImplicitConfig(BaseModel):
     """Hyperparameters of `ImplicitMF` (implicit's ALS or BPR on CPU). Field names follow `BPRConfig` where they
-    mean the same (`epochs`, `seed`, `k`, `patience`, `threads`), so training code sets either alike."""
+    mean the same (`epochs`, `seed`, `k`, `patience`, `threads`), so training code sets either alike.
+
+    The defaults are ALS's best on CiteULike's warm_val of dim {64, 128, 256} x reg {0.01, 0.1, 1} x alpha {10, 40}
+    (benchmarks/cf_models.py, docs/benchmarks.md); early stopping chose 12 iterations there."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     model: Literal["als", "bpr"] = "als"
     """implicit's AlternatingLeastSquares ("als") or BayesianPersonalizedRanking ("bpr")."""
-    dim: int = Field(128, ge=1)
+    dim: int = Field(256, ge=1)
     """Latent factors (BPR adds an item-bias column on top)."""
     epochs: int = Field(30, ge=1)
     """Most iterations (ALS sweeps or BPR epochs); fewer when early stopping triggers."""
     reg: float = Field(0.01, ge=0)
     """L2 regularisation (implicit's `regularization`)."""
-    alpha: float = Field(1.0, gt=0)
+    alpha: float = Field(40.0, gt=0)
     """ALS only: the confidence of an observed pair (implicit scales the binary matrix by it; unobserved pairs
     weigh 1)."""
     lr: float = Field(0.01, gt=0)
@@ -61,7 +64,7 @@ class ImplicitConfig(BaseModel):
     """Seeds initialisation (and BPR's sampling, chunk by chunk)."""
     k: int = Field(20, ge=1)
     """Cut-off of the validation Recall@K used for early stopping."""
-    eval_every: int = Field(1, ge=1)
+    eval_every: int = Field(2, ge=1)
     """Iterations between validation checks (and the chunk training runs in, validated or not)."""
     patience: int = Field(3, ge=1)
     """Validation checks without improvement before training stops; the best check's vectors are kept."""
