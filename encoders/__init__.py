@@ -1,5 +1,6 @@
-"""Encoders: text embeddings with a cache keyed by (model, text hash), collaborative (BPR-MF) embeddings, and the
-content-to-ID mapper that gives cold items and sparse users stand-in embeddings, warmed by synthetic interactions.
+"""Encoders: text embeddings with a cache keyed by (model, text hash), collaborative embeddings (BPR-MF, or
+implicit's ALS or BPR), and the content-to-ID mapper that gives cold items and sparse users stand-in embeddings,
+warmed by synthetic interactions.
 
 Names load on first use, so that the entry layer can choose the text backend (`use_text_backend`) without pulling in
 torch.
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from encoders._cf import BPRMF, BPRConfig, CFEmbeddings
+    from encoders._implicit import CFConfig, ImplicitConfig, ImplicitMF, cf_model
     from encoders._mapper import ContentMapper, MapperConfig, Transform, fold_in_users, stand_in_users
     from encoders._text import (
         EMBEDDING_DIM,
@@ -36,6 +38,10 @@ _SOURCES = {
     "MODEL_NAME": "encoders._text",
     "TEXT_BACKENDS": "encoders._text",
     "BPRConfig": "encoders._cf",
+    "CFConfig": "encoders._implicit",
+    "ImplicitConfig": "encoders._implicit",
+    "ImplicitMF": "encoders._implicit",
+    "cf_model": "encoders._implicit",
     "CFEmbeddings": "encoders._cf",
     "ContentMapper": "encoders._mapper",
     "EmbeddingCache": "encoders._text",
@@ -65,12 +71,16 @@ __all__ = [
     "MODEL_NAME",
     "TEXT_BACKENDS",
     "BPRConfig",
+    "CFConfig",
     "CFEmbeddings",
     "ContentMapper",
     "EmbeddingCache",
+    "ImplicitConfig",
+    "ImplicitMF",
     "MapperConfig",
     "Transform",
     "WarmingConfig",
+    "cf_model",
     "choose_text_backend",
     "current_text_model",
     "encode_texts",

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -336,10 +337,13 @@ class BPRMF:
         """
         previous = torch.get_num_threads()
         torch.set_num_threads(self.config.threads)
+        started = time.perf_counter()
         try:
-            return self._fit(interactions, validation, show_progress)
+            self._fit(interactions, validation, show_progress)
         finally:
             torch.set_num_threads(previous)
+        self.summary["seconds"] = round(time.perf_counter() - started, 2)
+        return self
 
     def _fit(self, interactions: pl.DataFrame, validation: pl.DataFrame | None, show_progress: bool) -> Self:
         config = self.config

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from catalog import Columns, ConfigError, has_times
-from encoders import BPRConfig
+from encoders import CFConfig
 from ranker.base import RankerBase
 from ranker.evaluate import EvalIndex, EvalResult, ProtocolSplit, Scorer, evaluate, interaction_matrix
 from ranker.features import RankingTask
@@ -47,7 +47,7 @@ class FitReport:
     served: EncoderReport  # the encoders it serves from (refitted on the whole training history where labels
     # were cut out of it)
     standins: StandInConfig
-    bprmf: BPRConfig
+    bprmf: CFConfig  # the collaborative model's config (BPRConfig or ImplicitConfig)
     cold_slots: ColdSlotChoice | None
     seconds: float
 
@@ -182,7 +182,7 @@ def encode_plan(
     settings: ModelSettings,
     *,
     cache_dir: Path,
-    cf: BPRConfig | None = None,
+    cf: CFConfig | None = None,
     validate: bool = True,
 ) -> EncodedSplit:
     """The plan's inputs encoded from `history` with `settings` (BPR-MF's config replaced by `cf` where given;

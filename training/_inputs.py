@@ -11,7 +11,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from catalog import Columns, has_times
-from encoders import BPRMF, BPRConfig, EmbeddingCache, WarmingConfig, encode_texts, item_text
+from encoders import BPRMF, CFConfig, EmbeddingCache, ImplicitMF, WarmingConfig, cf_model, encode_texts, item_text
 from ranker.baselines import tfidf_item_vectors
 from ranker.evaluate import EvalIndex, interaction_matrix
 from ranker.features import RankerInputs
@@ -25,7 +25,7 @@ from training._user_standins import UserStandInBuilder, user_attributes
 class EncoderReport:
     """What producing one split's inputs measured."""
 
-    bprmf: dict[str, float | int | None]  # BPRMF.summary: epochs run, best epoch, validation scores
+    bprmf: dict[str, float | int | None]  # the CF model's summary: epochs run, best epoch, validation scores
     text_cache_hits: int
     text_cache_misses: int
     warming: dict[str, object] | None = None  # the warming config and what it warmed, when warming ran
@@ -84,7 +84,7 @@ def encode_inputs(
     history: pl.DataFrame,
     *,
     cache_dir: Path,
-    cf_config: BPRConfig,
+    cf_config: CFConfig,
     standin_config: StandInConfig,
     cf_validation: pl.DataFrame | None = None,
     warming: WarmingConfig | None = None,
@@ -103,7 +103,7 @@ def encode_inputs(
     cache = EmbeddingCache.in_cache_dir(cache_dir)
     text = encode_texts(item_text(items).to_list(), cache=cache, show_progress=True)
     matrix = interaction_matrix(history, index)
-    cf = BPRMF(cf_config).fit(history.select(Columns.user, Columns.item), cf_validation, show_progress=True)
+    cf = cf_model(cf_config).fit(history.select(Columns.user, Columns.item), cf_validation, show_progress=True)
     item_cf, user_cf = _collaborative(cf, index)
     popularity = np.asarray(matrix.sum(axis=0)).ravel()
     warm = np.flatnonzero(popularity > 0)
@@ -151,7 +151,7 @@ def text_profiles(history: sp.csr_array, text: np.ndarray) -> np.ndarray:
     return normalised(sp.csr_array(history > 0, dtype=np.float32) @ normalised(np.asarray(text, dtype=np.float32)))
 
 
-def _collaborative(cf: BPRMF, index: EvalIndex) -> tuple[np.ndarray, np.ndarray]:
+def _collaborative(cf: BPRMF | ImplicitMF, index: EvalIndex) -> tuple[np.ndarray, np.ndarray]:
     """(item [vector | bias], user [vector | 1]) rows in index order: the item bias rides along as one more
     dimension, the user side holding a 1."""
     emb = cf.embeddings

@@ -23,7 +23,8 @@ DEFAULT_GATE_TOLERANCE: float = GATE.tolerance
 DEFAULT_K = 20
 """Cut-off of every reported metric."""
 MAX_EPOCHS = 150
-"""Most BPR-MF epochs of a training run (early stopping on validation pairs ends it well before)."""
+"""Most epochs (BPR-MF) or iterations (ALS, whose own default is 30) of a training run's collaborative model: the
+cap `--max-epochs` sets (early stopping on validation pairs ends training well before)."""
 
 # ------------------------------------------------------------------------------------------------ augmentation
 
