@@ -296,21 +296,27 @@ class BPRConfig(BaseModel):
     two here, with another process on the cores), and the caller's setting is restored afterwards."""
 
 
-class BPRMF:
-    """BPR matrix factorisation with item bias. Use `fit`, then `embeddings` or `score`; `save`/`load` persist it."""
+_Config = TypeVar("_Config", bound=BaseModel)
 
-    kind = "BPRMF"
-    _stem = "bprmf"
 
-    def __init__(self, config: BPRConfig | None = None) -> None:
-        self.config = config or BPRConfig()
+class CFModel(Generic[_Config]):
+    """What every collaborative model shares: its config, the fitted `embeddings` (`score` through them), the fit's
+    `summary` and `history`, and `save` / `load` of both. A subclass names its `kind`, file `_stem` and config class,
+    and fills in `fit` and `_versions`."""
+
+    kind: str
+    _stem: str
+    _config_class: type[_Config]
+
+    def __init__(self, config: _Config | None = None) -> None:
+        self.config: _Config = config or self._config_class()
         self._embeddings: CFEmbeddings | None = None
         self.history: list[dict[str, float]] = []
         self.summary: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         state = "fitted" if self.is_fitted else "not fitted"
-        return f"BPRMF({self.config!r}, {state})"
+        return f"{type(self).__name__}({self.config!r}, {state})"
 
     @property
     def is_fitted(self) -> bool:
@@ -319,12 +325,47 @@ class BPRMF:
     @property
     def embeddings(self) -> CFEmbeddings:
         if self._embeddings is None:
-            raise NotFittedError("this BPRMF is not fitted: call fit(interactions) or BPRMF.load(directory) first.")
+            name = type(self).__name__
+            raise NotFittedError(f"this {name} is not fitted: call fit(interactions) or {name}.load(directory) first.")
         return self._embeddings
 
     def score(self, user_idx: np.ndarray | None = None, item_idx: np.ndarray | None = None) -> np.ndarray:
         """Dense scores for user rows x item rows (see CFEmbeddings.score)."""
         return self.embeddings.score(user_idx, item_idx)
+
+    def _versions(self) -> dict[str, str]:
+        """Versions of the libraries that trained it, saved beside the vectors."""
+        return {"numpy": np.__version__}
+
+    def save(self, directory: Path) -> Path:
+        """Write STEM.npz and STEM.json under `directory` (atomically); returns the directory."""
+        embeddings = self.embeddings
+        arrays = {field.name: getattr(embeddings, field.name) for field in dataclasses.fields(CFEmbeddings)}
+        metadata = {
+            "kind": self.kind,
+            "config": self.config.model_dump(),
+            "summary": self.summary,
+            "history": self.history,
+            "versions": self._versions(),
+        }
+        return save_arrays(directory, self._stem, arrays, metadata)
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        """A fitted model from what `save` wrote."""
+        arrays, metadata = load_arrays(directory, cls._stem, cls.kind)
+        model = cls(cls._config_class.model_validate(metadata["config"]))
+        model._embeddings = CFEmbeddings(**arrays)
+        model.summary, model.history = metadata["summary"], metadata["history"]
+        return model
+
+
+class BPRMF(CFModel[BPRConfig]):
+    """BPR matrix factorisation with item bias. Use `fit`, then `embeddings` or `score`; `save`/`load` persist it."""
+
+    kind = "BPRMF"
+    _stem = "bprmf"
+    _config_class = BPRConfig
 
     def fit(
         self, interactions: pl.DataFrame, validation: pl.DataFrame | None = None, *, show_progress: bool = False
@@ -441,27 +482,8 @@ class BPRMF:
             item_bias=bias.detach().numpy(),
         )
 
-    def save(self, directory: Path) -> Path:
-        """Write bprmf.npz and bprmf.json under `directory` (atomically); returns the directory."""
-        embeddings = self.embeddings
-        arrays = {field.name: getattr(embeddings, field.name) for field in dataclasses.fields(CFEmbeddings)}
-        metadata = {
-            "kind": self.kind,
-            "config": self.config.model_dump(),
-            "summary": self.summary,
-            "history": self.history,
-            "versions": {"torch": torch.__version__, "numpy": np.__version__},
-        }
-        return save_arrays(directory, self._stem, arrays, metadata)
-
-    @classmethod
-    def load(cls, directory: Path) -> Self:
-        """A fitted BPRMF from what `save` wrote."""
-        arrays, metadata = load_arrays(directory, cls._stem, cls.kind)
-        model = cls(BPRConfig.model_validate(metadata["config"]))
-        model._embeddings = CFEmbeddings(**arrays)
-        model.summary, model.history = metadata["summary"], metadata["history"]
-        return model
+    def _versions(self) -> dict[str, str]:
+        return {"torch": torch.__version__, "numpy": np.__version__}
 
 
 def _bpr_loss(

@@ -10,10 +10,8 @@ Saved layout: DIR/implicitmf.npz and DIR/implicitmf.json (see `save_arrays`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -22,17 +20,16 @@ import scipy.sparse as sp
 import threadpoolctl
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog import Columns, DataError, NotFittedError
+from catalog import Columns, DataError
 from encoders._cf import (
     BPRMF,
     BestEpoch,
     BPRConfig,
     CFEmbeddings,
+    CFModel,
     _index_of,
     check_pairs,
-    load_arrays,
     recall_at_k,
-    save_arrays,
 )
 
 log = logging.getLogger(__name__)
@@ -77,35 +74,12 @@ CFConfig = BPRConfig | ImplicitConfig
 """What trains the collaborative vectors: BPRMF's config or implicit's."""
 
 
-class ImplicitMF:
+class ImplicitMF(CFModel[ImplicitConfig]):
     """implicit's ALS or BPR with `BPRMF`'s interface. Use `fit`, then `embeddings` or `score`; `save`/`load`."""
 
     kind = "ImplicitMF"
     _stem = "implicitmf"
-
-    def __init__(self, config: ImplicitConfig | None = None) -> None:
-        self.config = config or ImplicitConfig()
-        self._embeddings: CFEmbeddings | None = None
-        self.history: list[dict[str, float]] = []
-        self.summary: dict[str, Any] = {}
-
-    def __repr__(self) -> str:
-        state = "fitted" if self.is_fitted else "not fitted"
-        return f"ImplicitMF({self.config!r}, {state})"
-
-    @property
-    def is_fitted(self) -> bool:
-        return self._embeddings is not None
-
-    @property
-    def embeddings(self) -> CFEmbeddings:
-        if self._embeddings is None:
-            raise NotFittedError("this ImplicitMF is not fitted: call fit(interactions) or ImplicitMF.load(dir) first.")
-        return self._embeddings
-
-    def score(self, user_idx: np.ndarray | None = None, item_idx: np.ndarray | None = None) -> np.ndarray:
-        """Dense scores for user rows x item rows (see CFEmbeddings.score)."""
-        return self.embeddings.score(user_idx, item_idx)
+    _config_class = ImplicitConfig
 
     def fit(
         self, interactions: pl.DataFrame, validation: pl.DataFrame | None = None, *, show_progress: bool = False
@@ -205,27 +179,8 @@ class ImplicitMF:
             return CFEmbeddings(user_ids, item_ids, users[:, :-1], items[:, :-1], items[:, -1])
         return CFEmbeddings(user_ids, item_ids, users, items, np.zeros(item_ids.size, dtype=np.float32))
 
-    def save(self, directory: Path) -> Path:
-        """Write implicitmf.npz and implicitmf.json under `directory` (atomically); returns the directory."""
-        embeddings = self.embeddings
-        arrays = {field.name: getattr(embeddings, field.name) for field in dataclasses.fields(CFEmbeddings)}
-        metadata = {
-            "kind": self.kind,
-            "config": self.config.model_dump(),
-            "summary": self.summary,
-            "history": self.history,
-            "versions": {"implicit": _import_implicit().__version__, "numpy": np.__version__},
-        }
-        return save_arrays(directory, self._stem, arrays, metadata)
-
-    @classmethod
-    def load(cls, directory: Path) -> Self:
-        """A fitted ImplicitMF from what `save` wrote."""
-        arrays, metadata = load_arrays(directory, cls._stem, cls.kind)
-        model = cls(ImplicitConfig.model_validate(metadata["config"]))
-        model._embeddings = CFEmbeddings(**arrays)
-        model.summary, model.history = metadata["summary"], metadata["history"]
-        return model
+    def _versions(self) -> dict[str, str]:
+        return {"implicit": _import_implicit().__version__, "numpy": np.__version__}
 
 
 def _import_implicit() -> Any:
