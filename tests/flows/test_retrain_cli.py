@@ -39,7 +39,7 @@ def test_encode_writes_item_embeddings_and_reuses_the_cache(workspace: Path, cac
     assert stats["cache_misses"] == 0 and stats["cache_hits"] > 0
     assert "0 encoded" in second.output
     # WARMSTART_TEXT_BACKEND unset: the backend this CPU gets, whose embeddings and cache the table names
-    assert stats["model"] == text_model_name(choose_text_backend("auto"))
+    assert stats["model"] == text_model_name(choose_text_backend("torch"))  # the default backend
 
 
 def test_retrain_saves_versions_with_parent_and_metrics(warmstart: Callable[..., object], workspace: Path) -> None:
