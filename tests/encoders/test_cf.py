@@ -11,25 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from catalog import Columns, DataError, Dataset, NotFittedError
+from catalog import Columns, DataError, NotFittedError
 from encoders import BPRMF, BPRConfig, CFEmbeddings
 from encoders._cf import check_pairs, recall_at_k
 
-N_USERS = 300
 # Small and quick (a few seconds on 2 cores), yet far from random on this slice.
 CONFIG = BPRConfig(dim=32, epochs=30, lr=0.01, reg=1e-2, batch_size=1024, seed=7)
-
-
-@pytest.fixture(scope="module")
-def warm_slice(citeulike: Dataset) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(train, held-out): warm_emb and warm_val pairs of 300 seeded-random users; held-out items seen in train."""
-    users = citeulike.splits["warm_emb"][Columns.user].unique().sort().sample(N_USERS, seed=3)
-    train = citeulike.splits["warm_emb"].filter(pl.col(Columns.user).is_in(users.implode()))
-    held_out = citeulike.splits["warm_val"].filter(
-        pl.col(Columns.user).is_in(users.implode()) & pl.col(Columns.item).is_in(train[Columns.item].implode())
-    )
-    assert held_out.height > 100
-    return train, held_out
 
 
 @pytest.fixture(scope="module")

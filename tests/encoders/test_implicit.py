@@ -10,25 +10,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from catalog import Columns, DataError, Dataset
+from catalog import Columns, DataError
 from encoders import BPRMF, BPRConfig, CFEmbeddings, ImplicitConfig, ImplicitMF, cf_model
 from encoders._cf import check_pairs, recall_at_k
 
-N_USERS = 300
 # Small and quick (well under a second each on 2 cores).
 ALS = ImplicitConfig(model="als", dim=32, reg=0.1, alpha=10.0, epochs=8, eval_every=2, patience=2, seed=3)
 BPR = ImplicitConfig(model="bpr", dim=32, lr=0.05, epochs=40, eval_every=10, patience=2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def warm_slice(citeulike: Dataset) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(train, held-out): warm_emb and warm_val pairs of 300 seeded-random users; held-out items seen in train."""
-    users = citeulike.splits["warm_emb"][Columns.user].unique().sort().sample(N_USERS, seed=3)
-    train = citeulike.splits["warm_emb"].filter(pl.col(Columns.user).is_in(users.implode()))
-    held_out = citeulike.splits["warm_val"].filter(
-        pl.col(Columns.user).is_in(users.implode()) & pl.col(Columns.item).is_in(train[Columns.item].implode())
-    )
-    return train, held_out
 
 
 def _rows(embeddings: CFEmbeddings, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
