@@ -260,13 +260,20 @@ def generate_candidates(
     return np.concatenate(pair_users), np.concatenate(pair_items)
 
 
-def _chunk_bounds(group_starts: np.ndarray, n: int, chunk_pairs: int) -> np.ndarray:
+def group_starts(users: np.ndarray) -> np.ndarray:
+    """Position of the first pair of each user's group, for pairs grouped by user (none for no pairs)."""
+    if users.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+
+
+def _chunk_bounds(starts: np.ndarray, n: int, chunk_pairs: int) -> np.ndarray:
     """Boundaries (at group starts) of consecutive chunks of about `chunk_pairs` pairs; a group is never split."""
     bounds = [0]
     while bounds[-1] < n:
         # The first group start at or past a chunk's worth from here (or the end).
-        following = np.searchsorted(group_starts, bounds[-1] + chunk_pairs)
-        bounds.append(int(group_starts[following]) if following < group_starts.size else n)
+        following = np.searchsorted(starts, bounds[-1] + chunk_pairs)
+        bounds.append(int(starts[following]) if following < starts.size else n)
     return np.asarray(bounds)
 
 
@@ -288,8 +295,7 @@ def pair_features(
     as_cold = as_cold | inputs.is_cold[items]
     n = users.size
     out = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n else np.zeros(0, dtype=np.int64)
-    bounds = _chunk_bounds(starts, n, chunk_pairs)
+    bounds = _chunk_bounds(group_starts(users), n, chunk_pairs)
     for lo, hi in itertools.pairwise(bounds):
         out[lo:hi] = _chunk_features(inputs, users[lo:hi], items[lo:hi], as_cold[lo:hi])
     return out
@@ -318,7 +324,7 @@ def _chunk_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, 
         out[:, column["release_age"]] = inputs.time.release_age_days[items]
 
     # Similarity to each history item: max and mean of the best three, computed user by user.
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    starts = group_starts(users)
     ends = np.r_[starts[1:], n]
     for start, end in zip(starts, ends, strict=True):
         user = users[start]

@@ -24,6 +24,7 @@ from ranker.features import (
     RankerInputs,
     RankingTask,
     generate_candidates,
+    group_starts,
     pair_features,
 )
 from ranker.rerank import tail_quota_rerank
@@ -115,7 +116,7 @@ def _groups(
     # A user without history has every history-derived feature at zero; show the model such users too.
     hidden_users = task.users[rng.random(task.users.size) < cold_user_share] if cold_user_share > 0 else None
     if positive_only:
-        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else np.zeros(0, np.int64)
+        starts = group_starts(users)
         has_positive = np.add.reduceat(labels, starts) > 0 if starts.size else np.zeros(0, bool)
         keep = np.repeat(has_positive, np.diff(np.r_[starts, users.size]))
         users, items, labels, cold = users[keep], items[keep], labels[keep], cold[keep]
@@ -129,7 +130,7 @@ def _groups(
             features[chunk, column] = np.einsum(
                 "ij,ij->i", inputs.user_standin[users[chunk]], inputs.item_view(items[chunk], cold[chunk])
             )
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else np.zeros(0, np.int64)
+    starts = group_starts(users)
     sizes = np.diff(np.r_[starts, users.size])
     return _Groups(users, items, features, labels, sizes)
 
