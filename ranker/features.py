@@ -9,7 +9,7 @@ warm items through the cold view too (DropoutNet's idea), so the ranker learns w
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -42,8 +42,6 @@ FEATURE_NAMES = (
 )
 # Item features read from the log, hidden (zero) when an item is presented as cold: a cold item has none.
 ITEM_LOG_FEATURES = ("log_popularity", "recent_7d", "recent_14d", "recent_28d", "item_age")
-# The features a user without training interactions has at zero (everything read from their history).
-USER_HISTORY_FEATURES = tuple(n for n in FEATURE_NAMES if n not in (*ITEM_LOG_FEATURES, "as_cold", "title_words"))
 
 
 def _normalise_rows(matrix: np.ndarray) -> np.ndarray:
@@ -88,6 +86,9 @@ class RankerInputs:
     # for users with history when training): a user without history is scored through it in place of `user_cf`.
     # None: no stand-ins (a zero vector, so only the item bias, as for a user the encoders never saw).
     user_standin: np.ndarray | None = None
+    # Each user's attributes as numbers (training.AttributeEncoding: standardised numbers, then one-hot levels), what
+    # the newcomer model (ranker.newcomers) weighs users by. None: no attributes (a users x 0 array).
+    user_attributes: np.ndarray | None = None
     # Derived: the normalised sum of each user's item vectors (zero for users without history).
     text_profiles: np.ndarray = field(init=False)
     tfidf_profiles: sp.csr_array | None = field(init=False)
@@ -102,6 +103,7 @@ class RankerInputs:
             ("title_words", self.title_words.shape[0], n_items),
             ("user_cf", self.user_cf.shape[0], n_users),
             ("user_standin", n_users if self.user_standin is None else self.user_standin.shape[0], n_users),
+            ("user_attributes", n_users if self.user_attributes is None else self.user_attributes.shape[0], n_users),
         ):
             if rows != expected:
                 raise ValueError(f"RankerInputs.{name} has {rows} rows; history implies {expected}.")
@@ -120,6 +122,8 @@ class RankerInputs:
             standin = np.zeros_like(np.asarray(self.user_cf))
             standin[:, -1] = 1.0
             object.__setattr__(self, "user_standin", standin)
+        if self.user_attributes is None:
+            object.__setattr__(self, "user_attributes", np.zeros((n_users, 0), dtype=np.float32))
         object.__setattr__(self, "text", _normalise_rows(np.asarray(self.text, dtype=np.float32)))
         object.__setattr__(self, "text_profiles", _normalise_rows(history @ self.text))
         tfidf_profiles = None
@@ -128,6 +132,19 @@ class RankerInputs:
             object.__setattr__(self, "tfidf", tfidf)
             tfidf_profiles = _normalise_sparse_rows(sp.csr_array(history @ tfidf))
         object.__setattr__(self, "tfidf_profiles", tfidf_profiles)
+
+    def without_history(self, users: np.ndarray) -> RankerInputs:
+        """These inputs with `users` shown as users without history: their history rows emptied (so every feature
+        read from a history is zero and they are scored through their stand-in) and no recent events. What a user
+        without history looks like at serving, for training the ranker on warm users as if they were new."""
+        keep = np.ones(self.n_users, dtype=np.float32)
+        keep[users] = 0.0
+        history = sp.csr_array(sp.diags_array(keep) @ self.history)
+        history.eliminate_zeros()
+        time = self.time
+        if time is not None:
+            time = replace(time, user_recent=np.where(keep > 0, time.user_recent, 0).astype(time.user_recent.dtype))
+        return replace(self, history=history, time=time)
 
     @property
     def n_users(self) -> int:

@@ -20,7 +20,6 @@ from ranker.base import RankerBase
 from ranker.evaluate import Scorer
 from ranker.features import (
     FEATURE_NAMES,
-    USER_HISTORY_FEATURES,
     RankerInputs,
     RankingTask,
     generate_candidates,
@@ -107,29 +106,56 @@ def _groups(
 ) -> _Groups:
     """Candidate pairs of the task's users with their features and labels, grouped by user in task order.
     `positive_only` keeps only the groups with a positive (those without teach LambdaRank nothing), dropped
-    before their features are built."""
+    before their features are built.
+
+    A `cold_user_share` of the users is shown as users without history, as serving sees a new user (DropoutNet's
+    idea, for users): candidates and features from inputs without their history, and every item they took
+    (history and labels) a positive, since a new user's history is still to come. Their groups follow the others.
+    """
+    if cold_user_share <= 0:
+        return _user_groups(inputs, task, per_source, as_cold, rng, positive_only=positive_only)
+    hidden = np.sort(task.users[rng.random(task.users.size) < cold_user_share])
+    shown = replace(task, users=task.users[~np.isin(task.users, hidden)])
+    blank = inputs.without_history(hidden)
+    # Positives of a user shown without history: whatever they took, before the labels' cut or after.
+    taken = inputs.history if task.positives is None else inputs.history + task.positives
+    as_new = RankingTask(hidden, task.pool, positives=sp.csr_array(taken > 0), exclude=task.exclude)
+    parts = [
+        _user_groups(view, part, per_source, as_cold, rng, positive_only=positive_only)
+        for view, part in ((inputs, shown), (blank, as_new))
+        if part.users.size
+    ]
+    if as_new.users.size:
+        new = parts[-1]
+        # The item's popularity without this user's own interaction: a new user's items are not counted yet.
+        own = np.asarray(inputs.history[new.users, new.items]).ravel()
+        column = FEATURE_NAMES.index("log_popularity")
+        shown_warm = new.features[:, FEATURE_NAMES.index("as_cold")] == 0
+        new.features[:, column] = np.where(shown_warm, np.log1p(inputs.popularity[new.items] - own), 0.0)
+    return _Groups(*(np.concatenate([getattr(part, name) for part in parts]) for name in _Groups.__annotations__))
+
+
+def _user_groups(
+    inputs: RankerInputs,
+    task: RankingTask,
+    per_source: int,
+    as_cold: np.ndarray | float,
+    rng: np.random.Generator,
+    *,
+    positive_only: bool,
+) -> _Groups:
+    """`_groups` of users shown as `inputs` has them."""
     users, items = generate_candidates(inputs, task.users, task.pool, per_source=per_source, exclude=task.exclude)
     labels = np.zeros(users.size, dtype=np.float32)
     if task.positives is not None:
         labels = np.asarray(task.positives[users, items]).ravel().astype(np.float32)
     cold = rng.random(users.size) < as_cold if isinstance(as_cold, float) else as_cold[items]
-    # A user without history has every history-derived feature at zero; show the model such users too.
-    hidden_users = task.users[rng.random(task.users.size) < cold_user_share] if cold_user_share > 0 else None
     if positive_only:
         starts = group_starts(users)
         has_positive = np.add.reduceat(labels, starts) > 0 if starts.size else np.zeros(0, bool)
         keep = np.repeat(has_positive, np.diff(np.r_[starts, users.size]))
         users, items, labels, cold = users[keep], items[keep], labels[keep], cold[keep]
     features = pair_features(inputs, users, items, cold)
-    if hidden_users is not None:
-        hidden = np.isin(users, hidden_users)
-        features[np.ix_(hidden, [FEATURE_NAMES.index(f) for f in USER_HISTORY_FEATURES])] = 0.0
-        # ...but the collaborative score, which serving takes from the user's stand-in.
-        rows, column = np.flatnonzero(hidden), FEATURE_NAMES.index("cf_score")
-        for chunk in np.array_split(rows, max(1, rows.size // 32_768)):  # pairs' gathered vectors, bounded
-            features[chunk, column] = np.einsum(
-                "ij,ij->i", inputs.user_standin[users[chunk]], inputs.item_view(items[chunk], cold[chunk])
-            )
     starts = group_starts(users)
     sizes = np.diff(np.r_[starts, users.size])
     return _Groups(users, items, features, labels, sizes)

@@ -13,8 +13,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from catalog import DataError, NotFittedError
-from ranker.features import RankerInputs, RankingTask
-from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
+from ranker.features import FEATURE_NAMES, RankerInputs, RankingTask
+from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig, _groups
 from ranker.temporal import TimeFeatures
 from tests.ranker.contract import RankerContract
 
@@ -97,6 +97,18 @@ def test_users_shown_as_cold_teach_ranking_through_their_stand_ins(slice_inputs:
     second = dict(zip(items[users == 1].tolist(), scores[users == 1].tolist(), strict=True))
     shared = sorted(set(first) & set(second))
     assert not np.allclose([first[i] for i in shared], [second[i] for i in shared])
+
+
+def test_users_shown_without_history_learn_every_item_they_took(slice_inputs: tuple, tasks: tuple) -> None:
+    # A new user's history is still to come: shown without it, a training user's positives are the items they
+    # took before the labels' cut as well as after, and their features read no history.
+    inputs, _ = slice_inputs
+    train, _, _ = tasks
+    groups = _groups(inputs, train, 20, 0.0, np.random.default_rng(0), cold_user_share=1.0)
+    taken_before = np.asarray(inputs.history[groups.users, groups.items]).ravel() > 0
+    assert taken_before.any() and (groups.labels[taken_before] == 1).all()
+    history_features = [FEATURE_NAMES.index(name) for name in ("user_activity", "text_profile", "text_max")]
+    assert (groups.features[:, history_features] == 0).all()
 
 
 def test_cold_slots_give_the_best_cold_items_places_in_the_top_k(slice_inputs: tuple, tasks: tuple) -> None:
