@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from catalog import DataError, NotFittedError, atomic_write_bytes, verified_bytes
 from ranker.evaluate import Scorer
 from ranker.features import RankerInputs, RankingTask
+from ranker.newcomers import NewcomerConfig, newcomer_scores
 
 METADATA = "metadata.json"
 
@@ -66,6 +67,9 @@ class RankerBase(ABC):
     tied_to_encoders: ClassVar[bool] = False
 
     metadata: dict[str, Any]
+    # Users with `newcomers.min_events` to `max_events` events are scored by the newcomer model instead (saved with
+    # the version; None: every user by this ranker). Set by `with_newcomers`, chosen on validation.
+    newcomers: NewcomerConfig | None = None
 
     @property
     @abstractmethod
@@ -108,6 +112,8 @@ class RankerBase(ABC):
         if exclude is not None and exclude.shape != (inputs.n_users, inputs.n_items):
             raise DataError(f"exclude has shape {exclude.shape}; the inputs have {(inputs.n_users, inputs.n_items)}.")
         model = self._scorer(inputs, exclude)
+        if self.newcomers is not None:
+            model = _routed(model, inputs, exclude, self.newcomers)
         if not placed:
             return model
 
@@ -123,6 +129,13 @@ class RankerBase(ABC):
 
     @abstractmethod
     def _scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None) -> Scorer: ...
+
+    def with_newcomers(self, config: NewcomerConfig | None) -> Self:
+        """Serve users with at most `config.max_events` events by the newcomer model from now on (saved with the
+        model; None: by this ranker)."""
+        self.newcomers = config
+        self.metadata["newcomers"] = config.model_dump() if config is not None else None
+        return self
 
     def recommend(
         self,
@@ -187,7 +200,45 @@ class RankerBase(ABC):
                 f"{cls.kind} format {cls.format_version}; fit and save the model again."
             )
         payload = verified_bytes(model_path, metadata.get("model_sha256"), manifest=METADATA, fix="save it again.")
-        return cls._from_payload(payload, metadata)
+        ranker = cls._from_payload(payload, metadata)
+        newcomers = metadata.get("newcomers")
+        return ranker.with_newcomers(NewcomerConfig(**newcomers) if newcomers else None)
+
+
+def _routed(model: Scorer, inputs: RankerInputs, exclude: sp.csr_array | None, config: NewcomerConfig) -> Scorer:
+    """The newcomer model for the warm items of users with `config.min_events` to `config.max_events` events,
+    `model` for everything else; a user's own items and `exclude` pairs score -inf either way.
+
+    The newcomer model knows nothing of items without training interactions, so a newcomer's cold items keep the
+    ranker's order, below every warm item: they reach the top only through the ranker's cold places (`place`), and
+    a pool of cold items alone is ranked for newcomers exactly as the ranker ranks it."""
+    activity = np.diff(inputs.history.indptr)
+
+    def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        scores = model(users, items)
+        newcomer = (activity[users] >= config.min_events) & (activity[users] <= config.max_events)
+        if not newcomer.any():
+            return scores
+        rows, warm = users[newcomer], ~inputs.is_cold[items]
+        fresh = newcomer_scores(inputs, rows, items[warm], config)
+        known = inputs.history[rows] if inputs.is_full(items) else inputs.history[rows][:, items]
+        if exclude is not None:
+            known = known + (exclude[rows] if inputs.is_full(items) else exclude[rows][:, items])
+        floor = fresh.min(axis=1, keepdims=True) if warm.any() else np.zeros((rows.size, 1), np.float32)
+        # Cold items by the ranker's order (equal scores to the lower column, as top_k breaks ties) into
+        # (floor - 2, floor - 1): below every warm item. What the ranker left out stays out.
+        ranker = scores[newcomer]
+        order = np.argsort(-ranker, axis=1, kind="stable")
+        position = np.empty_like(order)
+        np.put_along_axis(position, order, np.arange(items.size)[None, :], axis=1)
+        routed = (floor - 1 - (position + 1) / (items.size + 1)).astype(np.float32)
+        routed[~np.isfinite(ranker)] = -np.inf
+        routed[:, warm] = fresh
+        routed[known.toarray() > 0] = -np.inf
+        scores[newcomer] = routed
+        return scores
+
+    return score
 
 
 def read_metadata(directory: Path) -> dict[str, Any]:

@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 _DENSE = ("text", "user_cf", "item_cf", "item_standin", "popularity", "title_words")
 _SPARSE = ("history", "tfidf", "categories")
 # Saved where the inputs have them; a version saved before has none (RankerInputs' default then).
-_OPTIONAL = ("user_standin",)
+_OPTIONAL = ("user_standin", "user_attributes")
 WARMED = "warmed"
 # The recency arrays of a time-ordered log, as of the version's cut (`TimeFeatures`); `time.now` in microseconds.
 _TIME = ("recent", "age_days", "user_recent", "release_age_days")

@@ -2,6 +2,10 @@
 one) from what the version saved (ranker + serving inputs), reading the workspace only for what happened since.
 
 Where a user or item comes from decides how it is served:
+- a user with few events or none (a newcomer: as many as the version's `newcomers` route says, chosen on
+  validation) is ranked by the newcomer model (`ranker.newcomers`): what users with like attributes took, plus the
+  items taken with their own few; their items without history keep the ranker's order below those. Every other
+  user is ranked by the ranker, as follows;
 - a user in the version's index is ranked from the version's training history; a user with no history there (cold)
   is ranked by the same ranker with an empty history (its candidates then come from popularity and the items'
   own features);
@@ -239,8 +243,15 @@ class Recommender:
             if newcomers.height and not model.tied_to_encoders:
                 new_ids = newcomers[Columns.user].unique().sort()
                 rows = _matrix(newcomers, new_ids, item_ids)
-                standins = _user_standins(inputs, user_standins, user_attributes(users, new_ids), rows)
-                inputs = _with_users(inputs, rows, _folded_in(inputs, rows, standins), standins)
+                attributes = user_attributes(users, new_ids)
+                standins = _user_standins(inputs, user_standins, attributes, rows)
+                inputs = _with_users(
+                    inputs,
+                    rows,
+                    _folded_in(inputs, rows, standins),
+                    standins,
+                    _attribute_rows(inputs, user_standins, attributes),
+                )
                 user_ids = pl.concat([user_ids, new_ids.rename(Columns.user)])
         seen = _matrix(
             pairs.join(pl.DataFrame({Columns.user: user_ids}), on=Columns.user, how="semi"), user_ids, item_ids
@@ -297,6 +308,7 @@ class Recommender:
             categories=_pad_rows(inputs.categories, n),
             time=inputs.time.with_items(_released(items)) if inputs.time is not None else None,
             user_standin=inputs.user_standin,
+            user_attributes=inputs.user_attributes,
         )
         new_ids = items[Columns.item].cast(pl.String).rename(Columns.item)
         logged = pl.DataFrame(schema={Columns.user: pl.String, Columns.item: pl.String})
@@ -326,10 +338,12 @@ class Recommender:
             return self
         empty = sp.csr_array((ids.len(), self.inputs.n_items), dtype=np.float32)
         table = users if users is not None else self.users
-        standins = _user_standins(self.inputs, self.user_standins, user_attributes(table, ids), empty)
+        attributes = user_attributes(table, ids)
+        standins = _user_standins(self.inputs, self.user_standins, attributes, empty)
+        rows = _attribute_rows(self.inputs, self.user_standins, attributes)
         return replace(
             self,
-            inputs=_with_users(self.inputs, empty, standins, standins),
+            inputs=_with_users(self.inputs, empty, standins, standins, rows),
             users=table,
             user_ids=pl.concat([self.user_ids, ids]),
             seen=sp.csr_array(sp.vstack([self.seen, empty])),
@@ -605,16 +619,19 @@ def _pad_rows(matrix: sp.csr_array | None, n: int) -> sp.csr_array | None:
     return sp.csr_array(sp.vstack([matrix, sp.csr_array((n, matrix.shape[1]), dtype=matrix.dtype)]))
 
 
-def _with_users(inputs: RankerInputs, rows: sp.csr_array, user_cf: np.ndarray, standins: np.ndarray) -> RankerInputs:
-    """The inputs with users appended: `rows` is their history, `user_cf` their collaborative [vector | 1] rows and
-    `standins` their stand-ins. Every item array stays as it is (`replace`: a field added to RankerInputs is
-    carried along, not dropped)."""
-    assert inputs.user_standin is not None
+def _with_users(
+    inputs: RankerInputs, rows: sp.csr_array, user_cf: np.ndarray, standins: np.ndarray, attributes: np.ndarray
+) -> RankerInputs:
+    """The inputs with users appended: `rows` is their history, `user_cf` their collaborative [vector | 1] rows,
+    `standins` their stand-ins and `attributes` their attribute rows. Every item array stays as it is (`replace`: a
+    field added to RankerInputs is carried along, not dropped)."""
+    assert inputs.user_standin is not None and inputs.user_attributes is not None
     return replace(
         inputs,
         history=sp.csr_array(sp.vstack([inputs.history, rows])),
         user_cf=np.vstack([inputs.user_cf, user_cf.astype(inputs.user_cf.dtype)]),
         user_standin=np.vstack([inputs.user_standin, standins.astype(inputs.user_standin.dtype)]),
+        user_attributes=np.vstack([inputs.user_attributes, attributes.astype(inputs.user_attributes.dtype)]),
         time=inputs.time.with_users(rows.shape[0]) if inputs.time is not None else None,
     )
 
@@ -629,6 +646,15 @@ def _user_standins(
         standins[:, -1] = 1.0
         return standins
     return builder.transform(attributes, text_profiles(rows, inputs.text))
+
+
+def _attribute_rows(inputs: RankerInputs, builder: UserStandInBuilder | None, attributes: pl.Series) -> np.ndarray:
+    """Users' attribute rows as the version encoded its own (none without a builder: versions saved before)."""
+    assert inputs.user_attributes is not None
+    width = inputs.user_attributes.shape[1]
+    if builder is None or width == 0:
+        return np.zeros((attributes.len(), width), dtype=np.float32)
+    return builder.attribute_rows(attributes)
 
 
 def _folded_in(inputs: RankerInputs, rows: sp.csr_array, standins: np.ndarray) -> np.ndarray:

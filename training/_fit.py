@@ -18,7 +18,8 @@ from ranker.features import RankingTask
 from ranker.lightgbm_ranker import LightGBMRanker
 from ranker.registry import ranker_class
 from training._inputs import EncodedSplit, EncoderReport, encode_inputs
-from training._plans import EvaluationPlan
+from training._newcomers import NewcomerChoice, choose_newcomers, choose_route
+from training._plans import USER_PROTOCOLS, EvaluationPlan
 from training._settings import ModelSettings, StandInConfig, TimedChoices
 from training.defaults import COLD_SLOTS_GRID
 
@@ -50,6 +51,7 @@ class FitReport:
     bprmf: CFConfig  # the collaborative model's config (BPRConfig or ImplicitConfig)
     cold_slots: ColdSlotChoice | None
     seconds: float
+    newcomers: NewcomerChoice | None = None  # the newcomer model's weights, chosen on a holdout of training users
 
     @classmethod
     def measured(
@@ -61,6 +63,7 @@ class FitReport:
         cold_slots: ColdSlotChoice | None,
         *,
         started: float,
+        newcomers: NewcomerChoice | None = None,
     ) -> FitReport:
         """The report of a ranker fitted with `settings` on `fitted`'s inputs and serving from `served`'s, timed
         from `started` (a `time.perf_counter()` reading)."""
@@ -73,6 +76,7 @@ class FitReport:
             bprmf=settings.cf,
             cold_slots=cold_slots,
             seconds=round(time.perf_counter() - started, 1),
+            newcomers=newcomers,
         )
 
     @property
@@ -89,6 +93,7 @@ class FitReport:
             "standins": self.standins.model_dump(),
             "bprmf": self.bprmf.model_dump(),
             "cold_slots": self.cold_slots.as_dict() if self.cold_slots is not None else {},
+            "newcomers": self.newcomers.as_dict() if self.newcomers is not None else None,
             "fit_seconds": self.seconds,
         }
 
@@ -245,13 +250,29 @@ def fit_ranker(
     calibrated = None
     if plan.calibration is not None:
         calibrated = choose_cold_slots(FittedRanker(ranker, served), plan.calibration)
-    report = FitReport.measured(settings, ranker, fitted, served, calibrated, started=started)
+    # Users held out from any time (the user protocols) or arriving now (a time-ordered log's next window).
+    arrivals = plan.split.protocol not in USER_PROTOCOLS
+    newcomers = choose_newcomers_for(served, settings, plan.split.train, plan.split.index, arrivals=arrivals)
+    if newcomers is not None:
+        index = plan.split.index
+        route = choose_route(
+            ranker,
+            fitted.inputs,
+            newcomers.chosen,
+            interaction_matrix(plan.valid_labels, index),
+            plan.valid_pool,
+            interaction_matrix(plan.valid_exclude, index) if plan.valid_exclude is not None else None,
+            k=settings.ranker.eval_k,
+        )
+        newcomers = replace(newcomers, route=route)
+    ranker.with_newcomers(newcomers.served if newcomers is not None else None)
+    report = FitReport.measured(settings, ranker, fitted, served, calibrated, started=started, newcomers=newcomers)
     main = FittedRanker(ranker, served, report)
     for name, other in others.items() if timed else ():
         if other.ranker_config() == settings.ranker_config():
             main.alternatives[name] = main
         else:
-            trained = train_ranker(plan, fitted, other)
+            trained = train_ranker(plan, fitted, other).with_newcomers(ranker.newcomers)
             main.alternatives[name] = FittedRanker(trained, served, replace(report, ranker_metadata=trained.metadata))
     return main
 
@@ -273,10 +294,32 @@ def refit_ranker(
     epochs = int(candidate.report.fit.bprmf.get("best_epoch") or settings.cf.epochs)
     fixed = settings.for_log(has_times(plan.split.train)).refitting(candidate.ranker, epochs)
     fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False)
-    ranker = train_ranker(plan, fitted, fixed)
+    ranker = train_ranker(plan, fitted, fixed).with_newcomers(candidate.ranker.newcomers)
     served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
-    report = FitReport.measured(fixed, ranker, fitted, served, candidate.report.cold_slots, started=started)
+    chosen = candidate.report
+    report = FitReport.measured(
+        fixed, ranker, fitted, served, chosen.cold_slots, started=started, newcomers=chosen.newcomers
+    )
     return FittedRanker(ranker, served, report)
+
+
+def choose_newcomers_for(
+    served: EncodedSplit, settings: ModelSettings, log: pl.DataFrame, index: EvalIndex, *, arrivals: bool
+) -> NewcomerChoice | None:
+    """The newcomer model's weights for inputs served as `settings` say, `log` being their history's events (None
+    where newcomers are not routed); chosen on the latest arrivals where `arrivals` (`choose_newcomers`)."""
+    if settings.newcomers is None:
+        return None
+    return choose_newcomers(
+        served.inputs,
+        settings.newcomers,
+        numeric_columns=served.user_standins.numeric_columns if served.user_standins is not None else 0,
+        log=log,
+        index=index,
+        arrivals=arrivals,
+        k=settings.ranker.eval_k,
+        seed=settings.seed,
+    )
 
 
 @dataclass(frozen=True)

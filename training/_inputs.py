@@ -131,6 +131,7 @@ def encode_inputs(
         categories=category_matrix(items),
         time=_time_features(history, index, items),
         user_standin=user_standins,
+        user_attributes=user_builder.attribute_rows(attributes),
     )
     report = EncoderReport(
         bprmf=cf.summary,

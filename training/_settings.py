@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from catalog import ConfigError
+from catalog import SPARSE_MAX, ConfigError
 from encoders import BPRConfig, CFConfig, MapperConfig, WarmingConfig
 from ranker.base import RankerBase
 from ranker.deepfm import DeepFMConfig
@@ -83,6 +83,10 @@ class ModelSettings:
     warming: WarmingConfig | None = field(default_factory=WarmingConfig)
     # What replaces the above on a log with times (`for_log`); None keeps them.
     timed: TimedChoices | None = field(default_factory=TimedChoices)
+    # Users with at most `newcomers` events are served by the newcomer model (ranker.newcomers), its weights chosen
+    # on a holdout of training users (training.choose_newcomers); None: every user by the ranker. Users with fewer
+    # than 6 events ranked below popularity through the ranker (docs/benchmarks.md, issue 29).
+    newcomers: int | None = SPARSE_MAX
     # Which ranker fit_ranker trains: a name in ranker.registry.RANKERS.
     ranker_name: str = "lightgbm"
     seed: int = 0

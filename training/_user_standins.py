@@ -150,6 +150,17 @@ class UserStandInBuilder:
         standins[:, -1] = 1.0  # the user side's constant that carries the item bias, as user_cf has it
         return standins
 
+    def attribute_rows(self, attributes: pl.Series) -> np.ndarray:
+        """Users' attributes as numbers (the encoding's: standardised numbers, then one-hot levels)."""
+        if self.encoding_ is None:
+            raise NotFittedError("this UserStandInBuilder is not fitted: call fit_out_of_fold(...) first.")
+        return self.encoding_.transform(parse_attributes(attributes))
+
+    @property
+    def numeric_columns(self) -> int:
+        """How many of `attribute_rows`' columns (the first) are numbers."""
+        return len(self.encoding_.numeric) if self.encoding_ is not None else 0
+
     def transform(self, attributes: pl.Series, profiles: np.ndarray) -> np.ndarray:
         """Stand-in [vector | 1] rows of users given their attributes and text profiles (zero rows: no items)."""
         if not self.is_fitted:

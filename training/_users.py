@@ -16,14 +16,23 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from catalog import ConfigError, has_times
+from catalog import Columns, ConfigError, has_times
 from monitor import Lines, reference_protocol
 from ranker.baselines import AttributePopularityScorer, PopularityScorer
-from ranker.evaluate import SPARSE_USERS, EvalResult, ProtocolSplit, Scorer
+from ranker.evaluate import SPARSE_USERS, EvalResult, ProtocolSplit, Scorer, interaction_matrix
 from ranker.evaluate import evaluate as evaluate_split
 from ranker.features import RankerInputs
 from ranker.lightgbm_ranker import LightGBMRankerConfig
-from training._fit import EvaluationReport, FittedRanker, encode_plan, fit_ranker, served_inputs, train_ranker
+from training._fit import (
+    EvaluationReport,
+    FittedRanker,
+    choose_newcomers_for,
+    encode_plan,
+    fit_ranker,
+    served_inputs,
+    train_ranker,
+)
+from training._newcomers import RouteChoice, choose_route
 from training._plans import USER_PROTOCOLS, EvaluationPlan
 from training._settings import ModelSettings
 from training.defaults import COLD_USER_SHARE_GRID
@@ -79,6 +88,38 @@ def choose_cold_user_share(
     return ColdUserShareChoice(best, k, ndcg, plan.split.name, plan.split.n_users)
 
 
+def choose_user_route(plan: EvaluationPlan, settings: ModelSettings, *, cache_dir: Path) -> RouteChoice:
+    """Which newcomers the newcomer model serves, chosen on `plan` (a validation plan of the protocol drawn among
+    training users: its truth are users held out from any time, as the test users are) against the ranker fitted
+    on it. A fit's own route is chosen on its labels' cut in time, whose newcomers are the latest arrivals: not
+    the users these protocols hold out."""
+    if settings.newcomers is None:
+        raise ConfigError("the newcomer route is chosen only where settings route newcomers.")
+    base = settings.for_log(has_times(plan.split.train))
+    fitted = encode_plan(plan, plan.fit_history, base, cache_dir=cache_dir)
+    served = served_inputs(plan, fitted, base, cache_dir=cache_dir)
+    ranker = train_ranker(plan, fitted, base)
+    split = plan.split
+    weights = choose_newcomers_for(served, base, split.train, split.index, arrivals=False)
+    assert weights is not None
+    truth, exclude = interaction_matrix(split.truth, split.index), interaction_matrix(split.exclude, split.index)
+    pool = np.arange(served.inputs.n_items)
+    return choose_route(ranker, served.inputs, weights.chosen, truth, pool, exclude, k=base.ranker.eval_k)
+
+
+def _with_route(fitted: FittedRanker, route: RouteChoice) -> FittedRanker:
+    """`fitted` serving newcomers as `route` says (with the weights its own fit chose), its report saying so."""
+    report = fitted.report
+    if report is None or report.newcomers is None:
+        raise TypeError("a route applies to a fit that chose newcomer weights.")
+    newcomers = replace(report.newcomers, route=route)
+    served = route.config
+    if served is not None:
+        served = newcomers.chosen.model_copy(update={"min_events": served.min_events, "max_events": served.max_events})
+    fitted.ranker.with_newcomers(served)
+    return replace(fitted, report=replace(report, newcomers=newcomers, ranker_metadata=fitted.ranker.metadata))
+
+
 def bprmf_scorer(inputs: RankerInputs) -> Scorer:
     """BPR-MF alone: each user's factors dotted with each item's (its bias riding along, `training._inputs`); a
     user or item BPR-MF never saw has zero factors, so items score by their bias only."""
@@ -123,6 +164,16 @@ class UserEvaluation:
         return self.report.as_dict() | {"lines": self.lines.to_dicts(), "cold_user_share": choice}
 
 
+def _all_newcomers(split: ProtocolSplit, settings: ModelSettings) -> bool:
+    """Whether the newcomer model serves every test user of `split` (none has more events than it takes): the
+    ranker's handling of users without history then serves nobody, so it is not chosen."""
+    if settings.newcomers is None:
+        return False
+    history = interaction_matrix(split.train, split.index)
+    tested = np.unique(split.index.users(split.truth[Columns.user]))
+    return bool(np.diff(history.indptr)[tested].max(initial=0) <= settings.newcomers)
+
+
 def evaluate_users(
     plan: EvaluationPlan,
     *,
@@ -143,10 +194,15 @@ def evaluate_users(
     choice = None
     if cold_user_share is not None:
         settings = _with_share(settings, cold_user_share)
-    elif isinstance(settings.ranker_config(), LightGBMRankerConfig):
+    elif isinstance(settings.ranker_config(), LightGBMRankerConfig) and not _all_newcomers(split, settings):
         choice = choose_cold_user_share(plan.user_validation, settings, cache_dir=cache_dir, grid=grid)
         settings = _with_share(settings, choice.chosen)
+    route = None
+    if settings.newcomers is not None:
+        route = choose_user_route(plan.user_validation, settings, cache_dir=cache_dir)
     fitted = fit_ranker(plan, cache_dir=cache_dir, settings=settings)
+    if route is not None:
+        fitted = _with_route(fitted, route)
     if fitted.report is None:
         raise TypeError("fit_ranker returned a ranker without its report.")
     if model_dir is not None:

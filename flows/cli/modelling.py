@@ -177,6 +177,13 @@ def evaluate(
         choice = report["cold_user_share"]
         if choice:
             console.print(f"users shown without history while training: {choice}", markup=False)
+    newcomers = report["models"].get("newcomers")
+    if newcomers:
+        chosen, route = newcomers["chosen"], newcomers.get("route")
+        served = route["served"] if route else [chosen["min_events"], chosen["max_events"]]
+        who = "no users" if served is None else f"users with {served[0]}-{served[1]} events"
+        weights = {name: chosen[name] for name in ("numeric_scale", "level_weight", "history_weight", "recent_weight")}
+        console.print(f"the newcomer model serves {who}; its weights: {weights}", markup=False)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(json_out, json.dumps(report, indent=2, default=str).encode())

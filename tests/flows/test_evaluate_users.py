@@ -37,13 +37,16 @@ def user_files(ml100k: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dic
 @pytest.mark.parametrize(
     ("protocol", "options", "lines"),
     [
+        # Every test user is a newcomer (no events): the route is chosen, not the ranker's share.
         ("cold-user", [], BOTH),
-        # A share given: nothing chosen, one ranker trained (the choice is the cold-user case's to test).
+        # A share given: nothing chosen, one ranker trained.
         (
             "sparse-user",
             ["--history-n", "3", "--cold-user-share", "0.5"],
             {"popularity", "attribute_popularity", "bprmf"},
         ),
+        # Test users with more events than a newcomer has: the ranker serves them, its share chosen.
+        ("sparse-user", ["--history-n", "8"], {"popularity", "attribute_popularity", "bprmf"}),
     ],
 )
 def test_user_protocols_print_the_product_beside_its_lines(
@@ -56,7 +59,7 @@ def test_user_protocols_print_the_product_beside_its_lines(
     result = runner.invoke(app, [*args, *options, "-w", str(tmp_path / "ws"), *files], env=env, terminal_width=240)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    segment = "cold_user" if protocol == "cold-user" else "sparse_user"
+    segment = "cold_user" if protocol == "cold-user" else "sparse_user" if "8" not in options else "warm_user"
     product = {(m["segment"], m["metric"]) for m in report["metrics"]}
     assert {("overall", "ndcg"), (segment, "ndcg"), (segment, "recall")} <= product
     assert report["n_users"] == 12  # a fifth of the 60 users
@@ -69,6 +72,14 @@ def test_user_protocols_print_the_product_beside_its_lines(
     choice = report["cold_user_share"]
     if "--cold-user-share" in options:
         assert choice is None and report["models"]["lightgbm"]["config"]["cold_user_share"] == 0.5
+        return
+    if protocol == "cold-user":
+        # Which newcomers the newcomer model serves, chosen on the training users' own cold-user validation (10
+        # users without history: too few to decide, so it serves them), and said so.
+        route = report["models"]["newcomers"]["route"]
+        assert choice is None and route["cold"]["users"] == 10 and route["served"] == [0, 5]
+        assert report["models"]["lightgbm"]["newcomers"]["max_events"] == 5
+        assert "the newcomer model serves users with 0-5 events" in result.output
         return
     # The share of users shown without history was chosen on training users, every share tried recorded.
     assert set(choice["ndcg@20"]) == {"0", "0.2", "0.5"} and choice["chosen"] in (0.0, 0.2, 0.5)

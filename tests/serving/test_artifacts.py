@@ -29,6 +29,7 @@ def _inputs(rng: np.random.Generator, *, with_sparse: bool) -> RankerInputs:
         title_words=np.array([1, 2, 3, 4], dtype=np.float32),
         tfidf=sp.csr_array(rng.random((4, 7)) > 0.5, dtype=np.float32) if with_sparse else None,
         categories=sp.csr_array(np.eye(4, 2), dtype=np.float32) if with_sparse else None,
+        user_attributes=np.array([[0.5, 1, 0], [-1.0, 0, 1], [0.0, 0, 0]], dtype=np.float32) if with_sparse else None,
     )
 
 
@@ -43,7 +44,8 @@ def test_round_trip_restores_every_array_and_the_ids(tmp_path: Path, with_sparse
     loaded = load_serving_inputs(tmp_path)
     assert loaded.manifest == manifest and manifest["n_users"] == 3 and manifest["n_items"] == 4
     assert loaded.user_ids.to_list() == USERS.to_list() and loaded.item_ids.to_list() == ITEMS.to_list()
-    for name in ("text", "user_cf", "item_cf", "item_standin", "popularity", "title_words", "text_profiles"):
+    names = ("text", "user_cf", "item_cf", "item_standin", "popularity", "title_words", "text_profiles")
+    for name in (*names, "user_standin", "user_attributes"):
         np.testing.assert_allclose(getattr(loaded.inputs, name), getattr(inputs, name), rtol=1e-5, atol=1e-6)
     assert (loaded.inputs.history != inputs.history).nnz == 0
     for name in ("tfidf", "categories"):

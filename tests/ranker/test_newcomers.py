@@ -1,0 +1,172 @@
+"""The newcomer model on hand-made users whose tastes follow an attribute: what it recommends a user without
+history, how a newcomer's few items move the list, how a ranker routes newcomers to it (and keeps that through a
+save), and the holdout its weights are chosen on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from ranker.base import top_k
+from ranker.features import RankerInputs
+from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
+from ranker.newcomers import NewcomerConfig, newcomer_scores
+from training._newcomers import choose_newcomers, choose_route, newcomer_holdout
+
+N_ITEMS = 30
+
+
+def _inputs(history: np.ndarray, attributes: np.ndarray | None) -> RankerInputs:
+    n_users, n_items = history.shape
+    rng = np.random.default_rng(0)
+    cf = rng.normal(size=(n_users, 5)).astype(np.float32)
+    return RankerInputs(
+        history=sp.csr_array(history.astype(np.float32)),
+        text=rng.normal(size=(n_items, 8)).astype(np.float32),
+        user_cf=cf,
+        item_cf=rng.normal(size=(n_items, 5)).astype(np.float32),
+        item_standin=rng.normal(size=(n_items, 5)).astype(np.float32),
+        popularity=history.sum(axis=0).astype(np.float32),
+        title_words=np.ones(n_items, dtype=np.float32),
+        user_attributes=attributes,
+    )
+
+
+def _two_tastes(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """40 users: the young (age -1 standardised, level a) take items 0-9, the old (+1, level b) items 10-19, and
+    item 20 is taken by everyone (the most popular). Then two users without history: one young, one old."""
+    history = np.zeros((42, N_ITEMS))
+    young = np.arange(40) < 25  # more young users: their items are the more popular ones
+    for user in range(40):
+        first = 0 if young[user] else 10
+        history[user, rng.choice(np.arange(first, first + 10), 6, replace=False)] = 1
+    history[:40, 20] = 1
+    age = np.r_[np.where(young, -1.0, 1.0), -1.0, 1.0]
+    levels = np.c_[np.r_[young, True, False], np.r_[~young, False, True]].astype(np.float32)
+    return history, np.c_[age, levels].astype(np.float32)
+
+
+def _top(scores: np.ndarray, k: int) -> set[int]:
+    return set(np.argsort(-scores, kind="stable")[:k].tolist())
+
+
+def test_a_user_without_history_is_recommended_what_users_like_them_took() -> None:
+    history, attributes = _two_tastes(np.random.default_rng(1))
+    inputs = _inputs(history, attributes)
+    config = NewcomerConfig(numeric_columns=1, numeric_scale=0.5, level_weight=1.0, history_weight=0.0)
+    young, old = newcomer_scores(inputs, np.array([40, 41]), np.arange(N_ITEMS), config)
+    assert _top(young, 6) <= {20, *range(10)} and _top(old, 6) <= {20, *range(10, 20)}
+    # Without attributes both get popularity among the reference users: the same list, the young's items first.
+    plain = _inputs(history, None)
+    young, old = newcomer_scores(plain, np.array([40, 41]), np.arange(N_ITEMS), config)
+    np.testing.assert_array_equal(young, old)
+    assert _top(old, 6) <= {20, *range(10)}
+
+
+def test_a_newcomers_few_items_pull_up_the_items_taken_with_them() -> None:
+    history, _ = _two_tastes(np.random.default_rng(2))
+    history[41, [12, 15]] = 1  # the last user, no attributes known, has taken two of the old users' items
+    inputs = _inputs(history, None)
+    items = np.arange(N_ITEMS)
+    without = newcomer_scores(inputs, np.array([41]), items, NewcomerConfig(history_weight=0.0))[0]
+    with_items = newcomer_scores(inputs, np.array([41]), items, NewcomerConfig(history_weight=3.0))[0]
+    others = set(range(10, 20)) - {12, 15}
+    assert _top(without, 6) <= {20, *range(10)}  # popularity among the references: the young's items
+    with_items[[12, 15]] = -np.inf  # what they took is never recommended (the ranker's route excludes it)
+    assert _top(with_items, 6) <= {20, *others}
+
+
+def test_a_ranker_routes_newcomers_to_the_model_and_keeps_the_route_through_a_save(
+    slice_inputs: tuple, tasks: tuple, tmp_path: Path
+) -> None:
+    inputs, _ = slice_inputs
+    train, valid, _ = tasks
+    ranker = LightGBMRanker(LightGBMRankerConfig(n_estimators=20, per_source=20)).fit(inputs, train, valid)
+    activity = np.diff(inputs.history.indptr)
+    max_events = int(np.quantile(activity, 0.3))
+    routed, kept = np.flatnonzero(activity <= max_events)[:20], np.flatnonzero(activity > max_events)[:20]
+    assert routed.size and kept.size
+    users = np.r_[routed, kept]
+    pool = np.arange(inputs.n_items)
+    plain_scorer = ranker.scorer(inputs)
+    plain = ranker.scorer(inputs, placed=False)(users, pool)
+    config = NewcomerConfig(max_events=max_events, history_weight=1.0)
+    ranker.with_newcomers(config)
+    both = ranker.scorer(inputs, placed=False)(users, pool)
+    np.testing.assert_array_equal(both[routed.size :], plain[routed.size :])
+    # Newcomers' warm items: the newcomer model; their cold items: the ranker's order, below every warm item.
+    warm = ~inputs.is_cold
+    expected = newcomer_scores(inputs, routed, pool[warm], config)
+    expected[inputs.history[routed][:, pool[warm]].toarray() > 0] = -np.inf
+    np.testing.assert_array_equal(both[: routed.size, warm], expected)
+    cold_scores, ranker_cold = both[: routed.size, ~warm], plain[: routed.size, ~warm]
+    np.testing.assert_array_equal(np.isfinite(cold_scores), np.isfinite(ranker_cold))
+    for row in range(routed.size):
+        finite = np.isfinite(ranker_cold[row])
+        assert cold_scores[row, finite].max() < expected[row][np.isfinite(expected[row])].min()
+        by_routed = np.argsort(-cold_scores[row, finite], kind="stable")
+        assert (np.diff(ranker_cold[row, finite][by_routed]) <= 0).all()  # the ranker's order (ties aside)
+    # A pool of cold items alone is ranked for newcomers as the ranker ranks it.
+    cold_pool = pool[~warm]
+    lists = [top_k(scorer(routed, cold_pool), cold_pool, 20) for scorer in (ranker.scorer(inputs), plain_scorer)]
+    for got, want in zip(*lists, strict=True):
+        np.testing.assert_array_equal(got, want)
+    loaded = LightGBMRanker.load(ranker.save(tmp_path / "version"))
+    assert loaded.newcomers == config
+    np.testing.assert_array_equal(loaded.scorer(inputs, placed=False)(users, pool), both)
+
+
+@pytest.mark.parametrize("with_times", [False, True])
+def test_the_holdout_keeps_each_held_users_first_events_and_holds_out_the_rest(with_times: bool) -> None:
+    rng = np.random.default_rng(3)
+    history = (rng.random((60, N_ITEMS)) < 0.4).astype(np.float32)
+    inputs = _inputs(history, None)
+    stored = sp.csr_array(history)
+    first = rng.permutation(stored.nnz).astype(np.float64) if with_times else None
+    cut, held, truth = newcomer_holdout(inputs, 3, first=first, share=0.25)
+    assert held.size == round(0.25 * np.sum(history.sum(axis=1) > 3))
+    kept = cut.history.toarray()
+    np.testing.assert_array_equal(kept + truth.toarray(), history)  # nothing lost, nothing counted twice
+    others = np.setdiff1d(np.arange(60), held)
+    np.testing.assert_array_equal(kept[others], history[others])
+    assert (kept[held].sum(axis=1) <= 3).all() and (truth.toarray()[others] == 0).all()
+    if first is not None:
+        when = sp.csr_array((first, stored.indices, stored.indptr), shape=stored.shape).toarray()
+        for user in held:
+            taken = history[user] > 0
+            if kept[user].any():
+                assert when[user][kept[user] > 0].max() < when[user][taken & (kept[user] == 0)].min()
+    if first is not None:
+        # Serving users who arrive now, the holdout is the latest arrivals.
+        _, latest, _ = newcomer_holdout(inputs, 3, first=first, arrivals=True, share=0.25)
+        rows = np.repeat(np.arange(60), np.diff(stored.indptr))
+        arrived = np.full(60, np.inf)
+        np.minimum.at(arrived, rows, first)
+        eligible = np.flatnonzero(history.sum(axis=1) > 3)
+        assert arrived[latest].min() >= arrived[np.setdiff1d(eligible, latest)].max()
+    choice = choose_newcomers(inputs, 3, numeric_columns=0)
+    assert choice.chosen.max_events == 3 and len(choice.ndcg) == 3  # no attributes or times: the history weight
+
+
+def test_the_route_serves_newcomers_only_where_validation_says_the_model_ranks_them_better(
+    slice_inputs: tuple, tasks: tuple
+) -> None:
+    inputs, _ = slice_inputs
+    train, valid, _ = tasks
+    ranker = LightGBMRanker(LightGBMRankerConfig(n_estimators=20, per_source=20)).fit(inputs, train, valid)
+    blank = inputs.without_history(np.arange(30))  # 30 users shown without history; what they took is the truth
+    labels, pool = sp.csr_array(inputs.history), np.flatnonzero(inputs.popularity > 0)
+    config = NewcomerConfig(history_weight=1.0)
+    choice = choose_route(ranker, blank, config, labels, pool, None)
+    assert choice.users["cold"] == 30 and ranker.newcomers is None  # the ranker is left as it was
+    for bucket, low in (("cold", 0), ("sparse", 1)):
+        ndcg = choice.ndcg[bucket]
+        if ndcg is None:  # too few such users to tell: the newcomer model serves them
+            assert choice.users[bucket] < 20
+            continue
+        serves = choice.config is not None and choice.config.min_events <= low <= choice.config.max_events
+        assert serves == (ndcg["newcomer model"] >= ndcg["ranker"])
+    assert choose_route(ranker, blank, config, labels, pool, None, min_users=301).config == config

@@ -1,0 +1,258 @@
+"""The newcomer model's weights, chosen on a holdout of training users: a seeded share of the users with more than
+`max_events` events keep their first n in 0..max_events items (what a newcomer has) and the rest are the truth.
+Which users are held out follows what the model will face: on a time-ordered log that serves users who arrive
+now, the latest arrivals (and the recent shares are counted without their held-out events); for the cold-user
+and sparse-user protocols, which hold out users from any time, a random share. Only training interactions are
+read, so nothing is tuned on a split's test users.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from catalog import Columns, has_times
+from ranker.base import RankerBase
+from ranker.evaluate import EvalIndex
+from ranker.features import RankerInputs
+from ranker.newcomers import NewcomerConfig, newcomer_terms
+from ranker.temporal import time_features
+
+JSON = dict[str, object]
+NUMERIC_SCALES = (0.25, 0.5, 1.0)
+LEVEL_WEIGHTS = (0.0, 1.0)
+# A newcomer's own events always count (a list that ignored them would not answer what the user just did).
+HISTORY_WEIGHTS = (1.0, 3.0, 10.0)
+RECENT_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class NewcomerChoice:
+    """The newcomer model's weights chosen on the holdout, and NDCG at k of every setting tried there."""
+
+    chosen: NewcomerConfig
+    k: int
+    users: int
+    ndcg: dict[str, float]
+    route: RouteChoice | None = None  # which newcomers it then serves, chosen on validation (`choose_route`)
+
+    @property
+    def served(self) -> NewcomerConfig | None:
+        """What the ranker routes: the route's choice where one was made, else the holdout's."""
+        return self.route.config if self.route is not None else self.chosen
+
+    def as_dict(self) -> JSON:
+        return {
+            "chosen": self.chosen.model_dump(),
+            "holdout_users": self.users,
+            f"ndcg@{self.k}": {name: round(value, 4) for name, value in self.ndcg.items()},
+            "route": self.route.as_dict() if self.route is not None else None,
+        }
+
+
+def first_seen(log: pl.DataFrame, index: EvalIndex, history: sp.csr_array) -> np.ndarray | None:
+    """Per stored pair of `history` (in storage order), when the log first has it, as a sortable number (pairs
+    the log lacks last); None for a log without times."""
+    if not has_times(log):
+        return None
+    first = (
+        log.select(
+            pl.Series("key", index.users(log[Columns.user]) * history.shape[1] + index.items(log[Columns.item])),
+            pl.col(Columns.ts).dt.epoch("us").alias("when"),
+        )
+        .group_by("key")
+        .agg(pl.col("when").min())
+        .sort("key")
+    )
+    keys, when = first["key"].to_numpy(), first["when"].to_numpy().astype(np.float64)
+    rows = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
+    wanted = rows.astype(np.int64) * history.shape[1] + history.indices
+    at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
+    found = keys.size > 0 and keys[at] == wanted
+    return np.where(found, when[at] if keys.size else 0.0, np.inf)
+
+
+def newcomer_holdout(
+    inputs: RankerInputs,
+    max_events: int,
+    *,
+    first: np.ndarray | None = None,
+    arrivals: bool = False,
+    share: float = 0.2,
+    most_users: int = 2_000,
+    seed: int = 0,
+) -> tuple[RankerInputs, np.ndarray, sp.csr_array]:
+    """(inputs with the held-out users' histories cut, the held-out users, their cut items as truth): `share` (at
+    most `most_users`) of the users with more than max_events events, each keeping n in 0..max_events of their
+    items (n uniform): their first n by `first` (`first_seen`: a newcomer has their first events), random ones
+    without times. Held out are the latest arrivals by `first` where `arrivals`, a seeded draw otherwise."""
+    history = inputs.history
+    activity = np.diff(history.indptr)
+    eligible = np.flatnonzero(activity > max_events)
+    rng = np.random.default_rng(seed)
+    size = min(round(share * eligible.size), most_users)
+    if arrivals and first is not None:
+        rows = np.repeat(np.arange(inputs.n_users), activity)
+        arrived = np.full(inputs.n_users, np.inf)
+        np.minimum.at(arrived, rows, first)
+        held = np.sort(eligible[np.argsort(-arrived[eligible], kind="stable")[:size]])
+    else:
+        held = np.sort(rng.choice(eligible, size, replace=False))
+    keep_n = np.zeros(inputs.n_users, dtype=np.int64)
+    keep_n[held] = rng.integers(0, max_events + 1, held.size)
+    is_held = np.zeros(inputs.n_users, dtype=bool)
+    is_held[held] = True
+    # Each stored pair's rank among its user's pairs (by time, ties and no times at random): the first keep_n stay.
+    rows = np.repeat(np.arange(inputs.n_users), activity)
+    shuffled = rng.random(rows.size)
+    order = np.lexsort((shuffled, shuffled if first is None else first, rows))
+    rank = np.empty(rows.size, dtype=np.int64)
+    rank[order] = np.arange(rows.size) - history.indptr[rows[order]]
+    cut = is_held[rows] & (rank >= keep_n[rows])
+
+    def pairs(mask: np.ndarray) -> sp.csr_array:
+        values = (np.ones(int(mask.sum()), dtype=np.float32), (rows[mask], history.indices[mask]))
+        return sp.csr_array(values, shape=history.shape)
+
+    return replace(inputs, history=pairs(~cut)), held, pairs(cut)
+
+
+def _ndcg_sum(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Sum over rows of binary NDCG at k of each row's top k (equal scores to the lower item index)."""
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    gains = np.take_along_axis(truth, top, axis=1)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    ideal = np.cumsum(discounts)[np.minimum(truth.sum(axis=1).astype(np.int64), k) - 1]
+    return float(((gains * discounts).sum(axis=1) / ideal).sum())
+
+
+def _recent_without(inputs: RankerInputs, log: pl.DataFrame, index: EvalIndex, truth: sp.csr_array) -> RankerInputs:
+    """`inputs` whose recent shares are counted without the held-out pairs (`truth`): a newcomer's later events
+    are not there yet when they arrive."""
+    if inputs.time is None:
+        return inputs
+    coo = sp.coo_array(truth)
+    held = pl.DataFrame({Columns.user: index.user_ids[coo.row], Columns.item: index.item_ids[coo.col]})
+    rest = log.join(held, on=[Columns.user, Columns.item], how="anti")
+    recent = time_features(rest, index.user_ids, index.item_ids, now=inputs.time.now).recent
+    return replace(inputs, time=replace(inputs.time, recent=recent))
+
+
+def choose_newcomers(
+    inputs: RankerInputs,
+    max_events: int,
+    *,
+    numeric_columns: int,
+    log: pl.DataFrame | None = None,
+    index: EvalIndex | None = None,
+    arrivals: bool = False,
+    k: int = 20,
+    seed: int = 0,
+) -> NewcomerChoice:
+    """The newcomer weights with the best NDCG at k on a holdout of `inputs`' users (`newcomer_holdout`, their
+    first events by `log`'s times where it has them; ties to the earlier setting of the grid: narrower kernels,
+    no level weight, less history and recency weight). Weights over attributes or times the inputs do not have
+    are not tried."""
+    timed = log is not None and index is not None and has_times(log)
+    first = first_seen(log, index, inputs.history) if timed else None  # type: ignore[arg-type]
+    cut, held, truth = newcomer_holdout(inputs, max_events, first=first, arrivals=arrivals, seed=seed)
+    if timed:
+        cut = _recent_without(cut, log, index, truth)  # type: ignore[arg-type]
+    width = cut.user_attributes.shape[1] if cut.user_attributes is not None else 0
+    kernels = list(
+        itertools.product(
+            NUMERIC_SCALES if numeric_columns else NUMERIC_SCALES[1:2],
+            LEVEL_WEIGHTS if width > numeric_columns else LEVEL_WEIGHTS[:1],
+        )
+    )
+    weights = list(itertools.product(HISTORY_WEIGHTS, RECENT_WEIGHTS if cut.time is not None else (0.0,)))
+    configs = {
+        f"scale={scale:g},level={level:g},history={history:g},recent={recent:g}": NewcomerConfig(
+            max_events=max_events,
+            numeric_columns=numeric_columns,
+            numeric_scale=scale,
+            level_weight=level,
+            history_weight=history,
+            recent_weight=recent,
+        )
+        for (scale, level), (history, recent) in itertools.product(kernels, weights)
+    }
+    totals = dict.fromkeys(configs, 0.0)
+    items = np.arange(inputs.n_items)
+    # Held-out users a block at a time: each block's terms are (users x items) arrays.
+    block = max(1, 2**22 // max(inputs.n_items, 1))
+    for start in range(0, held.size, block):
+        users = held[start : start + block]
+        kept = cut.history[users].toarray() > 0
+        wanted = truth[users].toarray()
+        for kernel in kernels:
+            group = {name: c for name, c in configs.items() if (c.numeric_scale, c.level_weight) == kernel}
+            terms = newcomer_terms(cut, users, items, next(iter(group.values())))  # the kernel's terms, once
+            for name, config in group.items():
+                scores = terms.scores(config)
+                scores[kept] = -np.inf
+                totals[name] += _ndcg_sum(scores, wanted, k)
+    ndcg = {name: total / max(held.size, 1) for name, total in totals.items()}
+    best = max(ndcg, key=lambda name: (ndcg[name], -list(ndcg).index(name)))
+    return NewcomerChoice(configs[best], k, int(held.size), ndcg)
+
+
+@dataclass(frozen=True)
+class RouteChoice:
+    """Which newcomers the newcomer model serves, chosen on the validation users without history ('cold') and with
+    1 to max_events events ('sparse'): NDCG at k of the ranker and of the newcomer model for each (None: too few
+    validation users to tell, and the newcomer model serves them)."""
+
+    config: NewcomerConfig | None
+    k: int
+    users: dict[str, int]
+    ndcg: dict[str, dict[str, float] | None]
+
+    def as_dict(self) -> JSON:
+        return {"served": None if self.config is None else [self.config.min_events, self.config.max_events]} | {
+            name: {"users": self.users[name], f"ndcg@{self.k}": self.ndcg[name]} for name in self.users
+        }
+
+
+def choose_route(
+    ranker: RankerBase,
+    inputs: RankerInputs,
+    config: NewcomerConfig,
+    labels: sp.csr_array,
+    pool: np.ndarray,
+    exclude: sp.csr_array | None,
+    *,
+    k: int = 20,
+    min_users: int = 20,
+) -> RouteChoice:
+    """Serve users without history, and users with 1 to max_events events, by the newcomer model only where it
+    ranks `labels` (validation positives among `pool`) at least as well as `ranker` does for such users of
+    `inputs` (ranker and inputs fitted without the labels); where fewer than `min_users` are there, it serves."""
+    activity = np.diff(inputs.history.indptr)
+    truth = sp.csr_array(labels[:, pool])
+    labelled = np.flatnonzero(np.diff(truth.indptr) > 0)
+    served = ranker.newcomers
+    users_of: dict[str, int] = {}
+    ndcg: dict[str, dict[str, float] | None] = {}
+    routes: dict[str, bool] = {}
+    for name, (low, high) in {"cold": (0, 0), "sparse": (1, config.max_events)}.items():
+        users = labelled[(activity[labelled] >= low) & (activity[labelled] <= high)]
+        users_of[name] = int(users.size)
+        if users.size < min_users:
+            ndcg[name], routes[name] = None, True
+            continue
+        wanted = truth[users].toarray()
+        values = {}
+        for model, route in (("ranker", None), ("newcomer model", config)):
+            scores = ranker.with_newcomers(route).scorer(inputs, exclude)(users, pool)
+            values[model] = round(_ndcg_sum(scores, wanted, k) / users.size, 4)
+        ndcg[name], routes[name] = values, values["newcomer model"] >= values["ranker"]
+    ranker.with_newcomers(served)
+    low = 0 if routes["cold"] else 1
+    high = config.max_events if routes["sparse"] else 0
+    chosen = config.model_copy(update={"min_events": low, "max_events": high}) if low <= high else None
+    return RouteChoice(chosen, k, users_of, ndcg)
