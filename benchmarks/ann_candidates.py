@@ -210,6 +210,18 @@ def top_20(ranker: LightGBMRanker, inputs: RankerInputs, users: np.ndarray) -> t
     return seconds, lists
 
 
+def serve_batch(ranker: LightGBMRanker, inputs: RankerInputs, users: np.ndarray) -> float:
+    """Seconds for every user's top 20 in blocks as Recommender._ranked takes them (at most 2^24 scores a block)."""
+    pool = np.arange(inputs.n_items)
+    score = ranker.scorer(inputs, None, placed=False)
+    block = max(1, min(256, 2**24 // inputs.n_items))
+    started = time.perf_counter()
+    for start in range(0, users.size, block):
+        chunk = users[start : start + block]
+        _top_k_of_candidates(ranker.place(score(chunk, pool), inputs, pool), pool, 20)
+    return time.perf_counter() - started
+
+
 def machine() -> str:
     model = next(
         (
@@ -232,6 +244,7 @@ def main() -> None:
     parser.add_argument("--per-source", type=int, default=100, help="LightGBMRankerConfig.per_source's default.")
     parser.add_argument("--nprobe", type=int, help="Lists searched per query (default: ranker.ann's rule).")
     parser.add_argument("--groups", type=int, default=500, help="Users the timed LightGBM ranker learns from.")
+    parser.add_argument("--serve-batch", type=int, default=0, help="Users of a timed top-20 batch with ANN (0: none).")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows, started = [], time.perf_counter()
@@ -268,6 +281,10 @@ def main() -> None:
             row[name]["top20_p95_ms"] = round(float(np.percentile(seconds_each, 95) * 1000), 1)  # type: ignore[index]
         shared = [len(a & b) / max(len(b), 1) for a, b in zip(lists["ann"], lists["brute"], strict=True)]
         row["top20_shared_with_brute"] = round(float(np.mean(shared)), 4)
+        if args.serve_batch:
+            batch = rng.choice(inputs.n_users, args.serve_batch, replace=False)
+            row["ann"]["serve_batch_users"] = args.serve_batch  # type: ignore[index]
+            row["ann"]["serve_batch_s"] = round(serve_batch(ranker, indexed, batch), 1)  # type: ignore[index]
         row["load_average"] = round(os.getloadavg()[0], 1)
         row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
         print(row, flush=True)

@@ -38,9 +38,9 @@ if TYPE_CHECKING:
 # and MovieLens stay exact. At 100k items one user's brute-force candidates take tens of milliseconds
 # (docs/scaling.md, "Candidates by an ANN index").
 ANN_MIN_ITEMS = 100_000
-# Share of the inverted lists searched per query (at least MIN_NPROBE): with sqrt(n) lists, 1/12 of them recalled
-# 0.97-1.0 of the brute force's top 100 at 100k and 500k items (docs/scaling.md).
-PROBE_SHARE = 1 / 12
+# Share of the inverted lists searched per query (at least MIN_NPROBE), with sqrt(n) lists: 1/12 recalled all of the
+# brute force's top 100 at 100k and 500k items and took 38 ms a user at 500k under load; 1/24 (docs/scaling.md).
+PROBE_SHARE = 1 / 24
 MIN_NPROBE = 16
 
 
@@ -50,7 +50,8 @@ class CandidateIndex:
 
     n_items: int
     vectors: dict[str, Any]  # faiss.IndexIVFFlat (inner product) of "cf_warm", "cf_cold", "text"
-    orders: dict[str, np.ndarray]  # global sources: item indices by descending score
+    # Global sources: item indices by descending score, and those scores.
+    orders: dict[str, tuple[np.ndarray, np.ndarray]]
     nprobe: int
     seconds: float  # what the build took
 
@@ -59,7 +60,7 @@ class CandidateIndex:
         """Bytes the indexes hold (serialised faiss indexes plus the global orders)."""
         faiss = _faiss()
         size = sum(int(faiss.serialize_index(index).nbytes) for index in self.vectors.values())
-        return size + sum(int(o.nbytes) for o in self.orders.values())
+        return size + sum(int(items.nbytes + scores.nbytes) for items, scores in self.orders.values())
 
 
 def _faiss() -> Any:
@@ -94,10 +95,12 @@ def build_candidate_index(
         "text": _ivf(inputs.text, lists, seed),
     }
     # Stable sorts: equal scores go to the lower item, whatever the brute force's argpartition picks among them.
-    orders = {"popularity": np.argsort(-np.log1p(inputs.popularity), kind="stable")}
-    if inputs.time is not None:
-        orders["recent"] = np.argsort(-inputs.time.recent[:, -1], kind="stable")
-        orders["recent_week"] = np.argsort(-inputs.time.recent[:, 0], kind="stable")
+    everything = np.arange(inputs.n_items)
+    orders = {}
+    for source in ("popularity", "recent", "recent_week") if inputs.time is not None else ("popularity",):
+        scores = _global_scores(inputs, source, everything)
+        order = np.argsort(-scores, kind="stable")  # equal scores to the lower item
+        orders[source] = (order, scores[order])
     if nprobe is None:
         nprobe = max(MIN_NPROBE, round(vectors["text"].nlist * PROBE_SHARE))
     return CandidateIndex(inputs.n_items, vectors, orders, nprobe, time.perf_counter() - started)
@@ -181,16 +184,15 @@ def ann_candidates(
             parts.append(_best(group, labels, scores, known_codes, n_items, per_source))
         out[source] = _concat(parts)
     if False in views:
-        for source, order in index.orders.items():
-            scores = _global_scores(inputs, source)
+        for source, (order, ordered) in index.orders.items():
+            tail_scores = _global_scores(inputs, source, tail)
             parts = []
             for size in np.unique(sizes):
                 group = np.flatnonzero(sizes == size)
-                head = np.r_[order[:size], tail]
-                labels = np.broadcast_to(head, (group.size, head.size))
-                parts.append(
-                    _best(group, labels, np.broadcast_to(scores[head], labels.shape), known_codes, n_items, per_source)
-                )
+                shape = (group.size, size + tail.size)
+                labels = np.broadcast_to(np.r_[order[:size], tail], shape)
+                scores = np.broadcast_to(np.r_[ordered[:size], tail_scores], shape)
+                parts.append(_best(group, labels, scores, known_codes, n_items, per_source))
             out[source] = _concat(parts)
     if views and inputs.tfidf is not None and inputs.tfidf_profiles is not None:
         out["tfidf"] = _tfidf(inputs, users, known_rows, per_source)
@@ -203,12 +205,12 @@ def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.
     return tuple(np.concatenate(column).astype(np.int64) for column in zip(*parts, strict=True))  # type: ignore[return-value]
 
 
-def _global_scores(inputs: RankerInputs, source: str) -> np.ndarray:
-    """The score every user gives an item in a global source (what source_scores broadcasts)."""
+def _global_scores(inputs: RankerInputs, source: str, items: np.ndarray) -> np.ndarray:
+    """The score every user gives `items` in a global source (what source_scores broadcasts)."""
     if source == "popularity":
-        return np.log1p(inputs.popularity)
+        return np.log1p(inputs.popularity[items])
     assert inputs.time is not None
-    return inputs.time.recent[:, -1 if source == "recent" else 0]
+    return inputs.time.recent[items, -1 if source == "recent" else 0]
 
 
 def _tfidf(
