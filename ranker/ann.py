@@ -6,7 +6,7 @@ over the catalogue per user, linear in it. Over a catalogue of at least `ANN_MIN
 
 - the inner-product sources (the collaborative score through either item view, [vector | bias] against the
   user's [vector | 1]; the text profile against the normalised text embeddings) from one faiss IVF-Flat index
-  each, by inner product: sqrt(n) lists from k-means on a sample, a twelfth of them searched per query. (The
+  each, by inner product: sqrt(n) lists from k-means on a sample, a 24th of them searched per query. (The
   classic reduction of inner product to Euclidean distance by one extra coordinate recalled less here: 0.88
   against 0.97 at 500k items and 32 lists searched, benchmarks/ann_candidates.py's catalogue);
 - the global sources (popularity, recent popularity) from their items sorted once: exact;
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 # Light on purpose (numpy only; faiss on first use): the settings read this default at the CLI's start.
 # Catalogues of at least this many items get an index when served (WARMSTART_ANN_MIN_ITEMS); CiteULike-a (16,980)
-# and MovieLens stay exact. At 100k items one user's brute-force candidates take tens of milliseconds
+# and MovieLens stay exact. At 100k items one user's brute-force candidates took p50 86 ms, the index's 8.5 ms
 # (docs/scaling.md, "Candidates by an ANN index").
 ANN_MIN_ITEMS = 100_000
 # Share of the inverted lists searched per query (at least MIN_NPROBE), with sqrt(n) lists. At 500k items 1/12
