@@ -32,6 +32,7 @@ from flows.augmentation import backend_label
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings, apply_text_backend
 from monitor import ActiveRun, GateDecision, MetricsStore
+from ranker.ann import ANN_MIN_ITEMS
 from training.defaults import AUGMENT_LIMIT, DEFAULT_GATE_TOLERANCE, DEFAULT_K, MAX_EPOCHS
 
 
@@ -236,7 +237,13 @@ def refresh(
     parameters |= {"ranker": ranker, "protocol": protocol}
     config, why = _served_choice(config, store, dataset.name, parameters)
     recover_killed_runs(
-        space, store, dataset=dataset.name, ranker=ranker, cache_dir=settings.cache_dir, say=get_run_logger().info
+        space,
+        store,
+        dataset=dataset.name,
+        ranker=ranker,
+        cache_dir=settings.cache_dir,
+        say=get_run_logger().info,
+        ann_min_items=settings.ann_min_items,
     )
     current = space.models.current(ranker)
     recorded = store.run_metrics(current) if current else None
@@ -262,13 +269,28 @@ def refresh(
             # the run started on). (Waiting too long fails the run, recorded, with nothing promoted.)
             writer = promotion.enter_context(space.writer(f"refresh {run.run_id} (promotion)"))
             decision = cycle.still_current(writer.models, ranker, decision, run)
-            publication = _publication(writer, ranker, decision, run.run_id, k=k, cache_dir=settings.cache_dir)
+            publication = _publication(
+                writer,
+                ranker,
+                decision,
+                run.run_id,
+                k=k,
+                cache_dir=settings.cache_dir,
+                ann_min_items=settings.ann_min_items,
+            )
         _promote_and_publish(writer, ranker, decision, run.run_id, publication)
     return RefreshResult(run.run_id, decision, run.record.metrics, why)
 
 
 def recover_killed_runs(
-    space: Workspace, store: MetricsStore, *, dataset: str, ranker: str, cache_dir: Path, say: Callable[[str], None]
+    space: Workspace,
+    store: MetricsStore,
+    *,
+    dataset: str,
+    ranker: str,
+    cache_dir: Path,
+    say: Callable[[str], None],
+    ann_min_items: int | None = ANN_MIN_ITEMS,
 ) -> None:
     """At the start of a refresh, finish or undo what killed runs left: version folders of runs killed before their
     outcome was recorded are removed and their runs marked failed; a promotion the store recorded but the registry
@@ -287,7 +309,7 @@ def recover_killed_runs(
         version, k = stale
         from serving import Recommender
 
-        served = Recommender.load(current, version, ranker=ranker, cache_dir=cache_dir)
+        served = Recommender.load(current, version, ranker=ranker, cache_dir=cache_dir, ann_min_items=ann_min_items)
         rows = stages.recommendations(served, new_run_id(), k=k).publish(current)
         say(f"recommendations: {rows:,} rows from {ranker} {version}, the current version (a run was killed)")
 
@@ -327,7 +349,14 @@ def _train_evaluate_gate(
 
 
 def _publication(
-    space: Workspace, ranker: str, decision: GateDecision, run_id: str, *, k: int, cache_dir: Path
+    space: Workspace,
+    ranker: str,
+    decision: GateDecision,
+    run_id: str,
+    *,
+    k: int,
+    cache_dir: Path,
+    ann_min_items: int | None = ANN_MIN_ITEMS,
 ) -> stages.Publication | None:
     """The promoted candidate's `recommendations` table, computed from the current data before the run's record
     is written; None when the gate refused it."""
@@ -335,7 +364,7 @@ def _publication(
         return None
     from serving import Recommender
 
-    served = Recommender.load(space, run_id, ranker=ranker, cache_dir=cache_dir)
+    served = Recommender.load(space, run_id, ranker=ranker, cache_dir=cache_dir, ann_min_items=ann_min_items)
     return stages.recommendations(served, run_id, k=k)
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from catalog import DEFAULT_WRITER_WAIT
+from ranker.ann import ANN_MIN_ITEMS
 from training.defaults import HEAD_SHARE, SPARSE_MAX
 
 
@@ -97,6 +98,12 @@ class WarmstartSettings(BaseSettings):
         ge=1,
         description="Requests the HTTP API scores at once; the others wait. Scoring is CPU-bound: more than the "
         "cores only makes every request, /health included, wait longer.",
+    )
+    ann_min_items: int | None = Field(
+        ANN_MIN_ITEMS,
+        ge=1,
+        description="Served catalogues of at least this many items take their candidates from ANN indexes (faiss IVF, "
+        "built at load; approximate, sublinear in the catalogue); smaller ones score every item exactly. None: never.",
     )
     ranker: Literal["lightgbm", "deepfm"] = Field(
         "lightgbm", description="Ranker that evaluate and retrain train unless --ranker says otherwise."

@@ -15,6 +15,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 
+from ranker.ann import CandidateIndex, ann_candidates
 from ranker.temporal import TimeFeatures
 
 FEATURE_NAMES = (
@@ -89,6 +90,9 @@ class RankerInputs:
     # Each user's attributes as numbers (training.AttributeEncoding: standardised numbers, then one-hot levels), what
     # the newcomer model (ranker.newcomers) weighs users by. None: no attributes (a users x 0 array).
     user_attributes: np.ndarray | None = None
+    # ANN indexes over the first `candidates.n_items` items (ranker.build_candidate_index): where set, candidates
+    # over the whole catalogue come from them (ranker.ann); None (below the serving threshold): exact brute force.
+    candidates: CandidateIndex | None = None
     # Derived: the normalised sum of each user's item vectors (zero for users without history).
     text_profiles: np.ndarray = field(init=False)
     tfidf_profiles: sp.csr_array | None = field(init=False)
@@ -111,6 +115,10 @@ class RankerInputs:
             raise ValueError(f"RankerInputs.tfidf has {self.tfidf.shape[0]} rows; history implies {n_items}.")
         if self.categories is not None and self.categories.shape[0] != n_items:
             raise ValueError(f"RankerInputs.categories has {self.categories.shape[0]} rows; history implies {n_items}.")
+        if self.candidates is not None and self.candidates.n_items > n_items:
+            raise ValueError(
+                f"RankerInputs.candidates indexes {self.candidates.n_items} items; history implies {n_items}."
+            )
         if self.time is not None and (self.time.recent.shape[0], self.time.user_recent.shape[0]) != (n_items, n_users):
             raise ValueError(
                 f"RankerInputs.time covers {self.time.recent.shape[0]} items and {self.time.user_recent.shape[0]} "
@@ -196,6 +204,16 @@ class RankerInputs:
             log_popularity=np.log1p(self.popularity),
         )
 
+    @property
+    def catalog_views(self) -> dict[bool, np.ndarray]:
+        """`item_view` of every item, warm (False) and as cold (True); computed once per inputs."""
+        return self._catalog.views
+
+    @property
+    def catalog_tfidf_t(self) -> sp.csr_array | None:
+        """The TF-IDF matrix transposed (terms x items) as CSR; computed once per inputs."""
+        return self._catalog.tfidf_t
+
     def source_scores(self, users: np.ndarray, pool: np.ndarray, as_cold: bool) -> dict[str, np.ndarray]:
         """Dense (users x pool) scores of each candidate source."""
         full = self.is_full(pool)
@@ -261,6 +279,8 @@ def generate_candidates(
     """
     pair_users, pair_items = [], []
     full = inputs.is_full(pool)
+    if full and inputs.candidates is not None:
+        return _indexed_candidates(inputs, users, per_source, exclude, views, batch_size or 512)
     batch_size = batch_size or max(1, min(512, 2**24 // max(pool.size, 1)))
     for start in range(0, users.size, batch_size):
         batch = users[start : start + batch_size]
@@ -274,6 +294,31 @@ def generate_candidates(
         rows, cols = np.nonzero(chosen)
         pair_users.append(batch[rows])
         pair_items.append(pool[cols])
+    return np.concatenate(pair_users), np.concatenate(pair_items)
+
+
+def _indexed_candidates(
+    inputs: RankerInputs,
+    users: np.ndarray,
+    per_source: int,
+    exclude: sp.csr_array | None,
+    views: tuple[bool, ...],
+    batch_size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """generate_candidates' union from the ANN indexes: pairs grouped by user in the order of `users`, each
+    user's items ascending (as np.nonzero gives them on the brute-force path)."""
+    assert inputs.candidates is not None
+    pair_users, pair_items = [], []
+    for start in range(0, users.size, batch_size):
+        batch = users[start : start + batch_size]
+        found = ann_candidates(inputs, inputs.candidates, batch, per_source=per_source, exclude=exclude, views=views)
+        rows = np.concatenate([r for r, _ in found.values()] or [np.empty(0, np.int64)])
+        items = np.concatenate([i for _, i in found.values()] or [np.empty(0, np.int64)])
+        codes = np.unique(rows * inputs.n_items + items)  # sorted: by row, then item
+        pair_users.append(batch[codes // inputs.n_items])
+        pair_items.append(codes % inputs.n_items)
+    if not pair_users:
+        return np.empty(0, dtype=users.dtype), np.empty(0, dtype=np.int64)
     return np.concatenate(pair_users), np.concatenate(pair_items)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog import SPARSE_MAX, Tables, WarmstartError, Workspace
+from ranker.ann import ANN_MIN_ITEMS
 from serving._recommender import Recommender
 
 _log = logging.getLogger(__name__)
@@ -69,12 +70,14 @@ class WorkspaceFollower:
         ranker: str | None = None,
         cache_dir: Path | None = None,
         sparse_max: int = SPARSE_MAX,
+        ann_min_items: int | None = ANN_MIN_ITEMS,
     ) -> None:
         self.root = Path(root)
         self.version = version  # a pinned version stays served whatever is promoted
         self.ranker = ranker
         self.cache_dir = cache_dir
         self.sparse_max = sparse_max
+        self.ann_min_items = ann_min_items
         self._marks: Marks | None = None
 
     def load(self) -> Recommender:
@@ -86,6 +89,7 @@ class WorkspaceFollower:
             ranker=self.ranker,
             cache_dir=self.cache_dir,
             sparse_max=self.sparse_max,
+            ann_min_items=self.ann_min_items,
         )
         self._marks = marks
         return recommender

@@ -62,6 +62,7 @@ from encoders import (
     text_backend_of,
     text_hash,
 )
+from ranker.ann import ANN_MIN_ITEMS, build_candidate_index
 from ranker.base import RankerBase, top_k
 from ranker.features import RankerInputs
 from ranker.registry import load_ranker
@@ -157,9 +158,12 @@ class Recommender:
         ranker: str | None = None,
         cache_dir: Path | None = None,
         sparse_max: int = SPARSE_MAX,
+        ann_min_items: int | None = ANN_MIN_ITEMS,
     ) -> Recommender:
         """The promoted version of `ranker` (the only ranker with a promoted version by default), or `version`.
-        `cache_dir` holds the text-embedding cache (CACHE/embeddings), needed only for stated text."""
+        `cache_dir` holds the text-embedding cache (CACHE/embeddings), needed only for stated text. A catalogue of
+        at least `ann_min_items` items (None: never) takes its candidates from ANN indexes built here
+        (`with_candidate_index`)."""
         space = workspace if isinstance(workspace, Workspace) else Workspace(Path(workspace))
         registry = space.models
         if ranker is None:
@@ -192,7 +196,17 @@ class Recommender:
         )
         if StandInBuilder.saved_in(directory):
             recommender = replace(recommender, standins=StandInBuilder.load(directory))
-        return recommender.with_additions(space, items=items, log=log)
+        recommender = recommender.with_additions(space, items=items, log=log)
+        if ann_min_items is not None and recommender.inputs.n_items >= ann_min_items:
+            recommender = recommender.with_candidate_index()
+        return recommender
+
+    def with_candidate_index(self) -> Recommender:
+        """This recommender taking its candidates from ANN indexes over its items (`ranker.ann`): sublinear in the
+        catalogue, approximate. Built at load rather than saved with the version: the index must cover what is
+        served, items folded in at load included, and building takes seconds (docs/scaling.md); items added later
+        are scored exactly beside it. Rankers that score every item (DeepFM) generate no candidates: unchanged."""
+        return replace(self, inputs=replace(self.inputs, candidates=build_candidate_index(self.inputs)))
 
     def with_additions(
         self, space: Workspace, *, items: pl.DataFrame | None = None, log: pl.DataFrame | None = None
@@ -309,6 +323,8 @@ class Recommender:
             time=inputs.time.with_items(_released(items)) if inputs.time is not None else None,
             user_standin=inputs.user_standin,
             user_attributes=inputs.user_attributes,
+            # The index covers the items it was built on; the added ones are scored exactly beside it.
+            candidates=inputs.candidates,
         )
         new_ids = items[Columns.item].cast(pl.String).rename(Columns.item)
         logged = pl.DataFrame(schema={Columns.user: pl.String, Columns.item: pl.String})
@@ -429,6 +445,8 @@ class Recommender:
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}.")
         pool = np.arange(self.inputs.n_items)
+        # A block's dense (users x items) scores stay under 2^24 entries (64 MB) on a large catalogue.
+        block = max(1, min(block, 2**24 // max(pool.size, 1)))
         # The order is the ranker's placed one (cold places); the scores shown are the model's own.
         score = self.ranker.scorer(self.inputs, self.seen if exclude_seen else None, placed=False)
         parts = []

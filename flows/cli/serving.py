@@ -116,6 +116,7 @@ def recommend(
         ranker=ranker.value if ranker else None,
         cache_dir=settings.cache_dir,
         sparse_max=settings.sparse_max,
+        ann_min_items=settings.ann_min_items,
     )
     if text is not None:
         frame = recommender.recommend_text(
@@ -197,6 +198,7 @@ def api(
         ranker=ranker.value if ranker else None,
         cache_dir=settings.cache_dir,
         sparse_max=settings.sparse_max,
+        ann_min_items=settings.ann_min_items,
     )
     recommender = follower.load()
 

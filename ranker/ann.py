@@ -1,0 +1,235 @@
+"""Candidates from approximate nearest-neighbour indexes (faiss IVF) for catalogues too large to score whole.
+
+`generate_candidates` scores every item of the pool for every source: several matrix products and argpartitions
+over the catalogue per user, linear in it. Over a catalogue of at least `ANN_MIN_ITEMS` items, serving attaches a
+`CandidateIndex` to its `RankerInputs` and the full-pool sources are read from it instead:
+
+- the inner-product sources (the collaborative score through either item view, [vector | bias] against the
+  user's [vector | 1]; the text profile against the normalised text embeddings) from one faiss IVF-Flat index
+  each, by inner product: sqrt(n) lists from k-means on a sample, a 24th of them searched per query. (The
+  classic reduction of inner product to Euclidean distance by one extra coordinate recalled less here: 0.88
+  against 0.97 at 500k items and 32 lists searched, benchmarks/ann_candidates.py's catalogue);
+- the global sources (popularity, recent popularity) from their items sorted once: exact;
+- TF-IDF profile similarity exactly, as a sparse product (no dense row over the catalogue).
+
+Exclusions (training history and `exclude`) are honoured by over-fetching: each user asks for per_source plus as
+many items as they have excluded, rounded up to a power of two (users asking alike are searched together), and the
+excluded are dropped after. Items appended after the index was built (`add_items` while serving) are scored
+exactly and merged by score, so an index is never mutated once built and stays safe to share between threads.
+
+Below the threshold no index is built and candidates are the exact brute force, bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+    from ranker.features import RankerInputs
+
+# Light on purpose (numpy only; faiss on first use): the settings read this default at the CLI's start.
+# Catalogues of at least this many items get an index when served (WARMSTART_ANN_MIN_ITEMS); CiteULike-a (16,980)
+# and MovieLens stay exact. At 100k items one user's brute-force candidates took p50 86 ms, the index's 8.5 ms
+# (docs/scaling.md, "Candidates by an ANN index").
+ANN_MIN_ITEMS = 100_000
+# Share of the inverted lists searched per query (at least MIN_NPROBE), with sqrt(n) lists. At 500k items 1/12
+# recalled all of the brute force's top 100 in 38 ms a user (p50, load 5); 1/24 recalled 0.95-1.0 a source and
+# 0.99 of the union in 32 ms (load 3.5; docs/scaling.md).
+PROBE_SHARE = 1 / 24
+MIN_NPROBE = 16
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateIndex:
+    """ANN indexes over the first `n_items` items of a `RankerInputs` (built by `build_candidate_index`)."""
+
+    n_items: int
+    vectors: dict[str, Any]  # faiss.IndexIVFFlat (inner product) of "cf_warm", "cf_cold", "text"
+    # Global sources: item indices by descending score, and those scores.
+    orders: dict[str, tuple[np.ndarray, np.ndarray]]
+    nprobe: int
+    seconds: float  # what the build took
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the indexes hold (serialised faiss indexes plus the global orders)."""
+        faiss = _faiss()
+        size = sum(int(faiss.serialize_index(index).nbytes) for index in self.vectors.values())
+        return size + sum(int(items.nbytes + scores.nbytes) for items, scores in self.orders.values())
+
+
+def _faiss() -> Any:
+    import faiss  # imported on first use: most runs never build an index
+
+    return faiss
+
+
+def _ivf(vectors: np.ndarray, lists: int | None, seed: int) -> Any:
+    faiss = _faiss()
+    data = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = data.shape
+    lists = lists or max(1, min(int(np.sqrt(n)), n // 39))  # faiss wants 39+ training points a list
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    # k-means on a sample: 40 points a list place the centroids well enough and bound the build's time.
+    sample = data if n <= 40 * lists else data[np.random.default_rng(seed).choice(n, 40 * lists, replace=False)]
+    index.train(sample)
+    index.add(data)
+    return index
+
+
+def build_candidate_index(
+    inputs: RankerInputs, *, nprobe: int | None = None, lists: int | None = None, seed: int = 0
+) -> CandidateIndex:
+    """Indexes over every item of `inputs` for the full-pool candidate sources (see the module docstring)."""
+    started = time.perf_counter()
+    views = inputs.catalog_views
+    vectors = {
+        "cf_warm": _ivf(views[False], lists, seed),
+        "cf_cold": _ivf(views[True], lists, seed),
+        "text": _ivf(inputs.text, lists, seed),
+    }
+    # Stable sorts: equal scores go to the lower item, whatever the brute force's argpartition picks among them.
+    everything = np.arange(inputs.n_items)
+    orders = {}
+    for source in ("popularity", "recent", "recent_week") if inputs.time is not None else ("popularity",):
+        scores = _global_scores(inputs, source, everything)
+        order = np.argsort(-scores, kind="stable")  # equal scores to the lower item
+        orders[source] = (order, scores[order])
+    if nprobe is None:
+        nprobe = max(MIN_NPROBE, round(vectors["text"].nlist * PROBE_SHARE))
+    return CandidateIndex(inputs.n_items, vectors, orders, nprobe, time.perf_counter() - started)
+
+
+def _known(inputs: RankerInputs, users: np.ndarray, exclude: sp.csr_array | None) -> sp.csr_array:
+    known = inputs.history[users]
+    if exclude is not None:
+        known = known + exclude[users]
+    return known.tocsr()
+
+
+def _codes(rows: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    return rows.astype(np.int64) * n_items + items
+
+
+def _best(
+    positions: np.ndarray, labels: np.ndarray, scores: np.ndarray, known_codes: np.ndarray, n_items: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, items) of each row's `k` best-scored labels that are items (>= 0) and not known; row r is the
+    user at `positions[r]` of the batch whose known pairs `known_codes` holds."""
+    rows = np.broadcast_to(positions[:, None], labels.shape)
+    valid = (labels >= 0) & np.isfinite(scores)
+    valid &= ~np.isin(_codes(rows, np.maximum(labels, 0), n_items), known_codes)
+    order = np.argsort(-np.where(valid, scores, -np.inf), axis=1, kind="stable")[:, :k]
+    chosen = np.take_along_axis(valid, order, axis=1)
+    return np.broadcast_to(positions[:, None], order.shape)[chosen], np.take_along_axis(labels, order, axis=1)[chosen]
+
+
+def _fetch_sizes(n_known: np.ndarray, per_source: int, n_items: int) -> np.ndarray:
+    """Items each user asks the index for: per_source plus their excluded, rounded up to a power of two."""
+    wanted = per_source + n_known
+    return np.minimum(2 ** np.ceil(np.log2(np.maximum(wanted, 1))).astype(np.int64), n_items)
+
+
+def _search(index: Any, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, inner products) of each query's k best indexed items (label -1 where fewer were found)."""
+    faiss = _faiss()
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    scores, labels = index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+    return labels, scores
+
+
+def ann_candidates(
+    inputs: RankerInputs,
+    index: CandidateIndex,
+    users: np.ndarray,
+    *,
+    per_source: int,
+    exclude: sp.csr_array | None = None,
+    views: tuple[bool, ...] = (False, True),
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each source's (user positions in `users`, item indices) of its top `per_source` items over the whole
+    catalogue, training history and `exclude` left out: what generate_candidates takes the union of.
+
+    Users without history have no text or TF-IDF profile (all their scores tie at 0): those sources give them
+    nothing here, where the brute force gives arbitrary tied items."""
+    n_items, n_indexed = inputs.n_items, index.n_items
+    known_rows = _known(inputs, users, exclude)
+    known = known_rows.tocoo()
+    known_codes = np.sort(_codes(known.row, known.col, n_items))  # (position in users, item)
+    sizes = _fetch_sizes(np.diff(known_rows.indptr), per_source, n_indexed)
+    tail = np.arange(n_indexed, n_items)  # items added after the build: scored exactly
+    everyone = np.arange(users.size)
+    user_view = inputs.user_view(users)
+    queries = {f"cf_{'cold' if cold else 'warm'}": (everyone, user_view, inputs.catalog_views[cold]) for cold in views}
+    if views:
+        with_profile = np.flatnonzero(inputs.user_has_history[users])
+        queries["text"] = (with_profile, inputs.text_profiles[users[with_profile]], inputs.text)
+
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for source, (positions, vectors, items) in queries.items():
+        parts = []
+        for size in np.unique(sizes[positions]):
+            chosen = np.flatnonzero(sizes[positions] == size)
+            group, group_vectors = positions[chosen], vectors[chosen]
+            labels, scores = _search(index.vectors[source], group_vectors, int(size), index.nprobe)
+            if tail.size:
+                labels = np.hstack([labels, np.broadcast_to(tail, (group.size, tail.size))])
+                scores = np.hstack([scores, group_vectors @ items[tail].T])
+            parts.append(_best(group, labels, scores, known_codes, n_items, per_source))
+        out[source] = _concat(parts)
+    if False in views:
+        for source, (order, ordered) in index.orders.items():
+            tail_scores = _global_scores(inputs, source, tail)
+            parts = []
+            for size in np.unique(sizes):
+                group = np.flatnonzero(sizes == size)
+                shape = (group.size, size + tail.size)
+                labels = np.broadcast_to(np.r_[order[:size], tail], shape)
+                scores = np.broadcast_to(np.r_[ordered[:size], tail_scores], shape)
+                parts.append(_best(group, labels, scores, known_codes, n_items, per_source))
+            out[source] = _concat(parts)
+    if views and inputs.tfidf is not None and inputs.tfidf_profiles is not None:
+        out["tfidf"] = _tfidf(inputs, users, known_rows, per_source)
+    return out
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return tuple(np.concatenate(column).astype(np.int64) for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+def _global_scores(inputs: RankerInputs, source: str, items: np.ndarray) -> np.ndarray:
+    """The score every user gives `items` in a global source (what source_scores broadcasts)."""
+    if source == "popularity":
+        return np.log1p(inputs.popularity[items])
+    assert inputs.time is not None
+    return inputs.time.recent[items, -1 if source == "recent" else 0]
+
+
+def _tfidf(
+    inputs: RankerInputs, users: np.ndarray, known: sp.csr_array, per_source: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact TF-IDF profile similarity over the items that share a term with the profile (a sparse product), each
+    row's best found by argpartition over its own entries: a common word puts much of the catalogue in a row, and
+    one sort over a batch's entries took longer than the brute force's dense rows."""
+    assert inputs.tfidf_profiles is not None
+    product = (inputs.tfidf_profiles[users] @ inputs.catalog_tfidf_t).tocsr()
+    rows, items = [], []
+    for row in range(users.size):
+        span = slice(product.indptr[row], product.indptr[row + 1])
+        found, scores = product.indices[span], product.data[span]
+        keep = (scores > 0) & ~np.isin(found, known.indices[known.indptr[row] : known.indptr[row + 1]])
+        found, scores = found[keep], scores[keep]
+        if found.size > per_source:
+            found = found[np.argpartition(-scores, per_source - 1)[:per_source]]
+        rows.append(np.full(found.size, row, dtype=np.int64))
+        items.append(found.astype(np.int64))
+    return _concat(list(zip(rows, items, strict=True)))
