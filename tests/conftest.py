@@ -138,6 +138,14 @@ def served_slice(
     return workspace
 
 
+@pytest.fixture
+def served_copy(served_slice: Path, tmp_path: Path) -> Path:
+    """A copy of the served slice for a test that changes it (the session's own is read-only)."""
+    target = tmp_path / "ws"
+    shutil.copytree(served_slice, target)
+    return target
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ nothing."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import polars as pl
@@ -21,10 +20,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def workspace(served_slice: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "ws"
-    shutil.copytree(served_slice, target)
-    return target
+def workspace(served_copy: Path) -> Path:
+    return served_copy
 
 
 def _add(workspace: Path, file: Path, cache_dir: Path) -> tuple[int, str]:

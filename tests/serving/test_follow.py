@@ -41,10 +41,8 @@ def _eventually(check: Callable[[], Any], timeout: float = 60) -> Any:
 
 
 @pytest.fixture
-def workspace(served_slice: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "ws"
-    shutil.copytree(served_slice, target)
-    return target
+def workspace(served_copy: Path) -> Path:
+    return served_copy
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ made from their attributes, and a user's interactions appended later are folded 
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,10 +19,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def workspace(served_slice: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "ws"
-    shutil.copytree(served_slice, target)
-    return target
+def workspace(served_copy: Path) -> Path:
+    return served_copy
 
 
 def _cli(workspace: Path, cache_dir: Path, *args: str) -> None:
