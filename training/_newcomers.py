@@ -42,8 +42,13 @@ class NewcomerChoice:
 
     @property
     def served(self) -> NewcomerConfig | None:
-        """What the ranker routes: the route's choice where one was made, else the holdout's."""
-        return self.route.config if self.route is not None else self.chosen
+        """What the ranker routes: these weights for the newcomers the route serves (all, without a route)."""
+        if self.route is None:
+            return self.chosen
+        if self.route.config is None:
+            return None
+        bounds = {"min_events": self.route.config.min_events, "max_events": self.route.config.max_events}
+        return self.chosen.model_copy(update=bounds)
 
     def as_dict(self) -> JSON:
         return {
@@ -71,9 +76,10 @@ def first_seen(log: pl.DataFrame, index: EvalIndex, history: sp.csr_array) -> np
     keys, when = first["key"].to_numpy(), first["when"].to_numpy().astype(np.float64)
     rows = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
     wanted = rows.astype(np.int64) * history.shape[1] + history.indices
-    at = np.minimum(np.searchsorted(keys, wanted), max(keys.size - 1, 0))
-    found = keys.size > 0 and keys[at] == wanted
-    return np.where(found, when[at] if keys.size else 0.0, np.inf)
+    if keys.size == 0:
+        return np.full(wanted.size, np.inf)
+    at = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+    return np.where(keys[at] == wanted, when[at], np.inf)
 
 
 def newcomer_holdout(

@@ -113,10 +113,7 @@ def _with_route(fitted: FittedRanker, route: RouteChoice) -> FittedRanker:
     if report is None or report.newcomers is None:
         raise TypeError("a route applies to a fit that chose newcomer weights.")
     newcomers = replace(report.newcomers, route=route)
-    served = route.config
-    if served is not None:
-        served = newcomers.chosen.model_copy(update={"min_events": served.min_events, "max_events": served.max_events})
-    fitted.ranker.with_newcomers(served)
+    fitted.ranker.with_newcomers(newcomers.served)
     return replace(fitted, report=replace(report, newcomers=newcomers, ranker_metadata=fitted.ranker.metadata))
 
 
