@@ -4,6 +4,8 @@ save), and the holdout its weights are chosen on."""
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from ranker.base import top_k
 from ranker.features import RankerInputs
 from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
 from ranker.newcomers import NewcomerConfig, newcomer_scores
+from ranker.temporal import TimeFeatures
 from training._newcomers import choose_newcomers, choose_route, newcomer_holdout
 
 N_ITEMS = 30
@@ -170,3 +173,21 @@ def test_the_route_serves_newcomers_only_where_validation_says_the_model_ranks_t
         serves = choice.config is not None and choice.config.min_events <= low <= choice.config.max_events
         assert serves == (ndcg["newcomer model"] >= ndcg["ranker"])
     assert choose_route(ranker, blank, config, labels, pool, None, min_users=301).config == config
+
+
+def test_on_a_log_with_times_the_recent_weight_brings_what_is_taken_now_up() -> None:
+    history, _ = _two_tastes(np.random.default_rng(4))
+    recent = np.zeros((N_ITEMS, 3), dtype=np.float32)
+    recent[25:28] = 50.0  # three items nobody in the history took, taken by everyone this fortnight
+    time = TimeFeatures(
+        now=datetime(2024, 1, 1, tzinfo=UTC),
+        recent=recent,
+        age_days=np.zeros(N_ITEMS, np.float32),
+        user_recent=np.zeros(42, np.float32),
+        release_age_days=np.full(N_ITEMS, np.nan, np.float32),
+    )
+    inputs = dataclasses.replace(_inputs(history, None), time=time)
+    items, user = np.arange(N_ITEMS), np.array([40])
+    before = newcomer_scores(inputs, user, items, NewcomerConfig(history_weight=0.0))[0]
+    after = newcomer_scores(inputs, user, items, NewcomerConfig(history_weight=0.0, recent_weight=5.0))[0]
+    assert not _top(before, 5) & {25, 26, 27} and _top(after, 3) == {25, 26, 27}
