@@ -99,6 +99,13 @@ class WarmstartSettings(BaseSettings):
         description="Requests the HTTP API scores at once; the others wait. Scoring is CPU-bound: more than the "
         "cores only makes every request, /health included, wait longer.",
     )
+    api_precompute_k: int = Field(
+        100,
+        ge=0,
+        description="How deep the HTTP API ranks every served user's list in the background, at start and whenever "
+        "what it serves changes; a known user's request for k up to it is then a lookup. 0: every request is "
+        "scored live.",
+    )
     ann_min_items: int | None = Field(
         ANN_MIN_ITEMS,
         ge=1,

@@ -54,7 +54,7 @@ from catalog import (
     redact,
 )
 from encoders import prepare_warming
-from serving._recommender import Recommender
+from serving._recommender import PRECOMPUTED_K, Recommender
 
 _log = logging.getLogger(__name__)
 
@@ -137,12 +137,35 @@ class _Live:
     after the last check starts a thread that asks it for an up-to-date recommender and swaps it in; the request
     itself, and every request until the swap, is answered by the current recommender, so none waits for a load."""
 
-    def __init__(self, recommender: Recommender, follow: Follow | None = None, every: float = 1.0) -> None:
+    def __init__(
+        self, recommender: Recommender, follow: Follow | None = None, every: float = 1.0, precompute_k: int = 0
+    ) -> None:
         self.current = recommender
         self.lock = threading.Lock()
         self.follow = follow
         self.every = every
+        self.precompute_k = precompute_k
         self._next_check = time.monotonic() + every
+        self._precompute(recommender)
+
+    def swap(self, recommender: Recommender) -> None:
+        """Serve `recommender` from now on (the caller holds the lock)."""
+        self.current = recommender
+        self._precompute(recommender)
+
+    def _precompute(self, recommender: Recommender) -> None:
+        """Every user's top lists of `recommender`, ranked in a thread (seconds to a minute) while requests are
+        scored live; it gives up as soon as another recommender is served."""
+        if self.precompute_k < 1:
+            return
+
+        def run() -> None:
+            try:
+                recommender.precompute(self.precompute_k, stop=lambda: self.current is not recommender)
+            except Exception:  # requests go on being scored live
+                _log.exception("could not precompute the top lists of %s", recommender.version)
+
+        threading.Thread(target=run, name="warmstart-precompute", daemon=True).start()
 
     def get(self) -> Recommender:
         if self.follow is not None and time.monotonic() >= self._next_check and self.lock.acquire(blocking=False):
@@ -154,7 +177,7 @@ class _Live:
         try:
             updated = follow(self.current)
             if updated is not None:
-                self.current = updated
+                self.swap(updated)
         except Exception:  # a thread's failure would otherwise only print; the server goes on serving
             _log.exception("could not follow the workspace; still serving %s", self.current.version)
         finally:
@@ -258,14 +281,17 @@ def create_app(
     follow_every: float = 1.0,
     max_body_bytes: int = MAX_BODY_BYTES,
     scoring_threads: int = SCORING_THREADS,
+    precompute_k: int = PRECOMPUTED_K,
 ) -> FastAPI:
     """The HTTP API over `recommender`. With `api_key`, every endpoint but /health requires it (X-API-Key), the
     docs and schema included. `store_items(items)` persists items added through POST /items before they are
     served; without it the endpoint is not offered (items added only in memory would vanish at the next start).
     `follow` (e.g. `WorkspaceFollower.update`) is asked at most every `follow_every` seconds, in a thread a request
     starts, whether the workspace changed: items and users added, a version promoted. A body over `max_body_bytes`
-    is refused (413); at most `scoring_threads` requests score or add items at once, the others wait their turn."""
-    live = _Live(recommender, follow, follow_every)
+    is refused (413); at most `scoring_threads` requests score or add items at once, the others wait their turn.
+    Every served user's top `precompute_k` is ranked in a background thread at start and whenever the recommender
+    changes (`Recommender.precompute`; 0: never), so a known user's list is then a table lookup."""
+    live = _Live(recommender, follow, follow_every, precompute_k)
     if recommender.warming is not None and recommender.warming.simulate:
         prepare_warming()  # items added later are warmed: pay torch's first-run set-up now, not on the first one
     app = FastAPI(
@@ -322,6 +348,7 @@ def _add_health_route(app: FastAPI, live: _Live) -> None:
             "users": current.inputs.n_users,
             "items": current.inputs.n_items,
             "version_users": current.n_version_users,
+            "precomputed_users": current.precomputed_users,
         }
 
 
@@ -376,5 +403,5 @@ def _add(live: _Live, store_items: ItemStore, body: NewItems) -> dict[str, Any]:
             )
         extended = current.add_items(items)  # first, so that a refused item is never stored
         store_items(items)
-        live.current = extended
+        live.swap(extended)
     return {"model_version": extended.version, "added": items[Columns.item].to_list()}

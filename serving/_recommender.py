@@ -29,7 +29,7 @@ Where a user or item comes from decides how it is served:
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -96,6 +96,13 @@ RECOMMENDATION_COLUMNS = (
     USER_SEGMENT,
 )
 _EXAMPLES = 5
+# How deep each served user's list is precomputed (`Recommender.precompute`): requests for k up to this are answered
+# from the table; a deeper k is scored live.
+PRECOMPUTED_K = 100
+# At most this many (user, position) entries are precomputed (12 bytes each: 240 MB); a larger population gets a
+# shallower table, or none when fewer than PRECOMPUTED_MIN_K places would fit.
+PRECOMPUTED_ENTRIES = 20_000_000
+PRECOMPUTED_MIN_K = 20
 
 
 def _unknown(ids: list[str], known: Container[str], kind: str, version: str) -> None:
@@ -114,6 +121,44 @@ def _minmax(values: np.ndarray) -> np.ndarray:
         low, high = values[finite].min(), values[finite].max()
         out[finite] = (values[finite] - low) / (high - low) if high > low else 1.0
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class TopLists:
+    """Every served user's top `k` as `Recommender.recommend` ranks it with seen items excluded, filled a block of
+    users at a time (`ready` says whose rows are done). Row u, position j: the item row (-1 past the candidates'
+    end), its score, and whether the position counts (`kept`: a non-finite placed value takes its place in the
+    order and is then dropped, exactly as a live top k drops it)."""
+
+    k: int
+    items: np.ndarray
+    scores: np.ndarray
+    kept: np.ndarray
+    ready: np.ndarray
+
+    @classmethod
+    def empty(cls, n_users: int, k: int) -> TopLists:
+        return cls(
+            k=k,
+            items=np.full((n_users, k), -1, dtype=np.int64),
+            scores=np.zeros((n_users, k), dtype=np.float32),
+            kept=np.zeros((n_users, k), dtype=bool),
+            ready=np.zeros(n_users, dtype=bool),
+        )
+
+    def answers(self, users: np.ndarray, k: int) -> bool:
+        return k <= self.k and bool(self.ready[users].all())
+
+    def take(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(user, item, rank, score) of `users`' top k, from the table."""
+        kept = self.kept[users, :k]
+        ranks = np.cumsum(kept, axis=1)
+        return (
+            np.broadcast_to(users[:, None], kept.shape)[kept],
+            self.items[users, :k][kept],
+            ranks[kept],
+            self.scores[users, :k][kept],
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,6 +191,9 @@ class Recommender:
     users: pl.DataFrame | None = None
     # The text model and its cache, loaded on the first stated text and kept (loading MiniLM takes ~1 s).
     _text: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Every user's top lists once `precompute` filled them ("top": a TopLists); this Recommender never changes (each
+    # addition makes a new one), so the table never goes stale. init=False: `replace` starts the new one without.
+    _lists: dict[str, TopLists] = field(default_factory=dict, init=False, repr=False)
 
     # ------------------------------------------------------------------------------------------------ load
 
@@ -438,10 +486,11 @@ class Recommender:
 
     # ------------------------------------------------------------------------------------------------ serve
 
-    def _ranked(
+    def _blocks(
         self, users: np.ndarray, k: int, exclude_seen: bool, block: int = 256
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(user, item, rank, score) of each user's top k, `block` users at a time."""
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per block of `block` users: (user, item, position, score, kept) of each user's first k candidates in
+        the served order; a live top k keeps the positions `kept` says (see `_first_k`)."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}.")
         pool = np.arange(self.inputs.n_items)
@@ -449,16 +498,55 @@ class Recommender:
         block = max(1, min(block, 2**24 // max(pool.size, 1)))
         # The order is the ranker's placed one (cold places); the scores shown are the model's own.
         score = self.ranker.scorer(self.inputs, self.seen if exclude_seen else None, placed=False)
-        parts = []
         for start in range(0, users.size, block):
             chunk = users[start : start + block]
             scores = score(chunk, pool)
-            rows, items = _top_k_of_candidates(self.ranker.place(scores, self.inputs, pool), pool, k)
-            ranks = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") + 1
-            parts.append((chunk[rows], items, ranks, scores[rows, items]))
+            rows, items, kept = _first_k(self.ranker.place(scores, self.inputs, pool), pool, k)
+            positions = np.arange(rows.size) - np.searchsorted(rows, rows, side="left")
+            yield chunk[rows], items, positions, scores[rows, items], kept
+
+    def _ranked(
+        self, users: np.ndarray, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(user, item, rank, score) of each user's top k: from the precomputed table where it has them all."""
+        lists = self._lists.get("top")
+        if exclude_seen and lists is not None and lists.answers(users, k):
+            return lists.take(users, k)
+        parts = []
+        for chunk_users, items, _, scores, kept in self._blocks(users, k, exclude_seen):
+            chunk_users, items, scores = chunk_users[kept], items[kept], scores[kept]
+            ranks = np.arange(chunk_users.size) - np.searchsorted(chunk_users, chunk_users, side="left") + 1
+            parts.append((chunk_users, items, ranks, scores))
         if not parts:
             return tuple(np.empty(0, dtype=np.int64) for _ in range(4))  # type: ignore[return-value]
         return tuple(np.concatenate(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+    def precompute(self, k: int = PRECOMPUTED_K, *, stop: Callable[[], bool] | None = None) -> int:
+        """Ranks every served user's top k (seen items excluded) in blocks, about four times cheaper per user than
+        one at a time, and keeps them: `recommend` then answers a user whose list is done from the table, for any
+        k up to it. Stops early when `stop()` says so (a newer recommender replaced this one). k shrinks to keep
+        the table under PRECOMPUTED_ENTRIES entries; below PRECOMPUTED_MIN_K nothing is precomputed. Returns the
+        users whose lists are ready. Safe beside requests: they read the rows already marked ready."""
+        n_users = self.inputs.n_users
+        k = min(k, PRECOMPUTED_ENTRIES // max(n_users, 1))
+        if k < PRECOMPUTED_MIN_K or "top" in self._lists:
+            return int(self._lists["top"].ready.sum()) if "top" in self._lists else 0
+        lists = TopLists.empty(n_users, k)
+        self._lists["top"] = lists
+        for users, items, positions, scores, kept in self._blocks(np.arange(n_users), k, exclude_seen=True):
+            lists.items[users, positions] = items
+            lists.scores[users, positions] = scores
+            lists.kept[users, positions] = kept
+            lists.ready[np.unique(users)] = True
+            if stop is not None and stop():
+                break
+        return int(lists.ready.sum())
+
+    @property
+    def precomputed_users(self) -> int:
+        """Users whose top lists `precompute` has ready."""
+        lists = self._lists.get("top")
+        return int(lists.ready.sum()) if lists is not None else 0
 
     def recommend(
         self, user_ids: list[str] | pl.Series, k: int = 20, *, exclude_seen: bool = True, explain: bool = False
@@ -599,16 +687,22 @@ class Recommender:
         )
 
 
-def _top_k_of_candidates(scores: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """`ranker.base.top_k` (rows' top k, equal scores to the lower item, never -inf, inf or NaN) for a score matrix
-    that is -inf outside a few candidates per row: only the finite entries are sorted, not every item."""
+def _first_k(scores: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's first k candidates in `ranker.base.top_k`'s order (equal scores to the lower item) for a score
+    matrix that is -inf outside a few candidates per row (only the finite entries are sorted, not every item):
+    (row, item, kept). As top_k, an inf takes a place among the first k and is then dropped (not `kept`)."""
     rows, columns = np.nonzero(~np.isnan(scores) & (scores != -np.inf))
     values = scores[rows, columns]
     order = np.lexsort((pool[columns], -values, rows))
     rows, columns, values = rows[order], columns[order], values[order]
-    # As top_k: an inf takes a place among the first k, then is dropped with the rest that is not finite.
-    keep = (np.arange(rows.size) - np.searchsorted(rows, rows, side="left") < k) & np.isfinite(values)
-    return rows[keep], pool[columns[keep]]
+    first = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") < k
+    return rows[first], pool[columns[first]], np.isfinite(values[first])
+
+
+def _top_k_of_candidates(scores: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`ranker.base.top_k` (rows' top k, equal scores to the lower item, never -inf, inf or NaN) of such a matrix."""
+    rows, items, kept = _first_k(scores, pool, k)
+    return rows[kept], items[kept]
 
 
 def _rows(ids: pl.Series) -> dict[str, int]:

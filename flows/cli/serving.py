@@ -220,6 +220,7 @@ def api(
         follow_every=follow_every,
         max_body_bytes=settings.api_max_body_bytes,
         scoring_threads=settings.api_scoring_threads,
+        precompute_k=settings.api_precompute_k,
     )
     guarded = f", {API_KEY_HEADER} required" if key else ""
     console.print(f"{recommender.ranker_name} {recommender.version} on http://{host}:{port} (docs at /docs{guarded})")

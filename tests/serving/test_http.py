@@ -109,6 +109,23 @@ def test_a_warm_user_gets_k_ranked_unseen_items(client: httpx.Client, workspace:
     assert [row["item_id"] for row in rows] == direct[Columns.item].to_list()
 
 
+def test_every_users_list_is_precomputed_and_answered_as_scored_live(
+    api: str, client: httpx.Client, workspace: Path
+) -> None:
+    """The API ranks every user's top lists in the background (`Recommender.precompute`); once /health says they
+    are ready, each answer is the one the Python API scores live for the same version, order and scores."""
+    deadline = time.monotonic() + 120
+    while (health := httpx.get(f"{api}/health").json())["precomputed_users"] < health["users"]:
+        assert time.monotonic() < deadline, f"lists not precomputed within 120 s: {health}"
+        time.sleep(0.2)
+    live = Recommender.load(workspace)
+    for user in live.user_ids.to_list():
+        rows = client.get("/recommend", params={"user_id": user, "k": 10}).json()["recommendations"]
+        expected = live.recommend([user], k=10)
+        assert [row["item_id"] for row in rows] == expected[Columns.item].to_list(), user
+        np.testing.assert_allclose([row["score"] for row in rows], expected[Columns.score].to_numpy(), rtol=1e-6)
+
+
 def test_stated_interests_alone_and_blended_with_a_user(client: httpx.Client, workspace: Path) -> None:
     alone = client.post("/recommend", json={"text": "space adventure with aliens", "k": 5})
     assert alone.status_code == 200, alone.text
@@ -305,7 +322,8 @@ def test_health_stays_fast_while_requests_score_and_a_hostile_one_arrives(
     def load(worker: int) -> None:
         with httpx.Client(base_url=api, headers={API_KEY_HEADER: KEY}, timeout=120) as own:
             for user in users[worker::16][:6]:
-                done.append(own.get("/recommend", params={"user_id": user, "k": 20}).status_code)
+                # k past the precomputed depth: scored live, the load this test is about (a lookup takes no time).
+                done.append(own.get("/recommend", params={"user_id": user, "k": 150}).status_code)
             done.append(own.post("/recommend", json={"user_id": LONG_ID}).status_code)
 
     workers = [threading.Thread(target=load, args=(w,)) for w in range(16)]

@@ -79,3 +79,16 @@ def test_two_appended_interactions_move_an_added_users_list_without_a_retrain(
         return float(ranking.filter(pl.col(Columns.item).is_in(liked))[Columns.rank].mean())
 
     assert mean_rank(after) < 0.75 * mean_rank(before), (mean_rank(before), mean_rank(after))
+
+
+def test_precomputed_lists_belong_to_their_recommender_not_to_the_one_made_from_it(served_slice: Path) -> None:
+    """An addition makes a new Recommender: it must not answer from the table its parent precomputed (a user
+    added after the table was made is past its rows; a list would be stale)."""
+    recommender = Recommender.load(served_slice)
+    assert recommender.precompute(k=20) == recommender.inputs.n_users == recommender.precomputed_users
+    extended = recommender.add_users(["newcomer"])
+    assert extended.precomputed_users == 0
+    users = [*recommender.user_ids.to_list()[:3], "newcomer"]
+    frame = extended.recommend(users, k=5)
+    assert frame.height == 20 and frame.filter(pl.col(Columns.user) == "newcomer")["user_segment"][0] == "cold"
+    assert frame.filter(pl.col(Columns.user) != "newcomer").equals(recommender.recommend(users[:3], k=5))
