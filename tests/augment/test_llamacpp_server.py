@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,9 +52,19 @@ REPEAT_NOISE = 5e-3
 
 
 @pytest.fixture(scope="module")
-def llama_server(start_llama_server: Callable[..., Any]) -> Any:
-    """One server for the module's healthy tests (a test that kills a server starts its own)."""
-    return start_llama_server()
+def llama_server(start_llama_server: Callable[..., Any]) -> Iterator[Any]:
+    """One server for the module's healthy tests (a test that kills a server starts its own), stopped after them."""
+    server = start_llama_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_server(start_llama_server: Callable[..., Any]) -> Iterator[Any]:
+    """A server of the test's own, to kill; stopped after the test."""
+    server = start_llama_server()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +162,9 @@ def test_a_prompt_past_the_servers_context_is_refused_once_not_retried(llama_ser
 
 
 def test_a_server_killed_mid_run(
-    start_llama_server: Callable[..., Any],
-    one_at_a_time: tuple[list[Generation], np.ndarray],
-    tmp_path: Path,
+    own_server: Any, one_at_a_time: tuple[list[Generation], np.ndarray], tmp_path: Path
 ) -> None:
-    server = start_llama_server()
+    server = own_server
     # back within the retries (0.5 + 1 + 2 + 4 + 8 + 16 s of backoff): the run completes with the same answers
     patient = HttpBackend(server.url, MODEL, concurrency=1, retries=6, backoff=0.5)
     server.kill_after(2)  # the third request may be in flight when it dies

@@ -5,7 +5,7 @@ and a rerun once the server is back that resumes from the generation cache witho
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,17 @@ def workspace(tmp_path: Path) -> Path:
     return ws
 
 
+@pytest.fixture
+def server(start_llama_server: Callable[..., Any]) -> Iterator[Any]:
+    """llama_cpp.server serving the F16 SmolLM2 file on loopback (tests/conftest.py), stopped after the test."""
+    started = start_llama_server()
+    yield started
+    started.stop()
+
+
 def test_a_server_killed_mid_run_leaves_the_tables_as_they_were_and_a_rerun_resumes(
-    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_llama_server: Callable[..., Any]
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Any
 ) -> None:
-    server = start_llama_server()
     settings = {
         "BACKEND": "http",
         "BASE_URL": server.url,
