@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import collections
+import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -202,3 +207,127 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run([*as_user, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# llama-cpp-python's [server] extra: what `python -m llama_cpp.server` imports (requirements-dev.lock pins the two
+# that the runtime lacks)
+LLAMA_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+LLAMA_SERVER_STARTUP_S = 90.0  # it answers in 2-4 s here; the rest is for a loaded machine
+_CHAT_ANSWERED = '"POST /v1/chat/completions HTTP/1.1" 200'  # uvicorn's access log line of one answered request
+
+
+class LlamaServer:
+    """llama-cpp-python's own OpenAI-compatible server (`python -m llama_cpp.server`) serving `model` (as
+    `alias`) on loopback, in its own process group, one thread for each of its llama.cpp pools (the cores are
+    shared). `start` waits until /v1/models answers, or fails with the server's last output lines; `kill` is a
+    crash (SIGKILL to the whole group); `kill_after(n)` crashes it once it has answered n more chat requests,
+    which may leave the next one in flight. `answered` counts answered chat requests over its restarts."""
+
+    def __init__(self, model: Path, port: int, *, alias: str = "smollm2", context: int = 1024) -> None:
+        self.model, self.port, self.alias = Path(model), port, alias
+        self.url = f"http://127.0.0.1:{port}/v1"
+        self.command = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model)]
+        self.command += ["--model_alias", alias, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(context)]
+        self.command += ["--n_threads", "1", "--n_threads_batch", "1", "--use_mlock", "False", "--verbose", "False"]
+        self.output: collections.deque[str] = collections.deque(maxlen=40)  # last lines, for failure messages
+        self.answered = 0
+        self.kills = 0
+        self._kill_at: int | None = None
+        self._lock = threading.Lock()
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = LLAMA_SERVER_STARTUP_S) -> LlamaServer:
+        import httpx
+
+        process = subprocess.Popen(
+            self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # its own process group: teardown and `kill` reach anything it started
+        )
+        self.process = process
+        threading.Thread(target=self._read, args=(process,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                self._failed(f"exited with code {process.returncode} before it answered")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=2.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                self._failed(f"did not answer within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    def _failed(self, reason: str) -> NoReturn:
+        time.sleep(0.2)  # (let the reader take the last lines of a process that just exited)
+        shown = "".join(self.output) or "(no output)\n"
+        pytest.fail(f"llama_cpp.server {reason}: {' '.join(self.command)}\n{shown}", pytrace=False)
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        """Keep the last output lines (the pipe must be drained or the server blocks) and count the answers."""
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.output.append(line)
+            if _CHAT_ANSWERED in line:
+                with self._lock:
+                    self.answered += 1
+                    due = self._kill_at is not None and self.answered >= self._kill_at
+                    if due:
+                        self._kill_at = None
+                if due:
+                    self.kill()
+
+    def kill_after(self, requests: int) -> None:
+        with self._lock:
+            self._kill_at = self.answered + requests
+
+    def kill(self) -> None:
+        process = self.process
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            self.kills += 1
+
+    def stop(self) -> None:
+        """SIGTERM to the group, SIGKILL to what is left after 10 s."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def start_llama_server() -> Iterator[Callable[..., LlamaServer]]:
+    """Starts llama_cpp.server on a free loopback port serving the product's own llama.cpp file of the shipped
+    SmolLM2 (the F16 re-encoding the in-process backend runs, so answers are comparable); the caller may name
+    another `model`. Every server started is stopped at the end of the session. Where the server's modules or
+    llama-cpp-python are missing, the test is skipped with the reason (failed under CI=true)."""
+    missing = [name for name in LLAMA_SERVER_MODULES if importlib.util.find_spec(name) is None]
+    started: list[LlamaServer] = []
+
+    def start(model: Path | None = None, *, context: int = 1024) -> LlamaServer:
+        if missing:
+            unavailable(f"llama_cpp.server needs {', '.join(missing)} (`make setup` installs them)")
+        if model is None:
+            from augment import smollm2_llamacpp_gguf
+
+            model = smollm2_llamacpp_gguf(Path(os.environ.get("WARMSTART_TEST_LLM_CACHE", REPO / ".cache")))
+        server = LlamaServer(model, _free_port(), context=context)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
