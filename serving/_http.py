@@ -16,6 +16,9 @@ header (401 otherwise). Settings are the caller's business: this module reads no
 Scoring and adding items run in worker threads, at most `scoring_threads` at once (an anyio capacity limiter);
 /health and the error replies run on the event loop. The scoring is CPU-bound and holds the GIL much of the time:
 forty of FastAPI's threads scoring at once on two cores made every request, /health included, wait for all of them.
+Every served user's top `precompute_k` is ranked in a background thread at start and after every change of what is
+served (`Recommender.precompute`); a known user's request within that depth is then a lookup, answered on the
+event loop.
 
 Given a `follow` function (`warmstart api` passes `serving.WorkspaceFollower.update`), the app follows its
 workspace while it runs: a request at least `follow_every` seconds (1 s by default) after the last check starts
@@ -360,6 +363,9 @@ def _add_recommend_routes(app: FastAPI, live: _Live, guarded: list[Any], work: W
         include_seen: Annotated[bool, Query(description="Also items logged since the version.")] = False,
     ) -> dict[str, Any]:
         current = live.get()
+        if not include_seen and current.is_precomputed([user_id], k):
+            # A lookup (well under a millisecond): answered on the event loop, never queued behind live scoring.
+            return _answer(current, current.recommend([user_id], k))
         score = functools.partial(current.recommend, [user_id], k, exclude_seen=not include_seen)
         return _answer(current, await work(score))
 

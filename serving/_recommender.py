@@ -542,6 +542,12 @@ class Recommender:
                 break
         return int(lists.ready.sum())
 
+    def is_precomputed(self, user_ids: list[str], k: int) -> bool:
+        """Whether `recommend(user_ids, k)` with seen items excluded is a lookup in the precomputed table (known
+        users whose lists are ready, k within its depth)."""
+        lists, rows = self._lists.get("top"), self._user_rows
+        return lists is not None and all(i in rows for i in user_ids) and lists.answers(_positions(rows, user_ids), k)
+
     @property
     def precomputed_users(self) -> int:
         """Users whose top lists `precompute` has ready."""
