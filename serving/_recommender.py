@@ -488,9 +488,10 @@ class Recommender:
 
     def _blocks(
         self, users: np.ndarray, k: int, exclude_seen: bool, block: int = 256
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """Per block of `block` users: (user, item, position, score, kept) of each user's first k candidates in
-        the served order; a live top k keeps the positions `kept` says (see `_first_k`)."""
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Per block of `block` users: (row, user, item, position, score, kept) of each user's first k candidates
+        in the served order, `row` the user's place in the block (ascending); a live top k keeps the positions
+        `kept` says (see `_first_k`)."""
         if k < 1:
             raise ConfigError(f"k must be at least 1, got {k}.")
         pool = np.arange(self.inputs.n_items)
@@ -503,7 +504,7 @@ class Recommender:
             scores = score(chunk, pool)
             rows, items, kept = _first_k(self.ranker.place(scores, self.inputs, pool), pool, k)
             positions = np.arange(rows.size) - np.searchsorted(rows, rows, side="left")
-            yield chunk[rows], items, positions, scores[rows, items], kept
+            yield rows, chunk[rows], items, positions, scores[rows, items], kept
 
     def _ranked(
         self, users: np.ndarray, k: int, exclude_seen: bool
@@ -513,10 +514,10 @@ class Recommender:
         if exclude_seen and lists is not None and lists.answers(users, k):
             return lists.take(users, k)
         parts = []
-        for chunk_users, items, _, scores, kept in self._blocks(users, k, exclude_seen):
-            chunk_users, items, scores = chunk_users[kept], items[kept], scores[kept]
-            ranks = np.arange(chunk_users.size) - np.searchsorted(chunk_users, chunk_users, side="left") + 1
-            parts.append((chunk_users, items, ranks, scores))
+        for rows, chunk_users, items, _, scores, kept in self._blocks(users, k, exclude_seen):
+            rows = rows[kept]  # ascending: a user's kept places are consecutive
+            ranks = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") + 1
+            parts.append((chunk_users[kept], items[kept], ranks, scores[kept]))
         if not parts:
             return tuple(np.empty(0, dtype=np.int64) for _ in range(4))  # type: ignore[return-value]
         return tuple(np.concatenate(column) for column in zip(*parts, strict=True))  # type: ignore[return-value]
@@ -533,7 +534,7 @@ class Recommender:
             return int(self._lists["top"].ready.sum()) if "top" in self._lists else 0
         lists = TopLists.empty(n_users, k)
         self._lists["top"] = lists
-        for users, items, positions, scores, kept in self._blocks(np.arange(n_users), k, exclude_seen=True):
+        for _, users, items, positions, scores, kept in self._blocks(np.arange(n_users), k, exclude_seen=True):
             lists.items[users, positions] = items
             lists.scores[users, positions] = scores
             lists.kept[users, positions] = kept
