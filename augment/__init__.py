@@ -30,9 +30,19 @@ from augment._cache import GenerationCache, input_hash
 from augment._factory import make_backend
 from augment._http import HttpBackend
 from augment._inprocess import InProcessBackend
-from augment._llamacpp import LLAMACPP_NAME, LlamaCppBackend, smollm2_llamacpp_gguf
+from augment._llamacpp import LLAMACPP_NAME, LlamaCppBackend, llamacpp_gguf, llamacpp_name, smollm2_llamacpp_gguf
 from augment._local import BF16_TOLERANCE, PRECISIONS, LocalBackend, Precision
-from augment._models import SMOLLM2_NAME, convert_smollm2, smollm2_name, smollm2_tokenizer
+from augment._models import (
+    DEFAULT_LOCAL_MODEL,
+    LOCAL_MODELS,
+    SMOLLM2_NAME,
+    LocalModel,
+    convert_smollm2,
+    local_model,
+    model_tokenizer,
+    smollm2_name,
+    smollm2_tokenizer,
+)
 from augment._prompts import (
     INTERACTION_JUDGE,
     INTERACTION_JUDGE_V1,
@@ -54,6 +64,7 @@ from augment._validate import OutputRules, rejection_reason, tidy
 
 __all__ = [
     "BF16_TOLERANCE",
+    "DEFAULT_LOCAL_MODEL",
     "DESCRIPTION",
     "INTERACTION_JUDGE",
     "INTERACTION_JUDGE_V1",
@@ -61,6 +72,7 @@ __all__ = [
     "ITEM_DESCRIPTION",
     "ITEM_DESCRIPTION_GROUNDED",
     "LLAMACPP_NAME",
+    "LOCAL_MODELS",
     "PRECISIONS",
     "PROFILE",
     "PROMPTS",
@@ -79,6 +91,7 @@ __all__ = [
     "InProcessBackend",
     "LlamaCppBackend",
     "LocalBackend",
+    "LocalModel",
     "Messages",
     "OutputRules",
     "Precision",
@@ -96,7 +109,11 @@ __all__ = [
     "judge_messages",
     "judge_pairs",
     "judge_prompts",
+    "llamacpp_gguf",
+    "llamacpp_name",
+    "local_model",
     "make_backend",
+    "model_tokenizer",
     "profile_prompts",
     "profile_users",
     "rejection_reason",

@@ -10,6 +10,7 @@ from augment._backend import Backend
 from augment._http import HttpBackend
 from augment._llamacpp import LlamaCppBackend
 from augment._local import LocalBackend, Precision
+from augment._models import DEFAULT_LOCAL_MODEL, local_model
 from catalog import ConfigError
 
 BackendKind = Literal["llamacpp", "local", "http"]
@@ -20,6 +21,7 @@ def make_backend(
     kind: BackendKind,
     *,
     cache_dir: Path,
+    local_model_name: str = DEFAULT_LOCAL_MODEL,
     batch_size: int = 16,
     threads: int | None = None,
     precision: Precision = "fp32",
@@ -31,9 +33,10 @@ def make_backend(
     concurrency: int = 4,
     allow_insecure: bool = False,
 ) -> Backend:
-    """The backend of this `kind`: the local SmolLM2 run by llama.cpp ("llamacpp", F16 weights) or by transformers
-    ("local", at `precision`), each made in `cache_dir` on first use, or an OpenAI-compatible server ("http", at
-    `base_url` serving `model`). Options that another kind does not use are ignored."""
+    """The backend of this `kind`: the local model `local_model_name` (SmolLM2-135M by default, or Gemma 3 270M)
+    run by llama.cpp ("llamacpp", F16 weights) or SmolLM2 by transformers ("local", at `precision`), each made in
+    `cache_dir` on first use, or an OpenAI-compatible server ("http", at `base_url` serving `model`). Options that
+    another kind does not use are ignored."""
     if kind == "http":
         return HttpBackend(
             base_url,
@@ -44,8 +47,14 @@ def make_backend(
             concurrency=concurrency,
             allow_insecure=allow_insecure,
         )
+    local_model(local_model_name)  # (an unknown name is refused whatever the kind)
     if kind == "llamacpp":
-        return LlamaCppBackend.smollm2(cache_dir, batch_size=batch_size, threads=threads)
+        return LlamaCppBackend.for_model(local_model_name, cache_dir, batch_size=batch_size, threads=threads)
     if kind == "local":
+        if local_model_name != DEFAULT_LOCAL_MODEL:
+            raise ConfigError(
+                f"the transformers backend runs {DEFAULT_LOCAL_MODEL} only; run {local_model_name} with "
+                "WARMSTART_LLM_BACKEND=llamacpp."
+            )
         return LocalBackend.smollm2(cache_dir, batch_size=batch_size, threads=threads, precision=precision)
     raise ConfigError(f"unknown LLM backend {kind!r}; choose one of {', '.join(_KINDS)}.")

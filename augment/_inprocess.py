@@ -10,6 +10,10 @@ from augment._backend import NO_WORDS, YES_WORDS
 from augment._prompts import Messages
 from catalog import ConfigError
 
+# Tokens that end a chat turn, besides the tokenizer's end of sequence: Gemma ends its turns with <end_of_turn> and
+# keeps <eos> for the end of a document (SmolLM2's end of sequence is its end of turn, <|im_end|>).
+END_OF_TURN = ("<end_of_turn>", "<|im_end|>")
+
 
 class InProcessBackend:
     """What the in-process backends share: the chat template and tokenizer (a transformers tokenizer, so that
@@ -29,7 +33,18 @@ class InProcessBackend:
     def _init_answers(self) -> None:
         self._yes_ids = self._answer_ids(YES_WORDS)
         self._no_ids = self._answer_ids(NO_WORDS)
+        self._stop_ids = self._end_ids()
         self.prompt_tokens = 0
+
+    def _end_ids(self) -> frozenset[int]:
+        """The tokens that end a generation: end of sequence, and the chat template's end of turn."""
+        special = set(self.tokenizer.all_special_tokens) | {
+            token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special
+        }
+        ends = {self.tokenizer.eos_token_id} | {
+            self.tokenizer.convert_tokens_to_ids(token) for token in END_OF_TURN if token in special
+        }
+        return frozenset(int(token) for token in ends if token is not None)
 
     def _answer_ids(self, words: Sequence[str]) -> list[int]:
         """Single-token spellings of the answer words (yes, Yes, YES, with or without a leading space)."""

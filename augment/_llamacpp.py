@@ -1,4 +1,5 @@
-"""SmolLM2 run in-process by llama.cpp (llama-cpp-python) with F16 weights: the default backend."""
+"""A local model (SmolLM2 by default, or Gemma 3 270M) run in-process by llama.cpp (llama-cpp-python) with F16
+weights: the default backend."""
 
 from __future__ import annotations
 
@@ -14,33 +15,44 @@ import numpy as np
 
 from augment._backend import Generation
 from augment._inprocess import InProcessBackend
-from augment._models import smollm2_gguf, smollm2_tokenizer
+from augment._models import DEFAULT_LOCAL_MODEL, local_model, model_tokenizer
 from augment._prompts import Messages
 from catalog import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
 
-LLAMACPP_NAME = "smollm2-135m-instruct-f16-llamacpp"
+Weights = Literal["f16", "q8_0", "f32"]
 
 
-def smollm2_llamacpp_gguf(cache_dir: Path, weights: Literal["f16", "q8_0"] = "f16") -> Path:
-    """The shipped Q4_1 GGUF re-encoded with F16 (or, for benchmarks, Q8_0) weights under CACHE/llm/, once (about
-    3 s), by llama.cpp's own quantiser (written to a temporary file that is renamed into place).
+def llamacpp_name(model: str = DEFAULT_LOCAL_MODEL, weights: Weights = "f16") -> str:
+    """The name of a local model run by llama.cpp with these weights, in provenance, cache keys and file names."""
+    return f"{local_model(model).stem}-{weights}-llamacpp"
 
-    Why not run the Q4_1 file itself: llama.cpp's Q4_1 kernels round the activations to 8 bits, which moved
-    P(yes) by up to 0.04 from the fp32 reference, and ran slower than F16 on an AVX2 CPU (docs/benchmarks.md);
-    Q8_0 rounds them too.
+
+LLAMACPP_NAME = llamacpp_name()  # the default model's: "smollm2-135m-instruct-f16-llamacpp"
+
+
+def llamacpp_gguf(cache_dir: Path, model: str = DEFAULT_LOCAL_MODEL, weights: Weights = "f16") -> Path:
+    """The model's shipped GGUF re-encoded with F16 (or, for benchmarks, Q8_0 or F32) weights under CACHE/llm/, once
+    (3-5 s), by llama.cpp's own quantiser (written to a temporary file that is renamed into place).
+
+    Why not run the shipped files themselves: their quantised kernels round the activations to 8 bits before each
+    dot product. SmolLM2's Q4_1 moved P(yes) by up to 0.04 from the fp32 reference and ran slower than F16 on an
+    AVX2 CPU; Gemma's Q4_K_M (Q4_K, Q5_0, Q6_K and Q8_0 tensors) moved it by up to 0.091 from the F32 re-encoding
+    of the same file run whole, 37 of 64 judge pairs past 0.02, where F16 stayed within 0.0026 (docs/benchmarks.md).
+    Q8_0 rounds the activations too (0.058, 23 of 64).
     """
-    target = Path(cache_dir) / "llm" / f"{LLAMACPP_NAME.replace('-f16-', f'-{weights}-')}.gguf"
+    target = Path(cache_dir) / "llm" / f"{llamacpp_name(model, weights)}.gguf"
     if target.is_file():
         return target
     llama_cpp = _import_llama_cpp()
-    source = smollm2_gguf()
+    source = local_model(model).gguf(cache_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{weights.upper()}")
-    params.allow_requantize = True  # Q4_1 tensors are dequantised, then stored anew
+    ftype = "ALL_F32" if weights == "f32" else f"MOSTLY_{weights.upper()}"
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{ftype}")
+    params.allow_requantize = True  # quantised tensors are dequantised, then stored anew
     try:
         _quiet(llama_cpp)
         failed = llama_cpp.llama_model_quantize(str(source).encode(), str(temporary).encode(), params)
@@ -50,6 +62,11 @@ def smollm2_llamacpp_gguf(cache_dir: Path, weights: Literal["f16", "q8_0"] = "f1
     finally:
         temporary.unlink(missing_ok=True)
     return target
+
+
+def smollm2_llamacpp_gguf(cache_dir: Path, weights: Weights = "f16") -> Path:
+    """SmolLM2's shipped Q4_1 GGUF re-encoded with `weights` (see `llamacpp_gguf`)."""
+    return llamacpp_gguf(cache_dir, DEFAULT_LOCAL_MODEL, weights)
 
 
 def _import_llama_cpp() -> Any:
@@ -82,7 +99,7 @@ def _quiet(llama_cpp: Any) -> None:
 
 class LlamaCppBackend(InProcessBackend):
     """A GGUF model run in-process by llama.cpp (llama-cpp-python): by default SmolLM2-135M-Instruct with F16
-    weights (`smollm2_llamacpp_gguf`), on the CPU.
+    weights (`llamacpp_gguf`), on the CPU; `for_model` runs another local model (Gemma 3 270M) the same way.
 
     Prompts are rendered by the same transformers tokenizer as LocalBackend's, so both read the same tokens.
     One llama.cpp context holds many sequences over a shared key/value cache: the prefix every prompt shares
@@ -169,9 +186,16 @@ class LlamaCppBackend(InProcessBackend):
         return made
 
     @classmethod
+    def for_model(cls, model: str, cache_dir: Path, **options: Any) -> LlamaCppBackend:
+        """The local model `model` (a name of `LOCAL_MODELS`) in F16 with its tokenizer, both made in `cache_dir` on
+        first use."""
+        options.setdefault("name", llamacpp_name(model))
+        return cls(llamacpp_gguf(cache_dir, model), model_tokenizer(model, cache_dir), **options)
+
+    @classmethod
     def smollm2(cls, cache_dir: Path, **options: Any) -> LlamaCppBackend:
         """The default local model in F16 with its tokenizer, both made in `cache_dir` on first use."""
-        return cls(smollm2_llamacpp_gguf(cache_dir), smollm2_tokenizer(cache_dir), **options)
+        return cls.for_model(DEFAULT_LOCAL_MODEL, cache_dir, **options)
 
     def close(self) -> None:
         self._finalizer()
@@ -257,7 +281,7 @@ class LlamaCppBackend(InProcessBackend):
         order = np.argsort([len(row) for row in rendered], kind="stable")
         per_batch = self._rows_per_batch(common, [len(row) - common + max_new_tokens for row in rendered])
         results: list[Generation | None] = [None] * len(rendered)
-        eos = self.tokenizer.eos_token_id
+        stops = self._stop_ids
         for start in range(0, len(order), per_batch):
             chosen = [int(i) for i in order[start : start + per_batch]]
             sequences = list(range(2, 2 + len(chosen)))
@@ -274,7 +298,7 @@ class LlamaCppBackend(InProcessBackend):
                 for row, token in zip(alive, tokens, strict=True):
                     outputs[row].append(token)
                     seen[row, token] = True
-                    if token != eos:
+                    if token not in stops:
                         still.append(row)
                 alive = still
                 if not alive or step == max_new_tokens - 1:

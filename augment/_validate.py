@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from augment._prompts import PromptTemplate
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_CHAT_MARKERS = ("<|im_start|>", "<|im_end|>", "<data>", "</data>", "<|endoftext|>")
+_CHAT_MARKERS = ("<|im_start|>", "<|im_end|>", "<data>", "</data>", "<|endoftext|>", "<start_of_turn>", "<end_of_turn>")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 

