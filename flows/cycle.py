@@ -11,7 +11,6 @@ after that record is written does `promote` make the candidate current in the mo
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -22,7 +21,7 @@ import polars as pl
 from prefect import get_run_logger
 
 import training
-from catalog import Columns, ConfigError, ModelRegistry, atomic_write_bytes
+from catalog import ConfigError, ModelRegistry
 from flows import stages, tasks
 from monitor import (
     COMPLETED,
@@ -208,7 +207,7 @@ def train_evaluate_gate(
     if served is not fitted:
         fitted.ranker.save(directory / training.EVALUATED)
     stages.save_serving(directory, served, served_plan.split.index)  # the version serves on its own
-    _write_report(directory, served, served_plan, metrics, evaluated=plan, parent=current, dataset=dataset)
+    stages.write_report(directory, served, served_plan, metrics, evaluated=plan, parent=current, dataset=dataset)
     served.ranker.save(directory)
     if fitted.served.warming is not None:  # the store keeps, per run, what synthetic interactions warmed
         record.augmentation = (record.augmentation or {}) | training.warming_row(fitted.served.warming, plan.split)
@@ -217,53 +216,6 @@ def train_evaluate_gate(
     record.as_of = training.as_of(plan.split)
     record.promotion = decision.record(run.run_id, incumbent.version, config.gate)
     return decision
-
-
-def _window(frame: pl.DataFrame) -> dict[str, str] | None:
-    """{start, end}: the first and last event time of a frame, None without times."""
-    if Columns.ts not in frame.columns or frame.is_empty():
-        return None
-    return {"start": str(frame[Columns.ts].min()), "end": str(frame[Columns.ts].max())}
-
-
-def _write_report(
-    directory: Path,
-    served: training.FittedRanker,
-    plan: EvaluationPlan,
-    metrics: pl.DataFrame,
-    *,
-    evaluated: EvaluationPlan,
-    parent: str | None,
-    dataset: str,
-) -> None:
-    """report.json beside the saved version: the data it serves from (`data_window`: first and last event it
-    trained on), the evaluated candidate's windows and metrics on real held-out data, parent, models, and the
-    augmentation it trained on (the synthetic rows given, the runs that wrote them, what warming did)."""
-    if served.report is None:
-        raise TypeError("a saved version needs its fit report.")
-    synthetic = plan.synthetic
-    runs = sorted(synthetic["run_id"].unique().to_list()) if synthetic is not None and "run_id" in synthetic else []
-    report = {
-        "version": directory.name,
-        "parent": parent,
-        "dataset": dataset,
-        "protocol": evaluated.split.protocol,
-        "data_window": _window(plan.split.train),
-        # The candidate the metrics belong to: what it trained on and the held-out window it was judged on. A
-        # refit version (`refit` true) serves the same choices trained on every event up to data_window's end.
-        "evaluated": {
-            "train_window": _window(evaluated.split.train),
-            "refit": plan is not evaluated,
-        },
-        "metrics": metrics.to_dicts(),
-        "models": served.report.as_dict(),
-        "augmentation": {
-            "synthetic_rows": synthetic.height if synthetic is not None else 0,
-            "synthetic_runs": runs,
-            "warming": served.report.served_warming,
-        },
-    }
-    atomic_write_bytes(directory / "report.json", json.dumps(report, indent=2, default=str).encode())
 
 
 def promote(registry: ModelRegistry, ranker: str, decision: GateDecision, run_id: str) -> None:

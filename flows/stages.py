@@ -9,6 +9,7 @@ layer passes what they need.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from catalog import (
     Tables,
     Workspace,
     WorkspaceError,
+    atomic_write_bytes,
     segments_as_of,
     summarize_segments,
 )
@@ -38,7 +40,7 @@ if TYPE_CHECKING:  # torch and the models load only in the stages that use them
     from augment import Backend
     from ranker.evaluate import EvalIndex
     from serving import Recommender
-    from training import FittedRanker
+    from training import EvaluationPlan, FittedRanker
 
 
 def parse_mapping(pairs: list[str]) -> dict[str, str]:
@@ -64,10 +66,17 @@ class Ingested:
     kept_users: list[str] = field(default_factory=list)
 
 
-def ingest(workspace: Workspace, dataset: Dataset, run_id: str, *, drop_additions: bool = False) -> Ingested:
+def ingest(
+    workspace: Workspace,
+    dataset: Dataset,
+    run_id: str,
+    *,
+    drop_additions: bool = False,
+    state: dict[str, object] | None = None,
+) -> Ingested:
     """Write the data set's tables (and splits) into the workspace as a new generation, switched in at once
     (the tables derived from the old data stay with it, but for the last detection's watermark: what is new stays
-    what was first seen since).
+    what was first seen since); `state` is recorded in the new generation's state with them.
 
     Items and users added to the workspace since its data was ingested (`add_items`, `add_users`) are data too: the
     ones the new data lacks are kept in the new tables unless `drop_additions` (the new data's own row wins for an id
@@ -96,8 +105,69 @@ def ingest(workspace: Workspace, dataset: Dataset, run_id: str, *, drop_addition
             staged.write(name, frame, run_id=run_id, source=dataset.name, parameters=parameters)
             written[name] = frame.height
         additions = {ADDITIONS: kept} if kept["items"] or kept["users"] else {}
-        staged.update_state(dataset=dataset.name, ingest_run_id=run_id, **carried, **additions)
+        staged.update_state(dataset=dataset.name, ingest_run_id=run_id, **carried, **additions, **(state or {}))
     return Ingested(written, kept["items"], kept["users"])
+
+
+# State key of a workspace whose data is an evaluated split's training part (`serve_training_part`): which split.
+EVALUATED_SPLIT = "evaluated_split"
+
+
+def check_training_part(workspace: Workspace, part: Dataset, split: str) -> bool:
+    """Whether the workspace holds `part` (an evaluated split's training part: `training.training_part`) as its
+    data already (True) or no data (False); a workspace holding other data is refused, since serving would read
+    it as logged (the held-out users' events among it): a version kept from a split needs a workspace of its own."""
+    if not workspace.exists(Tables.interactions):
+        return False
+    held = workspace.state().get(EVALUATED_SPLIT)
+    if held == _split_marker(part, split):
+        return True
+    what = f"the training part of {held['dataset']} {held['split']}" if held else "other data"
+    raise ConfigError(
+        f"workspace {workspace.root} holds {what}; a version kept from {part.name} {split} serves from that "
+        "split's training part alone (none of its held-out events may be logged). Give it a workspace of its own: "
+        "--workspace DIR, empty or kept from this very split before."
+    )
+
+
+def serve_training_part(workspace: Workspace, part: Dataset, split: str, run_id: str) -> bool:
+    """Make `part` (an evaluated split's training part) the workspace's data, so that versions kept from that split
+    serve its held-out users as evaluation scored them; False where the workspace holds it already
+    (`check_training_part` refuses other data)."""
+    with workspace.writer(f"evaluate --keep-version {run_id}") as current:
+        if check_training_part(current, part, split):
+            return False
+        ingest(current, part, run_id, state={EVALUATED_SPLIT: _split_marker(part, split)})
+    return True
+
+
+# In a version kept by `evaluate --keep-version`: the held-out (user_id, item_id) pairs its report scored.
+HELD_OUT = "held_out.parquet"
+
+
+def keep_evaluated_version(
+    workspace: Workspace,
+    plan: EvaluationPlan,
+    part: Dataset,
+    fitted: FittedRanker,
+    metrics: pl.DataFrame,
+    directory: Path,
+    run_id: str,
+) -> None:
+    """Make the ranker evaluated on `plan` (saved in `directory`, a guarded version folder) a whole version, saved as
+    a refresh saves one: its serving inputs and stand-in builders, report.json with `metrics` (what evaluation
+    measured), and the held-out pairs they were measured on (HELD_OUT). The workspace's data becomes the split's
+    training part `part` (`serve_training_part`): what serving reads as logged."""
+    serve_training_part(workspace, part, plan.split.name, run_id)
+    save_serving(directory, fitted, plan.split.index)
+    write_report(directory, fitted, plan, metrics, evaluated=plan, parent=None, dataset=part.name)
+    buffer = io.BytesIO()
+    plan.split.truth.select(Columns.user, Columns.item).write_parquet(buffer)
+    atomic_write_bytes(directory / HELD_OUT, buffer.getvalue())
+
+
+def _split_marker(part: Dataset, split: str) -> dict[str, object]:
+    return {"dataset": part.name, "split": split, "interactions": part.interactions.height}
 
 
 # State key of the ids of items and users added since the data was ingested (add-items, add-users, POST /items),
@@ -569,6 +639,54 @@ def save_serving(directory: Path, fitted: FittedRanker, index: EvalIndex) -> Non
         warmed=warmed,
         warming=config,
     )
+
+
+def _window(frame: pl.DataFrame) -> dict[str, str] | None:
+    """{start, end}: the first and last event time of a frame, None without times."""
+    if Columns.ts not in frame.columns or frame.is_empty():
+        return None
+    return {"start": str(frame[Columns.ts].min()), "end": str(frame[Columns.ts].max())}
+
+
+def write_report(
+    directory: Path,
+    served: FittedRanker,
+    plan: EvaluationPlan,
+    metrics: pl.DataFrame,
+    *,
+    evaluated: EvaluationPlan,
+    parent: str | None,
+    dataset: str,
+) -> None:
+    """report.json beside the saved version: the data it serves from (`data_window`: first and last event it
+    trained on), the evaluated candidate's windows and metrics on real held-out data, parent, models, and the
+    augmentation it trained on (the synthetic rows given, the runs that wrote them, what warming did)."""
+    if served.report is None:
+        raise TypeError("a saved version needs its fit report.")
+    synthetic = plan.synthetic
+    runs = sorted(synthetic["run_id"].unique().to_list()) if synthetic is not None and "run_id" in synthetic else []
+    report = {
+        "version": directory.name,
+        "parent": parent,
+        "dataset": dataset,
+        "protocol": evaluated.split.protocol,
+        "split": evaluated.split.name,
+        "data_window": _window(plan.split.train),
+        # The candidate the metrics belong to: what it trained on and the held-out window it was judged on. A
+        # refit version (`refit` true) serves the same choices trained on every event up to data_window's end.
+        "evaluated": {
+            "train_window": _window(evaluated.split.train),
+            "refit": plan is not evaluated,
+        },
+        "metrics": metrics.to_dicts(),
+        "models": served.report.as_dict(),
+        "augmentation": {
+            "synthetic_rows": synthetic.height if synthetic is not None else 0,
+            "synthetic_runs": runs,
+            "warming": served.report.served_warming,
+        },
+    }
+    atomic_write_bytes(directory / "report.json", json.dumps(report, indent=2, default=str).encode())
 
 
 @dataclass(frozen=True)

@@ -114,8 +114,9 @@ def load_serving_inputs(directory: Path) -> ServingInputs:
     manifest_path, arrays_path = directory / SERVING_MANIFEST, directory / SERVING_ARRAYS
     if not manifest_path.is_file() or not arrays_path.is_file():
         raise DataError(
-            f"{directory}: the version has no serving inputs ({SERVING_MANIFEST} and {SERVING_ARRAYS}); it was "
-            "saved before versions could serve. Run `warmstart refresh` (or retrain) to save a servable version."
+            f"{directory}: the version has no serving inputs ({SERVING_MANIFEST} and {SERVING_ARRAYS}): saved by "
+            "`warmstart evaluate` without --keep-version (its ranker alone), or before versions could serve. Run "
+            "`warmstart refresh` (or retrain, or evaluate --keep-version) to save a servable version."
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))

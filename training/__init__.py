@@ -64,6 +64,7 @@ if TYPE_CHECKING:
         files_plan,
         holdout_plan,
         sampled_users,
+        training_part,
         user_plan,
         whole_log_plan,
     )
@@ -199,6 +200,7 @@ _SOURCES = {
     "title_words": "training._inputs",
     "train_and_evaluate": "training._fit",
     "train_ranker": "training._fit",
+    "training_part": "training._plans",
     "trained_through": "training._gate",
     "warm_added": "training._standins",
     "warmed_standins": "training._standins",
@@ -288,6 +290,7 @@ __all__ = [
     "train_and_evaluate",
     "train_ranker",
     "trained_through",
+    "training_part",
     "user_attributes",
     "user_plan",
     "user_reference_scorers",

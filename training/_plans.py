@@ -73,6 +73,9 @@ class EvaluationPlan:
     user_validation: EvaluationPlan | None = None
     # The user attributes attribute-group popularity groups by (None: every categorical attribute).
     group_attributes: tuple[str, ...] | None = None
+    # The data set the split was drawn from, where it was drawn from one log (the protocols over users): what a
+    # version fitted on the plan serves from is its training part (`training_part`).
+    source: Dataset | None = None
 
 
 def sampled_users(split: ProtocolSplit, n: int, *, seed: int, named: bool = False) -> ProtocolSplit:
@@ -196,7 +199,25 @@ def user_plan(
         user_validation=replace(holdout_plan(build(training_only, seed + 1)), users=dataset.users),
         group_attributes=USER_GROUP_ATTRIBUTES.get(dataset.name),
         users=dataset.users,
+        source=dataset,
     )
+
+
+def training_part(plan: EvaluationPlan) -> Dataset:
+    """The data a version fitted on `plan` serves from, as a data set: the source's items and users whole (the
+    held-out users with their attributes) and its interactions less the held-out ones (the rows of the split's
+    `train`: none of a cold user's, a sparse user's first n). For plans drawn from one log (`user_plan`)."""
+    source = plan.source
+    if source is None:
+        raise ConfigError(
+            f"{plan.split.name} was not drawn from one log, so it has no training part to serve from: "
+            "only the protocols over users (cold-user, sparse-user) keep a servable version."
+        )
+    train = plan.split.train
+    interactions = source.interactions.join(train.unique(), on=train.columns, how="semi", nulls_equal=True)
+    if interactions.height < train.height:
+        raise DataError(f"{plan.split.name}: {train.height - interactions.height} training row(s) are not in the log.")
+    return Dataset(name=source.name, interactions=interactions, items=source.items, users=source.users)
 
 
 def _read_pairs(path: Path) -> pl.DataFrame:

@@ -154,6 +154,7 @@ class UserEvaluation:
     choice: ColdUserShareChoice | None
     lines: pl.DataFrame  # (segment, metric, k, value, protocol 'PROTOCOL:LINE')
     results: dict[str, EvalResult]  # 'product' and each line: their top-k lists, for paired intervals over users
+    fitted: FittedRanker  # the product evaluated, with the inputs it serves from (what a kept version saves)
 
     def as_dict(self) -> JSON:
         """`warmstart evaluate --json`'s report, with the lines and the share chosen on validation."""
@@ -225,4 +226,4 @@ def evaluate_users(
         seconds=round(time.perf_counter() - started, 1),
         saved_to=model_dir,
     )
-    return UserEvaluation(split=split, report=report, choice=choice, lines=lines, results=results)
+    return UserEvaluation(split=split, report=report, choice=choice, lines=lines, results=results, fitted=fitted)

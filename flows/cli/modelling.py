@@ -20,6 +20,7 @@ from catalog import (
     load_dataset,
     new_run_id,
 )
+from flows import stages
 from flows.cli._common import (
     Protocol,
     RankerName,
@@ -44,7 +45,7 @@ from training.defaults import (
 )
 
 if TYPE_CHECKING:
-    from training import EvaluationPlan, ModelSettings
+    from training import EvaluationPlan, FittedRanker, ModelSettings
 
 RankerOption = Annotated[
     RankerName | None, typer.Option(help="Ranker to train \\[default: lightgbm or $WARMSTART_RANKER].")
@@ -135,6 +136,16 @@ def evaluate(
             "--no-augment is the ablation.",
         ),
     ] = True,
+    keep_version: Annotated[
+        bool,
+        typer.Option(
+            "--keep-version",
+            help="cold-user, sparse-user: keep the evaluated model as a servable version of the workspace (not "
+            "promoted; `recommend --version V` serves it), its held-out pairs in V/held_out.parquet. The workspace's "
+            "data becomes the split's training part (every item and user, none of the held-out events), so the "
+            "workspace must be empty or hold that very split's part already.",
+        ),
+    ] = False,
 ) -> None:
     """Train the encoders and the ranker on a split's training part and evaluate on its held-out part: the whole
     chain as the product runs it, synthetic interactions included (--no-augment leaves them out).
@@ -146,6 +157,10 @@ def evaluate(
     their first --history-n events. Both need a users table (ml-100k has one; files: --users F, and the train and
     test files' events are one log to draw from) and print popularity, attribute-group popularity and, for
     sparse-user, BPR-MF beside the product, each on the same split.
+
+    The ranker is saved under WORKSPACE/models/RANKER/RUN_ID. With --keep-version (the protocols over users) that
+    folder is a whole version, which serves the held-out users exactly as they were scored: `warmstart recommend
+    --users V/held_out.parquet --version V` lists what the report measured.
     """
     import training  # torch and the models load only for the commands that need them
 
@@ -168,9 +183,17 @@ def evaluate(
     models = training.ModelSettings.capped(seed, max_epochs, ranker_name)
     if not augment:
         models = models.without_augmentation()
+    space = open_workspace(workspace, settings)
+    part = None
+    if keep_version:  # refused before training when the workspace cannot serve the split
+        part = training.training_part(plan)
+        stages.check_training_part(space, part, plan.split.name)
     # Guarded while it trains: a refresh starting meanwhile does not take the half-written folder for a killed run's.
-    with open_workspace(workspace, settings).models.saving(ranker_name, run_id) as model_dir:
-        report, lines = _train_and_evaluate(plan, models, protocol, k, settings, model_dir, cold_user_share)
+    with space.models.saving(ranker_name, run_id) as model_dir:
+        report, lines, fitted = _train_and_evaluate(plan, models, protocol, k, settings, model_dir, cold_user_share)
+        if part is not None and fitted is not None:
+            metrics = pl.DataFrame(report["metrics"])
+            stages.keep_evaluated_version(space, plan, part, fitted, metrics, model_dir, run_id)
     print_metrics(report, f"{protocol.value} @ {k} ({report['n_users']:,} users, {report['seconds']:.0f} s)")
     if lines is not None:
         _print_lines(lines)
@@ -184,6 +207,15 @@ def evaluate(
         who = "no users" if served is None else f"users with {served[0]}-{served[1]} events"
         weights = {name: chosen[name] for name in ("numeric_scale", "level_weight", "history_weight", "recent_weight")}
         console.print(f"the newcomer model serves {who}; its weights: {weights}", markup=False)
+    if part is not None:
+        report["kept_version"] = {"ranker": ranker_name, "version": run_id, "path": str(model_dir)}
+        console.print(
+            f"kept as {ranker_name} version {run_id} (not promoted); its held-out users are served by `warmstart "
+            f"recommend --users {model_dir / stages.HELD_OUT} --version {run_id} --ranker {ranker_name} --workspace "
+            f"{space.root}`",
+            markup=False,
+            soft_wrap=True,
+        )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(json_out, json.dumps(report, indent=2, default=str).encode())
@@ -198,11 +230,12 @@ def _train_and_evaluate(
     settings: WarmstartSettings,
     model_dir: Path,
     cold_user_share: float | None,
-) -> tuple[dict[str, object], pl.DataFrame | None]:
-    """(report, reference lines or None): `warmstart evaluate`'s training and evaluation, saving into `model_dir`."""
+) -> tuple[dict[str, object], pl.DataFrame | None, FittedRanker | None]:
+    """(report, reference lines or None, the evaluated ranker where a protocol over users evaluated it):
+    `warmstart evaluate`'s training and evaluation, saving the ranker into `model_dir`."""
     import training
 
-    lines = None
+    lines, fitted = None, None
     if plan.split.protocol in training.USER_PROTOCOLS:
         users_evaluation = training.evaluate_users(
             plan,
@@ -213,13 +246,13 @@ def _train_and_evaluate(
             cold_user_share=cold_user_share,
         )
         report = users_evaluation.as_dict() | {"protocol": protocol.value}
-        lines = users_evaluation.lines
+        lines, fitted = users_evaluation.lines, users_evaluation.fitted
     else:
         evaluation = training.train_and_evaluate(
             plan, k=k, cache_dir=settings.cache_dir, settings=models, model_dir=model_dir
         )
         report = evaluation.as_dict() | {"protocol": protocol.value}
-    return report, lines
+    return report, lines, fitted
 
 
 GateMetricOption = Annotated[
@@ -449,8 +482,6 @@ def promote(
         store.close()
         if published:
             k = int(current.provenance(Tables.recommendations).get("parameters", {}).get("k", DEFAULT_K))
-            from flows import stages
-
             rows = stages.publish_recommendations(current, served, run_id, k=k)
     console.print(f"{name} {entry['version']} is now current (was {entry['previous']})", markup=False)
     if published:

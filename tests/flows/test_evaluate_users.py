@@ -6,32 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from catalog import Columns, Dataset
 from flows.cli import app
 
 runner = CliRunner()
 BOTH = {"popularity", "attribute_popularity"}
-
-
-@pytest.fixture(scope="module")
-def user_files(ml100k: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """60 MovieLens users' ratings (one log: the protocol draws its own test users), the films they rated, and
-    their attributes as columns (gender, age, occupation, zip_code)."""
-    folder = tmp_path_factory.mktemp("users")
-    users = ml100k.users.sort(Columns.user).head(60)
-    log = ml100k.interactions.join(users, on=Columns.user, how="semi")
-    items = ml100k.items.join(log.select(Columns.item).unique(), on=Columns.item, how="semi")
-    decoded = users[Columns.attributes].str.json_decode(infer_schema_length=None).struct.unnest()
-    attributes = pl.concat([users.select(Columns.user), decoded], how="horizontal")
-    paths = {"train": folder / "log.csv", "items": folder / "items.parquet", "users": folder / "users.csv"}
-    log.write_csv(paths["train"])
-    items.write_parquet(paths["items"])
-    attributes.write_csv(paths["users"])
-    return paths
 
 
 @pytest.mark.parametrize(
