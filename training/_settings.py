@@ -9,12 +9,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from catalog import SPARSE_MAX, ConfigError
-from encoders import BPRConfig, CFConfig, MapperConfig, WarmingConfig
+from encoders import CFConfig, ImplicitConfig, MapperConfig, WarmingConfig
 from ranker.base import RankerBase
 from ranker.deepfm import DeepFMConfig
 from ranker.lightgbm_ranker import LightGBMRankerConfig
 from ranker.registry import ranker_class
-from training.defaults import MAX_EPOCHS
 
 
 class StandInConfig(BaseModel):
@@ -69,12 +68,11 @@ to (recent popularity over 28 days) and keeps no place for new items."""
 class ModelSettings:
     """Hyperparameters of every model one evaluation trains (chosen on validation splits)."""
 
-    # dim 256 scored best of dim 64/128/256 on CiteULike's warm_val (benchmarks/cf_mapper.py); early stopping
-    # on the plan's validation pairs ends training well before 150 epochs. implicit's ALS (ImplicitConfig) beat it
-    # on CiteULike alone and inside the product, tied on MovieLens-100K and fits in a tenth of the time
-    # (docs/benchmarks.md), but with it two cold users with different attributes got the same list
-    # (tests/serving/test_user_standins.py): not the default until the user stand-ins work with its vectors.
-    cf: CFConfig = field(default_factory=lambda: BPRConfig(dim=256, epochs=MAX_EPOCHS))
+    # implicit's ALS (dim 256, reg 0.01, alpha 40, chosen on CiteULike's warm_val; early stopping on the plan's
+    # validation pairs) beat BPR-MF on CiteULike alone and inside the product, tied on MovieLens-100K, and fits in a
+    # fraction of the time (docs/benchmarks.md). It waited until cold users with different attributes got
+    # different lists through it (tests/serving/test_user_standins.py): the newcomer model serves them now.
+    cf: CFConfig = field(default_factory=lambda: ImplicitConfig())
     standins: StandInConfig = field(default_factory=StandInConfig)
     ranker: LightGBMRankerConfig = field(default_factory=LightGBMRankerConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)

@@ -111,7 +111,9 @@ def evaluate(
     users: FileOption = None,
     ranker: RankerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
-    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs.")] = MAX_EPOCHS,
+    max_epochs: Annotated[
+        int, typer.Option(min=1, help="Most iterations of the collaborative model (ALS sweeps).")
+    ] = MAX_EPOCHS,
     history_n: Annotated[
         int, typer.Option(min=1, help="sparse-user: the first N events (by time) each held-out user keeps.")
     ] = 1,
@@ -330,7 +332,9 @@ def refresh(
     k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = DEFAULT_K,
     ranker: RankerOption = None,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
-    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs.")] = MAX_EPOCHS,
+    max_epochs: Annotated[
+        int, typer.Option(min=1, help="Most iterations of the collaborative model (ALS sweeps).")
+    ] = MAX_EPOCHS,
     gate_metric: GateMetricOption = None,
     gate_tolerance: GateToleranceOption = DEFAULT_GATE_TOLERANCE,
     reference_gate: ReferenceGateOption = True,

@@ -142,7 +142,9 @@ def backfill(
     every: Annotated[str, typer.Option(help="Window length: a number with d, h or w.")] = "7d",
     k: Annotated[int, typer.Option(min=1, help="Cut-off of every metric.")] = DEFAULT_K,
     seed: Annotated[int, typer.Option(help="Seed of every model.")] = 0,
-    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = MAX_EPOCHS,
+    max_epochs: Annotated[
+        int, typer.Option(min=1, help="Most iterations of the collaborative model (ALS sweeps) per window.")
+    ] = MAX_EPOCHS,
     augment_limit: Annotated[
         int,
         typer.Option(
@@ -203,7 +205,9 @@ def history(
 def demo(
     data: Annotated[Path | None, typer.Option(help="Folder with ml-100k.{inter,item,user} \\[default: fetch].")] = None,
     every: Annotated[str, typer.Option(help="Window length of the backfill.")] = "30d",
-    max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs per window.")] = MAX_EPOCHS,
+    max_epochs: Annotated[
+        int, typer.Option(min=1, help="Most iterations of the collaborative model (ALS sweeps) per window.")
+    ] = MAX_EPOCHS,
     augment_limit: Annotated[
         int,
         typer.Option(
