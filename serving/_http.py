@@ -356,34 +356,37 @@ def _add_health_route(app: FastAPI, live: _Live) -> None:
 
 
 def _add_recommend_routes(app: FastAPI, live: _Live, guarded: list[Any], work: Work[Any]) -> None:
+    async def user_list(user_id: str, k: int, include_seen: bool) -> dict[str, Any]:
+        """A served user's top k: a precomputed list is a lookup (well under a millisecond), answered on the event
+        loop and never queued behind live scoring; any other is scored in a worker thread."""
+        current = live.get()
+        if not include_seen and current.is_precomputed([user_id], k):
+            return _answer(current, current.recommend([user_id], k))
+        score = functools.partial(current.recommend, [user_id], k, exclude_seen=not include_seen)
+        return _answer(current, await work(score))
+
     @app.get("/recommend", dependencies=guarded, summary="A user's top k")
     async def recommend_user(
         user_id: Annotated[Text, Query(min_length=1, max_length=MAX_ID_CHARS, description="A served user id.")],
         k: Annotated[int, Query(ge=1, le=MAX_K, description="Recommendations to return.")] = 20,
         include_seen: Annotated[bool, Query(description="Also items logged since the version.")] = False,
     ) -> dict[str, Any]:
-        current = live.get()
-        if not include_seen and current.is_precomputed([user_id], k):
-            # A lookup (well under a millisecond): answered on the event loop, never queued behind live scoring.
-            return _answer(current, current.recommend([user_id], k))
-        score = functools.partial(current.recommend, [user_id], k, exclude_seen=not include_seen)
-        return _answer(current, await work(score))
+        return await user_list(user_id, k, include_seen)
 
     @app.post("/recommend", dependencies=guarded, summary="Top k for stated interests and/or a user")
     async def recommend_stated(query: StatedInterests) -> dict[str, Any]:
-        current = live.get()
         if query.text is None:
             assert query.user_id is not None  # the model's validator asks for one of the two
-            score = functools.partial(current.recommend, [query.user_id], query.k, exclude_seen=not query.include_seen)
-        else:
-            score = functools.partial(
-                current.recommend_text,
-                query.text,
-                query.k,
-                user_id=query.user_id,
-                weight=query.weight,
-                exclude_seen=not query.include_seen,
-            )
+            return await user_list(query.user_id, query.k, query.include_seen)
+        current = live.get()
+        score = functools.partial(
+            current.recommend_text,
+            query.text,
+            query.k,
+            user_id=query.user_id,
+            weight=query.weight,
+            exclude_seen=not query.include_seen,
+        )
         return _answer(current, await work(score))
 
 

@@ -532,7 +532,7 @@ class Recommender:
         n_users = self.inputs.n_users
         k = min(k, PRECOMPUTED_ENTRIES // max(n_users, 1))
         if k < PRECOMPUTED_MIN_K or "top" in self._lists:
-            return int(self._lists["top"].ready.sum()) if "top" in self._lists else 0
+            return self.precomputed_users
         lists = TopLists.empty(n_users, k)
         self._lists["top"] = lists
         for chunk, rows, items, positions, scores, kept in self._blocks(np.arange(n_users), k, exclude_seen=True):
