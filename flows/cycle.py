@@ -36,7 +36,7 @@ from monitor import (
 from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, GATE
 
 if TYPE_CHECKING:
-    from training import EvaluationPlan, ModelSettings, TimedChoices
+    from training import AuditInputs, EvaluationPlan, ModelSettings, TimedChoices
 
 
 @contextlib.contextmanager
@@ -156,10 +156,12 @@ def train_evaluate_gate(
     recorded: pl.DataFrame | None,
     dataset: str,
     whole_log: EvaluationPlan | None = None,
+    audit: AuditInputs | None = None,
 ) -> GateDecision:
     """Retrain on the plan, evaluate it and the reference lines (popularity, recent popularity, its tail-calibrated
     variant) on its real held-out data, gate against the registry's current model and the reference on the same
-    data, and save the candidate as version `run.run_id` (with report.json); fills the run's record.
+    data, and save the candidate as version `run.run_id` (with report.json); fills the run's record. With `audit`,
+    each language-model output is also measured against its no-LLM control on the same data (the run's audit rows).
 
     With `whole_log` (training.whole_log_plan), a candidate the gate lets through is refit on every event with
     what it chose (training.refit_ranker) and that is what the version serves; the evaluated ranker is kept in
@@ -189,6 +191,17 @@ def train_evaluate_gate(
             tasks.alternative_lines_task(fitted, metrics, plan.split, k=config.k, protocol=config.protocol),
         ]
         references = pl.concat([line for line in lines if line.height])
+    if audit is not None:
+        with stage(record, "audit", "each language-model output against its no-LLM control on the same data"):
+            rows = tasks.audit_task(fitted, plan.split, audit, k=config.k)
+        for row in rows:
+            measured = (
+                "not measured (no user)"
+                if row.delta is None
+                else (f"{row.metric} {row.delta:+.4f} [{row.low:+.4f}, {row.high:+.4f}] over {row.users:,} users")
+            )
+            get_run_logger().info(f"audit: {row.output} on {row.entities:,} items: {measured}; this run: {row.reason}")
+        record.audit = [row.as_dict() for row in rows]
     reference = training.gate_reference(references, config.protocol)
     decision = tasks.gate_task(metrics, incumbent, config.gate, reference)
     if not decision.promoted and config.gate.confidence is not None:

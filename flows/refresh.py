@@ -25,13 +25,14 @@ import numpy as np
 import polars as pl
 from prefect import flow, get_run_logger, unmapped
 
+import training
 from augment import AugmentStats
 from catalog import Dataset, Tables, Workspace, new_run_id, segment_counts, segment_transitions
 from flows import cycle, stages, tasks
 from flows.augmentation import backend_label
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings, apply_text_backend
-from monitor import ActiveRun, GateDecision, MetricsStore
+from monitor import ActiveRun, GateDecision, MetricsStore, RunRecord
 from ranker.ann import ANN_MIN_ITEMS
 from training.defaults import AUGMENT_LIMIT, DEFAULT_GATE_TOLERANCE, DEFAULT_K, MAX_EPOCHS
 
@@ -159,12 +160,37 @@ def augment_workspace(
     return report
 
 
-def _augment_into(run: ActiveRun, space: Workspace, settings: WarmstartSettings, plan: stages.AugmentPlan) -> None:
+def _augment_into(
+    run: ActiveRun, space: Workspace, settings: WarmstartSettings, plan: stages.AugmentPlan
+) -> stages.AugmentReport:
     """Augment the workspace as the plan says; the run records the volume and what ran the language model."""
     plan = replace(plan, max_new_tokens=settings.llm_max_new_tokens)
     with cycle.stage(run.record, "augment", "the language model on the segments the plan names"):
         report = augment_workspace(space, settings, plan, run.run_id)
     run.record.augmentation = report.store_row(backend_label(settings))
+    return report
+
+
+# The augmentation step that makes each audited output (training.AUDITED_OUTPUTS): what the run spent on it.
+OUTPUT_STEPS = {"judged_pairs": "simulate", "descriptions": "describe"}
+
+
+def _outputs_used(store: MetricsStore, dataset: str) -> dict[str, training.OutputUse]:
+    """Which language-model outputs this refresh uses: those the workspace's last completed refresh's audit found
+    to help (training.use_outputs); the choice is logged."""
+    last = store.last_completed_run(flow="refresh", dataset=dataset)
+    uses = training.use_outputs(store.augmentation_audit(last) if last else None)
+    for output, use in uses.items():
+        get_run_logger().info(f"{output}: {use.reason}")
+    return uses
+
+
+def _with_costs(record: RunRecord, report: stages.AugmentReport | None) -> None:
+    """The run's audit rows with what this run spent on each output (tokens, seconds)."""
+    steps = report.steps if report is not None else {}
+    for row in record.audit or []:
+        step = steps.get(OUTPUT_STEPS[row["output"]])
+        row["tokens"], row["seconds"] = (int(step.stats.tokens), float(step.seconds)) if step else (0, 0.0)
 
 
 def _served_choice(
@@ -258,11 +284,17 @@ def refresh(
             store.run(run_id, flow="refresh", dataset=dataset.name, parameters=parameters) as run,
         ):
             _detect(space, run, settings)
+            uses = _outputs_used(store, dataset.name)
+            report = None
             if augment_limit:
-                _augment_into(run, space, settings, stages.AugmentPlan(limit=augment_limit, simulate=simulate))
+                plan = stages.AugmentPlan(limit=augment_limit, simulate=simulate)
+                report = _augment_into(run, space, settings, plan)
             with cycle.stage(run.record, "encode", "item texts into embeddings"):
                 with_runner(encode_items, settings)(space.root)
-            decision = _train_evaluate_gate(run, space, dataset, config, recorded, sparse_max=settings.sparse_max)
+            decision = _train_evaluate_gate(
+                run, space, dataset, config, recorded, sparse_max=settings.sparse_max, uses=uses
+            )
+            _with_costs(run.record, report)
             # From here to the published table the run is the workspace's one writer: it re-checks that the version
             # it was gated against is still current, records the decision, then promotes, and nobody can promote
             # in between; nor can an ingest remove the generation it publishes into (the current one, not the one
@@ -334,17 +366,21 @@ def _train_evaluate_gate(
     recorded: pl.DataFrame | None,
     *,
     sparse_max: int,
+    uses: dict[str, training.OutputUse],
 ) -> GateDecision:
-    """The cycle's second half on the workspace's data set, the model training on the workspace's augmentation
-    (its synthetic interactions warm their cold items). On a time-ordered log the version served is refit on every
-    event once the gate has let the candidate through (`training.whole_log_plan`)."""
-    import training
-
+    """The cycle's second half on the workspace's data set, the model training on the language model's outputs
+    that `uses` names (judged pairs warm their cold items; descriptions join the encoded text), every output
+    audited against its control. On a time-ordered log the version served is refit on every event once the gate
+    has let the candidate through (`training.whole_log_plan`)."""
+    judged, descriptions = stages.synthetic_interactions(space), stages.item_descriptions(space)
+    audit = training.AuditInputs(judged, descriptions, dataset.items, uses, config.cache_dir)
+    if uses[training.DESCRIPTIONS].used:
+        dataset = replace(dataset, items=training.with_descriptions(dataset.items, descriptions))
     plan = training.dataset_plan(dataset, training.PROTOCOLS[config.protocol], sparse_max=sparse_max)
-    plan = replace(plan, synthetic=stages.synthetic_interactions(space))
+    plan = replace(plan, synthetic=judged if uses[training.JUDGED_PAIRS].used else None)
     whole_log = training.whole_log_plan(dataset, plan)
     return cycle.train_evaluate_gate(
-        plan, config, run, space.models, recorded=recorded, dataset=dataset.name, whole_log=whole_log
+        plan, config, run, space.models, recorded=recorded, dataset=dataset.name, whole_log=whole_log, audit=audit
     )
 
 

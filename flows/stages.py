@@ -537,6 +537,13 @@ def synthetic_interactions(workspace: Workspace) -> pl.DataFrame | None:
     return workspace.read(Tables.synthetic_interactions).select(Columns.user, Columns.item, WEIGHT, "run_id")
 
 
+def item_descriptions(workspace: Workspace) -> pl.DataFrame | None:
+    """The workspace's stored LLM descriptions (item_id, description), or None before any was written."""
+    if not workspace.exists(Tables.item_descriptions):
+        return None
+    return workspace.read(Tables.item_descriptions).select(Columns.item, "description")
+
+
 def add_items(workspace: Workspace, added: pl.DataFrame, run_id: str, *, cache_dir: Path, source: str) -> int:
     """Append conformed items (new ids only) to the `items` table and embed their text into the one cache, so the
     promoted version serves them at once (serving.Recommender folds them in) and the next refresh trains on them.

@@ -75,6 +75,15 @@ def publish_decision(decision: GateDecision) -> None:
     )
 
 
+def publish_audit(rows: list[training.AuditRow]) -> None:
+    """The run's augmentation audit as the keyed table artifact `augmentation-audit`."""
+    create_table_artifact(
+        key="augmentation-audit",
+        table=[row.as_dict() for row in rows],
+        description="each language-model output against its no-LLM control on the run's held-out data",
+    )
+
+
 def publish_augmentation(report: stages.StepReport) -> None:
     row = {name: value for name, value in report.as_dict().items() if name != "reasons"}
     create_table_artifact(key="augment", table=[row], description="one augmentation step's report")
@@ -114,6 +123,7 @@ POLICIES: dict[str, StagePolicy] = {
     "alternative_lines": StagePolicy(),
     "gate_evidence": StagePolicy(),
     "gate": StagePolicy(publish=publish_decision),
+    "audit_outputs": StagePolicy(publish=publish_audit),
 }
 
 
@@ -210,3 +220,4 @@ without_augmentation_task = as_task(training.without_augmentation)
 alternative_lines_task = as_task(training.alternative_lines)
 gate_evidence_task = as_task(training.gate_evidence)
 gate_task = as_task(training.gate)
+audit_task = as_task(training.audit_outputs)

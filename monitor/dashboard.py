@@ -25,6 +25,7 @@ from monitor.views import (
     cold_to_warm,
     current_segments,
     filter_choices,
+    language_model_bought,
     lines_over_time,
     runs_and_promotions,
     user_accuracy_over_time,
@@ -204,6 +205,21 @@ def augmentation_section(frames: StoreFrames, filters: Filters) -> None:
     right.altair_chart(line_chart(rates, color="measure", title="Rates", y_title="share"), width="stretch")
 
 
+def audit_section(frames: StoreFrames, filters: Filters) -> None:
+    st.header("What the language model bought")
+    rows = language_model_bought(frames.audit, filters)
+    if rows.is_empty():
+        st.info("No augmentation audit recorded yet: a refresh records one where the workspace has LLM outputs.")
+        return
+    st.caption(
+        "Each output against its no-LLM control on the run's own held-out data (95% paired bootstrap interval "
+        "over users); a refresh uses an output only when the audit before found its interval above zero."
+    )
+    chart = line_chart(rows.rename({"delta": "value"}), color="output", title="Metric change", y_title="delta")
+    st.altair_chart(chart, width="stretch")
+    st.table(rows.with_columns(pl.col(pl.Datetime).dt.strftime("%Y-%m-%d %H:%M")).to_pandas())
+
+
 def runs_section(frames: StoreFrames, shown: int = 50) -> None:
     st.header("Runs and model promotions")
     table = runs_and_promotions(frames.runs, frames.promotions)
@@ -245,6 +261,7 @@ def main() -> None:
     beyond_accuracy_section(frames, filters)
     segments_section(frames, filters)
     augmentation_section(frames, filters)
+    audit_section(frames, filters)
     runs_section(frames)
 
 

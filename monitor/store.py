@@ -44,7 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from catalog import ConfigError, WorkspaceError, redact
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # What each schema version adds to the one before, applied in order to an older store opened for writing.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE augmentation ADD COLUMN backend VARCHAR(160)",),  # which model, precision and device ran
@@ -52,6 +52,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE augmentation ADD COLUMN cold_items_warmed INTEGER",
         "ALTER TABLE augmentation ADD COLUMN simulator_precision FLOAT",
     ),
+    4: (),  # the augmentation_audit table (a new table: created when the store is opened for writing)
 }
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 
@@ -131,6 +132,26 @@ class Augmentation(Base):
     simulator_precision: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class AugmentationAudit(Base):
+    """What one language-model output changed in one run, against its no-LLM control on the run's held-out data
+    (training.AuditRow): the metric's mean difference with its 95% paired bootstrap interval, whether the run's
+    model used the output and why, and what the run spent on it."""
+
+    __tablename__ = "augmentation_audit"
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    output: Mapped[str] = mapped_column(String(32), primary_key=True)  # judged_pairs | descriptions
+    metric: Mapped[str] = mapped_column(String(64))  # e.g. cold/recall@20
+    delta: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: no user to measure it on
+    low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    users: Mapped[int] = mapped_column(Integer)  # users the metric averages over
+    entities: Mapped[int] = mapped_column(Integer)  # items (or users) the output touched
+    used: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)  # spent by this run on the output
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class SegmentCount(Base):
     __tablename__ = "segment_counts"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
@@ -200,6 +221,7 @@ class RunRecord:
     segment_counts: pl.DataFrame | None = None  # kind, segment, count
     transitions: pl.DataFrame | None = None  # kind, from_segment, to_segment, count
     promotion: dict[str, Any] | None = None
+    audit: list[dict[str, Any]] | None = None  # augmentation_audit rows (training.AuditRow.as_dict)
     error: str | None = None
 
     @contextlib.contextmanager
@@ -366,7 +388,7 @@ class MetricsStore:
             run = session.get(Run, run_id)
             if run is None:
                 raise WorkspaceError(f"run {run_id} was never started in {self._shown_url}")
-            for table in (Metric, Augmentation, SegmentCount, Transition, Promotion):
+            for table in (Metric, Augmentation, AugmentationAudit, SegmentCount, Transition, Promotion):
                 session.execute(delete(table).where(table.run_id == run_id))
             run.status = record.status
             run.model_version = record.model_version
@@ -383,6 +405,7 @@ class MetricsStore:
             session.add_all(Transition(run_id=run_id, **row) for row in moves)
             if record.promotion is not None:
                 session.add(Promotion(run_id=run_id, decided_at=datetime.now(UTC), **record.promotion))
+            session.add_all(AugmentationAudit(run_id=run_id, **row) for row in record.audit or [])
 
     @contextlib.contextmanager
     def run(
@@ -564,6 +587,32 @@ class MetricsStore:
             Augmentation.simulator_precision,
         ).join(Run, Run.id == Augmentation.run_id)
         return self._frame(statement.order_by(Run.started_at))
+
+    def augmentation_audit(self, run_id: str | None = None) -> pl.DataFrame:
+        """The audit rows of completed runs (of `run_id` alone where given), oldest run first."""
+        statement = (
+            select(
+                AugmentationAudit.run_id,
+                Run.started_at,
+                Run.window_end,
+                AugmentationAudit.output,
+                AugmentationAudit.metric,
+                AugmentationAudit.delta,
+                AugmentationAudit.low,
+                AugmentationAudit.high,
+                AugmentationAudit.users,
+                AugmentationAudit.entities,
+                AugmentationAudit.used,
+                AugmentationAudit.reason,
+                AugmentationAudit.tokens,
+                AugmentationAudit.seconds,
+            )
+            .join(Run, Run.id == AugmentationAudit.run_id)
+            .where(Run.status == COMPLETED)
+        )
+        if run_id is not None:
+            statement = statement.where(AugmentationAudit.run_id == run_id)
+        return self._frame(statement.order_by(Run.started_at, AugmentationAudit.run_id, AugmentationAudit.output))
 
     def segment_counts(self) -> pl.DataFrame:
         statement = select(

@@ -40,6 +40,7 @@ class StoreFrames:
     runs: pl.DataFrame
     metrics: pl.DataFrame
     augmentation: pl.DataFrame
+    audit: pl.DataFrame
     segment_counts: pl.DataFrame
     transitions: pl.DataFrame
     promotions: pl.DataFrame
@@ -50,6 +51,7 @@ class StoreFrames:
             runs=store.runs(),
             metrics=store.metrics(),
             augmentation=store.augmentation(),
+            audit=store.augmentation_audit(),
             segment_counts=store.segment_counts(),
             transitions=store.transitions(),
             promotions=store.promotions(),
@@ -166,6 +168,20 @@ def augmentation_over_time(augmentation: pl.DataFrame, runs: pl.DataFrame, filte
     columns = ["as_of", "run_id", "items_augmented", "users_augmented", "synthetic_rows", "cache_hit_rate"]
     columns += ["tokens", "seconds", "synthetic_precision"]
     return _in_range(rows, "as_of", filters).select(columns).sort("as_of")
+
+
+def language_model_bought(audit: pl.DataFrame, filters: Filters | None = None) -> pl.DataFrame:
+    """What the language model bought, per run and output: the audit's metric change against the output's no-LLM
+    control with its 95% interval, that change per 1,000 tokens the run spent on the output (None without
+    tokens: a cache answered), whether the run used the output and why."""
+    rows = audit.with_columns(pl.coalesce("window_end", "started_at").alias("as_of"))
+    rows = rows.with_columns(
+        pl.when(pl.col("tokens") > 0).then(pl.col("delta") / pl.col("tokens") * 1000).alias("delta_per_1k_tokens")
+    )
+    if filters is not None:
+        rows = _in_range(rows, "as_of", filters)
+    columns = ["as_of", "run_id", "output", "metric", "delta", "low", "high", "users", "entities"]
+    return rows.select(*columns, "delta_per_1k_tokens", "tokens", "seconds", "used", "reason").sort("as_of", "output")
 
 
 def runs_and_promotions(runs: pl.DataFrame, promotions: pl.DataFrame) -> pl.DataFrame:

@@ -12,6 +12,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from training._audit import (
+        AUDITED_OUTPUTS,
+        DESCRIPTIONS,
+        JUDGED_PAIRS,
+        AuditInputs,
+        AuditRow,
+        OutputUse,
+        audit_outputs,
+        use_outputs,
+        with_descriptions,
+    )
     from training._fit import (
         ColdSlotChoice,
         EvaluationReport,
@@ -120,6 +131,15 @@ if TYPE_CHECKING:
     )
 
 _SOURCES = {
+    "AUDITED_OUTPUTS": "training._audit",
+    "DESCRIPTIONS": "training._audit",
+    "JUDGED_PAIRS": "training._audit",
+    "AuditInputs": "training._audit",
+    "AuditRow": "training._audit",
+    "OutputUse": "training._audit",
+    "audit_outputs": "training._audit",
+    "use_outputs": "training._audit",
+    "with_descriptions": "training._audit",
     "FOLD_IN_PRIOR": "training._user_standins",
     "AttributeEncoding": "training._user_standins",
     "UserStandInBuilder": "training._user_standins",
@@ -211,6 +231,7 @@ _SOURCES = {
 }
 
 __all__ = [
+    "AUDITED_OUTPUTS",
     "AUGMENT_LIMIT",
     "CALIBRATION_USERS",
     "COLD_SLOTS_GRID",
@@ -218,11 +239,13 @@ __all__ = [
     "DEFAULT_GATE_METRICS",
     "DEFAULT_GATE_TOLERANCE",
     "DEFAULT_K",
+    "DESCRIPTIONS",
     "EVALUATED",
     "FOLD_IN_PRIOR",
     "GATE",
     "HEAD_SHARE",
     "ITEM_SEGMENTS",
+    "JUDGED_PAIRS",
     "MAX_EPOCHS",
     "POPULARITY",
     "PROTOCOLS",
@@ -238,6 +261,8 @@ __all__ = [
     "USER_SEGMENTS",
     "WITHOUT_AUGMENTATION",
     "AttributeEncoding",
+    "AuditInputs",
+    "AuditRow",
     "ColdSlotChoice",
     "ColdUserShareChoice",
     "EncodedSplit",
@@ -248,6 +273,7 @@ __all__ = [
     "FittedRanker",
     "Incumbent",
     "ModelSettings",
+    "OutputUse",
     "Reference",
     "StandInBuilder",
     "StandInConfig",
@@ -259,6 +285,7 @@ __all__ = [
     "aldi_plan",
     "alternative_lines",
     "as_of",
+    "audit_outputs",
     "blend_with_fold_in",
     "bprmf_scorer",
     "category_matrix",
@@ -291,6 +318,7 @@ __all__ = [
     "train_ranker",
     "trained_through",
     "training_part",
+    "use_outputs",
     "user_attributes",
     "user_plan",
     "user_reference_scorers",
@@ -298,6 +326,7 @@ __all__ = [
     "warmed_standins",
     "warming_row",
     "whole_log_plan",
+    "with_descriptions",
     "without_augmentation",
 ]
 

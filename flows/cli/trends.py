@@ -25,6 +25,7 @@ from flows.cli._common import (
 )
 from flows.settings import WarmstartSettings
 from monitor import USER_SEGMENTS, Lines, MetricsStore, beyond_accuracy_trend, metric_trend, versus_trend
+from monitor.views import language_model_bought
 from training.defaults import DEFAULT_K, MAX_EPOCHS
 
 
@@ -77,6 +78,12 @@ def _show_trends(store: MetricsStore, k: int, title: str) -> None:
             "backend",
         )
         print_frame(shown, f"{title}: language-model augmentation per run")
+    bought = language_model_bought(store.augmentation_audit())
+    if not bought.is_empty():
+        shown = bought.select(
+            pl.col("as_of").dt.strftime("%Y-%m-%d %H:%M"), *bought.drop("as_of", "run_id", "users", "entities").columns
+        )
+        print_frame(shown, f"{title}: what the language model bought (each output against its no-LLM control)")
 
 
 ChooseTimedOption = Annotated[
@@ -181,7 +188,9 @@ def backfill(
 
 @friendly_errors
 def history(
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write runs and metric rows as JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write runs, metric rows and the augmentation audit as JSON here.")
+    ] = None,
     k: Annotated[int, typer.Option(min=1, help="Cut-off of the trend tables.")] = DEFAULT_K,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -190,7 +199,9 @@ def history(
     store = MetricsStore.for_workspace(open_workspace(workspace, settings).root, settings.metrics_url, read_only=True)
     runs = store.runs()
     if json_out is not None:
+        audit = store.augmentation_audit().drop("started_at", "window_end")
         payload = {"runs": runs.to_dicts(), "metrics": store.metrics(completed_only=False).to_dicts()}
+        payload["augmentation_audit"] = audit.to_dicts()
         atomic_write_bytes(json_out, json.dumps(payload, indent=2, default=str).encode())
         console.print(f"{runs.height:,} runs and {len(payload['metrics']):,} metric rows written to {json_out}")
         return

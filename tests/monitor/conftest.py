@@ -50,6 +50,23 @@ def _metrics(point: int) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=["protocol", "segment", "metric", "k", "value"], orient="row")
 
 
+# What the later runs' augmentation audits found (training.AuditRow): the second run's judged pairs helped, so
+# the third used them (and found them within noise); its descriptions did not help.
+AUDIT = {
+    1: [("judged_pairs", 0.02, 0.005, 0.035, False, "off: no earlier audit measured it", 400, 10.0)],
+    2: [
+        ("judged_pairs", 0.01, -0.004, 0.024, True, "used: cold/recall@20 +0.0200 [+0.0050, +0.0350]", 0, 1.0),
+        ("descriptions", -0.003, -0.01, 0.004, False, "off: no earlier audit measured it", 300, 8.0),
+    ],
+}
+
+
+def _audit(point: int) -> list[dict[str, object]]:
+    names = ("output", "delta", "low", "high", "used", "reason", "tokens", "seconds")
+    rows = [dict(zip(names, values, strict=True)) for values in AUDIT.get(point, [])]
+    return [row | {"metric": "cold/recall@20", "users": 40, "entities": 5} for row in rows]
+
+
 def build_fixture_store(root: Path) -> Path:
     store = MetricsStore.for_workspace(root)
     for point, as_of in enumerate(POINTS):
@@ -63,6 +80,7 @@ def build_fixture_store(root: Path) -> Path:
                 metrics=_metrics(point),
                 as_of=as_of,
                 timings={"retrain": 10.0 + point},
+                audit=_audit(point),
                 augmentation={
                     "items_augmented": 4,
                     "synthetic_rows": 20,

@@ -112,6 +112,7 @@ def test_page_shows_every_section_of_the_fixture(fixture_store: Path, monkeypatc
         "Beyond accuracy",
         "Segments",
         "Language-model augmentation",
+        "What the language model bought",
         "Runs and model promotions",
     ]
     assert app.sidebar.multiselect[0].value == ["overall", "head", "tail", "cold"]
@@ -119,7 +120,9 @@ def test_page_shows_every_section_of_the_fixture(fixture_store: Path, monkeypatc
     cards = {metric.label: metric.value for metric in app.metric}
     assert cards["Items augmented"] == "12" and cards["Synthetic pairs"] == "60"
     assert cards["Synthetic-pair precision"] == "0.100"
-    runs = app.table[0].value
+    bought, runs = (table.value for table in app.table)
+    assert list(bought["output"]) == ["judged_pairs", "descriptions", "judged_pairs"]
+    assert bought["delta_per_1k_tokens"].iloc[0] == pytest.approx(0.05)  # +0.02 for 400 tokens
     assert list(runs["run_id"]) == ["run-3", "run-2", "run-1"]
     assert list(runs["gate"]) == ["refused", "promoted", "promoted"]
     assert "regressed: cold" in list(runs["reason"])

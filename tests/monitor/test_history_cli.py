@@ -25,6 +25,10 @@ def test_history_prints_runs_and_trends(fixture_store: Path) -> None:
     assert "recall@20 per user segment" in result.output and "ndcg@20 per user segment" in result.output
     assert "┃ as_of      ┃ cold_user ┃ sparse_user ┃ warm_user ┃" in result.output
     assert "0.0770" in result.output  # sparse_user recall@20 of the last point
+    # What the language model bought: the audit's change per run and output, and per 1,000 tokens spent.
+    assert "what the language model bought" in result.output
+    assert "0.0500" in result.output  # run-2's judged pairs: +0.02 for 400 tokens
+    assert "off: no earlier audit measured it" in result.output
 
 
 def test_history_writes_json(fixture_store: Path, tmp_path: Path) -> None:
@@ -37,6 +41,14 @@ def test_history_writes_json(fixture_store: Path, tmp_path: Path) -> None:
     # augmentation
     assert len(payload["metrics"]) == 3 * (16 + 6 + 2) + 2 * 2
     assert {"run_id", "as_of", "protocol", "segment", "metric", "k", "value"} <= set(payload["metrics"][0])
+    audit = payload["augmentation_audit"]
+    assert [(row["run_id"], row["output"]) for row in audit] == [
+        ("run-2", "judged_pairs"),
+        ("run-3", "descriptions"),
+        ("run-3", "judged_pairs"),
+    ]
+    keys = {"run_id", "output", "metric", "delta", "low", "high", "used", "tokens", "seconds"}
+    assert keys <= set(audit[0]) and audit[0]["low"] == 0.005 and audit[2]["used"] is True
 
 
 def test_history_without_a_store_is_one_clear_error(tmp_path: Path) -> None:

@@ -160,6 +160,7 @@ def test_a_version_1_store_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
         connection.execute(text("ALTER TABLE augmentation DROP COLUMN backend"))
         connection.execute(text("ALTER TABLE augmentation DROP COLUMN cold_items_warmed"))
         connection.execute(text("ALTER TABLE augmentation DROP COLUMN simulator_precision"))
+        connection.execute(text("DROP TABLE augmentation_audit"))  # (4)
         connection.execute(text("UPDATE schema_version SET version = 1"))
     engine.dispose()
     with pytest.raises(WorkspaceError, match=r"schema version 1.*upgraded when opened for writing"):
@@ -171,6 +172,24 @@ def test_a_version_1_store_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
     store.finish_run("r2", RunRecord(as_of=WHEN, augmentation=augmentation))
     assert store.augmentation()["backend"].to_list() == [None, "local/bf16/cpu:m"]
     assert store.augmentation()["cold_items_warmed"].to_list() == [None, 4]
+    assert store.augmentation_audit().is_empty()  # the table version 4 adds is there
+    store.close()
+
+
+def test_audit_rows_are_written_with_their_run_and_read_back_per_run(tmp_path: Path) -> None:
+    store = MetricsStore.for_workspace(tmp_path)
+    row = {"output": "judged_pairs", "metric": "cold/recall@20", "delta": 0.02, "low": 0.01, "high": 0.03}
+    row |= {"users": 40, "entities": 5, "used": False, "reason": "off: no earlier audit measured it"}
+    store.start_run("r1", flow="refresh", dataset="x", parameters={}, window_end=WHEN)
+    store.finish_run("r1", RunRecord(as_of=WHEN, audit=[row | {"tokens": 120, "seconds": 3.5}]))
+    store.start_run("r2", flow="refresh", dataset="x", parameters={}, window_end=WHEN)
+    unmeasured = row | {"output": "descriptions", "delta": None, "low": None, "high": None, "users": 0}
+    store.finish_run("r2", RunRecord(as_of=WHEN, audit=[unmeasured]))
+    store.start_run("r3", flow="refresh", dataset="x", parameters={}, window_end=WHEN)  # never finished: not shown
+    audit = store.augmentation_audit()
+    assert audit["run_id"].to_list() == ["r1", "r2"] and audit["output"].to_list() == ["judged_pairs", "descriptions"]
+    assert audit["tokens"].to_list() == [120, 0] and audit["delta"].to_list() == [0.02, None]
+    assert store.augmentation_audit("r1").select("low", "used").row(0) == (0.01, False)
     store.close()
 
 

@@ -18,15 +18,22 @@ from ranker.features import RankingTask
 from ranker.registry import load_ranker
 from serving import load_serving_inputs, save_serving_inputs
 from training import (
+    DESCRIPTIONS,
+    JUDGED_PAIRS,
     EvaluationPlan,
     FittedRanker,
     ModelSettings,
+    OutputUse,
     TimedChoices,
     choose_cold_slots,
     fit_ranker,
     holdout_plan,
+    synthetic_matrix,
     synthetic_precision,
+    use_outputs,
+    with_descriptions,
 )
+from training._audit import audit_descriptions, audit_judged_pairs, simulator_at_same_count
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +171,74 @@ def test_on_a_log_with_times_only_the_judged_items_are_warmed_by_default(
     )
     warmed_ids = set(index.item_ids.filter(pl.Series(load_serving_inputs(tmp_path).warmed)).to_list())
     assert warmed_ids == set(oracle[Columns.item].to_list())
+
+
+# ------------------------------------------------------------------------------------------------ the audit
+
+
+def test_the_audit_finds_an_oracle_judge_helps_and_the_next_cycle_uses_its_pairs(
+    judged: tuple[FittedRanker, pl.DataFrame], split: ProtocolSplit
+) -> None:
+    fitted, oracle = judged
+    first = OutputUse(False, "off: no earlier audit measured it")
+    # With places kept for the best cold items (as the defaults for logs with times keep one), the cold items'
+    # order among themselves, which warming sets, decides which of them are shown.
+    fitted.ranker.with_cold_slots(3)  # type: ignore[attr-defined]
+    try:
+        row = audit_judged_pairs(fitted, split, oracle.with_columns(pl.lit(0.9).alias("weight")), k=20, use=first)
+    finally:
+        fitted.ranker.with_cold_slots(0)  # type: ignore[attr-defined]
+    assert row is not None and row.output == JUDGED_PAIRS and row.metric == "cold/recall@20"
+    assert row.entities == oracle[Columns.item].n_unique() and row.users > 0
+    # The judge named the very users who took each item; the simulator, as many per item, mostly others.
+    assert row.delta is not None and row.low is not None and row.low > 0
+    assert not row.used and row.reason == first.reason  # what this run did, decided before it
+    uses = use_outputs(pl.DataFrame([row.as_dict()]))
+    assert uses[JUDGED_PAIRS].used and uses[JUDGED_PAIRS].reason.startswith("used: cold/recall@20 +")
+    assert not uses[DESCRIPTIONS].used and "no earlier audit" in uses[DESCRIPTIONS].reason
+
+
+def test_a_judge_that_names_random_users_is_left_off(
+    judged: tuple[FittedRanker, pl.DataFrame], split: ProtocolSplit
+) -> None:
+    fitted, oracle = judged
+    rng = np.random.default_rng(0)
+    users = split.index.user_ids.gather(rng.integers(split.index.n_users, size=oracle.height))
+    guessed = oracle.with_columns(users.alias(Columns.user), pl.lit(0.9).alias("weight"))
+    row = audit_judged_pairs(fitted, split, guessed, k=20, use=OutputUse(False, "off"))
+    assert row is not None and row.delta is not None and not row.helps
+    assert not use_outputs(pl.DataFrame([row.as_dict()]))[JUDGED_PAIRS].used
+
+
+def test_the_simulator_control_proposes_as_many_users_per_item_as_the_judge(
+    judged: tuple[FittedRanker, pl.DataFrame], split: ProtocolSplit
+) -> None:
+    fitted, oracle = judged
+    inputs = fitted.served.inputs
+    given = synthetic_matrix(oracle, split.index, np.flatnonzero(inputs.popularity > 0))
+    assert fitted.served.warming is not None
+    control = simulator_at_same_count(fitted.served.warming.content, inputs.user_cf, given)
+    assert np.array_equal(np.diff(control.indptr), np.diff(given.indptr))
+    item = int(np.flatnonzero(np.diff(given.indptr))[0])
+    scores = inputs.user_cf @ fitted.served.warming.content[item]
+    chosen = control.indices[control.indptr[item] : control.indptr[item + 1]]
+    assert scores[chosen].min() >= np.sort(scores)[-chosen.size]  # the simulator's top users by the stand-in
+
+
+def test_descriptions_are_audited_on_the_described_cold_items_and_join_the_encoded_text(
+    judged: tuple[FittedRanker, pl.DataFrame], split: ProtocolSplit, cache_dir: Path
+) -> None:
+    fitted, oracle = judged
+    cold = oracle[Columns.item].unique().sort().head(3).to_list()
+    warm = split.train[Columns.item][0]
+    descriptions = pl.DataFrame(
+        {Columns.item: [*cold, warm], "description": ["A film about space travel and aliens."] * 4}
+    )
+    row = audit_descriptions(
+        fitted, split, split.items, descriptions, k=20, cache_dir=cache_dir, use=OutputUse(False, "off")
+    )
+    assert row is not None and row.output == DESCRIPTIONS and row.entities == 3  # the warm item is not audited
+    assert row.delta is not None and row.low is not None and row.low <= row.delta <= row.high
+    texts = with_descriptions(split.items, descriptions).filter(pl.col(Columns.item).is_in(cold))
+    assert texts.height == 3 and texts[Columns.text].str.ends_with("space travel and aliens.").all()
+    assert with_descriptions(split.items, None) is split.items
