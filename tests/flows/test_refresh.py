@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,10 @@ import pytest
 from prefect import flow
 from typer.testing import CliRunner
 
-from catalog import Workspace
+import training
+from catalog import Columns, Tables, Workspace
 from encoders import MODEL_NAME
-from flows import tasks
+from flows import stages, tasks
 from flows.cli import app
 from flows.refresh import augment_new, encode_items, refresh
 from flows.runners import with_runner
@@ -34,10 +36,27 @@ def workspace(ml100k_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: py
 PRODUCT_AND_REFERENCE = ("temporal", "temporal:recent_popularity")
 
 
+def _judged_by_an_oracle(root: Path) -> pl.DataFrame:
+    """Write the pairs an oracle judge would give as the workspace's judged pairs: for each item without history
+    in the refresh's split, its held-out users who have history (the users a judge is shown). Returns them."""
+    space = Workspace(root)
+    split = training.dataset_plan(stages.workspace_dataset(space), "temporal").split
+    seen, known = (split.train.select(column).unique() for column in (Columns.item, Columns.user))
+    pairs = split.truth.join(seen, on=Columns.item, how="anti").join(known, on=Columns.user, how="semi")
+    frame = pairs.select(Columns.user, Columns.item).with_columns(
+        pl.lit(0.9).alias("weight"), pl.lit("oracle").alias("run_id")
+    )
+    space.write(Tables.synthetic_interactions, frame, run_id="oracle", source="tests: an oracle judge")
+    return frame
+
+
 def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace: Path) -> None:
+    # The language model describes (simulate=False: the judged pairs are an oracle's, written here; the judge's own
+    # step runs in tests/flows/test_augment_cli.py).
+    oracle = _judged_by_an_oracle(workspace)
     # (the defaults, not the rolling choice: tests/flows/test_refresh_cli.py; here both runs train the same model)
-    first = refresh(max_epochs=3, augment_limit=1, simulate=True, choose_timed=False)
-    second = refresh(max_epochs=3, augment_limit=1, simulate=True, choose_timed=False)
+    first = refresh(max_epochs=3, augment_limit=1, simulate=False, choose_timed=False)
+    second = refresh(max_epochs=3, augment_limit=1, simulate=False, choose_timed=False)
     store = MetricsStore.for_workspace(workspace, read_only=True)
     runs = store.runs()
     assert runs["flow"].to_list() == ["refresh", "refresh"]
@@ -70,15 +89,23 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     # The product's rows and, measured on the same split, the lines it must beat and its tail-calibrated variant.
     lines = {"temporal", "temporal:popularity", "temporal:recent_popularity", "temporal:tail_calibrated"}
     assert set(metrics["protocol"]) == lines | {"temporal:without_augmentation"}
-    augmentation = store.augmentation()
-    # Each run records what synthetic interactions warmed. On a log with times only the judge's pairs warm (the
-    # embedding simulator is off: ModelSettings.timed), and here they name items already rated: nothing to warm.
-    # (Judged pairs warming cold items: tests/flows/test_backfill.py and tests/training/test_warming.py.)
-    assert augmentation["cold_items_warmed"].to_list() == [0, 0]
-    assert augmentation["items_augmented"].to_list() == [1, 1]
-    # The second run's description came from the generation cache.
-    assert augmentation["cache_hits"].to_list()[1] >= 1
     assert (workspace / "models" / "lightgbm" / second.run_id / "model.txt").is_file()
+    # The audit: each run measured the oracle's pairs against the embedding simulator's at the same count; the first
+    # run used no output (no audit before it), the second what the first's interval supported.
+    audit = store.augmentation_audit().filter(pl.col("output") == "judged_pairs")
+    assert audit["run_id"].to_list() == [first.run_id, second.run_id]
+    assert set(audit["entities"]) == {oracle[Columns.item].n_unique()} and (audit["users"] > 0).all()
+    assert audit["used"][0] is False and audit["reason"][0] == "off: no earlier audit measured it"
+    helped = audit["low"][0] > 0
+    assert audit["used"][1] is helped and audit["reason"][1].startswith("used: " if helped else "off: ")
+    # What the runs trained on follows: on a log with times only judged pairs warm stand-ins, used or not.
+    augmentation = store.augmentation()
+    assert augmentation["cold_items_warmed"][0] == 0
+    assert (augmentation["cold_items_warmed"][1] > 0) is helped
+    assert augmentation["items_augmented"].to_list() == [1, 1]
+    assert augmentation["cache_hits"].to_list()[1] >= 1  # the second run's description came from the cache
+    report = json.loads((workspace / "models" / "lightgbm" / second.run_id / "report.json").read_text())
+    assert report["augmentation"]["synthetic_rows"] == (oracle.height if helped else 0)
 
 
 def test_augment_new_describes_items_and_records_volume(prefect_api: str, workspace: Path) -> None:

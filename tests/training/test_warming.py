@@ -176,25 +176,25 @@ def test_on_a_log_with_times_only_the_judged_items_are_warmed_by_default(
 # ------------------------------------------------------------------------------------------------ the audit
 
 
-def test_the_audit_finds_an_oracle_judge_helps_and_the_next_cycle_uses_its_pairs(
+def test_the_audit_scores_judged_pairs_against_the_simulator_and_the_next_cycle_follows_its_interval(
     judged: tuple[FittedRanker, pl.DataFrame], split: ProtocolSplit
 ) -> None:
     fitted, oracle = judged
     first = OutputUse(False, "off: no earlier audit measured it")
-    # With places kept for the best cold items (as the defaults for logs with times keep one), the cold items'
-    # order among themselves, which warming sets, decides which of them are shown.
-    fitted.ranker.with_cold_slots(3)  # type: ignore[attr-defined]
-    try:
-        row = audit_judged_pairs(fitted, split, oracle.with_columns(pl.lit(0.9).alias("weight")), k=20, use=first)
-    finally:
-        fitted.ranker.with_cold_slots(0)  # type: ignore[attr-defined]
+    row = audit_judged_pairs(fitted, split, oracle.with_columns(pl.lit(0.9).alias("weight")), k=20, use=first)
     assert row is not None and row.output == JUDGED_PAIRS and row.metric == "cold/recall@20"
     assert row.entities == oracle[Columns.item].n_unique() and row.users > 0
-    # The judge named the very users who took each item; the simulator, as many per item, mostly others.
-    assert row.delta is not None and row.low is not None and row.low > 0
+    assert row.delta is not None and row.low is not None and row.high is not None
+    assert row.low <= row.delta <= row.high
     assert not row.used and row.reason == first.reason  # what this run did, decided before it
+    # (Even these oracle pairs, the window's own truth, are within noise of the simulator's through the LightGBM
+    # ranker here, and on CiteULike: docs/benchmarks.md, "The augmentation audit". So no test asserts they help.)
     uses = use_outputs(pl.DataFrame([row.as_dict()]))
-    assert uses[JUDGED_PAIRS].used and uses[JUDGED_PAIRS].reason.startswith("used: cold/recall@20 +")
+    assert uses[JUDGED_PAIRS].used == row.helps
+    assert uses[JUDGED_PAIRS].reason.startswith("used: " if row.helps else "off: ")
+    helped = use_outputs(pl.DataFrame([row.as_dict() | {"delta": 0.03, "low": 0.01, "high": 0.05}]))
+    reason = "used: cold/recall@20 +0.0300 [+0.0100, +0.0500] in the audit before"
+    assert helped[JUDGED_PAIRS] == OutputUse(True, reason)
     assert not uses[DESCRIPTIONS].used and "no earlier audit" in uses[DESCRIPTIONS].reason
 
 
