@@ -27,10 +27,18 @@ from augment._augment import (
 )
 from augment._backend import Backend, Generation
 from augment._cache import GenerationCache, input_hash
+from augment._choose import BF16_FLAGS, BF16_PATHS, P_YES_TOLERANCE, BackendChoice, Bf16Path, choose_llm_backend
 from augment._factory import make_backend
 from augment._http import HttpBackend
 from augment._inprocess import InProcessBackend
-from augment._llamacpp import LLAMACPP_NAME, LlamaCppBackend, llamacpp_gguf, llamacpp_name, smollm2_llamacpp_gguf
+from augment._llamacpp import (
+    LLAMACPP_NAME,
+    LlamaCppBackend,
+    llamacpp_features,
+    llamacpp_gguf,
+    llamacpp_name,
+    smollm2_llamacpp_gguf,
+)
 from augment._local import BF16_TOLERANCE, PRECISIONS, LocalBackend, Precision
 from augment._models import (
     DEFAULT_LOCAL_MODEL,
@@ -63,6 +71,8 @@ from augment._prompts import (
 from augment._validate import OutputRules, rejection_reason, tidy
 
 __all__ = [
+    "BF16_FLAGS",
+    "BF16_PATHS",
     "BF16_TOLERANCE",
     "DEFAULT_LOCAL_MODEL",
     "DESCRIPTION",
@@ -77,6 +87,7 @@ __all__ = [
     "PROFILE",
     "PROMPTS",
     "PROMPT_VERSIONS",
+    "P_YES_TOLERANCE",
     "SIMILARITY",
     "SMOLLM2_NAME",
     "TITLES",
@@ -84,6 +95,8 @@ __all__ = [
     "WEIGHT",
     "AugmentStats",
     "Backend",
+    "BackendChoice",
+    "Bf16Path",
     "CostEstimate",
     "Generation",
     "GenerationCache",
@@ -97,6 +110,7 @@ __all__ = [
     "Precision",
     "PromptTemplate",
     "candidate_users",
+    "choose_llm_backend",
     "clean_field",
     "convert_smollm2",
     "describe_items",
@@ -109,6 +123,7 @@ __all__ = [
     "judge_messages",
     "judge_pairs",
     "judge_prompts",
+    "llamacpp_features",
     "llamacpp_gguf",
     "llamacpp_name",
     "local_model",

@@ -8,7 +8,7 @@ from typing import Literal
 
 from augment._backend import Backend
 from augment._http import HttpBackend
-from augment._llamacpp import LlamaCppBackend
+from augment._llamacpp import LlamaCppBackend, Weights
 from augment._local import LocalBackend, Precision
 from augment._models import DEFAULT_LOCAL_MODEL, local_model
 from catalog import ConfigError
@@ -25,6 +25,7 @@ def make_backend(
     batch_size: int = 16,
     threads: int | None = None,
     precision: Precision = "fp32",
+    llamacpp_weights: Weights = "f16",
     base_url: str = "http://localhost:8000/v1",
     model: str = "",
     api_key: str | None = None,
@@ -34,7 +35,8 @@ def make_backend(
     allow_insecure: bool = False,
 ) -> Backend:
     """The backend of this `kind`: the local model `local_model_name` (SmolLM2-135M by default, or Gemma 3 270M)
-    run by llama.cpp ("llamacpp", F16 weights) or SmolLM2 by transformers ("local", at `precision`), each made in
+    run by llama.cpp ("llamacpp", F16 weights, or `llamacpp_weights` where WARMSTART_LLM_BACKEND=auto chose BF16) or
+    SmolLM2 by transformers ("local", at `precision`), each made in
     `cache_dir` on first use, or an OpenAI-compatible server ("http", at `base_url` serving `model`). Options that
     another kind does not use are ignored."""
     if kind == "http":
@@ -49,7 +51,9 @@ def make_backend(
         )
     local_model(local_model_name)  # (an unknown name is refused whatever the kind)
     if kind == "llamacpp":
-        return LlamaCppBackend.for_model(local_model_name, cache_dir, batch_size=batch_size, threads=threads)
+        return LlamaCppBackend.for_model(
+            local_model_name, cache_dir, weights=llamacpp_weights, batch_size=batch_size, threads=threads
+        )
     if kind == "local":
         if local_model_name != DEFAULT_LOCAL_MODEL:
             raise ConfigError(

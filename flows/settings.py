@@ -39,12 +39,14 @@ class WarmstartSettings(BaseSettings):
         description="SQLAlchemy URL of the metrics history (e.g. postgresql+psycopg://user@host/db); "
         "default: SQLite at WORKSPACE/metrics.sqlite.",
     )
-    llm_backend: Literal["llamacpp", "local", "http"] = Field(
+    llm_backend: Literal["llamacpp", "local", "http", "auto"] = Field(
         "llamacpp",
         description="Language model for augmentation: 'llamacpp' (SmolLM2-135M-Instruct in-process by llama.cpp, "
         "F16 weights: the fastest here whose P(yes) stays within 0.02 of fp32's), 'local' (the same model by "
-        "transformers, at llm_precision; needed on a GPU) or 'http' (an OpenAI-compatible server: vLLM, Ollama, "
-        "TGI, llama.cpp).",
+        "transformers, at llm_precision; needed on a GPU), 'http' (an OpenAI-compatible server: vLLM, Ollama, "
+        "TGI, llama.cpp) or 'auto': chosen at start by the CPU's flags, a bf16 path where the CPU has AVX-512 BF16 "
+        "or AMX and the path was measured within 0.02 of fp32's P(yes) and faster than F16, else llama.cpp F16 "
+        "(the choice and its reason are recorded with each run's augmentation; docs/benchmarks.md).",
     )
     llm_local_model: str = Field(
         DEFAULT_LOCAL_MODEL,
