@@ -21,6 +21,7 @@ import polars as pl
 
 from augment import WEIGHT, AugmentStats
 from catalog import (
+    ALDI_SPLITS,
     Additions,
     AppendReport,
     Columns,
@@ -295,6 +296,18 @@ class Detection:
         }
 
 
+def learnable_interactions(workspace: Workspace) -> pl.LazyFrame:
+    """The interactions a model may learn from: with predefined splits in ALDI's layout, those of the training
+    split (`warm_emb`; the held-out items' rows are in the log but no model trains on them, so they are cold, and
+    the language model describes and judges them), else the whole log."""
+    training = f"{Tables.split_prefix}{ALDI_SPLITS[0]}"
+    interactions = workspace.scan(Tables.interactions)
+    if not workspace.exists(training):
+        return interactions
+    pairs = workspace.scan(training).select(Columns.user, Columns.item)
+    return interactions.join(pairs, on=[Columns.user, Columns.item], how="semi")
+
+
 def detect(
     workspace: Workspace,
     run_id: str,
@@ -310,7 +323,7 @@ def detect(
     stored = workspace.state().get("watermark")
     watermark = since if since is not None or stored is None else datetime.fromisoformat(stored)
     segments = segments_as_of(
-        interactions,
+        learnable_interactions(workspace),
         workspace.scan(Tables.items),
         workspace.scan(Tables.users),
         before=None,
