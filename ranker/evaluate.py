@@ -671,12 +671,13 @@ def _checked_scores(raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, column, rank) of each row's k best finite scores; ties go to the lower column (item index)."""
     n_cols = scores.shape[1]
-    if k < n_cols:
+    keep = scores > -np.inf
+    # The exact sort below orders by (score, column) and cuts at k: any superset of each row's top k gives the same
+    # lists. A learned ranker scores its candidates alone (hundreds of a row's thousands), which sort faster than
+    # a partition of the whole row finds the kth; dense rows are cut to the kth score first.
+    if k < n_cols and np.count_nonzero(keep) * 8 > keep.size:
         kth = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k]
-        keep = scores >= kth[:, None]  # ties at the boundary are all kept, then cut after the exact sort
-    else:
-        keep = np.ones(scores.shape, dtype=bool)
-    keep &= scores > -np.inf
+        keep &= scores >= kth[:, None]  # ties at the boundary are all kept, then cut after the exact sort
     rows, cols = np.nonzero(keep)
     order = np.lexsort((cols, -scores[rows, cols], rows))
     rows, cols = rows[order], cols[order]

@@ -108,14 +108,36 @@ class FittedRanker:
     # Rankers trained on the same encoders with other timed choices (fit_ranker's `alternatives`), by name.
     alternatives: dict[str, FittedRanker] = field(default_factory=dict)
 
+    # The model's scores on the last split scored (`scorer`): the split, the newcomer route they were scored with,
+    # and the scores kept. The candidate's own line, its tail-calibrated variant and the gate's evidence rank the
+    # same held-out users from the same scores; each scored them again (a third of a retrain's evaluation).
+    _scored: list[tuple[ProtocolSplit, object, _ScoredOnce]] = field(default_factory=list, init=False, repr=False)
+
     def without_warming(self) -> FittedRanker:
         """The same ranker serving cold items through their content stand-ins: what synthetic interactions add."""
         return FittedRanker(self.ranker, self.served.without_warming(), self.report)
 
+    def scorer(self, split: ProtocolSplit) -> Scorer:
+        """The ranker's scorer over the split's users and candidates (its `exclude` pairs -inf), ordered as it
+        serves (`place`). The model's scores of each batch are computed once per split and kept (their finite
+        entries): scoring the same split again, for another line over the same lists, reads them back."""
+        ranker, inputs = self.ranker, self.served.inputs
+        route = ranker.newcomers
+        kept = self._scored[0] if self._scored else None
+        if kept is None or kept[0] is not split or kept[1] != route:
+            exclude = interaction_matrix(split.exclude, split.index)
+            kept = (split, route, _ScoredOnce(ranker.scorer(inputs, exclude, placed=False)))
+            self._scored[:] = [kept]  # one split at a time: memory stays that of one split's candidates
+        model = kept[2]
+
+        def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+            return ranker.place(model(users, items), inputs, items)
+
+        return score
+
     def evaluate(self, split: ProtocolSplit, k: int) -> EvalResult:
         """Evaluate on any split that shares the plan's index and training interactions."""
-        exclude = interaction_matrix(split.exclude, split.index)
-        return evaluate(split, self.ranker.scorer(self.served.inputs, exclude=exclude), k=k)
+        return evaluate(split, self.scorer(split), k=k)
 
 
 def choose_cold_slots(

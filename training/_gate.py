@@ -134,9 +134,8 @@ def tail_calibrated(
         np.isin(ids, split.item_segments.filter(pl.col(Columns.segment) == name)[Columns.item].to_numpy())
         for name in (Segments.tail, Segments.cold)
     )
-    exclude = interaction_matrix(split.exclude, split.index)
     targets = tail_share_targets(interaction_matrix(split.train, split.index), is_tail)
-    base = fitted.ranker.scorer(fitted.served.inputs, exclude=exclude)
+    base = fitted.scorer(split)  # the scores the candidate's own line ranked (scored once)
     # Tail items displace head items only: the cold items the ranker placed (its cold slots) stay.
     scorer = tail_rerank_scorer(base, is_tail, targets, k=k, strength=strength, protect=is_cold)
     metrics = evaluate_split(split, scorer, k=k).metrics

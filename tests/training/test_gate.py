@@ -16,7 +16,7 @@ from catalog import Columns, Dataset
 from encoders import BPRConfig
 from monitor import GateConfig, GateMetric
 from ranker.baselines import PopularityScorer, RecentPopularityScorer
-from ranker.evaluate import COLD_USER, ProtocolSplit, evaluate, temporal_split
+from ranker.evaluate import COLD_USER, ProtocolSplit, evaluate, interaction_matrix, temporal_split
 from training import (
     EVALUATED,
     TIMED_ALTERNATIVES,
@@ -30,6 +30,7 @@ from training import (
     gate_user_values,
     holdout_plan,
     incumbent_on_same_data,
+    tail_calibrated,
     trained_through,
 )
 
@@ -80,6 +81,34 @@ def test_timed_alternatives_train_on_the_same_encoders_and_rank_differently(
     ndcg = lines.filter((pl.col("segment") == "overall") & (pl.col("metric") == "ndcg")).sort("protocol")
     assert ndcg["protocol"].to_list() == sorted(f"temporal:{name}" for name in TIMED_ALTERNATIVES)
     assert ndcg["value"].n_unique() == 2  # another prior and no new-item place rank differently
+
+
+def test_the_lines_over_one_split_score_it_once(
+    window: object, fitted: FittedRanker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidate's line, its tail-calibrated variant and the gate's evidence rank the same users: the model
+    scores each batch once, and every line equals what scoring it afresh gives."""
+    split = window
+    ranker, inputs = fitted.ranker, fitted.served.inputs
+    exclude = interaction_matrix(split.exclude, split.index)
+    afresh = evaluate(split, ranker.scorer(inputs, exclude), k=20)
+    calls: list[int] = []
+    score_task = ranker.score_task
+    monkeypatch.setattr(ranker, "score_task", lambda *args: calls.append(1) or score_task(*args))
+    candidate = FittedRanker(ranker, fitted.served)  # its own kept scores, not the module fixture's
+    first = candidate.evaluate(split, 20)
+    batches = len(calls)
+    assert batches >= 1
+    calibrated = tail_calibrated(candidate, split, k=20, protocol="temporal")
+    again = candidate.evaluate(split, 20)
+    assert len(calls) == batches  # read back, not scored again
+    for result in (first, again):
+        assert result.recs.equals(afresh.recs)  # the same lists; the metrics' last digit follows polars' sums
+        assert result.metrics.drop("value").equals(afresh.metrics.drop("value"))
+        assert result.metrics["value"].to_numpy() == pytest.approx(afresh.metrics["value"].to_numpy(), abs=1e-12)
+    monkeypatch.undo()
+    scored_afresh = tail_calibrated(FittedRanker(ranker, fitted.served), split, k=20, protocol="temporal")
+    assert calibrated["value"].to_numpy() == pytest.approx(scored_afresh["value"].to_numpy(), abs=1e-12)
 
 
 def test_gate_evidence_bootstraps_the_metrics_the_gate_reads(window: object, fitted: FittedRanker) -> None:
