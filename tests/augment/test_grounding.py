@@ -1,7 +1,8 @@
 """Descriptions that do not invent (issue 31, item 2): the validator refuses a text that calls the item a wrong kind
 of thing or states a year or a person its fields contradict or do not give, and describe_items rejects such a text
-with its reason and stores nothing. The texts are SmolLM2-135M's own, from benchmarks/model_descriptions.py's
-samples (docs/benchmarks.md); no language model runs here."""
+with its reason and stores nothing. The parametrised texts are SmolLM2-135M's own, from the samples of
+benchmarks/model_descriptions.py (docs/benchmarks.md); the stand-in models' are written here; no language model
+runs."""
 
 from __future__ import annotations
 
@@ -73,8 +74,23 @@ WRONG_KIND = [
     (
         "article",
         None,
-        "The Hunted is a 1995 action movie about a man on the run. Fans of the genre will enjoy its "
-        "chase scenes and its starring cast.",
+        "This book focuses on the neural mechanisms underlying human behavior and decision-making under uncertainty "
+        "using the ultimatum game as a model. It explores how individuals can make rational choices when faced with "
+        "limited resources and potential consequences.",
+    ),
+    # (a real book, "Basics of Qualitative Research", in a catalogue of articles: the check's known false alarm)
+    (
+        "article",
+        None,
+        "This book focuses on developing grounded theory by using techniques such as inductive reasoning and critical "
+        "thinking to create new knowledge from existing research.",
+    ),
+    # (a film's text, as a CiteULike article's would read if it called the paper a film)
+    (
+        "article",
+        None,
+        "The Platoon is a 2015 American drama film directed by John Malkovich and starring Michael B. Jackson as a "
+        "retired Marine. It was released on October 3, 1987, and has since been adapted into a Broadway musical.",
     ),
 ]
 # SmolLM2's films with invented facts: a year given as the film's that is not its release year, a credited person
@@ -118,33 +134,37 @@ ACCEPTED = [
     ),
     (
         "film",
+        1991,
+        'The "Terminator 2: Judgment Day" is a sci-fi thriller set in 2004 that follows a robot named Kyle as he goes '
+        "on a mission to save humanity from an impending disaster.",
+    ),
+    (
+        "film",
         1995,
-        "The Mask is a comedy film based on a novel of the same name. Its hero finds a mask set in the 1930s "
-        "that changes him.",
+        'The title "Smoke" by the 1990s drama plays on the theme of smoke as a metaphor for life\'s fleeting nature. '
+        "It was released in 1995 and has since been adapted into various films across different genres.",
     ),
     (
         "film",
         1996,
-        "Terminator 2: Judgment Day is a sci-fi thriller set in 2029 that follows a robot sent back to "
-        "protect a boy. Fans of action films will enjoy it.",
+        "This documentary features Marlene Dietrich's work as a pioneering voice for women's rights and social "
+        "justice. It explores the complexities of her personal life and legacy through the lens of her own "
+        "experiences, often using subtle references to her past.",
     ),
     (
         "article",
         None,
-        'The title "The neighbor-joining method" focuses on a novel approach to reconstructing '
-        "phylogenetic trees from gene expression data. It provides an overview of a previously developed method.",
+        'The title "The neighbor-joining method" focuses on a novel approach to reconstructing phylogenetic trees from '
+        "gene expression data. It provides an overview of a previously developed method but does so with cautionary "
+        "notes about potential limitations and challenges associated with such methods.",
     ),
     (
         "article",
         None,
-        "This book focuses on qualitative research methods and grounded theory. It is for students and "
-        "researchers in the social sciences.",
-    ),
-    (
-        "article",
-        None,
-        "This article discusses the neural basis of economic decision-making in the ultimatum game, "
-        "analyzing neurons in the prefrontal cortex. Researchers in neuroeconomics will find it useful.",
+        "This article discusses the neural basis of economic decision-making under uncertainty by analyzing the "
+        "behavior of neurons in the prefrontal cortex (PFC) during the ultimatum game. This topic has been extensively "
+        "researched using neuroeconomics techniques, which have shed light on how brain processes complex "
+        "decision-making under uncertainty.",
     ),
 ]
 
