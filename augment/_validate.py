@@ -87,10 +87,11 @@ class ItemFacts:
 # What a description may call an item of each kind, and what it must not: a film is not "a book", an article is not
 # "a movie". A wrong kind counts where the text names it as what the item is ("this novel", anywhere), or where its
 # first sentence names it ("... is a classic example of a dystopian novel") and no right kind ("a film based on a
-# novel" passes). Words with a common innocent sense are left out ("game", "play", "study", "product": "a game of
-# cat and mouse", "the product of two matrices"). An article is not "this book" either: SmolLM2 calls most papers one
-# (15 of 30 read by hand); the few books a catalogue of articles holds lose that text, not their item (a regenerated
-# text that calls them an article passes).
+# novel" passes). Words with a common innocent sense are left out ("game", "play", "study": "a game of cat and
+# mouse"). "Product" is wrong for both: "the product of two matrices" in an article's first sentence would be refused
+# where that sentence names no right kind (with the grounded prompt it opens "This article"). An article is not
+# "this book" either: SmolLM2 calls most papers one (15 of 30 read by hand); the few books a catalogue of articles
+# holds lose that text, not their item (a regenerated text that calls them an article passes).
 KIND_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
     "film": {
         "right": (
@@ -184,6 +185,7 @@ KIND_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
             "book",
             "books",
             "textbook",
+            "product",
             "film",
             "movie",
             "documentary",

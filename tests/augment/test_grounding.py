@@ -78,6 +78,13 @@ WRONG_KIND = [
         "using the ultimatum game as a model. It explores how individuals can make rational choices when faced with "
         "limited resources and potential consequences.",
     ),
+    # ("Link analysis in national Web domains" with the old prompt, once "this book" was refused)
+    (
+        "article",
+        None,
+        "This product offers link analysis to improve your web browser's speed. It includes additional services such "
+        "as SEO, analytics, and content marketing tools like Google Analytics.",
+    ),
     # (a real book, "Basics of Qualitative Research", in a catalogue of articles: the check's known false alarm)
     (
         "article",
