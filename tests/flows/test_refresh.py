@@ -76,8 +76,9 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     # (Judged pairs warming cold items: tests/flows/test_backfill.py and tests/training/test_warming.py.)
     assert augmentation["cold_items_warmed"].to_list() == [0, 0]
     assert augmentation["items_augmented"].to_list() == [1, 1]
-    # The second run's description came from the generation cache.
-    assert augmentation["cache_hits"].to_list()[1] >= 1
+    # (No cache hit is asserted for the second run: its description prompt lists the item's nearest warm neighbours,
+    # which the first run's encode made (item_embeddings), so on a fresh cache it is a new prompt; a rerun with the
+    # same prompts reads the cache: tests/flows/test_augment_cli.py.)
     assert (workspace / "models" / "lightgbm" / second.run_id / "model.txt").is_file()
 
 
