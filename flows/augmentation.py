@@ -31,16 +31,18 @@ from augment import (
     candidate_users,
     choose_llm_backend,
     describe_items,
-    description_prompts,
     estimate_cost,
+    item_description_prompts,
     judge_prompts,
     llamacpp_name,
+    neighbour_titles,
     profile_prompts,
     profile_users,
     simulate_interactions,
     smollm2_name,
 )
 from catalog import Columns, ConfigError, Segments, Tables, Workspace, WorkspaceError
+from catalog.datasets import dataset_item_kind
 from flows.settings import WarmstartSettings
 from flows.stages import AugmentPlan, StepReport
 
@@ -49,6 +51,7 @@ USER_PROFILES = Tables.user_profiles
 SYNTHETIC_INTERACTIONS = Tables.synthetic_interactions
 SEGMENT_CHOICES = (Segments.cold, Segments.sparse, Segments.tail, Segments.head, Segments.new)
 PROFILE_MAX_NEW_TOKENS = 80  # a profile is two sentences
+DESCRIBE_NEIGHBOURS = 5  # nearest warm items whose titles a description prompt lists
 
 
 @functools.lru_cache(maxsize=4)
@@ -166,11 +169,22 @@ def describe_step(
     max_new_tokens: int = 96,
     show_progress: bool = True,
 ) -> StepReport:
-    """Describe the items of `segments` (at most `limit`) into the `item_descriptions` table."""
+    """Describe the items of `segments` (at most `limit`) into the `item_descriptions` table, each prompt grounded
+    in the item's fields, the kind of thing the catalogue holds and its nearest warm neighbours' titles
+    (`description_context`); a text its fields contradict is rejected, never stored."""
     started = time.perf_counter()
     items = describe_targets(workspace, segments, limit)
+    kind, neighbours = description_context(workspace, items)
     cache = generation_cache(cache_dir)
-    frame, stats = describe_items(items, backend, cache, max_new_tokens=max_new_tokens, show_progress=show_progress)
+    frame, stats = describe_items(
+        items,
+        backend,
+        cache,
+        kind=kind,
+        neighbours=neighbours,
+        max_new_tokens=max_new_tokens,
+        show_progress=show_progress,
+    )
     report = _report(stats, started, items.height)
     return store_descriptions(workspace, frame, report, run_id=run_id, model=backend.model_name, segments=segments)
 
@@ -179,6 +193,48 @@ def describe_targets(workspace: Workspace, segments: Sequence[str], limit: int |
     """The items of `segments` to describe (at most `limit`, fewest interactions first)."""
     ids = segment_ids(workspace, "item", segments, limit)
     return workspace.read(Tables.items).filter(pl.col(Columns.item).is_in(ids))
+
+
+def item_kind(workspace: Workspace) -> str:
+    """The kind of thing the workspace's items are, as descriptions name them: the state's `item_kind` when set,
+    else that of the data set it ingested ("film" for ml-100k, "article" for CiteULike), else "item"."""
+    state = workspace.state()
+    return str(state.get("item_kind") or dataset_item_kind(str(state.get("dataset", ""))))
+
+
+def warm_neighbours(workspace: Workspace, items: pl.DataFrame, k: int = DESCRIBE_NEIGHBOURS) -> pl.DataFrame | None:
+    """(item_id, titles): for each of `items`, the titles of its `k` nearest warm items (at least one real
+    interaction) by the workspace's `item_embeddings` (cosine), the nearest first; None when the workspace has no
+    embeddings yet (`warmstart encode`). An item without an embedding gets no row."""
+    if not workspace.exists(Tables.item_embeddings) or items.is_empty():
+        return None
+    embeddings = workspace.read(Tables.item_embeddings)
+    warm_ids = workspace.scan(Tables.interactions).select(Columns.item).unique().collect()
+    warm = (
+        workspace.read(Tables.items)
+        .select(Columns.item, Columns.title)
+        .join(warm_ids, on=Columns.item, how="semi")
+        .join(embeddings, on=Columns.item, how="inner")
+    )
+    targets = items.select(Columns.item, Columns.title).join(
+        embeddings, on=Columns.item, how="inner", maintain_order="left"
+    )
+    if warm.is_empty() or targets.is_empty():
+        return None
+    return neighbour_titles(
+        targets[Columns.item].to_list(),
+        targets["embedding"].to_numpy(),
+        warm.select(Columns.item, Columns.title),
+        warm["embedding"].to_numpy(),
+        k=k,
+        target_titles=targets[Columns.title].to_list(),
+    )
+
+
+def description_context(workspace: Workspace, items: pl.DataFrame) -> tuple[str, pl.DataFrame | None]:
+    """What a description prompt of `items` is grounded in besides their own fields: the kind of thing the
+    catalogue holds (`item_kind`) and their nearest warm neighbours' titles (`warm_neighbours`)."""
+    return item_kind(workspace), warm_neighbours(workspace, items)
 
 
 def store_descriptions(
@@ -195,7 +251,9 @@ def store_descriptions(
     frame = frame.with_columns(pl.lit(run_id).alias("run_id"))
     table = _merge(workspace, ITEM_DESCRIPTIONS, frame, Columns.item)
     report = replace(report, rows=table.height)
-    parameters = {"model": model, "prompt": ITEM_DESCRIPTION.id, "segments": list(segments)} | report.as_dict()
+    prompts = sorted(set(frame["prompt_version"].to_list())) if "prompt_version" in frame.columns else []
+    prompt = ", ".join(prompts) or ITEM_DESCRIPTION.id
+    parameters = {"model": model, "prompt": prompt, "segments": list(segments)} | report.as_dict()
     workspace.write(ITEM_DESCRIPTIONS, table, run_id=run_id, source="augment.describe", parameters=parameters)
     return report
 
@@ -367,7 +425,9 @@ def estimate_step(
     if step == "describe":
         ids = segment_ids(workspace, "item", plan.item_segments, plan.limit)
         items = workspace.read(Tables.items).filter(pl.col(Columns.item).is_in(ids))
-        prompts, template, new = description_prompts(items), ITEM_DESCRIPTION, plan.max_new_tokens
+        kind, neighbours = description_context(workspace, items)
+        template, prompts, _ = item_description_prompts(items, kind=kind, neighbours=neighbours)
+        new = plan.max_new_tokens
     elif step == "profile":
         ids = segment_ids(workspace, "user", plan.user_segments, plan.limit)
         prompts = profile_prompts(user_histories(workspace, ids))

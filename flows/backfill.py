@@ -31,8 +31,9 @@ from catalog import (
     segment_counts,
     segment_transitions,
 )
+from catalog.datasets import dataset_item_kind
 from flows import cycle, refresh, stages, tasks
-from flows.augmentation import backend_label
+from flows.augmentation import backend_label, item_kind
 from flows.settings import WarmstartSettings, apply_text_backend
 from monitor import ActiveRun, GateDecision, MetricsStore
 from training.defaults import DEFAULT_GATE_TOLERANCE, DEFAULT_K, HEAD_SHARE, MAX_EPOCHS, SPARSE_MAX
@@ -105,6 +106,9 @@ def augment_window(
     for name, frame in ((Tables.interactions, history), (Tables.items, dataset.items), (Tables.users, dataset.users)):
         scratch.write(name, frame, run_id=run_id, source=f"backfill window ending {window.end}")
     scratch.write(Tables.segments, segments, run_id=run_id, source="backfill")
+    # the kind of thing the items are, for the description prompt and its checks: the workspace's, else the data set's
+    kind = item_kind(context.space)
+    scratch.update_state(item_kind=dataset_item_kind(dataset.name) if kind == "item" else kind)
     plan = stages.AugmentPlan(
         item_segments=(Segments.new,),
         # Items still without an interaction at the window's end: the only ones the judge's pairs can warm (a new

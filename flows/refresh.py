@@ -27,7 +27,7 @@ from prefect import flow, get_run_logger, unmapped
 
 import training
 from augment import AugmentStats
-from catalog import Dataset, Tables, Workspace, new_run_id, segment_counts, segment_transitions
+from catalog import Columns, Dataset, Tables, Workspace, new_run_id, segment_counts, segment_transitions
 from flows import cycle, stages, tasks
 from flows.augmentation import backend_label
 from flows.runners import with_runner
@@ -84,15 +84,23 @@ def describe_in_batches(
 ) -> stages.StepReport:
     """Describe the plan's items, one task per `batch` items on the flow's task runner (a Dask cluster with
     task_runner=dask), then write the table once."""
-    from flows.augmentation import describe_targets, store_descriptions
+    from flows.augmentation import describe_targets, description_context, store_descriptions
 
     started = time.perf_counter()
     items = describe_targets(space, plan.item_segments, plan.limit)
+    kind, neighbours = description_context(space, items)
     chunks = [items.slice(offset, batch) for offset in range(0, items.height, batch)]
+    related = [
+        None if neighbours is None else neighbours.join(chunk.select(Columns.item), on=Columns.item, how="semi")
+        for chunk in chunks
+    ]
     if concurrent_llm_steps(settings):
-        results = [future.result() for future in tasks.describe_batch_task.map(chunks, unmapped(settings))]
+        futures = tasks.describe_batch_task.map(chunks, unmapped(settings), unmapped(kind), related)
+        results = [future.result() for future in futures]
     else:
-        results = [tasks.describe_batch_task(chunk, settings) for chunk in chunks]
+        results = [
+            tasks.describe_batch_task(chunk, settings, kind, part) for chunk, part in zip(chunks, related, strict=True)
+        ]
     stats = AugmentStats.total([part for _, part in results])
     seconds = round(time.perf_counter() - started, 3)
     report = stages.StepReport(stats, items.height, seconds, batches=len(chunks))

@@ -189,8 +189,14 @@ def augment_step(
         )
 
 
-def describe_batch(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl.DataFrame, AugmentStats]:
-    """LLM descriptions of one batch of items (no write: the flow merges every batch into the table once).
+def describe_batch(
+    items: pl.DataFrame,
+    settings: WarmstartSettings,
+    kind: str | None = None,
+    neighbours: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, AugmentStats]:
+    """LLM descriptions of one batch of items (no write: the flow merges every batch into the table once), grounded
+    in the kind of thing the catalogue holds and the items' `neighbours` (flows.augmentation.description_context).
     A module-level function, so that Dask ships this task by reference, not the process's lock."""
     from augment import describe_items
     from flows.augmentation import generation_cache
@@ -200,6 +206,8 @@ def describe_batch(items: pl.DataFrame, settings: WarmstartSettings) -> tuple[pl
             items,
             backend(settings),
             generation_cache(settings.cache_dir),
+            kind=kind,
+            neighbours=neighbours,
             max_new_tokens=settings.llm_max_new_tokens,
             show_progress=False,
         )

@@ -21,6 +21,15 @@ def builtin_dataset(name: str) -> BuiltinDataset:
     return DATASETS[name]
 
 
+def dataset_item_kind(name: str) -> str:
+    """The kind of thing the items of the data set called `name` are ("film" for ml-100k, "article" for citeulike
+    or citeulike-a), by its registered name or the name its loaded data carries; "item" for any other."""
+    for spec in DATASETS.values():
+        if name in (spec.name, *spec.aliases):
+            return spec.item_kind
+    return "item"
+
+
 def load_dataset(name: str, data_dir: Path | None, cache_dir: Path) -> Dataset:
     """Load the built-in data set `name` from `data_dir` (where it needs one) or its cache under `cache_dir`."""
     return builtin_dataset(name).load(data_dir, cache_dir)
@@ -31,6 +40,7 @@ __all__ = [
     "RECBOLE_REQUIREMENT",
     "BuiltinDataset",
     "builtin_dataset",
+    "dataset_item_kind",
     "fetch_movielens_100k",
     "load_citeulike",
     "load_dataset",

@@ -62,4 +62,6 @@ CITEULIKE = BuiltinDataset(
     description="CiteULike-a with ALDI's split (--data DIR: the folder with titles.txt, users.dat, splits/aldi)",
     load=_load,
     protocols=("cold-item", "warm", "hybrid"),
+    item_kind="article",
+    aliases=("citeulike-a",),
 )

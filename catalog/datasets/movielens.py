@@ -108,4 +108,5 @@ MOVIELENS_100K = BuiltinDataset(
     description="MovieLens-100K (fetched from the recbole wheel on PyPI unless --data DIR)",
     load=_load,
     protocols=("temporal",),
+    item_kind="film",
 )

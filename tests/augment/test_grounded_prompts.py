@@ -1,4 +1,4 @@
-"""Grounded description prompts: the item's title, then its neighbours' titles, all inside the data block."""
+"""Grounded description prompts: the item's fields, then its neighbours' titles, all inside the data block."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def _data(messages: list[dict[str, str]]) -> str:
 def test_neighbour_titles_follow_the_item_in_order_and_cap_at_max() -> None:
     neighbours = pl.DataFrame({"item_id": ["a"], "titles": [["LDA", "Gibbs sampling", "pLSI"]]})
     prompts = grounded_description_prompts(ITEMS, neighbours, max_neighbours=2)
-    assert _data(prompts[0]) == "Title: Topic models\nRelated titles:\n- LDA\n- Gibbs sampling"
-    assert prompts[0][1]["content"].endswith(ITEM_DESCRIPTION_GROUNDED.instruction)
+    assert _data(prompts[0]) == "Title: Topic models\nSimilar items:\n- LDA\n- Gibbs sampling"
+    assert prompts[0][1]["content"].endswith(ITEM_DESCRIPTION_GROUNDED.for_kind("item").instruction)
     # an item without neighbours keeps only its title, under the grounded template still
     assert _data(prompts[1]) == "Title: Graph kernels"
     assert prompts[1] != description_prompts(ITEMS)[1]
@@ -75,6 +75,6 @@ def test_describe_items_with_neighbours_uses_the_grounded_template(tmp_path: Pat
     backend, neighbours = EchoBackend(), pl.DataFrame({"item_id": ["a"], "titles": [["LDA"]]})
     frame, stats = describe_items(ITEMS, backend, GenerationCache(tmp_path), neighbours=neighbours, show_progress=False)
     assert frame["prompt_version"].to_list() == [ITEM_DESCRIPTION_GROUNDED.id] * 2 and stats.generated == 2
-    assert "Related titles:\n- LDA" in backend.seen[0][1]["content"]
+    assert "Similar items:\n- LDA" in backend.seen[0][1]["content"]
     plain, _ = describe_items(ITEMS, backend, GenerationCache(tmp_path), show_progress=False)
     assert plain["prompt_version"].to_list() == [ITEM_DESCRIPTION.id] * 2 and not plain["cached"].any()

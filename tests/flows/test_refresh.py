@@ -103,7 +103,9 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     assert augmentation["cold_items_warmed"][0] == 0
     assert (augmentation["cold_items_warmed"][1] > 0) is helped
     assert augmentation["items_augmented"].to_list() == [1, 1]
-    assert augmentation["cache_hits"].to_list()[1] >= 1  # the second run's description came from the cache
+    # (No cache hit is asserted for the second run: its description prompt lists the item's nearest warm neighbours,
+    # which the first run's encode made (item_embeddings), so on a fresh cache it is a new prompt; a rerun with the
+    # same prompts reads the cache: tests/flows/test_augment_cli.py.)
     report = json.loads((workspace / "models" / "lightgbm" / second.run_id / "report.json").read_text())
     assert report["augmentation"]["synthetic_rows"] == (oracle.height if helped else 0)
 
