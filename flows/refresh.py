@@ -34,7 +34,14 @@ from flows.runners import with_runner
 from flows.settings import WarmstartSettings, apply_text_backend
 from monitor import ActiveRun, GateDecision, MetricsStore, RunRecord
 from ranker.ann import ANN_MIN_ITEMS
-from training.defaults import AUGMENT_LIMIT, DEFAULT_GATE_TOLERANCE, DEFAULT_K, MAX_EPOCHS
+from training.defaults import (
+    AUGMENT_LIMIT,
+    DEFAULT_GATE_TOLERANCE,
+    DEFAULT_K,
+    DESCRIPTIONS,
+    JUDGED_PAIRS,
+    MAX_EPOCHS,
+)
 
 
 def _detect(space: Workspace, run: ActiveRun, settings: WarmstartSettings) -> None:
@@ -179,8 +186,8 @@ def _augment_into(
     return report
 
 
-# The augmentation step that makes each audited output (training.AUDITED_OUTPUTS): what the run spent on it.
-OUTPUT_STEPS = {"judged_pairs": "simulate", "descriptions": "describe"}
+# The augmentation step that makes each audited output: what the run spent on it.
+OUTPUT_STEPS = {JUDGED_PAIRS: "simulate", DESCRIPTIONS: "describe"}
 
 
 def _outputs_used(store: MetricsStore, dataset: str) -> dict[str, training.OutputUse]:
@@ -382,10 +389,10 @@ def _train_evaluate_gate(
     has let the candidate through (`training.whole_log_plan`)."""
     judged, descriptions = stages.synthetic_interactions(space), stages.item_descriptions(space)
     audit = training.AuditInputs(judged, descriptions, dataset.items, uses, config.cache_dir)
-    if uses[training.DESCRIPTIONS].used:
+    if uses[DESCRIPTIONS].used:
         dataset = replace(dataset, items=training.with_descriptions(dataset.items, descriptions))
     plan = training.dataset_plan(dataset, training.PROTOCOLS[config.protocol], sparse_max=sparse_max)
-    plan = replace(plan, synthetic=judged if uses[training.JUDGED_PAIRS].used else None)
+    plan = replace(plan, synthetic=judged if uses[JUDGED_PAIRS].used else None)
     whole_log = training.whole_log_plan(dataset, plan)
     return cycle.train_evaluate_gate(
         plan, config, run, space.models, recorded=recorded, dataset=dataset.name, whole_log=whole_log, audit=audit

@@ -144,7 +144,7 @@ def _launch(arguments: list[str], environment: dict[str, str], output: IO[bytes]
         stderr=subprocess.STDOUT if output is not None else None,
         start_new_session=True,  # its own process group: stopped as a whole, and spared a terminal's Ctrl-C
     )
-    atexit.register(_stop, child)
+    atexit.register(stop_process_group, child)
     return child
 
 
@@ -160,13 +160,13 @@ def _await_health(child: subprocess.Popen[bytes], api_url: str, startup_seconds:
         time.sleep(0.2)
 
 
-def _stop(child: subprocess.Popen[bytes]) -> None:
-    """TERM the server's process group, KILL it if it has not exited within 30 s."""
+def stop_process_group(child: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float = 30) -> None:
+    """TERM the child's process group, KILL it if it has not exited within `grace` seconds."""
     if child.poll() is not None:
         return
     try:
         os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=30)
+        child.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=30)
@@ -237,8 +237,8 @@ def prefect_server(workspace: Path, startup_seconds: float = SERVER_STARTUP_SECO
         with _pointed_at(api_url):
             yield api_url
     finally:
-        _stop(child)
-        atexit.unregister(_stop)
+        stop_process_group(child)
+        atexit.unregister(stop_process_group)
 
 
 @contextmanager
@@ -281,5 +281,5 @@ def flow_server(startup_seconds: float, on_start: Callable[[str], None] | None =
         with _pointed_at(api_url):
             yield api_url
     finally:
-        _stop(child)
-        atexit.unregister(_stop)
+        stop_process_group(child)
+        atexit.unregister(stop_process_group)

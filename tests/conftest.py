@@ -22,6 +22,7 @@ import polars as pl
 import pytest
 
 from catalog import Columns, Dataset, fetch_movielens_100k, load_citeulike, load_movielens_100k
+from flows.serve import stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 CITEULIKE_DIR = Path(os.environ.get("WARMSTART_CITEULIKE", REPO.parent / "shared" / "datasets" / "citeulike-a"))
@@ -295,17 +296,8 @@ class LlamaServer:
 
     def stop(self) -> None:
         """SIGTERM to the group, SIGKILL to what is left after 10 s."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        except ProcessLookupError:
-            pass
+        if self.process is not None:
+            stop_process_group(self.process, grace=10)
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from training._audit import (
-        AUDITED_OUTPUTS,
-        DESCRIPTIONS,
-        JUDGED_PAIRS,
         AuditInputs,
         AuditRow,
         OutputUse,
@@ -111,6 +108,7 @@ if TYPE_CHECKING:
         user_reference_scorers,
     )
     from training.defaults import (
+        AUDITED_OUTPUTS,
         AUGMENT_LIMIT,
         CALIBRATION_USERS,
         COLD_SLOTS_GRID,
@@ -118,9 +116,11 @@ if TYPE_CHECKING:
         DEFAULT_GATE_METRICS,
         DEFAULT_GATE_TOLERANCE,
         DEFAULT_K,
+        DESCRIPTIONS,
         GATE,
         HEAD_SHARE,
         ITEM_SEGMENTS,
+        JUDGED_PAIRS,
         MAX_EPOCHS,
         SIMULATE_SEGMENTS,
         SPARSE_MAX,
@@ -131,9 +131,9 @@ if TYPE_CHECKING:
     )
 
 _SOURCES = {
-    "AUDITED_OUTPUTS": "training._audit",
-    "DESCRIPTIONS": "training._audit",
-    "JUDGED_PAIRS": "training._audit",
+    "AUDITED_OUTPUTS": "training.defaults",
+    "DESCRIPTIONS": "training.defaults",
+    "JUDGED_PAIRS": "training.defaults",
     "AuditInputs": "training._audit",
     "AuditRow": "training._audit",
     "OutputUse": "training._audit",

@@ -30,10 +30,8 @@ from ranker.metrics import bootstrap_difference
 from training._fit import FittedRanker
 from training._gate import gate_user_values
 from training._standins import synthetic_matrix
+from training.defaults import AUDITED_OUTPUTS, DESCRIPTIONS, JUDGED_PAIRS
 
-JUDGED_PAIRS = "judged_pairs"
-DESCRIPTIONS = "descriptions"
-AUDITED_OUTPUTS = (JUDGED_PAIRS, DESCRIPTIONS)
 # Both act on items without history: the audit reads the cold segment's recall (ColdLLM's headline metric).
 AUDIT_SEGMENT, AUDIT_METRIC = "cold", "recall"
 AUDIT_LEVEL = 0.95
@@ -151,17 +149,17 @@ def audit_judged_pairs(
     content = warming.content if warming is not None else inputs.item_standin
     config = warming.config if warming is not None else WarmingConfig(simulate=False)
     control = simulator_at_same_count(content, inputs.user_cf, given)
-    judged = np.flatnonzero(np.diff(given.indptr) > 0)
+    items = np.flatnonzero(np.diff(given.indptr) > 0)
 
     def warmed(pairs: sp.csr_array) -> FittedRanker:
         # Only the judged items differ between the variants: the others keep the stand-ins the model serves, and
         # warming them again (every item, on a log without times) took most of a CiteULike audit's time.
         standins = inputs.item_standin.copy()
-        standins[judged] = warm_items(pairs[judged], inputs.user_cf, content[judged], inputs.item_cf[warm], config)
+        standins[items] = warm_items(pairs[items], inputs.user_cf, content[items], inputs.item_cf[warm], config)
         return _with_standins(fitted, standins)
 
     metric, delta, low, high, users = _compare(warmed(given), warmed(control), split, k)
-    entities = int(judged.size)
+    entities = int(items.size)
     return AuditRow(JUDGED_PAIRS, metric, delta, low, high, users, entities, use.used, use.reason)
 
 

@@ -34,6 +34,9 @@ USER_SEGMENTS = (Segments.new, Segments.sparse)
 """User segments the language model profiles."""
 SIMULATE_SEGMENTS = (Segments.cold,)
 """Item segments whose candidate users the language model judges (synthetic interactions)."""
+JUDGED_PAIRS, DESCRIPTIONS = "judged_pairs", "descriptions"
+AUDITED_OUTPUTS = (JUDGED_PAIRS, DESCRIPTIONS)
+"""The language model's outputs every refresh audits against their no-LLM controls (training._audit)."""
 AUGMENT_LIMIT = 16
 """Most entities per augmentation step of a scheduled refresh (the language model's work per run)."""
 

@@ -15,6 +15,7 @@ from catalog import Workspace
 from flows import augmentation, stages
 from flows.cli import app
 from flows.settings import WarmstartSettings
+from tests.flows.tiny_catalog import ingest_titles
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +30,6 @@ TITLES = {
 
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "items.csv").write_text(
-        "item_id,title\n" + "".join(f'{item},"{title}"\n' for item, title in TITLES.items()), encoding="utf-8"
-    )
-    (tmp_path / "inter.csv").write_text(
-        "user_id,item_id,ts\nu1,i1,2024-01-01\nu1,i2,2024-01-02\nu2,i3,2024-01-03\nu2,i1,2024-01-04\nu3,i2,2024-01-05\n",
-        encoding="utf-8",
-    )
     # the converted model and the embedding cache come from the repo's cache; generations start empty
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -45,10 +39,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (cache / name).symlink_to(source / name)
     monkeypatch.setenv("WARMSTART_CACHE_DIR", str(cache))
     monkeypatch.setenv("WARMSTART_LLM_THREADS", "1")
-    ws = tmp_path / "ws"
-    ingest = ["ingest", "--interactions", str(tmp_path / "inter.csv"), "--items", str(tmp_path / "items.csv")]
-    assert runner.invoke(app, [*ingest, "-w", str(ws)]).exit_code == 0
-    return ws
+    return ingest_titles(tmp_path, TITLES)
 
 
 def test_augment_needs_detect_and_known_segments(workspace: Path) -> None:

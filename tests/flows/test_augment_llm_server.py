@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from catalog import Columns, Workspace
 from flows.cli import app
+from tests.flows.tiny_catalog import ingest_titles
 
 runner = CliRunner()
 TITLES = {
@@ -29,16 +30,7 @@ DESCRIBE = ["augment", "--items", "--no-simulate"]  # (simulation would load the
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     """Five cold or sparse items (all to be described) and three users, ingested and detected."""
-    (tmp_path / "items.csv").write_text(
-        "item_id,title\n" + "".join(f'{item},"{title}"\n' for item, title in TITLES.items()), encoding="utf-8"
-    )
-    (tmp_path / "inter.csv").write_text(
-        "user_id,item_id,ts\nu1,i1,2024-01-01\nu1,i2,2024-01-02\nu2,i3,2024-01-03\nu2,i1,2024-01-04\nu3,i2,2024-01-05\n",
-        encoding="utf-8",
-    )
-    ws = tmp_path / "ws"
-    ingest = ["ingest", "--interactions", str(tmp_path / "inter.csv"), "--items", str(tmp_path / "items.csv")]
-    assert runner.invoke(app, [*ingest, "-w", str(ws)]).exit_code == 0
+    ws = ingest_titles(tmp_path, TITLES)
     assert runner.invoke(app, ["detect", "-w", str(ws)]).exit_code == 0
     return ws
 
