@@ -92,13 +92,22 @@ def main() -> None:
     def warmed(pairs: object) -> np.ndarray:
         return warmed_standins(warming.content, inputs.user_cf, inputs.item_cf, warm, pairs, warming.config).standins
 
+    # The oracle's pairs and the control's reach the ranker as given pairs (its `given_pairs` feature), as the
+    # audit shows them; the simulator's and the content stand-ins as the product serves them without a judge.
+    none_given = np.zeros(inputs.n_items, dtype=np.float32)
+    oracle_given = np.diff(given.indptr).astype(np.float32)
     simulator = warmed(None)
     content = simulator.copy()
     content[judged] = warming.content[judged]
-    lines = {"oracle": warmed(given), "control": warmed(control), "simulator": simulator, "content": content}
+    lines = {
+        "oracle": (warmed(given), oracle_given),
+        "control": (warmed(control), oracle_given),
+        "simulator": (simulator, none_given),
+        "content": (content, none_given),
+    }
     rows = []
-    for name, standins in lines.items():
-        ranker = _with_standins(fitted, standins).evaluate(split, 20)
+    for name, (standins, given_pairs) in lines.items():
+        ranker = _with_standins(fitted, standins, item_given=given_pairs).evaluate(split, 20)
         alone = evaluate(split, lambda users, items, s=standins: inputs.user_cf[users] @ s[items].T, k=20)
         row = {"line": name, "ranker_recall@20": ranker.value("recall"), "cf_only_recall@20": alone.value("recall")}
         rows.append(row)

@@ -41,6 +41,11 @@ class WarmingConfig(BaseModel):
     simulate: bool = True
     """The embedding simulator proposes users for every item without given (judged) pairs, warm items' stand-ins
     included; off, only items with given pairs are warmed."""
+    given_share: float = Field(0.5, ge=0, le=1)
+    """Share of warm items whose out-of-fold stand-in is warmed, in training, from pairs a judge might give (some
+    naming the item's held-out takers, some not) in place of the simulator's, and marked as given: the ranker
+    learns what a judge's pairs are worth (it saw only the simulator's pairs before, which add nothing beyond the
+    text, and ignored even an oracle's: docs/benchmarks.md)."""
 
 
 def simulate_users(

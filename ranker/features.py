@@ -41,6 +41,9 @@ FEATURE_NAMES = (
     "user_recent",
     # Days since the item came out in the world (NaN where unknown): known for cold items too.
     "release_age",
+    # How many given pairs (a judge's, or in training a warm item's own) warmed the item's cold view; zero where
+    # the simulator or content alone made it, and in the warm view. Last, so rankers trained before it still load.
+    "given_pairs",
 )
 # Item features read from the log, hidden (zero) when an item is presented as cold: a cold item has none.
 ITEM_LOG_FEATURES = ("log_popularity", "recent_7d", "recent_14d", "recent_28d", "item_age")
@@ -94,6 +97,8 @@ class RankerInputs:
     # ANN indexes over the first `candidates.n_items` items (ranker.build_candidate_index): where set, candidates
     # over the whole catalogue come from them (ranker.ann); None (below the serving threshold): exact brute force.
     candidates: CandidateIndex | None = None
+    # How many given pairs warmed each item's stand-in (training.Warmed.given_pairs); None: none (zeros).
+    item_given: np.ndarray | None = None
     # Derived: the normalised sum of each user's item vectors (zero for users without history).
     text_profiles: np.ndarray = field(init=False)
     tfidf_profiles: sp.csr_array | None = field(init=False)
@@ -109,6 +114,7 @@ class RankerInputs:
             ("user_cf", self.user_cf.shape[0], n_users),
             ("user_standin", n_users if self.user_standin is None else self.user_standin.shape[0], n_users),
             ("user_attributes", n_users if self.user_attributes is None else self.user_attributes.shape[0], n_users),
+            ("item_given", n_items if self.item_given is None else self.item_given.shape[0], n_items),
         ):
             if rows != expected:
                 raise ValueError(f"RankerInputs.{name} has {rows} rows; history implies {expected}.")
@@ -383,6 +389,8 @@ def _chunk_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, 
     out[:, column["text_profile"]] = np.einsum("ij,ij->i", inputs.text_profiles[users], item_text)
     out[:, column["log_popularity"]] = np.where(as_cold, 0.0, np.log1p(inputs.popularity[items]))
     out[:, column["as_cold"]] = as_cold
+    if inputs.item_given is not None:
+        out[:, column["given_pairs"]] = np.where(as_cold, np.log1p(inputs.item_given[items]), 0.0)
     activity = np.diff(inputs.history.indptr)
     out[:, column["user_activity"]] = np.log1p(activity[users])
     out[:, column["title_words"]] = inputs.title_words[items]

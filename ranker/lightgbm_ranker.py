@@ -171,6 +171,7 @@ class LightGBMRanker(RankerBase):
         self.config = config or LightGBMRankerConfig()
         self._booster: lgb.Booster | None = None
         self.metadata: dict[str, Any] = {}
+        self._n_features = len(FEATURE_NAMES)  # the first columns of FEATURE_NAMES its trees read
 
     @property
     def is_fitted(self) -> bool:
@@ -265,7 +266,8 @@ class LightGBMRanker(RankerBase):
         """(user indices, item indices, scores) of every candidate pair of `task`; items seen as the data has them."""
         booster = self.booster
         groups = _groups(inputs, task, self.config.per_source, inputs.is_cold, np.random.default_rng(0))
-        scores = booster.predict(groups.features, num_iteration=booster.best_iteration or None)
+        known = groups.features[:, : self._n_features]
+        scores = booster.predict(known, num_iteration=booster.best_iteration or None)
         return groups.users, groups.items, np.asarray(scores + self._prior(groups.features), dtype=np.float32)
 
     def _prior(self, features: np.ndarray) -> np.ndarray:
@@ -314,8 +316,9 @@ class LightGBMRanker(RankerBase):
     @classmethod
     def _from_payload(cls, payload: bytes, metadata: dict[str, Any]) -> Self:
         trained_on = metadata.get("features", list(FEATURE_NAMES))
-        if trained_on != list(FEATURE_NAMES):
-            # Scored with other columns, its trees would read one feature's values as another's.
+        if trained_on != list(FEATURE_NAMES[: len(trained_on)]):
+            # Scored with other columns, its trees would read one feature's values as another's. A ranker trained
+            # before features were added at the end reads the columns it knows.
             missing = sorted(set(FEATURE_NAMES) - set(trained_on)) or sorted(set(trained_on) - set(FEATURE_NAMES))
             raise DataError(
                 f"this LightGBM ranker was trained on {len(trained_on)} features and this warmstart computes "
@@ -323,6 +326,7 @@ class LightGBMRanker(RankerBase):
             )
         ranker = cls(LightGBMRankerConfig(**metadata["config"]))
         ranker._booster = lgb.Booster(model_str=payload.decode("utf-8"))
+        ranker._n_features = len(trained_on)
         ranker.metadata = metadata
         return ranker
 

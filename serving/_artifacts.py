@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 _DENSE = ("text", "user_cf", "item_cf", "item_standin", "popularity", "title_words")
 _SPARSE = ("history", "tfidf", "categories")
 # Saved where the inputs have them; a version saved before has none (RankerInputs' default then).
-_OPTIONAL = ("user_standin", "user_attributes")
+_OPTIONAL = ("user_standin", "user_attributes", "item_given")
 WARMED = "warmed"
 # The recency arrays of a time-ordered log, as of the version's cut (`TimeFeatures`); `time.now` in microseconds.
 _TIME = ("recent", "age_days", "user_recent", "release_age_days")
@@ -72,7 +72,9 @@ def save_serving_inputs(
             f"serving ids ({user_ids.len()} users, {item_ids.len()} items) do not match the inputs "
             f"({inputs.n_users} x {inputs.n_items}); save the index the inputs were built on."
         )
-    arrays: dict[str, np.ndarray] = {name: np.asarray(getattr(inputs, name)) for name in (*_DENSE, *_OPTIONAL)}
+    arrays: dict[str, np.ndarray] = {
+        name: np.asarray(getattr(inputs, name)) for name in (*_DENSE, *_OPTIONAL) if getattr(inputs, name) is not None
+    }
     for name in _SPARSE:
         matrix = getattr(inputs, name)
         if matrix is None:

@@ -371,6 +371,7 @@ class Recommender:
             time=inputs.time.with_items(_released(items)) if inputs.time is not None else None,
             user_standin=inputs.user_standin,
             user_attributes=inputs.user_attributes,
+            item_given=np.r_[inputs.item_given, np.zeros(n, np.float32)] if inputs.item_given is not None else None,
             # The index covers the items it was built on; the added ones are scored exactly beside it.
             candidates=inputs.candidates,
         )

@@ -2,7 +2,8 @@
 its no-LLM control, with a paired bootstrap interval over users; and which outputs a cycle may use.
 
     judged pairs   cold items warmed by the judge's pairs        against the embedding simulator's pairs for the same
-                                                                 items, as many per item (what the judge refines)
+                                                                 items, as many per item (what the judge refines),
+                                                                 both shown to the ranker as given pairs
     descriptions   described cold items encoded from their       against their text without the description (title,
                    text with the LLM's description               categories, existing text)
 
@@ -107,10 +108,14 @@ def _compare(
     return metric.name, delta, low, high, both.height
 
 
-def _with_standins(fitted: FittedRanker, standins: np.ndarray, text: np.ndarray | None = None) -> FittedRanker:
+def _with_standins(
+    fitted: FittedRanker, standins: np.ndarray, text: np.ndarray | None = None, item_given: np.ndarray | None = None
+) -> FittedRanker:
     inputs = replace(fitted.served.inputs, item_standin=standins)
     if text is not None:
         inputs = replace(inputs, text=text)
+    if item_given is not None:
+        inputs = replace(inputs, item_given=item_given)
     return FittedRanker(fitted.ranker, replace(fitted.served, inputs=inputs), fitted.report)
 
 
@@ -151,12 +156,17 @@ def audit_judged_pairs(
     control = simulator_at_same_count(content, inputs.user_cf, given)
     items = np.flatnonzero(np.diff(given.indptr) > 0)
 
+    # Both variants reach the ranker as given pairs (its `given_pairs` feature), as many per item: only the pairs
+    # differ.
+    counts = np.zeros(inputs.n_items, np.float32) if inputs.item_given is None else inputs.item_given.copy()
+    counts[items] = np.diff(given.indptr)[items]
+
     def warmed(pairs: sp.csr_array) -> FittedRanker:
         # Only the judged items differ between the variants: the others keep the stand-ins the model serves, and
         # warming them again (every item, on a log without times) took most of a CiteULike audit's time.
         standins = inputs.item_standin.copy()
         standins[items] = warm_items(pairs[items], inputs.user_cf, content[items], inputs.item_cf[warm], config)
-        return _with_standins(fitted, standins)
+        return _with_standins(fitted, standins, item_given=counts)
 
     metric, delta, low, high, users = _compare(warmed(given), warmed(control), split, k)
     entities = int(items.size)

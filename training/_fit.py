@@ -211,9 +211,11 @@ def encode_plan(
     cache_dir: Path,
     cf: CFConfig | None = None,
     validate: bool = True,
+    takers: pl.DataFrame | None = None,
 ) -> EncodedSplit:
     """The plan's inputs encoded from `history` with `settings` (BPR-MF's config replaced by `cf` where given;
-    stopped early on the plan's validation pairs when `validate`); users' stand-ins from the plan's users table."""
+    stopped early on the plan's validation pairs when `validate`); users' stand-ins from the plan's users table;
+    `takers` (the ranker's labels) warm a share of warm items as a judge's pairs would (`warmed_standins`)."""
     return encode_inputs(
         plan.split.index,
         plan.split.items,
@@ -225,6 +227,7 @@ def encode_plan(
         warming=settings.warming,
         synthetic=plan.synthetic,
         users=plan.users,
+        takers=takers,
     )
 
 
@@ -265,7 +268,7 @@ def fit_ranker(
     settings = settings.for_log(timed)
     if any(other.warming != settings.warming for other in others.values()):
         raise ConfigError("timed alternatives must warm stand-ins as the main settings do (they share its encoders).")
-    fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir)
+    fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir, takers=plan.fit_labels)
     ranker = train_ranker(plan, fitted, settings)
     served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
     # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
@@ -315,7 +318,7 @@ def refit_ranker(
     started = time.perf_counter()
     epochs = int(candidate.report.fit.bprmf.get("best_epoch") or settings.cf.epochs)
     fixed = settings.for_log(has_times(plan.split.train)).refitting(candidate.ranker, epochs)
-    fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False)
+    fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False, takers=plan.fit_labels)
     ranker = train_ranker(plan, fitted, fixed).with_newcomers(candidate.ranker.newcomers)
     served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
     chosen = candidate.report

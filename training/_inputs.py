@@ -57,7 +57,7 @@ class EncodedSplit:
         """The same inputs serving the content stand-ins (itself when nothing was warmed)."""
         if self.warming is None:
             return self
-        inputs = replace(self.inputs, item_standin=self.warming.content)
+        inputs = replace(self.inputs, item_standin=self.warming.content, item_given=None)
         return EncodedSplit(inputs, self.report, self.standins, user_standins=self.user_standins)
 
     def with_history(self, history: sp.csr_array) -> EncodedSplit:
@@ -90,15 +90,17 @@ def encode_inputs(
     warming: WarmingConfig | None = None,
     synthetic: pl.DataFrame | None = None,
     users: pl.DataFrame | None = None,
+    takers: pl.DataFrame | None = None,
 ) -> EncodedSplit:
     """Text embeddings, BPR-MF on `history`, out-of-fold stand-ins and TF-IDF: the ranker's inputs.
 
     `items` holds one row per index item, in index order. Users and items absent from `history` get zero
     collaborative vectors; items then serve through their stand-ins. With `warming`, stand-ins are warmed by
     synthetic interactions (`warmed_standins`): `synthetic` (user_id, item_id, weight) where given for an item
-    without history, the embedding simulator's proposals elsewhere. Users get stand-ins from their attributes in
-    `users` (the users table; none given: from their text alone) and the text of their items, out-of-fold for
-    users with history (`UserStandInBuilder`).
+    without history, the embedding simulator's proposals elsewhere; with `takers` (user_id, item_id: the ranker's
+    labels, held out of `history`), a share of warm items are warmed from pairs naming some of their takers.
+    Users get stand-ins from their attributes in `users` (the users table; none given: from their text alone) and
+    the text of their items, out-of-fold for users with history (`UserStandInBuilder`).
     """
     cache = EmbeddingCache.in_cache_dir(cache_dir)
     text = encode_texts(item_text(items).to_list(), cache=cache, show_progress=True)
@@ -112,7 +114,8 @@ def encode_inputs(
     warmed = None
     if warming is not None:
         given = synthetic_matrix(synthetic, index, warm) if synthetic is not None else None
-        warmed = warmed_standins(standins, user_cf, item_cf, warm, given, warming)
+        taken = interaction_matrix(takers, index) if takers is not None else None
+        warmed = warmed_standins(standins, user_cf, item_cf, warm, given, warming, taken)
         standins = warmed.standins
     user_builder = UserStandInBuilder(standin_config)
     with_history = np.flatnonzero(np.diff(matrix.indptr) > 0)
@@ -132,6 +135,7 @@ def encode_inputs(
         time=_time_features(history, index, items),
         user_standin=user_standins,
         user_attributes=user_builder.attribute_rows(attributes),
+        item_given=warmed.given_pairs if warmed is not None else None,
     )
     report = EncoderReport(
         bprmf=cf.summary,

@@ -112,6 +112,9 @@ class Warmed:
     synthetic: sp.csr_array  # (items x users) weights of the interactions that warmed items without history
     report: WarmingReport
     config: WarmingConfig
+    # Given pairs that warmed each item (judged ones for items without history, own ones for a share of the
+    # others): the ranker's `given_pairs` feature reads them through the cold view.
+    given_pairs: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class WarmingReport:
     cold_items_judged: int
     synthetic_pairs: int
     warm_items_simulated: int
+    warm_items_given: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -147,24 +151,33 @@ def warmed_standins(
     warm: np.ndarray,
     given: sp.csr_array | None,
     config: WarmingConfig,
+    takers: sp.csr_array | None = None,
 ) -> Warmed:
     """Stand-ins trained from synthetic interactions (encoders.warm_items), and what warmed them.
 
     Cold items take the `given` synthetic interactions (e.g. the language-model judge's) where they have any,
     else the embedding simulator's top `config.per_item` users by stand-in score. Warm items' out-of-fold
-    stand-ins are warmed the same way from the simulator, so the ranker learns from what serving will show.
+    stand-ins are warmed the same way from the simulator, so the ranker learns from what serving will show; where
+    `takers` (users x items: the ranker's held-out labels) are given, a `config.given_share` of them from pairs
+    a judge might give instead (`judged_like_pairs`), counted as given pairs: the ranker learns what pairs that
+    name real takers, and pairs that do not, are worth.
     """
     n_items = standins.shape[0]
     is_cold = np.ones(n_items, dtype=bool)
     is_cold[warm] = False
-    simulated = simulated_interactions(standins, user_cf, config.per_item)
-    if not config.simulate:
-        simulated = sp.csr_array(simulated.shape, dtype=simulated.dtype)
+    proposed = simulated_interactions(standins, user_cf, config.per_item)
+    simulated = proposed if config.simulate else sp.csr_array(proposed.shape, dtype=proposed.dtype)
     judged = np.zeros(n_items, dtype=bool)
+    pairs = sp.csr_array(simulated.shape, dtype=np.float32)
     if given is not None:
         judged = np.diff(given.indptr) > 0
-        simulated = sp.csr_array(sp.diags_array((~judged).astype(np.float32)) @ simulated) + given
-        simulated.eliminate_zeros()  # a judged item keeps only its judged interactions
+        pairs = pairs + given
+    if takers is not None and config.given_share > 0:
+        pairs = pairs + judged_like_pairs(takers, proposed, warm, config)
+    has_pairs = np.diff(sp.csr_array(pairs).indptr) > 0
+    if has_pairs.any():
+        simulated = sp.csr_array(sp.diags_array((~has_pairs).astype(np.float32)) @ simulated) + pairs
+        simulated.eliminate_zeros()  # an item with given pairs keeps only those
     warmed = warm_items(simulated, user_cf, standins, item_cf[warm], config)
     synthetic = sp.csr_array(sp.diags_array(is_cold.astype(np.float32)) @ simulated)
     synthetic.eliminate_zeros()
@@ -173,9 +186,38 @@ def warmed_standins(
         cold_items_warmed=int(items.sum()),
         cold_items_judged=int(judged.sum()),
         synthetic_pairs=int(synthetic.nnz),
-        warm_items_simulated=int(warm.size) if config.simulate else 0,
+        warm_items_simulated=int((~has_pairs[warm]).sum()) if config.simulate else 0,
+        warm_items_given=int(has_pairs[warm].sum()),
     )
-    return Warmed(warmed, standins, items, judged, synthetic, report, config)
+    counts = np.diff(sp.csr_array(pairs).indptr).astype(np.float32)
+    return Warmed(warmed, standins, items, judged, synthetic, report, config, counts)
+
+
+def judged_like_pairs(
+    takers: sp.csr_array, proposed: sp.csr_array, warm: np.ndarray, config: WarmingConfig
+) -> sp.csr_array:
+    """(items x users) weight-1 pairs for a seeded `config.given_share` of the `warm` items, as a judge of unknown
+    quality would give them: 1 to `config.per_item` pairs per item, each naming one of the item's takers
+    (`takers`, users x items: the ranker's held-out labels) with a precision drawn per item from U(0, 1), the
+    others naming users the simulator proposed (`proposed`, items x users) who did not take it. The items are
+    drawn whether or not they have takers, so that being given pairs tells the ranker nothing by itself."""
+    rng = np.random.default_rng([config.seed, 31])
+    chosen = np.sort(warm[rng.random(warm.size) < config.given_share])
+    by_item = sp.csr_array(sp.csr_array(takers).T)
+    rows, cols = [], []
+    for item in chosen:
+        took = by_item.indices[by_item.indptr[item] : by_item.indptr[item + 1]]
+        others = proposed.indices[proposed.indptr[item] : proposed.indptr[item + 1]]
+        others = others[~np.isin(others, took)]
+        count = int(rng.integers(1, config.per_item + 1))
+        right = min(int(rng.binomial(count, rng.random())), took.size)
+        wrong = min(count - right, others.size)
+        named = np.r_[rng.choice(took, size=right, replace=False), rng.choice(others, size=wrong, replace=False)]
+        cols.append(named)
+        rows.append(np.full(named.size, item))
+    rows_, cols_ = (np.concatenate(part) if part else np.zeros(0, dtype=np.int64) for part in (rows, cols))
+    shape = (takers.shape[1], takers.shape[0])
+    return sp.csr_array((np.ones(rows_.size, dtype=np.float32), (rows_, cols_)), shape=shape)
 
 
 def warm_added(

@@ -78,7 +78,7 @@ def choose_cold_user_share(
         name = settings.ranker_name
         raise ConfigError(f"the share of users shown without history is a LightGBM setting, not {name}'s.")
     base = settings.for_log(has_times(plan.split.train))
-    fitted = encode_plan(plan, plan.fit_history, base, cache_dir=cache_dir)
+    fitted = encode_plan(plan, plan.fit_history, base, cache_dir=cache_dir, takers=plan.fit_labels)
     served = served_inputs(plan, fitted, base, cache_dir=cache_dir)
     k, ndcg = base.ranker.eval_k, {}
     for share in grid:
@@ -96,7 +96,7 @@ def choose_user_route(plan: EvaluationPlan, settings: ModelSettings, *, cache_di
     if settings.newcomers is None:
         raise ConfigError("the newcomer route is chosen only where settings route newcomers.")
     base = settings.for_log(has_times(plan.split.train))
-    fitted = encode_plan(plan, plan.fit_history, base, cache_dir=cache_dir)
+    fitted = encode_plan(plan, plan.fit_history, base, cache_dir=cache_dir, takers=plan.fit_labels)
     served = served_inputs(plan, fitted, base, cache_dir=cache_dir)
     ranker = train_ranker(plan, fitted, base)
     split = plan.split

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -63,6 +65,14 @@ def test_pair_features_by_hand() -> None:
     assert warm_view[0, F["log_popularity"]] == pytest.approx(np.log1p(1.0))
     assert warm_view[0, F["cf_score"]] == pytest.approx(2.0)  # (1, 2) . (0, 1)
     np.testing.assert_allclose(x[:, F["user_activity"]], np.log1p([1, 1, 2]))
+
+
+def test_given_pairs_show_only_through_the_cold_view() -> None:
+    # Item 1 (warm) and item 2 (cold) were warmed from 3 and 5 given pairs.
+    inputs = dataclasses.replace(tiny_inputs(), item_given=np.array([0, 3, 5, 0], dtype=np.float32))
+    x = pair_features(inputs, np.array([0, 0, 0, 1]), np.array([1, 1, 2, 3]), np.array([True, False, False, False]))
+    np.testing.assert_allclose(x[:, F["given_pairs"]], np.log1p([3, 0, 5, 0]))
+    assert not pair_features(tiny_inputs(), np.array([0]), np.array([2]), np.array([True]))[0, F["given_pairs"]]
 
 
 def test_candidates_skip_history_and_exclusions() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
@@ -194,10 +195,30 @@ def test_a_strong_prior_does_not_blow_up_the_trees(slice_inputs: tuple, tasks: t
 def test_a_version_trained_on_other_features_refuses_to_load(fitted: LightGBMRanker, tmp_path: Path) -> None:
     directory = fitted.save(tmp_path / "model")
     metadata = json.loads((directory / "metadata.json").read_text())
-    metadata["features"] = metadata["features"][:-1]  # as saved before a feature was added
+    metadata["features"] = metadata["features"][1:]  # its trees would read each column as the one before
     (directory / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(DataError, match="retrain"):
         LightGBMRanker.load(directory)
+
+
+def test_a_version_trained_before_a_feature_was_added_scores_with_the_columns_it_knows(
+    slice_inputs: tuple, tasks: tuple, tmp_path: Path
+) -> None:
+    inputs, _ = slice_inputs
+    train, _, test = tasks
+    # A booster trained on every feature but the last, as a version saved before `given_pairs` existed.
+    known = len(FEATURE_NAMES) - 1
+    groups = _groups(inputs, train, CONFIG.per_source, CONFIG.cold_share, np.random.default_rng(0), positive_only=True)
+    data = lgb.Dataset(groups.features[:, :known], groups.labels, group=groups.sizes)
+    booster = lgb.train({"objective": "lambdarank", "verbosity": -1, "num_threads": 1}, data, num_boost_round=10)
+    old = LightGBMRanker(CONFIG.model_copy(update={"prior_weight": 0.0}))
+    old._booster, old.metadata = booster, {"config": old.config.model_dump(), "features": list(FEATURE_NAMES[:known])}
+    loaded = LightGBMRanker.load(old.save(tmp_path / "old"))
+    *_, scores = loaded.score_task(inputs, test)
+    expected = booster.predict(
+        _groups(inputs, test, CONFIG.per_source, inputs.is_cold, np.random.default_rng(0)).features[:, :known]
+    )
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
 
 
 def test_a_task_with_more_users_than_max_groups_learns_from_a_seeded_sample(

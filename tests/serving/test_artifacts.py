@@ -30,6 +30,7 @@ def _inputs(rng: np.random.Generator, *, with_sparse: bool) -> RankerInputs:
         tfidf=sp.csr_array(rng.random((4, 7)) > 0.5, dtype=np.float32) if with_sparse else None,
         categories=sp.csr_array(np.eye(4, 2), dtype=np.float32) if with_sparse else None,
         user_attributes=np.array([[0.5, 1, 0], [-1.0, 0, 1], [0.0, 0, 0]], dtype=np.float32) if with_sparse else None,
+        item_given=np.array([0, 0, 4, 0], dtype=np.float32) if with_sparse else None,
     )
 
 
@@ -48,6 +49,9 @@ def test_round_trip_restores_every_array_and_the_ids(tmp_path: Path, with_sparse
     for name in (*names, "user_standin", "user_attributes"):
         np.testing.assert_allclose(getattr(loaded.inputs, name), getattr(inputs, name), rtol=1e-5, atol=1e-6)
     assert (loaded.inputs.history != inputs.history).nnz == 0
+    assert (inputs.item_given is None) == (loaded.inputs.item_given is None)
+    if inputs.item_given is not None:
+        np.testing.assert_array_equal(loaded.inputs.item_given, inputs.item_given)
     for name in ("tfidf", "categories"):
         before, after = getattr(inputs, name), getattr(loaded.inputs, name)
         assert (before is None) == (after is None)

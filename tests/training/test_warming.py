@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import scipy.sparse as sp
 
 from catalog import Columns, Dataset
 from encoders import BPRConfig, WarmingConfig
@@ -34,6 +35,7 @@ from training import (
     with_descriptions,
 )
 from training._audit import audit_descriptions, audit_judged_pairs, simulator_at_same_count
+from training._standins import judged_like_pairs
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +189,11 @@ def test_the_audit_scores_judged_pairs_against_the_simulator_and_the_next_cycle_
     assert row.delta is not None and row.low is not None and row.high is not None
     assert row.low <= row.delta <= row.high
     assert not row.used and row.reason == first.reason  # what this run did, decided before it
-    # (Even these oracle pairs, the window's own truth, are within noise of the simulator's through the LightGBM
-    # ranker here, and on CiteULike: docs/benchmarks.md, "The augmentation audit". So no test asserts they help.)
+    # An oracle's pairs (the window's own truth) beat the simulator's: the ranker learned in training what pairs
+    # naming real takers are worth (WarmingConfig.given_share), so the next cycle uses them.
+    assert row.helps, row
     uses = use_outputs(pl.DataFrame([row.as_dict()]))
-    assert uses[JUDGED_PAIRS].used == row.helps
-    assert uses[JUDGED_PAIRS].reason.startswith("used: " if row.helps else "off: ")
+    assert uses[JUDGED_PAIRS].used and uses[JUDGED_PAIRS].reason.startswith("used: cold/recall@20 +")
     helped = use_outputs(pl.DataFrame([row.as_dict() | {"delta": 0.03, "low": 0.01, "high": 0.05}]))
     reason = "used: cold/recall@20 +0.0300 [+0.0100, +0.0500] in the audit before"
     assert helped[JUDGED_PAIRS] == OutputUse(True, reason)
@@ -208,6 +210,27 @@ def test_a_judge_that_names_random_users_is_left_off(
     row = audit_judged_pairs(fitted, split, guessed, k=20, use=OutputUse(False, "off"))
     assert row is not None and row.delta is not None and not row.helps
     assert not use_outputs(pl.DataFrame([row.as_dict()]))[JUDGED_PAIRS].used
+
+
+def test_warm_items_learn_from_pairs_a_judge_of_unknown_quality_might_give() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 200, 400
+    takers = sp.csr_array(rng.random((n_users, n_items)) < 0.02, dtype=np.float32)  # (users x items) labels
+    proposed = sp.csr_array(rng.random((n_items, n_users)) < 0.1, dtype=np.float32)  # the simulator's, per item
+    warm = np.arange(0, n_items, 2)
+    config = WarmingConfig(per_item=10, given_share=0.5)
+    pairs = judged_like_pairs(takers, proposed, warm, config)
+    given = np.flatnonzero(np.diff(pairs.indptr))
+    assert np.isin(given, warm).all() and 0.4 < given.size / warm.size < 0.6
+    assert np.diff(pairs.indptr).max() <= config.per_item
+    # Each pair names a taker or a user the simulator proposed; both kinds occur, and so do items without takers
+    # (being given pairs must not tell the ranker that an item has takers).
+    rows, cols = pairs.nonzero()
+    right = np.asarray(takers.T.tocsr()[rows, cols]).ravel() > 0
+    assert (right | (np.asarray(proposed[rows, cols]).ravel() > 0)).all()
+    assert 0.1 < right.mean() < 0.9
+    assert (np.diff(takers.T.tocsr().indptr)[given] == 0).any()
+    np.testing.assert_array_equal(judged_like_pairs(takers, proposed, warm, config).toarray(), pairs.toarray())
 
 
 def test_the_simulator_control_proposes_as_many_users_per_item_as_the_judge(
