@@ -111,7 +111,7 @@ class WarmstartSettings(BaseSettings):
         "cores only makes every request, /health included, wait longer.",
     )
     api_precompute_k: int = Field(
-        100,
+        100,  # serving.PRECOMPUTED_K (serving is not imported by settings: it loads FastAPI)
         ge=0,
         description="How deep the HTTP API ranks every served user's list in the background, at start and whenever "
         "what it serves changes; a known user's request for k up to it is then a lookup. 0: every request is "

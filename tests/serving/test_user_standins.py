@@ -3,17 +3,20 @@ made from their attributes, and a user's interactions appended later are folded 
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from catalog import Columns, Workspace
 from flows.cli import app
-from serving import Recommender
+from flows.settings import WarmstartSettings
+from serving import PRECOMPUTED_K, Recommender, create_app
 
 runner = CliRunner()
 
@@ -92,3 +95,22 @@ def test_precomputed_lists_belong_to_their_recommender_not_to_the_one_made_from_
     frame = extended.recommend(users, k=5)
     assert frame.height == 20 and frame.filter(pl.col(Columns.user) == "newcomer")["user_segment"][0] == "cold"
     assert frame.filter(pl.col(Columns.user) != "newcomer").equals(recommender.recommend(users[:3], k=5))
+
+
+def test_with_precompute_k_0_the_api_scores_every_request_live(served_slice: Path) -> None:
+    """WARMSTART_API_PRECOMPUTE_K=0: no table is ranked in the background; each answer is scored live."""
+    assert WarmstartSettings(_env_file=None).api_precompute_k == PRECOMPUTED_K  # the default depth is serving's
+    settings = WarmstartSettings(_env_file=None, **{"api_precompute_k": 0})
+    live, control = Recommender.load(served_slice), Recommender.load(served_slice)
+    user = live.user_ids[0]
+    with (
+        TestClient(create_app(live, precompute_k=settings.api_precompute_k)) as client,
+        TestClient(create_app(control, precompute_k=PRECOMPUTED_K)),
+    ):
+        rows = client.get("/recommend", params={"user_id": user, "k": 5}).json()["recommendations"]
+        deadline = time.monotonic() + 120
+        while control.precomputed_users < control.inputs.n_users:  # the same app with a depth ranks them all
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert live.precomputed_users == 0 and client.get("/health").json()["precomputed_users"] == 0
+    assert [row["item_id"] for row in rows] == live.recommend([user], k=5)[Columns.item].to_list()
