@@ -113,7 +113,7 @@ class RankerBase(ABC):
             raise DataError(f"exclude has shape {exclude.shape}; the inputs have {(inputs.n_users, inputs.n_items)}.")
         model = self._scorer(inputs, exclude)
         if self.newcomers is not None:
-            model = _routed(model, inputs, exclude, self.newcomers)
+            model = routed(model, inputs, exclude, self.newcomers)
         if not placed:
             return model
 
@@ -205,7 +205,7 @@ class RankerBase(ABC):
         return ranker.with_newcomers(NewcomerConfig(**newcomers) if newcomers else None)
 
 
-def _routed(model: Scorer, inputs: RankerInputs, exclude: sp.csr_array | None, config: NewcomerConfig) -> Scorer:
+def routed(model: Scorer, inputs: RankerInputs, exclude: sp.csr_array | None, config: NewcomerConfig) -> Scorer:
     """The newcomer model for the warm items of users with `config.min_events` to `config.max_events` events,
     `model` for everything else; a user's own items and `exclude` pairs score -inf either way.
 
@@ -231,11 +231,11 @@ def _routed(model: Scorer, inputs: RankerInputs, exclude: sp.csr_array | None, c
         order = np.argsort(-ranker, axis=1, kind="stable")
         position = np.empty_like(order)
         np.put_along_axis(position, order, np.arange(items.size)[None, :], axis=1)
-        routed = (floor - 1 - (position + 1) / (items.size + 1)).astype(np.float32)
-        routed[~np.isfinite(ranker)] = -np.inf
-        routed[:, warm] = fresh
-        routed[known.toarray() > 0] = -np.inf
-        scores[newcomer] = routed
+        placed = (floor - 1 - (position + 1) / (items.size + 1)).astype(np.float32)
+        placed[~np.isfinite(ranker)] = -np.inf
+        placed[:, warm] = fresh
+        placed[known.toarray() > 0] = -np.inf
+        scores[newcomer] = placed
         return scores
 
     return score

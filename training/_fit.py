@@ -21,7 +21,7 @@ from training._inputs import EncodedSplit, EncoderReport, encode_inputs
 from training._newcomers import NewcomerChoice, choose_newcomers, choose_route
 from training._plans import USER_PROTOCOLS, EvaluationPlan
 from training._settings import ModelSettings, StandInConfig, TimedChoices
-from training.defaults import COLD_SLOTS_GRID
+from training.defaults import COLD_SLOTS_GRID, NEWCOMER_ROUTE_BOUNDS
 
 JSON = dict[str, object]
 
@@ -288,6 +288,7 @@ def fit_ranker(
             plan.valid_pool,
             interaction_matrix(plan.valid_exclude, index) if plan.valid_exclude is not None else None,
             k=settings.ranker.eval_k,
+            bounds=NEWCOMER_ROUTE_BOUNDS,
         )
         newcomers = replace(newcomers, route=route)
     ranker.with_newcomers(newcomers.served if newcomers is not None else None)

@@ -16,7 +16,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from catalog import Columns, has_times
-from ranker.base import RankerBase
+from ranker.base import RankerBase, routed
 from ranker.evaluate import EvalIndex
 from ranker.features import RankerInputs
 from ranker.newcomers import NewcomerConfig, newcomer_terms
@@ -209,9 +209,11 @@ def choose_newcomers(
 
 @dataclass(frozen=True)
 class RouteChoice:
-    """Which newcomers the newcomer model serves, chosen on the validation users without history ('cold') and with
-    1 to max_events events ('sparse'): NDCG at k of the ranker and of the newcomer model for each (None: too few
-    validation users to tell, and the newcomer model serves them)."""
+    """Which newcomers the newcomer model serves, chosen on the validation users without history ('cold'), with
+    1 to max_events events ('sparse') and with more, up to the largest bound tried ('past'): NDCG at k of the ranker
+    and of the newcomer model for the first two (None: too few validation users to tell, and the newcomer model
+    serves them), and for 'past' of the product serving them by the ranker and by the newcomer model up to each
+    bound (None: too few to tell, or the ranker kept the sparse users, and the ranker serves them)."""
 
     config: NewcomerConfig | None
     k: int
@@ -234,10 +236,17 @@ def choose_route(
     *,
     k: int = 20,
     min_users: int = 20,
+    bounds: tuple[int, ...] = (),
 ) -> RouteChoice:
     """Serve users without history, and users with 1 to max_events events, by the newcomer model only where it
     ranks `labels` (validation positives among `pool`) at least as well as `ranker` does for such users of
-    `inputs` (ranker and inputs fitted without the labels); where fewer than `min_users` are there, it serves."""
+    `inputs` (ranker and inputs fitted without the labels); where fewer than `min_users` are there, it serves.
+
+    Where it serves the sparse users, users with more events up to one of `bounds` may be served by it too: the
+    bound (or none, the ranker keeping them) with the best NDCG at k over the validation users with more than
+    max_events and at most max(bounds) events (ties to the lower bound), trying no bound past the first that holds
+    the most events among them; with fewer than `min_users` such users, none. (A ranker trained on a log's latest
+    events can rank a user with a few events far below popularity: docs/benchmarks.md, issue 29.)"""
     activity = np.diff(inputs.history.indptr)
     truth = sp.csr_array(labels[:, pool])
     labelled = np.flatnonzero(np.diff(truth.indptr) > 0)
@@ -257,8 +266,46 @@ def choose_route(
             scores = ranker.with_newcomers(route).scorer(inputs, exclude)(users, pool)
             values[model] = round(_ndcg_sum(scores, wanted, k) / users.size, 4)
         ndcg[name], routes[name] = values, values["newcomer model"] >= values["ranker"]
+    high = config.max_events if routes["sparse"] else 0
+    wider = sorted(bound for bound in bounds if bound > config.max_events)
+    if wider:
+        users = labelled[(activity[labelled] > config.max_events) & (activity[labelled] <= wider[-1])]
+        users_of["past"], ndcg["past"] = int(users.size), None
+        if routes["sparse"] and users.size >= min_users:
+            # No further than the first bound that holds the most events seen among them: beyond, nothing was seen.
+            reach = next(bound for bound in wider if bound >= activity[users].max())
+            tried = [bound for bound in wider if bound <= reach]
+            by_bound = _past_ndcg(ranker, inputs, config, truth[users].toarray(), users, pool, exclude, tried, k)
+            high = max(by_bound, key=lambda bound: (by_bound[bound], -bound))
+            ndcg["past"] = {_past_name(bound, config): value for bound, value in by_bound.items()}
     ranker.with_newcomers(served)
     low = 0 if routes["cold"] else 1
-    high = config.max_events if routes["sparse"] else 0
     chosen = config.model_copy(update={"min_events": low, "max_events": high}) if low <= high else None
     return RouteChoice(chosen, k, users_of, ndcg)
+
+
+def _past_name(bound: int, config: NewcomerConfig) -> str:
+    return "ranker" if bound == config.max_events else f"newcomer model to {bound}"
+
+
+def _past_ndcg(
+    ranker: RankerBase,
+    inputs: RankerInputs,
+    config: NewcomerConfig,
+    wanted: np.ndarray,
+    users: np.ndarray,
+    pool: np.ndarray,
+    exclude: sp.csr_array | None,
+    bounds: list[int],
+    k: int,
+) -> dict[int, float]:
+    """Mean NDCG at k of `users` (all with more than config.max_events events) by the highest events the newcomer
+    model serves: config.max_events (the ranker serves them) and each of `bounds` (the newcomer model's reference
+    users then those with more events than that); the ranker scores them once."""
+    model = ranker.with_newcomers(None).scorer(inputs, exclude, placed=False)(users, pool)
+    values = {}
+    for bound in [config.max_events, *bounds]:
+        wider = config.model_copy(update={"min_events": config.max_events + 1, "max_events": bound})
+        scores = routed(lambda *_: model.copy(), inputs, exclude, wider)(users, pool)
+        values[bound] = round(_ndcg_sum(ranker.place(scores, inputs, pool), wanted, k) / users.size, 4)
+    return values

@@ -35,7 +35,7 @@ from training._fit import (
 from training._newcomers import RouteChoice, choose_route
 from training._plans import USER_PROTOCOLS, EvaluationPlan
 from training._settings import ModelSettings
-from training.defaults import COLD_USER_SHARE_GRID
+from training.defaults import COLD_USER_SHARE_GRID, NEWCOMER_ROUTE_BOUNDS
 
 JSON = dict[str, object]
 PRODUCT = "product"
@@ -104,7 +104,9 @@ def choose_user_route(plan: EvaluationPlan, settings: ModelSettings, *, cache_di
     assert weights is not None
     truth, exclude = interaction_matrix(split.truth, split.index), interaction_matrix(split.exclude, split.index)
     pool = np.arange(served.inputs.n_items)
-    return choose_route(ranker, served.inputs, weights.chosen, truth, pool, exclude, k=base.ranker.eval_k)
+    return choose_route(
+        ranker, served.inputs, weights.chosen, truth, pool, exclude, k=base.ranker.eval_k, bounds=NEWCOMER_ROUTE_BOUNDS
+    )
 
 
 def _with_route(fitted: FittedRanker, route: RouteChoice) -> FittedRanker:

@@ -59,6 +59,11 @@ tail items (the best validation tail Recall@20 on MovieLens-100K, benchmarks/tai
 COLD_USER_SHARE_GRID = (0.0, 0.2, 0.5)
 """Shares of training users the LightGBM ranker is shown without their history, tried on a validation split of the
 training users (the protocol's own split drawn again among them) by the cold-user and sparse-user protocols."""
+NEWCOMER_ROUTE_BOUNDS = (10, 20, 40)
+"""Most events of a user the newcomer model may serve beyond the sparse users' (`ModelSettings.newcomers`), each
+tried on the route's validation users with more events (training.choose_route): the LightGBM ranker, trained on
+a log's latest events, ranked MovieLens-100K users with 8 events far below popularity (docs/benchmarks.md, issue
+29)."""
 USER_HOLDOUT_SHARE = 0.2
 """Share of users the cold-user and sparse-user protocols hold out (and of training users their validation does)."""
 USER_GROUP_ATTRIBUTES: dict[str, tuple[str, ...]] = {"ml-100k": ("gender", "age")}
