@@ -5,15 +5,17 @@ its no-LLM control, with a paired bootstrap interval over users; and which outpu
                                                                  items, as many per item (what the judge refines)
     descriptions   described cold items encoded from their       against their text without the description (title,
                    text with the LLM's description               categories, existing text)
-    profiles       held-out users with an LLM profile scored     against the same users without it (the product as
-                   with it (training._profiles: the newcomer     served); only users whose profile was written from
-                   model's users, + weight * cos(profile, item   events the model trained on (a profile that saw their
-                   text))                                        held-out events would be measured on its own source)
+    profiles       held-out users the newcomer model serves      against the same users without it (the product as
+                   who have an LLM profile, scored with it       served); only users whose profile was written from
+                   (training._profiles: + weight * cos(profile,  events the model trained on (a profile that saw their
+                   item text) on their warm items)               held-out events would be measured on its own source)
 
 Both variants of an output are scored by the same fitted ranker on the same split, so the difference is the
 output's alone. The rule (`use_outputs`): a cycle uses an output only where the workspace's previous audit found an
-interval clear of zero in its favour; the audit itself runs every cycle, used or not, so an output that starts to
-help is seen. A decision read from the run before, never from the split it is reported on (as the timed choices are).
+interval clear of zero in its favour, and only an output the served model has a place for (`USABLE_OUTPUTS`: not
+profiles, which did not measurably help on MovieLens-100K's sparse-user protocols, docs/benchmarks.md); the
+audit itself runs every cycle, used or not, so an output that starts to help is seen. A decision read from the
+run before, never from the split it is reported on (as the timed choices are).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ranker.evaluate import ProtocolSplit, evaluate
 from ranker.metrics import bootstrap_difference, per_user_accuracy
 from training._fit import FittedRanker
 from training._gate import gate_user_values
-from training._profiles import has_profile, profile_vectors, profiled_scorer
+from training._profiles import profile_vectors, profiled_scorer, reached
 from training._standins import synthetic_matrix
 from training.defaults import (
     AUDITED_OUTPUTS,
@@ -258,13 +260,17 @@ def audit_profiles(
     use: OutputUse,
     weight: float = PROFILE_WEIGHT,
 ) -> AuditRow | None:
-    """Held-out users with an auditable profile (`auditable_profiles`) scored with it (`training.profiled_scorer` at
-    `weight`) against without (the product as served), NDCG at k over those users; None when there are none."""
+    """Held-out users with an auditable profile (`auditable_profiles`) whom it reaches (the newcomer route's users:
+    `training._profiles.reached`), scored with it (`training.profiled_scorer` at `weight`) against without (the
+    product as served), NDCG at k over those users; None when there are none."""
     kept = auditable_profiles(split, profiles)
     if kept is None:
         return None
     vectors = profile_vectors(kept, split.index.user_ids, cache_dir=cache_dir)
-    users = split.index.user_ids.filter(pl.Series(has_profile(vectors)))
+    touched = reached(fitted, vectors)
+    if not touched.any():
+        return None
+    users = split.index.user_ids.filter(pl.Series(touched))
     mine = evaluate(split, profiled_scorer(fitted, split, vectors, weight), k=k).recs
     theirs = fitted.evaluate(split, k).recs
     values = [

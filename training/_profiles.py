@@ -84,6 +84,16 @@ def profiled_standins(
     return builder.transform(attributes, with_profiles(text_profiles, vectors))
 
 
+def reached(fitted: FittedRanker, vectors: np.ndarray) -> np.ndarray:
+    """Which users (rows of the fitted product's inputs) a profile reaches: those with one whom its newcomer route
+    serves (none without a route)."""
+    route = fitted.ranker.newcomers
+    if route is None:
+        return np.zeros(vectors.shape[0], dtype=bool)
+    activity = np.diff(fitted.served.inputs.history.indptr)
+    return has_profile(vectors) & (activity >= route.min_events) & (activity <= route.max_events)
+
+
 def profiled_scorer(fitted: FittedRanker, split: ProtocolSplit, vectors: np.ndarray, weight: float) -> Scorer:
     """The fitted product's scorer over `split` (its exclude pairs -inf, ordered as it serves) with
     weight * cos(profile, item text) added to the warm items' scores of the users its newcomer route serves who have
@@ -91,14 +101,12 @@ def profiled_scorer(fitted: FittedRanker, split: ProtocolSplit, vectors: np.ndar
     other user is scored as before; weight 0 or no profile: the product's own scores."""
     ranker, inputs = fitted.ranker, fitted.served.inputs
     model = ranker.scorer(inputs, interaction_matrix(split.exclude, split.index), placed=False)
-    route = ranker.newcomers
-    activity = np.diff(inputs.history.indptr)
-    profiled = has_profile(vectors)
+    touched = reached(fitted, vectors)
 
     def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
         scores = model(users, items)
-        if route is not None and weight:
-            rows = profiled[users] & (activity[users] >= route.min_events) & (activity[users] <= route.max_events)
+        if weight:
+            rows = touched[users]
             if rows.any():
                 warm = ~inputs.is_cold[items]
                 block = scores[rows]
