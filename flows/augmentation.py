@@ -45,6 +45,7 @@ from catalog import Columns, ConfigError, Segments, Tables, Workspace, Workspace
 from catalog.datasets import dataset_item_kind
 from flows.settings import WarmstartSettings
 from flows.stages import AugmentPlan, StepReport
+from training.defaults import PROFILED_ITEMS
 
 ITEM_DESCRIPTIONS = Tables.item_descriptions
 USER_PROFILES = Tables.user_profiles
@@ -259,7 +260,7 @@ def store_descriptions(
 
 
 def user_histories(workspace: Workspace, users: Sequence[str] | None = None) -> pl.DataFrame:
-    """(user_id, titles): each user's item titles, most recent first (real interactions only)."""
+    """(user_id, titles, items): each user's item titles and ids, most recent first (real interactions only)."""
     interactions = workspace.scan(Tables.interactions)
     if users is not None:
         interactions = interactions.filter(pl.col(Columns.user).is_in(list(users)))
@@ -267,7 +268,7 @@ def user_histories(workspace: Workspace, users: Sequence[str] | None = None) -> 
         interactions.join(workspace.scan(Tables.items).select(Columns.item, Columns.title), on=Columns.item, how="left")
         .sort([Columns.user, Columns.ts, Columns.item], descending=[False, True, False], nulls_last=True)
         .group_by(Columns.user, maintain_order=True)
-        .agg(pl.col(Columns.title).fill_null("").alias(TITLES))
+        .agg(pl.col(Columns.title).fill_null("").alias(TITLES), pl.col(Columns.item).alias(PROFILED_ITEMS))
         .collect()
     )
 
@@ -293,6 +294,10 @@ def profile_step(
     frame, stats = profile_users(
         histories, backend, cache, max_items=max_items, max_new_tokens=max_new_tokens, show_progress=show_progress
     )
+    # The items each profile was written from (the prompt's first max_items): the audit measures a profile only on
+    # users whose held-out events it did not see (training._audit.audit_profiles).
+    written_from = histories.select(Columns.user, pl.col(PROFILED_ITEMS).list.head(max_items))
+    frame = frame.join(written_from, on=Columns.user, how="left", maintain_order="left")
     frame = frame.with_columns(pl.lit(run_id).alias("run_id"))
     table = _merge(workspace, USER_PROFILES, frame, Columns.user)
     report = _report(stats, started, len(ids), skipped=len(ids) - histories.height, rows=table.height)

@@ -33,7 +33,7 @@ from monitor import (
     RunRecord,
     reference_protocol,
 )
-from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, GATE
+from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, GATE, PROFILES
 
 if TYPE_CHECKING:
     from training import AuditInputs, EvaluationPlan, ModelSettings, TimedChoices
@@ -200,7 +200,10 @@ def train_evaluate_gate(
                 if row.delta is None
                 else (f"{row.metric} {row.delta:+.4f} [{row.low:+.4f}, {row.high:+.4f}] over {row.users:,} users")
             )
-            get_run_logger().info(f"audit: {row.output} on {row.entities:,} items: {measured}; this run: {row.reason}")
+            entities = "users" if row.output == PROFILES else "items"
+            get_run_logger().info(
+                f"audit: {row.output} on {row.entities:,} {entities}: {measured}; this run: {row.reason}"
+            )
         record.audit = [row.as_dict() for row in rows]
     reference = training.gate_reference(references, config.protocol)
     decision = tasks.gate_task(metrics, incumbent, config.gate, reference)

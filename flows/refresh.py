@@ -41,6 +41,7 @@ from training.defaults import (
     DESCRIPTIONS,
     JUDGED_PAIRS,
     MAX_EPOCHS,
+    PROFILES,
 )
 
 
@@ -187,7 +188,7 @@ def _augment_into(
 
 
 # The augmentation step that makes each audited output: what the run spent on it.
-OUTPUT_STEPS = {JUDGED_PAIRS: "simulate", DESCRIPTIONS: "describe"}
+OUTPUT_STEPS = {JUDGED_PAIRS: "simulate", DESCRIPTIONS: "describe", PROFILES: "profile"}
 
 
 def _outputs_used(store: MetricsStore, dataset: str) -> dict[str, training.OutputUse]:
@@ -388,7 +389,8 @@ def _train_evaluate_gate(
     audited against its control. On a time-ordered log the version served is refit on every event once the gate
     has let the candidate through (`training.whole_log_plan`)."""
     judged, descriptions = stages.synthetic_interactions(space), stages.item_descriptions(space)
-    audit = training.AuditInputs(judged, descriptions, dataset.items, uses, config.cache_dir)
+    profiles = stages.user_profiles(space)
+    audit = training.AuditInputs(judged, descriptions, dataset.items, uses, config.cache_dir, profiles)
     if uses[DESCRIPTIONS].used:
         dataset = replace(dataset, items=training.with_descriptions(dataset.items, descriptions))
     plan = training.dataset_plan(dataset, training.PROTOCOLS[config.protocol], sparse_max=sparse_max)

@@ -35,7 +35,7 @@ from catalog import (
     summarize_segments,
 )
 from catalog import append as append_rows
-from training.defaults import ITEM_SEGMENTS, SIMULATE_SEGMENTS, USER_SEGMENTS
+from training.defaults import ITEM_SEGMENTS, PROFILED_ITEMS, SIMULATE_SEGMENTS, USER_SEGMENTS
 
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
     from augment import Backend
@@ -555,6 +555,15 @@ def item_descriptions(workspace: Workspace) -> pl.DataFrame | None:
     if not workspace.exists(Tables.item_descriptions):
         return None
     return workspace.read(Tables.item_descriptions).select(Columns.item, "description")
+
+
+def user_profiles(workspace: Workspace) -> pl.DataFrame | None:
+    """The workspace's stored LLM user profiles (user_id, profile, and the ids of the items each was written from
+    where the table records them), or None before any was written."""
+    if not workspace.exists(Tables.user_profiles):
+        return None
+    table = workspace.read(Tables.user_profiles)
+    return table.select(Columns.user, "profile", *([PROFILED_ITEMS] if PROFILED_ITEMS in table.columns else []))
 
 
 def add_items(workspace: Workspace, added: pl.DataFrame, run_id: str, *, cache_dir: Path, source: str) -> int:

@@ -139,7 +139,7 @@ class AugmentationAudit(Base):
 
     __tablename__ = "augmentation_audit"
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    output: Mapped[str] = mapped_column(String(32), primary_key=True)  # judged_pairs | descriptions
+    output: Mapped[str] = mapped_column(String(32), primary_key=True)  # judged_pairs | descriptions | profiles
     metric: Mapped[str] = mapped_column(String(64))  # e.g. cold/recall@20
     delta: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: no user to measure it on
     low: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -6,11 +6,17 @@ its no-LLM control, with a paired bootstrap interval over users; and which outpu
                                                                  both shown to the ranker as given pairs
     descriptions   described cold items encoded from their       against their text without the description (title,
                    text with the LLM's description               categories, existing text)
+    profiles       held-out users the newcomer model serves      against the same users without it (the product as
+                   who have an LLM profile, scored with it       served); only users whose profile was written from
+                   (training._profiles: + weight * cos(profile,  events the model trained on (a profile that saw their
+                   item text) on their warm items)               held-out events would be measured on its own source)
 
 Both variants of an output are scored by the same fitted ranker on the same split, so the difference is the
 output's alone. The rule (`use_outputs`): a cycle uses an output only where the workspace's previous audit found an
-interval clear of zero in its favour; the audit itself runs every cycle, used or not, so an output that starts to
-help is seen. A decision read from the run before, never from the split it is reported on (as the timed choices are).
+interval clear of zero in its favour, and only an output the served model has a place for (`USABLE_OUTPUTS`: not
+profiles, which did not measurably help on MovieLens-100K's sparse-user protocols, docs/benchmarks.md); the
+audit itself runs every cycle, used or not, so an output that starts to help is seen. A decision read from the
+run before, never from the split it is reported on (as the timed choices are).
 """
 
 from __future__ import annotations
@@ -26,15 +32,26 @@ import scipy.sparse as sp
 from catalog import Columns
 from encoders import EmbeddingCache, WarmingConfig, encode_texts, item_text, simulate_users, warm_items
 from monitor import GateMetric
-from ranker.evaluate import ProtocolSplit
-from ranker.metrics import bootstrap_difference
+from ranker.evaluate import ProtocolSplit, evaluate
+from ranker.metrics import bootstrap_difference, per_user_accuracy
 from training._fit import FittedRanker
 from training._gate import gate_user_values
+from training._profiles import profile_vectors, profiled_scorer, reached
 from training._standins import synthetic_matrix
-from training.defaults import AUDITED_OUTPUTS, DESCRIPTIONS, JUDGED_PAIRS
+from training.defaults import (
+    AUDITED_OUTPUTS,
+    DESCRIPTIONS,
+    JUDGED_PAIRS,
+    PROFILE_WEIGHT,
+    PROFILED_ITEMS,
+    PROFILES,
+    USABLE_OUTPUTS,
+)
 
-# Both act on items without history: the audit reads the cold segment's recall (ColdLLM's headline metric).
+# Both item outputs act on items without history: the audit reads the cold segment's recall (ColdLLM's headline
+# metric). Profiles act on users with few events: NDCG (what the newcomer model was chosen on) over the profiled users.
 AUDIT_SEGMENT, AUDIT_METRIC = "cold", "recall"
+PROFILED_USERS, PROFILE_METRIC = "profiled_users", "ndcg"
 AUDIT_LEVEL = 0.95
 
 
@@ -77,18 +94,21 @@ class OutputUse:
     reason: str
 
 
-def use_outputs(previous: pl.DataFrame | None) -> dict[str, OutputUse]:
+def use_outputs(previous: pl.DataFrame | None, usable: tuple[str, ...] = USABLE_OUTPUTS) -> dict[str, OutputUse]:
     """For each audited output: used when the workspace's previous audit (its rows: output, metric, delta, low,
-    high) found it helps; off otherwise, with the reason."""
+    high) found it helps and the product can use it (`usable`); off otherwise, with the reason. An output the
+    product cannot use is off whatever its audit found, and the reason shows the finding."""
     rows = {} if previous is None else {row["output"]: row for row in previous.to_dicts()}
     out: dict[str, OutputUse] = {}
     for output in AUDITED_OUTPUTS:
         row = rows.get(output)
+        audited_only = "" if output in usable else "audited only (the served model has no place for it); "
         if row is None or row["delta"] is None:
-            out[output] = OutputUse(False, "off: no earlier audit measured it")
+            out[output] = OutputUse(False, f"off: {audited_only}no earlier audit measured it")
             continue
         shown = f"{row['metric']} {row['delta']:+.4f} [{row['low']:+.4f}, {row['high']:+.4f}] in the audit before"
-        out[output] = OutputUse(helps(row["low"]), f"{'used' if helps(row['low']) else 'off'}: {shown}")
+        used = helps(row["low"]) and output in usable
+        out[output] = OutputUse(used, f"{'used' if used else 'off'}: {audited_only}{shown}")
     return out
 
 
@@ -223,17 +243,76 @@ def audit_descriptions(
     return AuditRow(DESCRIPTIONS, metric, delta, low, high, users, int(rows.size), use.used, use.reason)
 
 
+def auditable_profiles(split: ProtocolSplit, profiles: pl.DataFrame | None) -> pl.DataFrame | None:
+    """The rows of `profiles` (user_id, profile, items: the ids it was written from) of the split's held-out users
+    that were written from the split's training events alone; None when none is (a table without `items` cannot
+    say what a profile saw, so none of it is auditable)."""
+    if profiles is None or profiles.is_empty() or PROFILED_ITEMS not in profiles.columns:
+        return None
+    held = profiles.join(split.truth.select(Columns.user).unique(), on=Columns.user, how="semi")
+    seen = (
+        held.select(Columns.user, pl.col(PROFILED_ITEMS).alias(Columns.item))
+        .explode(Columns.item)
+        .drop_nulls(Columns.item)
+        .join(split.train.select(Columns.user, Columns.item), on=[Columns.user, Columns.item], how="anti")
+    )
+    kept = held.join(seen.select(Columns.user).unique(), on=Columns.user, how="anti")
+    return kept if kept.height else None
+
+
+def audit_profiles(
+    fitted: FittedRanker,
+    split: ProtocolSplit,
+    profiles: pl.DataFrame | None,
+    *,
+    k: int,
+    cache_dir: Path,
+    use: OutputUse,
+    weight: float = PROFILE_WEIGHT,
+) -> AuditRow | None:
+    """Held-out users with an auditable profile (`auditable_profiles`) whom it reaches (the newcomer route's users:
+    `training._profiles.reached`), scored with it (`training.profiled_scorer` at `weight`) against without (the
+    product as served), NDCG at k over those users; None when there are none."""
+    kept = auditable_profiles(split, profiles)
+    if kept is None:
+        return None
+    vectors = profile_vectors(kept, split.index.user_ids, cache_dir=cache_dir)
+    touched = reached(fitted, vectors)
+    if not touched.any():
+        return None
+    users = split.index.user_ids.filter(pl.Series(touched))
+    mine = evaluate(split, profiled_scorer(fitted, split, vectors, weight), k=k).recs
+    theirs = fitted.evaluate(split, k).recs
+    values = [
+        per_user_accuracy(recs, split.truth, k).filter(pl.col(Columns.user).is_in(users.implode()))
+        for recs in (mine, theirs)
+    ]
+    both = (
+        values[0]
+        .select(Columns.user, PROFILE_METRIC)
+        .join(values[1].select(Columns.user, PROFILE_METRIC), on=Columns.user, suffix="_control")
+    )
+    metric = f"{PROFILED_USERS}/{PROFILE_METRIC}@{k}"
+    if both.is_empty():
+        return None
+    delta, low, high = bootstrap_difference(
+        both[PROFILE_METRIC].to_numpy(), both[f"{PROFILE_METRIC}_control"].to_numpy(), level=AUDIT_LEVEL
+    )
+    return AuditRow(PROFILES, metric, delta, low, high, both.height, users.len(), use.used, use.reason)
+
+
 @dataclass(frozen=True, eq=False)
 class AuditInputs:
-    """What a cycle audits: the workspace's judged pairs (user_id, item_id, weight) and descriptions (item_id,
-    description), the catalogue without descriptions, whether the cycle used each output and why, and the
-    embedding cache's folder."""
+    """What a cycle audits: the workspace's judged pairs (user_id, item_id, weight), descriptions (item_id,
+    description) and user profiles (user_id, profile, items), the catalogue without descriptions, whether the cycle
+    used each output and why, and the embedding cache's folder."""
 
     judged: pl.DataFrame | None
     descriptions: pl.DataFrame | None
     items: pl.DataFrame
     uses: Mapping[str, OutputUse]
     cache_dir: Path
+    profiles: pl.DataFrame | None = None
 
 
 def audit_outputs(fitted: FittedRanker, split: ProtocolSplit, given: AuditInputs, *, k: int) -> list[AuditRow]:
@@ -243,5 +322,6 @@ def audit_outputs(fitted: FittedRanker, split: ProtocolSplit, given: AuditInputs
         audit_descriptions(
             fitted, split, given.items, given.descriptions, k=k, cache_dir=given.cache_dir, use=given.uses[DESCRIPTIONS]
         ),
+        audit_profiles(fitted, split, given.profiles, k=k, cache_dir=given.cache_dir, use=given.uses[PROFILES]),
     ]
     return [row for row in rows if row is not None]

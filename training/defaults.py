@@ -34,8 +34,15 @@ USER_SEGMENTS = (Segments.new, Segments.sparse)
 """User segments the language model profiles."""
 SIMULATE_SEGMENTS = (Segments.cold,)
 """Item segments whose candidate users the language model judges (synthetic interactions)."""
-JUDGED_PAIRS, DESCRIPTIONS = "judged_pairs", "descriptions"
-AUDITED_OUTPUTS = (JUDGED_PAIRS, DESCRIPTIONS)
+JUDGED_PAIRS, DESCRIPTIONS, PROFILES = "judged_pairs", "descriptions", "profiles"
+AUDITED_OUTPUTS = (JUDGED_PAIRS, DESCRIPTIONS, PROFILES)
+USABLE_OUTPUTS = (JUDGED_PAIRS, DESCRIPTIONS)
+"""The audited outputs a cycle can train on once an audit supports them. User profiles are audited only: on
+MovieLens-100K's sparse-user validation no weight of them helped (benchmarks/profile_standins.py, docs/benchmarks.md),
+so the served model has no place for them; a workspace whose audit finds them helping is told so, and stays off."""
+PROFILED_ITEMS = "items"
+"""The `user_profiles` column naming the items (ids) each profile was written from: the audit measures a profile
+only on held-out users whose held-out events it did not see."""
 """The language model's outputs every refresh audits against their no-LLM controls (training._audit)."""
 AUGMENT_LIMIT = 16
 """Most entities per augmentation step of a scheduled refresh (the language model's work per run)."""
@@ -69,3 +76,9 @@ USER_HOLDOUT_SHARE = 0.2
 USER_GROUP_ATTRIBUTES: dict[str, tuple[str, ...]] = {"ml-100k": ("gender", "age")}
 """The user attributes attribute-group popularity groups by, per data set (age in bands: ranker.baselines.AGE_BANDS);
 a data set not named here groups by all its categorical attributes."""
+PROFILE_WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+"""Weights of cos(LLM profile, item text) in the newcomer model's scores (training._profiles) tried on the sparse-user
+protocols' validation (benchmarks/profile_standins.py; 0 is the product without profiles)."""
+PROFILE_WEIGHT = 0.25
+"""The weight the audit measures profiles at: the best of PROFILE_WEIGHT_GRID on the sparse-user validation (mean
+NDCG@20 over n = 1, 3, 5: 0.4788 against 0.4787 without profiles, the only weight not below; docs/benchmarks.md)."""
