@@ -36,6 +36,7 @@ SIMULATE_SEGMENTS = (Segments.cold,)
 """Item segments whose candidate users the language model judges (synthetic interactions)."""
 JUDGED_PAIRS, DESCRIPTIONS, PROFILES = "judged_pairs", "descriptions", "profiles"
 AUDITED_OUTPUTS = (JUDGED_PAIRS, DESCRIPTIONS, PROFILES)
+"""The language model's outputs every refresh audits against their no-LLM controls (training._audit)."""
 USABLE_OUTPUTS = (JUDGED_PAIRS, DESCRIPTIONS)
 """The audited outputs a cycle can train on once an audit supports them. User profiles are audited only: on
 MovieLens-100K's sparse-user validation no weight of them helped (benchmarks/profile_standins.py, docs/benchmarks.md),
@@ -43,7 +44,6 @@ so the served model has no place for them; a workspace whose audit finds them he
 PROFILED_ITEMS = "items"
 """The `user_profiles` column naming the items (ids) each profile was written from: the audit measures a profile
 only on held-out users whose held-out events it did not see."""
-"""The language model's outputs every refresh audits against their no-LLM controls (training._audit)."""
 AUGMENT_LIMIT = 16
 """Most entities per augmentation step of a scheduled refresh (the language model's work per run)."""
 
