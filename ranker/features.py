@@ -41,8 +41,8 @@ FEATURE_NAMES = (
     "user_recent",
     # Days since the item came out in the world (NaN where unknown): known for cold items too.
     "release_age",
-    # How many given pairs (a judge's, or in training a warm item's own) warmed the item's cold view; zero where
-    # the simulator or content alone made it, and in the warm view. Last, so rankers trained before it still load.
+    # How many given pairs (a judge's; in training, judge-like pairs of a warm item) warmed the item's cold view;
+    # zero where the simulator or content alone made it, and in the warm view. Last: older rankers still load.
     "given_pairs",
 )
 # Item features read from the log, hidden (zero) when an item is presented as cold: a cold item has none.

@@ -112,8 +112,8 @@ class Warmed:
     synthetic: sp.csr_array  # (items x users) weights of the interactions that warmed items without history
     report: WarmingReport
     config: WarmingConfig
-    # Given pairs that warmed each item (judged ones for items without history, own ones for a share of the
-    # others): the ranker's `given_pairs` feature reads them through the cold view.
+    # Given pairs that warmed each item (judged ones for items without history; judge-like ones for a share of
+    # the others, in training): the ranker's `given_pairs` feature reads them through the cold view.
     given_pairs: np.ndarray
 
 
