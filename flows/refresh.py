@@ -76,6 +76,7 @@ def encode_items(workspace: Path | None = None, batch_size: int | None = None) -
         future.result()
         for future in tasks.encode_batch_task.map(batches, unmapped(settings.cache_dir), unmapped(text_model))
     ]
+    tasks.release_embedding_caches()
     if not parts:
         from encoders import EMBEDDING_DIM
 

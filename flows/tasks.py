@@ -152,12 +152,29 @@ def as_task(stage: Callable[P, R]) -> Task[P, R]:
 # ------------------------------------------------------------------------------------------------ stage tasks
 
 
+# One embedding cache per process and model, which the encoding tasks sharing the process take turns on: each
+# task opening its own read every shard into memory, and a 100k-item catalogue's tasks, run at once by the thread
+# pool, held 23 GB before the kernel killed the run (docs/scaling.md). Encoding uses every core already.
+_CACHE_LOCK = threading.Lock()
+_CACHES: dict[tuple[Path, str], Any] = {}
+
+
 def encode_batch(texts: list[str], cache_dir: Path, text_model: str) -> np.ndarray:
     """Embeddings of one batch of texts (cached by Prefect on the texts and `text_model`, and by the embedding cache
     per text). `text_model` names the flow's backend: a Dask worker does not read the flow's settings."""
     from encoders import EmbeddingCache, encode_texts
 
-    return encode_texts(texts, cache=EmbeddingCache.in_cache_dir(cache_dir, text_model), show_progress=False)
+    with _CACHE_LOCK:
+        key = (Path(cache_dir), text_model)
+        if key not in _CACHES:
+            _CACHES[key] = EmbeddingCache.in_cache_dir(cache_dir, text_model)
+        return encode_texts(texts, cache=_CACHES[key], show_progress=False)
+
+
+def release_embedding_caches() -> None:
+    """Let go of this process's embedding caches (an encoding flow's end: the catalogue's vectors are stored)."""
+    with _CACHE_LOCK:
+        _CACHES.clear()
 
 
 # One language model per process: it loads once, and tasks sharing a process take turns on it (two threads

@@ -119,6 +119,17 @@ def test_augment_new_describes_items_and_records_volume(prefect_api: str, worksp
     assert ledger["seconds"] > 0 and (ledger["tokens"] > 0 or ledger["cache_hits"] == 2)  # (a cache kept by a rerun)
 
 
+def test_the_encoding_tasks_of_a_process_share_one_embedding_cache(tmp_path: Path) -> None:
+    # (Each task opening its own read every shard: a 100k-item catalogue's tasks held 23 GB at once.)
+    first = tasks.encode_batch(["Heart of Darkness"], tmp_path, MODEL_NAME)
+    cache = tasks._CACHES[(tmp_path, MODEL_NAME)]
+    both = tasks.encode_batch(["Heart of Darkness", "Lord Jim"], tmp_path, MODEL_NAME)
+    assert tasks._CACHES[(tmp_path, MODEL_NAME)] is cache and (cache.hits, cache.misses) == (1, 2)
+    np.testing.assert_array_equal(both[0], first[0])
+    tasks.release_embedding_caches()
+    assert not tasks._CACHES
+
+
 def test_encoding_a_batch_again_is_a_prefect_cache_hit(prefect_api: str, tmp_path: Path) -> None:
     @flow
     def twice(texts: list[str]) -> tuple[str, str, bool]:
