@@ -1,5 +1,5 @@
-"""Copies of the MovieLens slice workspace (tests/conftest.py), the real `warmstart` CLI in a subprocess, and a
-small MovieLens slice as files for the protocols over users."""
+"""Copies of the MovieLens slice workspace (tests/conftest.py), a whole MovieLens-100K workspace, the real
+`warmstart` CLI in a subprocess, and a small MovieLens slice as files for the protocols over users."""
 
 from __future__ import annotations
 
@@ -12,8 +12,24 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
 from catalog import Columns, Dataset
+
+
+@pytest.fixture
+def ml100k_workspace(ml100k_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh workspace holding the whole of MovieLens-100K, ingested and detected by the CLI, and this process's
+    default (WARMSTART_WORKSPACE, with the tests' cache)."""
+    from flows.cli import app
+
+    root = tmp_path / "ws"
+    monkeypatch.setenv("WARMSTART_WORKSPACE", str(root))
+    monkeypatch.setenv("WARMSTART_CACHE_DIR", str(cache_dir))
+    runner = CliRunner()
+    assert runner.invoke(app, ["ingest", "--dataset", "ml-100k", "--data", str(ml100k_dir)]).exit_code == 0
+    assert runner.invoke(app, ["detect"]).exit_code == 0
+    return root
 
 
 @pytest.fixture

@@ -9,13 +9,11 @@ import numpy as np
 import polars as pl
 import pytest
 from prefect import flow
-from typer.testing import CliRunner
 
 import training
 from catalog import Columns, Tables, Workspace
 from encoders import MODEL_NAME
 from flows import stages, tasks
-from flows.cli import app
 from flows.refresh import augment_new, encode_items, refresh
 from flows.runners import with_runner
 from flows.settings import WarmstartSettings, apply_text_backend
@@ -23,14 +21,8 @@ from monitor import MetricsStore
 
 
 @pytest.fixture
-def workspace(ml100k_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "ws"
-    monkeypatch.setenv("WARMSTART_WORKSPACE", str(root))
-    monkeypatch.setenv("WARMSTART_CACHE_DIR", str(cache_dir))
-    runner = CliRunner()
-    assert runner.invoke(app, ["ingest", "--dataset", "ml-100k", "--data", str(ml100k_dir)]).exit_code == 0
-    assert runner.invoke(app, ["detect"]).exit_code == 0
-    return root
+def workspace(ml100k_workspace: Path) -> Path:
+    return ml100k_workspace
 
 
 PRODUCT_AND_REFERENCE = ("temporal", "temporal:recent_popularity")

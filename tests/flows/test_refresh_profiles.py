@@ -9,28 +9,20 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from typer.testing import CliRunner
 
 import training
 from augment import LlamaCppBackend, profile_users
 from catalog import Columns, Tables, Workspace
 from flows import stages
 from flows.augmentation import generation_cache
-from flows.cli import app
 from flows.refresh import refresh
 from monitor import MetricsStore
 from training.defaults import PROFILED_ITEMS, PROFILES
 
 
 @pytest.fixture
-def workspace(ml100k_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "ws"
-    monkeypatch.setenv("WARMSTART_WORKSPACE", str(root))
-    monkeypatch.setenv("WARMSTART_CACHE_DIR", str(cache_dir))
-    runner = CliRunner()
-    assert runner.invoke(app, ["ingest", "--dataset", "ml-100k", "--data", str(ml100k_dir)]).exit_code == 0
-    assert runner.invoke(app, ["detect"]).exit_code == 0
-    return root
+def workspace(ml100k_workspace: Path) -> Path:
+    return ml100k_workspace
 
 
 def _profile_held_out_users(root: Path, cache_dir: Path, users: int = 6) -> pl.DataFrame:
