@@ -16,6 +16,7 @@ import training
 from catalog import Columns, Dataset
 from ranker.evaluate import SPARSE_USERS
 from ranker.metrics import per_user_accuracy
+from training._newcomers import _ndcg_sum
 
 USERS = 200  # of 943: a fifth (40) are tested, and a fifth of the rest (32) validate the route (20 are enough)
 
@@ -67,3 +68,19 @@ def test_users_just_past_the_sparse_bound_are_not_scored_below_popularity(
     assert ndcg["product"].size == tested == 40
     # Before the route reached them (63593fb), the ranker served these users: 0.2532 against popularity's 0.3738.
     assert np.mean(ndcg["product"]) >= np.mean(ndcg["popularity"])
+
+
+def test_the_routes_ndcg_ranks_each_rows_top_k_as_a_full_stable_sort_does() -> None:
+    # (A partition then a sort of the best: the route is chosen over a 100k-item catalogue too.)
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, size=(40, 300)).astype(np.float32)  # many ties
+    scores[rng.random(scores.shape) < 0.5] = -np.inf
+    scores[0, 3:] = -np.inf  # fewer finite scores than k
+    truth = (rng.random(scores.shape) < 0.1).astype(np.float32)
+    truth[:, 0] = 1
+    discounts = 1.0 / np.log2(np.arange(2, 22))
+    for k in (1, 5, 20):
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        ideal = np.cumsum(discounts[:k])[np.minimum(truth.sum(axis=1).astype(int), k) - 1]
+        expected = ((np.take_along_axis(truth, top, axis=1) * discounts[:k]).sum(axis=1) / ideal).sum()
+        assert _ndcg_sum(scores, truth, k) == pytest.approx(expected, rel=1e-12)
