@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 import polars as pl
@@ -27,6 +27,9 @@ from augment import AugmentStats, Backend
 from flows import stages
 from flows.settings import WarmstartSettings
 from monitor import GateDecision
+
+if TYPE_CHECKING:
+    from encoders import EmbeddingCache
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -156,7 +159,7 @@ def as_task(stage: Callable[P, R]) -> Task[P, R]:
 # task opening its own read every shard into memory, and a 100k-item catalogue's tasks, run at once by the thread
 # pool, held 23 GB before the kernel killed the run (docs/scaling.md). Encoding uses every core already.
 _CACHE_LOCK = threading.Lock()
-_CACHES: dict[tuple[Path, str], Any] = {}
+_CACHES: dict[tuple[Path, str], EmbeddingCache] = {}
 
 
 def encode_batch(texts: list[str], cache_dir: Path, text_model: str) -> np.ndarray:
