@@ -49,7 +49,8 @@ FEATURE_NAMES = (
 ITEM_LOG_FEATURES = ("log_popularity", "recent_7d", "recent_14d", "recent_28d", "item_age")
 
 
-def _normalise_rows(matrix: np.ndarray) -> np.ndarray:
+def normalise_rows(matrix: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return (matrix / np.maximum(norms, 1e-12)).astype(np.float32)
 
@@ -139,8 +140,8 @@ class RankerInputs:
             object.__setattr__(self, "user_standin", standin)
         if self.user_attributes is None:
             object.__setattr__(self, "user_attributes", np.zeros((n_users, 0), dtype=np.float32))
-        object.__setattr__(self, "text", _normalise_rows(np.asarray(self.text, dtype=np.float32)))
-        object.__setattr__(self, "text_profiles", _normalise_rows(history @ self.text))
+        object.__setattr__(self, "text", normalise_rows(np.asarray(self.text, dtype=np.float32)))
+        object.__setattr__(self, "text_profiles", normalise_rows(history @ self.text))
         tfidf_profiles = None
         if self.tfidf is not None:
             tfidf = _normalise_sparse_rows(sp.csr_array(self.tfidf, dtype=np.float32))

@@ -37,7 +37,7 @@ from ranker.metrics import bootstrap_difference, per_user_accuracy
 from training._fit import FittedRanker
 from training._gate import gate_user_values
 from training._profiles import profile_vectors, profiled_scorer, reached
-from training._standins import synthetic_matrix
+from training._standins import pairs_matrix, synthetic_matrix
 from training.defaults import (
     AUDITED_OUTPUTS,
     DESCRIPTIONS,
@@ -119,13 +119,23 @@ def _compare(
     metric = GateMetric(segment=AUDIT_SEGMENT, metric=AUDIT_METRIC, k=k)
     mine = gate_user_values(output.evaluate(split, k).recs, split, metric)
     theirs = gate_user_values(control.evaluate(split, k).recs, split, metric)
-    both = mine.join(theirs, on=Columns.user, suffix="_control")
-    if both.is_empty():
-        return metric.name, None, None, None, 0
-    delta, low, high = bootstrap_difference(
-        both["value"].to_numpy(), both["value_control"].to_numpy(), level=AUDIT_LEVEL
+    return metric.name, *_paired(mine, theirs, "value")
+
+
+def _paired(
+    mine: pl.DataFrame, theirs: pl.DataFrame, column: str
+) -> tuple[float | None, float | None, float | None, int]:
+    """(mean difference, low, high, users) of `column`, output (`mine`) minus control (`theirs`), over the users
+    both frames hold, with a paired bootstrap interval; (None, None, None, 0) without any."""
+    both = mine.select(Columns.user, column).join(
+        theirs.select(Columns.user, column), on=Columns.user, suffix="_control"
     )
-    return metric.name, delta, low, high, both.height
+    if both.is_empty():
+        return None, None, None, 0
+    delta, low, high = bootstrap_difference(
+        both[column].to_numpy(), both[f"{column}_control"].to_numpy(), level=AUDIT_LEVEL
+    )
+    return delta, low, high, both.height
 
 
 def _with_standins(
@@ -152,9 +162,7 @@ def simulator_at_same_count(content: np.ndarray, user_cf: np.ndarray, given: sp.
             best = np.argsort(-proposed.data[start:end], kind="stable")[: counts[item]]
             cols.append(proposed.indices[start:end][best])
             rows.append(np.full(best.size, item))
-    rows_, cols_ = (np.concatenate(part) if part else np.zeros(0, dtype=np.int64) for part in (rows, cols))
-    data = np.ones(rows_.size, dtype=np.float32)
-    return sp.csr_array((data, (rows_, cols_)), shape=given.shape)
+    return pairs_matrix(rows, cols, given.shape)
 
 
 def audit_judged_pairs(
@@ -287,18 +295,11 @@ def audit_profiles(
         per_user_accuracy(recs, split.truth, k).filter(pl.col(Columns.user).is_in(users.implode()))
         for recs in (mine, theirs)
     ]
-    both = (
-        values[0]
-        .select(Columns.user, PROFILE_METRIC)
-        .join(values[1].select(Columns.user, PROFILE_METRIC), on=Columns.user, suffix="_control")
-    )
-    metric = f"{PROFILED_USERS}/{PROFILE_METRIC}@{k}"
-    if both.is_empty():
+    delta, low, high, paired = _paired(*values, PROFILE_METRIC)
+    if not paired:
         return None
-    delta, low, high = bootstrap_difference(
-        both[PROFILE_METRIC].to_numpy(), both[f"{PROFILE_METRIC}_control"].to_numpy(), level=AUDIT_LEVEL
-    )
-    return AuditRow(PROFILES, metric, delta, low, high, both.height, users.len(), use.used, use.reason)
+    metric = f"{PROFILED_USERS}/{PROFILE_METRIC}@{k}"
+    return AuditRow(PROFILES, metric, delta, low, high, paired, users.len(), use.used, use.reason)
 
 
 @dataclass(frozen=True, eq=False)

@@ -14,7 +14,7 @@ from catalog import Columns, has_times
 from encoders import BPRMF, CFConfig, EmbeddingCache, ImplicitMF, WarmingConfig, cf_model, encode_texts, item_text
 from ranker.baselines import tfidf_item_vectors
 from ranker.evaluate import EvalIndex, interaction_matrix
-from ranker.features import RankerInputs
+from ranker.features import RankerInputs, normalise_rows
 from ranker.temporal import TimeFeatures, time_features
 from training._settings import StandInConfig
 from training._standins import StandInBuilder, Warmed, synthetic_matrix, warmed_standins
@@ -149,11 +149,9 @@ def encode_inputs(
 def text_profiles(history: sp.csr_array, text: np.ndarray) -> np.ndarray:
     """Each user's normalised mean of their items' normalised text embeddings (zero rows without items): the text
     part of a user's stand-in, as RankerInputs.text_profiles has it."""
-
-    def normalised(rows: np.ndarray) -> np.ndarray:
-        return (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-    return normalised(sp.csr_array(history > 0, dtype=np.float32) @ normalised(np.asarray(text, dtype=np.float32)))
+    return normalise_rows(
+        sp.csr_array(history > 0, dtype=np.float32) @ normalise_rows(np.asarray(text, dtype=np.float32))
+    )
 
 
 def _collaborative(cf: BPRMF | ImplicitMF, index: EvalIndex) -> tuple[np.ndarray, np.ndarray]:

@@ -27,15 +27,11 @@ import polars as pl
 from catalog import Columns
 from encoders import EmbeddingCache, encode_texts
 from ranker.evaluate import ProtocolSplit, Scorer, interaction_matrix
+from ranker.features import normalise_rows
 from training._fit import FittedRanker
 from training._user_standins import UserStandInBuilder
 
 PROFILE = "profile"
-
-
-def _normalised(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float32)
-    return (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def profile_vectors(profiles: pl.DataFrame | None, user_ids: pl.Series, *, cache_dir: Path) -> np.ndarray:
@@ -53,7 +49,7 @@ def profile_vectors(profiles: pl.DataFrame | None, user_ids: pl.Series, *, cache
     found = wanted.join(table, on=Columns.user, how="inner").sort("_row")
     if found.is_empty():
         return np.zeros((user_ids.len(), 0), dtype=np.float32)
-    vectors = _normalised(encode_texts(found[PROFILE].to_list(), cache=EmbeddingCache.in_cache_dir(cache_dir)))
+    vectors = normalise_rows(encode_texts(found[PROFILE].to_list(), cache=EmbeddingCache.in_cache_dir(cache_dir)))
     out = np.zeros((user_ids.len(), vectors.shape[1]), dtype=np.float32)
     out[found["_row"].to_numpy()] = vectors
     return out
@@ -72,7 +68,7 @@ def with_profiles(text_profiles: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     if not profiled.any():
         return text_profiles
     out = text_profiles.copy()
-    out[profiled] = _normalised(text_profiles[profiled] + vectors[profiled])
+    out[profiled] = normalise_rows(text_profiles[profiled] + vectors[profiled])
     return out
 
 

@@ -174,7 +174,8 @@ def warmed_standins(
         pairs = pairs + given
     if takers is not None and config.given_share > 0:
         pairs = pairs + judged_like_pairs(takers, proposed, warm, config)
-    has_pairs = np.diff(sp.csr_array(pairs).indptr) > 0
+    counts = np.diff(sp.csr_array(pairs).indptr).astype(np.float32)
+    has_pairs = counts > 0
     if has_pairs.any():
         simulated = sp.csr_array(sp.diags_array((~has_pairs).astype(np.float32)) @ simulated) + pairs
         simulated.eliminate_zeros()  # an item with given pairs keeps only those
@@ -189,7 +190,6 @@ def warmed_standins(
         warm_items_simulated=int((~has_pairs[warm]).sum()) if config.simulate else 0,
         warm_items_given=int(has_pairs[warm].sum()),
     )
-    counts = np.diff(sp.csr_array(pairs).indptr).astype(np.float32)
     return Warmed(warmed, standins, items, judged, synthetic, report, config, counts)
 
 
@@ -215,8 +215,12 @@ def judged_like_pairs(
         named = np.r_[rng.choice(took, size=right, replace=False), rng.choice(others, size=wrong, replace=False)]
         cols.append(named)
         rows.append(np.full(named.size, item))
+    return pairs_matrix(rows, cols, (takers.shape[1], takers.shape[0]))
+
+
+def pairs_matrix(rows: list[np.ndarray], cols: list[np.ndarray], shape: tuple[int, int]) -> sp.csr_array:
+    """(items x users) weight-1 pairs from per-item pieces: `rows[i]` the item of each pair, `cols[i]` its user."""
     rows_, cols_ = (np.concatenate(part) if part else np.zeros(0, dtype=np.int64) for part in (rows, cols))
-    shape = (takers.shape[1], takers.shape[0])
     return sp.csr_array((np.ones(rows_.size, dtype=np.float32), (rows_, cols_)), shape=shape)
 
 
