@@ -54,6 +54,7 @@ from catalog import (
     popularity_segments,
 )
 from ranker.metrics import MetricInputError, accuracy_metrics, evaluate_ranking
+from ranker.topk import kth_largest
 
 __all__ = [
     "COLD_ITEM",
@@ -676,7 +677,7 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     # lists. A learned ranker scores its candidates alone (hundreds of a row's thousands), which sort faster than
     # a partition of the whole row finds the kth; dense rows are cut to the kth score first.
     if k < n_cols and np.count_nonzero(keep) * 8 > keep.size:
-        kth = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k]
+        kth = kth_largest(scores, k)
         keep &= scores >= kth[:, None]  # ties at the boundary are all kept, then cut after the exact sort
     rows, cols = np.nonzero(keep)
     order = np.lexsort((cols, -scores[rows, cols], rows))
