@@ -69,7 +69,10 @@ def test_dask_lgbm_ranker_learns_as_the_single_node_fit(
     assert loaded.metadata["trainer"] == TRAINER
 
 
-def test_early_stopping_is_refused_on_dask(slice_inputs: tuple, tasks: tuple, client: object) -> None:
+def test_what_dask_cannot_train_is_refused_with_the_fix(slice_inputs: tuple, tasks: tuple, client: object) -> None:
     inputs, _ = slice_inputs
     with pytest.raises(ConfigError, match="cannot stop early"):
         fit_on_dask(LightGBMRanker(CONFIG), inputs, tasks[0], client)  # type: ignore[arg-type]
+    shown_new = FIXED.model_copy(update={"cold_user_share": 0.2})
+    with pytest.raises(ConfigError, match="WARMSTART_TASK_RUNNER=threads"):
+        fit_on_dask(LightGBMRanker(shown_new), inputs, tasks[0], client)  # type: ignore[arg-type]
