@@ -61,6 +61,7 @@ __all__ = [
     "COLD_ITEM",
     "COLD_USER",
     "COLD_USERS",
+    "EVAL_BATCH_SIZE",
     "HYBRID",
     "IN_TURN",
     "SPARSE_USER",
@@ -75,6 +76,7 @@ __all__ = [
     "PartitionMap",
     "ProtocolSplit",
     "Scorer",
+    "batch_bounds",
     "cold_item_split",
     "cold_user_split",
     "evaluate",
@@ -120,6 +122,9 @@ class InTurn:
 
 
 IN_TURN = InTurn()
+
+# Users `evaluate` scores at once, by default.
+EVAL_BATCH_SIZE = 1024
 
 COLD_ITEM = "cold_item"
 WARM = "warm"
@@ -718,7 +723,7 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return rows[top], cols[top], rank[top]
 
 
-def _batch_bounds(n: int, batch_size: int, workers: int) -> list[int]:
+def batch_bounds(n: int, batch_size: int = EVAL_BATCH_SIZE, workers: int = 1) -> list[int]:
     """Boundaries of batches of at most `batch_size` of `n` rows: consecutive full batches for one worker, else at
     least one batch per worker (equal sizes, within one)."""
     if workers <= 1:
@@ -744,7 +749,7 @@ def evaluate(
     scorer: Scorer,
     k: int = 20,
     *,
-    batch_size: int = 1024,
+    batch_size: int = EVAL_BATCH_SIZE,
     partitions: PartitionMap = IN_TURN,
 ) -> EvalResult:
     """Rank the split's candidates for each evaluated user with `scorer` and compute every metric at k.
@@ -771,7 +776,7 @@ def evaluate(
     ex_rows, ex_cols = ex_rows[order], ex_cols[order]
 
     batches = []
-    for start, stop in itertools.pairwise(_batch_bounds(users.size, batch_size, partitions.workers)):
+    for start, stop in itertools.pairwise(batch_bounds(users.size, batch_size, partitions.workers)):
         lo, hi = np.searchsorted(ex_rows, [start, stop])
         batches.append((users[start:stop], ex_rows[lo:hi] - start, ex_cols[lo:hi]))
     parts = partitions(functools.partial(_ranked_batch, scorer, candidates, k), batches)

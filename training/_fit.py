@@ -3,6 +3,8 @@ the typed report of what fitting measured (written into each version's report.js
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +23,7 @@ from ranker.evaluate import (
     PartitionMap,
     ProtocolSplit,
     Scorer,
+    batch_bounds,
     evaluate,
     interaction_matrix,
 )
@@ -149,10 +152,33 @@ class FittedRanker:
         return score
 
     def evaluate(self, split: ProtocolSplit, k: int, *, partitions: PartitionMap = IN_TURN) -> EvalResult:
-        """Evaluate on any split that shares the plan's index and training interactions, its users' batches scored
-        where `partitions` runs them (on a Dask cluster, the scores the workers keep stay there: a line that ranks
-        from the kept scores scores the split again here)."""
-        return evaluate(split, self.scorer(split), k=k, partitions=partitions)
+        """Evaluate on any split that shares the plan's index and training interactions. With `partitions` of
+        several workers (a Dask cluster), the model scores the split's users there, a part of each batch per worker,
+        and the finite scores come back to be kept here (`scorer`), so the lines that rank from the same scores
+        (tail-calibrated, the gate's evidence, the audit) score nothing again; the lists are ranked here from them,
+        the same lists as one process ranks."""
+        scorer = self.scorer(split)
+        if partitions.workers > 1:
+            self._score_on(partitions, split)
+        return evaluate(split, scorer, k=k)
+
+    def _score_on(self, partitions: PartitionMap, split: ProtocolSplit) -> None:
+        """Score the batches `evaluate` will ask for (those not kept yet) on `partitions`, and keep the scores."""
+        kept, users, items = self._scored[0][2], split.users, split.candidates
+        batches = [users[lo:hi] for lo, hi in itertools.pairwise(batch_bounds(users.size))]
+        batches = [batch for batch in batches if not kept.has(batch, items)]
+        if not batches:
+            return
+        parts = [part for batch in batches for part in np.array_split(batch, partitions.workers) if part.size]
+        scored = iter(partitions(functools.partial(_finite_scores, kept.model, items), parts))
+        for batch in batches:
+            pieces, offset = [], 0
+            for part in np.array_split(batch, partitions.workers):
+                if part.size:
+                    rows, columns, values = next(scored)
+                    pieces.append((rows + offset, columns, values))
+                offset += part.size
+            kept.keep(batch, items, *(np.concatenate(column) for column in zip(*pieces, strict=True)))
 
 
 def choose_cold_slots(
@@ -184,6 +210,19 @@ class _ScoredOnce:
         self._model = model
         self._kept: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
+    @property
+    def model(self) -> Scorer:
+        return self._model
+
+    def has(self, users: np.ndarray, items: np.ndarray) -> bool:
+        return (users.tobytes(), items.tobytes()) in self._kept
+
+    def keep(
+        self, users: np.ndarray, items: np.ndarray, rows: np.ndarray, columns: np.ndarray, values: np.ndarray
+    ) -> None:
+        """Keep the finite scores of a batch scored elsewhere (`_finite_scores` of the same model)."""
+        self._kept[(users.tobytes(), items.tobytes())] = (rows, columns, values)
+
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         key = (users.tobytes(), items.tobytes())
         if key not in self._kept:
@@ -195,6 +234,13 @@ class _ScoredOnce:
         scores = np.full((users.size, items.size), -np.inf, dtype=values.dtype)
         scores[rows, columns] = values
         return scores
+
+
+def _finite_scores(model: Scorer, items: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, score) of the finite entries of `model`'s (users x items) scores: what `_ScoredOnce` keeps."""
+    scores = model(users, items)
+    rows, columns = np.nonzero(np.isfinite(scores))
+    return rows, columns, scores[rows, columns]
 
 
 def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:
