@@ -85,7 +85,7 @@ def test_refresh_records_metrics_gates_and_promotes(prefect_api: str, workspace:
     assert audit["used"][0] is False and audit["reason"][0] == "off: no earlier audit measured it"
     # The oracle's pairs beat the simulator's on the first run's held-out data, so the second run trains on them.
     assert audit["low"][0] > 0, audit.to_dicts()
-    assert audit["used"][1] is True and audit["reason"][1].startswith("used: cold/recall@20 +")
+    assert audit["used"][1] is True and audit["reason"][1].startswith("used: overall/ndcg@20 +")
     # What the runs trained on follows: on a log with times only judged pairs warm stand-ins.
     augmentation = store.augmentation()
     assert augmentation["cold_items_warmed"].to_list()[0] == 0 and augmentation["cold_items_warmed"][1] > 0

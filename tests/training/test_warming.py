@@ -184,7 +184,7 @@ def test_the_audit_scores_judged_pairs_against_the_simulator_and_the_next_cycle_
     fitted, oracle = judged
     first = OutputUse(False, "off: no earlier audit measured it")
     row = audit_judged_pairs(fitted, split, oracle.with_columns(pl.lit(0.9).alias("weight")), k=20, use=first)
-    assert row is not None and row.output == JUDGED_PAIRS and row.metric == "cold/recall@20"
+    assert row is not None and row.output == JUDGED_PAIRS and row.metric == "overall/ndcg@20"
     assert row.entities == oracle[Columns.item].n_unique() and row.users > 0
     assert row.delta is not None and row.low is not None and row.high is not None
     assert row.low <= row.delta <= row.high
@@ -193,9 +193,9 @@ def test_the_audit_scores_judged_pairs_against_the_simulator_and_the_next_cycle_
     # naming real takers are worth (WarmingConfig.given_share), so the next cycle uses them.
     assert row.helps, row
     uses = use_outputs(pl.DataFrame([row.as_dict()]))
-    assert uses[JUDGED_PAIRS].used and uses[JUDGED_PAIRS].reason.startswith("used: cold/recall@20 +")
+    assert uses[JUDGED_PAIRS].used and uses[JUDGED_PAIRS].reason.startswith("used: overall/ndcg@20 +")
     helped = use_outputs(pl.DataFrame([row.as_dict() | {"delta": 0.03, "low": 0.01, "high": 0.05}]))
-    reason = "used: cold/recall@20 +0.0300 [+0.0100, +0.0500] in the audit before"
+    reason = "used: overall/ndcg@20 +0.0300 [+0.0100, +0.0500] in the audit before"
     assert helped[JUDGED_PAIRS] == OutputUse(True, reason)
     assert not uses[DESCRIPTIONS].used and "no earlier audit" in uses[DESCRIPTIONS].reason
 
