@@ -122,6 +122,9 @@ class FittedRanker:
         serves (`place`). The model's scores of each batch are computed once per split and kept (their finite
         entries): scoring the same split again, for another line over the same lists, reads them back."""
         ranker, inputs = self.ranker, self.served.inputs
+        times = split.request_times()  # users who arrive at their own times (the protocols over users)
+        if times is not None:
+            inputs = replace(inputs, request_times=times)
         route = ranker.newcomers
         kept = self._scored[0] if self._scored else None
         if kept is None or kept[0] is not split or kept[1] != route:
