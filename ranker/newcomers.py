@@ -54,6 +54,11 @@ class NewcomerConfig(BaseModel):
     )
     recent_days: int = Field(14, description="Days before the request whose events make the recent share.")
     most_references: int = Field(20_000, ge=1, description="Most reference users (a seeded sample beyond).")
+    cold_items: bool = Field(
+        True,
+        description="Whether items without history stay candidates (below every warm item, the ranker's cold places "
+        "lifting the best); False: never recommended to newcomers (chosen on validation: `training.choose_route`).",
+    )
 
     @field_validator("recent_days")
     @classmethod

@@ -50,8 +50,9 @@ class NewcomerChoice:
             return self.chosen
         if self.route.config is None:
             return None
-        bounds = {"min_events": self.route.config.min_events, "max_events": self.route.config.max_events}
-        return self.chosen.model_copy(update=bounds)
+        route = self.route.config
+        served = {"min_events": route.min_events, "max_events": route.max_events, "cold_items": route.cold_items}
+        return self.chosen.model_copy(update=served)
 
     def as_dict(self) -> JSON:
         return {
@@ -284,6 +285,8 @@ def choose_route(
     """Serve users without history, and users with 1 to max_events events, by the newcomer model only where it
     ranks `labels` (validation positives among `pool`) at least as well as `ranker` does for such users of
     `inputs` (ranker and inputs fitted without the labels); where fewer than `min_users` are there, it serves.
+    The items without history it cannot score stay below its warm items for the ranker's cold places to lift, unless
+    leaving them out (`NewcomerConfig.cold_items`) ranks the served validation newcomers better in all.
 
     Where it serves the sparse users, users with more events up to one of `bounds` may be served by it too: the
     bound (or none, the ranker keeping them) with the best NDCG at k over the validation users with more than
@@ -297,20 +300,28 @@ def choose_route(
     users_of: dict[str, int] = {}
     ndcg: dict[str, dict[str, float] | None] = {}
     routes: dict[str, bool] = {}
+    without_cold = config.model_copy(update={"cold_items": False})
+    gains: list[float] = []
     for name, (low, high) in {"cold": (0, 0), "sparse": (1, config.max_events)}.items():
         users = labelled[(activity[labelled] >= low) & (activity[labelled] <= high)]
         users_of[name] = int(users.size)
         if users.size < min_users:
             ndcg[name], routes[name] = None, True
             continue
-        values = {}
-        for model, route in (("ranker", None), ("newcomer model", config)):
+        values, sums = {}, {}
+        for model, route in (("ranker", None), (NEWCOMER, config), (WITHOUT_COLD, without_cold)):
             scorer = ranker.with_newcomers(route).scorer(inputs, exclude)
-            total = sum(
+            sums[model] = sum(
                 _ndcg_sum(scorer(block, pool), truth[block].toarray(), k) for block in _blocks(users, pool.size)
             )
-            values[model] = round(total / users.size, 4)
-        ndcg[name], routes[name] = values, values["newcomer model"] >= values["ranker"]
+            values[model] = round(sums[model] / users.size, 4)
+        ndcg[name], routes[name] = values, max(values[NEWCOMER], values[WITHOUT_COLD]) >= values["ranker"]
+        if routes[name]:
+            gains.append(sums[WITHOUT_COLD] - sums[NEWCOMER])
+    # Items without history for newcomers: kept (below every warm item, the ranker's cold places lifting the best)
+    # unless leaving them out ranks the validation newcomers the route serves better over all of them.
+    if gains and sum(gains) > 0:
+        config = without_cold
     high = config.max_events if routes["sparse"] else 0
     wider = sorted(bound for bound in bounds if bound > config.max_events)
     if wider:
@@ -327,6 +338,10 @@ def choose_route(
     low = 0 if routes["cold"] else 1
     chosen = config.model_copy(update={"min_events": low, "max_events": high}) if low <= high else None
     return RouteChoice(chosen, k, users_of, ndcg)
+
+
+NEWCOMER = "newcomer model"
+WITHOUT_COLD = "newcomer model without items without history"
 
 
 def _past_name(bound: int, config: NewcomerConfig) -> str:

@@ -124,6 +124,15 @@ def test_a_ranker_routes_newcomers_to_the_model_and_keeps_the_route_through_a_sa
     loaded = LightGBMRanker.load(ranker.save(tmp_path / "version"))
     assert loaded.newcomers == config
     np.testing.assert_array_equal(loaded.scorer(inputs, placed=False)(users, pool), both)
+    # Newcomers' items without history left out (where validation says so): -inf for them, nothing else moves,
+    # and the ranker's cold places find none to lift into their lists.
+    ranker.with_newcomers(config.model_copy(update={"cold_items": False}))
+    without = ranker.scorer(inputs, placed=False)(users, pool)
+    assert np.isneginf(without[: routed.size, ~warm]).all()
+    np.testing.assert_array_equal(without[: routed.size, warm], both[: routed.size, warm])
+    np.testing.assert_array_equal(without[routed.size :], both[routed.size :])
+    placed = ranker.with_cold_slots(2).scorer(inputs)(routed, pool)
+    assert np.isneginf(placed[:, ~warm]).all()
 
 
 @pytest.mark.parametrize("with_times", [False, True])
