@@ -265,7 +265,9 @@ class RouteChoice:
     ndcg: dict[str, dict[str, float] | None]
 
     def as_dict(self) -> JSON:
-        return {"served": None if self.config is None else [self.config.min_events, self.config.max_events]} | {
+        served = None if self.config is None else [self.config.min_events, self.config.max_events]
+        cold_items = None if self.config is None else self.config.cold_items
+        return {"served": served, "cold_items": cold_items} | {
             name: {"users": self.users[name], f"ndcg@{self.k}": self.ndcg[name]} for name in self.users
         }
 
