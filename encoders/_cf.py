@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _NEGATIVE_RESAMPLE_ROUNDS = 10  # after this many rounds the few remaining collisions stay (rare, harmless)
-_EVAL_CHUNK = 1024  # users scored at once in validation: 1024 x 16,980 float32 is ~70 MB
+_EVAL_CHUNK = 1024  # users scored at once in validation: 1024 x 16,980 float32 is ~70 MB...
+_EVAL_SCORES = 2**24  # ...and fewer where the catalogue is larger: at most 64 MB of scores at once
+# Users a validation check scores at most; more than CiteULike-a's and MovieLens' whole populations, so their
+# figures are those of every user.
+VALIDATION_USERS = 10_000
 
 
 # --- persistence shared by the encoders' models -------------------------------------------------------------------
@@ -212,8 +216,12 @@ def recall_at_k(
     truth: tuple[np.ndarray, np.ndarray],
     exclude: tuple[np.ndarray, np.ndarray],
     k: int,
+    *,
+    most_users: int | None = None,
+    seed: int = 0,
 ) -> float:
-    """Mean Recall@k over users with a `truth` pair, ranking every item of `embeddings` minus `exclude` pairs.
+    """Mean Recall@k over users with a `truth` pair (a seeded sample of `most_users` of them where there are more),
+    ranking every item of `embeddings` minus `exclude` pairs.
 
     `truth` and `exclude` are (user rows, item rows) index arrays. Recall divides the hits by the user's truth
     pairs; candidates are all items the embeddings know, so callers drop truth pairs of unknown ids beforehand.
@@ -224,10 +232,14 @@ def recall_at_k(
     users = np.unique(truth[0])
     if users.size == 0:
         return 0.0
+    if most_users is not None and users.size > most_users:
+        # Each check scores every item for every user: at 50k users and 100k items, minutes a check.
+        users = np.sort(np.random.default_rng(seed).choice(users, most_users, replace=False))
     per_user = np.zeros(users.size)
     k = min(k, n_items)
-    for start in range(0, users.size, _EVAL_CHUNK):
-        chunk = users[start : start + _EVAL_CHUNK]
+    chunk_users = max(1, min(_EVAL_CHUNK, _EVAL_SCORES // n_items))
+    for start in range(0, users.size, chunk_users):
+        chunk = users[start : start + chunk_users]
         scores = embeddings.score(chunk)
         # Exclusions of this chunk: key ranges [u * n_items, (u + 1) * n_items) of the sorted exclude keys.
         # The chunk's users are sorted, so its exclusions lie in one slice of the sorted keys (plus other users').
@@ -289,6 +301,8 @@ class BPRConfig(BaseModel):
     """Seeds initialisation (torch.Generator) and sampling (numpy default_rng): equal seeds, equal embeddings."""
     k: int = Field(20, ge=1)
     """Cut-off of the validation Recall@K used for early stopping."""
+    validation_users: int = Field(VALIDATION_USERS, ge=1)
+    """Most users the validation Recall@K scores (a seeded sample beyond): each check ranks every item for them."""
     patience: int = Field(5, ge=1)
     """Validation checks without improvement before training stops; the best epoch's vectors are kept."""
     threads: int = Field(1, ge=1)
@@ -445,7 +459,9 @@ class BPRMF(CFModel[BPRConfig]):
                 record = {"epoch": float(epoch), "loss": total / n_pairs}
                 if truth is not None:
                     current = self._as_embeddings(user_ids, item_ids, *tables)
-                    recall = recall_at_k(current, truth, (users, items), config.k)
+                    recall = recall_at_k(
+                        current, truth, (users, items), config.k, most_users=config.validation_users, seed=config.seed
+                    )
                     record[f"val_recall@{config.k}"] = recall
                     best.check(recall, epoch, lambda: [t.detach().clone() for t in tables])
                 self.history.append(record)

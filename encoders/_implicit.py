@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from catalog import Columns, DataError
 from encoders._cf import (
     BPRMF,
+    VALIDATION_USERS,
     BestEpoch,
     BPRConfig,
     CFEmbeddings,
@@ -61,6 +62,8 @@ class ImplicitConfig(BaseModel):
     """Seeds initialisation (and BPR's sampling, chunk by chunk)."""
     k: int = Field(20, ge=1)
     """Cut-off of the validation Recall@K used for early stopping."""
+    validation_users: int = Field(VALIDATION_USERS, ge=1)
+    """Most users the validation Recall@K scores (a seeded sample beyond): each check ranks every item for them."""
     eval_every: int = Field(2, ge=1)
     """Iterations between validation checks (and the chunk training runs in, validated or not)."""
     patience: int = Field(3, ge=1)
@@ -162,7 +165,9 @@ class ImplicitMF(CFModel[ImplicitConfig]):
             current = self._as_embeddings(model, user_ids, item_ids)
             record = {"epoch": float(done)}
             if truth is not None:
-                recall = recall_at_k(current, truth, seen, config.k)
+                recall = recall_at_k(
+                    current, truth, seen, config.k, most_users=config.validation_users, seed=config.seed
+                )
                 record[f"val_recall@{config.k}"] = recall
                 best.check(recall, done, lambda current=current: current)
             self.history.append(record)

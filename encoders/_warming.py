@@ -72,12 +72,9 @@ def simulate_users(
         if exclude is not None:
             masked = exclude[start : start + scores.shape[0]].toarray() > 0
             scores = np.where(masked, -np.inf, scores)
-        top = (
-            np.argpartition(-scores, m - 1, axis=1)[:, :m]
-            if m < users.shape[0]
-            else np.tile(np.arange(users.shape[0]), (scores.shape[0], 1))
-        )
-        chosen = np.take_along_axis(scores, top, axis=1)
+        # torch's top k: several times faster than numpy's argpartition over 50k users, and on every core.
+        best = torch.topk(torch.from_numpy(scores), m, dim=1, sorted=False)
+        top, chosen = best.indices.numpy(), best.values.numpy()
         keep = np.isfinite(chosen)
         rows.append(np.repeat(np.arange(start, start + scores.shape[0]), m)[keep.ravel()])
         cols.append(top.ravel()[keep.ravel()])
@@ -102,6 +99,8 @@ def warm_items(
     prior: np.ndarray,
     negatives: np.ndarray,
     config: WarmingConfig,
+    *,
+    most_pairs: int = 2**20,
 ) -> np.ndarray:
     """Item vectors (with the bias as last column, like `prior`) trained from weighted synthetic interactions.
 
@@ -109,6 +108,11 @@ def warm_items(
     in the last column; `prior` (items x dim+1) are the stand-ins each row starts from and is pulled back to;
     `negatives` (n x dim+1) are the warm items' collaborative vectors that the synthetic users must rank the
     item above (BPR). Rows without a synthetic interaction come back equal to their prior.
+
+    Each item's loss reads only its own vector, and Adam updates each coordinate from its own gradients, so items
+    are trained in runs of at most `most_pairs` pairs (whole items): memory holds one run's gathered user vectors
+    (1 GB at 2^20 pairs of 257 floats), not every pair's (10 GB at 500k items x 20). Runs after the first draw their
+    negatives from their own seed; a log that fits one run gets the vectors it always got.
     """
     synthetic = sp.coo_array(synthetic)
     if prior.shape[0] != synthetic.shape[0] or user_vectors.shape[0] != synthetic.shape[1]:
@@ -121,34 +125,68 @@ def warm_items(
     warmed = np.array(prior, dtype=np.float32, copy=True)
     if synthetic.nnz == 0:
         return warmed
-    touched = np.unique(synthetic.row)
-    local = np.searchsorted(touched, synthetic.row)
     user_table = np.asarray(user_vectors, dtype=np.float32)
-    users = torch.from_numpy(user_table[synthetic.col])
-    pulled_to = torch.from_numpy(warmed[touched])
-    counts = np.bincount(local, minlength=touched.size).astype(np.float32)
-    # Each item's synthetic terms average to `weight`, so the pull to the prior weighs the same for every item.
-    weights = torch.from_numpy(synthetic.data.astype(np.float32) * config.weight / counts[local])
     # A negative's score u.v_j does not depend on the item being trained: score every user against a sample of
     # warm items once, then draw from those columns each step.
     rng = np.random.default_rng(config.seed)
     sample = rng.choice(negatives.shape[0], size=min(1024, negatives.shape[0]), replace=False)
     negative_scores = torch.from_numpy(user_table @ np.asarray(negatives, dtype=np.float32)[sample].T)
-    rows, pair_users = torch.from_numpy(local), torch.from_numpy(synthetic.col.astype(np.int64))
-    vectors = pulled_to.clone().requires_grad_()
+    pairs = sp.csr_array(synthetic)  # rows in item order: a run of items is a slice of the pairs
+    per_item = np.diff(pairs.indptr)
+    touched = np.flatnonzero(per_item)
+    for run, items in enumerate(_runs(touched, per_item[touched], most_pairs)):
+        run_pairs = sp.coo_array(pairs[items])
+        warmed[items] = _fold_in(
+            run_pairs, user_table, warmed[items], negative_scores, sample.size, config, seed=config.seed + run
+        )
+    return warmed
+
+
+def _runs(touched: np.ndarray, counts: np.ndarray, most_pairs: int) -> list[np.ndarray]:
+    """`touched` items cut into consecutive runs of at most `most_pairs` pairs (`counts` per item), at least one
+    item each."""
+    runs, first, size = [], 0, 0
+    for position, count in enumerate(counts.tolist()):
+        if size and size + count > most_pairs:
+            runs.append(touched[first:position])
+            first, size = position, 0
+        size += count
+    runs.append(touched[first:])
+    return runs
+
+
+def _fold_in(
+    synthetic: sp.coo_array,
+    user_table: np.ndarray,
+    pulled_to: np.ndarray,
+    negative_scores: torch.Tensor,
+    n_negatives: int,
+    config: WarmingConfig,
+    *,
+    seed: int,
+) -> np.ndarray:
+    """The vectors of `synthetic`'s rows (every row has a pair), trained from `pulled_to` by `config.steps` full-batch
+    Adam steps of weighted BPR over the synthetic users against sampled warm items, pulled back to `pulled_to`."""
+    local = synthetic.row
+    users = torch.from_numpy(user_table[synthetic.col])
+    prior = torch.from_numpy(np.asarray(pulled_to, dtype=np.float32))
+    counts = np.bincount(local, minlength=prior.shape[0]).astype(np.float32)
+    # Each item's synthetic terms average to `weight`, so the pull to the prior weighs the same for every item.
+    weights = torch.from_numpy(synthetic.data.astype(np.float32) * config.weight / counts[local])
+    rows, pair_users = torch.from_numpy(local.astype(np.int64)), torch.from_numpy(synthetic.col.astype(np.int64))
+    vectors = prior.clone().requires_grad_()
     optimizer = torch.optim.Adam([vectors], lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(seed)
     for _ in range(config.steps):
-        drawn = torch.randint(sample.size, (local.size, config.negatives), generator=generator)
+        drawn = torch.randint(n_negatives, (local.size, config.negatives), generator=generator)
         positive = (users * vectors[rows]).sum(dim=1, keepdim=True)
         margin = positive - negative_scores[pair_users[:, None], drawn]
         fit = -(torch.nn.functional.logsigmoid(margin).mean(dim=1) * weights).sum()
-        loss = fit + config.prior * (vectors - pulled_to).square().sum()
+        loss = fit + config.prior * (vectors - prior).square().sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    warmed[touched] = vectors.detach().numpy()
-    return warmed
+    return vectors.detach().numpy()
 
 
 def prepare_warming() -> None:

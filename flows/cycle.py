@@ -22,7 +22,7 @@ from prefect import get_run_logger
 
 import training
 from catalog import ConfigError, ModelRegistry
-from flows import stages, tasks
+from flows import runners, stages, tasks
 from monitor import (
     COMPLETED,
     ActiveRun,
@@ -33,6 +33,7 @@ from monitor import (
     RunRecord,
     reference_protocol,
 )
+from ranker.evaluate import IN_TURN
 from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, GATE, PROFILES
 
 if TYPE_CHECKING:
@@ -167,12 +168,17 @@ def train_evaluate_gate(
     what it chose (training.refit_ranker) and that is what the version serves; the evaluated ranker is kept in
     the version's `evaluated/` folder, where the next gate re-scores it (the refit has seen that gate's window)."""
     record, ranker = run.record, config.models.ranker_name
-    with stage(record, "retrain", f"encoders and the {ranker} ranker on the training window"):
+    # On a Dask task runner, its cluster trains the LightGBM ranker (DaskLGBMRanker) and scores the evaluation's
+    # batches of users; in threads, both run here.
+    client = runners.dask_client()
+    parts = runners.OnCluster(client) if client is not None else IN_TURN
+    where = " on the Dask cluster" if client is not None else ""
+    with stage(record, "retrain", f"encoders and the {ranker} ranker on the training window{where}"):
         fitted = tasks.fit_ranker_task(
-            plan, cache_dir=config.cache_dir, settings=config.models, alternatives=config.alternatives
+            plan, cache_dir=config.cache_dir, settings=config.models, alternatives=config.alternatives, client=client
         )
     with stage(record, "evaluate", "the candidate, the current model and the reference lines on held-out events"):
-        metrics = tasks.evaluate_task(fitted, plan.split, k=config.k, protocol=config.protocol)
+        metrics = tasks.evaluate_task(fitted, plan.split, k=config.k, protocol=config.protocol, partitions=parts)
         current = registry.current(ranker)
         incumbent = training.incumbent_on_same_data(
             fitted,
@@ -181,14 +187,17 @@ def train_evaluate_gate(
             k=config.k,
             protocol=config.protocol,
             recorded=recorded,
+            partitions=parts,
         )
         # The lines the product must beat, its tail-calibrated variant and itself without augmentation, on the
         # same held-out data.
         lines = [
             tasks.reference_lines_task(plan.split, k=config.k, protocol=config.protocol),
             tasks.tail_calibrated_task(fitted, plan.split, k=config.k, protocol=config.protocol),
-            tasks.without_augmentation_task(fitted, plan.split, k=config.k, protocol=config.protocol),
-            tasks.alternative_lines_task(fitted, metrics, plan.split, k=config.k, protocol=config.protocol),
+            tasks.without_augmentation_task(fitted, plan.split, k=config.k, protocol=config.protocol, partitions=parts),
+            tasks.alternative_lines_task(
+                fitted, metrics, plan.split, k=config.k, protocol=config.protocol, partitions=parts
+            ),
         ]
         references = pl.concat([line for line in lines if line.height])
     if audit is not None:
@@ -215,7 +224,9 @@ def train_evaluate_gate(
     served, served_plan = fitted, plan
     if whole_log is not None and decision.promoted:
         with stage(record, "refit", "the promoted candidate's choices on every event of the log"):
-            served = tasks.refit_ranker_task(whole_log, fitted, cache_dir=config.cache_dir, settings=config.models)
+            served = tasks.refit_ranker_task(
+                whole_log, fitted, cache_dir=config.cache_dir, settings=config.models, client=client
+            )
         served_plan = whole_log
     # A version exists once its metadata.json does, and the ranker writes that last: what it serves from and its
     # report go first, so a run killed while saving leaves no half version behind.

@@ -28,9 +28,8 @@ from prefect import flow, get_run_logger, unmapped
 import training
 from augment import AugmentStats
 from catalog import Columns, Dataset, Tables, Workspace, new_run_id, segment_counts, segment_transitions
-from flows import cycle, stages, tasks
+from flows import cycle, runners, stages, tasks
 from flows.augmentation import backend_label
-from flows.runners import with_runner
 from flows.settings import WarmstartSettings, apply_text_backend
 from monitor import ActiveRun, GateDecision, MetricsStore, RunRecord
 from ranker.ann import ANN_MIN_ITEMS
@@ -307,7 +306,7 @@ def refresh(
                 plan = stages.AugmentPlan(limit=augment_limit, simulate=simulate)
                 report = _augment_into(run, space, settings, plan)
             with cycle.stage(run.record, "encode", "item texts into embeddings"):
-                with_runner(encode_items, settings)(space.root)
+                runners.subflow_runner(encode_items, settings)(space.root)
             decision = _train_evaluate_gate(
                 run, space, dataset, config, recorded, sparse_max=settings.sparse_max, uses=uses
             )
@@ -419,7 +418,7 @@ def _publication(
     from serving import Recommender
 
     served = Recommender.load(space, run_id, ranker=ranker, cache_dir=cache_dir, ann_min_items=ann_min_items)
-    return stages.recommendations(served, run_id, k=k)
+    return stages.recommendations(served, run_id, k=k, partitions=runners.partitions())
 
 
 def _promote_and_publish(

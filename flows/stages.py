@@ -9,7 +9,9 @@ layer passes what they need.
 
 from __future__ import annotations
 
+import functools
 import io
+import itertools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +37,7 @@ from catalog import (
     summarize_segments,
 )
 from catalog import append as append_rows
+from ranker.evaluate import IN_TURN, PartitionMap
 from training.defaults import ITEM_SEGMENTS, PROFILED_ITEMS, SIMULATE_SEGMENTS, USER_SEGMENTS
 
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
@@ -741,15 +744,27 @@ class Publication:
         return self.frame.height
 
 
-def recommendations(recommender: Recommender, run_id: str, *, k: int) -> Publication:
+def recommendations(
+    recommender: Recommender, run_id: str, *, k: int, partitions: PartitionMap = IN_TURN
+) -> Publication:
     """Top k for every user the loaded version serves (its users and those logged since), with the model version
-    and run id."""
+    and run id: one part of the users per worker of `partitions` (on a Dask cluster, each part ranked on a worker;
+    a user's list depends on the user alone, so the table is the same), gathered in the order of the users."""
     version, ranker = recommender.version, recommender.ranker_name
-    frame = recommender.recommend(recommender.user_ids, k).with_columns(
+    ids = recommender.user_ids
+    n, parts_wanted = ids.len(), min(partitions.workers, ids.len())
+    bounds = [n * part // parts_wanted for part in range(parts_wanted + 1)] if n else [0]
+    parts = [ids.slice(start, stop - start) for start, stop in itertools.pairwise(bounds)]
+    frames = partitions(functools.partial(_recommended, recommender, k), parts)
+    frame = (pl.concat(frames) if frames else recommender.recommend(ids, k)).with_columns(
         pl.lit(version).alias("model_version"), pl.lit(run_id).alias("run_id")
     )
     parameters = {"ranker": ranker, "model_version": version, "k": k, "users": recommender.user_ids.len()}
     return Publication(frame, run_id, parameters)
+
+
+def _recommended(recommender: Recommender, k: int, user_ids: pl.Series) -> pl.DataFrame:
+    return recommender.recommend(user_ids, k)
 
 
 def publish_recommendations(workspace: Workspace, recommender: Recommender, run_id: str, *, k: int) -> int:

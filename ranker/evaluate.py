@@ -33,11 +33,13 @@ Typical use: build a split, fit a model on `split.train` (ids mapped through `sp
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 import polars as pl
@@ -56,12 +58,15 @@ from catalog import (
 )
 from ranker.metrics import MetricInputError, accuracy_metrics, evaluate_ranking
 from ranker.temporal import RequestTimes
+from ranker.topk import kth_largest
 
 __all__ = [
     "COLD_ITEM",
     "COLD_USER",
     "COLD_USERS",
+    "EVAL_BATCH_SIZE",
     "HYBRID",
+    "IN_TURN",
     "SPARSE_USER",
     "SPARSE_USERS",
     "TEMPORAL",
@@ -70,8 +75,11 @@ __all__ = [
     "WARM_USER",
     "EvalIndex",
     "EvalResult",
+    "InTurn",
+    "PartitionMap",
     "ProtocolSplit",
     "Scorer",
+    "batch_bounds",
     "cold_item_split",
     "cold_user_split",
     "evaluate",
@@ -90,6 +98,36 @@ Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 A score of -inf means "never recommend"; NaN and +inf are errors.
 """
+
+_Part = TypeVar("_Part")
+_Result = TypeVar("_Result")
+
+
+class PartitionMap(Protocol):
+    """Where per-partition work runs: `fn` applied to each of `parts`, the results in the order of `parts`. `fn`
+    and the parts may be shipped to other processes (a Dask cluster: flows.runners.OnCluster), so both must pickle;
+    `workers` says how many run at once, so a caller cuts at least that many parts."""
+
+    @property
+    def workers(self) -> int: ...
+
+    def __call__(self, fn: Callable[[_Part], _Result], parts: Sequence[_Part], /) -> list[_Result]: ...
+
+
+@dataclass(frozen=True)
+class InTurn:
+    """The PartitionMap of one process: each part in turn, here."""
+
+    workers: int = 1
+
+    def __call__(self, fn: Callable[[_Part], _Result], parts: Sequence[_Part], /) -> list[_Result]:
+        return [fn(part) for part in parts]
+
+
+IN_TURN = InTurn()
+
+# Users `evaluate` scores at once, by default.
+EVAL_BATCH_SIZE = 1024
 
 COLD_ITEM = "cold_item"
 WARM = "warm"
@@ -707,7 +745,7 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     # lists. A learned ranker scores its candidates alone (hundreds of a row's thousands), which sort faster than
     # a partition of the whole row finds the kth; dense rows are cut to the kth score first.
     if k < n_cols and np.count_nonzero(keep) * 8 > keep.size:
-        kth = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k]
+        kth = kth_largest(scores, k)
         keep &= scores >= kth[:, None]  # ties at the boundary are all kept, then cut after the exact sort
     rows, cols = np.nonzero(keep)
     order = np.lexsort((cols, -scores[rows, cols], rows))
@@ -717,13 +755,45 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return rows[top], cols[top], rank[top]
 
 
-def evaluate(split: ProtocolSplit, scorer: Scorer, k: int = 20, *, batch_size: int = 1024) -> EvalResult:
+def batch_bounds(n: int, batch_size: int = EVAL_BATCH_SIZE, workers: int = 1) -> list[int]:
+    """Boundaries of batches of at most `batch_size` of `n` rows: consecutive full batches for one worker, else at
+    least one batch per worker (equal sizes, within one)."""
+    if workers <= 1:
+        return [*range(0, n, batch_size), n] if n else [0]
+    batches = min(max(-(-n // batch_size), workers), n)
+    return [n * b // batches for b in range(batches + 1)] if n else [0]
+
+
+def _ranked_batch(
+    scorer: Scorer, candidates: np.ndarray, k: int, batch: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(user, item, rank) of the top k of one batch of users (users, and the rows and columns of their excluded
+    pairs)."""
+    users, ex_rows, ex_cols = batch
+    scores = _checked_scores(scorer(users, candidates), (users.size, candidates.size))
+    scores[ex_rows, ex_cols] = -np.inf
+    rows, cols, rank = _top_k(scores, k)
+    return users[rows], candidates[cols], rank
+
+
+def evaluate(
+    split: ProtocolSplit,
+    scorer: Scorer,
+    k: int = 20,
+    *,
+    batch_size: int = EVAL_BATCH_SIZE,
+    partitions: PartitionMap = IN_TURN,
+) -> EvalResult:
     """Rank the split's candidates for each evaluated user with `scorer` and compute every metric at k.
 
     Excluded pairs get -inf before ranking; equal scores go to the lower item index. Metrics: ranker.metrics'
     evaluate_ranking (accuracy overall and per item segment; coverage and Gini over the candidates; APLT, ARP and
     novelty from training popularity, novelty's user count = distinct training users), plus accuracy per user
     segment when the split has user segments.
+
+    Users are scored and ranked `batch_size` at a time, each batch a part of `partitions` (in turn here by default;
+    on a Dask cluster, on its workers, in at least as many batches as it has workers): a user's list depends on
+    the user alone, so the lists, and the metrics computed from them here, are the same either way.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise MetricInputError(f"k must be a positive int, got {k!r}")
@@ -737,14 +807,11 @@ def evaluate(split: ProtocolSplit, scorer: Scorer, k: int = 20, *, batch_size: i
     order = np.argsort(ex_rows, kind="stable")
     ex_rows, ex_cols = ex_rows[order], ex_cols[order]
 
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for start in range(0, users.size, batch_size):
-        batch = users[start : start + batch_size]
-        scores = _checked_scores(scorer(batch, candidates), (batch.size, candidates.size))
-        lo, hi = np.searchsorted(ex_rows, [start, start + batch.size])
-        scores[ex_rows[lo:hi] - start, ex_cols[lo:hi]] = -np.inf
-        rows, cols, rank = _top_k(scores, k)
-        parts.append((batch[rows], candidates[cols], rank))
+    batches = []
+    for start, stop in itertools.pairwise(batch_bounds(users.size, batch_size, partitions.workers)):
+        lo, hi = np.searchsorted(ex_rows, [start, stop])
+        batches.append((users[start:stop], ex_rows[lo:hi] - start, ex_cols[lo:hi]))
+    parts = partitions(functools.partial(_ranked_batch, scorer, candidates, k), batches)
     user_idx, item_idx, rank = (np.concatenate(p) for p in zip(*parts, strict=True))
     recs = pl.DataFrame(
         {

@@ -18,6 +18,7 @@ import threadpoolctl
 
 from ranker.ann import CandidateIndex, ann_candidates
 from ranker.temporal import RequestTimes, TimeFeatures
+from ranker.topk import top_mask
 
 FEATURE_NAMES = (
     # The user's collaborative vector (their stand-in where they have no history) against the item's view.
@@ -260,17 +261,6 @@ class RankingTask:
     exclude: sp.csr_array | None = None
 
 
-def _top_columns(scores: np.ndarray, n: int) -> np.ndarray:
-    """Column indices of each row's n highest finite scores (unordered), as a boolean mask."""
-    mask = np.zeros(scores.shape, dtype=bool)
-    if n >= scores.shape[1]:
-        mask[:] = True
-    else:
-        top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-        np.put_along_axis(mask, top, True, axis=1)
-    return mask & np.isfinite(scores)
-
-
 def _pool_columns(rows: sp.csr_array, pool: np.ndarray, full: bool) -> sp.csr_array:
     """`rows[:, pool]`; the rows themselves when the pool is every item (column indexing copies them slowly)."""
     return rows if full else rows[:, pool]
@@ -306,7 +296,7 @@ def generate_candidates(
         for view, as_cold in enumerate(views):
             # The sources that read no item view choose the same items in every view: once is enough.
             for scores in inputs.source_scores(batch, pool, as_cold, view_only=view > 0).values():
-                chosen |= _top_columns(np.where(known, -np.inf, scores), per_source)
+                chosen |= top_mask(np.where(known, -np.inf, scores), per_source)
         rows, cols = np.nonzero(chosen)
         pair_users.append(batch[rows])
         pair_items.append(pool[cols])

@@ -146,10 +146,24 @@ def _user_groups(
 ) -> _Groups:
     """`_groups` of users shown as `inputs` has them."""
     users, items = generate_candidates(inputs, task.users, task.pool, per_source=per_source, exclude=task.exclude)
-    labels = np.zeros(users.size, dtype=np.float32)
-    if task.positives is not None:
-        labels = np.asarray(task.positives[users, items]).ravel().astype(np.float32)
     cold = rng.random(users.size) < as_cold if isinstance(as_cold, float) else as_cold[items]
+    return pair_groups(inputs, users, items, task.positives, cold, positive_only=positive_only)
+
+
+def pair_groups(
+    inputs: RankerInputs,
+    users: np.ndarray,
+    items: np.ndarray,
+    positives: sp.csr_array | None,
+    cold: np.ndarray,
+    *,
+    positive_only: bool,
+) -> _Groups:
+    """The groups of candidate pairs (users, items), grouped by user, with their labels from `positives` and their
+    features, each item shown through the cold view where `cold` says; `positive_only` as `_groups`'."""
+    labels = np.zeros(users.size, dtype=np.float32)
+    if positives is not None:
+        labels = np.asarray(positives[users, items]).ravel().astype(np.float32)
     if positive_only:
         starts = group_starts(users)
         has_positive = np.add.reduceat(labels, starts) > 0 if starts.size else np.zeros(0, bool)
@@ -159,6 +173,12 @@ def _user_groups(
     starts = group_starts(users)
     sizes = np.diff(np.r_[starts, users.size])
     return _Groups(users, items, features, labels, sizes)
+
+
+def prior_scores(config: LightGBMRankerConfig, features: np.ndarray) -> np.ndarray:
+    """Where boosting starts for each pair (`prior_weight`); the trees add to it."""
+    column = FEATURE_NAMES.index(f"recent_{config.prior_days}d")
+    return config.prior_weight * features[:, column].astype(np.float64)
 
 
 class LightGBMRanker(RankerBase):
@@ -196,7 +216,7 @@ class LightGBMRanker(RankerBase):
             inputs, train, config.per_source, config.cold_share, rng, config.cold_user_share, positive_only=True
         )
         valid_groups = _groups(inputs, valid, config.per_source, inputs.is_cold, rng, positive_only=True)
-        params = self._params()
+        params = self.params()
         train_set, valid_set = self._datasets(fit_groups, valid_groups)
         evaluations: dict[str, Any] = {}
         callbacks = [lgb.record_evaluation(evaluations)]
@@ -226,7 +246,14 @@ class LightGBMRanker(RankerBase):
         }
         return self
 
-    def _params(self) -> dict[str, Any]:
+    def with_booster(self, booster: lgb.Booster, metadata: dict[str, Any]) -> Self:
+        """This ranker serving `booster`, trained elsewhere with this configuration (`ranker.lightgbm_dask`), and
+        `metadata` saying how."""
+        self._booster = booster
+        self.metadata = metadata
+        return self
+
+    def params(self) -> dict[str, Any]:
         """LightGBM's parameters: LambdaRank scored by NDCG@eval_k, deterministic for a seed."""
         config = self.config
         return {
@@ -271,9 +298,7 @@ class LightGBMRanker(RankerBase):
         return groups.users, groups.items, np.asarray(scores + self._prior(groups.features), dtype=np.float32)
 
     def _prior(self, features: np.ndarray) -> np.ndarray:
-        """Where boosting starts for each pair (`prior_weight`); the trees add to it."""
-        column = FEATURE_NAMES.index(f"recent_{self.config.prior_days}d")
-        return self.config.prior_weight * features[:, column].astype(np.float64)
+        return prior_scores(self.config, features)
 
     def _scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None) -> Scorer:
         """Candidates get the model's score, every other item -inf."""

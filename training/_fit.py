@@ -3,9 +3,12 @@ the typed report of what fitting measured (written into each version's report.js
 
 from __future__ import annotations
 
+import functools
+import itertools
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -13,7 +16,17 @@ import polars as pl
 from catalog import Columns, ConfigError, has_times
 from encoders import CFConfig
 from ranker.base import RankerBase
-from ranker.evaluate import EvalIndex, EvalResult, ProtocolSplit, Scorer, evaluate, interaction_matrix
+from ranker.evaluate import (
+    IN_TURN,
+    EvalIndex,
+    EvalResult,
+    PartitionMap,
+    ProtocolSplit,
+    Scorer,
+    batch_bounds,
+    evaluate,
+    interaction_matrix,
+)
 from ranker.features import RankerInputs, RankingTask
 from ranker.lightgbm_ranker import LightGBMRanker
 from ranker.registry import ranker_class
@@ -22,6 +35,9 @@ from training._newcomers import NewcomerChoice, choose_newcomers, choose_route
 from training._plans import USER_PROTOCOLS, EvaluationPlan
 from training._settings import ModelSettings, StandInConfig, TimedChoices
 from training.defaults import COLD_SLOTS_GRID, NEWCOMER_ROUTE_BOUNDS
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 JSON = dict[str, object]
 
@@ -141,9 +157,34 @@ class FittedRanker:
 
         return score
 
-    def evaluate(self, split: ProtocolSplit, k: int) -> EvalResult:
-        """Evaluate on any split that shares the plan's index and training interactions."""
-        return evaluate(split, self.scorer(split), k=k)
+    def evaluate(self, split: ProtocolSplit, k: int, *, partitions: PartitionMap = IN_TURN) -> EvalResult:
+        """Evaluate on any split that shares the plan's index and training interactions. With `partitions` of
+        several workers (a Dask cluster), the model scores the split's users there, a part of each batch per worker,
+        and the finite scores come back to be kept here (`scorer`), so the lines that rank from the same scores
+        (tail-calibrated, the gate's evidence, the audit) score nothing again; the lists are ranked here from them,
+        the same lists as one process ranks."""
+        scorer = self.scorer(split)
+        if partitions.workers > 1:
+            self._score_on(partitions, split)
+        return evaluate(split, scorer, k=k)
+
+    def _score_on(self, partitions: PartitionMap, split: ProtocolSplit) -> None:
+        """Score the batches `evaluate` will ask for (those not kept yet) on `partitions`, and keep the scores."""
+        kept, users, items = self._scored[0][2], split.users, split.candidates
+        batches = [users[lo:hi] for lo, hi in itertools.pairwise(batch_bounds(users.size))]
+        batches = [batch for batch in batches if not kept.has(batch, items)]
+        if not batches:
+            return
+        parts = [part for batch in batches for part in np.array_split(batch, partitions.workers) if part.size]
+        scored = iter(partitions(functools.partial(_finite_scores, kept.model, items), parts))
+        for batch in batches:
+            pieces, offset = [], 0
+            for part in np.array_split(batch, partitions.workers):
+                if part.size:
+                    rows, columns, values = next(scored)
+                    pieces.append((rows + offset, columns, values))
+                offset += part.size
+            kept.keep(batch, items, *(np.concatenate(column) for column in zip(*pieces, strict=True)))
 
 
 def choose_cold_slots(
@@ -175,6 +216,19 @@ class _ScoredOnce:
         self._model = model
         self._kept: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
+    @property
+    def model(self) -> Scorer:
+        return self._model
+
+    def has(self, users: np.ndarray, items: np.ndarray) -> bool:
+        return (users.tobytes(), items.tobytes()) in self._kept
+
+    def keep(
+        self, users: np.ndarray, items: np.ndarray, rows: np.ndarray, columns: np.ndarray, values: np.ndarray
+    ) -> None:
+        """Keep the finite scores of a batch scored elsewhere (`_finite_scores` of the same model)."""
+        self._kept[(users.tobytes(), items.tobytes())] = (rows, columns, values)
+
     def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         key = (users.tobytes(), items.tobytes())
         if key not in self._kept:
@@ -188,6 +242,13 @@ class _ScoredOnce:
         return scores
 
 
+def _finite_scores(model: Scorer, items: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, score) of the finite entries of `model`'s (users x items) scores: what `_ScoredOnce` keeps."""
+    scores = model(users, items)
+    rows, columns = np.nonzero(np.isfinite(scores))
+    return rows, columns, scores[rows, columns]
+
+
 def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:
     return RankingTask(
         users=np.unique(index.users(users_from[Columns.user])),
@@ -197,16 +258,30 @@ def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude:
     )
 
 
-def train_ranker(plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings) -> RankerBase:
+def train_ranker(
+    plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings, *, client: Client | None = None
+) -> RankerBase:
     """The chosen ranker fitted on inputs encoded from `plan.fit_history`: labels `plan.fit_labels` among the warm
-    items, early stopping on `plan.valid_labels` among `plan.valid_pool`."""
+    items, early stopping on `plan.valid_labels` among `plan.valid_pool`.
+
+    With a Dask `client`, the LightGBM ranker trains through DaskLGBMRanker on its cluster (`ranker.lightgbm_dask`):
+    for the rounds its configuration fixes (a refit), or, where it stops early, for the rounds a single-node fit on
+    the same pairs chose on validation (DaskLGBMRanker cannot stop early)."""
     index = plan.split.index
     warm_pool = np.flatnonzero(fitted.inputs.popularity > 0)
-    return settings.new_ranker().fit(
-        fitted.inputs,
-        _task(plan.fit_labels, index, warm_pool, None),
-        _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude),
-    )
+    train = _task(plan.fit_labels, index, warm_pool, None)
+    ranker = settings.new_ranker()
+    if client is None or not isinstance(ranker, LightGBMRanker):
+        return ranker.fit(fitted.inputs, train, _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude))
+    from ranker.lightgbm_dask import fit_on_dask
+
+    chosen_by = None
+    if ranker.config.early_stopping_rounds is not None:
+        valid = _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude)
+        single = ranker.fit(fitted.inputs, train, valid)
+        chosen_by = {key: value for key, value in single.metadata.items() if key != "feature_importance_gain"}
+        ranker = LightGBMRanker(single.refit_config())
+    return fit_on_dask(ranker, fitted.inputs, train, client, chosen_by=chosen_by)
 
 
 def encode_plan(
@@ -263,11 +338,13 @@ def fit_ranker(
     cache_dir: Path,
     settings: ModelSettings,
     alternatives: dict[str, TimedChoices] | None = None,
+    client: Client | None = None,
 ) -> FittedRanker:
     """Fit encoders and the ranker `settings.ranker_name` names as the plan says (with `settings.timed`'s choices
     where the training log has times; users' stand-ins from the attributes in the plan's users table). On a log
     with times, each of `alternatives` is trained too, on the same encoders (`FittedRanker.alternatives`; one whose
-    ranker equals the main one is the main one)."""
+    ranker equals the main one is the main one). With a Dask `client`, LightGBM rankers train on its cluster
+    (`train_ranker`)."""
     started = time.perf_counter()
     timed = has_times(plan.split.train)
     others = {name: settings.with_timed(choices).for_log(timed) for name, choices in (alternatives or {}).items()}
@@ -275,7 +352,7 @@ def fit_ranker(
     if any(other.warming != settings.warming for other in others.values()):
         raise ConfigError("timed alternatives must warm stand-ins as the main settings do (they share its encoders).")
     fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir, takers=plan.fit_labels)
-    ranker = train_ranker(plan, fitted, settings)
+    ranker = train_ranker(plan, fitted, settings, client=client)
     served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
     # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
     calibrated = None
@@ -304,7 +381,7 @@ def fit_ranker(
         if other.ranker_config() == settings.ranker_config():
             main.alternatives[name] = main
         else:
-            trained = train_ranker(plan, fitted, other).with_newcomers(ranker.newcomers)
+            trained = train_ranker(plan, fitted, other, client=client).with_newcomers(ranker.newcomers)
             main.alternatives[name] = FittedRanker(trained, served, replace(report, ranker_metadata=trained.metadata))
     return main
 
@@ -315,18 +392,20 @@ def refit_ranker(
     *,
     cache_dir: Path,
     settings: ModelSettings,
+    client: Client | None = None,
 ) -> FittedRanker:
     """`candidate` (fitted with `settings` and judged on its own held-out data) trained again as `plan` says (the
     whole log: `whole_log_plan`) with everything it chose kept: BPR-MF's epochs, the ranker's rounds or epochs, its
     cold places and timed choices. Nothing is chosen on validation here, so nothing is tuned on the events the
-    candidate was judged on."""
+    candidate was judged on. With a Dask `client`, a LightGBM ranker trains on its cluster (DaskLGBMRanker, the
+    candidate's rounds)."""
     if candidate.report is None:
         raise TypeError("refit_ranker needs the candidate's fit report (its chosen epochs).")
     started = time.perf_counter()
     epochs = int(candidate.report.fit.bprmf.get("best_epoch") or settings.cf.epochs)
     fixed = settings.for_log(has_times(plan.split.train)).refitting(candidate.ranker, epochs)
     fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False, takers=plan.fit_labels)
-    ranker = train_ranker(plan, fitted, fixed).with_newcomers(candidate.ranker.newcomers)
+    ranker = train_ranker(plan, fitted, fixed, client=client).with_newcomers(candidate.ranker.newcomers)
     served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
     chosen = candidate.report
     report = FitReport.measured(

@@ -15,7 +15,7 @@ import polars as pl
 from catalog import Columns, Segments, WarmstartError, has_times
 from monitor import Evidence, GateConfig, GateDecision, GateMetric, Lines, decide, reference_protocol
 from ranker.baselines import PopularityScorer, RecentPopularityScorer
-from ranker.evaluate import ProtocolSplit, interaction_matrix
+from ranker.evaluate import IN_TURN, PartitionMap, ProtocolSplit, interaction_matrix
 from ranker.evaluate import evaluate as evaluate_split
 from ranker.metrics import bootstrap_difference, per_user_accuracy
 from ranker.registry import load_ranker
@@ -25,9 +25,13 @@ from training._standins import Warmed, synthetic_precision
 from training.defaults import TAIL_STRENGTH
 
 
-def evaluate_metrics(fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
-    """(protocol, segment, metric, k, value) of a fitted ranker on the split's real held-out interactions."""
-    return fitted.evaluate(split, k).metrics.with_columns(pl.lit(protocol).alias("protocol"))
+def evaluate_metrics(
+    fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str, partitions: PartitionMap = IN_TURN
+) -> pl.DataFrame:
+    """(protocol, segment, metric, k, value) of a fitted ranker on the split's real held-out interactions, its
+    users scored in batches where `partitions` runs them (`ranker.evaluate.evaluate`)."""
+    metrics = fitted.evaluate(split, k, partitions=partitions).metrics
+    return metrics.with_columns(pl.lit(protocol).alias("protocol"))
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,12 @@ def incumbent_on_same_data(
     k: int,
     protocol: str,
     recorded: pl.DataFrame | None,
+    partitions: PartitionMap = IN_TURN,
 ) -> Incumbent:
     """The current model's metrics to gate against. A ranker whose versions can be re-scored (LightGBM: features
     are the same functions of the data for every version) is scored over this run's inputs, on the same held-out
-    data as the candidate; one tied to its encoders (DeepFM) is compared by its recorded figures."""
+    data as the candidate (in batches where `partitions` runs them); one tied to its encoders (DeepFM) is compared
+    by its recorded figures."""
 
     if directory is None:
         return Incumbent(None, None)
@@ -68,7 +74,8 @@ def incumbent_on_same_data(
         return Incumbent(version, recorded, note)
     try:
         current = FittedRanker(load_ranker(judged), fitted.served)
-        return Incumbent(version, evaluate_metrics(current, split, k=k, protocol=protocol), fitted=current)
+        metrics = evaluate_metrics(current, split, k=k, protocol=protocol, partitions=partitions)
+        return Incumbent(version, metrics, fitted=current)
     except (WarmstartError, ValueError, IndexError, RuntimeError) as error:
         note = f"{version} cannot score this data ({type(error).__name__}: {error}); compared with its recorded figures"
         return Incumbent(version, recorded, note)
@@ -153,26 +160,35 @@ def warming_row(warmed: Warmed, split: ProtocolSplit) -> dict[str, float | int |
 WITHOUT_AUGMENTATION = Lines.without_augmentation
 
 
-def without_augmentation(fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str) -> pl.DataFrame:
+def without_augmentation(
+    fitted: FittedRanker, split: ProtocolSplit, *, k: int, protocol: str, partitions: PartitionMap = IN_TURN
+) -> pl.DataFrame:
     """The candidate serving cold items through their content stand-ins instead of the stand-ins its synthetic
-    interactions warmed, on the same split: what augmentation adds (no rows when nothing was warmed)."""
+    interactions warmed, on the same split: what augmentation adds (no rows when nothing was warmed). Scored in
+    batches where `partitions` runs them."""
     if fitted.served.warming is None:
         return pl.DataFrame()
-    metrics = fitted.without_warming().evaluate(split, k).metrics
+    metrics = fitted.without_warming().evaluate(split, k, partitions=partitions).metrics
     return metrics.with_columns(pl.lit(reference_protocol(protocol, WITHOUT_AUGMENTATION)).alias("protocol"))
 
 
 def alternative_lines(
-    fitted: FittedRanker, metrics: pl.DataFrame, split: ProtocolSplit, *, k: int, protocol: str
+    fitted: FittedRanker,
+    metrics: pl.DataFrame,
+    split: ProtocolSplit,
+    *,
+    k: int,
+    protocol: str,
+    partitions: PartitionMap = IN_TURN,
 ) -> pl.DataFrame:
     """Each timed alternative trained beside the candidate, scored on the same split as the line 'PROTOCOL:NAME'
     (the candidate's own `metrics` where the alternative is the candidate): what a backfill's next window chooses
-    from. No rows without alternatives."""
+    from. No rows without alternatives. Scored in batches where `partitions` runs them."""
     if any(not name.startswith(Lines.alternative_prefix) for name in fitted.alternatives):
         names = list(fitted.alternatives)
         raise ValueError(f"timed alternatives' names must start with {Lines.alternative_prefix!r}: {names}")
     frames = [
-        (metrics if other is fitted else other.evaluate(split, k).metrics).with_columns(
+        (metrics if other is fitted else other.evaluate(split, k, partitions=partitions).metrics).with_columns(
             pl.lit(reference_protocol(protocol, name)).alias("protocol")
         )
         for name, other in fitted.alternatives.items()

@@ -23,6 +23,7 @@ from ranker.evaluate import EvalIndex
 from ranker.features import RankerInputs
 from ranker.newcomers import NewcomerConfig, newcomer_terms
 from ranker.temporal import RECENT_DAYS, RequestTimes, time_features
+from ranker.topk import kth_largest
 
 JSON = dict[str, object]
 NUMERIC_SCALES = (0.25, 0.5, 1.0)
@@ -137,7 +138,7 @@ def _ndcg_sum(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
     negated = -scores
     # Each row's k-th best score, then a stable sort of the items at least that good: the top k of a full stable
     # sort, without sorting every item (a 100k-item catalogue).
-    kth = np.partition(negated, k - 1, axis=1)[:, k - 1]
+    kth = -kth_largest(scores, k)
     top = np.empty((scores.shape[0], k), dtype=np.intp)
     for row, (values, bound) in enumerate(zip(negated, kth, strict=True)):
         best = np.flatnonzero(values <= bound)

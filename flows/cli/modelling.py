@@ -283,6 +283,23 @@ ChooseTimedRunOption = Annotated[
         "tolerance).",
     ),
 ]
+DaskAddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Run on the existing Dask cluster whose scheduler is here (e.g. tcp://host:8786): the task runner "
+        "becomes dask and training, evaluation and the published top k run on its workers "
+        "\\[default: WARMSTART_DASK_ADDRESS, used when WARMSTART_TASK_RUNNER=dask].",
+    ),
+]
+
+
+def _on_cluster(settings: WarmstartSettings, dask_address: str | None) -> WarmstartSettings:
+    """The settings, on the Dask cluster at `dask_address` where one is given."""
+    if dask_address is None:
+        return settings
+    return settings.model_copy(update={"task_runner": "dask", "dask_address": dask_address})
+
+
 ProtocolOption = Annotated[
     Protocol | None,
     typer.Option(
@@ -341,12 +358,13 @@ def refresh(
     gate_tolerance: GateToleranceOption = DEFAULT_GATE_TOLERANCE,
     reference_gate: ReferenceGateOption = True,
     choose_timed: ChooseTimedRunOption = True,
+    dask_address: DaskAddressOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """One gated, recorded refresh cycle on the workspace (what the nightly deployment runs): detect, augment,
     encode, retrain, evaluate on real held-out data, gate against the current model on the same data, record the
     run in the metrics history and promote the candidate if the gate lets it through."""
-    settings = load_settings()
+    settings = _on_cluster(load_settings(), dask_address)
     _refresh(
         open_workspace(workspace, settings),
         settings,
@@ -374,12 +392,13 @@ def retrain(
     gate_tolerance: GateToleranceOption = DEFAULT_GATE_TOLERANCE,
     reference_gate: ReferenceGateOption = True,
     choose_timed: ChooseTimedRunOption = True,
+    dask_address: DaskAddressOption = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """`warmstart refresh --augment-limit 0`: retrain on the workspace's data without augmenting, still gated
     against the current model and recorded. The version (WORKSPACE/models/RANKER/RUN_ID/) holds the model, its
     metadata and report.json: the data window, the metrics on real held-out interactions, the parent version."""
-    settings = load_settings()
+    settings = _on_cluster(load_settings(), dask_address)
     _refresh(
         open_workspace(workspace, settings),
         settings,

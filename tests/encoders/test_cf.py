@@ -117,6 +117,22 @@ def test_recall_at_k_on_a_hand_computed_case() -> None:
     assert recall_at_k(embeddings, truth, (np.array([], dtype=int), np.array([], dtype=int)), 2) == 0.0
 
 
+def test_recall_at_k_over_a_sample_of_users_is_their_mean(
+    fitted: BPRMF, warm_slice: tuple[pl.DataFrame, pl.DataFrame]
+) -> None:
+    train, held_out = warm_slice
+    embeddings = fitted.embeddings
+    truth, seen = _rows(embeddings, held_out), _rows(embeddings, train)
+    users = np.unique(truth[0])
+    assert recall_at_k(embeddings, truth, seen, 20, most_users=users.size) == recall_at_k(embeddings, truth, seen, 20)
+
+    sampled = recall_at_k(embeddings, truth, seen, 20, most_users=10, seed=3)
+    chosen = np.sort(np.random.default_rng(3).choice(users, 10, replace=False))
+    mine = np.isin(truth[0], chosen)
+    assert sampled == pytest.approx(recall_at_k(embeddings, (truth[0][mine], truth[1][mine]), seen, 20))
+    assert sampled != recall_at_k(embeddings, truth, seen, 20, most_users=10, seed=4)
+
+
 def test_score_is_dot_product_plus_item_bias(fitted: BPRMF) -> None:
     e = fitted.embeddings
     users, items = np.array([0, 5, 9]), np.array([3, 1])

@@ -57,6 +57,19 @@ def test_warming_moves_an_item_toward_its_synthetic_users_and_leaves_the_others(
     np.testing.assert_array_equal(again, warmed)  # seeded: equal inputs, equal vectors
 
 
+def test_items_warmed_in_runs_get_the_vectors_they_get_together() -> None:
+    # With a single warm item to rank against, every negative draw is the same, so only the runs differ: each
+    # item's loss reads its own vector alone, and Adam is coordinate-wise.
+    rng = np.random.default_rng(5)
+    users, negative = _users(rng), np.c_[rng.normal(size=(1, 8)), np.zeros(1)].astype(np.float32)
+    prior = np.c_[rng.normal(scale=0.1, size=(12, 8)), np.zeros(12)].astype(np.float32)
+    synthetic = sp.random_array((12, 200), density=0.05, random_state=6, format="csr")
+    together = warm_items(synthetic, users, prior, negative, WarmingConfig(steps=20))
+    in_runs = warm_items(synthetic, users, prior, negative, WarmingConfig(steps=20), most_pairs=15)
+    assert not np.array_equal(together, prior)
+    np.testing.assert_allclose(in_runs, together, atol=1e-6)
+
+
 def test_a_stronger_prior_keeps_the_item_closer_to_its_stand_in() -> None:
     rng = np.random.default_rng(3)
     users, negatives = _users(rng), np.c_[rng.normal(size=(50, 8)), np.zeros(50)].astype(np.float32)

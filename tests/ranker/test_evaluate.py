@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -25,6 +27,7 @@ from ranker.evaluate import (
     WARM,
     WARM_USER,
     EvalIndex,
+    InTurn,
     ProtocolSplit,
     cold_item_split,
     cold_user_split,
@@ -274,6 +277,22 @@ def test_batch_size_does_not_change_results(tiny: Dataset) -> None:
     assert big.recs.equals(small.recs)
     # Means may be summed in another order (polars group_by): equal up to float rounding.
     assert_frame_equal(big.metrics, small.metrics)
+
+
+def test_partitions_rank_the_batches_they_are_given_as_one_process_does(tiny: Dataset) -> None:
+    # A map of three workers cuts the users into one batch per worker at least (on a Dask cluster, one task
+    # each).
+    split = hybrid_split(tiny)
+    seen: list[int] = []
+
+    class Three(InTurn):
+        def __call__(self, fn: Callable[[Any], Any], parts: Sequence[Any], /) -> list[Any]:
+            seen.append(len(parts))
+            return super().__call__(fn, parts)
+
+    parted = evaluate(split, fixed_order, k=3, partitions=Three(workers=3))
+    assert split.users.size >= 3 and seen == [3]
+    assert parted.recs.equals(evaluate(split, fixed_order, k=3).recs)
 
 
 def test_ties_go_to_the_lower_item_index(tiny: Dataset) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -16,7 +18,7 @@ from catalog import Columns, Dataset
 from encoders import BPRConfig
 from monitor import GateConfig, GateMetric
 from ranker.baselines import PopularityScorer, RecentPopularityScorer
-from ranker.evaluate import COLD_USER, ProtocolSplit, evaluate, interaction_matrix, temporal_split
+from ranker.evaluate import COLD_USER, InTurn, ProtocolSplit, evaluate, interaction_matrix, temporal_split
 from training import (
     EVALUATED,
     TIMED_ALTERNATIVES,
@@ -109,6 +111,36 @@ def test_the_lines_over_one_split_score_it_once(
     monkeypatch.undo()
     scored_afresh = tail_calibrated(FittedRanker(ranker, fitted.served), split, k=20, protocol="temporal")
     assert calibrated["value"].to_numpy() == pytest.approx(scored_afresh["value"].to_numpy(), abs=1e-12)
+
+
+def test_a_split_scored_on_other_workers_is_kept_here_and_ranked_as_here(
+    window: object, fitted: FittedRanker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Dask cluster (flows.runners.OnCluster) the candidate's scores are computed on the workers, a part of each
+    batch per worker, and kept here: the lists equal those of one process, and the tail-calibrated line scores
+    nothing again. Here the "workers" are copies of the work made by pickling it, as the cluster ships it."""
+    import cloudpickle
+
+    split = window
+    ranker, inputs = fitted.ranker, fitted.served.inputs
+    afresh = evaluate(split, ranker.scorer(inputs, interaction_matrix(split.exclude, split.index)), k=20)
+    here: list[int] = []
+    score_task = ranker.score_task
+    monkeypatch.setattr(ranker, "score_task", lambda *args: here.append(1) or score_task(*args))
+    shipped: list[int] = []
+
+    class Shipped(InTurn):
+        def __call__(self, fn: Callable[[Any], Any], parts: Sequence[Any], /) -> list[Any]:
+            shipped.append(len(parts))
+            return super().__call__(cloudpickle.loads(cloudpickle.dumps(fn)), parts)
+
+    candidate = FittedRanker(ranker, fitted.served)
+    on_workers = candidate.evaluate(split, 20, partitions=Shipped(workers=2))
+    assert on_workers.recs.equals(afresh.recs)
+    assert shipped == [2] and not here  # each batch scored in two parts elsewhere, nothing here
+    tail_calibrated(candidate, split, k=20, protocol="temporal")
+    assert candidate.evaluate(split, 20, partitions=Shipped(workers=2)).recs.equals(afresh.recs)
+    assert shipped == [2] and not here  # read back from what was kept
 
 
 def test_gate_evidence_bootstraps_the_metrics_the_gate_reads(window: object, fitted: FittedRanker) -> None:
