@@ -1,5 +1,7 @@
 """Users without (or with little) history on MovieLens-100K: the product against popularity, attribute-group
-popularity and (sparse users) BPR-MF, on the cold-user protocol and the sparse-user protocol at n = 1, 3, 5.
+popularity, popularity at arrival (the share of the days before each user asks, the window the product's newcomer
+model reads) and (sparse users) BPR-MF, on the cold-user protocol and the sparse-user protocol at n = 1, 3, 5; and
+the same fitted product with each choice of its newcomer route undone (`--no-ablations` leaves those rows out).
 
 Each protocol holds out a seeded 20% of users (189); the product's share of training users shown without history is
 chosen on the same protocol drawn again among the training users (training.user_plan), never on the test users.
@@ -12,6 +14,7 @@ Run: `PYTHONPATH=. .venv/bin/python benchmarks/cold_users.py [--history-n 1 --hi
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -29,6 +32,8 @@ from ranker.evaluate import COLD_USERS, SPARSE_USERS  # noqa: E402
 from ranker.metrics import bootstrap_difference, per_user_accuracy  # noqa: E402
 
 METRICS = ("ndcg", "recall")
+WITHOUT_ARRIVAL = "product without arrival time"
+WITH_COLD_ITEMS = "product with newcomers' items without history"
 
 
 def _rows(name: str, evaluation: training.UserEvaluation, k: int) -> list[dict]:
@@ -49,6 +54,27 @@ def _rows(name: str, evaluation: training.UserEvaluation, k: int) -> list[dict]:
     return rows
 
 
+def _ablations(evaluation: training.UserEvaluation, k: int) -> training.UserEvaluation:
+    """The evaluation with the same fitted product scored again with one choice of its newcomer route undone: its
+    arrival term (recent_weight 0) and, where the route left them out, newcomers' items without history (kept, as
+    before that choice); the route is restored afterwards."""
+    ranker = evaluation.fitted.ranker
+    served = ranker.newcomers
+    if served is None:
+        return evaluation
+    undone = {WITHOUT_ARRIVAL: {"recent_weight": 0.0}, WITH_COLD_ITEMS: {"cold_items": True}}
+    results = dict(evaluation.results)
+    try:
+        for name, update in undone.items():
+            if served.model_copy(update=update) == served:
+                continue
+            ranker.with_newcomers(served.model_copy(update=update))
+            results[name] = dataclasses.replace(evaluation.fitted, report=None).evaluate(evaluation.split, k)
+    finally:
+        ranker.with_newcomers(served)
+    return dataclasses.replace(evaluation, results=results)
+
+
 def main(
     history_n: Annotated[list[int] | None, typer.Option(help="Sparse-user history lengths (repeatable).")] = None,
     cold: Annotated[bool, typer.Option(help="Run the cold-user protocol too.")] = True,
@@ -57,6 +83,9 @@ def main(
     max_epochs: Annotated[int, typer.Option(min=1, help="Most BPR-MF epochs.")] = training.MAX_EPOCHS,
     cache: Annotated[Path, typer.Option(help="Cache of the data set and the text embeddings.")] = REPO / ".cache",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every row as JSON here.")] = None,
+    ablations: Annotated[
+        bool, typer.Option(help="Also score the same fitted product with each newcomer-route choice undone.")
+    ] = True,
 ) -> None:
     started = time.perf_counter()
     data = fetch_movielens_100k(cache)
@@ -71,6 +100,8 @@ def main(
         name = "cold-user" if n is None else f"sparse-user n={n}"
         plan = training.user_plan(dataset, protocol, history_n=n, seed=seed)
         evaluation = training.evaluate_users(plan, k=k, cache_dir=cache, settings=settings)
+        if ablations:
+            evaluation = _ablations(evaluation, k)
         newcomers = evaluation.report.models.newcomers
         choices[name] = {
             "cold_user_share": evaluation.choice.as_dict() if evaluation.choice is not None else None,

@@ -16,6 +16,7 @@ class Columns:
     attributes = "attributes"
     first_seen = "first_seen"
     released = "released"
+    requested_at = "requested_at"  # when a user asks for a list (a replay; serving asks now)
     score = "score"
     rank = "rank"
     segment = "segment"

@@ -145,7 +145,8 @@ def serve_training_part(workspace: Workspace, part: Dataset, split: str, run_id:
     return True
 
 
-# In a version kept by `evaluate --keep-version`: the held-out (user_id, item_id) pairs its report scored.
+# In a version kept by `evaluate --keep-version`: the held-out (user_id, item_id) pairs its report scored, with
+# when each user asked (requested_at) where the log has times.
 HELD_OUT = "held_out.parquet"
 
 
@@ -165,8 +166,13 @@ def keep_evaluated_version(
     serve_training_part(workspace, part, plan.split.name, run_id)
     save_serving(directory, fitted, plan.split.index)
     write_report(directory, fitted, plan, metrics, evaluated=plan, parent=None, dataset=part.name)
+    held_out = plan.split.truth.select(Columns.user, Columns.item)
+    requested = plan.split.requested_at
+    if requested is not None:  # when each user asked: `recommend --users` serves them as of it
+        requested = requested.rename({Columns.ts: Columns.requested_at})
+        held_out = held_out.join(requested, on=Columns.user, how="left", maintain_order="left")
     buffer = io.BytesIO()
-    plan.split.truth.select(Columns.user, Columns.item).write_parquet(buffer)
+    held_out.write_parquet(buffer)
     atomic_write_bytes(directory / HELD_OUT, buffer.getvalue())
 
 

@@ -28,6 +28,8 @@ class Lines:
     alternative_prefix = "choice_"  # timed alternatives trained beside the candidate (training.TIMED_ALTERNATIVES)
     attribute_popularity = "attribute_popularity"  # popularity among training users sharing the user's attributes
     bprmf = "bprmf"  # BPR-MF alone, from the factors its training rows gave each user (the sparse-user protocol)
+    # The share of the events of the days before each user asks (the newcomer model's window): protocols over users
+    arrival_popularity = "arrival_popularity"
 
 
 def reference_protocol(protocol: str, reference: str) -> str:

@@ -211,7 +211,8 @@ def routed(model: Scorer, inputs: RankerInputs, exclude: sp.csr_array | None, co
 
     The newcomer model knows nothing of items without training interactions, so a newcomer's cold items keep the
     ranker's order, below every warm item: they reach the top only through the ranker's cold places (`place`), and
-    a pool of cold items alone is ranked for newcomers exactly as the ranker ranks it."""
+    a pool of cold items alone is ranked for newcomers exactly as the ranker ranks it. With `config.cold_items`
+    False they are left out (-inf) for newcomers, so no cold place lifts one."""
     activity = np.diff(inputs.history.indptr)
 
     def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -234,6 +235,8 @@ def routed(model: Scorer, inputs: RankerInputs, exclude: sp.csr_array | None, co
         placed = (floor - 1 - (position + 1) / (items.size + 1)).astype(np.float32)
         placed[~np.isfinite(ranker)] = -np.inf
         placed[:, warm] = fresh
+        if not config.cold_items:
+            placed[:, ~warm] = -np.inf  # no cold item for newcomers: the cold places find none to lift
         placed[known.toarray() > 0] = -np.inf
         scores[newcomer] = placed
         return scores

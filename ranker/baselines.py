@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Self
 
@@ -20,9 +21,11 @@ from sklearn.preprocessing import normalize
 
 from catalog import Columns, ConfigError, NotFittedError, has_times
 from ranker.evaluate import EvalIndex, interaction_matrix
+from ranker.temporal import AT_END, RequestTimes
 
 __all__ = [
     "AGE_BANDS",
+    "ArrivalPopularityScorer",
     "AttributePopularityScorer",
     "ContentKNNScorer",
     "PopularityScorer",
@@ -114,6 +117,42 @@ class RecentPopularityScorer(PopularityScorer):
         # All-time counts only break ties: they stay below one recent event.
         self._counts = counts + overall / (overall.max() + 1.0)
         return self
+
+
+class ArrivalPopularityScorer:
+    """Each user's items by their share of the events of the `days` days before the user asks (ties broken by
+    all-time popularity): popularity at arrival, the line the newcomer model's recent share is held to on the
+    protocols over users, whose held-out users arrive at their own times (`ProtocolSplit.requested_at`; a user
+    without a time asks at the log's end). Only events strictly before a user's request count."""
+
+    def __init__(self, days: int = 14) -> None:
+        if days < 1:
+            raise ConfigError(f"ArrivalPopularityScorer days must be >= 1, got {days}.")
+        self.days = days
+        self._times: RequestTimes | None = None
+        self._overall: np.ndarray | None = None
+
+    def fit(self, train: pl.DataFrame, index: EvalIndex, requested_at: pl.DataFrame) -> Self:
+        if not has_times(train):
+            raise ConfigError("ArrivalPopularityScorer needs training interactions with a 'ts'; use PopularityScorer.")
+        times = RequestTimes.of(train, index.user_ids, index.item_ids, requested_at)
+        end = int(times.times.max()) + 1 if times.times.size else 0
+        self._times = replace(times, at=np.where(times.at == AT_END, end, times.at))
+        overall = interaction_matrix(train, index).sum(axis=0).astype(np.float32)
+        self._overall = overall / (overall.max() + 1.0)
+        return self
+
+    def is_fitted(self) -> bool:
+        return self._times is not None
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if self._times is None or self._overall is None:
+            raise NotFittedError("ArrivalPopularityScorer is not fitted: call fit(train, index, requested_at) first.")
+        users, items = _indices(users, "users"), _indices(items, "items")
+        shares = self._times.recent(users, self.days, self._overall.size)
+        # Shares in thousandths: one event of a window of at most a million is worth at least 0.001, above the
+        # all-time tie-breaker scaled below 0.001.
+        return (shares[:, items] + 1e-3 * self._overall[items]).astype(np.float32)
 
 
 AGE_BANDS = (25.0, 35.0, 45.0, 55.0)

@@ -53,9 +53,11 @@ from catalog import (
     Dataset,
     Segments,
     fully_timed,
+    has_times,
     popularity_segments,
 )
 from ranker.metrics import MetricInputError, accuracy_metrics, evaluate_ranking
+from ranker.temporal import RequestTimes
 from ranker.topk import kth_largest
 
 __all__ = [
@@ -242,6 +244,10 @@ class ProtocolSplit:
     item_segments: pl.DataFrame
     user_segments: pl.DataFrame | None = None
     users_table: pl.DataFrame | None = None
+    # (user_id, ts): when each evaluated user asks, for protocols whose users arrive at their own times (cold-user,
+    # sparse-user on a timed log: the time of their first held-out event). None: every user asks at the end of
+    # `train` (the temporal cut's "now").
+    requested_at: pl.DataFrame | None = None
 
     @property
     def users(self) -> np.ndarray:
@@ -251,6 +257,12 @@ class ProtocolSplit:
     @property
     def n_users(self) -> int:
         return self.truth[Columns.user].n_unique()
+
+    def request_times(self) -> RequestTimes | None:
+        """When each user asks (`requested_at`), over `train`'s events: None where every user asks at its end."""
+        if self.requested_at is None or not has_times(self.train):
+            return None
+        return RequestTimes.of(self.train, self.index.user_ids, self.index.item_ids, self.requested_at)
 
     def item_popularity(self) -> pl.DataFrame:
         """(item_id, n_interactions): training interactions per item, 0 for items without any."""
@@ -637,7 +649,21 @@ def cold_user_split(
         known=log.clear(),
         candidates=dataset.items[Columns.item],
     )
-    return replace(split, user_segments=_user_segments(split.truth, split.train, sparse_max), users_table=users)
+    return replace(
+        split,
+        user_segments=_user_segments(split.truth, split.train, sparse_max),
+        users_table=users,
+        requested_at=_first_times(log.join(held, on=Columns.user, how="semi")),
+    )
+
+
+def _first_times(rows: pl.DataFrame) -> pl.DataFrame | None:
+    """(user_id, ts) each user's first time among `rows` (None for a log without times; users without a time
+    are left out): when a held-out user asks."""
+    if not has_times(rows):
+        return None
+    first = rows.drop_nulls(Columns.ts).group_by(Columns.user).agg(pl.col(Columns.ts).min())
+    return first.sort(Columns.user)
 
 
 def sparse_user_split(
@@ -672,7 +698,12 @@ def sparse_user_split(
         known=kept,
         candidates=dataset.items[Columns.item],
     )
-    return replace(split, user_segments=_user_segments(split.truth, split.train, sparse_max), users_table=users)
+    return replace(
+        split,
+        user_segments=_user_segments(split.truth, split.train, sparse_max),
+        users_table=users,
+        requested_at=_first_times(theirs.filter(pl.col("_position") >= history_n)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- evaluate

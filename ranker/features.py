@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import threadpoolctl
 
 from ranker.ann import CandidateIndex, ann_candidates
-from ranker.temporal import TimeFeatures
+from ranker.temporal import RequestTimes, TimeFeatures
 from ranker.topk import top_mask
 
 FEATURE_NAMES = (
@@ -101,6 +101,9 @@ class RankerInputs:
     candidates: CandidateIndex | None = None
     # How many given pairs warmed each item's stand-in (training.Warmed.given_pairs); None: none (zeros).
     item_given: np.ndarray | None = None
+    # When each user asks (ranker.temporal.RequestTimes): the newcomer model's recent shares are those of the days
+    # before each user's request. None: every user asks at the log's end (`time.now`), as in serving.
+    request_times: RequestTimes | None = None
     # Derived: the normalised sum of each user's item vectors (zero for users without history).
     text_profiles: np.ndarray = field(init=False)
     tfidf_profiles: sp.csr_array | None = field(init=False)
@@ -117,6 +120,7 @@ class RankerInputs:
             ("user_standin", n_users if self.user_standin is None else self.user_standin.shape[0], n_users),
             ("user_attributes", n_users if self.user_attributes is None else self.user_attributes.shape[0], n_users),
             ("item_given", n_items if self.item_given is None else self.item_given.shape[0], n_items),
+            ("request_times", n_users if self.request_times is None else self.request_times.at.shape[0], n_users),
         ):
             if rows != expected:
                 raise ValueError(f"RankerInputs.{name} has {rows} rows; history implies {expected}.")

@@ -17,7 +17,10 @@ user's share. Without attributes every reference weighs the same: popularity amo
 similarities are summed over sqrt(|H_u|) so that more items weigh more, less than linearly: on MovieLens-100K's
 sparse-user validation (users with 1, 3, 5 items) one weight then suited every n, where the mean's best weight
 went from 3 (n = 1) to 10 (n = 3, 5) (docs/benchmarks.md). On a log with times, r_i is the item's share of the
-last 14 days' events (e half the smallest share): a user who arrives now takes what the population takes now.
+events of the `recent_days` days before the user asks (e half the smallest share): a user takes what the
+population takes when they arrive. A served user asks now (the log's end: `TimeFeatures.recent`); a held-out user
+of the protocols over users asks when their first held-out event happened (`RankerInputs.request_times`), and
+only events strictly before that moment count.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ranker.features import RankerInputs
 from ranker.temporal import RECENT_DAYS
@@ -47,9 +50,22 @@ class NewcomerConfig(BaseModel):
     level_weight: float = Field(0.0, ge=0, description="Log-weight a reference loses per level it does not share.")
     history_weight: float = Field(3.0, ge=0, description="Weight of the item-kNN similarity to the user's items.")
     recent_weight: float = Field(
-        0.0, ge=0, description="Weight of the log of the item's share of the last 14 days' events (logs with times)."
+        0.0, ge=0, description="Weight of the log of the item's recent share before the request (logs with times)."
     )
+    recent_days: int = Field(14, description="Days before the request whose events make the recent share.")
     most_references: int = Field(20_000, ge=1, description="Most reference users (a seeded sample beyond).")
+    cold_items: bool = Field(
+        True,
+        description="Whether items without history stay candidates (below every warm item, the ranker's cold places "
+        "lifting the best); False: never recommended to newcomers (chosen on validation: `training.choose_route`).",
+    )
+
+    @field_validator("recent_days")
+    @classmethod
+    def _known_window(cls, days: int) -> int:
+        if days not in RECENT_DAYS:
+            raise ValueError(f"recent_days must be one of {RECENT_DAYS} (the windows a version keeps), not {days}.")
+        return days
 
 
 def _references(inputs: RankerInputs, config: NewcomerConfig) -> np.ndarray:
@@ -81,19 +97,50 @@ def _kernel(attributes: np.ndarray, users: np.ndarray, references: np.ndarray, c
 @dataclass(frozen=True)
 class NewcomerTerms:
     """The three terms of the newcomer model's scores (users x items): each user's log kernel share, the
-    similarity to their items, the item's log recent share (zero without times)."""
+    similarity to their items, the item's log recent share before each user's request by window in days (zero
+    without times)."""
 
     log_share: np.ndarray
     similarity: np.ndarray
-    recency: np.ndarray
+    recency: dict[int, np.ndarray]
 
     def scores(self, config: NewcomerConfig) -> np.ndarray:
         out = self.log_share + config.history_weight * self.similarity
-        return out + config.recent_weight * self.recency if config.recent_weight else out
+        return out + config.recent_weight * self.recency[config.recent_days] if config.recent_weight else out
 
 
-def newcomer_terms(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, config: NewcomerConfig) -> NewcomerTerms:
-    """The terms of `newcomer_scores` (the kernel's settings from `config`; its weights are not read)."""
+def log_recent(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, days: int) -> np.ndarray:
+    """(users x items) log(r + e): r each item's share of the events of the `days` days before each user asks
+    (`RankerInputs.request_times`; the log's end for users without a time of their own), e half the smallest
+    share of the user's row (1 where none); zeros for a log without times."""
+    if inputs.time is None:
+        return np.zeros((users.size, items.size), dtype=np.float32)
+    recent = inputs.time.recent[:, RECENT_DAYS.index(days)]
+    floor = 0.5 * recent[recent > 0].min() if (recent > 0).any() else 1.0
+    at_end = np.log(recent[items] + floor).astype(np.float32)
+    if inputs.request_times is None:
+        return np.broadcast_to(at_end, (users.size, items.size))
+    shares = inputs.request_times.recent(users, days, inputs.n_items)
+    own = ~np.isnan(shares[:, 0])
+    out = np.empty((users.size, items.size), dtype=np.float32)
+    out[~own] = at_end
+    if own.any():
+        rows = shares[own]
+        positive = np.where(rows > 0, rows, np.inf).min(axis=1, keepdims=True)
+        floors = np.where(np.isfinite(positive), 0.5 * positive, 1.0)
+        out[own] = np.log(rows[:, items] + floors)
+    return out
+
+
+def newcomer_terms(
+    inputs: RankerInputs,
+    users: np.ndarray,
+    items: np.ndarray,
+    config: NewcomerConfig,
+    windows: tuple[int, ...] | None = None,
+) -> NewcomerTerms:
+    """The terms of `newcomer_scores` (the kernel's settings from `config`; its weights are not read), the recent
+    shares over each of `windows` (default: config.recent_days)."""
     references = _references(inputs, config)
     taken = sp.csr_array(inputs.history[references])
     n_references = max(references.size, 1)
@@ -115,12 +162,10 @@ def newcomer_terms(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, c
         if counts.any():
             similar = sp.csr_array((history @ columns.T) @ columns)[:, items].toarray()
             similarity[start : start + block] = similar / np.sqrt(np.maximum(counts, 1))[:, None]
-    recency = np.zeros(items.size, dtype=np.float32)
-    if inputs.time is not None:
-        recent = inputs.time.recent[:, RECENT_DAYS.index(14)]
-        floor = 0.5 * recent[recent > 0].min() if (recent > 0).any() else 1.0
-        recency = np.log(recent[items] + floor).astype(np.float32)
-    return NewcomerTerms(log_share, similarity, np.broadcast_to(recency, log_share.shape))
+    if windows is None:
+        windows = (config.recent_days,) if config.recent_weight else ()
+    recency = {days: log_recent(inputs, users, items, days) for days in windows}
+    return NewcomerTerms(log_share, similarity, recency)
 
 
 def newcomer_scores(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, config: NewcomerConfig) -> np.ndarray:

@@ -110,3 +110,60 @@ def _release_age_days(released: pl.Series | None, now: datetime, n_items: int) -
         raise ValueError(f"released has {released.len()} values for {n_items} items; give one per item, in order.")
     days = (pl.lit(now, dtype=released.dtype) - released).dt.total_seconds() / 86400
     return pl.select(days).to_series().fill_null(float("nan")).to_numpy().astype(np.float32)
+
+
+# A user without a request time of their own asks at the log's end (`TimeFeatures.now`): serving's "now".
+AT_END = np.iinfo(np.int64).max
+
+
+def epoch_us(times: pl.Series) -> np.ndarray:
+    """Times as int64 microseconds since the epoch (the unit of `RequestTimes`)."""
+    return times.dt.epoch("us").to_numpy().astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class RequestTimes:
+    """When each user asks for a list, and the log's events in time order: what the population took in the days
+    just before each user's request (events strictly before it only: nothing a user or anyone did later).
+
+    `at[u]` is user u's request time in microseconds since the epoch, AT_END for a user who asks at the log's end
+    (their shares are `TimeFeatures.recent`'s); `times` (sorted) and `items` are the events' times and item indices.
+    A held-out user of the protocols over users asks when their first held-out event happened (`ProtocolSplit.
+    requested_at`); a served user asks now.
+    """
+
+    at: np.ndarray
+    times: np.ndarray
+    items: np.ndarray
+
+    @classmethod
+    def of(cls, log: pl.DataFrame, user_ids: pl.Series, item_ids: pl.Series, requested: pl.DataFrame) -> RequestTimes:
+        """From a (user_id, item_id, ts) log and (user_id, ts) request times (users not in it ask at the end)."""
+        if not has_times(log):
+            raise ValueError(f"RequestTimes needs a log with '{Columns.ts}' times.")
+        timed = log.drop_nulls(Columns.ts)
+        order = np.argsort(epoch_us(timed[Columns.ts]), kind="stable")
+        at = np.full(user_ids.len(), AT_END, dtype=np.int64)
+        at[_positions(user_ids, requested[Columns.user])] = epoch_us(requested[Columns.ts])
+        return cls(
+            at=at,
+            times=epoch_us(timed[Columns.ts])[order],
+            items=_positions(item_ids, timed[Columns.item])[order],
+        )
+
+    def with_users(self, n: int) -> RequestTimes:
+        """These times with `n` users appended who ask at the log's end."""
+        return replace(self, at=np.r_[self.at, np.full(n, AT_END, dtype=np.int64)])
+
+    def recent(self, users: np.ndarray, days: int, n_items: int) -> np.ndarray:
+        """(users x n_items) each item's share (in thousandths, as `TimeFeatures.recent`) of the events of the
+        `days` days before each user's request; rows of users asking at the end are NaN (the caller's to fill)."""
+        out = np.full((users.size, n_items), np.nan, dtype=np.float32)
+        at = self.at[users]
+        for moment in np.unique(at[at != AT_END]):
+            # As `time_features` counts: after `days` before the moment, strictly before it.
+            start = int(np.searchsorted(self.times, moment - days * 86_400_000_000, side="right"))
+            stop = int(np.searchsorted(self.times, moment, side="left"))
+            counts = np.bincount(self.items[start:stop], minlength=n_items)
+            out[at == moment] = 1000.0 * counts / max(stop - start, 1)
+        return out

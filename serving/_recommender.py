@@ -49,6 +49,7 @@ from catalog import (
     UnknownIdError,
     Workspace,
     WorkspaceError,
+    has_times,
     head_items,
 )
 from encoders import (
@@ -66,6 +67,7 @@ from ranker.ann import ANN_MIN_ITEMS, build_candidate_index
 from ranker.base import RankerBase, top_k
 from ranker.features import RankerInputs
 from ranker.registry import load_ranker
+from ranker.temporal import RequestTimes
 from serving._artifacts import ServingInputs, load_serving_inputs
 from training import (
     StandInBuilder,
@@ -248,6 +250,25 @@ class Recommender:
         if ann_min_items is not None and recommender.inputs.n_items >= ann_min_items:
             recommender = recommender.with_candidate_index()
         return recommender
+
+    def as_of(self, requested: pl.DataFrame, log: pl.DataFrame) -> Recommender:
+        """This recommender serving each user of `requested` (user_id, requested_at) as they would have been
+        served at that time, a replay: the newcomer model's recent shares are those of the days before it, counted
+        from `log`'s events (the workspace's) strictly before it. Other users ask now (the version's end), as
+        always. What `evaluate --keep-version`'s held-out users were scored with (`ProtocolSplit.requested_at`)."""
+        self._user_index([str(i) for i in requested[Columns.user].to_list()])  # unknown ids: a clear error
+        if not has_times(log):
+            raise DataError("the workspace's log has no times, so no list can be served as of a time.")
+        known = log.select(Columns.item, Columns.ts).join(
+            pl.DataFrame({Columns.item: self.item_ids}), on=Columns.item, how="semi"
+        )
+        times = RequestTimes.of(
+            known,
+            self.user_ids,
+            self.item_ids,
+            requested.select(pl.col(Columns.user).cast(pl.String), pl.col(Columns.requested_at).alias(Columns.ts)),
+        )
+        return replace(self, inputs=replace(self.inputs, request_times=times))
 
     def with_candidate_index(self) -> Recommender:
         """This recommender taking its candidates from ANN indexes over its items (`ranker.ann`): sublinear in the

@@ -27,7 +27,7 @@ from ranker.evaluate import (
     evaluate,
     interaction_matrix,
 )
-from ranker.features import RankingTask
+from ranker.features import RankerInputs, RankingTask
 from ranker.lightgbm_ranker import LightGBMRanker
 from ranker.registry import ranker_class
 from training._inputs import EncodedSplit, EncoderReport, encode_inputs
@@ -133,11 +133,17 @@ class FittedRanker:
         """The same ranker serving cold items through their content stand-ins: what synthetic interactions add."""
         return FittedRanker(self.ranker, self.served.without_warming(), self.report)
 
+    def inputs_for(self, split: ProtocolSplit) -> RankerInputs:
+        """The served inputs, with the split's request times where its users arrive at their own times (the
+        protocols over users: the newcomer model's recent shares are those of the days before each asks)."""
+        times = split.request_times()
+        return self.served.inputs if times is None else replace(self.served.inputs, request_times=times)
+
     def scorer(self, split: ProtocolSplit) -> Scorer:
         """The ranker's scorer over the split's users and candidates (its `exclude` pairs -inf), ordered as it
         serves (`place`). The model's scores of each batch are computed once per split and kept (their finite
         entries): scoring the same split again, for another line over the same lists, reads them back."""
-        ranker, inputs = self.ranker, self.served.inputs
+        ranker, inputs = self.ranker, self.inputs_for(split)
         route = ranker.newcomers
         kept = self._scored[0] if self._scored else None
         if kept is None or kept[0] is not split or kept[1] != route:

@@ -1,9 +1,10 @@
 """The newcomer model's weights, chosen on a holdout of training users: a seeded share of the users with more than
 `max_events` events keep their first n in 0..max_events items (what a newcomer has) and the rest are the truth.
 Which users are held out follows what the model will face: on a time-ordered log that serves users who arrive
-now, the latest arrivals (and the recent shares are counted without their held-out events); for the cold-user
-and sparse-user protocols, which hold out users from any time, a random share. Only training interactions are
-read, so nothing is tuned on a split's test users.
+now, the latest arrivals; for the cold-user and sparse-user protocols, which hold out users from any time, a
+random share. On a log with times each held-out user asks when their first held-out event happened, and the
+recent shares are those of the days before it, counted without any held-out event. Only training interactions
+are read, so nothing is tuned on a split's test users.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ranker.base import RankerBase, routed
 from ranker.evaluate import EvalIndex
 from ranker.features import RankerInputs
 from ranker.newcomers import NewcomerConfig, newcomer_terms
-from ranker.temporal import time_features
+from ranker.temporal import RECENT_DAYS, RequestTimes, time_features
 from ranker.topk import kth_largest
 
 JSON = dict[str, object]
@@ -29,7 +30,8 @@ NUMERIC_SCALES = (0.25, 0.5, 1.0)
 LEVEL_WEIGHTS = (0.0, 1.0)
 # A newcomer's own events always count (a list that ignored them would not answer what the user just did).
 HISTORY_WEIGHTS = (1.0, 3.0, 10.0)
-RECENT_WEIGHTS = (0.0, 0.5, 1.0, 2.0)
+RECENT_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+# Each over each window of ranker.temporal.RECENT_DAYS (the days before a user's request).
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,9 @@ class NewcomerChoice:
             return self.chosen
         if self.route.config is None:
             return None
-        bounds = {"min_events": self.route.config.min_events, "max_events": self.route.config.max_events}
-        return self.chosen.model_copy(update=bounds)
+        route = self.route.config
+        served = {"min_events": route.min_events, "max_events": route.max_events, "cold_items": route.cold_items}
+        return self.chosen.model_copy(update=served)
 
     def as_dict(self) -> JSON:
         return {
@@ -146,16 +149,40 @@ def _ndcg_sum(scores: np.ndarray, truth: np.ndarray, k: int) -> float:
     return float(((gains * discounts).sum(axis=1) / ideal).sum())
 
 
-def _recent_without(inputs: RankerInputs, log: pl.DataFrame, index: EvalIndex, truth: sp.csr_array) -> RankerInputs:
-    """`inputs` whose recent shares are counted without the held-out pairs (`truth`): a newcomer's later events
-    are not there yet when they arrive."""
+def _arriving(
+    inputs: RankerInputs,
+    history: sp.csr_array,
+    log: pl.DataFrame,
+    index: EvalIndex,
+    truth: sp.csr_array,
+    first: np.ndarray,
+) -> RankerInputs:
+    """`inputs` whose held-out users (those with a row in `truth`) ask when their first held-out pair happened
+    (`first`: `first_seen` of the uncut `history`'s pairs), their recent shares counted from the log without any
+    held-out pair (as the protocols' test users are in no training log), and the log's-end shares likewise."""
     if inputs.time is None:
         return inputs
     coo = sp.coo_array(truth)
     held = pl.DataFrame({Columns.user: index.user_ids[coo.row], Columns.item: index.item_ids[coo.col]})
     rest = log.join(held, on=[Columns.user, Columns.item], how="anti")
     recent = time_features(rest, index.user_ids, index.item_ids, now=inputs.time.now).recent
-    return replace(inputs, time=replace(inputs.time, recent=recent))
+    # The held-out pairs' first times, by (user, item) of the full history's storage order.
+    rows = np.repeat(np.arange(inputs.n_users), np.diff(history.indptr))
+    keys = rows.astype(np.int64) * inputs.n_items + history.indices
+    order = np.argsort(keys, kind="stable")
+    wanted = coo.row.astype(np.int64) * inputs.n_items + coo.col
+    when = first[order[np.searchsorted(keys[order], wanted)]]
+    at = np.full(inputs.n_users, np.inf)
+    np.minimum.at(at, coo.row, when)
+    users = np.flatnonzero(np.isfinite(at))
+    requested = pl.DataFrame(
+        {
+            Columns.user: index.user_ids.gather(users),
+            Columns.ts: pl.Series(at[users].astype(np.int64)).cast(pl.Datetime("us", "UTC")),
+        }
+    )
+    times = RequestTimes.of(rest, index.user_ids, index.item_ids, requested)
+    return replace(inputs, time=replace(inputs.time, recent=recent), request_times=times)
 
 
 def choose_newcomers(
@@ -177,7 +204,7 @@ def choose_newcomers(
     first = first_seen(log, index, inputs.history) if timed else None  # type: ignore[arg-type]
     cut, held, truth = newcomer_holdout(inputs, max_events, first=first, arrivals=arrivals, seed=seed)
     if timed:
-        cut = _recent_without(cut, log, index, truth)  # type: ignore[arg-type]
+        cut = _arriving(cut, inputs.history, log, index, truth, first)  # type: ignore[arg-type]
     width = cut.user_attributes.shape[1] if cut.user_attributes is not None else 0
     kernels = list(
         itertools.product(
@@ -185,17 +212,21 @@ def choose_newcomers(
             LEVEL_WEIGHTS if width > numeric_columns else LEVEL_WEIGHTS[:1],
         )
     )
-    weights = list(itertools.product(HISTORY_WEIGHTS, RECENT_WEIGHTS if cut.time is not None else (0.0,)))
+    recent = [(0.0, RECENT_DAYS[1])]  # weight 0: no window read (named by the default, 14 days)
+    if cut.time is not None:
+        recent += [(weight, days) for days in RECENT_DAYS for weight in RECENT_WEIGHTS if weight]
+    weights = list(itertools.product(HISTORY_WEIGHTS, recent))
     configs = {
-        f"scale={scale:g},level={level:g},history={history:g},recent={recent:g}": NewcomerConfig(
+        _setting_name(scale, level, history, weight, days): NewcomerConfig(
             max_events=max_events,
             numeric_columns=numeric_columns,
             numeric_scale=scale,
             level_weight=level,
             history_weight=history,
-            recent_weight=recent,
+            recent_weight=weight,
+            recent_days=days,
         )
-        for (scale, level), (history, recent) in itertools.product(kernels, weights)
+        for (scale, level), (history, (weight, days)) in itertools.product(kernels, weights)
     }
     totals = dict.fromkeys(configs, 0.0)
     items = np.arange(inputs.n_items)
@@ -205,7 +236,8 @@ def choose_newcomers(
         wanted = truth[users].toarray()
         for kernel in kernels:
             group = {name: c for name, c in configs.items() if (c.numeric_scale, c.level_weight) == kernel}
-            terms = newcomer_terms(cut, users, items, next(iter(group.values())))  # the kernel's terms, once
+            windows = RECENT_DAYS if cut.time is not None else ()
+            terms = newcomer_terms(cut, users, items, next(iter(group.values())), windows)  # the kernel's, once
             for name, config in group.items():
                 scores = terms.scores(config)
                 scores[kept] = -np.inf
@@ -213,6 +245,11 @@ def choose_newcomers(
     ndcg = {name: total / max(held.size, 1) for name, total in totals.items()}
     best = max(ndcg, key=lambda name: (ndcg[name], -list(ndcg).index(name)))
     return NewcomerChoice(configs[best], k, int(held.size), ndcg)
+
+
+def _setting_name(scale: float, level: float, history: float, weight: float, days: int) -> str:
+    window = f",days={days}" if weight else ""
+    return f"scale={scale:g},level={level:g},history={history:g},recent={weight:g}{window}"
 
 
 @dataclass(frozen=True)
@@ -229,7 +266,9 @@ class RouteChoice:
     ndcg: dict[str, dict[str, float] | None]
 
     def as_dict(self) -> JSON:
-        return {"served": None if self.config is None else [self.config.min_events, self.config.max_events]} | {
+        served = None if self.config is None else [self.config.min_events, self.config.max_events]
+        cold_items = None if self.config is None else self.config.cold_items
+        return {"served": served, "cold_items": cold_items} | {
             name: {"users": self.users[name], f"ndcg@{self.k}": self.ndcg[name]} for name in self.users
         }
 
@@ -249,6 +288,8 @@ def choose_route(
     """Serve users without history, and users with 1 to max_events events, by the newcomer model only where it
     ranks `labels` (validation positives among `pool`) at least as well as `ranker` does for such users of
     `inputs` (ranker and inputs fitted without the labels); where fewer than `min_users` are there, it serves.
+    The items without history it cannot score stay below its warm items for the ranker's cold places to lift, unless
+    leaving them out (`NewcomerConfig.cold_items`) ranks the served validation newcomers better in all.
 
     Where it serves the sparse users, users with more events up to one of `bounds` may be served by it too: the
     bound (or none, the ranker keeping them) with the best NDCG at k over the validation users with more than
@@ -262,20 +303,28 @@ def choose_route(
     users_of: dict[str, int] = {}
     ndcg: dict[str, dict[str, float] | None] = {}
     routes: dict[str, bool] = {}
+    without_cold = config.model_copy(update={"cold_items": False})
+    gains: list[float] = []
     for name, (low, high) in {"cold": (0, 0), "sparse": (1, config.max_events)}.items():
         users = labelled[(activity[labelled] >= low) & (activity[labelled] <= high)]
         users_of[name] = int(users.size)
         if users.size < min_users:
             ndcg[name], routes[name] = None, True
             continue
-        values = {}
-        for model, route in (("ranker", None), ("newcomer model", config)):
+        values, sums = {}, {}
+        for model, route in (("ranker", None), (NEWCOMER, config), (WITHOUT_COLD, without_cold)):
             scorer = ranker.with_newcomers(route).scorer(inputs, exclude)
-            total = sum(
+            sums[model] = sum(
                 _ndcg_sum(scorer(block, pool), truth[block].toarray(), k) for block in _blocks(users, pool.size)
             )
-            values[model] = round(total / users.size, 4)
-        ndcg[name], routes[name] = values, values["newcomer model"] >= values["ranker"]
+            values[model] = round(sums[model] / users.size, 4)
+        ndcg[name], routes[name] = values, max(values[NEWCOMER], values[WITHOUT_COLD]) >= values["ranker"]
+        if routes[name]:
+            gains.append(sums[WITHOUT_COLD] - sums[NEWCOMER])
+    # Items without history for newcomers: kept (below every warm item, the ranker's cold places lifting the best)
+    # unless leaving them out ranks the validation newcomers the route serves better over all of them.
+    if gains and sum(gains) > 0:
+        config = without_cold
     high = config.max_events if routes["sparse"] else 0
     wider = sorted(bound for bound in bounds if bound > config.max_events)
     if wider:
@@ -292,6 +341,10 @@ def choose_route(
     low = 0 if routes["cold"] else 1
     chosen = config.model_copy(update={"min_events": low, "max_events": high}) if low <= high else None
     return RouteChoice(chosen, k, users_of, ndcg)
+
+
+NEWCOMER = "newcomer model"
+WITHOUT_COLD = "newcomer model without items without history"
 
 
 def _past_name(bound: int, config: NewcomerConfig) -> str:

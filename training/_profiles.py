@@ -95,7 +95,7 @@ def profiled_scorer(fitted: FittedRanker, split: ProtocolSplit, vectors: np.ndar
     weight * cos(profile, item text) added to the warm items' scores of the users its newcomer route serves who have
     a profile. Their items without history keep their places below every warm item (the route's rule), and every
     other user is scored as before; weight 0 or no profile: the product's own scores."""
-    ranker, inputs = fitted.ranker, fitted.served.inputs
+    ranker, inputs = fitted.ranker, fitted.inputs_for(split)
     model = ranker.scorer(inputs, interaction_matrix(split.exclude, split.index), placed=False)
     touched = reached(fitted, vectors)
 

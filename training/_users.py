@@ -18,11 +18,12 @@ import polars as pl
 
 from catalog import Columns, ConfigError, has_times
 from monitor import Lines, reference_protocol
-from ranker.baselines import AttributePopularityScorer, PopularityScorer
+from ranker.baselines import ArrivalPopularityScorer, AttributePopularityScorer, PopularityScorer
 from ranker.evaluate import SPARSE_USERS, EvalResult, ProtocolSplit, Scorer, interaction_matrix
 from ranker.evaluate import evaluate as evaluate_split
 from ranker.features import RankerInputs
 from ranker.lightgbm_ranker import LightGBMRankerConfig
+from ranker.temporal import RECENT_DAYS
 from training._fit import (
     EvaluationReport,
     FittedRanker,
@@ -103,9 +104,13 @@ def choose_user_route(plan: EvaluationPlan, settings: ModelSettings, *, cache_di
     weights = choose_newcomers_for(served, base, split.train, split.index, arrivals=False)
     assert weights is not None
     truth, exclude = interaction_matrix(split.truth, split.index), interaction_matrix(split.exclude, split.index)
-    pool = np.arange(served.inputs.n_items)
+    inputs = served.inputs
+    times = split.request_times()  # the validation users ask at their own times, as the test users do
+    if times is not None:
+        inputs = replace(inputs, request_times=times)
+    pool = np.arange(inputs.n_items)
     return choose_route(
-        ranker, served.inputs, weights.chosen, truth, pool, exclude, k=base.ranker.eval_k, bounds=NEWCOMER_ROUTE_BOUNDS
+        ranker, inputs, weights.chosen, truth, pool, exclude, k=base.ranker.eval_k, bounds=NEWCOMER_ROUTE_BOUNDS
     )
 
 
@@ -130,10 +135,15 @@ def bprmf_scorer(inputs: RankerInputs) -> Scorer:
 
 
 def user_reference_scorers(
-    split: ProtocolSplit, *, attributes: tuple[str, ...] | None, served: RankerInputs | None = None
+    split: ProtocolSplit,
+    *,
+    attributes: tuple[str, ...] | None,
+    served: RankerInputs | None = None,
+    arrival_days: int = RECENT_DAYS[1],
 ) -> dict[str, Scorer]:
-    """Popularity, attribute-group popularity (over `attributes`; every categorical one when None) and, where
-    `served` is given, BPR-MF from its factors; fitted on the split's training rows."""
+    """Popularity, attribute-group popularity (over `attributes`; every categorical one when None), where the
+    split's users arrive at their own times popularity at arrival (the share of the `arrival_days` days before
+    each user asks) and, where `served` is given, BPR-MF from its factors; fitted on the split's training rows."""
     if split.users_table is None:
         raise ConfigError(f"{split.name} has no users table: attribute-group popularity needs the users' attributes.")
     scorers: dict[str, Scorer] = {
@@ -142,6 +152,10 @@ def user_reference_scorers(
             split.train, split.index, users=split.users_table
         ),
     }
+    if split.requested_at is not None and has_times(split.train):
+        scorers[Lines.arrival_popularity] = ArrivalPopularityScorer(arrival_days).fit(
+            split.train, split.index, split.requested_at
+        )
     if served is not None:
         scorers[Lines.bprmf] = bprmf_scorer(served)
     return scorers
@@ -209,7 +223,10 @@ def evaluate_users(
         fitted.ranker.save(model_dir)
     results = {PRODUCT: fitted.evaluate(split, k)}
     served = fitted.served.inputs if split.protocol == SPARSE_USERS else None
-    for name, scorer in user_reference_scorers(split, attributes=plan.group_attributes, served=served).items():
+    newcomers = fitted.ranker.newcomers
+    days = newcomers.recent_days if newcomers is not None else RECENT_DAYS[1]  # the window the newcomer model reads
+    scorers = user_reference_scorers(split, attributes=plan.group_attributes, served=served, arrival_days=days)
+    for name, scorer in scorers.items():
         results[name] = evaluate_split(split, scorer, k=k)
     lines = pl.concat(
         [

@@ -207,8 +207,10 @@ def evaluate(
         chosen, route = newcomers["chosen"], newcomers.get("route")
         served = route["served"] if route else [chosen["min_events"], chosen["max_events"]]
         who = "no users" if served is None else f"users with {served[0]}-{served[1]} events"
-        weights = {name: chosen[name] for name in ("numeric_scale", "level_weight", "history_weight", "recent_weight")}
-        console.print(f"the newcomer model serves {who}; its weights: {weights}", markup=False)
+        names = ("numeric_scale", "level_weight", "history_weight", "recent_weight", "recent_days")
+        weights = {name: chosen[name] for name in names if name in chosen}
+        left_out = " (items without history left out)" if route and route.get("cold_items") is False else ""
+        console.print(f"the newcomer model serves {who}{left_out}; its weights: {weights}", markup=False)
     if part is not None:
         report["kept_version"] = {"ranker": ranker_name, "version": run_id, "path": str(model_dir)}
         console.print(

@@ -46,6 +46,26 @@ def _users_file(path: Path) -> list[str]:
     return ids.to_list()
 
 
+def _requested_at(path: Path) -> pl.DataFrame | None:
+    """(user_id, requested_at) each user's earliest time in the file's `requested_at` column (None without one):
+    a replay, each user served as of that time (`evaluate --keep-version`'s held_out.parquet has it)."""
+    from catalog import DataError, read_table
+
+    frame = read_table(path)
+    if Columns.requested_at not in frame.columns:
+        return None
+    if not frame.schema[Columns.requested_at].is_temporal():
+        raise DataError(
+            f"{path}: '{Columns.requested_at}' must hold times; found {frame.schema[Columns.requested_at]}."
+        )
+    return (
+        frame.select(pl.col(Columns.user).cast(pl.String), Columns.requested_at)
+        .drop_nulls()
+        .group_by(Columns.user)
+        .agg(pl.col(Columns.requested_at).min())
+    )
+
+
 def _requested_ids(user: list[str] | None, users: Path | None, text: str | None) -> list[str]:
     """The user ids of --user and --users FILE, checked against --text (which serves one person)."""
     ids = list(user or []) + (_users_file(users) if users is not None else [])
@@ -86,7 +106,12 @@ def _show_recommendations(frame: pl.DataFrame, titles: dict[str, str], model: st
 def recommend(
     user: Annotated[list[str] | None, typer.Option("--user", help="User id, repeatable.")] = None,
     users: Annotated[
-        Path | None, typer.Option("--users", help="CSV/TSV/Parquet file with a user_id column.", dir_okay=False)
+        Path | None,
+        typer.Option(
+            "--users",
+            help="CSV/TSV/Parquet file with a user_id column (and optionally requested_at: serve each as of it).",
+            dir_okay=False,
+        ),
     ] = None,
     text: Annotated[
         str | None, typer.Option(help="Interests stated in words: rank items by MiniLM similarity to this text.")
@@ -118,6 +143,11 @@ def recommend(
         sparse_max=settings.sparse_max,
         ann_min_items=settings.ann_min_items,
     )
+    requested = _requested_at(users) if users is not None else None
+    if requested is not None and requested.height:
+        from catalog import Tables
+
+        recommender = recommender.as_of(requested, space.read(Tables.interactions))
     if text is not None:
         frame = recommender.recommend_text(
             text, k, user_id=ids[0] if ids else None, weight=weight, exclude_seen=not include_seen

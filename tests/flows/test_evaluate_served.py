@@ -121,7 +121,12 @@ def test_a_kept_version_serves_the_lists_evaluated(
     counts = logged.group_by(Columns.user).len()["len"].to_list()
     assert counts == ([history_n] * held.len() if history_n else [])  # cold: none; sparse: their first n
 
-    served = Recommender.load(space, run_id, ranker="lightgbm", cache_dir=cache_dir).recommend(held, K)
+    # Each held-out user asks when their first held-out event happened (held_out.parquet says when), as evaluation
+    # scored them: the newcomer model's recent shares are those of the days before.
+    requested = pl.read_parquet(directory / stages.HELD_OUT).select(Columns.user, Columns.requested_at).unique()
+    assert requested.height == held.len() and requested[Columns.requested_at].null_count() == 0
+    recommender = Recommender.load(space, run_id, ranker="lightgbm", cache_dir=cache_dir)
+    served = recommender.as_of(requested, space.read(Tables.interactions)).recommend(held, K)
     assert set(served["user_segment"]) == {"cold" if history_n is None else "sparse"}
     columns = [Columns.user, Columns.item, Columns.rank]
     lists = served.select(Columns.user, Columns.item, pl.col(Columns.rank).cast(pl.Int64)).sort(columns)

@@ -1,5 +1,6 @@
 """`warmstart evaluate --protocol cold-user / sparse-user` end to end on a small real MovieLens slice given as files:
-the product beside popularity, attribute-group popularity (and BPR-MF for sparse users), on the same split."""
+the product beside popularity, attribute-group popularity, popularity at arrival (the files have times) and BPR-MF
+for sparse users, on the same split."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 
 runner = CliRunner()
-BOTH = {"popularity", "attribute_popularity"}
+BOTH = {"popularity", "attribute_popularity", "arrival_popularity"}
 
 
 @pytest.mark.parametrize(
@@ -24,10 +25,10 @@ BOTH = {"popularity", "attribute_popularity"}
         (
             "sparse-user",
             ["--history-n", "3", "--cold-user-share", "0.5"],
-            {"popularity", "attribute_popularity", "bprmf"},
+            {*BOTH, "bprmf"},
         ),
         # Test users with more events than a newcomer has: the ranker serves them, its share chosen.
-        ("sparse-user", ["--history-n", "8"], {"popularity", "attribute_popularity", "bprmf"}),
+        ("sparse-user", ["--history-n", "8"], {*BOTH, "bprmf"}),
     ],
 )
 def test_user_protocols_print_the_product_beside_its_lines(

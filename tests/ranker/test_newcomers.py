@@ -9,14 +9,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import scipy.sparse as sp
 
+from catalog import Columns
 from ranker.base import top_k
+from ranker.baselines import ArrivalPopularityScorer
+from ranker.evaluate import EvalIndex
 from ranker.features import RankerInputs
 from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
 from ranker.newcomers import NewcomerConfig, newcomer_scores
-from ranker.temporal import TimeFeatures
+from ranker.temporal import RequestTimes, TimeFeatures, time_features
 from training._newcomers import choose_newcomers, choose_route, newcomer_holdout
 
 N_ITEMS = 30
@@ -120,6 +124,15 @@ def test_a_ranker_routes_newcomers_to_the_model_and_keeps_the_route_through_a_sa
     loaded = LightGBMRanker.load(ranker.save(tmp_path / "version"))
     assert loaded.newcomers == config
     np.testing.assert_array_equal(loaded.scorer(inputs, placed=False)(users, pool), both)
+    # Newcomers' items without history left out (where validation says so): -inf for them, nothing else moves,
+    # and the ranker's cold places find none to lift into their lists.
+    ranker.with_newcomers(config.model_copy(update={"cold_items": False}))
+    without = ranker.scorer(inputs, placed=False)(users, pool)
+    assert np.isneginf(without[: routed.size, ~warm]).all()
+    np.testing.assert_array_equal(without[: routed.size, warm], both[: routed.size, warm])
+    np.testing.assert_array_equal(without[routed.size :], both[routed.size :])
+    placed = ranker.with_cold_slots(2).scorer(inputs)(routed, pool)
+    assert np.isneginf(placed[:, ~warm]).all()
 
 
 @pytest.mark.parametrize("with_times", [False, True])
@@ -191,3 +204,51 @@ def test_on_a_log_with_times_the_recent_weight_brings_what_is_taken_now_up() -> 
     before = newcomer_scores(inputs, user, items, NewcomerConfig(history_weight=0.0))[0]
     after = newcomer_scores(inputs, user, items, NewcomerConfig(history_weight=0.0, recent_weight=5.0))[0]
     assert not _top(before, 5) & {25, 26, 27} and _top(after, 3) == {25, 26, 27}
+
+
+def _timed_log(rng: np.random.Generator) -> tuple[pl.DataFrame, np.ndarray]:
+    """40 users each take 6 items: items 0-9 in January, items 10-19 in March (both as popular over the log)."""
+    rows, history = [], np.zeros((42, N_ITEMS))
+    for user in range(40):
+        first, month = (0, 1) if user % 2 else (10, 3)
+        for item in rng.choice(np.arange(first, first + 10), 6, replace=False):
+            rows.append((str(user), str(item), datetime(2024, month, 1 + user % 20, tzinfo=UTC)))
+            history[user, item] = 1
+    log = pl.DataFrame(rows, schema=[Columns.user, Columns.item, Columns.ts], orient="row")
+    return log, history
+
+
+def test_newcomers_arriving_at_different_times_get_what_was_taken_just_before_each() -> None:
+    """Two users without history who ask in early February and in early April get January's and March's items;
+    events at or after a user's request (theirs or anyone's) never move their scores; serving's users ask at the
+    log's end (the recent shares it always read); popularity at arrival ranks the same way."""
+    log, history = _timed_log(np.random.default_rng(5))
+    user_ids, item_ids = pl.Series([str(u) for u in range(42)]), pl.Series([str(i) for i in range(N_ITEMS)])
+    asks = pl.DataFrame(
+        {Columns.user: ["40", "41"], Columns.ts: [datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC)]}
+    )
+    served = dataclasses.replace(_inputs(history, None), time=time_features(log, user_ids, item_ids))
+    inputs = dataclasses.replace(served, request_times=RequestTimes.of(log, user_ids, item_ids, asks))
+    config = NewcomerConfig(history_weight=0.0, recent_weight=2.0, recent_days=28)
+    items, users = np.arange(N_ITEMS), np.array([40, 41])
+    february, april = newcomer_scores(inputs, users, items, config)
+    assert _top(february, 6) <= set(range(10)) and _top(april, 6) <= set(range(10, 20))
+    # Later events: item 25 taken by everyone from the first of February on, and user 40's own later items.
+    later = pl.DataFrame(
+        [(str(u), "25", datetime(2024, 2, 1 + u % 20, tzinfo=UTC)) for u in range(41)]
+        + [("40", "26", datetime(2024, 2, 2, tzinfo=UTC))],
+        schema=log.schema,
+        orient="row",
+    )
+    more = pl.concat([log, later])
+    moved = dataclasses.replace(inputs, request_times=RequestTimes.of(more, user_ids, item_ids, asks))
+    np.testing.assert_array_equal(newcomer_scores(moved, users[:1], items, config)[0], february)
+    # Serving's users ask now, at the log's end: the log's-end shares (March's items), the same as asking then.
+    at_end = newcomer_scores(served, users, items, config)
+    assert served.time is not None and _top(at_end[0], 6) <= set(range(10, 20))
+    now = pl.DataFrame({Columns.user: ["40", "41"], Columns.ts: [served.time.now] * 2})
+    asking_now = dataclasses.replace(served, request_times=RequestTimes.of(log, user_ids, item_ids, now))
+    np.testing.assert_allclose(newcomer_scores(asking_now, users, items, config), at_end, rtol=1e-6)
+    index = EvalIndex(user_ids, item_ids)
+    line = ArrivalPopularityScorer(28).fit(log, index, asks)(users, items)
+    assert _top(line[0], 6) <= set(range(10)) and _top(line[1], 6) <= set(range(10, 20))
