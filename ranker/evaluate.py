@@ -65,6 +65,7 @@ __all__ = [
     "COLD_USER",
     "COLD_USERS",
     "EVAL_BATCH_SIZE",
+    "EVAL_SCORES",
     "HYBRID",
     "IN_TURN",
     "SPARSE_USER",
@@ -82,6 +83,7 @@ __all__ = [
     "batch_bounds",
     "cold_item_split",
     "cold_user_split",
+    "eval_batch_size",
     "evaluate",
     "frames_split",
     "hold_out_labels",
@@ -128,6 +130,7 @@ IN_TURN = InTurn()
 
 # Users `evaluate` scores at once, by default.
 EVAL_BATCH_SIZE = 1024
+EVAL_SCORES = 2**24
 
 COLD_ITEM = "cold_item"
 WARM = "warm"
@@ -755,6 +758,12 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return rows[top], cols[top], rank[top]
 
 
+def eval_batch_size(n_candidates: int, most_scores: int = EVAL_SCORES) -> int:
+    """Users per evaluation batch: EVAL_BATCH_SIZE, or fewer so that a batch's dense (users x candidates) scores
+    hold at most `most_scores` entries (2^24: 64 MB of float32; 167 users over 100,000 candidates)."""
+    return max(1, min(EVAL_BATCH_SIZE, most_scores // max(n_candidates, 1)))
+
+
 def batch_bounds(n: int, batch_size: int = EVAL_BATCH_SIZE, workers: int = 1) -> list[int]:
     """Boundaries of batches of at most `batch_size` of `n` rows: consecutive full batches for one worker, else at
     least one batch per worker (equal sizes, within one)."""
@@ -781,7 +790,7 @@ def evaluate(
     scorer: Scorer,
     k: int = 20,
     *,
-    batch_size: int = EVAL_BATCH_SIZE,
+    batch_size: int | None = None,
     partitions: PartitionMap = IN_TURN,
 ) -> EvalResult:
     """Rank the split's candidates for each evaluated user with `scorer` and compute every metric at k.
@@ -791,16 +800,18 @@ def evaluate(
     novelty from training popularity, novelty's user count = distinct training users), plus accuracy per user
     segment when the split has user segments.
 
-    Users are scored and ranked `batch_size` at a time, each batch a part of `partitions` (in turn here by default;
-    on a Dask cluster, on its workers, in at least as many batches as it has workers): a user's list depends on
-    the user alone, so the lists, and the metrics computed from them here, are the same either way.
+    Users are scored and ranked `batch_size` at a time (by default `eval_batch_size` of the candidates), each
+    batch a part of `partitions` (in turn here by default; on a Dask cluster, on its workers, in at least as many
+    batches as it has workers): a user's list depends on the user alone, so the lists, and the metrics computed
+    from them here, are the same either way.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise MetricInputError(f"k must be a positive int, got {k!r}")
+    users, candidates = split.users, split.candidates
+    batch_size = eval_batch_size(candidates.size) if batch_size is None else batch_size
     if batch_size < 1:
         raise MetricInputError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
-    users, candidates = split.users, split.candidates
     ex_users, ex_items = split.index.pairs(split.exclude)
     ex_rows = np.searchsorted(users, ex_users)  # position among evaluated users (exclude holds only those)
     ex_cols = np.searchsorted(candidates, ex_items)

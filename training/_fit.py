@@ -24,6 +24,7 @@ from ranker.evaluate import (
     ProtocolSplit,
     Scorer,
     batch_bounds,
+    eval_batch_size,
     evaluate,
     interaction_matrix,
 )
@@ -171,7 +172,7 @@ class FittedRanker:
     def _score_on(self, partitions: PartitionMap, split: ProtocolSplit) -> None:
         """Score the batches `evaluate` will ask for (those not kept yet) on `partitions`, and keep the scores."""
         kept, users, items = self._scored[0][2], split.users, split.candidates
-        batches = [users[lo:hi] for lo, hi in itertools.pairwise(batch_bounds(users.size))]
+        batches = [users[lo:hi] for lo, hi in itertools.pairwise(batch_bounds(users.size, eval_batch_size(items.size)))]
         batches = [batch for batch in batches if not kept.has(batch, items)]
         if not batches:
             return

@@ -20,6 +20,8 @@ from ranker.evaluate import (
     COLD_ITEM,
     COLD_USER,
     COLD_USERS,
+    EVAL_BATCH_SIZE,
+    EVAL_SCORES,
     HYBRID,
     SPARSE_USER,
     SPARSE_USERS,
@@ -31,6 +33,7 @@ from ranker.evaluate import (
     ProtocolSplit,
     cold_item_split,
     cold_user_split,
+    eval_batch_size,
     evaluate,
     hold_out_labels,
     hybrid_split,
@@ -277,6 +280,20 @@ def test_batch_size_does_not_change_results(tiny: Dataset) -> None:
     assert big.recs.equals(small.recs)
     # Means may be summed in another order (polars group_by): equal up to float rounding.
     assert_frame_equal(big.metrics, small.metrics)
+
+
+def test_a_batch_of_users_holds_at_most_2_to_the_24_scores_over_a_large_catalogue(tiny: Dataset) -> None:
+    assert eval_batch_size(1_000) == EVAL_BATCH_SIZE and eval_batch_size(100_000) == 167
+    assert eval_batch_size(10**8) == 1  # one user at a time rather than none
+    split = hybrid_split(tiny)
+    seen: list[int] = []
+
+    def recording(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        seen.append(users.size * items.size)
+        return fixed_order(users, items)
+
+    default = evaluate(split, recording, k=3)
+    assert max(seen) <= EVAL_SCORES and default.recs.equals(evaluate(split, fixed_order, k=3, batch_size=1).recs)
 
 
 def test_partitions_rank_the_batches_they_are_given_as_one_process_does(tiny: Dataset) -> None:
