@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from catalog import Columns, Segments, WarmstartError, has_times
@@ -136,9 +135,11 @@ def tail_calibrated(
     """The candidate's metrics with calibrated tail exposure, on the same split (tail recall, coverage, Gini,
     APLT and accuracy side by side with the candidate's own)."""
 
-    ids = split.index.item_ids.to_numpy()
+    # polars' hashed is_in: numpy's isin sorts string ids, 2 minutes of an evaluation at 100,000 items.
     is_tail, is_cold = (
-        np.isin(ids, split.item_segments.filter(pl.col(Columns.segment) == name)[Columns.item].to_numpy())
+        split.index.item_ids.is_in(
+            split.item_segments.filter(pl.col(Columns.segment) == name)[Columns.item].implode()
+        ).to_numpy()
         for name in (Segments.tail, Segments.cold)
     )
     targets = tail_share_targets(interaction_matrix(split.train, split.index), is_tail)
