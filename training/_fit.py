@@ -135,10 +135,8 @@ class FittedRanker:
         return FittedRanker(self.ranker, self.served.without_warming(), self.report)
 
     def inputs_for(self, split: ProtocolSplit) -> RankerInputs:
-        """The served inputs, with the split's request times where its users arrive at their own times (the
-        protocols over users: the newcomer model's recent shares are those of the days before each asks)."""
-        times = split.request_times()
-        return self.served.inputs if times is None else replace(self.served.inputs, request_times=times)
+        """The served inputs, with the split's request times (`EncodedSplit.inputs_for`)."""
+        return self.served.inputs_for(split)
 
     def scorer(self, split: ProtocolSplit) -> Scorer:
         """The ranker's scorer over the split's users and candidates (its `exclude` pairs -inf), ordered as it
@@ -234,8 +232,7 @@ class _ScoredOnce:
         key = (users.tobytes(), items.tobytes())
         if key not in self._kept:
             scores = self._model(users, items)
-            rows, columns = np.nonzero(np.isfinite(scores))
-            self._kept[key] = (rows, columns, scores[rows, columns])
+            self._kept[key] = _finite(scores)
             return scores
         rows, columns, values = self._kept[key]
         scores = np.full((users.size, items.size), -np.inf, dtype=values.dtype)
@@ -244,8 +241,12 @@ class _ScoredOnce:
 
 
 def _finite_scores(model: Scorer, items: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, column, score) of the finite entries of `model`'s (users x items) scores: what `_ScoredOnce` keeps."""
-    scores = model(users, items)
+    """`_finite` of `model`'s (users x items) scores: what `_ScoredOnce` keeps, computed on another worker."""
+    return _finite(model(users, items))
+
+
+def _finite(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, score) of the finite entries of a dense score matrix."""
     rows, columns = np.nonzero(np.isfinite(scores))
     return rows, columns, scores[rows, columns]
 

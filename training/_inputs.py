@@ -13,7 +13,7 @@ import scipy.sparse as sp
 from catalog import Columns, has_times
 from encoders import BPRMF, CFConfig, EmbeddingCache, ImplicitMF, WarmingConfig, cf_model, encode_texts, item_text
 from ranker.baselines import tfidf_item_vectors
-from ranker.evaluate import EvalIndex, interaction_matrix
+from ranker.evaluate import EvalIndex, ProtocolSplit, interaction_matrix
 from ranker.features import RankerInputs, normalise_rows
 from ranker.temporal import TimeFeatures, time_features
 from training._settings import StandInConfig
@@ -59,6 +59,12 @@ class EncodedSplit:
             return self
         inputs = replace(self.inputs, item_standin=self.warming.content, item_given=None)
         return EncodedSplit(inputs, self.report, self.standins, user_standins=self.user_standins)
+
+    def inputs_for(self, split: ProtocolSplit) -> RankerInputs:
+        """The inputs, with the split's request times where its users arrive at their own times (the protocols
+        over users: the newcomer model's recent shares are those of the days before each asks)."""
+        times = split.request_times()
+        return self.inputs if times is None else replace(self.inputs, request_times=times)
 
     def with_history(self, history: sp.csr_array) -> EncodedSplit:
         """The same encoders' arrays serving from another (users x items) history; popularity follows it."""

@@ -104,10 +104,7 @@ def choose_user_route(plan: EvaluationPlan, settings: ModelSettings, *, cache_di
     weights = choose_newcomers_for(served, base, split.train, split.index, arrivals=False)
     assert weights is not None
     truth, exclude = interaction_matrix(split.truth, split.index), interaction_matrix(split.exclude, split.index)
-    inputs = served.inputs
-    times = split.request_times()  # the validation users ask at their own times, as the test users do
-    if times is not None:
-        inputs = replace(inputs, request_times=times)
+    inputs = served.inputs_for(split)  # the validation users ask at their own times, as the test users do
     pool = np.arange(inputs.n_items)
     return choose_route(
         ranker, inputs, weights.chosen, truth, pool, exclude, k=base.ranker.eval_k, bounds=NEWCOMER_ROUTE_BOUNDS
