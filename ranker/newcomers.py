@@ -115,9 +115,7 @@ def log_recent(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, days:
     share of the user's row (1 where none); zeros for a log without times."""
     if inputs.time is None:
         return np.zeros((users.size, items.size), dtype=np.float32)
-    recent = inputs.time.recent[:, RECENT_DAYS.index(days)]
-    floor = 0.5 * recent[recent > 0].min() if (recent > 0).any() else 1.0
-    at_end = np.log(recent[items] + floor).astype(np.float32)
+    at_end = _log_shares(inputs.time.recent[None, :, RECENT_DAYS.index(days)], items)[0]
     if inputs.request_times is None:
         return np.broadcast_to(at_end, (users.size, items.size))
     shares = inputs.request_times.recent(users, days, inputs.n_items)
@@ -125,11 +123,16 @@ def log_recent(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, days:
     out = np.empty((users.size, items.size), dtype=np.float32)
     out[~own] = at_end
     if own.any():
-        rows = shares[own]
-        positive = np.where(rows > 0, rows, np.inf).min(axis=1, keepdims=True)
-        floors = np.where(np.isfinite(positive), 0.5 * positive, 1.0)
-        out[own] = np.log(rows[:, items] + floors)
+        out[own] = _log_shares(shares[own], items)
     return out
+
+
+def _log_shares(shares: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """log(r + e) of each row's shares at `items`, e half the row's smallest positive share over every item (1
+    where it has none)."""
+    positive = np.where(shares > 0, shares, np.inf).min(axis=1, keepdims=True)
+    floors = np.where(np.isfinite(positive), 0.5 * positive, 1.0)
+    return np.log(shares[:, items] + floors).astype(np.float32)
 
 
 def newcomer_terms(

@@ -142,14 +142,11 @@ class RequestTimes:
         if not has_times(log):
             raise ValueError(f"RequestTimes needs a log with '{Columns.ts}' times.")
         timed = log.drop_nulls(Columns.ts)
-        order = np.argsort(epoch_us(timed[Columns.ts]), kind="stable")
+        times = epoch_us(timed[Columns.ts])
+        order = np.argsort(times, kind="stable")
         at = np.full(user_ids.len(), AT_END, dtype=np.int64)
         at[_positions(user_ids, requested[Columns.user])] = epoch_us(requested[Columns.ts])
-        return cls(
-            at=at,
-            times=epoch_us(timed[Columns.ts])[order],
-            items=_positions(item_ids, timed[Columns.item])[order],
-        )
+        return cls(at=at, times=times[order], items=_positions(item_ids, timed[Columns.item])[order])
 
     def with_users(self, n: int) -> RequestTimes:
         """These times with `n` users appended who ask at the log's end."""
