@@ -37,7 +37,7 @@ from catalog import (
     summarize_segments,
 )
 from catalog import append as append_rows
-from ranker.evaluate import IN_TURN, PartitionMap
+from ranker.evaluate import IN_TURN, PartitionMap, batch_bounds
 from training.defaults import ITEM_SEGMENTS, PROFILED_ITEMS, SIMULATE_SEGMENTS, USER_SEGMENTS
 
 if TYPE_CHECKING:  # torch and the models load only in the stages that use them
@@ -752,8 +752,7 @@ def recommendations(
     a user's list depends on the user alone, so the table is the same), gathered in the order of the users."""
     version, ranker = recommender.version, recommender.ranker_name
     ids = recommender.user_ids
-    n, parts_wanted = ids.len(), min(partitions.workers, ids.len())
-    bounds = [n * part // parts_wanted for part in range(parts_wanted + 1)] if n else [0]
+    bounds = batch_bounds(ids.len(), max(ids.len(), 1), partitions.workers)  # one part, or one per worker
     parts = [ids.slice(start, stop - start) for start, stop in itertools.pairwise(bounds)]
     frames = partitions(functools.partial(_recommended, recommender, k), parts)
     frame = (pl.concat(frames) if frames else recommender.recommend(ids, k)).with_columns(
