@@ -33,7 +33,6 @@ from monitor import (
     RunRecord,
     reference_protocol,
 )
-from ranker.evaluate import IN_TURN
 from training.defaults import DEFAULT_GATE_METRICS, DEFAULT_GATE_TOLERANCE, GATE, PROFILES
 
 if TYPE_CHECKING:
@@ -170,8 +169,7 @@ def train_evaluate_gate(
     record, ranker = run.record, config.models.ranker_name
     # On a Dask task runner, its cluster trains the LightGBM ranker (DaskLGBMRanker) and scores the evaluation's
     # batches of users; in threads, both run here.
-    client = runners.dask_client()
-    parts = runners.OnCluster(client) if client is not None else IN_TURN
+    client, parts = runners.dask_client(), runners.partitions()
     where = " on the Dask cluster" if client is not None else ""
     with stage(record, "retrain", f"encoders and the {ranker} ranker on the training window{where}"):
         fitted = tasks.fit_ranker_task(
