@@ -244,6 +244,7 @@ def backfill(
         reference_gate=reference_gate,
         cache_dir=cache_dir,
         choose_timed=choose_timed,
+        ann_min_items=settings.ann_min_items,
     )
     registry = ModelRegistry(space.root / "backfill" / "models")
     context = WindowContext(loaded, space, registry, settings, config, sparse_max, head_share, augment_limit)

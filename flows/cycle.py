@@ -91,13 +91,14 @@ def cycle_config(
     reference_gate: bool,
     cache_dir: Path,
     choose_timed: bool,
+    ann_min_items: int | None,
 ) -> CycleConfig:
     """A scheduled cycle's configuration: the seeded defaults with BPR-MF capped at `max_epochs`, the gate (its
     default metrics at `k` unless `gate_metrics`), and on the temporal protocol with `choose_timed` every timed
     alternative trained beside the candidate."""
     timed = choose_timed and protocol == "temporal"
     return CycleConfig(
-        models=training.ModelSettings.capped(seed, max_epochs, ranker),
+        models=training.ModelSettings.capped(seed, max_epochs, ranker).with_ann_min_items(ann_min_items),
         k=k,
         protocol=protocol,
         gate=gate_config(gate_metrics or default_gate_metrics(k), gate_tolerance, reference_gate),

@@ -274,6 +274,7 @@ def refresh(
         reference_gate=reference_gate,
         cache_dir=settings.cache_dir,
         choose_timed=choose_timed,
+        ann_min_items=settings.ann_min_items,
     )
     parameters = {"k": k, "seed": seed, "max_epochs": max_epochs, "augment_limit": augment_limit, "simulate": simulate}
     parameters |= {"ranker": ranker, "protocol": protocol}

@@ -120,8 +120,10 @@ class WarmstartSettings(BaseSettings):
     ann_min_items: int | None = Field(
         ANN_MIN_ITEMS,
         ge=1,
-        description="Served catalogues of at least this many items take their candidates from ANN indexes (faiss IVF, "
-        "built at load; approximate, sublinear in the catalogue); smaller ones score every item exactly. None: never.",
+        description="Catalogues of at least this many items take their candidates from ANN indexes (faiss IVF; "
+        "approximate, sublinear in the catalogue): serving over every item (built at load), training and evaluation "
+        "over their pools (the LightGBM ranker's groups and scored users); smaller ones score every item exactly. "
+        "None: never.",
     )
     ranker: Literal["lightgbm", "deepfm"] = Field(
         "lightgbm", description="Ranker that evaluate and retrain train unless --ranker says otherwise."

@@ -17,6 +17,11 @@ many items as they have excluded, rounded up to a power of two (users asking ali
 excluded are dropped after. Items appended after the index was built (`add_items` while serving) are scored
 exactly and merged by score, so an index is never mutated once built and stays safe to share between threads.
 
+Training and evaluation score pools of their own (the warm items a ranker learns from, a split's candidates): over
+a pool of at least the ranker's `ann_min_items` items, `build_candidate_index(inputs, pool)` indexes that pool alone
+(labels are positions in it, mapped back to items; nothing is appended to such an index), and
+`RankerInputs.pool_index` keeps the last few built so that every batch of a fit or an evaluation shares one.
+
 Below the threshold no index is built and candidates are the exact brute force, bit for bit.
 """
 
@@ -47,14 +52,24 @@ MIN_NPROBE = 16
 
 @dataclass(frozen=True, eq=False)
 class CandidateIndex:
-    """ANN indexes over the first `n_items` items of a `RankerInputs` (built by `build_candidate_index`)."""
+    """ANN indexes over `items` of a `RankerInputs` (built by `build_candidate_index`)."""
 
-    n_items: int
+    items: np.ndarray  # the indexed items, ascending: label i of every faiss index is item items[i]
     vectors: dict[str, Any]  # faiss.IndexIVFFlat (inner product) of "cf_warm", "cf_cold", "text"
     # Global sources: item indices by descending score, and those scores.
     orders: dict[str, tuple[np.ndarray, np.ndarray]]
     nprobe: int
     seconds: float  # what the build took
+    # The catalogue's index (items 0..n-1): items appended to the inputs after the build are scored exactly beside
+    # it. A pool's index (False) answers for its pool alone.
+    extends: bool = True
+    # The pool's TF-IDF columns (terms x indexed items) for a pool's index; None: the catalogue's.
+    tfidf_t: sp.csr_array | None = None
+
+    @property
+    def n_items(self) -> int:
+        """How many items the index holds."""
+        return int(self.items.size)
 
     @property
     def nbytes(self) -> int:
@@ -62,6 +77,12 @@ class CandidateIndex:
         faiss = _faiss()
         size = sum(int(faiss.serialize_index(index).nbytes) for index in self.vectors.values())
         return size + sum(int(items.nbytes + scores.nbytes) for items, scores in self.orders.values())
+
+    def labels_to_items(self, labels: np.ndarray) -> np.ndarray:
+        """Item indices of faiss labels (-1, nothing found, stays -1)."""
+        if self.extends:
+            return labels
+        return np.where(labels >= 0, self.items[np.maximum(labels, 0)], -1)
 
 
 def _faiss() -> Any:
@@ -85,26 +106,42 @@ def _ivf(vectors: np.ndarray, lists: int | None, seed: int) -> Any:
 
 
 def build_candidate_index(
-    inputs: RankerInputs, *, nprobe: int | None = None, lists: int | None = None, seed: int = 0
+    inputs: RankerInputs,
+    pool: np.ndarray | None = None,
+    *,
+    nprobe: int | None = None,
+    lists: int | None = None,
+    seed: int = 0,
 ) -> CandidateIndex:
-    """Indexes over every item of `inputs` for the full-pool candidate sources (see the module docstring)."""
+    """Indexes for the full-pool candidate sources (see the module docstring) over every item of `inputs`, or over
+    the items of `pool` alone (ascending item indices)."""
     started = time.perf_counter()
     views = inputs.catalog_views
+    items = np.arange(inputs.n_items) if pool is None else np.asarray(pool, dtype=np.int64)
+    if pool is not None and (items.size == 0 or np.any(np.diff(items) <= 0)):
+        raise ValueError("build_candidate_index: a pool must be non-empty, ascending and without repeats.")
+    subset = slice(None) if pool is None else items
     vectors = {
-        "cf_warm": _ivf(views[False], lists, seed),
-        "cf_cold": _ivf(views[True], lists, seed),
-        "text": _ivf(inputs.text, lists, seed),
+        "cf_warm": _ivf(views[False][subset], lists, seed),
+        "cf_cold": _ivf(views[True][subset], lists, seed),
+        "text": _ivf(inputs.text[subset], lists, seed),
     }
     # Stable sorts: equal scores go to the lower item, whatever the brute force's argpartition picks among them.
-    everything = np.arange(inputs.n_items)
     orders = {}
     for source in ("popularity", "recent", "recent_week") if inputs.time is not None else ("popularity",):
-        scores = _global_scores(inputs, source, everything)
-        order = np.argsort(-scores, kind="stable")  # equal scores to the lower item
-        orders[source] = (order, scores[order])
+        scores = _global_scores(inputs, source, items)
+        order = np.argsort(-scores, kind="stable")  # equal scores to the lower item (items ascend)
+        orders[source] = (items[order], scores[order])
     if nprobe is None:
         nprobe = max(MIN_NPROBE, round(vectors["text"].nlist * PROBE_SHARE))
-    return CandidateIndex(inputs.n_items, vectors, orders, nprobe, time.perf_counter() - started)
+    tfidf_t = None
+    if pool is not None and inputs.tfidf is not None:
+        import scipy.sparse  # light module above: see ANN_MIN_ITEMS
+
+        tfidf_t = scipy.sparse.csr_array(inputs.tfidf[items].T)
+    return CandidateIndex(
+        items, vectors, orders, nprobe, time.perf_counter() - started, extends=pool is None, tfidf_t=tfidf_t
+    )
 
 
 def _known(inputs: RankerInputs, users: np.ndarray, exclude: sp.csr_array | None) -> sp.csr_array:
@@ -164,7 +201,8 @@ def ann_candidates(
     known = known_rows.tocoo()
     known_codes = np.sort(_codes(known.row, known.col, n_items))  # (position in users, item)
     sizes = _fetch_sizes(np.diff(known_rows.indptr), per_source, n_indexed)
-    tail = np.arange(n_indexed, n_items)  # items added after the build: scored exactly
+    # Items added after the catalogue's index was built: scored exactly.
+    tail = np.arange(n_indexed, n_items) if index.extends else np.empty(0, dtype=np.int64)
     everyone = np.arange(users.size)
     user_view = inputs.user_view(users)
     queries = {f"cf_{'cold' if cold else 'warm'}": (everyone, user_view, inputs.catalog_views[cold]) for cold in views}
@@ -179,6 +217,7 @@ def ann_candidates(
             chosen = np.flatnonzero(sizes[positions] == size)
             group, group_vectors = positions[chosen], vectors[chosen]
             labels, scores = _search(index.vectors[source], group_vectors, int(size), index.nprobe)
+            labels = index.labels_to_items(labels)
             if tail.size:
                 labels = np.hstack([labels, np.broadcast_to(tail, (group.size, tail.size))])
                 scores = np.hstack([scores, group_vectors @ items[tail].T])
@@ -196,7 +235,7 @@ def ann_candidates(
                 parts.append(_best(group, labels, scores, known_codes, n_items, per_source))
             out[source] = _concat(parts)
     if views and inputs.tfidf is not None and inputs.tfidf_profiles is not None:
-        out["tfidf"] = _tfidf(inputs, users, known_rows, per_source)
+        out["tfidf"] = _tfidf(inputs, index, users, known_rows, per_source)
     return out
 
 
@@ -215,17 +254,18 @@ def _global_scores(inputs: RankerInputs, source: str, items: np.ndarray) -> np.n
 
 
 def _tfidf(
-    inputs: RankerInputs, users: np.ndarray, known: sp.csr_array, per_source: int
+    inputs: RankerInputs, index: CandidateIndex, users: np.ndarray, known: sp.csr_array, per_source: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact TF-IDF profile similarity over the items that share a term with the profile (a sparse product), each
     row's best found by argpartition over its own entries: a common word puts much of the catalogue in a row, and
     one sort over a batch's entries took longer than the brute force's dense rows."""
     assert inputs.tfidf_profiles is not None
-    product = (inputs.tfidf_profiles[users] @ inputs.catalog_tfidf_t).tocsr()
+    columns = inputs.catalog_tfidf_t if index.tfidf_t is None else index.tfidf_t
+    product = (inputs.tfidf_profiles[users] @ columns).tocsr()
     rows, items = [], []
     for row in range(users.size):
         span = slice(product.indptr[row], product.indptr[row + 1])
-        found, scores = product.indices[span], product.data[span]
+        found, scores = index.labels_to_items(product.indices[span]), product.data[span]
         keep = (scores > 0) & ~np.isin(found, known.indices[known.indptr[row] : known.indptr[row + 1]])
         found, scores = found[keep], scores[keep]
         if found.size > per_source:

@@ -8,7 +8,10 @@ warm items through the cold view too (DropoutNet's idea), so the ranker learns w
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -16,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import threadpoolctl
 
-from ranker.ann import CandidateIndex, ann_candidates
+from ranker.ann import CandidateIndex, ann_candidates, build_candidate_index
 from ranker.temporal import RequestTimes, TimeFeatures
 from ranker.topk import top_mask
 
@@ -59,6 +62,33 @@ def normalise_rows(matrix: np.ndarray) -> np.ndarray:
 def _normalise_sparse_rows(matrix: sp.csr_array) -> sp.csr_array:
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
     return sp.csr_array(sp.diags_array(1.0 / np.maximum(norms, 1e-12)) @ matrix)
+
+
+class _PoolIndexes:
+    """The last `POOL_INDEXES` pools' ANN indexes of one `RankerInputs`, built once under a lock whoever asks
+    first (evaluation scores batches from several threads). Not pickled: a Dask worker builds its own, since faiss
+    indexes are not sent and rebuilding one (seconds) is cheaper than shipping it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._built: OrderedDict[bytes, CandidateIndex] = OrderedDict()
+
+    def get(self, inputs: RankerInputs, pool: np.ndarray) -> CandidateIndex:
+        key = hashlib.blake2b(np.ascontiguousarray(pool, dtype=np.int64).tobytes(), digest_size=16).digest()
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = build_candidate_index(inputs, pool)
+                while len(self._built) > POOL_INDEXES:
+                    self._built.popitem(last=False)
+            self._built.move_to_end(key)
+            return self._built[key]
+
+    def __reduce__(self) -> tuple[type[_PoolIndexes], tuple[()]]:
+        return (_PoolIndexes, ())
+
+
+# A fit learns from the warm items and stops early on its validation pool; evaluation scores one pool per split.
+POOL_INDEXES = 2
 
 
 @dataclass(frozen=True)
@@ -107,6 +137,8 @@ class RankerInputs:
     # Derived: the normalised sum of each user's item vectors (zero for users without history).
     text_profiles: np.ndarray = field(init=False)
     tfidf_profiles: sp.csr_array | None = field(init=False)
+    # ANN indexes over pools (generate_candidates' `ann_min_items`), built on first use; a `replace` starts afresh.
+    _pool_indexes: _PoolIndexes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         n_users, n_items = self.history.shape
@@ -153,6 +185,11 @@ class RankerInputs:
             object.__setattr__(self, "tfidf", tfidf)
             tfidf_profiles = _normalise_sparse_rows(sp.csr_array(history @ tfidf))
         object.__setattr__(self, "tfidf_profiles", tfidf_profiles)
+        object.__setattr__(self, "_pool_indexes", _PoolIndexes())
+
+    def pool_index(self, pool: np.ndarray) -> CandidateIndex:
+        """The ANN index over `pool` (ascending item indices), built on first use and kept with the last few."""
+        return self._pool_indexes.get(self, pool)
 
     def without_history(self, users: np.ndarray) -> RankerInputs:
         """These inputs with `users` shown as users without history: their history rows emptied (so every feature
@@ -275,17 +312,25 @@ def generate_candidates(
     exclude: sp.csr_array | None = None,
     views: tuple[bool, ...] = (False, True),
     batch_size: int | None = None,
+    ann_min_items: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Union of each source's top `per_source` items of `pool` per user, in both item views by default.
 
     Training interactions (and `exclude`) are never candidates. Returns (user indices, item indices) of the
     candidate pairs, grouped by user in the order of `users`. Users are scored `batch_size` at a time: by default
     512, fewer where the pool is so large that a batch's dense (users x pool) scores would pass 2^24 entries.
+
+    The whole catalogue comes from the inputs' own ANN index where serving attached one (`inputs.candidates`); a
+    pool of at least `ann_min_items` items from an index over that pool (`RankerInputs.pool_index`); anything
+    else is the exact brute force.
     """
     pair_users, pair_items = [], []
     full = inputs.is_full(pool)
     if full and inputs.candidates is not None:
-        return _indexed_candidates(inputs, users, per_source, exclude, views, batch_size or 512)
+        return _indexed_candidates(inputs, inputs.candidates, users, per_source, exclude, views, batch_size or 512)
+    if ann_min_items is not None and pool.size >= ann_min_items:
+        index = inputs.pool_index(np.sort(pool))
+        return _indexed_candidates(inputs, index, users, per_source, exclude, views, batch_size or 512)
     batch_size = batch_size or max(1, min(512, 2**24 // max(pool.size, 1)))
     for start in range(0, users.size, batch_size):
         batch = users[start : start + batch_size]
@@ -305,19 +350,19 @@ def generate_candidates(
 
 def _indexed_candidates(
     inputs: RankerInputs,
+    index: CandidateIndex,
     users: np.ndarray,
     per_source: int,
     exclude: sp.csr_array | None,
     views: tuple[bool, ...],
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """generate_candidates' union from the ANN indexes: pairs grouped by user in the order of `users`, each
+    """generate_candidates' union from the ANN `index`: pairs grouped by user in the order of `users`, each
     user's items ascending (as np.nonzero gives them on the brute-force path)."""
-    assert inputs.candidates is not None
     pair_users, pair_items = [], []
     for start in range(0, users.size, batch_size):
         batch = users[start : start + batch_size]
-        found = ann_candidates(inputs, inputs.candidates, batch, per_source=per_source, exclude=exclude, views=views)
+        found = ann_candidates(inputs, index, batch, per_source=per_source, exclude=exclude, views=views)
         rows = np.concatenate([r for r, _ in found.values()] or [np.empty(0, np.int64)])
         items = np.concatenate([i for _, i in found.values()] or [np.empty(0, np.int64)])
         codes = np.unique(rows * inputs.n_items + items)  # sorted: by row, then item

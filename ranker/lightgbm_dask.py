@@ -67,7 +67,17 @@ def fit_on_dask(
     positives = client.scatter(task.positives, broadcast=True)
     exclude = client.scatter(task.exclude, broadcast=True) if task.exclude is not None else None
     candidates = [
-        client.submit(_candidates, shared, users, task.pool, config.per_source, exclude, workers=w, pure=False)
+        client.submit(
+            _candidates,
+            shared,
+            users,
+            task.pool,
+            config.per_source,
+            exclude,
+            config.ann_min_items,
+            workers=w,
+            pure=False,
+        )
         for users, w in zip(parts, where, strict=True)
     ]
     counts = client.gather([client.submit(_count, c, workers=w) for c, w in zip(candidates, where, strict=True)])
@@ -138,9 +148,14 @@ def _boosted(ranker: LightGBMRanker, client: Client, features: Any, labels: Any,
 
 
 def _candidates(
-    inputs: RankerInputs, users: np.ndarray, pool: np.ndarray, per_source: int, exclude: sp.csr_array | None
+    inputs: RankerInputs,
+    users: np.ndarray,
+    pool: np.ndarray,
+    per_source: int,
+    exclude: sp.csr_array | None,
+    ann_min_items: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    return generate_candidates(inputs, users, pool, per_source=per_source, exclude=exclude)
+    return generate_candidates(inputs, users, pool, per_source=per_source, exclude=exclude, ann_min_items=ann_min_items)
 
 
 def _count(pairs: tuple[np.ndarray, np.ndarray]) -> int:

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from catalog import DataError, NotFittedError
+from ranker.ann import ANN_MIN_ITEMS
 from ranker.base import RankerBase
 from ranker.evaluate import Scorer
 from ranker.features import (
@@ -35,6 +36,14 @@ class LightGBMRankerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     per_source: int = Field(100, ge=1, description="Candidates each source contributes per user and view.")
+    ann_min_items: int | None = Field(
+        ANN_MIN_ITEMS,
+        ge=1,
+        description="Candidates for training groups and scored users come from an ANN index over the pool where "
+        "it holds at least this many items (ranker.ann; None: always the exact brute force). The brute force scores "
+        "every item of the pool for every user, the largest part of a retrain at 100k items; CiteULike-a and "
+        "MovieLens stay below it.",
+    )
     cold_share: float = Field(0.5, ge=0, le=1, description="Share of training pairs presented as cold items.")
     cold_user_share: float = Field(
         0.0, ge=0, le=1, description="Share of training users presented as users without history."
@@ -103,17 +112,20 @@ def _groups(
     cold_user_share: float = 0.0,
     *,
     positive_only: bool = False,
+    ann_min_items: int | None = None,
 ) -> _Groups:
     """Candidate pairs of the task's users with their features and labels, grouped by user in task order.
     `positive_only` keeps only the groups with a positive (those without teach LambdaRank nothing), dropped
-    before their features are built.
+    before their features are built. `ann_min_items` as generate_candidates'.
 
     A `cold_user_share` of the users is shown as users without history, as serving sees a new user (DropoutNet's
     idea, for users): candidates and features from inputs without their history, and every item they took
     (history and labels) a positive, since a new user's history is still to come. Their groups follow the others.
     """
     if cold_user_share <= 0:
-        return _user_groups(inputs, task, per_source, as_cold, rng, positive_only=positive_only)
+        return _user_groups(
+            inputs, task, per_source, as_cold, rng, positive_only=positive_only, ann_min_items=ann_min_items
+        )
     hidden = np.sort(task.users[rng.random(task.users.size) < cold_user_share])
     shown = replace(task, users=task.users[~np.isin(task.users, hidden)])
     blank = inputs.without_history(hidden)
@@ -121,7 +133,7 @@ def _groups(
     taken = inputs.history if task.positives is None else inputs.history + task.positives
     as_new = RankingTask(hidden, task.pool, positives=sp.csr_array(taken > 0), exclude=task.exclude)
     parts = [
-        _user_groups(view, part, per_source, as_cold, rng, positive_only=positive_only)
+        _user_groups(view, part, per_source, as_cold, rng, positive_only=positive_only, ann_min_items=ann_min_items)
         for view, part in ((inputs, shown), (blank, as_new))
         if part.users.size
     ]
@@ -143,9 +155,12 @@ def _user_groups(
     rng: np.random.Generator,
     *,
     positive_only: bool,
+    ann_min_items: int | None,
 ) -> _Groups:
     """`_groups` of users shown as `inputs` has them."""
-    users, items = generate_candidates(inputs, task.users, task.pool, per_source=per_source, exclude=task.exclude)
+    users, items = generate_candidates(
+        inputs, task.users, task.pool, per_source=per_source, exclude=task.exclude, ann_min_items=ann_min_items
+    )
     cold = rng.random(users.size) < as_cold if isinstance(as_cold, float) else as_cold[items]
     return pair_groups(inputs, users, items, task.positives, cold, positive_only=positive_only)
 
@@ -213,9 +228,24 @@ class LightGBMRanker(RankerBase):
         train, valid = (_sampled(task, config.max_groups, config.seed) for task in (train, valid))
         rng = np.random.default_rng(config.seed)
         fit_groups = _groups(
-            inputs, train, config.per_source, config.cold_share, rng, config.cold_user_share, positive_only=True
+            inputs,
+            train,
+            config.per_source,
+            config.cold_share,
+            rng,
+            config.cold_user_share,
+            positive_only=True,
+            ann_min_items=config.ann_min_items,
         )
-        valid_groups = _groups(inputs, valid, config.per_source, inputs.is_cold, rng, positive_only=True)
+        valid_groups = _groups(
+            inputs,
+            valid,
+            config.per_source,
+            inputs.is_cold,
+            rng,
+            positive_only=True,
+            ann_min_items=config.ann_min_items,
+        )
         params = self.params()
         train_set, valid_set = self._datasets(fit_groups, valid_groups)
         evaluations: dict[str, Any] = {}
@@ -292,7 +322,9 @@ class LightGBMRanker(RankerBase):
     def score_task(self, inputs: RankerInputs, task: RankingTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(user indices, item indices, scores) of every candidate pair of `task`; items seen as the data has them."""
         booster = self.booster
-        groups = _groups(inputs, task, self.config.per_source, inputs.is_cold, np.random.default_rng(0))
+        config = self.config
+        rng = np.random.default_rng(0)
+        groups = _groups(inputs, task, config.per_source, inputs.is_cold, rng, ann_min_items=config.ann_min_items)
         known = groups.features[:, : self._n_features]
         scores = booster.predict(known, num_iteration=booster.best_iteration or None)
         return groups.users, groups.items, np.asarray(scores + self._prior(groups.features), dtype=np.float32)

@@ -66,6 +66,7 @@ from encoders import (
 from ranker.ann import ANN_MIN_ITEMS, build_candidate_index
 from ranker.base import RankerBase, top_k
 from ranker.features import RankerInputs
+from ranker.lightgbm_ranker import LightGBMRanker
 from ranker.registry import load_ranker
 from ranker.temporal import RequestTimes
 from serving._artifacts import ServingInputs, load_serving_inputs
@@ -234,6 +235,8 @@ class Recommender:
         directory = registry.path(ranker, version)
         served = load_serving_inputs(directory)
         model = load_ranker(directory)
+        if isinstance(model, LightGBMRanker):  # served pools follow the operator's threshold, not training's
+            model.config = model.config.model_copy(update={"ann_min_items": ann_min_items})
         log = space.read(Tables.interactions) if space.exists(Tables.interactions) else None
         items = space.read(Tables.items) if space.exists(Tables.items) else None
         titles = (

@@ -114,6 +114,11 @@ class ModelSettings:
         cf = seeded.cf.model_copy(update={"epochs": min(seeded.cf.epochs, max_epochs)})
         return replace(seeded, cf=cf)
 
+    def with_ann_min_items(self, ann_min_items: int | None) -> ModelSettings:
+        """The same settings with the LightGBM ranker's candidates taken from an ANN index over pools of at least
+        `ann_min_items` items (None: always exact; WARMSTART_ANN_MIN_ITEMS)."""
+        return replace(self, ranker=self.ranker.model_copy(update={"ann_min_items": ann_min_items}))
+
     def for_log(self, has_times: bool) -> ModelSettings:
         """The settings a log with (or without) times trains with: `timed`'s choices applied where it has times."""
         if not has_times or self.timed is None:

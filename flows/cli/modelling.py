@@ -182,7 +182,7 @@ def evaluate(
         sparse_max=sparse_max,
     )
     run_id = new_run_id()
-    models = training.ModelSettings.capped(seed, max_epochs, ranker_name)
+    models = training.ModelSettings.capped(seed, max_epochs, ranker_name).with_ann_min_items(settings.ann_min_items)
     if not augment:
         models = models.without_augmentation()
     space = open_workspace(workspace, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -11,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from ranker.ann import ann_candidates, build_candidate_index
-from ranker.features import RankerInputs, generate_candidates
+from ranker.features import RankerInputs, RankingTask, generate_candidates
 from ranker.temporal import TimeFeatures
 
 N_USERS, N_ITEMS, TOPICS, PER_SOURCE = 120, 4_000, 40, 20
@@ -159,3 +160,82 @@ def test_items_added_after_the_build_are_scored_exactly(indexed: RankerInputs) -
     )
     found = ann_candidates(grown, grown.candidates, np.array([user]), per_source=PER_SOURCE)
     assert N_ITEMS in found["text"][1]  # the copy ties the best item: found though the index never saw it
+
+
+def _pool_of_warm_items(inputs: RankerInputs) -> np.ndarray:
+    """What a fit learns from: the items with history, about half of this catalogue."""
+    return np.flatnonzero(inputs.popularity > 0)
+
+
+def test_a_pools_index_recalls_the_brute_force_within_the_pool(inputs: RankerInputs) -> None:
+    fresh = replace(inputs)  # its own pool indexes
+    pool = _pool_of_warm_items(fresh)
+    users = np.arange(N_USERS)
+    ann_users, ann_items = generate_candidates(fresh, users, pool, per_source=PER_SOURCE, ann_min_items=pool.size)
+    bf_users, bf_items = generate_candidates(fresh, users, pool, per_source=PER_SOURCE)
+    assert np.isin(ann_items, pool).all()  # nothing outside the pool, though the index could have held it
+    assert not np.asarray(fresh.history[ann_users, ann_items]).any()  # nor a training interaction
+    ann, brute = set(zip(ann_users, ann_items, strict=True)), set(zip(bf_users, bf_items, strict=True))
+    assert len(ann & brute) / len(brute) >= 0.9, len(ann & brute) / len(brute)
+    assert ann != brute  # approximate: the index's path was taken, not the brute force's
+    # Grouped by user in the order asked, each user's items ascending, as the brute force gives them.
+    assert (np.diff(ann_users) >= 0).all()
+    starts = np.flatnonzero(np.r_[True, np.diff(ann_users) != 0, True])
+    assert all((np.diff(ann_items[a:b]) > 0).all() for a, b in itertools.pairwise(starts))
+    # One index per pool, built once and shared by every later batch; a pool below the threshold stays exact.
+    assert fresh.pool_index(pool) is fresh.pool_index(pool)
+    small = generate_candidates(fresh, users, pool[:100], per_source=PER_SOURCE, ann_min_items=pool.size)
+    exact = generate_candidates(fresh, users, pool[:100], per_source=PER_SOURCE)
+    np.testing.assert_array_equal(small[1], exact[1])
+
+
+def test_pool_indexes_are_rebuilt_after_pickling_not_sent(inputs: RankerInputs) -> None:
+    import pickle
+
+    fresh = replace(inputs)
+    pool = _pool_of_warm_items(fresh)
+    before = generate_candidates(fresh, np.arange(N_USERS), pool, per_source=PER_SOURCE, ann_min_items=1)
+    copy = pickle.loads(pickle.dumps(fresh))  # as a Dask worker receives the inputs
+    after = generate_candidates(copy, np.arange(N_USERS), pool, per_source=PER_SOURCE, ann_min_items=1)
+    assert copy.pool_index(pool) is not fresh.pool_index(pool)
+    np.testing.assert_array_equal(before[0], after[0])  # a seeded build: the same candidates on the worker
+    np.testing.assert_array_equal(before[1], after[1])
+
+
+def test_the_lightgbm_ranker_learns_and_scores_from_the_pools_index(inputs: RankerInputs) -> None:
+    from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
+
+    rng = np.random.default_rng(3)
+    pool = _pool_of_warm_items(inputs)
+    # Labels: for each user with history, a few warm items of the topics they read (their history's neighbours).
+    rows, cols = [], []
+    for user in range(10, N_USERS):
+        seen = inputs.history[[user]].indices
+        near = np.argsort(-(inputs.text[pool] @ inputs.text[seen].mean(axis=0)))[:40]
+        near = pool[near[~np.isin(pool[near], seen)]]
+        picked = rng.choice(near, 3, replace=False)
+        rows += [user] * 3
+        cols += picked.tolist()
+    positives = sp.csr_array((np.ones(len(rows), np.float32), (rows, cols)), shape=(N_USERS, inputs.n_items))
+    train = RankingTask(np.arange(10, 80), pool, positives=positives)
+    valid = RankingTask(np.arange(80, N_USERS), pool, positives=positives)
+
+    def fitted(ann_min_items: int | None) -> LightGBMRanker:
+        config = LightGBMRankerConfig(
+            per_source=PER_SOURCE,
+            n_estimators=5,
+            early_stopping_rounds=None,
+            min_child_samples=5,
+            ann_min_items=ann_min_items,
+        )
+        return LightGBMRanker(config).fit(replace(inputs), train, valid)
+
+    indexed, exact = fitted(pool.size), fitted(None)
+    task = RankingTask(np.arange(N_USERS), pool)
+    users, items, scores = indexed.score_task(replace(inputs), task)
+    expected = generate_candidates(replace(inputs), task.users, pool, per_source=PER_SOURCE, ann_min_items=pool.size)
+    np.testing.assert_array_equal(users, expected[0])
+    np.testing.assert_array_equal(items, expected[1])
+    assert np.isfinite(scores).all()
+    # It learnt from the index's candidates: other pairs than the brute force's.
+    assert indexed.metadata["train_pairs"] != exact.metadata["train_pairs"]

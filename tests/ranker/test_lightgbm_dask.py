@@ -39,7 +39,7 @@ def test_partitions_build_the_single_node_fits_pairs(slice_inputs: tuple, tasks:
     state = np.random.default_rng(FIXED.seed).bit_generator.state
     parts, offset = [], 0
     for users in np.array_split(train.users, 3):
-        pairs = _candidates(inputs, users, train.pool, FIXED.per_source, train.exclude)
+        pairs = _candidates(inputs, users, train.pool, FIXED.per_source, train.exclude, FIXED.ann_min_items)
         parts.append(_groups_of(inputs, pairs, train.positives, state, offset, FIXED.cold_share))
         offset += pairs[0].size
     for name in ("users", "items", "features", "labels", "sizes"):
