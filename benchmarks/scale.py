@@ -144,21 +144,23 @@ def generate(size: Size, out: Path, *, words: np.ndarray, seed: int = 0) -> dict
 
 
 def run_stage(name: str, command: list[str], env: dict[str, str], log: Path) -> dict[str, object]:
-    """Run one CLI process; its wall seconds, peak RSS (MB), exit status and the load average at its end."""
+    """Run one CLI process; its wall seconds, CPU seconds (user + system), peak RSS (MB), exit status and the load
+    average at its end. On a shared machine the CPU seconds compare runs where the wall seconds cannot."""
     started = time.perf_counter()
     measured = log.with_suffix(".time")
     # Through GNU time: a child forked from this process would inherit its peak (the generator's) as its own.
-    timed = ["/usr/bin/time", "-f", "%M", "-o", str(measured), *command]
+    timed = ["/usr/bin/time", "-f", "%U %S %M", "-o", str(measured), *command]
     with log.open("ab") as sink:
         sink.write(f"$ {' '.join(command)}\n".encode())
         sink.flush()
         status = subprocess.run(timed, env=env, stdout=sink, stderr=subprocess.STDOUT, check=False).returncode
     seconds = time.perf_counter() - started
-    peak_kb = int(measured.read_text().split()[-1])
+    user, system, peak_kb = measured.read_text().split()[-3:]
     row = {
         "stage": name,
         "seconds": round(seconds, 1),
-        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "cpu_seconds": round(float(user) + float(system), 1),
+        "peak_rss_mb": round(int(peak_kb) / 1024, 1),
         "exit": status,
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
