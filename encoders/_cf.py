@@ -41,6 +41,11 @@ _EVAL_SCORES = 2**24  # ...and fewer where the catalogue is larger: at most 64 M
 # Users a validation check scores at most; more than CiteULike-a's and MovieLens' whole populations, so their
 # figures are those of every user.
 VALIDATION_USERS = 10_000
+# ...and fewer over a large catalogue, so that a check scores at most this many (user, item) pairs: every user of
+# up to 107k items, 2,147 at 500k (where a check of 10,000 took minutes: docs/scaling.md), never fewer than
+# MIN_VALIDATION_USERS (ALDI's scripts score 2,000 users).
+VALIDATION_SCORES = 2**30
+MIN_VALIDATION_USERS = 2_000
 
 
 # --- persistence shared by the encoders' models -------------------------------------------------------------------
@@ -220,8 +225,8 @@ def recall_at_k(
     most_users: int | None = None,
     seed: int = 0,
 ) -> float:
-    """Mean Recall@k over users with a `truth` pair (a seeded sample of `most_users` of them where there are more),
-    ranking every item of `embeddings` minus `exclude` pairs.
+    """Mean Recall@k over users with a `truth` pair (a seeded sample of `most_users` of them where there are more,
+    fewer over a large catalogue: VALIDATION_SCORES), ranking every item of `embeddings` minus `exclude` pairs.
 
     `truth` and `exclude` are (user rows, item rows) index arrays. Recall divides the hits by the user's truth
     pairs; candidates are all items the embeddings know, so callers drop truth pairs of unknown ids beforehand.
@@ -232,6 +237,8 @@ def recall_at_k(
     users = np.unique(truth[0])
     if users.size == 0:
         return 0.0
+    if most_users is not None:
+        most_users = min(most_users, max(MIN_VALIDATION_USERS, VALIDATION_SCORES // n_items))
     if most_users is not None and users.size > most_users:
         # Each check scores every item for every user: at 50k users and 100k items, minutes a check.
         users = np.sort(np.random.default_rng(seed).choice(users, most_users, replace=False))
@@ -250,10 +257,18 @@ def recall_at_k(
         mine = chunk[rows] == keys // n_items
         scores[rows[mine], keys[mine] % n_items] = -np.inf
         top = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
-        hits = np.isin(chunk[:, None] * n_items + top, truth_keys).sum(axis=1)
+        hits = _sorted_contains(truth_keys, chunk[:, None] * n_items + top).sum(axis=1)
         n_truth = np.searchsorted(truth_keys, (chunk + 1) * n_items) - np.searchsorted(truth_keys, chunk * n_items)
         per_user[start : start + chunk.size] = hits / n_truth
     return float(per_user.mean())
+
+
+def _sorted_contains(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """np.isin(values, keys) for sorted `keys`, by binary search: isin sorts the keys again on every call, which
+    for a large validation set (a million pairs) was most of a check's time."""
+    if keys.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    return keys[np.minimum(np.searchsorted(keys, values), keys.size - 1)] == values
 
 
 # --- the model ------------------------------------------------------------------------------------------------------
