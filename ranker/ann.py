@@ -33,21 +33,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from encoders._ann import default_nprobe, faiss_module, inner_product_ivf, search_ivf
+
 if TYPE_CHECKING:
     import scipy.sparse as sp
 
     from ranker.features import RankerInputs
 
 # Light on purpose (numpy only; faiss on first use): the settings read this default at the CLI's start.
-# Catalogues of at least this many items get an index when served (WARMSTART_ANN_MIN_ITEMS); CiteULike-a (16,980)
-# and MovieLens stay exact. At 100k items one user's brute-force candidates took p50 86 ms, the index's 8.5 ms
-# (docs/scaling.md, "Candidates by an ANN index").
-ANN_MIN_ITEMS = 100_000
-# Share of the inverted lists searched per query (at least MIN_NPROBE), with sqrt(n) lists. At 500k items 1/12
-# recalled all of the brute force's top 100 in 38 ms a user (p50, load 5); 1/24 recalled 0.95-1.0 a source and
-# 0.99 of the union in 32 ms (load 3.5; docs/scaling.md).
-PROBE_SHARE = 1 / 24
-MIN_NPROBE = 16
+# Catalogues (and pools) of at least this many items take candidates from an index (WARMSTART_ANN_MIN_ITEMS);
+# CiteULike-a (16,980) and MovieLens stay exact. At 100k items one user's brute-force candidates took p50 86 ms,
+# the index's 8.5 ms (docs/scaling.md, "Candidates by an ANN index"); at scale size S (99,999 items, 73.5k of
+# them warm) the brute force was 38% of a whole retrain, which 100k left below the threshold.
+ANN_MIN_ITEMS = 50_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,7 +72,7 @@ class CandidateIndex:
     @property
     def nbytes(self) -> int:
         """Bytes the indexes hold (serialised faiss indexes plus the global orders)."""
-        faiss = _faiss()
+        faiss = faiss_module()
         size = sum(int(faiss.serialize_index(index).nbytes) for index in self.vectors.values())
         return size + sum(int(items.nbytes + scores.nbytes) for items, scores in self.orders.values())
 
@@ -83,26 +81,6 @@ class CandidateIndex:
         if self.extends:
             return labels
         return np.where(labels >= 0, self.items[np.maximum(labels, 0)], -1)
-
-
-def _faiss() -> Any:
-    import faiss  # imported on first use: most runs never build an index
-
-    return faiss
-
-
-def _ivf(vectors: np.ndarray, lists: int | None, seed: int) -> Any:
-    faiss = _faiss()
-    data = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = data.shape
-    lists = lists or max(1, min(int(np.sqrt(n)), n // 39))  # faiss wants 39+ training points a list
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    # k-means on a sample: 40 points a list place the centroids well enough and bound the build's time.
-    sample = data if n <= 40 * lists else data[np.random.default_rng(seed).choice(n, 40 * lists, replace=False)]
-    index.train(sample)
-    index.add(data)
-    return index
 
 
 def build_candidate_index(
@@ -122,9 +100,9 @@ def build_candidate_index(
         raise ValueError("build_candidate_index: a pool must be non-empty, ascending and without repeats.")
     subset = slice(None) if pool is None else items
     vectors = {
-        "cf_warm": _ivf(views[False][subset], lists, seed),
-        "cf_cold": _ivf(views[True][subset], lists, seed),
-        "text": _ivf(inputs.text[subset], lists, seed),
+        "cf_warm": inner_product_ivf(views[False][subset], lists, seed),
+        "cf_cold": inner_product_ivf(views[True][subset], lists, seed),
+        "text": inner_product_ivf(inputs.text[subset], lists, seed),
     }
     # Stable sorts: equal scores go to the lower item, whatever the brute force's argpartition picks among them.
     orders = {}
@@ -133,7 +111,7 @@ def build_candidate_index(
         order = np.argsort(-scores, kind="stable")  # equal scores to the lower item (items ascend)
         orders[source] = (items[order], scores[order])
     if nprobe is None:
-        nprobe = max(MIN_NPROBE, round(vectors["text"].nlist * PROBE_SHARE))
+        nprobe = default_nprobe(vectors["text"])
     tfidf_t = None
     if pool is not None and inputs.tfidf is not None:
         import scipy.sparse  # light module above: see ANN_MIN_ITEMS
@@ -174,14 +152,6 @@ def _fetch_sizes(n_known: np.ndarray, per_source: int, n_items: int) -> np.ndarr
     return np.minimum(2 ** np.ceil(np.log2(np.maximum(wanted, 1))).astype(np.int64), n_items)
 
 
-def _search(index: Any, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, inner products) of each query's k best indexed items (label -1 where fewer were found)."""
-    faiss = _faiss()
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    scores, labels = index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
-    return labels, scores
-
-
 def ann_candidates(
     inputs: RankerInputs,
     index: CandidateIndex,
@@ -216,7 +186,7 @@ def ann_candidates(
         for size in np.unique(sizes[positions]):
             chosen = np.flatnonzero(sizes[positions] == size)
             group, group_vectors = positions[chosen], vectors[chosen]
-            labels, scores = _search(index.vectors[source], group_vectors, int(size), index.nprobe)
+            labels, scores = search_ivf(index.vectors[source], group_vectors, int(size), index.nprobe)
             labels = index.labels_to_items(labels)
             if tail.size:
                 labels = np.hstack([labels, np.broadcast_to(tail, (group.size, tail.size))])

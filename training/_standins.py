@@ -165,7 +165,7 @@ def warmed_standins(
     n_items = standins.shape[0]
     is_cold = np.ones(n_items, dtype=bool)
     is_cold[warm] = False
-    proposed = simulated_interactions(standins, user_cf, config.per_item)
+    proposed = simulated_interactions(standins, user_cf, config.per_item, ann_min_users=config.ann_min_users)
     simulated = proposed if config.simulate else sp.csr_array(proposed.shape, dtype=proposed.dtype)
     judged = np.zeros(n_items, dtype=bool)
     pairs = sp.csr_array(simulated.shape, dtype=np.float32)
@@ -231,6 +231,7 @@ def warm_added(
     no judged pairs: only the embedding simulator can warm it, where the version used it); unchanged otherwise."""
     if config is None or not config.simulate:
         return standins
+    # Every user scored exactly: a few items at a time, where building an index over the users would cost more.
     proposed = simulated_interactions(standins, user_cf, config.per_item)
     return warm_items(proposed, user_cf, standins, warm_item_cf, config)
 

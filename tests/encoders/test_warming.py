@@ -104,3 +104,21 @@ def test_prepare_warming_runs_the_fold_in_once_on_a_tiny_item() -> None:
     # A server calls it at start so its first added item does not pay torch's first-run set-up; it must not need
     # any data of the version to do so.
     assert prepare_warming() is None
+
+
+def test_an_index_over_many_users_finds_nearly_the_simulators_best() -> None:
+    # Users around 30 topic centres (the shape collaborative vectors have), items near the topics.
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(30, 16))
+    users = (centres[rng.integers(0, 30, 6_000)] + 0.5 * rng.normal(size=(6_000, 16))).astype(np.float32)
+    items = (centres[rng.integers(0, 30, 300)] + 0.5 * rng.normal(size=(300, 16))).astype(np.float32)
+    exact = simulate_users(items, users, 20)
+    found = simulate_users(items, users, 20, ann_min_users=5_000)  # 6,000 users: searched through the index
+    assert (np.diff(found.indptr) == 20).all()  # every item still gets its 20 users
+    rows = np.repeat(np.arange(300), np.diff(found.indptr))
+    np.testing.assert_allclose(found.data, np.einsum("ij,ij->i", items[rows], users[found.indices]), rtol=1e-4)
+    shared = exact.multiply(found > 0).nnz / exact.nnz
+    assert 0.9 <= shared < 1.0, shared  # approximate, and close (measured 0.9997 here)
+    # Below the threshold, the exact simulator bit for bit.
+    below = simulate_users(items, users, 20, ann_min_users=6_001)
+    np.testing.assert_array_equal(below.toarray(), exact.toarray())

@@ -1,0 +1,51 @@
+"""Inner-product IVF indexes (faiss) shared by the candidate indexes (ranker.ann) and the embedding simulator
+(encoders._warming): sqrt(n) inverted lists from k-means on a sample, a share of them searched per query.
+
+Light on purpose (numpy only; faiss on first use): the settings read ranker.ann's threshold at the CLI's start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# Share of the inverted lists searched per query (at least MIN_NPROBE), with sqrt(n) lists. At 500k items 1/12
+# recalled all of the brute force's top 100 in 38 ms a user (p50, load 5); 1/24 recalled 0.95-1.0 a source and
+# 0.99 of the union in 32 ms (load 3.5; docs/scaling.md).
+PROBE_SHARE = 1 / 24
+MIN_NPROBE = 16
+
+
+def faiss_module() -> Any:
+    import faiss  # imported on first use: most runs never build an index
+
+    return faiss
+
+
+def inner_product_ivf(vectors: np.ndarray, lists: int | None = None, seed: int = 0) -> Any:
+    """A faiss IVF-Flat index of `vectors` by inner product: `lists` inverted lists (sqrt(n) by default) from
+    k-means on a seeded sample of 40 points a list, which places the centroids well enough and bounds the build."""
+    faiss = faiss_module()
+    data = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = data.shape
+    lists = lists or max(1, min(int(np.sqrt(n)), n // 39))  # faiss wants 39+ training points a list
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    sample = data if n <= 40 * lists else data[np.random.default_rng(seed).choice(n, 40 * lists, replace=False)]
+    index.train(sample)
+    index.add(data)
+    return index
+
+
+def default_nprobe(index: Any) -> int:
+    """Lists searched per query: PROBE_SHARE of them, at least MIN_NPROBE."""
+    return max(MIN_NPROBE, round(index.nlist * PROBE_SHARE))
+
+
+def search_ivf(index: Any, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, inner products) of each query's k best indexed rows (label -1 where fewer were found)."""
+    faiss = faiss_module()
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    scores, labels = index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+    return labels, scores
