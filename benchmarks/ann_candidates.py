@@ -245,6 +245,7 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, help="Lists searched per query (default: ranker.ann's rule).")
     parser.add_argument("--groups", type=int, default=500, help="Users the timed LightGBM ranker learns from.")
     parser.add_argument("--serve-batch", type=int, default=0, help="Users of a timed top-20 batch with ANN (0: none).")
+    parser.add_argument("--flat", action="store_true", help="IVF-Flat indexes instead of 8-bit scalar codes.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows, started = [], time.perf_counter()
@@ -253,7 +254,7 @@ def main() -> None:
         seconds, (inputs, positives) = _timed(synthetic_inputs, n_items)
         rng = np.random.default_rng(1)
         warm_users = rng.choice(np.flatnonzero(inputs.user_has_history), args.users, replace=False)
-        build, index = _timed(build_candidate_index, inputs)
+        build, index = _timed(build_candidate_index, inputs, quantised=not args.flat)
         index = replace(index, nprobe=args.nprobe or index.nprobe)
         indexed = replace(inputs, candidates=index)
         row: dict[str, object] = {
@@ -262,6 +263,7 @@ def main() -> None:
             "events": int(inputs.history.nnz),
             "generate_s": round(seconds, 1),
             "build_s": round(build, 1),
+            "index": "IVF-Flat" if args.flat else "IVF-SQ8",
             "index_mb": round(index.nbytes / 2**20, 1),
             "nprobe": index.nprobe,
             "lists": int(index.vectors["text"].nlist),

@@ -5,10 +5,12 @@ over the catalogue per user, linear in it. Over a catalogue of at least `ANN_MIN
 `CandidateIndex` to its `RankerInputs` and the full-pool sources are read from it instead:
 
 - the inner-product sources (the collaborative score through either item view, [vector | bias] against the
-  user's [vector | 1]; the text profile against the normalised text embeddings) from one faiss IVF-Flat index
-  each, by inner product: sqrt(n) lists from k-means on a sample, a 24th of them searched per query. (The
-  classic reduction of inner product to Euclidean distance by one extra coordinate recalled less here: 0.88
-  against 0.97 at 500k items and 32 lists searched, benchmarks/ann_candidates.py's catalogue);
+  user's [vector | 1]; the text profile against the normalised text embeddings) from one faiss IVF index each,
+  by inner product: sqrt(n) lists from k-means on a sample, a 24th of them searched per query, the vectors held
+  at one byte a coordinate (8-bit scalar quantiser: a quarter of IVF-Flat's memory, which at 500k items and
+  ALS's 256 factors was 1.8 GB an index). (The classic reduction of inner product to Euclidean distance by one
+  extra coordinate recalled less here: 0.88 against 0.97 at 500k items and 32 lists searched,
+  benchmarks/ann_candidates.py's catalogue);
 - the global sources (popularity, recent popularity) from their items sorted once: exact;
 - TF-IDF profile similarity exactly, as a sparse product (no dense row over the catalogue).
 
@@ -53,7 +55,7 @@ class CandidateIndex:
     """ANN indexes over `items` of a `RankerInputs` (built by `build_candidate_index`)."""
 
     items: np.ndarray  # the indexed items, ascending: label i of every faiss index is item items[i]
-    vectors: dict[str, Any]  # faiss.IndexIVFFlat (inner product) of "cf_warm", "cf_cold", "text"
+    vectors: dict[str, Any]  # faiss IVF indexes (inner product) of "cf_warm", "cf_cold", "text"
     # Global sources: item indices by descending score, and those scores.
     orders: dict[str, tuple[np.ndarray, np.ndarray]]
     nprobe: int
@@ -90,9 +92,10 @@ def build_candidate_index(
     nprobe: int | None = None,
     lists: int | None = None,
     seed: int = 0,
+    quantised: bool = True,
 ) -> CandidateIndex:
     """Indexes for the full-pool candidate sources (see the module docstring) over every item of `inputs`, or over
-    the items of `pool` alone (ascending item indices)."""
+    the items of `pool` alone (ascending item indices); IVF-Flat instead of 8-bit codes where not `quantised`."""
     started = time.perf_counter()
     views = inputs.catalog_views
     items = np.arange(inputs.n_items) if pool is None else np.asarray(pool, dtype=np.int64)
@@ -100,9 +103,9 @@ def build_candidate_index(
         raise ValueError("build_candidate_index: a pool must be non-empty, ascending and without repeats.")
     subset = slice(None) if pool is None else items
     vectors = {
-        "cf_warm": inner_product_ivf(views[False][subset], lists, seed),
-        "cf_cold": inner_product_ivf(views[True][subset], lists, seed),
-        "text": inner_product_ivf(inputs.text[subset], lists, seed),
+        "cf_warm": inner_product_ivf(views[False][subset], lists, seed, quantised=quantised),
+        "cf_cold": inner_product_ivf(views[True][subset], lists, seed, quantised=quantised),
+        "text": inner_product_ivf(inputs.text[subset], lists, seed, quantised=quantised),
     }
     # Stable sorts: equal scores go to the lower item, whatever the brute force's argpartition picks among them.
     orders = {}
