@@ -183,7 +183,12 @@ def test_a_pools_index_recalls_the_brute_force_within_the_pool(inputs: RankerInp
     starts = np.flatnonzero(np.r_[True, np.diff(ann_users) != 0, True])
     assert all((np.diff(ann_items[a:b]) > 0).all() for a, b in itertools.pairwise(starts))
     # One index per pool, built once and shared by every later batch; a pool below the threshold stays exact.
-    assert fresh.pool_index(pool) is fresh.pool_index(pool)
+    built = fresh.pool_index(pool)
+    assert fresh.pool_index(pool) is built
+    assert fresh.pool_index(pool[::-1].copy()) is built  # the same items in another array and order
+    assert fresh.pool_index(pool) is built
+    fresh.drop_pool_indexes()  # a phase done with its pools lets them go; the next ask builds afresh
+    assert fresh.pool_index(pool) is not built
     small = generate_candidates(fresh, users, pool[:100], per_source=PER_SOURCE, ann_min_items=pool.size)
     exact = generate_candidates(fresh, users, pool[:100], per_source=PER_SOURCE)
     np.testing.assert_array_equal(small[1], exact[1])
