@@ -220,27 +220,34 @@ def train_evaluate_gate(
         with stage(record, "evaluate", "bootstrap intervals of the drops the gate saw"):
             evidence = tasks.gate_evidence_task(fitted, incumbent, plan.split, config.gate, k=config.k)
         decision = tasks.gate_task(metrics, incumbent, config.gate, reference, evidence)
-    served, served_plan = fitted, plan
-    if whole_log is not None and decision.promoted:
-        with stage(record, "refit", "the promoted candidate's choices on every event of the log"):
-            served = tasks.refit_ranker_task(
-                whole_log, fitted, cache_dir=config.cache_dir, settings=config.models, client=client
-            )
-        served_plan = whole_log
+    incumbent_version = incumbent.version
+    # The store keeps, per run, what synthetic interactions warmed.
+    warming = training.warming_row(fitted.served.warming, plan.split) if fitted.served.warming is not None else None
     # A version exists once its metadata.json does, and the ranker writes that last: what it serves from and its
     # report go first, so a run killed while saving leaves no half version behind.
     directory = registry.path(ranker, run.run_id)
-    if served is not fitted:
+    served, served_plan = fitted, plan
+    if whole_log is not None and decision.promoted:
+        # The candidate is kept as it was judged; past that the refit needs only its ranker and report. Its inputs
+        # (and the incumbent's view of them) go before the refit encodes the whole log: holding them beside the
+        # refit's own killed a refit at 500k items (20 GB).
         fitted.ranker.save(directory / training.EVALUATED)
+        evaluated, chosen = fitted.ranker, fitted.report
+        del fitted, incumbent, served
+        with stage(record, "refit", "the promoted candidate's choices on every event of the log"):
+            served = tasks.refit_ranker_task(
+                whole_log, evaluated, chosen, cache_dir=config.cache_dir, settings=config.models, client=client
+            )
+        served_plan = whole_log
     stages.save_serving(directory, served, served_plan.split.index)  # the version serves on its own
     stages.write_report(directory, served, served_plan, metrics, evaluated=plan, parent=current, dataset=dataset)
     served.ranker.save(directory)
-    if fitted.served.warming is not None:  # the store keeps, per run, what synthetic interactions warmed
-        record.augmentation = (record.augmentation or {}) | training.warming_row(fitted.served.warming, plan.split)
+    if warming is not None:
+        record.augmentation = (record.augmentation or {}) | warming
     record.model_version = run.run_id
     record.metrics = pl.concat([metrics, references.select(metrics.columns)])
     record.as_of = training.as_of(plan.split)
-    record.promotion = decision.record(run.run_id, incumbent.version, config.gate)
+    record.promotion = decision.record(run.run_id, incumbent_version, config.gate)
     return decision
 
 

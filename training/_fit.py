@@ -75,20 +75,20 @@ class FitReport:
         cls,
         settings: ModelSettings,
         ranker: RankerBase,
-        fitted: EncodedSplit,
-        served: EncodedSplit,
+        fit: EncoderReport,
+        served: EncoderReport,
         cold_slots: ColdSlotChoice | None,
         *,
         started: float,
         newcomers: NewcomerChoice | None = None,
     ) -> FitReport:
-        """The report of a ranker fitted with `settings` on `fitted`'s inputs and serving from `served`'s, timed
-        from `started` (a `time.perf_counter()` reading)."""
+        """The report of a ranker fitted with `settings` on inputs whose encoders reported `fit` and serving from
+        inputs whose encoders reported `served`, timed from `started` (a `time.perf_counter()` reading)."""
         return cls(
             ranker=settings.ranker_name,
             ranker_metadata=ranker.metadata,
-            fit=fitted.report,
-            served=served.report,
+            fit=fit,
+            served=served,
             standins=settings.standins,
             bprmf=settings.cf,
             cold_slots=cold_slots,
@@ -329,7 +329,14 @@ def served_inputs(
         return fitted
     if ranker_class(settings.ranker_name).tied_to_encoders:
         return fitted.with_history(interaction_matrix(plan.split.train, plan.split.index))
-    epochs = max(int(fitted.report.bprmf["best_epoch"] or 0), 1)
+    return _encoded_for_serving(plan, fitted.report, settings, cache_dir=cache_dir)
+
+
+def _encoded_for_serving(
+    plan: EvaluationPlan, fit: EncoderReport, settings: ModelSettings, *, cache_dir: Path
+) -> EncodedSplit:
+    """served_inputs' refitted encoders: the whole training history, as many BPR epochs as `fit` chose."""
+    epochs = max(int(fit.bprmf["best_epoch"] or 0), 1)
     cf = settings.cf.model_copy(update={"epochs": epochs})
     return encode_plan(plan, plan.split.train, settings, cache_dir=cache_dir, cf=cf, validate=False)
 
@@ -377,7 +384,9 @@ def fit_ranker(
         )
         newcomers = replace(newcomers, route=route)
     ranker.with_newcomers(newcomers.served if newcomers is not None else None)
-    report = FitReport.measured(settings, ranker, fitted, served, calibrated, started=started, newcomers=newcomers)
+    report = FitReport.measured(
+        settings, ranker, fitted.report, served.report, calibrated, started=started, newcomers=newcomers
+    )
     main = FittedRanker(ranker, served, report)
     for name, other in others.items() if timed else ():
         if other.ranker_config() == settings.ranker_config():
@@ -390,28 +399,36 @@ def fit_ranker(
 
 def refit_ranker(
     plan: EvaluationPlan,
-    candidate: FittedRanker,
+    candidate: RankerBase,
+    chosen: FitReport | None,
     *,
     cache_dir: Path,
     settings: ModelSettings,
     client: Client | None = None,
 ) -> FittedRanker:
-    """`candidate` (fitted with `settings` and judged on its own held-out data) trained again as `plan` says (the
-    whole log: `whole_log_plan`) with everything it chose kept: BPR-MF's epochs, the ranker's rounds or epochs, its
-    cold places and timed choices. Nothing is chosen on validation here, so nothing is tuned on the events the
-    candidate was judged on. With a Dask `client`, a LightGBM ranker trains on its cluster (DaskLGBMRanker, the
-    candidate's rounds)."""
-    if candidate.report is None:
+    """The `candidate` ranker (fitted with `settings` and judged on its own held-out data; `chosen` its fit report)
+    trained again as `plan` says (the whole log: `whole_log_plan`) with everything it chose kept: BPR-MF's epochs,
+    the ranker's rounds or epochs, its cold places and timed choices. Nothing is chosen on validation here, so
+    nothing is tuned on the events the candidate was judged on. With a Dask `client`, a LightGBM ranker trains on
+    its cluster (DaskLGBMRanker, the candidate's rounds). Takes the candidate's ranker and report, not its inputs,
+    so that a caller done with those can let them go first (at 500k items each set of inputs is gigabytes)."""
+    if chosen is None:
         raise TypeError("refit_ranker needs the candidate's fit report (its chosen epochs).")
     started = time.perf_counter()
-    epochs = int(candidate.report.fit.bprmf.get("best_epoch") or settings.cf.epochs)
-    fixed = settings.for_log(has_times(plan.split.train)).refitting(candidate.ranker, epochs)
+    epochs = int(chosen.fit.bprmf.get("best_epoch") or settings.cf.epochs)
+    fixed = settings.for_log(has_times(plan.split.train)).refitting(candidate, epochs)
     fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False, takers=plan.fit_labels)
-    ranker = train_ranker(plan, fitted, fixed, client=client).with_newcomers(candidate.ranker.newcomers)
-    served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
-    chosen = candidate.report
+    ranker = train_ranker(plan, fitted, fixed, client=client).with_newcomers(candidate.newcomers)
+    fit = fitted.report
+    if plan.refit_for_serving and not ranker.tied_to_encoders:
+        # The inputs the ranker learnt from are done with: let them (and their candidate indexes) go before the
+        # served ones are encoded. Holding both beside the candidate's killed a refit at 500k items (20 GB).
+        del fitted
+        served = _encoded_for_serving(plan, fit, fixed, cache_dir=cache_dir)
+    else:
+        served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
     report = FitReport.measured(
-        fixed, ranker, fitted, served, chosen.cold_slots, started=started, newcomers=chosen.newcomers
+        fixed, ranker, fit, served.report, chosen.cold_slots, started=started, newcomers=chosen.newcomers
     )
     return FittedRanker(ranker, served, report)
 
