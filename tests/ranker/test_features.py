@@ -141,6 +141,19 @@ def test_item_view_is_the_stand_in_where_cold_and_the_id_embedding_elsewhere() -
     np.testing.assert_array_equal(inputs.item_view(items, as_cold), expected)
 
 
+def test_replaced_inputs_share_the_big_arrays_they_did_not_change() -> None:
+    """What `replace` passes on (the text, the stand-ins) is not copied again: at 500k items each copy is hundreds
+    of megabytes. Text given unnormalised is still normalised; the catalogue's cold view is the stand-ins."""
+    inputs = random_inputs()
+    np.testing.assert_allclose(np.linalg.norm(inputs.text, axis=1), 1.0, rtol=1e-5)
+    raw = dataclasses.replace(inputs, text=inputs.text * 3.0)
+    np.testing.assert_allclose(raw.text, inputs.text, rtol=1e-5)  # normalised: not the array it was given
+    shared = dataclasses.replace(inputs, item_given=np.ones(inputs.n_items, dtype=np.float32))
+    assert shared.text is inputs.text
+    assert shared.catalog_views[True] is shared.item_standin
+    np.testing.assert_array_equal(shared.catalog_views[True], inputs.item_view(np.arange(inputs.n_items), True))
+
+
 def test_tfidf_max_of_all_users_at_once_is_each_users_own_product() -> None:
     inputs = random_inputs(n_users=40)
     rng = np.random.default_rng(4)
