@@ -97,16 +97,18 @@ def build_candidate_index(
     """Indexes for the full-pool candidate sources (see the module docstring) over every item of `inputs`, or over
     the items of `pool` alone (ascending item indices); IVF-Flat instead of 8-bit codes where not `quantised`."""
     started = time.perf_counter()
-    views = inputs.catalog_views
     items = np.arange(inputs.n_items) if pool is None else np.asarray(pool, dtype=np.int64)
     if pool is not None and (items.size == 0 or np.any(np.diff(items) <= 0)):
         raise ValueError("build_candidate_index: a pool must be non-empty, ascending and without repeats.")
     subset = slice(None) if pool is None else items
+    # Each view's rows gathered for the build alone (not RankerInputs.catalog_views, which would stay in memory).
     vectors = {
-        "cf_warm": inner_product_ivf(views[False][subset], lists, seed, quantised=quantised),
-        "cf_cold": inner_product_ivf(views[True][subset], lists, seed, quantised=quantised),
-        "text": inner_product_ivf(inputs.text[subset], lists, seed, quantised=quantised),
+        f"cf_{'cold' if cold else 'warm'}": inner_product_ivf(
+            inputs.item_view(items, np.full(items.size, cold)), lists, seed, quantised=quantised
+        )
+        for cold in (False, True)
     }
+    vectors["text"] = inner_product_ivf(inputs.text[subset], lists, seed, quantised=quantised)
     # Stable sorts: equal scores go to the lower item, whatever the brute force's argpartition picks among them.
     orders = {}
     for source in ("popularity", "recent", "recent_week") if inputs.time is not None else ("popularity",):
@@ -178,13 +180,18 @@ def ann_candidates(
     tail = np.arange(n_indexed, n_items) if index.extends else np.empty(0, dtype=np.int64)
     everyone = np.arange(users.size)
     user_view = inputs.user_view(users)
-    queries = {f"cf_{'cold' if cold else 'warm'}": (everyone, user_view, inputs.catalog_views[cold]) for cold in views}
+    # Each query: the users' positions, their vectors, the tail's item vectors (the view's rows of those items only:
+    # the whole catalogue's views are never built where an index answers, 514 MB each at 500k items).
+    queries = {
+        f"cf_{'cold' if cold else 'warm'}": (everyone, user_view, inputs.item_view(tail, np.full(tail.size, cold)))
+        for cold in views
+    }
     if views:
         with_profile = np.flatnonzero(inputs.user_has_history[users])
-        queries["text"] = (with_profile, inputs.text_profiles[users[with_profile]], inputs.text)
+        queries["text"] = (with_profile, inputs.text_profiles[users[with_profile]], inputs.text[tail])
 
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for source, (positions, vectors, items) in queries.items():
+    for source, (positions, vectors, tail_vectors) in queries.items():
         parts = []
         for size in np.unique(sizes[positions]):
             chosen = np.flatnonzero(sizes[positions] == size)
@@ -193,7 +200,7 @@ def ann_candidates(
             labels = index.labels_to_items(labels)
             if tail.size:
                 labels = np.hstack([labels, np.broadcast_to(tail, (group.size, tail.size))])
-                scores = np.hstack([scores, group_vectors @ items[tail].T])
+                scores = np.hstack([scores, group_vectors @ tail_vectors.T])
             parts.append(_best(group, labels, scores, known_codes, n_items, per_source))
         out[source] = _concat(parts)
     if False in views:
