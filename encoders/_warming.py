@@ -92,10 +92,7 @@ def simulate_users(
         rows.append(np.repeat(np.arange(start, start + scores.shape[0]), m)[keep.ravel()])
         cols.append(top.ravel()[keep.ravel()])
         values.append(chosen.ravel()[keep.ravel()])
-    matrix = sp.coo_array(
-        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(items.shape[0], users.shape[0])
-    )
-    return sp.csr_array(matrix)
+    return _items_by_users(rows, cols, values, (items.shape[0], users.shape[0]))
 
 
 def _indexed_simulation(items: np.ndarray, users: np.ndarray, m: int, block: int = 8192) -> sp.csr_array:
@@ -109,10 +106,16 @@ def _indexed_simulation(items: np.ndarray, users: np.ndarray, m: int, block: int
         rows.append(np.broadcast_to(np.arange(start, start + labels.shape[0])[:, None], labels.shape)[found])
         cols.append(labels[found])
         values.append(scores[found])
-    matrix = sp.coo_array(
-        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(items.shape[0], users.shape[0])
+    return _items_by_users(rows, cols, values, (items.shape[0], users.shape[0]))
+
+
+def _items_by_users(
+    rows: list[np.ndarray], cols: list[np.ndarray], values: list[np.ndarray], shape: tuple[int, int]
+) -> sp.csr_array:
+    """The simulator's (items x users) matrix from its blocks' (item, user, score) triples."""
+    return sp.csr_array(
+        sp.coo_array((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=shape)
     )
-    return sp.csr_array(matrix)
 
 
 def simulated_interactions(

@@ -35,7 +35,7 @@ from training import (
     with_descriptions,
 )
 from training._audit import audit_descriptions, audit_judged_pairs, simulator_at_same_count
-from training._standins import judged_like_pairs
+from training._standins import judged_like_pairs, warmed_standins
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +265,25 @@ def test_descriptions_are_audited_on_the_described_cold_items_and_join_the_encod
     texts = with_descriptions(split.items, descriptions).filter(pl.col(Columns.item).is_in(cold))
     assert texts.height == 3 and texts[Columns.text].str.ends_with("space travel and aliens.").all()
     assert with_descriptions(split.items, None) is split.items
+
+
+def test_the_simulators_index_threshold_reaches_warming() -> None:
+    """WarmingConfig.ann_min_users decides how warmed_standins' simulator finds users: over the threshold through
+    an index (other users for some items, nearly the same), below it the exact search, bit for bit."""
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(30, 16))
+    user_cf = (centres[rng.integers(0, 30, 6_000)] + 0.5 * rng.normal(size=(6_000, 16))).astype(np.float32)
+    item_cf = (centres[rng.integers(0, 30, 300)] + 0.5 * rng.normal(size=(300, 16))).astype(np.float32)
+    standins = (item_cf + 0.3 * rng.normal(size=item_cf.shape)).astype(np.float32)
+    warm = np.arange(200)  # items 200-299 are cold
+    config = WarmingConfig(steps=5, given_share=0)
+    exact = warmed_standins(standins, user_cf, item_cf, warm, None, config.model_copy(update={"ann_min_users": None}))
+    indexed = warmed_standins(
+        standins, user_cf, item_cf, warm, None, config.model_copy(update={"ann_min_users": 5_000})
+    )
+    below = warmed_standins(standins, user_cf, item_cf, warm, None, config.model_copy(update={"ann_min_users": 6_001}))
+    np.testing.assert_array_equal(below.standins, exact.standins)
+    assert (exact.synthetic != indexed.synthetic).nnz > 0  # the index's path was taken
+    shared = exact.synthetic.multiply(indexed.synthetic > 0).nnz / exact.synthetic.nnz
+    assert shared >= 0.9, shared
+    assert not np.array_equal(indexed.standins, exact.standins)
