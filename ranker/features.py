@@ -113,13 +113,6 @@ class _PoolIndexes:
 POOL_INDEXES = 2
 
 
-@dataclass(frozen=True)
-class _CatalogArrays:
-    views: dict[bool, np.ndarray]  # item_view of every item, warm (False) and as cold (True)
-    tfidf_t: sp.csr_array | None
-    log_popularity: np.ndarray
-
-
 @dataclass(frozen=True, eq=False)
 class RankerInputs:
     """What the rankers know about users and items, row i of each item array being item index i.
@@ -272,30 +265,26 @@ class RankerInputs:
         return pool.size == self.n_items and bool(np.array_equal(pool, np.arange(self.n_items)))
 
     @cached_property
-    def _catalog(self) -> _CatalogArrays:
-        """Per-item arrays of the whole catalog that source_scores would otherwise build on every call."""
+    def catalog_views(self) -> dict[bool, np.ndarray]:
+        """`item_view` of every item, warm (False) and as cold (True); computed once per inputs, for scoring the
+        whole catalogue by brute force (an index reads its own copies: ranker.ann)."""
         everything = np.arange(self.n_items)
         dtype = np.result_type(self.item_standin, self.item_cf)
-        return _CatalogArrays(
+        return {
+            False: self.item_view(everything, np.zeros(everything.size, dtype=bool)),
             # Every item as cold is the stand-ins themselves: no copy (at 500k items and 256 factors, 514 MB).
-            views={
-                False: self.item_view(everything, np.zeros(everything.size, dtype=bool)),
-                True: np.asarray(self.item_standin, dtype=dtype),
-            },
-            # What `tfidf[pool].T` becomes in a product with a CSR matrix: scipy converts it to CSR.
-            tfidf_t=sp.csr_array(self.tfidf.T) if self.tfidf is not None else None,
-            log_popularity=np.log1p(self.popularity),
-        )
+            True: np.asarray(self.item_standin, dtype=dtype),
+        }
 
-    @property
-    def catalog_views(self) -> dict[bool, np.ndarray]:
-        """`item_view` of every item, warm (False) and as cold (True); computed once per inputs."""
-        return self._catalog.views
-
-    @property
+    @cached_property
     def catalog_tfidf_t(self) -> sp.csr_array | None:
-        """The TF-IDF matrix transposed (terms x items) as CSR; computed once per inputs."""
-        return self._catalog.tfidf_t
+        """The TF-IDF matrix transposed (terms x items) as CSR, what `tfidf[pool].T` becomes in a product with a CSR
+        matrix; computed once per inputs."""
+        return sp.csr_array(self.tfidf.T) if self.tfidf is not None else None
+
+    @cached_property
+    def _log_popularity(self) -> np.ndarray:
+        return np.log1p(self.popularity)
 
     def source_scores(
         self, users: np.ndarray, pool: np.ndarray, as_cold: bool, *, view_only: bool = False
@@ -304,15 +293,15 @@ class RankerInputs:
         item view (text and TF-IDF profiles score an item alike in both), for a caller that has them from the
         other view."""
         full = self.is_full(pool)
-        view = self._catalog.views[as_cold] if full else self.item_view(pool, np.full(pool.size, as_cold))
+        view = self.catalog_views[as_cold] if full else self.item_view(pool, np.full(pool.size, as_cold))
         scores = {"cf": self.user_view(users) @ view.T}
         if not view_only:
             scores["text"] = self.text_profiles[users] @ (self.text if full else self.text[pool]).T
         if not view_only and self.tfidf is not None and self.tfidf_profiles is not None:
-            columns = self._catalog.tfidf_t if full else self.tfidf[pool].T
+            columns = self.catalog_tfidf_t if full else self.tfidf[pool].T
             scores["tfidf"] = (self.tfidf_profiles[users] @ columns).toarray()
         if not as_cold:
-            log_popularity = self._catalog.log_popularity if full else np.log1p(self.popularity[pool])
+            log_popularity = self._log_popularity if full else np.log1p(self.popularity[pool])
             scores["popularity"] = np.broadcast_to(log_popularity, (users.size, pool.size))
             if self.time is not None:
                 # What the population rates now: the candidates a user without history is best served by.
