@@ -15,6 +15,10 @@ import numpy as np
 # 0.99 of the union in 32 ms (load 3.5; docs/scaling.md).
 PROBE_SHARE = 1 / 24
 MIN_NPROBE = 16
+# Quantised vectors are padded with zero coordinates to a multiple of this: faiss decodes 8-bit codes with SIMD
+# only then, and ALS's 256 factors plus a bias (257) scanned 5x slower than IVF-Flat (7.3 against 1.6 ms a query
+# at 500k items); padded to 272, 0.9 ms, with the same recall (inner products are unchanged by zeros).
+SIMD_WIDTH = 16
 
 
 def faiss_module() -> Any:
@@ -30,6 +34,8 @@ def inner_product_ivf(vectors: np.ndarray, lists: int | None = None, seed: int =
     each coordinate's range learnt on the same sample): a quarter of the memory, approximate inner products."""
     faiss = faiss_module()
     data = np.ascontiguousarray(vectors, dtype=np.float32)
+    if quantised:
+        data = _padded(data, -(-data.shape[1] // SIMD_WIDTH) * SIMD_WIDTH)
     n, dim = data.shape
     lists = lists or max(1, min(int(np.sqrt(n)), n // 39))  # faiss wants 39+ training points a list
     coarse = faiss.IndexFlatIP(dim)
@@ -54,6 +60,13 @@ def default_nprobe(index: Any) -> int:
 def search_ivf(index: Any, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
     """(labels, inner products) of each query's k best indexed rows (label -1 where fewer were found)."""
     faiss = faiss_module()
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    queries = _padded(np.ascontiguousarray(queries, dtype=np.float32), index.d)
     scores, labels = index.search(queries, k, params=faiss.SearchParametersIVF(nprobe=nprobe))
     return labels, scores
+
+
+def _padded(matrix: np.ndarray, width: int) -> np.ndarray:
+    """`matrix` with zero columns appended up to `width` (itself where it is that wide)."""
+    if matrix.shape[1] >= width:
+        return matrix
+    return np.ascontiguousarray(np.pad(matrix, ((0, 0), (0, width - matrix.shape[1]))))
