@@ -223,7 +223,11 @@ class RankerInputs:
         time = self.time
         if time is not None:
             time = replace(time, user_recent=np.where(keep > 0, time.user_recent, 0).astype(time.user_recent.dtype))
-        return replace(self, history=history, time=time)
+        blank = replace(self, history=history, time=time)
+        # A pool's index holds item vectors, popularity and TF-IDF columns, none of which a user's history changes:
+        # both inputs share the indexes (a second one over 450k warm items was gigabytes at scale M).
+        object.__setattr__(blank, "_pool_indexes", self._pool_indexes)
+        return blank
 
     @property
     def n_users(self) -> int:

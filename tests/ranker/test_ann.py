@@ -187,6 +187,8 @@ def test_a_pools_index_recalls_the_brute_force_within_the_pool(inputs: RankerInp
     assert fresh.pool_index(pool) is built
     assert fresh.pool_index(pool[::-1].copy()) is built  # the same items in another array and order
     assert fresh.pool_index(pool) is built
+    # Users shown without history (training's cold users) see the same items: the same index.
+    assert fresh.without_history(users[:3]).pool_index(pool) is built
     fresh.drop_pool_indexes()  # a phase done with its pools lets them go; the next ask builds afresh
     assert fresh.pool_index(pool) is not built
     small = generate_candidates(fresh, users, pool[:100], per_source=PER_SOURCE, ann_min_items=pool.size)
