@@ -35,7 +35,7 @@ from training._inputs import EncodedSplit, EncoderReport, encode_inputs
 from training._newcomers import NewcomerChoice, choose_newcomers, choose_route
 from training._plans import USER_PROTOCOLS, EvaluationPlan
 from training._settings import ModelSettings, StandInConfig, TimedChoices
-from training.defaults import COLD_SLOTS_GRID, NEWCOMER_ROUTE_BOUNDS
+from training.defaults import COLD_SLOTS_GRID, NEWCOMER_ROUTE_BOUNDS, ROUTE_USERS
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -381,6 +381,8 @@ def fit_ranker(
             interaction_matrix(plan.valid_exclude, index) if plan.valid_exclude is not None else None,
             k=settings.ranker.eval_k,
             bounds=NEWCOMER_ROUTE_BOUNDS,
+            max_users=ROUTE_USERS,
+            seed=settings.seed,
         )
         newcomers = replace(newcomers, route=route)
     ranker.with_newcomers(newcomers.served if newcomers is not None else None)

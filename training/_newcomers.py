@@ -284,6 +284,8 @@ def choose_route(
     k: int = 20,
     min_users: int = 20,
     bounds: tuple[int, ...] = (),
+    max_users: int | None = None,
+    seed: int = 0,
 ) -> RouteChoice:
     """Serve users without history, and users with 1 to max_events events, by the newcomer model only where it
     ranks `labels` (validation positives among `pool`) at least as well as `ranker` does for such users of
@@ -295,7 +297,10 @@ def choose_route(
     bound (or none, the ranker keeping them) with the best NDCG at k over the validation users with more than
     max_events and at most max(bounds) events (ties to the lower bound), trying no bound past the first that holds
     the most events among them; with fewer than `min_users` such users, none. (A ranker trained on a log's latest
-    events can rank a user with a few events far below popularity: docs/benchmarks.md, issue 29.)"""
+    events can rank a user with a few events far below popularity: docs/benchmarks.md, issue 29.)
+
+    Each kind of user is judged on at most `max_users` of them (a seeded sample; None: all), `users_of` counting
+    those judged."""
     activity = np.diff(inputs.history.indptr)
     truth = sp.csr_array(labels[:, pool])
     labelled = np.flatnonzero(np.diff(truth.indptr) > 0)
@@ -306,7 +311,7 @@ def choose_route(
     without_cold = config.model_copy(update={"cold_items": False})
     gains: list[float] = []
     for name, (low, high) in {"cold": (0, 0), "sparse": (1, config.max_events)}.items():
-        users = labelled[(activity[labelled] >= low) & (activity[labelled] <= high)]
+        users = _at_most(labelled[(activity[labelled] >= low) & (activity[labelled] <= high)], max_users, seed)
         users_of[name] = int(users.size)
         if users.size < min_users:
             ndcg[name], routes[name] = None, True
@@ -329,6 +334,7 @@ def choose_route(
     wider = sorted(bound for bound in bounds if bound > config.max_events)
     if wider:
         users = labelled[(activity[labelled] > config.max_events) & (activity[labelled] <= wider[-1])]
+        users = _at_most(users, max_users, seed)
         users_of["past"], ndcg["past"] = int(users.size), None
         if routes["sparse"] and users.size >= min_users:
             # No further than the first bound that holds the most events seen among them: beyond, nothing was seen.
@@ -375,6 +381,13 @@ def _past_ndcg(
             scores = routed(lambda *_, kept=scored: kept.copy(), inputs, exclude, wider)(block, pool)
             totals[bound] += _ndcg_sum(ranker.place(scores, inputs, pool), wanted, k)
     return {bound: round(total / users.size, 4) for bound, total in totals.items()}
+
+
+def _at_most(users: np.ndarray, most: int | None, seed: int) -> np.ndarray:
+    """`users` (ascending), or a seeded sample of `most` of them (ascending) where there are more."""
+    if most is None or users.size <= most:
+        return users
+    return np.sort(np.random.default_rng([seed, users.size]).choice(users, most, replace=False))
 
 
 def _blocks(users: np.ndarray, n_items: int) -> Iterator[np.ndarray]:

@@ -36,7 +36,7 @@ from training._fit import (
 from training._newcomers import RouteChoice, choose_route
 from training._plans import USER_PROTOCOLS, EvaluationPlan
 from training._settings import ModelSettings
-from training.defaults import COLD_USER_SHARE_GRID, NEWCOMER_ROUTE_BOUNDS
+from training.defaults import COLD_USER_SHARE_GRID, NEWCOMER_ROUTE_BOUNDS, ROUTE_USERS
 
 JSON = dict[str, object]
 PRODUCT = "product"
@@ -107,7 +107,16 @@ def choose_user_route(plan: EvaluationPlan, settings: ModelSettings, *, cache_di
     inputs = served.inputs_for(split)  # the validation users ask at their own times, as the test users do
     pool = np.arange(inputs.n_items)
     return choose_route(
-        ranker, inputs, weights.chosen, truth, pool, exclude, k=base.ranker.eval_k, bounds=NEWCOMER_ROUTE_BOUNDS
+        ranker,
+        inputs,
+        weights.chosen,
+        truth,
+        pool,
+        exclude,
+        k=base.ranker.eval_k,
+        bounds=NEWCOMER_ROUTE_BOUNDS,
+        max_users=ROUTE_USERS,
+        seed=base.seed,
     )
 
 

@@ -66,6 +66,10 @@ tail items (the best validation tail Recall@20 on MovieLens-100K, benchmarks/tai
 COLD_USER_SHARE_GRID = (0.0, 0.2, 0.5)
 """Shares of training users the LightGBM ranker is shown without their history, tried on a validation split of the
 training users (the protocol's own split drawn again among them) by the cold-user and sparse-user protocols."""
+ROUTE_USERS = 5_000
+"""Most validation users of each kind (without history, sparse, with a few more events) the newcomer route is chosen
+on (training.choose_route): a seeded sample beyond. CiteULike-a and MovieLens have fewer; at scale M (200k users)
+scoring every one of them over the catalogue, three ways, was 18% of a retrain."""
 NEWCOMER_ROUTE_BOUNDS = (10, 20, 40)
 """Most events of a user the newcomer model may serve beyond the sparse users' (`ModelSettings.newcomers`), each
 tried on the route's validation users with more events (training.choose_route): the LightGBM ranker, trained on

@@ -186,6 +186,10 @@ def test_the_route_serves_newcomers_only_where_validation_says_the_model_ranks_t
         serves = choice.config is not None and choice.config.min_events <= low <= choice.config.max_events
         assert serves == (ndcg["newcomer model"] >= ndcg["ranker"])
     assert choose_route(ranker, blank, config, labels, pool, None, min_users=301).config == config
+    # Judged on a seeded sample where there are more than max_users of a kind: the same sample every time.
+    sampled = choose_route(ranker, blank, config, labels, pool, None, min_users=5, max_users=10, seed=1)
+    assert sampled.users["cold"] == 10
+    assert sampled == choose_route(ranker, blank, config, labels, pool, None, min_users=5, max_users=10, seed=1)
 
 
 def test_on_a_log_with_times_the_recent_weight_brings_what_is_taken_now_up() -> None:
