@@ -735,7 +735,8 @@ def _checked_scores(raw: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     scores = np.array(raw, dtype=np.float32)
     if scores.shape != shape:
         raise MetricInputError(f"the scorer returned scores of shape {scores.shape}; expected {shape} (users, items).")
-    if np.isnan(scores).any() or np.isposinf(scores).any():
+    highest = scores.max(initial=-np.inf)  # NaN where any is NaN: one pass instead of isnan's and isposinf's
+    if np.isnan(highest) or highest == np.inf:
         raise MetricInputError("the scorer returned NaN or +inf scores; use -inf for items it must never recommend.")
     return scores
 
@@ -750,7 +751,9 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     if k < n_cols and np.count_nonzero(keep) * 8 > keep.size:
         kth = kth_largest(scores, k)
         keep &= scores >= kth[:, None]  # ties at the boundary are all kept, then cut after the exact sort
-    rows, cols = np.nonzero(keep)
+    # A flat scan (rows and columns from the positions) is several times faster than 2-D np.nonzero on a dense
+    # 33 x 500k batch, where a learned ranker's rows are nearly all -inf.
+    rows, cols = np.divmod(np.flatnonzero(keep), n_cols)
     order = np.lexsort((cols, -scores[rows, cols], rows))
     rows, cols = rows[order], cols[order]
     rank = np.arange(rows.size) - np.searchsorted(rows, rows, side="left") + 1
