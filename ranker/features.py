@@ -149,9 +149,6 @@ class RankerInputs:
     # When each user asks (ranker.temporal.RequestTimes): the newcomer model's recent shares are those of the days
     # before each user's request. None: every user asks at the log's end (`time.now`), as in serving.
     request_times: RequestTimes | None = None
-    # Derived: the normalised sum of each user's item vectors (zero for users without history).
-    text_profiles: np.ndarray = field(init=False)
-    tfidf_profiles: sp.csr_array | None = field(init=False)
     # ANN indexes over pools (generate_candidates' `ann_min_items`), built on first use; a `replace` starts afresh.
     _pool_indexes: _PoolIndexes = field(init=False, repr=False)
 
@@ -193,14 +190,29 @@ class RankerInputs:
         if self.user_attributes is None:
             object.__setattr__(self, "user_attributes", np.zeros((n_users, 0), dtype=np.float32))
         object.__setattr__(self, "text", _unit_rows(np.asarray(self.text, dtype=np.float32)))
-        object.__setattr__(self, "text_profiles", normalise_rows(history @ self.text))
-        tfidf_profiles = None
         if self.tfidf is not None:
-            tfidf = _normalise_sparse_rows(sp.csr_array(self.tfidf, dtype=np.float32))
-            object.__setattr__(self, "tfidf", tfidf)
-            tfidf_profiles = _normalise_sparse_rows(sp.csr_array(history @ tfidf))
-        object.__setattr__(self, "tfidf_profiles", tfidf_profiles)
+            object.__setattr__(self, "tfidf", _normalise_sparse_rows(sp.csr_array(self.tfidf, dtype=np.float32)))
         object.__setattr__(self, "_pool_indexes", _PoolIndexes())
+
+    # Derived on first use: the normalised sum of each user's item vectors (zero for users without history).
+    @cached_property
+    def text_profiles(self) -> np.ndarray:
+        return normalise_rows(self.history @ self.text)
+
+    @cached_property
+    def tfidf_profiles(self) -> sp.csr_array | None:
+        if self.tfidf is None:
+            return None
+        return _normalise_sparse_rows(sp.csr_array(self.history @ self.tfidf))
+
+    def with_item_standins(self, standins: np.ndarray, given: np.ndarray | None) -> RankerInputs:
+        """These inputs serving other item stand-ins (and counts of given pairs): nothing about users changes, so
+        the users' profiles computed already are carried over (at scale M, 650 MB and seconds to compute again)."""
+        other = replace(self, item_standin=standins, item_given=given)
+        for name in ("text_profiles", "tfidf_profiles"):
+            if name in self.__dict__:
+                other.__dict__[name] = self.__dict__[name]
+        return other
 
     def pool_index(self, pool: np.ndarray) -> CandidateIndex:
         """The ANN index over the items of `pool` (any order), built on first use and kept with the last few. The

@@ -57,7 +57,7 @@ class EncodedSplit:
         """The same inputs serving the content stand-ins (itself when nothing was warmed)."""
         if self.warming is None:
             return self
-        inputs = replace(self.inputs, item_standin=self.warming.content, item_given=None)
+        inputs = self.inputs.with_item_standins(self.warming.content, None)
         return EncodedSplit(inputs, self.report, self.standins, user_standins=self.user_standins)
 
     def inputs_for(self, split: ProtocolSplit) -> RankerInputs:

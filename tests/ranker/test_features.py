@@ -152,6 +152,14 @@ def test_replaced_inputs_share_the_big_arrays_they_did_not_change() -> None:
     assert shared.text is inputs.text
     assert shared.catalog_views[True] is shared.item_standin
     np.testing.assert_array_equal(shared.catalog_views[True], inputs.item_view(np.arange(inputs.n_items), True))
+    # Other stand-ins (the line without augmentation): the users' profiles carried over, equal to computing them.
+    profiles = inputs.text_profiles, inputs.tfidf_profiles
+    content = inputs.with_item_standins(inputs.item_standin * 2.0, None)
+    assert content.text_profiles is profiles[0] and content.tfidf_profiles is profiles[1]
+    fresh = dataclasses.replace(inputs, item_standin=inputs.item_standin * 2.0)
+    np.testing.assert_array_equal(fresh.text_profiles, content.text_profiles)
+    np.testing.assert_allclose(fresh.tfidf_profiles.toarray(), content.tfidf_profiles.toarray(), rtol=1e-6)
+    np.testing.assert_array_equal(content.item_view(np.arange(5), True), inputs.item_standin[:5] * 2.0)
 
 
 def test_tfidf_max_of_all_users_at_once_is_each_users_own_product() -> None:
