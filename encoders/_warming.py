@@ -135,7 +135,7 @@ def warm_items(
     negatives: np.ndarray,
     config: WarmingConfig,
     *,
-    most_pairs: int = 2**20,
+    most_pairs: int = 2**19,
 ) -> np.ndarray:
     """Item vectors (with the bias as last column, like `prior`) trained from weighted synthetic interactions.
 
@@ -145,9 +145,10 @@ def warm_items(
     item above (BPR). Rows without a synthetic interaction come back equal to their prior.
 
     Each item's loss reads only its own vector, and Adam updates each coordinate from its own gradients, so items
-    are trained in runs of at most `most_pairs` pairs (whole items): memory holds one run's gathered user vectors
-    (1 GB at 2^20 pairs of 257 floats), not every pair's (10 GB at 500k items x 20). Runs after the first draw their
-    negatives from their own seed; a log that fits one run gets the vectors it always got.
+    are trained in runs of at most `most_pairs` pairs (whole items): memory holds one run's gathered user vectors and
+    their gradients (about 3 GB at 2^20 pairs of 257 floats, which put a fit at scale M at 9.6 GB; half that at the
+    2^19 default), not every pair's (10 GB at 500k items x 20). Runs after the first draw their negatives from their
+    own seed; a log that fits one run gets the vectors it always got (CiteULike-a's 340k pairs do).
     """
     synthetic = sp.coo_array(synthetic)
     if prior.shape[0] != synthetic.shape[0] or user_vectors.shape[0] != synthetic.shape[1]:
