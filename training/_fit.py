@@ -362,6 +362,16 @@ def fit_ranker(
         raise ConfigError("timed alternatives must warm stand-ins as the main settings do (they share its encoders).")
     fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir, takers=plan.fit_labels)
     ranker = train_ranker(plan, fitted, settings, client=client)
+    # The alternatives learn from the same inputs: trained now, from the candidate indexes the main fit built.
+    trained = {
+        name: train_ranker(plan, fitted, other, client=client)
+        for name, other in others.items()
+        if timed and other.ranker_config() != settings.ranker_config()
+    }
+    if plan.refit_for_serving and not ranker.tied_to_encoders:
+        # Served inputs of their own are encoded next: the training pool's index (a gigabyte at 500k items) goes
+        # first; the route's choice below builds its validation pool's again.
+        fitted.inputs.drop_pool_indexes()
     served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
     # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
     calibrated = None
@@ -390,12 +400,14 @@ def fit_ranker(
         settings, ranker, fitted.report, served.report, calibrated, started=started, newcomers=newcomers
     )
     main = FittedRanker(ranker, served, report)
-    for name, other in others.items() if timed else ():
-        if other.ranker_config() == settings.ranker_config():
+    for name in others if timed else ():
+        if name not in trained:  # the main ranker's own configuration
             main.alternatives[name] = main
-        else:
-            trained = train_ranker(plan, fitted, other, client=client).with_newcomers(ranker.newcomers)
-            main.alternatives[name] = FittedRanker(trained, served, replace(report, ranker_metadata=trained.metadata))
+            continue
+        other_ranker = trained[name].with_newcomers(ranker.newcomers)
+        main.alternatives[name] = FittedRanker(
+            other_ranker, served, replace(report, ranker_metadata=other_ranker.metadata)
+        )
     return main
 
 
