@@ -201,21 +201,33 @@ def _fold_in(
     *,
     seed: int,
 ) -> np.ndarray:
-    """The vectors of `synthetic`'s rows (every row has a pair), trained from `pulled_to` by `config.steps` full-batch
-    Adam steps of weighted BPR over the synthetic users against sampled warm items, pulled back to `pulled_to`."""
+    """The vectors of `synthetic`'s rows (every row has a pair; pairs in row order), trained from `pulled_to` by
+    `config.steps` full-batch Adam steps of weighted BPR over the synthetic users against sampled warm items, pulled
+    back to `pulled_to`.
+
+    Each item's users sit in a padded (items x most pairs of an item x dim) block, so a step's positive scores are one
+    batched product with the items' vectors and their gradient another: gathering every pair's item vector and
+    adding every pair's gradient back moved five times the data (the fold-in was 11 of a fit's 45 minutes at
+    500k items)."""
     local = synthetic.row
-    users = torch.from_numpy(user_table[synthetic.col])
+    n_items = pulled_to.shape[0]
+    counts = np.bincount(local, minlength=n_items)
+    slot = np.arange(local.size) - np.repeat(np.cumsum(counts) - counts, counts)  # each pair's place in its item
+    users = torch.zeros((n_items, int(counts.max()), user_table.shape[1]))
+    users[torch.from_numpy(local.astype(np.int64)), torch.from_numpy(slot)] = torch.from_numpy(
+        user_table[synthetic.col]
+    )
     prior = torch.from_numpy(np.asarray(pulled_to, dtype=np.float32))
-    counts = np.bincount(local, minlength=prior.shape[0]).astype(np.float32)
     # Each item's synthetic terms average to `weight`, so the pull to the prior weighs the same for every item.
-    weights = torch.from_numpy(synthetic.data.astype(np.float32) * config.weight / counts[local])
-    rows, pair_users = torch.from_numpy(local.astype(np.int64)), torch.from_numpy(synthetic.col.astype(np.int64))
+    weights = torch.from_numpy(synthetic.data.astype(np.float32) * config.weight / counts[local].astype(np.float32))
+    rows, places = torch.from_numpy(local.astype(np.int64)), torch.from_numpy(slot)
+    pair_users = torch.from_numpy(synthetic.col.astype(np.int64))
     vectors = prior.clone().requires_grad_()
     optimizer = torch.optim.Adam([vectors], lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(config.steps):
         drawn = torch.randint(n_negatives, (local.size, config.negatives), generator=generator)
-        positive = (users * vectors[rows]).sum(dim=1, keepdim=True)
+        positive = torch.bmm(users, vectors.unsqueeze(2)).squeeze(2)[rows, places].unsqueeze(1)
         margin = positive - negative_scores[pair_users[:, None], drawn]
         fit = -(torch.nn.functional.logsigmoid(margin).mean(dim=1) * weights).sum()
         loss = fit + config.prior * (vectors - prior).square().sum()
