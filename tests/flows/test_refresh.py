@@ -163,3 +163,31 @@ def test_augment_new_describes_in_batches_on_a_dask_local_cluster(
     assert descriptions.height == 4 and descriptions["run_id"].unique().to_list() == [report["run_id"]]
     provenance = Workspace(workspace).provenance("item_descriptions")["parameters"]
     assert provenance["batches"] == 2 and provenance["requested"] == 4
+
+
+def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
+    prefect_api: str, workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the gate has judged the candidate, the refit encodes the whole log: the candidate's inputs must be gone
+    by then, or a large catalogue holds both (at 500k items the refit began beside them: 18 GB). The candidate
+    names itself among its timed alternatives, a cycle only the collector frees."""
+    import weakref
+
+    fit, refit = tasks.fit_ranker_task, tasks.refit_ranker_task
+    candidates: list[weakref.ref[object]] = []
+    alive_at_refit: list[bool] = []
+
+    def fit_and_watch(*args: object, **kwargs: object) -> training.FittedRanker:
+        fitted = fit(*args, **kwargs)  # type: ignore[arg-type]
+        assert any(other is fitted for other in fitted.alternatives.values())  # the cycle is there
+        candidates.append(weakref.ref(fitted.served.inputs))
+        return fitted
+
+    def check_then_refit(*args: object, **kwargs: object) -> training.FittedRanker:
+        alive_at_refit.append(candidates[-1]() is not None)
+        return refit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tasks, "fit_ranker_task", fit_and_watch)
+    monkeypatch.setattr(tasks, "refit_ranker_task", check_then_refit)
+    result = refresh(max_epochs=3, augment_limit=0, reference_gate=False)
+    assert result.decision.promoted and alive_at_refit == [False]
