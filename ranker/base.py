@@ -46,6 +46,14 @@ def check_task(task: RankingTask, inputs: RankerInputs, name: str) -> None:
             )
 
 
+def seeded_sample(users: np.ndarray, most: int | None, seed: int) -> np.ndarray:
+    """`users` themselves, or a seeded sample of `most` of them (ascending) where there are more: a generator of
+    their own (seed and count), so that users within the limit draw nothing."""
+    if most is None or users.size <= most:
+        return users
+    return np.sort(np.random.default_rng([seed, users.size]).choice(users, most, replace=False))
+
+
 def top_k(scores: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows' top k of a (users x pool) score matrix: (row, item) pairs in rank order. Equal scores go to the lower
     item index; -inf and NaN are never recommended."""

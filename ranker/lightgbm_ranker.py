@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from catalog import DataError, NotFittedError
 from ranker.ann import ANN_MIN_ITEMS
-from ranker.base import RankerBase
+from ranker.base import RankerBase, seeded_sample
 from ranker.evaluate import Scorer
 from ranker.features import (
     FEATURE_NAMES,
@@ -391,10 +391,8 @@ class LightGBMRanker(RankerBase):
 def _sampled(task: RankingTask, most: int | None, seed: int) -> RankingTask:
     """`task` with a seeded sample of `most` of its users where it has more (its own generator, so that a task
     within the limit draws nothing and trains exactly as without one)."""
-    if most is None or task.users.size <= most:
-        return task
-    users = np.sort(np.random.default_rng([seed, task.users.size]).choice(task.users, most, replace=False))
-    return replace(task, users=users)
+    users = seeded_sample(task.users, most, seed)
+    return task if users is task.users else replace(task, users=users)
 
 
 def _positions(unique_values: np.ndarray, values: np.ndarray) -> np.ndarray:

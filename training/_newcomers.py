@@ -18,7 +18,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from catalog import Columns, has_times
-from ranker.base import RankerBase, routed
+from ranker.base import RankerBase, routed, seeded_sample
 from ranker.evaluate import EvalIndex
 from ranker.features import RankerInputs
 from ranker.newcomers import NewcomerConfig, newcomer_terms
@@ -311,7 +311,7 @@ def choose_route(
     without_cold = config.model_copy(update={"cold_items": False})
     gains: list[float] = []
     for name, (low, high) in {"cold": (0, 0), "sparse": (1, config.max_events)}.items():
-        users = _at_most(labelled[(activity[labelled] >= low) & (activity[labelled] <= high)], max_users, seed)
+        users = seeded_sample(labelled[(activity[labelled] >= low) & (activity[labelled] <= high)], max_users, seed)
         users_of[name] = int(users.size)
         if users.size < min_users:
             ndcg[name], routes[name] = None, True
@@ -334,7 +334,7 @@ def choose_route(
     wider = sorted(bound for bound in bounds if bound > config.max_events)
     if wider:
         users = labelled[(activity[labelled] > config.max_events) & (activity[labelled] <= wider[-1])]
-        users = _at_most(users, max_users, seed)
+        users = seeded_sample(users, max_users, seed)
         users_of["past"], ndcg["past"] = int(users.size), None
         if routes["sparse"] and users.size >= min_users:
             # No further than the first bound that holds the most events seen among them: beyond, nothing was seen.
@@ -381,13 +381,6 @@ def _past_ndcg(
             scores = routed(lambda *_, kept=scored: kept.copy(), inputs, exclude, wider)(block, pool)
             totals[bound] += _ndcg_sum(ranker.place(scores, inputs, pool), wanted, k)
     return {bound: round(total / users.size, 4) for bound, total in totals.items()}
-
-
-def _at_most(users: np.ndarray, most: int | None, seed: int) -> np.ndarray:
-    """`users` (ascending), or a seeded sample of `most` of them (ascending) where there are more."""
-    if most is None or users.size <= most:
-        return users
-    return np.sort(np.random.default_rng([seed, users.size]).choice(users, most, replace=False))
 
 
 def _blocks(users: np.ndarray, n_items: int) -> Iterator[np.ndarray]:
