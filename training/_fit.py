@@ -325,11 +325,17 @@ def served_inputs(
     encoders are refitted on it for as many BPR epochs as early stopping chose (the labels are training pairs now,
     so no validation). A ranker tied to its encoders (DeepFM learned projections of their coordinates, which a
     refitted BPR-MF would rotate) keeps them and serves from the whole history, its labels included."""
+    if _encodes_for_serving(plan, settings):
+        return _encoded_for_serving(plan, fitted.report, settings, cache_dir=cache_dir)
     if not plan.refit_for_serving:
         return fitted
-    if ranker_class(settings.ranker_name).tied_to_encoders:
-        return fitted.with_history(interaction_matrix(plan.split.train, plan.split.index))
-    return _encoded_for_serving(plan, fitted.report, settings, cache_dir=cache_dir)
+    return fitted.with_history(interaction_matrix(plan.split.train, plan.split.index))
+
+
+def _encodes_for_serving(plan: EvaluationPlan, settings: ModelSettings) -> bool:
+    """Whether served_inputs encodes inputs of its own (after which the fitted ones can go): the ranker's labels
+    came out of its history, and its ranker is not tied to the fitted encoders."""
+    return plan.refit_for_serving and not ranker_class(settings.ranker_name).tied_to_encoders
 
 
 def _encoded_for_serving(
@@ -368,7 +374,7 @@ def fit_ranker(
         for name, other in others.items()
         if timed and other.ranker_config() != settings.ranker_config()
     }
-    if plan.refit_for_serving and not ranker.tied_to_encoders:
+    if _encodes_for_serving(plan, settings):
         # Served inputs of their own are encoded next: the training pool's index (a gigabyte at 500k items) goes
         # first; the route's choice below builds its validation pool's again.
         fitted.inputs.drop_pool_indexes()
@@ -434,7 +440,7 @@ def refit_ranker(
     fitted = encode_plan(plan, plan.fit_history, fixed, cache_dir=cache_dir, validate=False, takers=plan.fit_labels)
     ranker = train_ranker(plan, fitted, fixed, client=client).with_newcomers(candidate.newcomers)
     fit = fitted.report
-    if plan.refit_for_serving and not ranker.tied_to_encoders:
+    if _encodes_for_serving(plan, fixed):
         # The inputs the ranker learnt from are done with: let them (and their candidate indexes) go before the
         # served ones are encoded. Holding both beside the candidate's killed a refit at 500k items (20 GB).
         del fitted
