@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from catalog import DataError
 from encoders import WarmingConfig, prepare_warming, simulate_users, simulated_interactions, warm_items
+from encoders._warming import _fold_in
 
 
 def _users(rng: np.random.Generator, n: int = 200, dim: int = 8) -> np.ndarray:
@@ -68,6 +70,48 @@ def test_items_warmed_in_runs_get_the_vectors_they_get_together() -> None:
     in_runs = warm_items(synthetic, users, prior, negative, WarmingConfig(steps=20), most_pairs=15)
     assert not np.array_equal(together, prior)
     np.testing.assert_allclose(in_runs, together, atol=1e-6)
+
+
+def _per_pair_fold_in(
+    synthetic: sp.coo_array, users: np.ndarray, prior: np.ndarray, negative_scores: torch.Tensor, config: WarmingConfig
+) -> np.ndarray:
+    """The fold-in written pair by pair (each pair gathers its item's vector): what the batched one must equal."""
+    counts = np.bincount(synthetic.row, minlength=prior.shape[0]).astype(np.float32)
+    weights = torch.from_numpy(synthetic.data.astype(np.float32) * config.weight / counts[synthetic.row])
+    rows, pair_users = (
+        torch.from_numpy(synthetic.row.astype(np.int64)),
+        torch.from_numpy(synthetic.col.astype(np.int64)),
+    )
+    gathered, start = torch.from_numpy(users[synthetic.col]), torch.from_numpy(prior)
+    vectors = start.clone().requires_grad_()
+    optimizer = torch.optim.Adam([vectors], lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.steps):
+        drawn = torch.randint(negative_scores.shape[1], (rows.shape[0], config.negatives), generator=generator)
+        margin = (gathered * vectors[rows]).sum(dim=1, keepdim=True) - negative_scores[pair_users[:, None], drawn]
+        fit = -(torch.nn.functional.logsigmoid(margin).mean(dim=1) * weights).sum()
+        loss = fit + config.prior * (vectors - start).square().sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return vectors.detach().numpy()
+
+
+def test_the_batched_fold_in_equals_the_fold_in_written_pair_by_pair() -> None:
+    # Items with one to seven users each and uneven weights: the padded (items x pairs x dim) block must neither
+    # lose a pair nor let a padding slot count.
+    rng = np.random.default_rng(7)
+    users, prior = _users(rng, n=300), np.c_[rng.normal(size=(40, 8)), np.zeros(40)].astype(np.float32)
+    counts = rng.integers(1, 8, size=40)
+    rows = np.repeat(np.arange(40), counts)
+    cols = np.concatenate([rng.choice(300, size=count, replace=False) for count in counts])
+    synthetic = sp.coo_array(sp.csr_array((rng.uniform(0.2, 1.0, rows.size), (rows, cols)), shape=(40, 300)))
+    negatives = np.c_[rng.normal(size=(64, 8)), np.zeros(64)].astype(np.float32)
+    negative_scores = torch.from_numpy(users @ negatives.T)
+    config = WarmingConfig(steps=30)
+    batched = _fold_in(synthetic, users, prior, negative_scores, 64, config, seed=config.seed)
+    assert np.abs(batched - prior).max() > 0.05
+    np.testing.assert_allclose(batched, _per_pair_fold_in(synthetic, users, prior, negative_scores, config), atol=1e-5)
 
 
 def test_a_stronger_prior_keeps_the_item_closer_to_its_stand_in() -> None:
