@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import resource
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -38,7 +36,7 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_report  # noqa: E402
+from benchmarks._report import machine, write_report  # noqa: E402
 from ranker.ann import ann_candidates, build_candidate_index  # noqa: E402
 from ranker.features import RankerInputs, RankingTask, generate_candidates, pair_features  # noqa: E402
 from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig  # noqa: E402
@@ -221,20 +219,6 @@ def serve_batch(ranker: LightGBMRanker, inputs: RankerInputs, users: np.ndarray)
         chunk = users[start : start + block]
         _top_k_of_candidates(ranker.place(score(chunk, pool), inputs, pool), pool, 20)
     return time.perf_counter() - started
-
-
-def machine() -> str:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in subprocess.check_output(["lscpu"], text=True).splitlines()
-            if line.startswith("Model name")
-        ),
-        platform.processor(),
-    )
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
-    wanted = sorted(f for f in set(flags) if f == "avx2" or f.startswith(("avx512", "amx")))
-    return f"{model}, {os.cpu_count()} CPUs, flags {' '.join(wanted) or 'none of avx2/avx512/amx'}"
 
 
 def main() -> None:
