@@ -170,12 +170,28 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
 ) -> None:
     """Once the gate has judged the candidate, the refit encodes the whole log: the candidate's inputs must be gone
     by then, or a large catalogue holds both (at 500k items the refit began beside them: 18 GB). The candidate
-    names itself among its timed alternatives, a cycle only the collector frees."""
+    names itself among its timed alternatives, a cycle only the collector frees. Within the refit, the inputs its
+    ranker learnt from must be gone in turn before it encodes the served ones."""
     import weakref
 
+    import training._fit as fitting
+
     fit, refit = tasks.fit_ranker_task, tasks.refit_ranker_task
+    encode_plan, encoded_for_serving = fitting.encode_plan, fitting._encoded_for_serving
     candidates: list[weakref.ref[object]] = []
     alive_at_refit: list[bool] = []
+    encoded: list[weakref.ref[object]] = []
+    refit_inputs_alive_at_serving_encode: list[bool] = []
+
+    def encode_and_watch(*args: object, **kwargs: object) -> training.EncodedSplit:
+        split = encode_plan(*args, **kwargs)  # type: ignore[arg-type]
+        encoded.append(weakref.ref(split.inputs))
+        return split
+
+    def check_then_encode_for_serving(*args: object, **kwargs: object) -> training.EncodedSplit:
+        if alive_at_refit:  # the refit's call (the fit's own keeps its inputs for the timed alternatives)
+            refit_inputs_alive_at_serving_encode.append(encoded[-1]() is not None)
+        return encoded_for_serving(*args, **kwargs)  # type: ignore[arg-type]
 
     def fit_and_watch(*args: object, **kwargs: object) -> training.FittedRanker:
         fitted = fit(*args, **kwargs)  # type: ignore[arg-type]
@@ -189,5 +205,8 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
 
     monkeypatch.setattr(tasks, "fit_ranker_task", fit_and_watch)
     monkeypatch.setattr(tasks, "refit_ranker_task", check_then_refit)
+    monkeypatch.setattr(fitting, "encode_plan", encode_and_watch)
+    monkeypatch.setattr(fitting, "_encoded_for_serving", check_then_encode_for_serving)
     result = refresh(max_epochs=3, augment_limit=0, reference_gate=False)
     assert result.decision.promoted and alive_at_refit == [False]
+    assert refit_inputs_alive_at_serving_encode == [False]
