@@ -69,6 +69,20 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return normalise_rows(matrix)
 
 
+def _unit_sparse_rows(matrix: sp.csr_array) -> sp.csr_array:
+    """`matrix` itself where it is float32 CSR with rows of unit length or empty already (TF-IDF rows are, and inputs
+    over the same items share them), else _normalise_sparse_rows of it."""
+    if isinstance(matrix, sp.csr_array) and matrix.dtype == np.float32:
+        squared = np.bincount(
+            np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)),
+            weights=np.square(matrix.data, dtype=np.float64),
+            minlength=matrix.shape[0],
+        )
+        if bool(np.all((np.abs(squared - 1) < 1e-5) | (squared == 0))):
+            return matrix
+    return _normalise_sparse_rows(sp.csr_array(matrix, dtype=np.float32))
+
+
 def _normalise_sparse_rows(matrix: sp.csr_array) -> sp.csr_array:
     norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
     return sp.csr_array(sp.diags_array(1.0 / np.maximum(norms, 1e-12)) @ matrix)
@@ -191,7 +205,7 @@ class RankerInputs:
             object.__setattr__(self, "user_attributes", np.zeros((n_users, 0), dtype=np.float32))
         object.__setattr__(self, "text", _unit_rows(np.asarray(self.text, dtype=np.float32)))
         if self.tfidf is not None:
-            object.__setattr__(self, "tfidf", _normalise_sparse_rows(sp.csr_array(self.tfidf, dtype=np.float32)))
+            object.__setattr__(self, "tfidf", _unit_sparse_rows(self.tfidf))
         object.__setattr__(self, "_pool_indexes", _PoolIndexes())
 
     # Derived on first use: the normalised sum of each user's item vectors (zero for users without history).

@@ -31,7 +31,7 @@ from ranker.evaluate import (
 from ranker.features import RankerInputs, RankingTask
 from ranker.lightgbm_ranker import LightGBMRanker
 from ranker.registry import ranker_class
-from training._inputs import EncodedSplit, EncoderReport, encode_inputs
+from training._inputs import EncodedSplit, EncoderReport, ItemContent, encode_inputs
 from training._newcomers import NewcomerChoice, choose_newcomers, choose_route
 from training._plans import USER_PROTOCOLS, EvaluationPlan
 from training._settings import ModelSettings, StandInConfig, TimedChoices
@@ -295,10 +295,12 @@ def encode_plan(
     cf: CFConfig | None = None,
     validate: bool = True,
     takers: pl.DataFrame | None = None,
+    content: ItemContent | None = None,
 ) -> EncodedSplit:
     """The plan's inputs encoded from `history` with `settings` (BPR-MF's config replaced by `cf` where given;
     stopped early on the plan's validation pairs when `validate`); users' stand-ins from the plan's users table;
-    `takers` (the ranker's labels) warm a share of warm items as a judge's pairs would (`warmed_standins`)."""
+    `takers` (the ranker's labels) warm a share of warm items as a judge's pairs would (`warmed_standins`);
+    `content` the plan's items' where another set of inputs has it already."""
     return encode_inputs(
         plan.split.index,
         plan.split.items,
@@ -311,6 +313,7 @@ def encode_plan(
         synthetic=plan.synthetic,
         users=plan.users,
         takers=takers,
+        content=content,
     )
 
 
@@ -326,7 +329,7 @@ def served_inputs(
     so no validation). A ranker tied to its encoders (DeepFM learned projections of their coordinates, which a
     refitted BPR-MF would rotate) keeps them and serves from the whole history, its labels included."""
     if _encodes_for_serving(plan, settings):
-        return _encoded_for_serving(plan, fitted.report, settings, cache_dir=cache_dir)
+        return _encoded_for_serving(plan, fitted.report, settings, cache_dir=cache_dir, content=fitted.content)
     if not plan.refit_for_serving:
         return fitted
     return fitted.with_history(interaction_matrix(plan.split.train, plan.split.index))
@@ -339,12 +342,18 @@ def _encodes_for_serving(plan: EvaluationPlan, settings: ModelSettings) -> bool:
 
 
 def _encoded_for_serving(
-    plan: EvaluationPlan, fit: EncoderReport, settings: ModelSettings, *, cache_dir: Path
+    plan: EvaluationPlan,
+    fit: EncoderReport,
+    settings: ModelSettings,
+    *,
+    cache_dir: Path,
+    content: ItemContent | None = None,
 ) -> EncodedSplit:
-    """served_inputs' refitted encoders: the whole training history, as many BPR epochs as `fit` chose."""
+    """served_inputs' refitted encoders: the whole training history, as many BPR epochs as `fit` chose; the items'
+    `content` shared with the fitted inputs where given."""
     epochs = max(int(fit.bprmf["best_epoch"] or 0), 1)
     cf = settings.cf.model_copy(update={"epochs": epochs})
-    return encode_plan(plan, plan.split.train, settings, cache_dir=cache_dir, cf=cf, validate=False)
+    return encode_plan(plan, plan.split.train, settings, cache_dir=cache_dir, cf=cf, validate=False, content=content)
 
 
 def fit_ranker(
@@ -443,8 +452,9 @@ def refit_ranker(
     if _encodes_for_serving(plan, fixed):
         # The inputs the ranker learnt from are done with: let them (and their candidate indexes) go before the
         # served ones are encoded. Holding both beside the candidate's killed a refit at 500k items (20 GB).
+        content = fitted.content
         del fitted
-        served = _encoded_for_serving(plan, fit, fixed, cache_dir=cache_dir)
+        served = _encoded_for_serving(plan, fit, fixed, cache_dir=cache_dir, content=content)
     else:
         served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
     report = FitReport.measured(

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from catalog import Columns, has_times
+from catalog import Columns, DataError, has_times
 from encoders import BPRMF, CFConfig, EmbeddingCache, ImplicitMF, WarmingConfig, cf_model, encode_texts, item_text
 from ranker.baselines import tfidf_item_vectors
 from ranker.evaluate import EvalIndex, ProtocolSplit, interaction_matrix
@@ -42,6 +42,37 @@ class EncoderReport:
 
 
 @dataclass(frozen=True, eq=False)
+class ItemContent:
+    """What the items' own text and categories give, whatever the history: every set of inputs encoded over the
+    same items can share it (a fit's served inputs share their fitted ones': at 500k items the text embeddings
+    alone are 0.8 GB, held twice while the served inputs were encoded beside the fitted)."""
+
+    text: np.ndarray
+    title_words: np.ndarray
+    tfidf: sp.csr_array
+    categories: sp.csr_array | None
+    # The embedding cache's answers when the text was encoded.
+    text_cache_hits: int
+    text_cache_misses: int
+
+
+def item_content(items: pl.DataFrame, *, cache_dir: Path) -> ItemContent:
+    """`items`' (one row per index item, in index order) text embeddings (through the cache in `cache_dir`), title
+    lengths, TF-IDF rows and categories."""
+    cache = EmbeddingCache.in_cache_dir(cache_dir)
+    text = encode_texts(item_text(items).to_list(), cache=cache, show_progress=True)
+    titles = items[Columns.title].fill_null("")
+    return ItemContent(
+        text=text,
+        title_words=title_words(titles),
+        tfidf=tfidf_item_vectors(titles.to_list(), min_df=1 if titles.len() < 50 else 2),
+        categories=category_matrix(items),
+        text_cache_hits=cache.hits,
+        text_cache_misses=cache.misses,
+    )
+
+
+@dataclass(frozen=True, eq=False)
 class EncodedSplit:
     """The ranker's inputs for one split, the stand-in builder that made them, and what producing them measured."""
 
@@ -52,13 +83,15 @@ class EncodedSplit:
     warming: Warmed | None = None
     # The builder that gave users their stand-ins (serving gives users added later theirs from it).
     user_standins: UserStandInBuilder | None = None
+    # The items' content the inputs were encoded with (inputs encoded over the same items can share it).
+    content: ItemContent | None = None
 
     def without_warming(self) -> EncodedSplit:
         """The same inputs serving the content stand-ins (itself when nothing was warmed)."""
         if self.warming is None:
             return self
         inputs = self.inputs.with_item_standins(self.warming.content, None)
-        return EncodedSplit(inputs, self.report, self.standins, user_standins=self.user_standins)
+        return EncodedSplit(inputs, self.report, self.standins, user_standins=self.user_standins, content=self.content)
 
     def inputs_for(self, split: ProtocolSplit) -> RankerInputs:
         """The inputs, with the split's request times where its users arrive at their own times (the protocols
@@ -97,6 +130,7 @@ def encode_inputs(
     synthetic: pl.DataFrame | None = None,
     users: pl.DataFrame | None = None,
     takers: pl.DataFrame | None = None,
+    content: ItemContent | None = None,
 ) -> EncodedSplit:
     """Text embeddings, BPR-MF on `history`, out-of-fold stand-ins and TF-IDF: the ranker's inputs.
 
@@ -106,10 +140,14 @@ def encode_inputs(
     without history, the embedding simulator's proposals elsewhere; with `takers` (user_id, item_id: the ranker's
     labels, held out of `history`), a share of warm items are warmed from pairs naming some of their takers.
     Users get stand-ins from their attributes in `users` (the users table; none given: from their text alone) and
-    the text of their items, out-of-fold for users with history (`UserStandInBuilder`).
+    the text of their items, out-of-fold for users with history (`UserStandInBuilder`). `content` is `items`'
+    (`item_content`) where another set of inputs over the same items has it already.
     """
-    cache = EmbeddingCache.in_cache_dir(cache_dir)
-    text = encode_texts(item_text(items).to_list(), cache=cache, show_progress=True)
+    if content is None:
+        content = item_content(items, cache_dir=cache_dir)
+    elif content.text.shape[0] != items.height:
+        raise DataError(f"encode_inputs: item content for {content.text.shape[0]} items, {items.height} items given.")
+    text = content.text
     matrix = interaction_matrix(history, index)
     cf = cf_model(cf_config).fit(history.select(Columns.user, Columns.item), cf_validation, show_progress=True)
     item_cf, user_cf = _collaborative(cf, index)
@@ -127,7 +165,6 @@ def encode_inputs(
     with_history = np.flatnonzero(np.diff(matrix.indptr) > 0)
     attributes = user_attributes(users, index.user_ids)
     user_standins = user_builder.fit_out_of_fold(attributes, text_profiles(matrix, text), user_cf, with_history)
-    titles = items[Columns.title].fill_null("")
     inputs = RankerInputs(
         history=matrix,
         text=text,
@@ -135,9 +172,9 @@ def encode_inputs(
         item_cf=item_cf,
         item_standin=standins,
         popularity=popularity,
-        title_words=title_words(titles),
-        tfidf=tfidf_item_vectors(titles.to_list(), min_df=1 if titles.len() < 50 else 2),
-        categories=category_matrix(items),
+        title_words=content.title_words,
+        tfidf=content.tfidf,
+        categories=content.categories,
         time=_time_features(history, index, items),
         user_standin=user_standins,
         user_attributes=user_builder.attribute_rows(attributes),
@@ -145,11 +182,18 @@ def encode_inputs(
     )
     report = EncoderReport(
         bprmf=cf.summary,
-        text_cache_hits=cache.hits,
-        text_cache_misses=cache.misses,
+        text_cache_hits=content.text_cache_hits,
+        text_cache_misses=content.text_cache_misses,
         warming=warmed.config.model_dump() | warmed.report.as_dict() if warmed is not None else None,
     )
-    return EncodedSplit(inputs=inputs, report=report, standins=builder, warming=warmed, user_standins=user_builder)
+    return EncodedSplit(
+        inputs=inputs,
+        report=report,
+        standins=builder,
+        warming=warmed,
+        user_standins=user_builder,
+        content=content,
+    )
 
 
 def text_profiles(history: sp.csr_array, text: np.ndarray) -> np.ndarray:

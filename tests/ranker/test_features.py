@@ -142,14 +142,16 @@ def test_item_view_is_the_stand_in_where_cold_and_the_id_embedding_elsewhere() -
 
 
 def test_replaced_inputs_share_the_big_arrays_they_did_not_change() -> None:
-    """What `replace` passes on (the text, the stand-ins) is not copied again: at 500k items each copy is hundreds
+    """What `replace` passes on (the text, TF-IDF, the stand-ins) is not copied again: at 500k items each copy is hundreds
     of megabytes. Text given unnormalised is still normalised; the catalogue's cold view is the stand-ins."""
     inputs = random_inputs()
     np.testing.assert_allclose(np.linalg.norm(inputs.text, axis=1), 1.0, rtol=1e-5)
     raw = dataclasses.replace(inputs, text=inputs.text * 3.0)
     np.testing.assert_allclose(raw.text, inputs.text, rtol=1e-5)  # normalised: not the array it was given
     shared = dataclasses.replace(inputs, item_given=np.ones(inputs.n_items, dtype=np.float32))
-    assert shared.text is inputs.text
+    assert shared.text is inputs.text and shared.tfidf is inputs.tfidf
+    unnormalised = dataclasses.replace(inputs, tfidf=inputs.tfidf * 2.0)  # TF-IDF alike: normalised again
+    np.testing.assert_allclose(unnormalised.tfidf.toarray(), inputs.tfidf.toarray(), rtol=1e-6)
     assert shared.catalog_views[True] is shared.item_standin
     np.testing.assert_array_equal(shared.catalog_views[True], inputs.item_view(np.arange(inputs.n_items), True))
     # Other stand-ins (the line without augmentation): the users' profiles carried over, equal to computing them.

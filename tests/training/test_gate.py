@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -26,12 +27,14 @@ from training import (
     Incumbent,
     ModelSettings,
     alternative_lines,
+    encode_plan,
     evaluate_metrics,
     fit_ranker,
     gate_evidence,
     gate_user_values,
     holdout_plan,
     incumbent_on_same_data,
+    served_inputs,
     tail_calibrated,
     trained_through,
 )
@@ -54,6 +57,23 @@ def fitted(window: object, cache_dir: Path) -> FittedRanker:
         cf=BPRConfig(dim=32, epochs=20, seed=0), standins=defaults.standins, ranker=defaults.ranker
     )
     return fit_ranker(holdout_plan(window), cache_dir=cache_dir, settings=settings, alternatives=TIMED_ALTERNATIVES)
+
+
+def test_served_inputs_share_the_fitted_inputs_item_content(window: object, cache_dir: Path) -> None:
+    """The served inputs are encoded from the whole training history beside the fitted ones: the items' text,
+    TF-IDF and categories do not depend on the history, so they are the fitted ones', not a second copy."""
+    plan = holdout_plan(window)
+    settings = ModelSettings(cf=BPRConfig(dim=16, epochs=3, seed=0))
+    fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir, takers=plan.fit_labels)
+    served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
+    assert plan.refit_for_serving and served is not fitted
+    assert served.content is fitted.content
+    assert served.inputs.text is fitted.inputs.text and served.inputs.tfidf is fitted.inputs.tfidf
+    assert served.inputs.history.nnz > fitted.inputs.history.nnz  # its own history and encoders all the same
+    alone = encode_plan(plan, plan.split.train, settings, cache_dir=cache_dir, validate=False)
+    np.testing.assert_array_equal(alone.inputs.text, served.inputs.text)
+    assert (alone.inputs.tfidf != served.inputs.tfidf).nnz == 0
+    np.testing.assert_array_equal(alone.inputs.title_words, served.inputs.title_words)
 
 
 def test_the_retrained_ranker_serves_users_without_history(window: object, fitted: FittedRanker) -> None:
