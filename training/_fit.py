@@ -383,11 +383,17 @@ def fit_ranker(
         for name, other in others.items()
         if timed and other.ranker_config() != settings.ranker_config()
     }
+    fit_inputs, fit_report = fitted.inputs, fitted.report  # what the route's choice and the report read below
     if _encodes_for_serving(plan, settings):
-        # Served inputs of their own are encoded next: the training pool's index (a gigabyte at 500k items) goes
-        # first; the route's choice below builds its validation pool's again.
-        fitted.inputs.drop_pool_indexes()
-    served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
+        # Served inputs of their own are encoded next: the training pool's index (a gigabyte at 500k items) and
+        # the fitted split's warming record (its content stand-ins, half a gigabyte) go first; the route's choice
+        # below builds its validation pool's index again. The items' content is shared, not encoded again.
+        fit_inputs.drop_pool_indexes()
+        content = fitted.content
+        del fitted
+        served = _encoded_for_serving(plan, fit_report, settings, cache_dir=cache_dir, content=content)
+    else:
+        served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
     # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
     calibrated = None
     if plan.calibration is not None:
@@ -399,7 +405,7 @@ def fit_ranker(
         index = plan.split.index
         route = choose_route(
             ranker,
-            fitted.inputs,
+            fit_inputs,
             newcomers.chosen,
             interaction_matrix(plan.valid_labels, index),
             plan.valid_pool,
@@ -412,7 +418,7 @@ def fit_ranker(
         newcomers = replace(newcomers, route=route)
     ranker.with_newcomers(newcomers.served if newcomers is not None else None)
     report = FitReport.measured(
-        settings, ranker, fitted.report, served.report, calibrated, started=started, newcomers=newcomers
+        settings, ranker, fit_report, served.report, calibrated, started=started, newcomers=newcomers
     )
     main = FittedRanker(ranker, served, report)
     for name in others if timed else ():

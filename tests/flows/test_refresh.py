@@ -170,8 +170,9 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
 ) -> None:
     """Once the gate has judged the candidate, the refit encodes the whole log: the candidate's inputs must be gone
     by then, or a large catalogue holds both (at 500k items the refit began beside them: 18 GB). The candidate
-    names itself among its timed alternatives, a cycle only the collector frees. Within the refit, the inputs its
-    ranker learnt from must be gone in turn before it encodes the served ones."""
+    names itself among its timed alternatives, a cycle only the collector frees. Within the fit and the refit, what
+    the ranker learnt from must be gone in turn before the served inputs are encoded (but the fit's inputs, which
+    the newcomer route's choice reads after)."""
     import weakref
 
     import training._fit as fitting
@@ -180,17 +181,17 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
     encode_plan, encoded_for_serving = fitting.encode_plan, fitting._encoded_for_serving
     candidates: list[weakref.ref[object]] = []
     alive_at_refit: list[bool] = []
-    encoded: list[weakref.ref[object]] = []
-    refit_inputs_alive_at_serving_encode: list[bool] = []
+    encoded: list[tuple[weakref.ref[object], weakref.ref[object]]] = []  # (the split, its inputs)
+    alive_at_serving_encode: list[tuple[bool, bool]] = []
 
     def encode_and_watch(*args: object, **kwargs: object) -> training.EncodedSplit:
         split = encode_plan(*args, **kwargs)  # type: ignore[arg-type]
-        encoded.append(weakref.ref(split.inputs))
+        encoded.append((weakref.ref(split), weakref.ref(split.inputs)))
         return split
 
     def check_then_encode_for_serving(*args: object, **kwargs: object) -> training.EncodedSplit:
-        if alive_at_refit:  # the refit's call (the fit's own keeps its inputs for the timed alternatives)
-            refit_inputs_alive_at_serving_encode.append(encoded[-1]() is not None)
+        split, inputs = encoded[-1]
+        alive_at_serving_encode.append((split() is not None, inputs() is not None))
         return encoded_for_serving(*args, **kwargs)  # type: ignore[arg-type]
 
     def fit_and_watch(*args: object, **kwargs: object) -> training.FittedRanker:
@@ -209,4 +210,6 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
     monkeypatch.setattr(fitting, "_encoded_for_serving", check_then_encode_for_serving)
     result = refresh(max_epochs=3, augment_limit=0, reference_gate=False)
     assert result.decision.promoted and alive_at_refit == [False]
-    assert refit_inputs_alive_at_serving_encode == [False]
+    # The fit keeps its inputs for the newcomer route's choice, not the rest of its split (the warming record);
+    # the refit keeps neither.
+    assert alive_at_serving_encode == [(False, True), (False, False)]
