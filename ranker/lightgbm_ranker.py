@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from catalog import DataError, NotFittedError
 from ranker.ann import ANN_MIN_ITEMS
-from ranker.base import RankerBase, seeded_sample
+from ranker.base import RankerBase, check_task, seeded_sample
 from ranker.evaluate import Scorer
 from ranker.features import (
     FEATURE_NAMES,
@@ -101,6 +101,22 @@ class _Groups:
     features: np.ndarray
     labels: np.ndarray
     sizes: np.ndarray
+
+
+# The configuration's fields that choose a fit's training and validation pairs (the rest only train on them).
+PAIR_FIELDS = ("per_source", "ann_min_items", "cold_share", "cold_user_share", "max_groups", "seed")
+
+
+@dataclass(frozen=True)
+class TrainingPairs:
+    """The candidate pairs, features and labels one fit learns from (`fit`) and stops on (`valid`), and the
+    configuration values that chose them (`chosen_by`, PAIR_FIELDS'): a ranker configured alike in those trains
+    from them as it would from the ones it built (`LightGBMRanker.fit_pairs`). At 500k items building them was most
+    of a LightGBM fit, and the timed alternatives differ from the main ranker only in what they learn."""
+
+    chosen_by: tuple[object, ...]
+    fit: _Groups
+    valid: _Groups
 
 
 def _groups(
@@ -224,6 +240,20 @@ class LightGBMRanker(RankerBase):
 
     def _fit(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> Self:
         """Learn from `train` (warm positives, presented cold with probability cold_share); stop on `valid`."""
+        return self.fit_pairs(self.training_pairs(inputs, train, valid))
+
+    @property
+    def pairs_chosen_by(self) -> tuple[object, ...]:
+        """This configuration's values of the fields that choose its training pairs (PAIR_FIELDS)."""
+        return tuple(getattr(self.config, name) for name in PAIR_FIELDS)
+
+    def training_pairs(self, inputs: RankerInputs, train: RankingTask, valid: RankingTask) -> TrainingPairs:
+        """The pairs this configuration learns from: `train`'s users' candidates (at most max_groups users, those
+        with a positive; presented cold with probability cold_share) and `valid`'s for early stopping."""
+        for task, name in ((train, "training"), (valid, "validation")):
+            check_task(task, inputs, name)
+            if task.positives is None:
+                raise DataError(f"the {name} task has no positives to learn from.")
         config = self.config
         train, valid = (_sampled(task, config.max_groups, config.seed) for task in (train, valid))
         rng = np.random.default_rng(config.seed)
@@ -246,6 +276,16 @@ class LightGBMRanker(RankerBase):
             positive_only=True,
             ann_min_items=config.ann_min_items,
         )
+        return TrainingPairs(self.pairs_chosen_by, fit_groups, valid_groups)
+
+    def fit_pairs(self, pairs: TrainingPairs) -> Self:
+        """Learn from `pairs` (`training_pairs` of a configuration that chooses pairs as this one does)."""
+        if pairs.chosen_by != self.pairs_chosen_by:
+            raise ValueError(
+                f"these training pairs were chosen by {dict(zip(PAIR_FIELDS, pairs.chosen_by, strict=True))}, this "
+                f"ranker chooses by {dict(zip(PAIR_FIELDS, self.pairs_chosen_by, strict=True))}."
+            )
+        config, fit_groups, valid_groups = self.config, pairs.fit, pairs.valid
         params = self.params()
         train_set, valid_set = self._datasets(fit_groups, valid_groups)
         evaluations: dict[str, Any] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from ranker.evaluate import (
     interaction_matrix,
 )
 from ranker.features import RankerInputs, RankingTask
-from ranker.lightgbm_ranker import LightGBMRanker
+from ranker.lightgbm_ranker import LightGBMRanker, TrainingPairs
 from ranker.registry import ranker_class
 from training._inputs import EncodedSplit, EncoderReport, ItemContent, encode_inputs
 from training._newcomers import NewcomerChoice, choose_newcomers, choose_route
@@ -269,21 +270,52 @@ def train_ranker(
     With a Dask `client`, the LightGBM ranker trains through DaskLGBMRanker on its cluster (`ranker.lightgbm_dask`):
     for the rounds its configuration fixes (a refit), or, where it stops early, for the rounds a single-node fit on
     the same pairs chose on validation (DaskLGBMRanker cannot stop early)."""
-    index = plan.split.index
-    warm_pool = np.flatnonzero(fitted.inputs.popularity > 0)
-    train = _task(plan.fit_labels, index, warm_pool, None)
     ranker = settings.new_ranker()
     if client is None or not isinstance(ranker, LightGBMRanker):
-        return ranker.fit(fitted.inputs, train, _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude))
+        return train_rankers(plan, fitted, [settings])[0]
     from ranker.lightgbm_dask import fit_on_dask
 
+    train, valid = _ranking_tasks(plan, fitted)
     chosen_by = None
     if ranker.config.early_stopping_rounds is not None:
-        valid = _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude)
         single = ranker.fit(fitted.inputs, train, valid)
         chosen_by = {key: value for key, value in single.metadata.items() if key != "feature_importance_gain"}
         ranker = LightGBMRanker(single.refit_config())
     return fit_on_dask(ranker, fitted.inputs, train, client, chosen_by=chosen_by)
+
+
+def train_rankers(
+    plan: EvaluationPlan, fitted: EncodedSplit, settings: Sequence[ModelSettings], *, client: Client | None = None
+) -> list[RankerBase]:
+    """train_ranker for each of `settings`, on the same inputs; LightGBM rankers (in this process) whose
+    configurations choose the same training pairs learn from one set of them, built once: the candidates and their
+    features were most of a LightGBM fit at 500k items, and the timed alternatives differ only in what they learn.
+    Each pair set is let go once the last ranker choosing it has trained."""
+    if client is not None:
+        return [train_ranker(plan, fitted, one, client=client) for one in settings]
+    rankers = [one.new_ranker() for one in settings]
+    chosen_by = [ranker.pairs_chosen_by if isinstance(ranker, LightGBMRanker) else None for ranker in rankers]
+    train, valid = _ranking_tasks(plan, fitted)
+    pairs: dict[tuple[object, ...], TrainingPairs] = {}
+    for position, ranker in enumerate(rankers):
+        if not isinstance(ranker, LightGBMRanker):
+            ranker.fit(fitted.inputs, train, valid)
+            continue
+        key = ranker.pairs_chosen_by
+        if key not in pairs:
+            pairs[key] = ranker.training_pairs(fitted.inputs, train, valid)
+        ranker.fit_pairs(pairs[key])
+        if key not in chosen_by[position + 1 :]:
+            del pairs[key]  # no later ranker learns from them
+    return rankers
+
+
+def _ranking_tasks(plan: EvaluationPlan, fitted: EncodedSplit) -> tuple[RankingTask, RankingTask]:
+    """(training, validation) tasks: `plan.fit_labels` among the warm items, `plan.valid_labels` among
+    `plan.valid_pool`."""
+    index = plan.split.index
+    train = _task(plan.fit_labels, index, np.flatnonzero(fitted.inputs.popularity > 0), None)
+    return train, _task(plan.valid_labels, index, plan.valid_pool, plan.valid_exclude)
 
 
 def encode_plan(
@@ -376,13 +408,13 @@ def fit_ranker(
     if any(other.warming != settings.warming for other in others.values()):
         raise ConfigError("timed alternatives must warm stand-ins as the main settings do (they share its encoders).")
     fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir, takers=plan.fit_labels)
-    ranker = train_ranker(plan, fitted, settings, client=client)
-    # The alternatives learn from the same inputs: trained now, from the candidate indexes the main fit built.
-    trained = {
-        name: train_ranker(plan, fitted, other, client=client)
-        for name, other in others.items()
-        if timed and other.ranker_config() != settings.ranker_config()
+    # The alternatives learn from the same inputs and pairs: trained now, from the candidate indexes the main fit
+    # built.
+    differing = {
+        name: other for name, other in others.items() if timed and other.ranker_config() != settings.ranker_config()
     }
+    ranker, *alternative_rankers = train_rankers(plan, fitted, [settings, *differing.values()], client=client)
+    trained = dict(zip(differing, alternative_rankers, strict=True))
     fit_inputs, fit_report = fitted.inputs, fitted.report  # what the route's choice and the report read below
     if _encodes_for_serving(plan, settings):
         # Served inputs of their own are encoded next: the training pool's index (a gigabyte at 500k items) and

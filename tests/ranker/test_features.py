@@ -142,8 +142,8 @@ def test_item_view_is_the_stand_in_where_cold_and_the_id_embedding_elsewhere() -
 
 
 def test_replaced_inputs_share_the_big_arrays_they_did_not_change() -> None:
-    """What `replace` passes on (the text, TF-IDF, the stand-ins) is not copied again: at 500k items each copy is hundreds
-    of megabytes. Text given unnormalised is still normalised; the catalogue's cold view is the stand-ins."""
+    """What `replace` passes on (the text, TF-IDF, the stand-ins) is not copied again: at 500k items each copy is
+    hundreds of megabytes. Text given unnormalised is still normalised; the catalogue's cold view is the stand-ins."""
     inputs = random_inputs()
     np.testing.assert_allclose(np.linalg.norm(inputs.text, axis=1), 1.0, rtol=1e-5)
     raw = dataclasses.replace(inputs, text=inputs.text * 3.0)

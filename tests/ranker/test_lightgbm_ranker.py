@@ -162,6 +162,26 @@ def test_boosting_starts_from_recent_popularity(slice_inputs: tuple, tasks: tupl
     assert agreement[5.0] > 0.9 and agreement[0.0] < 0.5, agreement
 
 
+def test_a_ranker_learns_from_pairs_another_configuration_chose_as_from_its_own(
+    slice_inputs: tuple, tasks: tuple
+) -> None:
+    """The timed alternatives train from the main ranker's pairs: a configuration that chooses pairs alike (PAIR_FIELDS)
+    but learns otherwise (prior, cold places) gets the booster it gets from pairs it builds itself."""
+    inputs = _with_recent_shares(slice_inputs[0], np.random.default_rng(0))
+    train, valid, test = tasks
+    main = LightGBMRanker(CONFIG)
+    pairs = main.training_pairs(inputs, train, valid)
+    main.fit_pairs(pairs)
+    other = CONFIG.model_copy(update={"prior_weight": 2.0, "prior_days": 28, "cold_slots": 3})
+    shared = LightGBMRanker(other).fit_pairs(pairs)
+    alone = LightGBMRanker(other).fit(inputs, train, valid)
+    assert shared.booster.model_to_string() == alone.booster.model_to_string()
+    assert shared.booster.model_to_string() != main.booster.model_to_string()
+    np.testing.assert_array_equal(shared.score_task(inputs, test)[2], alone.score_task(inputs, test)[2])
+    with pytest.raises(ValueError, match="chosen by"):
+        LightGBMRanker(CONFIG.model_copy(update={"per_source": 10})).fit_pairs(pairs)
+
+
 def _leaf_values(ranker: LightGBMRanker) -> np.ndarray:
     """Every leaf output of the booster's trees (shrinkage applied)."""
 
