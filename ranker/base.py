@@ -112,14 +112,22 @@ class RankerBase(ABC):
 
     # ------------------------------------------------------------------------------------------------ serve
 
-    def scorer(self, inputs: RankerInputs, exclude: sp.csr_array | None = None, *, placed: bool = True) -> Scorer:
+    def scorer(
+        self,
+        inputs: RankerInputs,
+        exclude: sp.csr_array | None = None,
+        *,
+        placed: bool = True,
+        model: Scorer | None = None,
+    ) -> Scorer:
         """A Scorer for `ranker.evaluate` over `inputs`; training interactions and `exclude` pairs score -inf.
         `placed` orders the items as the ranker serves them (`place`); off, the values are the model's own scores
-        (what serving shows beside the placed order)."""
+        (what serving shows beside the placed order). `model` stands for this ranker's own model scorer over the
+        same inputs and pairs where one is shared with other rankers (`scorers_sharing_candidates`)."""
         self._require_fitted()
         if exclude is not None and exclude.shape != (inputs.n_users, inputs.n_items):
             raise DataError(f"exclude has shape {exclude.shape}; the inputs have {(inputs.n_users, inputs.n_items)}.")
-        model = self._scorer(inputs, exclude)
+        model = model or self._scorer(inputs, exclude)
         if self.newcomers is not None:
             model = routed(model, inputs, exclude, self.newcomers)
         if not placed:

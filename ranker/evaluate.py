@@ -34,7 +34,9 @@ Typical use: build a split, fit a model on `split.train` (ids mapped through `sp
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -74,6 +76,7 @@ __all__ = [
     "USER_SEGMENT_ORDER",
     "WARM",
     "WARM_USER",
+    "BatchKeys",
     "EvalIndex",
     "EvalResult",
     "InTurn",
@@ -100,6 +103,25 @@ Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 A score of -inf means "never recommend"; NaN and +inf are errors.
 """
+
+
+class BatchKeys:
+    """Keys of scored batches, for scores kept per batch: the batch's users and a digest of its candidate items,
+    computed once for the array every batch of a split passes (the items' own bytes were 4 MB a key at 500k items,
+    2.4 GB over an evaluation's 600 batches). Safe from several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: np.ndarray | None = None
+        self._digest = b""
+
+    def __call__(self, users: np.ndarray, items: np.ndarray) -> tuple[bytes, bytes]:
+        with self._lock:
+            if items is not self._items:
+                self._items = items
+                self._digest = hashlib.blake2b(np.ascontiguousarray(items).data, digest_size=16).digest()
+            return users.tobytes(), self._digest
+
 
 _Part = TypeVar("_Part")
 _Result = TypeVar("_Result")

@@ -4,7 +4,6 @@ the typed report of what fitting measured (written into each version's report.js
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from encoders import CFConfig
 from ranker.base import RankerBase
 from ranker.evaluate import (
     IN_TURN,
+    BatchKeys,
     EvalIndex,
     EvalResult,
     PartitionMap,
@@ -31,7 +31,7 @@ from ranker.evaluate import (
     interaction_matrix,
 )
 from ranker.features import RankerInputs, RankingTask
-from ranker.lightgbm_ranker import LightGBMRanker, TrainingPairs
+from ranker.lightgbm_ranker import LightGBMRanker, TrainingPairs, scorers_sharing_candidates
 from ranker.registry import ranker_class
 from training._inputs import EncodedSplit, EncoderReport, ItemContent, encode_inputs
 from training._newcomers import NewcomerChoice, choose_newcomers, choose_route
@@ -140,17 +140,28 @@ class FittedRanker:
         """The served inputs, with the split's request times (`EncodedSplit.inputs_for`)."""
         return self.served.inputs_for(split)
 
-    def scorer(self, split: ProtocolSplit) -> Scorer:
+    def scorer(self, split: ProtocolSplit, *, share: bool = True) -> Scorer:
         """The ranker's scorer over the split's users and candidates (its `exclude` pairs -inf), ordered as it
         serves (`place`). The model's scores of each batch are computed once per split and kept (their finite
-        entries): scoring the same split again, for another line over the same lists, reads them back."""
+        entries): scoring the same split again, for another line over the same lists, reads them back. Where
+        `share` (scoring in this process), the timed alternatives over the same inputs are readied for the split
+        too, each batch's candidates and features built once for all (`scorers_sharing_candidates`)."""
         ranker, inputs = self.ranker, self.inputs_for(split)
         route = ranker.newcomers
         kept = self._scored[0] if self._scored else None
-        if kept is None or kept[0] is not split or kept[1] != route:
+        if kept is None or kept[0] is not split or kept[1] != route or (kept[2].shared and not share):
             exclude = interaction_matrix(split.exclude, split.index)
-            kept = (split, route, _ScoredOnce(ranker.scorer(inputs, exclude, placed=False)))
+            siblings = self._sharing_candidates() if share else []
+            models: list[Scorer | None] = [None]
+            if siblings:
+                models = list(scorers_sharing_candidates([ranker, *(s.ranker for s in siblings)], inputs, exclude))
+            kept = (split, route, _ScoredOnce(ranker.scorer(inputs, exclude, placed=False, model=models[0])))
+            kept[2].shared = bool(siblings)
             self._scored[:] = [kept]  # one split at a time: memory stays that of one split's candidates
+            for sibling, model in zip(siblings, models[1:], strict=True):
+                readied = _ScoredOnce(sibling.ranker.scorer(inputs, exclude, placed=False, model=model))
+                readied.shared = True
+                sibling._scored[:] = [(split, sibling.ranker.newcomers, readied)]
         model = kept[2]
 
         def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -158,13 +169,28 @@ class FittedRanker:
 
         return score
 
+    def _sharing_candidates(self) -> list[FittedRanker]:
+        """The timed alternatives (not this one) serving from the same inputs whose LightGBM rankers choose
+        candidates as this one's does."""
+        ranker = self.ranker
+        if not isinstance(ranker, LightGBMRanker):
+            return []
+        return [
+            other
+            for other in self.alternatives.values()
+            if other is not self
+            and other.served is self.served
+            and isinstance(other.ranker, LightGBMRanker)
+            and other.ranker.candidates_chosen_by == ranker.candidates_chosen_by
+        ]
+
     def evaluate(self, split: ProtocolSplit, k: int, *, partitions: PartitionMap = IN_TURN) -> EvalResult:
         """Evaluate on any split that shares the plan's index and training interactions. With `partitions` of
         several workers (a Dask cluster), the model scores the split's users there, a part of each batch per worker,
         and the finite scores come back to be kept here (`scorer`), so the lines that rank from the same scores
         (tail-calibrated, the gate's evidence, the audit) score nothing again; the lists are ranked here from them,
         the same lists as one process ranks."""
-        scorer = self.scorer(split)
+        scorer = self.scorer(split, share=partitions.workers <= 1)  # a shared scorer stays in this process
         if partitions.workers > 1:
             self._score_on(partitions, split)
         return evaluate(split, scorer, k=k)
@@ -216,20 +242,12 @@ class _ScoredOnce:
     def __init__(self, model: Scorer) -> None:
         self._model = model
         self._kept: dict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        self._items: np.ndarray | None = None  # the candidate items last keyed, and their digest
-        self._digest = b""
+        self._key = BatchKeys()
+        self.shared = False  # the model shares its candidates with other rankers' (not to be sent to workers)
 
     @property
     def model(self) -> Scorer:
         return self._model
-
-    def _key(self, users: np.ndarray, items: np.ndarray) -> tuple[bytes, bytes]:
-        """A batch's key: its users, and a digest of its candidate items, computed once for the array every batch of
-        a split passes (the items' own bytes were 4 MB a key at 500k items, 2.4 GB over an evaluation's batches)."""
-        if items is not self._items:
-            self._items = items
-            self._digest = hashlib.blake2b(np.ascontiguousarray(items).data, digest_size=16).digest()
-        return users.tobytes(), self._digest
 
     def has(self, users: np.ndarray, items: np.ndarray) -> bool:
         return self._key(users, items) in self._kept

@@ -133,6 +133,31 @@ def test_the_lines_over_one_split_score_it_once(
     assert calibrated["value"].to_numpy() == pytest.approx(scored_afresh["value"].to_numpy(), abs=1e-12)
 
 
+def test_the_alternatives_line_reads_the_scores_the_candidates_pass_gave_it(
+    window: object, fitted: FittedRanker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidate and its timed alternative rank the same users from the same inputs and candidates: the
+    candidate's pass builds each batch's pairs once and scores them with both boosters; the alternative's line then
+    builds nothing, and ranks as it does from pairs of its own."""
+    from ranker.lightgbm_ranker import LightGBMRanker
+
+    split = window
+    name, other = next((name, other) for name, other in fitted.alternatives.items() if other is not fitted)
+    afresh = FittedRanker(other.ranker, other.served).evaluate(split, 20)  # no alternatives: its own pairs
+    built: list[int] = []
+    task_groups = LightGBMRanker._task_groups
+    monkeypatch.setattr(LightGBMRanker, "_task_groups", lambda self, *args: built.append(1) or task_groups(self, *args))
+    alternative = FittedRanker(other.ranker, other.served)
+    candidate = FittedRanker(fitted.ranker, fitted.served, alternatives={name: alternative})
+    candidate.evaluate(split, 20)
+    batches = len(built)
+    assert batches >= 1
+    shared = alternative.evaluate(split, 20)
+    assert len(built) == batches  # read back, not built again
+    assert shared.recs.equals(afresh.recs)
+    assert shared.metrics["value"].to_numpy() == pytest.approx(afresh.metrics["value"].to_numpy(), abs=1e-12)
+
+
 def test_kept_scores_are_keyed_by_a_digest_of_the_candidates_not_their_bytes() -> None:
     """Every batch of a split has the same candidate items: keyed by their bytes, 600 batches over 500k items kept
     2.4 GB of keys. Equal candidates in another array read the batch back; other candidates score afresh."""
