@@ -214,9 +214,9 @@ def _fold_in(
     counts = np.bincount(local, minlength=n_items)
     slot = np.arange(local.size) - np.repeat(np.cumsum(counts) - counts, counts)  # each pair's place in its item
     users = torch.zeros((n_items, int(counts.max()), user_table.shape[1]))
-    users[torch.from_numpy(local.astype(np.int64)), torch.from_numpy(slot)] = torch.from_numpy(
-        user_table[synthetic.col]
-    )
+    for place in range(users.shape[1]):  # one place of every item at a time: no copy of every pair's user vector
+        at = slot == place
+        users[torch.from_numpy(local[at].astype(np.int64)), place] = torch.from_numpy(user_table[synthetic.col[at]])
     prior = torch.from_numpy(np.asarray(pulled_to, dtype=np.float32))
     # Each item's synthetic terms average to `weight`, so the pull to the prior weighs the same for every item.
     weights = torch.from_numpy(synthetic.data.astype(np.float32) * config.weight / counts[local].astype(np.float32))
