@@ -42,6 +42,10 @@ Transform = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """Text embeddings (n, d_text) -> stand-in (vectors (n, dim), bias (n,))."""
 
 
+# Rows of the ridge's float64 products at a time (the sums are the same; memory holds one block's copy).
+RIDGE_ROWS = 2**15
+
+
 class MapperConfig(BaseModel):
     """Hyperparameters of `ContentMapper`. The defaults are the product's mapper (`training.StandInConfig`): ridge
     with penalty 10, the mapper every ranker figure in docs/benchmarks.md was measured with. The MLP fields'
@@ -180,12 +184,16 @@ class ContentMapper:
         self._arrays = {name: value.detach().numpy().copy() for name, value in net.state_dict().items()}
         return self
 
-    def _fit_ridge(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
-        # Centred closed form in float64: W = (Xc'Xc + alpha I)^-1 Xc'Yc, intercept = mean(Y) - mean(X) W.
+    def _fit_ridge(self, x: np.ndarray, y: np.ndarray, *, rows: int = RIDGE_ROWS) -> dict[str, np.ndarray]:
+        # Centred closed form in float64: W = (Xc'Xc + alpha I)^-1 Xc'Yc, intercept = mean(Y) - mean(X) W. The
+        # products are summed over blocks of `rows` rows: centred float64 copies of every row were 2 GB at 500k items.
         x_mean, y_mean = x.mean(axis=0, dtype=np.float64), y.mean(axis=0, dtype=np.float64)
-        xc, yc = x - x_mean, y - y_mean
-        gram = xc.T @ xc + self.config.alpha * np.eye(x.shape[1])
-        weights = np.linalg.solve(gram, xc.T @ yc)
+        gram, cross = np.zeros((x.shape[1], x.shape[1])), np.zeros((x.shape[1], y.shape[1]))
+        for start in range(0, x.shape[0], rows):
+            xc, yc = x[start : start + rows] - x_mean, y[start : start + rows] - y_mean
+            gram += xc.T @ xc
+            cross += xc.T @ yc
+        weights = np.linalg.solve(gram + self.config.alpha * np.eye(x.shape[1]), cross)
         return {"weights": weights.astype(np.float32), "intercept": (y_mean - x_mean @ weights).astype(np.float32)}
 
     def _fit_mlp(

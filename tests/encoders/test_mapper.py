@@ -247,3 +247,17 @@ def test_fold_in_stand_in_users_rank_their_own_items_first() -> None:
     assert scores.argmax(axis=1).tolist() == [0, 3]  # u -> a, v -> d
     with pytest.raises(ConfigError, match="unknown stand-in method"):
         stand_in_users(interactions, items, method="median")  # type: ignore[arg-type]
+
+
+def test_the_ridge_summed_over_row_blocks_equals_its_closed_form() -> None:
+    """The ridge sums its float64 products over blocks of rows (a centred float64 copy of every row was 2 GB at 500k
+    items): the weights are the closed form's over all rows at once."""
+    rng = np.random.default_rng(4)
+    x, vectors, bias = rng.normal(size=(1000, 12)).astype(np.float32), rng.normal(size=(1000, 5)), rng.normal(size=1000)
+    mapper = ContentMapper(RIDGE)
+    y = np.c_[vectors, bias].astype(np.float32)
+    blocked = mapper._fit_ridge(x, y, rows=77)
+    xc, yc = x - x.mean(axis=0, dtype=np.float64), y - y.mean(axis=0, dtype=np.float64)
+    weights = np.linalg.solve(xc.T @ xc + RIDGE.alpha * np.eye(12), xc.T @ yc)
+    np.testing.assert_allclose(blocked["weights"], weights.astype(np.float32), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(blocked["weights"], mapper._fit_ridge(x, y)["weights"], rtol=1e-6, atol=1e-7)
