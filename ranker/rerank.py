@@ -62,10 +62,13 @@ def tail_quota_rerank(
     for row in np.flatnonzero(quotas > 0):
         values = out[row]
         finite = np.flatnonzero(np.isfinite(values))
-        ranked = finite[np.lexsort((finite, -values[finite]))]  # best first; ties to the lower item index
-        top, rest = ranked[:k], ranked[k:]
-        # max(..., 0): a top k holding more than the quota must lift nothing (a negative slice would lift most).
-        lifted = rest[is_tail[rest]][: max(quotas[row] - int(is_tail[top].sum()), 0)]
+        top = _best(values, finite, k)
+        # max(..., 0): a top k holding more than the quota must lift nothing.
+        wanted = max(quotas[row] - int(is_tail[top].sum()), 0)
+        if wanted == 0:
+            continue
+        tail = finite[is_tail[finite]]
+        lifted = _best(values, tail[~np.isin(tail, top)], wanted)  # the best tail items below the top k
         if lifted.size == 0:
             continue
         replaceable = ~is_tail[top] if protect is None else ~is_tail[top] & ~protect[top]
@@ -76,8 +79,18 @@ def tail_quota_rerank(
         kept = top[~np.isin(top, dropped)]  # still best first
         # The new top k: kept items, then lifted tail items, each in score order, above every other item.
         chosen = np.r_[kept, lifted]
-        values[chosen] = float(values[finite].max()) + np.arange(chosen.size, 0, -1, dtype=np.float32)
+        values[chosen] = float(values[top[0]]) + np.arange(chosen.size, 0, -1, dtype=np.float32)
     return out
+
+
+def _best(values: np.ndarray, items: np.ndarray, count: int) -> np.ndarray:
+    """The `count` best of `items` (ascending item indices) by `values`, best first, equal values to the lower
+    item index: a partition first, so a row where the newcomer model scored every warm item (400k+ finite values)
+    sorts only its best, not all of them."""
+    if items.size > count:
+        cut = np.partition(values[items], items.size - count)[items.size - count]  # the count-th best value
+        items = items[values[items] >= cut]  # every item tied at the cut stays for the sort to order
+    return items[np.lexsort((items, -values[items]))][:count]
 
 
 def tail_rerank_scorer(

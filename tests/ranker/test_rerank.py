@@ -73,3 +73,33 @@ def test_protected_items_are_never_displaced() -> None:
     np.testing.assert_array_equal(
         tail_quota_rerank(scores, TAIL, np.array([1.0]), k=3, strength=1.0, protect=everything), scores
     )
+
+
+def _rerank_sorting_every_row(scores: np.ndarray, is_tail: np.ndarray, quotas: np.ndarray, k: int) -> np.ndarray:
+    """tail_quota_rerank written plainly (every finite score of a row sorted): what the partitioned one must equal."""
+    out = np.array(scores, dtype=np.float32)
+    for row in np.flatnonzero(quotas > 0):
+        values = out[row]
+        finite = np.flatnonzero(np.isfinite(values))
+        ranked = finite[np.lexsort((finite, -values[finite]))]
+        top, rest = ranked[:k], ranked[k:]
+        lifted = rest[is_tail[rest]][: max(quotas[row] - int(is_tail[top].sum()), 0)]
+        dropped = top[~is_tail[top]][::-1][: lifted.size]
+        lifted = lifted[: dropped.size]
+        if lifted.size:
+            chosen = np.r_[top[~np.isin(top, dropped)], lifted]
+            values[chosen] = float(values[finite].max()) + np.arange(chosen.size, 0, -1, dtype=np.float32)
+    return out
+
+
+def test_the_partitioned_rerank_equals_sorting_every_row() -> None:
+    # Rows dense with finite scores (a newcomer's, every warm item scored) and sparse ones (a ranker's candidates),
+    # many ties (scores on a coarse grid), -inf entries, quotas from none to the whole top k.
+    rng = np.random.default_rng(9)
+    scores = np.round(rng.normal(size=(40, 3000)), 1).astype(np.float32)
+    scores[20:][rng.random((20, 3000)) < 0.95] = -np.inf
+    is_tail = rng.random(3000) < 0.6
+    targets = rng.uniform(0, 1, 40)
+    for k in (1, 5, 20):
+        expected = _rerank_sorting_every_row(scores, is_tail, np.rint(np.clip(targets, 0, 1) * k).astype(int), k)
+        np.testing.assert_array_equal(tail_quota_rerank(scores, is_tail, targets, k, strength=1.0), expected)
