@@ -116,6 +116,15 @@ def test_a_ranker_routes_newcomers_to_the_model_and_keeps_the_route_through_a_sa
         assert cold_scores[row, finite].max() < expected[row][np.isfinite(expected[row])].min()
         by_routed = np.argsort(-cold_scores[row, finite], kind="stable")
         assert (np.diff(ranker_cold[row, finite][by_routed]) <= 0).all()  # the ranker's order (ties aside)
+    # The very values of placing every item of the row by a stable sort of all its scores (the ranker's finite ones
+    # are now placed among themselves alone).
+    floor = newcomer_scores(inputs, routed, pool[warm], config).min(axis=1, keepdims=True)
+    order = np.argsort(-plain[: routed.size], axis=1, kind="stable")
+    position = np.empty_like(order)
+    np.put_along_axis(position, order, np.arange(pool.size)[None, :], axis=1)
+    whole_row = (floor - 1 - (position + 1) / (pool.size + 1)).astype(np.float32)
+    whole_row[~np.isfinite(plain[: routed.size])] = -np.inf
+    np.testing.assert_array_equal(cold_scores, whole_row[:, ~warm])
     # A pool of cold items alone is ranked for newcomers as the ranker ranks it.
     cold_pool = pool[~warm]
     lists = [top_k(scorer(routed, cold_pool), cold_pool, 20) for scorer in (ranker.scorer(inputs), plain_scorer)]
