@@ -316,13 +316,15 @@ def choose_route(
         if users.size < min_users:
             ndcg[name], routes[name] = None, True
             continue
-        values, sums = {}, {}
-        for model, route in (("ranker", None), (NEWCOMER, config), (WITHOUT_COLD, without_cold)):
-            scorer = ranker.with_newcomers(route).scorer(inputs, exclude)
-            sums[model] = sum(
-                _ndcg_sum(scorer(block, pool), truth[block].toarray(), k) for block in _blocks(users, pool.size)
-            )
-            values[model] = round(sums[model] / users.size, 4)
+        # The ranker scores each block once; each way of serving the block is placed from those scores.
+        ways = {"ranker": None, NEWCOMER: config, WITHOUT_COLD: without_cold}
+        sums = dict.fromkeys(ways, 0.0)
+        model = ranker.with_newcomers(None).scorer(inputs, exclude, placed=False)
+        for block in _blocks(users, pool.size):
+            scored, wanted = model(block, pool), truth[block].toarray()
+            for way, route in ways.items():
+                sums[way] += _ndcg_sum(_served(ranker, scored, inputs, exclude, route, block, pool), wanted, k)
+        values = {way: round(total / users.size, 4) for way, total in sums.items()}
         ndcg[name], routes[name] = values, max(values[NEWCOMER], values[WITHOUT_COLD]) >= values["ranker"]
         if routes[name]:
             gains.append(sums[WITHOUT_COLD] - sums[NEWCOMER])
@@ -378,9 +380,23 @@ def _past_ndcg(
         scored, wanted = model(block, pool), truth[block].toarray()
         for bound in totals:
             wider = config.model_copy(update={"min_events": config.max_events + 1, "max_events": bound})
-            scores = routed(lambda *_, kept=scored: kept.copy(), inputs, exclude, wider)(block, pool)
-            totals[bound] += _ndcg_sum(ranker.place(scores, inputs, pool), wanted, k)
+            totals[bound] += _ndcg_sum(_served(ranker, scored, inputs, exclude, wider, block, pool), wanted, k)
     return {bound: round(total / users.size, 4) for bound, total in totals.items()}
+
+
+def _served(
+    ranker: RankerBase,
+    scored: np.ndarray,
+    inputs: RankerInputs,
+    exclude: sp.csr_array | None,
+    route: NewcomerConfig | None,
+    users: np.ndarray,
+    pool: np.ndarray,
+) -> np.ndarray:
+    """The ranker's own `scored` (users x pool) as it serves them with newcomers routed by `route` (None: none),
+    cold places included: what `ranker.with_newcomers(route).scorer(inputs, exclude)` gives, without scoring again."""
+    scores = scored.copy() if route is None else routed(lambda *_: scored.copy(), inputs, exclude, route)(users, pool)
+    return ranker.place(scores, inputs, pool)
 
 
 def _blocks(users: np.ndarray, n_items: int) -> Iterator[np.ndarray]:

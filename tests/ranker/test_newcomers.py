@@ -194,6 +194,17 @@ def test_the_route_serves_newcomers_only_where_validation_says_the_model_ranks_t
             continue
         serves = choice.config is not None and choice.config.min_events <= low <= choice.config.max_events
         assert serves == (ndcg["newcomer model"] >= ndcg["ranker"])
+    # Each way's NDCG is what that way's own scorer gives (the ranker scores each block once for all three ways).
+    from training._newcomers import NEWCOMER, WITHOUT_COLD, _blocks, _ndcg_sum
+
+    truth = sp.csr_array(labels[:, pool])
+    cold = np.flatnonzero((np.diff(truth.indptr) > 0) & (np.diff(blank.history.indptr) == 0))
+    without_cold = config.model_copy(update={"cold_items": False})
+    for way, route in (("ranker", None), (NEWCOMER, config), (WITHOUT_COLD, without_cold)):
+        scorer = ranker.with_newcomers(route).scorer(blank, None)
+        total = sum(_ndcg_sum(scorer(block, pool), truth[block].toarray(), 20) for block in _blocks(cold, pool.size))
+        assert choice.ndcg["cold"] is not None and choice.ndcg["cold"][way] == round(total / cold.size, 4)
+    ranker.with_newcomers(None)
     assert choose_route(ranker, blank, config, labels, pool, None, min_users=301).config == config
     # Judged on a seeded sample where there are more than max_users of a kind: the same sample every time.
     sampled = choose_route(ranker, blank, config, labels, pool, None, min_users=5, max_users=10, seed=1)
