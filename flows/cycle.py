@@ -11,7 +11,6 @@ after that record is written does `promote` make the candidate current in the mo
 from __future__ import annotations
 
 import contextlib
-import gc
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -237,7 +236,7 @@ def train_evaluate_gate(
         del fitted, incumbent, served
         # The candidate names itself among its timed alternatives: a cycle, freed by the collector alone (which
         # numpy's allocations seldom wake). Without this the refit at 500k items began beside all of it (18 GB).
-        gc.collect()
+        training.release_memory()
         with stage(record, "refit", "the promoted candidate's choices on every event of the log"):
             served = tasks.refit_ranker_task(
                 whole_log, evaluated, chosen, cache_dir=config.cache_dir, settings=config.models, client=client

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
         text_profiles,
         title_words,
     )
+    from training._memory import release_memory
     from training._plans import (
         PROTOCOLS,
         USER_PROTOCOLS,
@@ -233,6 +234,7 @@ _SOURCES = {
     "reference_lines": "training._gate",
     "sampled_users": "training._plans",
     "refit_ranker": "training._fit",
+    "release_memory": "training._memory",
     "served_inputs": "training._fit",
     "synthetic_matrix": "training._standins",
     "synthetic_precision": "training._standins",
@@ -335,6 +337,7 @@ __all__ = [
     "profiled_standins",
     "reference_lines",
     "refit_ranker",
+    "release_memory",
     "sampled_users",
     "served_inputs",
     "synthetic_matrix",

@@ -34,6 +34,7 @@ from ranker.features import RankerInputs, RankingTask
 from ranker.lightgbm_ranker import LightGBMRanker, TrainingPairs, scorers_sharing_candidates
 from ranker.registry import ranker_class
 from training._inputs import EncodedSplit, EncoderReport, ItemContent, encode_inputs
+from training._memory import release_memory
 from training._newcomers import NewcomerChoice, choose_newcomers, choose_route
 from training._plans import USER_PROTOCOLS, EvaluationPlan
 from training._settings import ModelSettings, StandInConfig, TimedChoices
@@ -453,6 +454,7 @@ def fit_ranker(
         fit_inputs.drop_pool_indexes()
         content = fitted.content
         del fitted
+        release_memory()
         served = _encoded_for_serving(plan, fit_report, settings, cache_dir=cache_dir, content=content)
     else:
         served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
@@ -522,6 +524,7 @@ def refit_ranker(
         # served ones are encoded. Holding both beside the candidate's killed a refit at 500k items (20 GB).
         content = fitted.content
         del fitted
+        release_memory()
         served = _encoded_for_serving(plan, fit, fixed, cache_dir=cache_dir, content=content)
     else:
         served = served_inputs(plan, fitted, fixed, cache_dir=cache_dir)
