@@ -169,7 +169,7 @@ def train_evaluate_gate(
     the version's `evaluated/` folder, where the next gate re-scores it (the refit has seen that gate's window)."""
     record, ranker = run.record, config.models.ranker_name
     # On a Dask task runner, its cluster trains the LightGBM ranker (DaskLGBMRanker) and scores the evaluation's
-    # batches of users; in threads, both run here.
+    # batches of users; in threads, both run here (the batches on a thread per core).
     client, parts = runners.dask_client(), runners.partitions()
     where = " on the Dask cluster" if client is not None else ""
     with stage(record, "retrain", f"encoders and the {ranker} ranker on the training window{where}"):

@@ -1,17 +1,19 @@
 """The task runner the settings choose: threads in the flow's process, or a Dask cluster (prefect-dask); and, for
 the work the stages cut into partitions (training pairs, evaluation batches, every user's top k), where those
-partitions run: in turn in the flow's process, or on the same Dask cluster as the flow's tasks."""
+partitions run: on threads of the flow's process, one per core it may use, or on the same Dask cluster as the
+flow's tasks."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.settings import WarmstartSettings
-from ranker.evaluate import IN_TURN, PartitionMap
+from ranker.evaluate import InThreads, PartitionMap
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -68,6 +70,7 @@ class OnCluster:
     worker once, then each part is a task there; the results are gathered in the order of the parts."""
 
     client: Client
+    ships: ClassVar[bool] = True
 
     @property
     def workers(self) -> int:
@@ -89,6 +92,7 @@ def _apply(fn: Callable[[_Part], _Result], part: _Part) -> _Result:
 
 
 def partitions() -> PartitionMap:
-    """Where the running flow's partitions run: on its Dask cluster, or in turn in its process."""
+    """Where the running flow's partitions run: on its Dask cluster, or on threads of its process, one per core the
+    process may use."""
     client = dask_client()
-    return OnCluster(client) if client is not None else IN_TURN
+    return OnCluster(client) if client is not None else InThreads(len(os.sched_getaffinity(0)))

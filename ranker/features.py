@@ -518,9 +518,29 @@ def _chunk_features(inputs: RankerInputs, users: np.ndarray, items: np.ndarray, 
     if inputs.tfidf is not None:
         out[:, column["tfidf_max"]] = _tfidf_max(inputs.tfidf, inputs.history, users, items, starts, ends)
     if inputs.tfidf is not None and inputs.tfidf_profiles is not None:
-        pairs = inputs.tfidf_profiles[users].multiply(inputs.tfidf[items])
-        out[:, column["tfidf_profile"]] = np.asarray(pairs.sum(axis=1)).ravel()
+        out[:, column["tfidf_profile"]] = _pair_dots(inputs.tfidf_profiles, inputs.tfidf, users, items)
     return out
+
+
+def _pair_dots(left: sp.csr_array, right: sp.csr_array, left_rows: np.ndarray, right_rows: np.ndarray) -> np.ndarray:
+    """Per pair j: the dot product of `left[left_rows[j]]` and `right[right_rows[j]]` (float32, summed in float64).
+    Each of right's entries (a title's few terms) is looked up among its left row's entries: a pair's left row was
+    copied and merged whole before, a user's profile of hundreds of terms once per candidate (8% of ranking every
+    user at 500k items)."""
+    n_columns, pairs = left.shape[1], left_rows.size
+    owners, owner_of_pair = np.unique(left_rows, return_inverse=True)
+    owned = left[owners]
+    keys = np.repeat(np.arange(owners.size, dtype=np.int64), np.diff(owned.indptr)) * n_columns + owned.indices
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], owned.data[order]
+    picked = right[right_rows]
+    entry_pair = np.repeat(np.arange(pairs), np.diff(picked.indptr))
+    if keys.size == 0 or entry_pair.size == 0:
+        return np.zeros(pairs, dtype=np.float32)
+    wanted = owner_of_pair.astype(np.int64)[entry_pair] * n_columns + picked.indices
+    at = np.minimum(np.searchsorted(keys, wanted), keys.size - 1)
+    products = np.where(keys[at] == wanted, values[at].astype(np.float64) * picked.data, 0.0)
+    return np.bincount(entry_pair, weights=products, minlength=pairs).astype(np.float32)
 
 
 def _tfidf_max(

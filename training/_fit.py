@@ -186,15 +186,17 @@ class FittedRanker:
         ]
 
     def evaluate(self, split: ProtocolSplit, k: int, *, partitions: PartitionMap = IN_TURN) -> EvalResult:
-        """Evaluate on any split that shares the plan's index and training interactions. With `partitions` of
-        several workers (a Dask cluster), the model scores the split's users there, a part of each batch per worker,
-        and the finite scores come back to be kept here (`scorer`), so the lines that rank from the same scores
-        (tail-calibrated, the gate's evidence, the audit) score nothing again; the lists are ranked here from them,
-        the same lists as one process ranks."""
-        scorer = self.scorer(split, share=partitions.workers <= 1)  # a shared scorer stays in this process
-        if partitions.workers > 1:
+        """Evaluate on any split that shares the plan's index and training interactions, its batches of users on
+        `partitions`. Where those ship their work to several workers (a Dask cluster), the model scores the split's
+        users there, a part of each batch per worker, and the finite scores come back to be kept here (`scorer`), so
+        the lines that rank from the same scores (tail-calibrated, the gate's evidence, the audit) score nothing
+        again; the lists are ranked here from them, the same lists as one process ranks."""
+        elsewhere = partitions.ships and partitions.workers > 1
+        scorer = self.scorer(split, share=not elsewhere)  # a shared scorer stays in this process
+        if elsewhere:
             self._score_on(partitions, split)
-        return evaluate(split, scorer, k=k)
+            return evaluate(split, scorer, k=k)
+        return evaluate(split, scorer, k=k, partitions=partitions)
 
     def _score_on(self, partitions: PartitionMap, split: ProtocolSplit) -> None:
         """Score the batches `evaluate` will ask for (those not kept yet) on `partitions`, and keep the scores."""

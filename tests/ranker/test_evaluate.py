@@ -29,6 +29,7 @@ from ranker.evaluate import (
     WARM,
     WARM_USER,
     EvalIndex,
+    InThreads,
     InTurn,
     ProtocolSplit,
     cold_item_split,
@@ -310,6 +311,25 @@ def test_partitions_rank_the_batches_they_are_given_as_one_process_does(tiny: Da
     parted = evaluate(split, fixed_order, k=3, partitions=Three(workers=3))
     assert split.users.size >= 3 and seen == [3]
     assert parted.recs.equals(evaluate(split, fixed_order, k=3).recs)
+
+
+def test_partitions_on_threads_rank_as_one_thread_does(tiny: Dataset) -> None:
+    import threading
+
+    split = hybrid_split(tiny)
+    threads: set[str] = set()
+    both = threading.Barrier(2)
+
+    def recording(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        name = threading.current_thread().name
+        if name not in threads:  # each thread's first batch waits for the other's: they run at once
+            threads.add(name)
+            both.wait(timeout=30)
+        return fixed_order(users, items)
+
+    on_threads = evaluate(split, recording, k=3, batch_size=1, partitions=InThreads(2))
+    assert len(threads) == 2 and all(name.startswith("warmstart-part") for name in threads)
+    assert on_threads.recs.equals(evaluate(split, fixed_order, k=3, batch_size=1).recs)
 
 
 def test_ties_go_to_the_lower_item_index(tiny: Dataset) -> None:

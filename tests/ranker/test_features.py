@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ranker.features import FEATURE_NAMES, RankerInputs, _tfidf_max, generate_candidates, pair_features
+from ranker.features import (
+    FEATURE_NAMES,
+    RankerInputs,
+    _pair_dots,
+    _tfidf_max,
+    generate_candidates,
+    pair_features,
+)
 
 F = {name: j for j, name in enumerate(FEATURE_NAMES)}
 
@@ -188,6 +195,26 @@ def test_tfidf_max_of_all_users_at_once_is_each_users_own_product() -> None:
     for chunk_columns in (1, 100, 4_000_000):  # one user, a few, all per product
         got = _tfidf_max(tfidf, history, users, items, starts, ends, chunk_columns=chunk_columns)
         np.testing.assert_array_equal(got, expected)
+
+
+def test_pair_dots_are_the_rows_products() -> None:
+    # A pair's TF-IDF profile similarity is the dot product of the user's profile row and the item's row; users
+    # without history (an empty profile) and items without terms give 0.
+    inputs = random_inputs(n_users=40)
+    rng = np.random.default_rng(5)
+    profiles = sp.csr_array(inputs.tfidf_profiles.multiply((np.arange(inputs.n_users) != 3)[:, None]))
+    profiles.eliminate_zeros()
+    tfidf = sp.csr_array(inputs.tfidf.multiply((np.arange(inputs.n_items) != 7)[:, None]))
+    tfidf.eliminate_zeros()
+    users = np.repeat(rng.permutation(inputs.n_users)[:25], rng.integers(1, 30, 25))
+    users = np.r_[users, 3, users[0]]  # a user without profile; a user with one, below with an item without terms
+    items = np.r_[rng.integers(0, inputs.n_items, users.size - 2), 8, 7]
+    expected = np.asarray(profiles[users].multiply(tfidf[items]).sum(axis=1)).ravel()
+    got = _pair_dots(profiles, tfidf, users, items)
+    assert got.dtype == np.float32 and np.count_nonzero(got) > users.size // 2
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+    assert got[-2] == got[-1] == 0 and profiles[[users[-1]]].nnz > 0  # no profile; an item without terms
+    assert _pair_dots(profiles, tfidf, np.array([3]), np.array([8])).tolist() == [0.0]
 
 
 def test_pair_features_built_in_chunks_equal_all_at_once() -> None:

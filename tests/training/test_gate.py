@@ -19,7 +19,15 @@ from catalog import Columns, Dataset
 from encoders import BPRConfig
 from monitor import GateConfig, GateMetric
 from ranker.baselines import PopularityScorer, RecentPopularityScorer
-from ranker.evaluate import COLD_USER, InTurn, ProtocolSplit, evaluate, interaction_matrix, temporal_split
+from ranker.evaluate import (
+    COLD_USER,
+    InThreads,
+    InTurn,
+    ProtocolSplit,
+    evaluate,
+    interaction_matrix,
+    temporal_split,
+)
 from training import (
     EVALUATED,
     TIMED_ALTERNATIVES,
@@ -158,6 +166,42 @@ def test_the_alternatives_line_reads_the_scores_the_candidates_pass_gave_it(
     assert shared.metrics["value"].to_numpy() == pytest.approx(afresh.metrics["value"].to_numpy(), abs=1e-12)
 
 
+def test_lines_scored_on_threads_equal_those_of_one_thread_and_still_share_the_candidates_pass(
+    window: object, fitted: FittedRanker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh evaluates its batches of users on a thread per core (InThreads): the candidate's batches run on two
+    threads at once, its lists are those of one thread, and the alternative's line still reads the scores the
+    candidate's pass gave it (built on those threads) and ranks as it does alone."""
+    import threading
+
+    from ranker.lightgbm_ranker import LightGBMRanker
+
+    split = window
+    name, other = next((name, other) for name, other in fitted.alternatives.items() if other is not fitted)
+    alone = {
+        "candidate": FittedRanker(fitted.ranker, fitted.served).evaluate(split, 20),
+        "alternative": FittedRanker(other.ranker, other.served).evaluate(split, 20),
+    }
+    threads: list[str] = []
+    task_groups = LightGBMRanker._task_groups
+
+    def recording(self: LightGBMRanker, *args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return task_groups(self, *args)
+
+    monkeypatch.setattr(LightGBMRanker, "_task_groups", recording)
+    alternative = FittedRanker(other.ranker, other.served)
+    candidate = FittedRanker(fitted.ranker, fitted.served, alternatives={name: alternative})
+    on_threads = {"candidate": candidate.evaluate(split, 20, partitions=InThreads(2))}
+    batches = len(threads)
+    on_threads["alternative"] = alternative.evaluate(split, 20, partitions=InThreads(2))
+    assert batches >= 2 and len(set(threads)) == 2 and all(t.startswith("warmstart-part") for t in threads)
+    assert len(threads) == batches  # the alternative's line built nothing: it read the candidate pass's scores
+    for line, result in on_threads.items():
+        assert result.recs.equals(alone[line].recs), line
+        assert result.metrics["value"].to_numpy() == pytest.approx(alone[line].metrics["value"].to_numpy(), abs=1e-12)
+
+
 def test_kept_scores_are_keyed_by_a_digest_of_the_candidates_not_their_bytes() -> None:
     """Every batch of a split has the same candidate items: keyed by their bytes, 600 batches over 500k items kept
     2.4 GB of keys. Equal candidates in another array read the batch back; other candidates score afresh."""
@@ -196,6 +240,8 @@ def test_a_split_scored_on_other_workers_is_kept_here_and_ranked_as_here(
     shipped: list[int] = []
 
     class Shipped(InTurn):
+        ships = True
+
         def __call__(self, fn: Callable[[Any], Any], parts: Sequence[Any], /) -> list[Any]:
             shipped.append(len(parts))
             return super().__call__(cloudpickle.loads(cloudpickle.dumps(fn)), parts)
