@@ -174,7 +174,12 @@ def train_evaluate_gate(
     where = " on the Dask cluster" if client is not None else ""
     with stage(record, "retrain", f"encoders and the {ranker} ranker on the training window{where}"):
         fitted = tasks.fit_ranker_task(
-            plan, cache_dir=config.cache_dir, settings=config.models, alternatives=config.alternatives, client=client
+            plan,
+            cache_dir=config.cache_dir,
+            settings=config.models,
+            alternatives=config.alternatives,
+            client=client,
+            partitions=runners.here(),
         )
     with stage(record, "evaluate", "the candidate, the current model and the reference lines on held-out events"):
         metrics = tasks.evaluate_task(fitted, plan.split, k=config.k, protocol=config.protocol, partitions=parts)

@@ -92,7 +92,12 @@ def _apply(fn: Callable[[_Part], _Result], part: _Part) -> _Result:
 
 
 def partitions() -> PartitionMap:
-    """Where the running flow's partitions run: on its Dask cluster, or on threads of its process, one per core the
-    process may use."""
+    """Where the running flow's partitions run: on its Dask cluster, or on threads of its process (`here`)."""
     client = dask_client()
-    return OnCluster(client) if client is not None else InThreads(len(os.sched_getaffinity(0)))
+    return OnCluster(client) if client is not None else here()
+
+
+def here() -> InThreads:
+    """Partitions on threads of this process, one per core it may use: for work that stays with what the process
+    holds (a fit's choices over its own inputs), Dask or not."""
+    return InThreads(len(os.sched_getaffinity(0)))

@@ -428,12 +428,13 @@ def fit_ranker(
     settings: ModelSettings,
     alternatives: dict[str, TimedChoices] | None = None,
     client: Client | None = None,
+    partitions: PartitionMap = IN_TURN,
 ) -> FittedRanker:
     """Fit encoders and the ranker `settings.ranker_name` names as the plan says (with `settings.timed`'s choices
     where the training log has times; users' stand-ins from the attributes in the plan's users table). On a log
     with times, each of `alternatives` is trained too, on the same encoders (`FittedRanker.alternatives`; one whose
     ranker equals the main one is the main one). With a Dask `client`, LightGBM rankers train on its cluster
-    (`train_ranker`)."""
+    (`train_ranker`). The newcomers' route is chosen over blocks of validation users scored on `partitions`."""
     started = time.perf_counter()
     timed = has_times(plan.split.train)
     others = {name: settings.with_timed(choices).for_log(timed) for name, choices in (alternatives or {}).items()}
@@ -480,6 +481,7 @@ def fit_ranker(
             bounds=NEWCOMER_ROUTE_BOUNDS,
             max_users=ROUTE_USERS,
             seed=settings.seed,
+            partitions=partitions,
         )
         newcomers = replace(newcomers, route=route)
     ranker.with_newcomers(newcomers.served if newcomers is not None else None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -19,7 +20,7 @@ import scipy.sparse as sp
 
 from catalog import Columns, has_times
 from ranker.base import RankerBase, routed, seeded_sample
-from ranker.evaluate import EvalIndex
+from ranker.evaluate import IN_TURN, EvalIndex, PartitionMap
 from ranker.features import RankerInputs
 from ranker.newcomers import NewcomerConfig, newcomer_terms
 from ranker.temporal import RECENT_DAYS, RequestTimes, time_features
@@ -286,6 +287,7 @@ def choose_route(
     bounds: tuple[int, ...] = (),
     max_users: int | None = None,
     seed: int = 0,
+    partitions: PartitionMap = IN_TURN,
 ) -> RouteChoice:
     """Serve users without history, and users with 1 to max_events events, by the newcomer model only where it
     ranks `labels` (validation positives among `pool`) at least as well as `ranker` does for such users of
@@ -300,7 +302,7 @@ def choose_route(
     events can rank a user with a few events far below popularity: docs/benchmarks.md, issue 29.)
 
     Each kind of user is judged on at most `max_users` of them (a seeded sample; None: all), `users_of` counting
-    those judged."""
+    those judged. Their blocks are scored on `partitions` (the sums added in the blocks' order, as in turn)."""
     activity = np.diff(inputs.history.indptr)
     truth = sp.csr_array(labels[:, pool])
     labelled = np.flatnonzero(np.diff(truth.indptr) > 0)
@@ -318,12 +320,7 @@ def choose_route(
             continue
         # The ranker scores each block once; each way of serving the block is placed from those scores.
         ways = {"ranker": None, NEWCOMER: config, WITHOUT_COLD: without_cold}
-        sums = dict.fromkeys(ways, 0.0)
-        model = ranker.with_newcomers(None).scorer(inputs, exclude, placed=False)
-        for block in _blocks(users, pool.size):
-            scored, wanted = model(block, pool), truth[block].toarray()
-            for way, route in ways.items():
-                sums[way] += _ndcg_sum(_served(ranker, scored, inputs, exclude, route, block, pool), wanted, k)
+        sums = _block_sums(ranker, inputs, exclude, truth, users, pool, ways, k, partitions)
         values = {way: round(total / users.size, 4) for way, total in sums.items()}
         ndcg[name], routes[name] = values, max(values[NEWCOMER], values[WITHOUT_COLD]) >= values["ranker"]
         if routes[name]:
@@ -342,7 +339,7 @@ def choose_route(
             # No further than the first bound that holds the most events seen among them: beyond, nothing was seen.
             reach = next(bound for bound in wider if bound >= activity[users].max())
             tried = [bound for bound in wider if bound <= reach]
-            by_bound = _past_ndcg(ranker, inputs, config, truth, users, pool, exclude, tried, k)
+            by_bound = _past_ndcg(ranker, inputs, config, truth, users, pool, exclude, tried, k, partitions)
             high = max(by_bound, key=lambda bound: (by_bound[bound], -bound))
             ndcg["past"] = {_past_name(bound, config): value for bound, value in by_bound.items()}
     ranker.with_newcomers(served)
@@ -369,19 +366,50 @@ def _past_ndcg(
     exclude: sp.csr_array | None,
     bounds: list[int],
     k: int,
+    partitions: PartitionMap = IN_TURN,
 ) -> dict[int, float]:
     """Mean NDCG at k of `users` (all with more than config.max_events events; `truth` their rows of positives among
     `pool`) by the highest events the newcomer model serves: config.max_events (the ranker serves them) and each of
     `bounds` (the newcomer model's reference users then those with more events than that); the ranker scores each
     block of users once."""
-    totals = dict.fromkeys([config.max_events, *bounds], 0.0)
-    model = ranker.with_newcomers(None).scorer(inputs, exclude, placed=False)
-    for block in _blocks(users, pool.size):
-        scored, wanted = model(block, pool), truth[block].toarray()
-        for bound in totals:
-            wider = config.model_copy(update={"min_events": config.max_events + 1, "max_events": bound})
-            totals[bound] += _ndcg_sum(_served(ranker, scored, inputs, exclude, wider, block, pool), wanted, k)
+    ways = {
+        bound: config.model_copy(update={"min_events": config.max_events + 1, "max_events": bound})
+        for bound in [config.max_events, *bounds]
+    }
+    totals = _block_sums(ranker, inputs, exclude, truth, users, pool, ways, k, partitions)
     return {bound: round(total / users.size, 4) for bound, total in totals.items()}
+
+
+_Way = TypeVar("_Way")
+
+
+def _block_sums(
+    ranker: RankerBase,
+    inputs: RankerInputs,
+    exclude: sp.csr_array | None,
+    truth: sp.csr_array,
+    users: np.ndarray,
+    pool: np.ndarray,
+    ways: dict[_Way, NewcomerConfig | None],
+    k: int,
+    partitions: PartitionMap,
+) -> dict[_Way, float]:
+    """Per way of routing newcomers: the NDCG at k summed over `users` (`truth` their positives among `pool`), the
+    ranker scoring each block of users once on `partitions` and each way placed from those scores."""
+    model = ranker.with_newcomers(None).scorer(inputs, exclude, placed=False)
+
+    def sums_of(block: np.ndarray) -> dict[_Way, float]:
+        scored, wanted = model(block, pool), truth[block].toarray()
+        return {
+            way: _ndcg_sum(_served(ranker, scored, inputs, exclude, route, block, pool), wanted, k)
+            for way, route in ways.items()
+        }
+
+    totals = dict.fromkeys(ways, 0.0)
+    for block_sums in partitions(sums_of, list(_blocks(users, pool.size))):
+        for way, total in block_sums.items():
+            totals[way] += total
+    return totals
 
 
 def _served(

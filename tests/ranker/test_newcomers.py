@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from catalog import Columns
 from ranker.base import top_k
 from ranker.baselines import ArrivalPopularityScorer
-from ranker.evaluate import EvalIndex
+from ranker.evaluate import EvalIndex, InThreads
 from ranker.features import RankerInputs
 from ranker.lightgbm_ranker import LightGBMRanker, LightGBMRankerConfig
 from ranker.newcomers import NewcomerConfig, newcomer_scores
@@ -187,6 +187,7 @@ def test_the_route_serves_newcomers_only_where_validation_says_the_model_ranks_t
     config = NewcomerConfig(history_weight=1.0)
     choice = choose_route(ranker, blank, config, labels, pool, None)
     assert choice.users["cold"] == 30 and ranker.newcomers is None  # the ranker is left as it was
+    assert choose_route(ranker, blank, config, labels, pool, None, partitions=InThreads(2)) == choice
     for bucket, low in (("cold", 0), ("sparse", 1)):
         ndcg = choice.ndcg[bucket]
         if ndcg is None:  # too few such users to tell: the newcomer model serves them
