@@ -196,6 +196,12 @@ def main() -> None:
     users = pl.read_parquet(data / "interactions.parquet", columns=["user_id"])["user_id"].unique().sort()
     batch_file = args.dir / "batch_users.csv"
     users.sample(min(10_000, users.len()), seed=args.seed).to_frame().write_csv(batch_file)
+    # The held-back item under an id of this run's: adding an id the workspace has is refused, and a rerun on the
+    # same workspace (another retrain) adds the item again.
+    new_item = args.dir / "new_item.csv"
+    if "add-items" in stages:
+        held_back = pl.read_csv(data / "new_item.csv", infer_schema=False)
+        held_back.with_columns(pl.col("item_id") + f"-{int(time.time())}").write_csv(new_item)
     commands = {
         "ingest": [
             "ingest",
@@ -217,7 +223,7 @@ def main() -> None:
             "--out",
             str(args.dir / "batch.parquet"),
         ],
-        "add-items": ["add-items", str(data / "new_item.csv")],
+        "add-items": ["add-items", str(new_item)],
     }
     results = [run_stage(stage, [*warmstart, *commands[stage], *ws], env, log) for stage in stages]
     machine = {"platform": platform.platform(), "cpu": _cpu(), "cpus": os.cpu_count()}

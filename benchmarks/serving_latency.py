@@ -3,7 +3,10 @@ under uvicorn on loopback, httpx as the client over one kept-alive connection), 
 an item added with no retraining until it is served by `users_for_item`.
 
     .venv/bin/python benchmarks/serving_latency.py --workspace WORKSPACE [--cache-dir CACHE] [--k 20] [--users 200]
-        [--batch-users N]
+        [--batch-users N] [--precompute-k 0] [--no-add]
+
+The API precomputes every served user's list in the background (`--precompute-k`, its default depth): a user whose
+list is ready is a lookup. `--precompute-k 0` scores every request live, the in-process calls too.
 
 Wall times on whatever else the machine runs: the script prints the load average beside them.
 """
@@ -25,16 +28,17 @@ import polars as pl
 import uvicorn
 
 from catalog import Columns
-from serving import Recommender, create_app
+from serving import PRECOMPUTED_K, Recommender, create_app
 
 
 @contextmanager
-def _http_server(recommender: Recommender) -> Iterator[str]:
+def _http_server(recommender: Recommender, precompute_k: int) -> Iterator[str]:
     """The API over `recommender` under uvicorn in a thread, on a free loopback port; yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(recommender), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(recommender, precompute_k=precompute_k)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -46,11 +50,13 @@ def _http_server(recommender: Recommender) -> Iterator[str]:
         thread.join()
 
 
-def _one_user_latencies(recommender: Recommender, users: list[str], k: int) -> tuple[list[float], list[float]]:
+def _one_user_latencies(
+    recommender: Recommender, users: list[str], k: int, precompute_k: int
+) -> tuple[list[float], list[float]]:
     """Wall time of each user's top k in-process and over HTTP (GET /recommend?user_id=U&k=K as a client sees it,
     the server in this process), user by user in turn, so that both see the same load on a shared machine."""
     direct, over_http = [], []
-    with _http_server(recommender) as url, httpx.Client(base_url=url, timeout=60) as client:
+    with _http_server(recommender, precompute_k) as url, httpx.Client(base_url=url, timeout=60) as client:
         recommender.recommend(users[:1], k=k)  # warm-up
         client.get("/recommend", params={"user_id": users[0], "k": k}).raise_for_status()
         for user in users:
@@ -63,6 +69,28 @@ def _one_user_latencies(recommender: Recommender, users: list[str], k: int) -> t
     return direct, over_http
 
 
+def _adding(recommender: Recommender, k: int) -> str:
+    """An item added with no retraining until `users_for_item` serves it, twice: the report's words."""
+    new = pl.DataFrame(
+        {Columns.item: ["bench-new"], Columns.title: ["A benchmark item"], Columns.text: ["added while serving"]}
+    )
+    started = time.perf_counter()
+    added = recommender.add_items(new)
+    added.users_for_item("bench-new", k=k)
+    add = time.perf_counter() - started
+    # A second item, as a running server adds one: without the first one's one-time costs (imports, MiniLM).
+    another = new.with_columns(pl.lit("bench-new-2").alias(Columns.item), pl.lit("Another one").alias(Columns.title))
+    started = time.perf_counter()
+    added = added.add_items(another)
+    added_at = time.perf_counter() - started
+    added.users_for_item("bench-new-2", k=k)
+    add_again = time.perf_counter() - started
+    return (
+        f" | add an item -> users_for_item {add:.2f} s (a second item: {add_again:.2f} s, of which add_items "
+        f"{added_at:.2f} s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, required=True)
@@ -72,13 +100,17 @@ def main() -> None:
     parser.add_argument(
         "--batch-users", type=int, default=None, help="Users of the batch (the first N; default: every user)."
     )
+    parser.add_argument(
+        "--precompute-k", type=int, default=PRECOMPUTED_K, help="The API's precomputed depth (0: every request live)."
+    )
+    parser.add_argument("--no-add", action="store_true", help="Leave out adding items (users_for_item ranks everyone).")
     args = parser.parse_args()
 
     started = time.perf_counter()
     recommender = Recommender.load(args.workspace, cache_dir=args.cache_dir)
     load = time.perf_counter() - started
     users = recommender.user_ids.to_list()
-    single, over_http = _one_user_latencies(recommender, users[: args.users], args.k)
+    single, over_http = _one_user_latencies(recommender, users[: args.users], args.k, args.precompute_k)
     batch_users = users[: args.batch_users] if args.batch_users is not None else users
     started = time.perf_counter()
     recommender.recommend(batch_users, k=args.k)
@@ -89,20 +121,7 @@ def main() -> None:
         started = time.perf_counter()
         recommender.recommend_text(query, k=args.k)
         texts.append(time.perf_counter() - started)
-    new = pl.DataFrame(
-        {Columns.item: ["bench-new"], Columns.title: ["A benchmark item"], Columns.text: ["added while serving"]}
-    )
-    started = time.perf_counter()
-    added = recommender.add_items(new)
-    added.users_for_item("bench-new", k=args.k)
-    add = time.perf_counter() - started
-    # A second item, as a running server adds one: without the first one's one-time costs (imports, MiniLM).
-    another = new.with_columns(pl.lit("bench-new-2").alias(Columns.item), pl.lit("Another one").alias(Columns.title))
-    started = time.perf_counter()
-    added = added.add_items(another)
-    added_at = time.perf_counter() - started
-    added.users_for_item("bench-new-2", k=args.k)
-    add_again = time.perf_counter() - started
+    adding = "" if args.no_add else _adding(recommender, args.k)
 
     ms = 1000
     print(
@@ -112,8 +131,7 @@ def main() -> None:
         f"p95 {np.percentile(single, 95) * ms:.0f} ms ({len(single)} users) | over HTTP: p50 "
         f"{np.percentile(over_http, 50) * ms:.0f} ms, p95 {np.percentile(over_http, 95) * ms:.0f} ms | a batch of "
         f"{len(batch_users):,} users: {batch:.1f} s"
-        f" | stated text p50 {np.percentile(texts, 50) * ms:.0f} ms | add an item -> users_for_item {add:.2f} s"
-        f" (a second item: {add_again:.2f} s, of which add_items {added_at:.2f} s)"
+        f" | stated text p50 {np.percentile(texts, 50) * ms:.0f} ms{adding}"
     )
 
 
