@@ -849,9 +849,9 @@ def evaluate(
     segment when the split has user segments.
 
     Users are scored and ranked `batch_size` at a time (by default `eval_batch_size` of the candidates), each
-    batch a part of `partitions` (in turn here by default; on a Dask cluster, on its workers, in at least as many
-    batches as it has workers): a user's list depends on the user alone, so the lists, and the metrics computed
-    from them here, are the same either way.
+    batch a part of `partitions` (in turn here by default; on threads here, the same batches; on a Dask cluster, on
+    its workers, in at least as many batches as it has workers): a user's list depends on the user alone, so the
+    lists, and the metrics computed from them here, are the same either way.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise MetricInputError(f"k must be a positive int, got {k!r}")
@@ -866,8 +866,10 @@ def evaluate(
     order = np.argsort(ex_rows, kind="stable")
     ex_rows, ex_cols = ex_rows[order], ex_cols[order]
 
-    batches = []
-    for start, stop in itertools.pairwise(batch_bounds(users.size, batch_size, partitions.workers)):
+    # Batches are cut for the workers only where the work ships: in this process (threads) a line ranked in turn
+    # afterwards asks for the very batches whose scores were kept (tail-calibrated, the audit).
+    batches, workers = [], partitions.workers if partitions.ships else 1
+    for start, stop in itertools.pairwise(batch_bounds(users.size, batch_size, workers)):
         lo, hi = np.searchsorted(ex_rows, [start, stop])
         batches.append((users[start:stop], ex_rows[lo:hi] - start, ex_cols[lo:hi]))
     parts = partitions(functools.partial(_ranked_batch, scorer, candidates, k), batches)

@@ -170,13 +170,16 @@ def test_lines_scored_on_threads_equal_those_of_one_thread_and_still_share_the_c
     window: object, fitted: FittedRanker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A refresh evaluates its batches of users on a thread per core (InThreads): the candidate's batches run on two
-    threads at once, its lists are those of one thread, and the alternative's line still reads the scores the
-    candidate's pass gave it (built on those threads) and ranks as it does alone."""
+    threads at once, its lists are those of one thread, the alternative's line still reads the scores the
+    candidate's pass gave it (built on those threads) and ranks as it does alone, and the tail-calibrated line,
+    ranked in turn afterwards, asks for the same batches and scores nothing again."""
     import threading
 
+    import ranker.evaluate
     from ranker.lightgbm_ranker import LightGBMRanker
 
     split = window
+    monkeypatch.setattr(ranker.evaluate, "eval_batch_size", lambda n_items: 40)  # several batches of users
     name, other = next((name, other) for name, other in fitted.alternatives.items() if other is not fitted)
     alone = {
         "candidate": FittedRanker(fitted.ranker, fitted.served).evaluate(split, 20),
@@ -200,6 +203,8 @@ def test_lines_scored_on_threads_equal_those_of_one_thread_and_still_share_the_c
     for line, result in on_threads.items():
         assert result.recs.equals(alone[line].recs), line
         assert result.metrics["value"].to_numpy() == pytest.approx(alone[line].metrics["value"].to_numpy(), abs=1e-12)
+    tail_calibrated(candidate, split, k=20, protocol="temporal")
+    assert len(threads) == batches  # read back in turn: the batches on threads were the batches in turn
 
 
 def test_kept_scores_are_keyed_by_a_digest_of_the_candidates_not_their_bytes() -> None:
