@@ -177,7 +177,9 @@ def test_unknown_ids_are_named(recommender: Recommender) -> None:
         recommender.recommend_text("   ")
 
 
-def test_cli_recommend_writes_a_batch_and_prints_explanations(served: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_cli_recommend_writes_a_batch_and_prints_explanations(
+    served: Path, recommender: Recommender, cache_dir: Path, tmp_path: Path
+) -> None:
     env = {"WARMSTART_CACHE_DIR": str(cache_dir)}
     users = tmp_path / "users.csv"
     ids = _logged(served)[Columns.user].unique().sort().head(30).to_list()
@@ -192,6 +194,9 @@ def test_cli_recommend_writes_a_batch_and_prints_explanations(served: Path, cach
     frame = pl.read_parquet(out)
     assert frame.height == 30 * 4 and sorted(frame[Columns.user].unique()) == sorted(ids)
     assert frame["model_version"].n_unique() == 1
+    # Batches of 8 ranked on a thread per core: the users' lists, in the users' order, as one call gives them.
+    wanted = [Columns.user, Columns.item, Columns.rank]
+    assert frame.select(wanted).equals(recommender.recommend(ids, 4).select(wanted))
 
     shown = runner.invoke(app, ["recommend", "--user", ids[0], "--k", "2", "--explain", "-w", str(served)], env=env)
     assert shown.exit_code == 0 and "because" in shown.output
