@@ -195,8 +195,9 @@ class FittedRanker:
         scorer = self.scorer(split, share=not elsewhere)  # a shared scorer stays in this process
         if elsewhere:
             self._score_on(partitions, split)
-            return evaluate(split, scorer, k=k)
-        return evaluate(split, scorer, k=k, partitions=partitions)
+        # Ranked here: on the map's threads where it has them; a shipping map's single worker would be sent the
+        # shared scorer (a lock does not pickle).
+        return evaluate(split, scorer, k=k, partitions=IN_TURN if partitions.ships else partitions)
 
     def _score_on(self, partitions: PartitionMap, split: ProtocolSplit) -> None:
         """Score the batches `evaluate` will ask for (those not kept yet) on `partitions`, and keep the scores."""

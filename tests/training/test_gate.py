@@ -252,6 +252,10 @@ def test_a_split_scored_on_other_workers_is_kept_here_and_ranked_as_here(
             return super().__call__(cloudpickle.loads(cloudpickle.dumps(fn)), parts)
 
     candidate = FittedRanker(ranker, fitted.served)
+    # One worker: ranked here, nothing shipped (the shared scorer holds a lock, which does not pickle).
+    assert candidate.evaluate(split, 20, partitions=Shipped(workers=1)).recs.equals(afresh.recs) and not shipped
+    here.clear()
+    candidate = FittedRanker(ranker, fitted.served)
     on_workers = candidate.evaluate(split, 20, partitions=Shipped(workers=2))
     assert on_workers.recs.equals(afresh.recs)
     assert shipped == [2] and not here  # each batch scored in two parts elsewhere, nothing here
