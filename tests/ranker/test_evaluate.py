@@ -304,6 +304,8 @@ def test_partitions_rank_the_batches_they_are_given_as_one_process_does(tiny: Da
     seen: list[int] = []
 
     class Three(InTurn):
+        ships = True  # as a Dask cluster's map: on threads here the batches stay as in turn
+
         def __call__(self, fn: Callable[[Any], Any], parts: Sequence[Any], /) -> list[Any]:
             seen.append(len(parts))
             return super().__call__(fn, parts)
