@@ -79,23 +79,12 @@ def _requested_ids(user: list[str] | None, users: Path | None, text: str | None)
 def _recommend_in_batches(
     recommender: Recommender, ids: list[str], k: int, *, batch: int, exclude_seen: bool, explain: bool
 ) -> pl.DataFrame:
-    """Recommendations for the users, `batch` at a time on a thread per core (ranking lets go of the GIL), in the
-    users' order, with a progress bar on stderr when there are several batches."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Recommendations for the users, `batch` at a time, with a progress bar on stderr when there are several."""
     from rich.progress import track
 
-    from flows import runners
-
-    def ranked(chunk: list[str]) -> pl.DataFrame:
-        return recommender.recommend(chunk, k, exclude_seen=exclude_seen, explain=explain)
-
     batches = [ids[start : start + batch] for start in range(0, len(ids), batch)]
-    if len(batches) <= 1:
-        return ranked(batches[0] if batches else [])
-    with ThreadPoolExecutor(runners.here().workers, thread_name_prefix="warmstart-recommend") as pool:
-        frames = pool.map(ranked, batches)
-        return pl.concat(list(track(frames, total=len(batches), description="recommending", console=errors)))
+    steps = track(batches, description="recommending", console=errors) if len(batches) > 1 else batches
+    return pl.concat([recommender.recommend(chunk, k, exclude_seen=exclude_seen, explain=explain) for chunk in steps])
 
 
 def _show_recommendations(frame: pl.DataFrame, titles: dict[str, str], model: str, text: str | None) -> None:

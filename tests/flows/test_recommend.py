@@ -194,7 +194,7 @@ def test_cli_recommend_writes_a_batch_and_prints_explanations(
     frame = pl.read_parquet(out)
     assert frame.height == 30 * 4 and sorted(frame[Columns.user].unique()) == sorted(ids)
     assert frame["model_version"].n_unique() == 1
-    # Batches of 8 ranked on a thread per core: the users' lists, in the users' order, as one call gives them.
+    # Batches of 8: the users' lists, in the users' order, as one call gives them.
     wanted = [Columns.user, Columns.item, Columns.rank]
     assert frame.select(wanted).equals(recommender.recommend(ids, 4).select(wanted))
 
