@@ -143,6 +143,38 @@ def test_without_an_index_candidates_are_the_brute_force(inputs: RankerInputs) -
     np.testing.assert_array_equal(first[1], again[1])
 
 
+def _positive_top(inputs: RankerInputs, users: np.ndarray, pool: np.ndarray, exclude: sp.csr_array) -> list[set[int]]:
+    """Each user's PER_SOURCE best TF-IDF items of `pool` with a positive score, known and excluded ones left out:
+    what the index's TF-IDF source must find exactly."""
+    known = (inputs.history[users] + exclude[users]).toarray()[:, pool] > 0
+    scores = np.where(known, 0.0, inputs.source_scores(users, pool, as_cold=False)["tfidf"])
+    tops = []
+    for row in scores:
+        positive = np.flatnonzero(row > 0)
+        tops.append(set(pool[positive[np.argsort(-row[positive], kind="stable")[:PER_SOURCE]]].tolist()))
+    return tops
+
+
+def test_the_tfidf_source_is_exact_past_the_exclusions(indexed: RankerInputs) -> None:
+    users = np.arange(N_USERS)
+    pool = np.flatnonzero(indexed.popularity > 0)
+    # Exclude each user's best TF-IDF items of the catalogue and of the pool: the top kept per row must reach past
+    # them, and past a training history of up to 30 items.
+    empty = sp.csr_array((N_USERS, indexed.n_items), dtype=np.float32)
+    best = [_positive_top(indexed, users, items, empty) for items in (np.arange(indexed.n_items), pool)]
+    rows = np.repeat(users, [len(a) + len(b) for a, b in zip(*best, strict=True)])
+    cols = np.concatenate([sorted(a) + sorted(b) for a, b in zip(*best, strict=True)])
+    exclude = sp.csr_array((np.ones(rows.size, np.float32), (rows, cols)), shape=empty.shape)
+    for index, items in ((indexed.candidates, np.arange(indexed.n_items)), (indexed.pool_index(pool), pool)):
+        found_users, found_items = ann_candidates(indexed, index, users, per_source=PER_SOURCE, exclude=exclude)[
+            "tfidf"
+        ]
+        found = [set(found_items[found_users == user].tolist()) for user in users]
+        expected = _positive_top(indexed, users, items, exclude)
+        assert sum(map(len, expected)) > 0.9 * N_USERS * PER_SOURCE  # most users have a full list to find
+        assert found == expected
+
+
 def test_items_added_after_the_build_are_scored_exactly(indexed: RankerInputs) -> None:
     # Two items appended (as Recommender.add_items does), one a copy of user 50's best text match.
     user = 50
