@@ -570,11 +570,23 @@ def _tfidf_max_of_groups(
     """`_tfidf_max` for consecutive groups, in one product of block-diagonal matrices: group g's history rows and
     candidate rows use the terms' columns of block g, so the product holds only pairs of one group, and each entry
     is the very sum the user's own product computes (scipy's CSR product adds a row's terms in stored order)."""
-    n_terms, groups = tfidf.shape[1], np.arange(group_users.size)
+    groups = np.arange(group_users.size)
     histories = history[group_users]
     lengths = np.diff(histories.indptr)
-    left = _in_blocks(tfidf[histories.indices], np.repeat(groups, lengths), n_terms, groups.size)
-    right = _in_blocks(tfidf[items], np.repeat(groups, sizes), n_terms, groups.size)
+    taken, candidates = tfidf[histories.indices], tfidf[items]
+    # Only the terms these rows use, renumbered in order (a row's entries keep their stored order, so each sum is
+    # added as before): blocks of the whole vocabulary (millions of columns at 622k terms) made scipy's transpose of
+    # the right side two thirds of the feature's time.
+    used = np.zeros(tfidf.shape[1], dtype=bool)
+    used[taken.indices], used[candidates.indices] = True, True
+    renumbered = np.cumsum(used, dtype=np.int64) - 1
+    n_terms = int(renumbered[-1]) + 1 if used.size else 0
+    taken = sp.csr_array((taken.data, renumbered[taken.indices], taken.indptr), shape=(taken.shape[0], n_terms))
+    candidates = sp.csr_array(
+        (candidates.data, renumbered[candidates.indices], candidates.indptr), shape=(candidates.shape[0], n_terms)
+    )
+    left = _in_blocks(taken, np.repeat(groups, lengths), n_terms, groups.size)
+    right = _in_blocks(candidates, np.repeat(groups, sizes), n_terms, groups.size)
     product = sp.csc_array(left @ right.T)  # (history rows x pairs); absent entries are 0
     stored = np.diff(product.indptr)
     best = np.zeros(items.size, dtype=product.dtype)
