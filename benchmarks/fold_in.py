@@ -2,13 +2,15 @@
 Adam step and the memory it adds, so a change to how it batches or cuts its runs is measured where it matters.
 
     .venv/bin/python benchmarks/fold_in.py [--items 500000] [--users 200000] [--dim 257] [--per-item 20]
-        [--steps 5] [--most-pairs 524288] [--json F]
+        [--zipf A] [--steps 5] [--most-pairs 524288] [--json F]
 
 Scale M's shape is the default (500k items with 20 synthetic users each, 200k users of 256 factors plus the bias
-column). Users' and items' vectors are standard normal (the fold-in's cost does not depend on their values); the
-negatives are the first 80% of the items. Peak memory is the process's (`ru_maxrss`) after the inputs are built
-against after the fold-in; the resident set is read again once it returns, after `gc.collect()` and after glibc's
-`malloc_trim(0)` (what the allocator keeps from the fold-in's freed blocks).
+column). With `--zipf A`, each item's pairs are drawn from a Zipf law of exponent A, at most --per-item (a label
+window's takers: most items have a few; the fold-in pads items to blocks). Users' and items' vectors are standard
+normal (the fold-in's cost does not depend on their values); the negatives are the first 80% of the items. Peak
+memory is the process's (`ru_maxrss`) after the inputs are built against after the fold-in; the resident set is read
+again once it returns, after `gc.collect()` and after glibc's `malloc_trim(0)` (what the allocator keeps from the
+fold-in's freed blocks).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=200_000)
     parser.add_argument("--dim", type=int, default=257, help="Factors plus the bias column.")
     parser.add_argument("--per-item", type=int, default=20)
+    parser.add_argument("--zipf", type=float, help="Pairs per item from a Zipf law of this exponent (> 1).")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--most-pairs", type=int, default=2**19)
     parser.add_argument("--json", type=Path)
@@ -58,7 +61,8 @@ def main() -> None:
     users = rng.standard_normal((args.users, args.dim), dtype=np.float32)
     users[:, -1] = 1
     prior = rng.standard_normal((args.items, args.dim), dtype=np.float32)
-    rows = np.repeat(np.arange(args.items), args.per_item)
+    per_item = np.minimum(rng.zipf(args.zipf, args.items), args.per_item) if args.zipf else args.per_item
+    rows = np.repeat(np.arange(args.items), per_item)
     cols = rng.integers(0, args.users, rows.size)
     synthetic = sp.csr_array((np.ones(rows.size, np.float32), (rows, cols)), shape=(args.items, args.users))
     synthetic.sum_duplicates()
@@ -73,6 +77,8 @@ def main() -> None:
         "users": args.users,
         "dim": args.dim,
         "pairs": int(synthetic.nnz),
+        "zipf": args.zipf,
+        "most_pairs_of_an_item": int(np.diff(synthetic.indptr).max()),
         "steps": args.steps,
         "most_pairs": args.most_pairs,
         "seconds": round(seconds, 1),

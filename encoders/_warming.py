@@ -205,29 +205,42 @@ def _fold_in(
     `config.steps` full-batch Adam steps of weighted BPR over the synthetic users against sampled warm items, pulled
     back to `pulled_to`.
 
-    Each item's users sit in a padded (items x most pairs of an item x dim) block, so a step's positive scores are one
-    batched product with the items' vectors and their gradient another: gathering every pair's item vector and
-    adding every pair's gradient back moved five times the data (the fold-in was 11 of a fit's 45 minutes at
-    500k items)."""
+    Each item's users sit in a padded (items x pairs x dim) block, so a step's positive scores are one batched
+    product with the items' vectors and their gradient another: gathering every pair's item vector and adding every
+    pair's gradient back moved five times the data (the fold-in was 11 of a fit's 45 minutes at 500k items). Items
+    are padded to the power of two at or above their pairs (at most the most pairs of an item), one block per width:
+    padded to the most pairs of any item, a run's block was mostly zeros where most items have a few pairs."""
     local = synthetic.row
     n_items = pulled_to.shape[0]
     counts = np.bincount(local, minlength=n_items)
     slot = np.arange(local.size) - np.repeat(np.cumsum(counts) - counts, counts)  # each pair's place in its item
-    users = torch.zeros((n_items, int(counts.max()), user_table.shape[1]))
-    for place in range(users.shape[1]):  # one place of every item at a time: no copy of every pair's user vector
-        at = slot == place
-        users[torch.from_numpy(local[at].astype(np.int64)), place] = torch.from_numpy(user_table[synthetic.col[at]])
+    widths = np.minimum(2 ** np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64), counts.max())
+    blocks, order = [], []
+    for width in np.unique(widths[counts > 0]).tolist():
+        items = np.flatnonzero((widths == width) & (counts > 0))
+        position = np.zeros(n_items, dtype=np.int64)
+        position[items] = np.arange(items.size)
+        pairs = np.flatnonzero(widths[local] == width)
+        users = torch.zeros((items.size, width, user_table.shape[1]))
+        for place in range(width):  # one place of every item at a time: no copy of every pair's user vector
+            at = pairs[slot[pairs] == place]
+            users[torch.from_numpy(position[local[at]]), place] = torch.from_numpy(user_table[synthetic.col[at]])
+        where = (torch.from_numpy(position[local[pairs]]), torch.from_numpy(slot[pairs]))
+        blocks.append((torch.from_numpy(items), users, where))
+        order.append(pairs)
+    # The blocks' positive scores come out grouped by width: back to the pairs' order.
+    in_pair_order = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
     prior = torch.from_numpy(np.asarray(pulled_to, dtype=np.float32))
     # Each item's synthetic terms average to `weight`, so the pull to the prior weighs the same for every item.
     weights = torch.from_numpy(synthetic.data.astype(np.float32) * config.weight / counts[local].astype(np.float32))
-    rows, places = torch.from_numpy(local.astype(np.int64)), torch.from_numpy(slot)
     pair_users = torch.from_numpy(synthetic.col.astype(np.int64))
     vectors = prior.clone().requires_grad_()
     optimizer = torch.optim.Adam([vectors], lr=config.lr)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(config.steps):
         drawn = torch.randint(n_negatives, (local.size, config.negatives), generator=generator)
-        positive = torch.bmm(users, vectors.unsqueeze(2)).squeeze(2)[rows, places].unsqueeze(1)
+        scored = [torch.bmm(users, vectors[items].unsqueeze(2)).squeeze(2)[where] for items, users, where in blocks]
+        positive = torch.cat(scored)[in_pair_order].unsqueeze(1)
         margin = positive - negative_scores[pair_users[:, None], drawn]
         fit = -(torch.nn.functional.logsigmoid(margin).mean(dim=1) * weights).sum()
         loss = fit + config.prior * (vectors - prior).square().sum()
