@@ -281,9 +281,13 @@ def _finite_scores(model: Scorer, items: np.ndarray, users: np.ndarray) -> tuple
 
 def _finite(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, column, score) of the finite entries of a dense score matrix (found by a flat scan: 2-D np.nonzero
-    took 60 ms of a 33 x 500k batch; benchmarks/dense_topk.py)."""
+    took 60 ms of a 33 x 500k batch; benchmarks/dense_topk.py); positions as int32 where they fit, since every
+    line's kept scores stay for the evaluation's length (20,000 users' candidates each)."""
     rows, columns = np.divmod(np.flatnonzero(np.isfinite(scores)), scores.shape[1])
-    return rows, columns, scores[rows, columns]
+    values = scores[rows, columns]
+    if max(scores.shape) < np.iinfo(np.int32).max:
+        rows, columns = rows.astype(np.int32), columns.astype(np.int32)
+    return rows, columns, values
 
 
 def _task(users_from: pl.DataFrame, index: EvalIndex, pool: np.ndarray, exclude: pl.DataFrame | None) -> RankingTask:

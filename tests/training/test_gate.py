@@ -222,6 +222,9 @@ def test_kept_scores_are_keyed_by_a_digest_of_the_candidates_not_their_bytes() -
         once(np.arange(start, start + 33), items)
     assert len(calls) == 10
     assert sum(len(users) + len(digest) for users, digest in once._kept) <= 10 * (33 * 8 + 16)  # not 800 kB each
+    # Each finite score kept as a float32 and two int32 positions (a line's kept scores stay for the evaluation).
+    finite = sum(int(np.isfinite(scores(np.arange(s, s + 33), items)).sum()) for s in range(0, 330, 33))
+    assert sum(array.nbytes for kept in once._kept.values() for array in kept) == 12 * finite
     np.testing.assert_array_equal(once(np.arange(33), items.copy()), scores(np.arange(33), items))
     assert len(calls) == 10  # read back
     np.testing.assert_array_equal(once(np.arange(33), items[:-1]), scores(np.arange(33), items[:-1]))
