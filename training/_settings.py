@@ -71,8 +71,9 @@ class ModelSettings:
     # implicit's ALS (dim 256, reg 0.01, alpha 40, chosen on CiteULike's warm_val; early stopping on the plan's
     # validation pairs) beat BPR-MF on CiteULike alone and inside the product, tied on MovieLens-100K, and fits in a
     # fraction of the time (docs/benchmarks.md). It waited until cold users with different attributes got
-    # different lists through it (tests/serving/test_user_standins.py): the newcomer model serves them now.
-    cf: CFConfig = field(default_factory=lambda: ImplicitConfig())
+    # different lists through it (tests/serving/test_user_standins.py): the newcomer model serves them now. On
+    # every core: the same vectors as on one, in about half the time on two (docs/scaling.md).
+    cf: CFConfig = field(default_factory=lambda: ImplicitConfig(threads=0))
     standins: StandInConfig = field(default_factory=StandInConfig)
     ranker: LightGBMRankerConfig = field(default_factory=LightGBMRankerConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)

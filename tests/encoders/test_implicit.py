@@ -62,6 +62,16 @@ def test_same_seed_same_vectors_whatever_the_row_order(
     assert not np.array_equal(first.item_vectors, other.item_vectors)
 
 
+def test_als_gives_the_same_vectors_on_one_thread_as_on_every_core(
+    warm_slice: tuple[pl.DataFrame, pl.DataFrame],
+) -> None:
+    # The product trains ALS on every core (training.ModelSettings): each user's and item's solve is its own.
+    train = warm_slice[0]
+    one = ImplicitMF(ALS).fit(train).embeddings
+    assert _same(ImplicitMF(ALS.model_copy(update={"threads": 0})).fit(train).embeddings, one)
+    assert _same(ImplicitMF(ALS.model_copy(update={"threads": 2})).fit(train).embeddings, one)
+
+
 def test_save_load_round_trip_and_the_model_kinds(
     warm_slice: tuple[pl.DataFrame, pl.DataFrame], tmp_path: Path
 ) -> None:
