@@ -216,8 +216,8 @@ def _fold_in(
     slot = np.arange(local.size) - np.repeat(np.cumsum(counts) - counts, counts)  # each pair's place in its item
     widths = np.minimum(2 ** np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64), counts.max())
     blocks, order = [], []
-    for width in np.unique(widths[counts > 0]).tolist():
-        items = np.flatnonzero((widths == width) & (counts > 0))
+    for width in np.unique(widths).tolist():
+        items = np.flatnonzero(widths == width)
         position = np.zeros(n_items, dtype=np.int64)
         position[items] = np.arange(items.size)
         pairs = np.flatnonzero(widths[local] == width)
