@@ -18,7 +18,8 @@ Each stage is its own `warmstart` process (as an operator runs them), measured t
 the process's peak resident set. Stages: ingest, detect, encode, retrain (a gated refresh without the
 language model: `warmstart retrain --no-reference-gate`), recommend-one (one user's top 20, a fresh process: load
 included), recommend-batch (10,000 users' top 20 to a file), add-items (one new item, served at once). The machine's
-load average is recorded beside every stage.
+load average is recorded beside every stage. With `--census FILE`, each stage's process appends where its memory is
+at each new peak to FILE (`benchmarks/census/sitecustomize.py`).
 """
 
 from __future__ import annotations
@@ -176,6 +177,11 @@ def main() -> None:
     parser.add_argument("--words", type=Path, default=DEFAULT_WORDS, help="A file of titles for the vocabulary.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="Write the report here.")
+    parser.add_argument(
+        "--census",
+        type=Path,
+        help="Append each stage's memory census here: its largest holders at each new peak (benchmarks/census).",
+    )
     args = parser.parse_args()
     stages = [stage for stage in args.stages.split(",") if stage]
     unknown = sorted(set(stages) - set(STAGES))
@@ -191,6 +197,9 @@ def main() -> None:
         print(f"generated {args.size} in {time.perf_counter() - began:.1f} s: {paths}", flush=True)
     log = args.dir / "stages.log"
     env = os.environ | {"WARMSTART_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+    if args.census:
+        hook = ROOT / "benchmarks" / "census"
+        env |= {"PYTHONPATH": f"{ROOT}{os.pathsep}{hook}", "WARMSTART_CENSUS": str(args.census)}
     warmstart = [sys.executable, "-m", "flows.cli"]
     ws = ["-w", str(workspace)]
     users = pl.read_parquet(data / "interactions.parquet", columns=["user_id"])["user_id"].unique().sort()
