@@ -405,6 +405,14 @@ def served_inputs(
     return fitted.with_history(interaction_matrix(plan.split.train, plan.split.index))
 
 
+def served_history_view(plan: EvaluationPlan, fitted: EncodedSplit, settings: ModelSettings) -> EncodedSplit:
+    """`fitted` with the history, popularity and recency of the inputs `served_inputs` serves from, without encoding
+    anything: all the newcomer model reads of the served inputs (no encoder's output)."""
+    if _encodes_for_serving(plan, settings):
+        return fitted.over_log(plan.split.train, plan.split.index, plan.split.items)
+    return served_inputs(plan, fitted, settings, cache_dir=Path())  # these paths encode nothing
+
+
 def _encodes_for_serving(plan: EvaluationPlan, settings: ModelSettings) -> bool:
     """Whether served_inputs encodes inputs of its own (after which the fitted ones can go): the ranker's labels
     came out of its history, and its ranker is not tied to the fitted encoders."""
@@ -454,30 +462,18 @@ def fit_ranker(
     }
     ranker, *alternative_rankers = train_rankers(plan, fitted, [settings, *differing.values()], client=client)
     trained = dict(zip(differing, alternative_rankers, strict=True))
-    fit_inputs, fit_report = fitted.inputs, fitted.report  # what the route's choice and the report read below
-    if _encodes_for_serving(plan, settings):
-        # Served inputs of their own are encoded next: the training pool's index (a gigabyte at 500k items) and
-        # the fitted split's warming record (its content stand-ins, half a gigabyte) go first; the route's choice
-        # below builds its validation pool's index again. The items' content is shared, not encoded again.
-        fit_inputs.drop_pool_indexes()
-        content = fitted.content
-        del fitted
-        release_memory()
-        served = _encoded_for_serving(plan, fit_report, settings, cache_dir=cache_dir, content=content)
-    else:
-        served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
-    # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
-    calibrated = None
-    if plan.calibration is not None:
-        calibrated = choose_cold_slots(FittedRanker(ranker, served), plan.calibration)
-    # Users held out from any time (the user protocols) or arriving now (a time-ordered log's next window).
-    arrivals = plan.split.protocol not in USER_PROTOCOLS
-    newcomers = choose_newcomers_for(served, settings, plan.split.train, plan.split.index, arrivals=arrivals)
+    # The newcomer model's weights and its route are chosen before the served inputs are encoded: the route reads
+    # the fitted inputs, which then go first (held beside the served inputs' encoding, they were the fit's peak at
+    # 500k items), and the weights read nothing the encoders make (`served_history_view`).
+    arrivals = plan.split.protocol not in USER_PROTOCOLS  # held out from any time, or arriving now
+    newcomers = choose_newcomers_for(
+        served_history_view(plan, fitted, settings), settings, plan.split.train, plan.split.index, arrivals=arrivals
+    )
     if newcomers is not None:
         index = plan.split.index
         route = choose_route(
             ranker,
-            fit_inputs,
+            fitted.inputs,
             newcomers.chosen,
             interaction_matrix(plan.valid_labels, index),
             plan.valid_pool,
@@ -489,6 +485,20 @@ def fit_ranker(
             partitions=partitions,
         )
         newcomers = replace(newcomers, route=route)
+    fit_report = fitted.report
+    if _encodes_for_serving(plan, settings):
+        # Served inputs of their own are encoded next: the fitted split (its inputs, their candidate indexes, its
+        # warming record) goes first; the items' content is shared, not encoded again.
+        content = fitted.content
+        del fitted
+        release_memory()
+        served = _encoded_for_serving(plan, fit_report, settings, cache_dir=cache_dir, content=content)
+    else:
+        served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
+    # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
+    calibrated = None
+    if plan.calibration is not None:
+        calibrated = choose_cold_slots(FittedRanker(ranker, served), plan.calibration)
     ranker.with_newcomers(newcomers.served if newcomers is not None else None)
     report = FitReport.measured(
         settings, ranker, fit_report, served.report, calibrated, started=started, newcomers=newcomers

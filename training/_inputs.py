@@ -104,6 +104,14 @@ class EncodedSplit:
         inputs = replace(self.inputs, history=history, popularity=np.asarray(history.sum(axis=0)).ravel())
         return replace(self, inputs=inputs)
 
+    def over_log(self, log: pl.DataFrame, index: EvalIndex, items: pl.DataFrame) -> EncodedSplit:
+        """These encoders' arrays with the history, popularity and recency that inputs encoded over `log` (and
+        `items`, in index order) have: what does not depend on the encoders, as `encode_inputs` makes it."""
+        history = interaction_matrix(log, index)
+        popularity = np.asarray(history.sum(axis=0)).ravel()
+        time = _time_features(log, index, items)
+        return replace(self, inputs=replace(self.inputs, history=history, popularity=popularity, time=time))
+
 
 def _aligned(ids: np.ndarray, vectors: np.ndarray, wanted: pl.Series, width: int) -> np.ndarray:
     """Rows of `vectors` (keyed by sorted `ids`) in the order of `wanted`; zero rows for ids it lacks."""

@@ -212,4 +212,4 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
     assert result.decision.promoted and alive_at_refit == [False]
     # The fit keeps its inputs for the newcomer route's choice, not the rest of its split (the warming record);
     # the refit keeps neither.
-    assert alive_at_serving_encode == [(False, True), (False, False)]
+    assert alive_at_serving_encode == [(False, False), (False, False)]

@@ -35,6 +35,7 @@ from training import (
     Incumbent,
     ModelSettings,
     alternative_lines,
+    choose_newcomers_for,
     encode_plan,
     evaluate_metrics,
     fit_ranker,
@@ -42,6 +43,7 @@ from training import (
     gate_user_values,
     holdout_plan,
     incumbent_on_same_data,
+    served_history_view,
     served_inputs,
     tail_calibrated,
     trained_through,
@@ -82,6 +84,34 @@ def test_served_inputs_share_the_fitted_inputs_item_content(window: object, cach
     np.testing.assert_array_equal(alone.inputs.text, served.inputs.text)
     assert (alone.inputs.tfidf != served.inputs.tfidf).nnz == 0
     np.testing.assert_array_equal(alone.inputs.title_words, served.inputs.title_words)
+
+
+def test_the_newcomer_weights_are_chosen_the_same_before_the_served_inputs_are_encoded(
+    window: object, cache_dir: Path
+) -> None:
+    """fit_ranker chooses the newcomer model's weights (and its route) before it encodes the served inputs, so that
+    the fitted inputs can go first: from the fitted inputs carrying the served history, popularity and recency
+    (`served_history_view`), which must choose exactly as the served inputs do. Fails when the view keeps the
+    fitted history (the choice differs) or reads the history without its times."""
+    plan = holdout_plan(window)
+    settings = ModelSettings(cf=BPRConfig(dim=16, epochs=3, seed=0))
+    fitted = encode_plan(plan, plan.fit_history, settings, cache_dir=cache_dir, takers=plan.fit_labels)
+    served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
+    view = served_history_view(plan, fitted, settings)
+    assert view.inputs.item_cf is fitted.inputs.item_cf  # nothing encoded
+    assert (view.inputs.history != served.inputs.history).nnz == 0
+    np.testing.assert_array_equal(view.inputs.popularity, served.inputs.popularity)
+    assert view.inputs.time is not None and served.inputs.time is not None
+    for name in ("recent", "user_recent"):
+        np.testing.assert_array_equal(getattr(view.inputs.time, name), getattr(served.inputs.time, name))
+    split = plan.split
+    served_choice, view_choice, fitted_choice = (
+        choose_newcomers_for(inputs, settings, split.train, split.index, arrivals=True)
+        for inputs in (served, view, fitted)
+    )
+    assert served_choice is not None and view_choice is not None and fitted_choice is not None
+    assert view_choice.chosen == served_choice.chosen and view_choice.ndcg == served_choice.ndcg
+    assert fitted_choice.ndcg != served_choice.ndcg  # the fitted history alone would choose on other figures
 
 
 def test_the_retrained_ranker_serves_users_without_history(window: object, fitted: FittedRanker) -> None:
