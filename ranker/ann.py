@@ -95,9 +95,12 @@ def build_candidate_index(
     lists: int | None = None,
     seed: int = 0,
     quantised: bool = True,
+    like: CandidateIndex | None = None,
 ) -> CandidateIndex:
     """Indexes for the full-pool candidate sources (see the module docstring) over every item of `inputs`, or over
-    the items of `pool` alone (ascending item indices); IVF-Flat instead of 8-bit codes where not `quantised`."""
+    the items of `pool` alone (ascending item indices); IVF-Flat instead of 8-bit codes where not `quantised`.
+    `like` is an index over the same items of inputs that differ from these in their item stand-ins alone: its
+    text index, global orders and TF-IDF columns are these inputs' too, and are shared, not built again."""
     started = time.perf_counter()
     items = np.arange(inputs.n_items) if pool is None else np.asarray(pool, dtype=np.int64)
     if pool is not None and (items.size == 0 or np.any(np.diff(items) <= 0)):
@@ -110,6 +113,13 @@ def build_candidate_index(
         )
         for cold in (False, True)
     }
+    if like is not None and not np.array_equal(like.items, items):
+        raise ValueError("build_candidate_index: `like` indexes other items.")
+    if like is not None:
+        vectors["text"], orders, tfidf_t = like.vectors["text"], like.orders, like.tfidf_t
+        return CandidateIndex(
+            items, vectors, orders, nprobe or like.nprobe, time.perf_counter() - started, like.extends, tfidf_t
+        )
     vectors["text"] = inner_product_ivf(inputs.text[subset], lists, seed, quantised=quantised)
     # Stable sorts: equal scores go to the lower item, whatever the brute force's argpartition picks among them.
     orders = {}

@@ -93,9 +93,12 @@ class _PoolIndexes:
     first (evaluation scores batches from several threads). Not pickled: a Dask worker builds its own, since faiss
     indexes are not sent and rebuilding one (seconds) is cheaper than shipping it."""
 
-    def __init__(self) -> None:
+    def __init__(self, standins_of: _PoolIndexes | None = None) -> None:
         self._lock = threading.Lock()
         self._built: OrderedDict[bytes, CandidateIndex] = OrderedDict()
+        # The indexes of inputs that differ from these only in their item stand-ins (`with_item_standins`): an index
+        # they built over the same pool lends its parts that read no stand-in (text, global orders, TF-IDF columns).
+        self._standins_of = standins_of
         # The pool array last asked about and its key: a fit or an evaluation asks with the same array for every
         # batch, and sorting and hashing 500k items each time was 4% of a retrain at 500k items.
         self._last: tuple[np.ndarray, bytes] | None = None
@@ -107,12 +110,18 @@ class _PoolIndexes:
             items = np.unique(pool)  # ascending, as build_candidate_index wants
             key = hashlib.blake2b(items.astype(np.int64).tobytes(), digest_size=16).digest()
             if key not in self._built:
-                self._built[key] = build_candidate_index(inputs, items)
+                self._built[key] = build_candidate_index(inputs, items, like=self._lent(key))
                 while len(self._built) > POOL_INDEXES:
                     self._built.popitem(last=False)
             self._built.move_to_end(key)
             self._last = (pool, key)
             return self._built[key]
+
+    def _lent(self, key: bytes) -> CandidateIndex | None:
+        if self._standins_of is None:
+            return None
+        with self._standins_of._lock:
+            return self._standins_of._built.get(key)
 
     def clear(self) -> None:
         with self._lock:
@@ -221,11 +230,13 @@ class RankerInputs:
 
     def with_item_standins(self, standins: np.ndarray, given: np.ndarray | None) -> RankerInputs:
         """These inputs serving other item stand-ins (and counts of given pairs): nothing about users changes, so
-        the users' profiles computed already are carried over (at scale M, 650 MB and seconds to compute again)."""
+        the users' profiles computed already are carried over (at scale M, 650 MB and seconds to compute again), and
+        the pools' indexes share these inputs' parts that read no stand-in (the text index, a third of one)."""
         other = replace(self, item_standin=standins, item_given=given)
         for name in ("text_profiles", "tfidf_profiles"):
             if name in self.__dict__:
                 other.__dict__[name] = self.__dict__[name]
+        object.__setattr__(other, "_pool_indexes", _PoolIndexes(standins_of=self._pool_indexes))
         return other
 
     def pool_index(self, pool: np.ndarray) -> CandidateIndex:

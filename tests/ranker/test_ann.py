@@ -228,6 +228,33 @@ def test_a_pools_index_recalls_the_brute_force_within_the_pool(inputs: RankerInp
     np.testing.assert_array_equal(small[1], exact[1])
 
 
+def test_inputs_with_other_stand_ins_share_what_their_pool_index_reads_of_no_stand_in(inputs: RankerInputs) -> None:
+    """The line without augmentation serves the same inputs with the content stand-ins: its pool's index is built
+    again for the collaborative views (cold items are seen through their stand-ins) but shares the text index,
+    the global orders and the TF-IDF columns, and gives the candidates a fresh build of it gives."""
+    fresh = replace(inputs)
+    pool = _pool_of_warm_items(fresh)
+    pool = np.union1d(pool, np.flatnonzero(fresh.popularity == 0)[:500])  # some cold items, seen by stand-in
+    built = fresh.pool_index(pool)
+    rng = np.random.default_rng(1)
+    other = fresh.with_item_standins(
+        fresh.item_standin + rng.normal(size=fresh.item_standin.shape).astype(np.float32), None
+    )
+    shared = other.pool_index(pool)
+    assert shared.vectors["text"] is built.vectors["text"] and shared.orders is built.orders
+    assert shared.tfidf_t is built.tfidf_t
+    assert shared.vectors["cf_cold"] is not built.vectors["cf_cold"]
+    alone = replace(other)  # its own pool indexes, nothing lent
+    assert alone.pool_index(pool).vectors["text"] is not built.vectors["text"]
+    users = np.arange(N_USERS)
+    lent = generate_candidates(other, users, pool, per_source=PER_SOURCE, ann_min_items=pool.size)
+    own = generate_candidates(alone, users, pool, per_source=PER_SOURCE, ann_min_items=pool.size)
+    np.testing.assert_array_equal(lent[0], own[0])
+    np.testing.assert_array_equal(lent[1], own[1])
+    before = generate_candidates(fresh, users, pool, per_source=PER_SOURCE, ann_min_items=pool.size)
+    assert not np.array_equal(before[1], lent[1])  # the stand-ins' index is its own
+
+
 def test_pool_indexes_are_rebuilt_after_pickling_not_sent(inputs: RankerInputs) -> None:
     import pickle
 
