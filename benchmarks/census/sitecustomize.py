@@ -94,13 +94,16 @@ def _census() -> tuple[dict[str, int], int]:
                 walk(f"{frame.f_code.co_name}:{local}", value)
             frame = frame.f_back
     for owner in gc.get_objects():
-        if isinstance(owner, type | types.ModuleType):  # modules: some warn on attribute access
+        try:  # some objects refuse to be looked at (pydantic's classes, proxies): skipped
+            if isinstance(owner, type | types.ModuleType):  # modules: some warn on attribute access
+                continue
+            attributes = getattr(owner, "__dict__", None)
+            if isinstance(attributes, dict):
+                kind = type(owner).__name__
+                for attribute, value in list(attributes.items()):
+                    walk(f"{kind}.{attribute}", value)
+        except Exception:
             continue
-        attributes = getattr(owner, "__dict__", None)
-        if isinstance(attributes, dict):
-            kind = type(owner).__name__
-            for attribute, value in list(attributes.items()):
-                walk(f"{kind}.{attribute}", value)
     return held, sum(held.values())
 
 
