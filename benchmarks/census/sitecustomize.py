@@ -58,6 +58,7 @@ def _blocks(value: object) -> list[tuple[int, int]]:
 def _census() -> tuple[dict[str, int], int]:
     """Bytes by holder name ("Type.attribute", "function:local", "list in Type.attribute"), each block once."""
     import gc
+    import inspect
     import sys
     import types
 
@@ -90,8 +91,13 @@ def _census() -> tuple[dict[str, int], int]:
 
     for frame in sys._current_frames().values():
         while frame is not None:
-            for local, value in list(frame.f_locals.items()):
+            snapshot = frame.f_locals
+            for local, value in list(snapshot.items()):
                 walk(f"{frame.f_code.co_name}:{local}", value)
+            if frame.f_code.co_flags & inspect.CO_OPTIMIZED and snapshot is not frame.f_globals:
+                # A function's f_locals (Python 3.11) is a snapshot the frame keeps, holding every local it had:
+                # kept, it would keep alive what the function lets go of after (and inflate what is measured).
+                snapshot.clear()
             frame = frame.f_back
     for owner in gc.get_objects():
         try:  # some objects refuse to be looked at (pydantic's classes, proxies): skipped
