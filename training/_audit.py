@@ -196,7 +196,7 @@ def audit_judged_pairs(
         # Only the judged items differ between the variants: the others keep the stand-ins the model serves, and
         # warming them again (every item, on a log without times) took most of a CiteULike audit's time.
         standins = inputs.item_standin.copy()
-        standins[items] = warm_items(pairs[items], inputs.user_cf, content[items], inputs.item_cf[warm], config)
+        standins[items] = warm_items(pairs[items], inputs.user_cf, content[items], inputs.item_cf, config, among=warm)
         return _with_standins(fitted, standins, item_given=counts)
 
     metric, delta, low, high, users = _compare(warmed(given), warmed(control), split, k)

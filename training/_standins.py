@@ -179,7 +179,7 @@ def warmed_standins(
     if has_pairs.any():
         simulated = sp.csr_array(sp.diags_array((~has_pairs).astype(np.float32)) @ simulated) + pairs
         simulated.eliminate_zeros()  # an item with given pairs keeps only those
-    warmed = warm_items(simulated, user_cf, standins, item_cf[warm], config)
+    warmed = warm_items(simulated, user_cf, standins, item_cf, config, among=warm)
     synthetic = sp.csr_array(sp.diags_array(is_cold.astype(np.float32)) @ simulated)
     synthetic.eliminate_zeros()
     items = np.diff(synthetic.indptr) > 0
