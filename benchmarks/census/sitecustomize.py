@@ -5,9 +5,10 @@ Imported at start by every Python process that has this folder on its path (scal
 every second; each time it passes the highest census so far by WARMSTART_CENSUS_STEP_MB (default 300) and is above
 WARMSTART_CENSUS_FLOOR_MB (default 3,000), it counts every numpy array, torch tensor and scipy sparse matrix it can
 reach (object attributes, dict values, list items, closures' cells and every thread's frame locals), each memory
-block once, under the name that holds it, and appends the largest holders, the total found and the main thread's stack to the file.
-What the census does not find (allocator slack, libraries' own buffers: faiss indexes, LightGBM's datasets, glibc
-arenas) is the difference between resident memory and the total found. A census holds the GIL for a second or two.
+block once, under the name that holds it, and appends the largest holders, the total found and the main thread's
+stack to the file. What it does not find (allocator slack, libraries' own buffers: faiss indexes, LightGBM's
+datasets, glibc arenas) is the difference between resident memory and the total found. A census holds the GIL
+for a second or two.
 """
 
 from __future__ import annotations
