@@ -308,6 +308,9 @@ def refresh(
                 report = _augment_into(run, space, settings, plan)
             with cycle.stage(run.record, "encode", "item texts into embeddings"):
                 runners.subflow_runner(encode_items, settings)(space.root)
+            # The encoding tasks' results (every item's embedding, 0.7 GB at 500k items) sit in Prefect's reference
+            # cycles once the flow is done, until the collector runs: it ran a third into the fit at scale M.
+            training.release_memory()
             decision = _train_evaluate_gate(
                 run, space, dataset, config, recorded, sparse_max=settings.sparse_max, uses=uses
             )

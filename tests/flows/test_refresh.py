@@ -196,8 +196,9 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
     """Once the gate has judged the candidate, the refit encodes the whole log: the candidate's inputs must be gone
     by then, or a large catalogue holds both (at 500k items the refit began beside them: 18 GB). The candidate
     names itself among its timed alternatives, a cycle only the collector frees. Within the fit and the refit, what
-    the ranker learnt from must be gone in turn before the served inputs are encoded (but the fit's inputs, which
-    the newcomer route's choice reads after)."""
+    the ranker learnt from must be gone in turn before the served inputs are encoded, and the encoding's batches
+    (Prefect's results, in cycles) before the fit."""
+    import gc
     import weakref
 
     import training._fit as fitting
@@ -219,7 +220,15 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
         alive_at_serving_encode.append((split() is not None, inputs() is not None))
         return encoded_for_serving(*args, **kwargs)  # type: ignore[arg-type]
 
+    from prefect.results import ResultRecord
+
+    embeddings_at_fit: list[int] = []
+
     def fit_and_watch(*args: object, **kwargs: object) -> training.FittedRanker:
+        # Not collected here: garbage the refresh left in cycles counts (the encoding tasks' results did).
+        embeddings_at_fit.append(
+            sum(isinstance(found, ResultRecord) and isinstance(found.result, np.ndarray) for found in gc.get_objects())
+        )
         fitted = fit(*args, **kwargs)  # type: ignore[arg-type]
         assert any(other is fitted for other in fitted.alternatives.values())  # the cycle is there
         candidates.append(weakref.ref(fitted.served.inputs))
@@ -235,6 +244,6 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
     monkeypatch.setattr(fitting, "_encoded_for_serving", check_then_encode_for_serving)
     result = refresh(max_epochs=3, augment_limit=0, reference_gate=False)
     assert result.decision.promoted and alive_at_refit == [False]
-    # The fit keeps its inputs for the newcomer route's choice, not the rest of its split (the warming record);
-    # the refit keeps neither.
+    assert embeddings_at_fit == [0]  # the encoding's batches were let go before the fit
+    # Neither keeps what it learnt from (the newcomer route is chosen before the fit encodes its served inputs).
     assert alive_at_serving_encode == [(False, False), (False, False)]
