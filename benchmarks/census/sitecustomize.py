@@ -120,8 +120,18 @@ def _census() -> tuple[dict[str, int], int]:
     return held, sum(held.values())
 
 
-def _watch(path: str, step: float, floor: float) -> None:
+def _main_stack(traceback: object) -> str:
+    """The main thread's innermost frames, by name. Its frame is not kept: a frame held after its function returned
+    keeps every local it had (and its callers' frames), which kept a fit's inputs alive through the next phase."""
     import sys
+
+    main = sys._current_frames().get(threading.main_thread().ident)
+    if main is None:
+        return ""
+    return " <- ".join(f"{f.name}" for f in reversed(traceback.extract_stack(main)[-8:]))  # type: ignore[attr-defined]
+
+
+def _watch(path: str, step: float, floor: float) -> None:
     import time
     import traceback
     import warnings
@@ -142,8 +152,7 @@ def _watch(path: str, step: float, floor: float) -> None:
             with open(path, "a") as out:
                 out.write(f"census failed: {error!r}\n")
             continue
-        main = sys._current_frames().get(threading.main_thread().ident)
-        stack = " <- ".join(f"{f.name}" for f in reversed(traceback.extract_stack(main)[-8:])) if main else ""
+        stack = _main_stack(traceback)
         largest = sorted(held.items(), key=lambda item: -item[1])[:25]
         with open(path, "a") as out:
             out.write(
