@@ -462,12 +462,25 @@ def fit_ranker(
     }
     ranker, *alternative_rankers = train_rankers(plan, fitted, [settings, *differing.values()], client=client)
     trained = dict(zip(differing, alternative_rankers, strict=True))
-    # The newcomer model's weights and its route are chosen before the served inputs are encoded: the route reads
-    # the fitted inputs, which then go first (held beside the served inputs' encoding, they were the fit's peak at
-    # 500k items), and the weights read nothing the encoders make (`served_history_view`).
+    # Served inputs that need no encoding of their own are there now; where they do, the newcomer model's weights
+    # and route are chosen before they are encoded, so that the fitted inputs the route reads go first (held beside
+    # that encoding, they were the fit's peak at 500k items), the weights reading nothing the encoders make
+    # (`served_history_view`).
+    served = (
+        None if _encodes_for_serving(plan, settings) else served_inputs(plan, fitted, settings, cache_dir=cache_dir)
+    )
+    # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation
+    # (before the route, which places as the ranker will serve).
+    calibrated = None
+    if plan.calibration is not None and served is not None:
+        calibrated = choose_cold_slots(FittedRanker(ranker, served), plan.calibration)
     arrivals = plan.split.protocol not in USER_PROTOCOLS  # held out from any time, or arriving now
     newcomers = choose_newcomers_for(
-        served_history_view(plan, fitted, settings), settings, plan.split.train, plan.split.index, arrivals=arrivals
+        served or served_history_view(plan, fitted, settings),
+        settings,
+        plan.split.train,
+        plan.split.index,
+        arrivals=arrivals,
     )
     if newcomers is not None:
         index = plan.split.index
@@ -486,19 +499,15 @@ def fit_ranker(
         )
         newcomers = replace(newcomers, route=route)
     fit_report = fitted.report
-    if _encodes_for_serving(plan, settings):
-        # Served inputs of their own are encoded next: the fitted split (its inputs, their candidate indexes, its
-        # warming record) goes first; the items' content is shared, not encoded again.
+    if served is None:
+        # The fitted split (its inputs, their candidate indexes, its warming record) goes before the served inputs
+        # are encoded; the items' content is shared, not encoded again.
         content = fitted.content
         del fitted
         release_memory()
         served = _encoded_for_serving(plan, fit_report, settings, cache_dir=cache_dir, content=content)
-    else:
-        served = served_inputs(plan, fitted, settings, cache_dir=cache_dir)
-    # Where cold items compete with warm ones, how many top places the best cold items keep is chosen on validation.
-    calibrated = None
-    if plan.calibration is not None:
-        calibrated = choose_cold_slots(FittedRanker(ranker, served), plan.calibration)
+        if plan.calibration is not None:  # no plan has both today (ALDI's splits refit nothing for serving)
+            calibrated = choose_cold_slots(FittedRanker(ranker, served), plan.calibration)
     ranker.with_newcomers(newcomers.served if newcomers is not None else None)
     report = FitReport.measured(
         settings, ranker, fit_report, served.report, calibrated, started=started, newcomers=newcomers
