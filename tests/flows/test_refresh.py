@@ -227,7 +227,10 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
     def fit_and_watch(*args: object, **kwargs: object) -> training.FittedRanker:
         # Not collected here: garbage the refresh left in cycles counts (the encoding tasks' results did).
         embeddings_at_fit.append(
-            sum(isinstance(found, ResultRecord) and isinstance(found.result, np.ndarray) for found in gc.get_objects())
+            sum(
+                isinstance(found, ResultRecord) and isinstance(found.result, np.ndarray) and id(found) not in earlier
+                for found in gc.get_objects()
+            )
         )
         fitted = fit(*args, **kwargs)  # type: ignore[arg-type]
         assert any(other is fitted for other in fitted.alternatives.values())  # the cycle is there
@@ -242,6 +245,8 @@ def test_the_refit_starts_once_the_evaluated_candidates_inputs_are_gone(
     monkeypatch.setattr(tasks, "refit_ranker_task", check_then_refit)
     monkeypatch.setattr(fitting, "encode_plan", encode_and_watch)
     monkeypatch.setattr(fitting, "_encoded_for_serving", check_then_encode_for_serving)
+    gc.collect()
+    earlier = {id(found) for found in gc.get_objects() if isinstance(found, ResultRecord)}  # other tests' live ones
     result = refresh(max_epochs=3, augment_limit=0, reference_gate=False)
     assert result.decision.promoted and alive_at_refit == [False]
     assert embeddings_at_fit == [0]  # the encoding's batches were let go before the fit
