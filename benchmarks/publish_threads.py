@@ -16,24 +16,15 @@ import argparse
 import itertools
 import json
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import polars as pl
 import threadpoolctl
 
+from benchmarks._report import machine
 from ranker.evaluate import InThreads
 from serving import Recommender
-
-
-def _cpu() -> str:
-    info = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("Flags")), [])
-    wanted = [flag for flag in flags if flag.startswith(("avx", "amx"))]
-    return f"{model}; {' '.join(wanted)}"
 
 
 def main() -> None:
@@ -79,7 +70,7 @@ def main() -> None:
             "threads": threads.workers,
             "rows": rows,
             "same_lists": same,
-            "machine": {"platform": platform.platform(), "cpu": _cpu(), "cpus": os.cpu_count()},
+            "machine": machine(),
             "library_pools": threadpoolctl.threadpool_info(),
         }
         args.json.write_text(json.dumps(report, indent=2, default=str))
